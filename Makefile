@@ -1,0 +1,69 @@
+# spotrun: one-line targets. `make help` lists them.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+NAME    ?=
+CONFIG  ?= configs/aws.yaml
+TRAIN_CONFIG ?= configs/demo.yaml
+ARGS    ?=
+FAB     := $(BIN)/fab --config-file /dev/null
+FABARGS := $(if $(NAME),--name $(NAME)) --config $(CONFIG)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test lint demo data train bench aws-launch aws-status aws-setup aws-upload \
+        aws-train aws-logs aws-attach aws-ssh aws-download aws-gpu aws-terminate aws-run aws-cleanup
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+setup: ## make .venv and install the project, pinned dependencies and dev tools
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	@$(BIN)/python -c "import s3fs, boto3, torch; print('installed: torch', torch.__version__, '| s3fs', s3fs.__version__, '| boto3', boto3.__version__)"
+
+test: ## run the tests
+	$(BIN)/python -m pytest
+
+lint: ## ruff
+	$(BIN)/ruff check .
+
+data: ## write the synthetic dataset the demo trains on (data/synthetic)
+	$(BIN)/python scripts/make_synthetic_data.py --out data/synthetic
+
+demo: data ## train configs/demo.yaml on synthetic data, on the CPU
+	$(BIN)/python -m ml.train --config configs/demo.yaml $(ARGS)
+
+train: ## train TRAIN_CONFIG locally (ARGS='dotted.key=value ...')
+	$(BIN)/python -m ml.train --config $(TRAIN_CONFIG) $(ARGS)
+
+bench: ## run every benchmark (one line per case)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+aws-launch: ## launch a spot GPU instance (NAME=, CONFIG=)
+	$(FAB) launch $(FABARGS)
+aws-status: ## list spotrun instances with cost and run state
+	$(FAB) status --config $(CONFIG)
+aws-setup: ## bootstrap the instance (idempotent)
+	$(FAB) setup $(FABARGS)
+aws-upload: ## rsync the code to the instance
+	$(FAB) sync $(FABARGS)
+aws-train: ## start training in tmux on the instance (TRAIN_CONFIG=, ARGS=)
+	$(FAB) train $(FABARGS) --train-config $(TRAIN_CONFIG) $(if $(ARGS),--args "$(ARGS)")
+aws-logs: ## follow the run's log (Ctrl-C stops following, not the run)
+	$(FAB) logs $(FABARGS)
+aws-attach: ## attach to the run's tmux session
+	$(FAB) attach $(FABARGS)
+aws-ssh: ## open a shell on the instance
+	$(FAB) ssh $(FABARGS)
+aws-download: ## pull checkpoints, logs and metrics to outputs/NAME/
+	$(FAB) download $(FABARGS)
+aws-gpu: ## one-screen GPU summary
+	$(FAB) gpu $(FABARGS)
+aws-terminate: ## terminate the instance (asks first)
+	$(FAB) terminate $(FABARGS)
+aws-cleanup: ## remove spotrun's security group and key pair when unused
+	$(FAB) cleanup --config $(CONFIG)
+aws-run: ## the managed journey: launch, setup, sync, train, recover from interruptions, download, terminate
+	$(FAB) run $(FABARGS) --train-config $(TRAIN_CONFIG) $(if $(ARGS),--args "$(ARGS)")

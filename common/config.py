@@ -1,0 +1,172 @@
+"""Typed YAML configs: dataclasses, unknown keys rejected by name, dotted overrides.
+
+    cfg = load_config(TrainConfig, "configs/demo.yaml", ["dataset.batch_size=32"])
+
+Every error names the file and the dotted key, so the user knows exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from common.atomic import atomic_write_text
+from common.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a syntax error is a ConfigError naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p} (check the path given to --config)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p}{where}: malformed YAML ({problem}); fix the file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of keys at the top, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b.c=value`` → ("a.b.c", value parsed as YAML, so 3 is int and [x, y] a list)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().removeprefix("--")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Set each ``dotted.key=value`` in a nested mapping (a copy). Unknown keys are caught later
+    by ``from_dict``, which knows the schema."""
+    out = _deep_copy(data)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        parts = key.split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(parts[: i + 1])} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
+    """Load ``path`` (or only defaults when None) into dataclass ``cls`` with overrides applied."""
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides)
+    source = str(path) if path is not None else "defaults"
+    return from_dict(cls, data, source=source)
+
+
+def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, checking every key and type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix or 'top level'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        names = ", ".join(prefix + str(k) for k in unknown)
+        raise ConfigError(f"{source}: unknown key {names}; remove it or check its spelling")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, source, prefix + name)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: {prefix or ''}{e}") from None
+
+
+def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, source, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is typing.Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{source}: {key} must be one of {choices}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, source, key + ".")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(inner, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+    return value
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def save_config(obj: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically (saved beside each checkpoint)."""
+    atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))

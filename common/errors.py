@@ -1,0 +1,19 @@
+"""The one exception type that entry points turn into a one-line message and an exit code.
+
+Library code raises these for *expected* failures (bad input, a missing file, an AWS refusal);
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class ToolkitError(Exception):
+    """An expected failure. The message names the problem and the next step."""
+
+    exit_code = 1
+
+
+class ConfigError(ToolkitError):
+    """A config file or override that cannot be used as written."""
+
+    exit_code = 2

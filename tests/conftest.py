@@ -1,0 +1,43 @@
+"""Shared fixtures: real local peers (moto's server over HTTP), a clean AWS environment.
+
+Peer fixtures for sshd and IMDS live in tests/peers/ and are imported here so every test
+folder can use them.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+
+import pytest
+from moto.server import ThreadedMotoServer
+
+# Keep torch from fighting the other test processes for the machine's two cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's server on a free loopback port; yields its endpoint URL."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{server._server.server_port}"
+    yield url
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_server, monkeypatch, tmp_path):
+    """Point every boto3/s3fs client at moto through the standard variables, with fake
+    credentials and no ~/.aws files; reset moto's state so each test starts empty."""
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"))
+    for var in list(os.environ):
+        if var.startswith("AWS_"):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    return moto_server
