@@ -1,0 +1,64 @@
+"""Launch defaults: ``configs/aws.yaml`` as a typed dataclass, with dotted ``--set`` overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from common.config import ConfigError, load_config
+
+DEFAULT_CONFIG = Path("configs/aws.yaml")
+
+
+@dataclass
+class AwsConfig:
+    # Default instance name for every task (`--name` overrides).
+    name: str = "spotrun"
+    # None: AWS_REGION / AWS_DEFAULT_REGION / the profile's region.
+    region: str | None = None
+    profile: str | None = None
+    # Tried in order of current spot price, with zones, until one launches.
+    instance_types: list[str] = field(default_factory=lambda: ["g4dn.xlarge", "g5.xlarge", "g6.xlarge"])
+    # Empty: every zone of the region.
+    zones: list[str] = field(default_factory=list)
+    market: Literal["spot", "on-demand", "spot-then-on-demand"] = "spot"
+    # None (recommended by AWS): pay the current spot price, capped at on-demand.
+    max_price: float | None = None
+    # "auto": the latest Deep Learning AMI of `ami_flavour`; or an ami-... id.
+    ami: str = "auto"
+    ami_flavour: str = "oss-nvidia-driver-gpu-pytorch-2.7-ubuntu-22.04"
+    architecture: Literal["x86_64", "arm64"] = "x86_64"
+    root_volume_gb: int = 200
+    ssh_user: str = "ubuntu"
+    key_name: str = "spotrun"
+    # Import this public key instead of creating a new key pair (private key must sit beside it).
+    import_public_key: str | None = None
+    # "auto": the caller's public address /32. 0.0.0.0/0 needs `allow_open_ssh: true`.
+    ssh_cidr: str = "auto"
+    allow_open_ssh: bool = False
+    security_group_name: str = "spotrun-ssh"
+    vpc_id: str | None = None
+    subnet_id: str | None = None
+    # Name of an IAM instance profile that grants S3 access (no credentials travel).
+    iam_instance_profile: str | None = None
+    # Hard cost cap: the instance shuts itself down (and so terminates) after this many hours.
+    max_hours: float = 12.0
+    # Shut down after this many minutes with no tmux session and no SSH login; 0 turns it off.
+    idle_minutes: int = 30
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.instance_types:
+            raise ConfigError("instance_types is empty; list at least one, e.g. [g5.xlarge]")
+        if self.max_hours <= 0:
+            raise ConfigError("max_hours must be positive: it is the instance's hard cost cap")
+
+
+def load_aws_config(
+    path: str | Path | None = DEFAULT_CONFIG, overrides: list[str] | None = None
+) -> AwsConfig:
+    """Load the launch config; a missing default file means built-in defaults."""
+    if path is not None and Path(path) == DEFAULT_CONFIG and not Path(path).exists():
+        path = None
+    return load_config(AwsConfig, path, overrides)
