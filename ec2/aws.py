@@ -1,0 +1,118 @@
+"""The one door to AWS: every boto3 session and client is made here.
+
+Region comes from the config, else AWS_REGION / AWS_DEFAULT_REGION / the profile. Endpoints come
+from the standard AWS_ENDPOINT_URL* variables, which botocore reads itself, so tests point the
+real code at moto's server with no branch here. Retries use botocore's "standard" mode.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from ec2.errors import AwsError, ConfigError
+
+_RETRY = botocore.config.Config(
+    retries={"mode": "standard", "max_attempts": 5},
+    max_pool_connections=32,
+    connect_timeout=10,
+    read_timeout=60,
+)
+_lock = threading.Lock()
+_sessions: dict[tuple[str | None, str | None], boto3.Session] = {}
+_clients: dict[tuple[str, str | None, str | None], object] = {}
+
+
+def session(region: str | None = None, profile: str | None = None) -> boto3.Session:
+    """A cached session per (region, profile). Sessions are not thread-safe to *create* clients
+    from concurrently, so creation happens under a lock; the clients themselves are thread-safe."""
+    key = (region, profile)
+    with _lock:
+        if key not in _sessions:
+            try:
+                _sessions[key] = boto3.Session(region_name=region, profile_name=profile)
+            except botocore.exceptions.ProfileNotFound:
+                raise ConfigError(
+                    f"AWS profile {profile!r} not found; check `profile` in configs/aws.yaml "
+                    "or AWS_PROFILE, and ~/.aws/config"
+                ) from None
+        return _sessions[key]
+
+
+def region_of(region: str | None = None, profile: str | None = None) -> str:
+    resolved = session(region, profile).region_name
+    if not resolved:
+        raise ConfigError(
+            "no AWS region set; put `region:` in configs/aws.yaml, or export AWS_REGION"
+        )
+    return resolved
+
+
+def client(service: str, region: str | None = None, profile: str | None = None):
+    """A cached, thread-safe boto3 client with standard retries."""
+    key = (service, region, profile)
+    with _lock:
+        cached = _clients.get(key)
+    if cached is not None:
+        return cached
+    sess = session(region, profile)
+    with _lock:
+        if key not in _clients:
+            _clients[key] = sess.client(service, config=_RETRY)
+        return _clients[key]
+
+
+def reset_clients() -> None:
+    """Forget cached sessions and clients (after the environment changed: tests, a new profile)."""
+    with _lock:
+        _sessions.clear()
+        _clients.clear()
+
+
+# Codes every caller treats the same way, with the next step to take.
+_NEXT_STEP = {
+    "AuthFailure": "check your AWS credentials (aws sts get-caller-identity)",
+    "UnrecognizedClientException": "check your AWS credentials (aws sts get-caller-identity)",
+    "InvalidClientTokenId": "check your AWS credentials (aws sts get-caller-identity)",
+    "ExpiredToken": "your AWS session token expired; refresh it (e.g. aws sso login)",
+    "ExpiredTokenException": "your AWS session token expired; refresh it (e.g. aws sso login)",
+    "RequestExpired": "your AWS session token expired, or the clock is off; refresh credentials",
+    "UnauthorizedOperation": "your IAM identity lacks this permission; ask for it or use another profile",
+    "AccessDenied": "your IAM identity lacks this permission; ask for it or use another profile",
+    "AccessDeniedException": "your IAM identity lacks this permission; ask for it or use another profile",
+    "OptInRequired": "this region or service is not enabled for your account; enable it or pick another",
+}
+
+
+def translate(error: Exception, doing: str) -> AwsError:
+    """Turn a botocore failure into an AwsError that names the code and the next step.
+
+    Callers that act on a specific code catch ClientError themselves first; this is the fallback.
+    """
+    if isinstance(error, botocore.exceptions.NoCredentialsError):
+        return AwsError(
+            f"{doing}: no AWS credentials found; run `aws configure` or `aws sso login`, "
+            "or set AWS_PROFILE",
+            "NoCredentials",
+        )
+    if isinstance(error, botocore.exceptions.EndpointConnectionError):
+        return AwsError(
+            f"{doing}: cannot reach {error.kwargs.get('endpoint_url', 'the AWS endpoint')}; "
+            "check the region name and your network",
+            "EndpointConnectionError",
+        )
+    if isinstance(error, botocore.exceptions.ClientError):
+        err = error.response.get("Error", {})
+        code = err.get("Code", "Unknown")
+        message = err.get("Message", "").rstrip(".")
+        next_step = _NEXT_STEP.get(code)
+        text = f"{doing}: {message}" if message else f"{doing} failed"
+        if next_step:
+            text += f"; {next_step}"
+        return AwsError(text, code)
+    if isinstance(error, botocore.exceptions.BotoCoreError):
+        return AwsError(f"{doing}: {error}", type(error).__name__)
+    raise TypeError(f"not an AWS error: {error!r}")

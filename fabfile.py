@@ -1,0 +1,5 @@
+"""spotrun's command line: `fab --list` shows every task with its one-line summary.
+
+Tasks are thin: parse, call ec2/, print, exit codes. They live in tasks/ by stage (lifecycle, remote,
+managed run) and are gathered here so `fab` sees one flat list.
+"""
