@@ -29,6 +29,8 @@ class MachineRecord:
     zone: str | None = None
     market: str | None = None  # "spot" | "on-demand"
     launched_at: str | None = None  # ISO 8601, UTC
+    # Where spotrun keeps code, venv and runs on the machine (~ is the remote user's home).
+    remote_dir: str = "~/spotrun"
 
     @property
     def adopted(self) -> bool:

@@ -12,6 +12,9 @@ import urllib.request
 import pytest
 from moto.server import ThreadedMotoServer
 
+# Peers that need more than a few lines: sshd, IMDS, a latency/counting HTTP proxy.
+pytest_plugins = ["tests.peers.sshd", "tests.peers.imds", "tests.peers.proxy"]
+
 # Keep torch from fighting the other test processes for the machine's two cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

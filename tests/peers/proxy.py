@@ -1,0 +1,1 @@
+"""Placeholder: fixture module for the proxy peer (filled in by its owner)."""

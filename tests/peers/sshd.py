@@ -1,0 +1,1 @@
+"""Placeholder: fixture module for the sshd peer (filled in by its owner)."""
