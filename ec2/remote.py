@@ -1,0 +1,214 @@
+"""Run commands on a machine over SSH.
+
+Transport choice: the system OpenSSH client through subprocess, not Paramiko/Fabric's Connection.
+Three reasons: (1) `ControlMaster`/`ControlPersist` multiplexing makes repeated calls cost one
+round trip instead of a full handshake, and only OpenSSH has it; (2) rsync must use the very same
+options (`rsync -e "ssh ..."`), so one option builder serves both; (3) `attach` and `ssh` hand the
+terminal to a real `ssh -t`, which Paramiko does not give. Fabric stays the task CLI (`fab`).
+
+Options come from one pure function (`ssh_options`), tested as strings: the key only
+(IdentitiesOnly), keep-alives, a connect timeout, a per-instance known_hosts file with
+`StrictHostKeyChecking accept-new` (host keys are checked, never ignored) and BatchMode for
+everything that is not interactive.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+
+from ec2 import paths
+from ec2.errors import ConnectionLost, RemoteCommandFailed
+from ec2.registry import MachineRecord
+
+SSH_BIN = "ssh"
+# ssh's own exit status for "could not connect / connection dropped".
+SSH_CONNECTION_ERROR = 255
+CONNECT_TIMEOUT_S = 10
+CONTROL_PERSIST = "10m"
+
+
+def ssh_options(
+    record: MachineRecord,
+    *,
+    batch: bool = True,
+    control: bool = True,
+    connect_timeout: int = CONNECT_TIMEOUT_S,
+) -> list[str]:
+    """The SSH options every spotrun connection uses (also passed to rsync via -e)."""
+    opts = [
+        "-i", record.key_path,
+        "-p", str(record.port),
+        "-o", f"User={record.user}",
+        "-o", "IdentitiesOnly=yes",
+        "-o", f"UserKnownHostsFile={record.known_hosts}",
+        "-o", "StrictHostKeyChecking=accept-new",
+        "-o", f"ConnectTimeout={connect_timeout}",
+        "-o", "ServerAliveInterval=15",
+        "-o", "ServerAliveCountMax=4",
+    ]  # fmt: skip
+    if control:
+        # %C: a hash of host, port and user, so the socket path stays short (sun_path ~104 bytes).
+        opts += [
+            "-o", "ControlMaster=auto",
+            "-o", f"ControlPath={paths.control_dir() / '%C'}",
+            "-o", f"ControlPersist={CONTROL_PERSIST}",
+        ]  # fmt: skip
+    else:
+        opts += ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
+    if batch:
+        opts += ["-o", "BatchMode=yes"]
+    return opts
+
+
+def ssh_argv(
+    record: MachineRecord,
+    command: str | None = None,
+    *,
+    tty: bool = False,
+    batch: bool = True,
+    control: bool = True,
+) -> list[str]:
+    """`ssh [options] [-t] host [command]` as an argument list."""
+    argv = [SSH_BIN, *ssh_options(record, batch=batch, control=control)]
+    argv.append("-t" if tty else "-T")
+    argv.append(record.host)
+    if command is not None:
+        argv.append(command)
+    return argv
+
+
+def rsync_rsh(record: MachineRecord, *, control: bool = True) -> str:
+    """The `-e` value for rsync: the same ssh with the same options."""
+    return shlex.join([SSH_BIN, *ssh_options(record, control=control)])
+
+
+def prepare_local(record: MachineRecord) -> None:
+    """Folders the options name must exist: known_hosts' parent and the control socket dir."""
+    record.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    paths.control_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def close_masters() -> None:
+    """Ask every ControlMaster under our control dir to exit (a test teardown, `fab forget`)."""
+    cdir = paths.control_dir()
+    if not cdir.is_dir():
+        return
+    for sock in cdir.iterdir():
+        subprocess.run(
+            [SSH_BIN, "-o", f"ControlPath={sock}", "-O", "exit", "spotrun-master"],
+            capture_output=True,
+            timeout=10,
+        )
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def backoff_delays(attempts: int, base_s: float) -> list[float]:
+    """Sleeps between attempts: base, 2·base, 4·base, ... (attempts - 1 of them)."""
+    return [base_s * (2**i) for i in range(max(attempts - 1, 0))]
+
+
+def _default_attempts() -> int:
+    return int(os.environ.get("SPOTRUN_SSH_ATTEMPTS", "4"))
+
+
+def _default_backoff() -> float:
+    return float(os.environ.get("SPOTRUN_SSH_BACKOFF_S", "2"))
+
+
+class Machine:
+    """A registered machine, reached over SSH. Creating one opens nothing."""
+
+    def __init__(
+        self,
+        record: MachineRecord,
+        *,
+        attempts: int | None = None,
+        backoff_s: float | None = None,
+        control: bool = True,
+    ):
+        self.record = record
+        self.attempts = attempts if attempts is not None else _default_attempts()
+        self.backoff_s = backoff_s if backoff_s is not None else _default_backoff()
+        self.control = control
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    def argv(self, command: str | None = None, *, tty: bool = False) -> list[str]:
+        return ssh_argv(self.record, command, tty=tty, batch=not tty, control=self.control)
+
+    def lost(self, what: str, detail: str = "") -> ConnectionLost:
+        r = self.record
+        tail = detail.strip().splitlines()[-1] if detail.strip() else "no answer"
+        return ConnectionLost(
+            f"cannot reach {r.name} ({r.user}@{r.host}:{r.port}) for {what} after {self.attempts} "
+            f"attempt(s): {tail}; check that it is running (`fab status`) and that your address is "
+            f"allowed (`fab allow-my-ip`), then retry"
+        )
+
+    def run(
+        self, command: str, *, check: bool = True, timeout: float | None = None, retry: bool = True
+    ) -> Result:
+        """Run a shell command line remotely; retry dropped connections with back-off.
+
+        Exit 255 is ssh's own "connection failed" status; a remote command that itself exits 255
+        is indistinguishable, so spotrun's own remote commands never use it.
+        """
+        prepare_local(self.record)
+        delays = backoff_delays(self.attempts if retry else 1, self.backoff_s)
+        stderr = ""
+        for attempt in range(len(delays) + 1):
+            try:
+                proc = subprocess.run(
+                    self.argv(command), capture_output=True, text=True, timeout=timeout,
+                    stdin=subprocess.DEVNULL,
+                )  # fmt: skip
+            except subprocess.TimeoutExpired:
+                raise ConnectionLost(
+                    f"{self.name}: `{command[:80]}` gave no answer within {timeout:g} s; "
+                    "check the machine with `fab status`"
+                ) from None
+            if proc.returncode != SSH_CONNECTION_ERROR:
+                if check and proc.returncode != 0:
+                    raise RemoteCommandFailed(proc.returncode, command[:200], proc.stderr)
+                return Result(proc.returncode, proc.stdout, proc.stderr)
+            stderr = proc.stderr
+            if attempt < len(delays):
+                time.sleep(delays[attempt])
+        raise self.lost("a command", stderr)
+
+    def stream(self, command: str, *, tty: bool = False) -> int:
+        """Run with the terminal attached (stdout/stderr pass straight through); its exit code."""
+        prepare_local(self.record)
+        return subprocess.run(self.argv(command, tty=tty)).returncode
+
+    def exec_interactive(self, command: str | None = None) -> None:
+        """Replace this process with an interactive `ssh -t` (a shell, or tmux attach)."""
+        prepare_local(self.record)
+        argv = self.argv(command, tty=True)
+        os.execvp(argv[0], argv)
+
+
+def quote_path(path: str) -> str:
+    """Quote a remote path for the shell, keeping a leading `~/` expandable (as "$HOME"/...)."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def join_path(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+

@@ -1,0 +1,166 @@
+"""rsync over the machine's SSH options: push the code (`fab sync`), pull a run's outputs
+(`fab download`). Commands are built by pure functions and tested as argument lists; a dropped
+connection is retried with exponential back-off and then reported as ConnectionLost.
+
+- sync honours every `.gitignore` and `.spotrunignore` (rsync dir-merge filters) and never sends
+  .git, .venv, data/ or outputs/; `--delete` applies only inside REMOTE_DIR/code/.
+- download brings only what is new (no --delete: what was already downloaded stays).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ec2.errors import ConnectionLost, ToolkitError
+from ec2.remote import Machine, backoff_delays, join_path, prepare_local, quote_path, rsync_rsh
+from ec2.runs import code_dir, run_dir
+
+RSYNC_BIN = "rsync"
+# rsync exits that mean the connection went away (12 protocol stream, 30 timeout in data
+# send/receive, 35 timeout waiting for daemon connection, 255 ssh itself).
+RETRYABLE = {12, 30, 35, 255}
+# Never sent, whatever the ignore files say.
+ALWAYS_EXCLUDED = [".git/", ".venv/", "/data/", "/outputs/", ".rsync-partial/"]
+PARTIAL_DIR = ".rsync-partial"
+
+
+@dataclass(frozen=True)
+class TransferStats:
+    files_transferred: int
+    bytes_transferred: int  # size of the files' data that moved (before compression)
+    bytes_sent: int  # bytes on the wire from the sender
+    itemized: list[str]
+
+
+def rsync_target(host: str, path: str) -> str:
+    """`host:path`; rsync resolves a relative path against the remote home, so `~/x` → `x`."""
+    if path.startswith("~/"):
+        path = path[2:]
+    return f"{host}:{path}"
+
+
+def _progress_flags(tty: bool) -> list[str]:
+    return ["--info=progress2", "--stats"] if tty else ["--itemize-changes", "--stats"]
+
+
+def sync_argv(machine: Machine, local_root: Path, *, tty: bool = False) -> list[str]:
+    r = machine.record
+    excludes = [f"--exclude={p}" for p in ALWAYS_EXCLUDED]
+    return [
+        RSYNC_BIN, "-az", "--delete", f"--partial-dir={PARTIAL_DIR}",
+        *excludes,
+        "--filter=:- .gitignore",
+        "--filter=:- .spotrunignore",
+        *_progress_flags(tty),
+        "-e", rsync_rsh(r, control=machine.control),
+        f"{local_root.resolve()}/",
+        rsync_target(r.host, code_dir(r.remote_dir) + "/"),
+    ]  # fmt: skip
+
+
+def download_argv(machine: Machine, remote_path: str, dest: Path, *, tty: bool = False) -> list[str]:
+    r = machine.record
+    return [
+        RSYNC_BIN, "-az", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}/",
+        *_progress_flags(tty),
+        "-e", rsync_rsh(r, control=machine.control),
+        rsync_target(r.host, remote_path.rstrip("/") + "/"),
+        f"{dest}/",
+    ]  # fmt: skip
+
+
+_STAT_LINES = {
+    "files_transferred": re.compile(r"Number of regular files transferred: ([\d,]+)"),
+    "bytes_transferred": re.compile(r"Total transferred file size: ([\d,]+)"),
+    "bytes_sent": re.compile(r"Total bytes sent: ([\d,]+)"),
+}
+
+
+def parse_stats(output: str) -> TransferStats:
+    values = {}
+    for key, pattern in _STAT_LINES.items():
+        m = pattern.search(output)
+        values[key] = int(m.group(1).replace(",", "")) if m else 0
+    # Itemized lines look like ">f+++++++++ path" or "*deleting   path".
+    itemized = [ln for ln in output.splitlines() if re.match(r"^([<>ch.*][fdLDS]|\*deleting)", ln)]
+    return TransferStats(itemized=itemized, **values)
+
+
+def _run_rsync(argv: list[str], *, echo: bool) -> tuple[int, str, str]:
+    """Run rsync, passing its output through when `echo` while keeping a copy to parse."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    chunks: list[bytes] = []
+    while chunk := proc.stdout.read1(65536):
+        chunks.append(chunk)
+        if echo:
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+    stderr = proc.stderr.read().decode(errors="replace")
+    return proc.wait(), b"".join(chunks).decode(errors="replace"), stderr
+
+
+def rsync_with_retries(machine: Machine, argv: list[str], what: str, *, echo: bool = False) -> TransferStats:
+    prepare_local(machine.record)
+    delays = backoff_delays(machine.attempts, machine.backoff_s)
+    stderr = ""
+    for attempt in range(len(delays) + 1):
+        code, out, stderr = _run_rsync(argv, echo=echo)
+        if code == 0:
+            return parse_stats(out)
+        if code not in RETRYABLE:
+            tail = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+            raise ToolkitError(f"{what} failed (rsync exit {code}): {tail}; fix the cause above and rerun")
+        if attempt < len(delays):
+            print(f"{what}: connection lost (rsync exit {code}); retrying in {delays[attempt]:g} s",
+                  file=sys.stderr)
+            time.sleep(delays[attempt])
+    raise machine.lost(what, stderr) if stderr else ConnectionLost(f"{what}: connection lost")
+
+
+def sync_code(machine: Machine, local_root: Path | str = ".", *, echo: bool = False) -> TransferStats:
+    """Push the project to REMOTE_DIR/code/ (incremental; deletions limited to code/)."""
+    local_root = Path(local_root)
+    if not local_root.is_dir():
+        raise ToolkitError(f"{local_root} is not a folder; run `fab sync` from the project root")
+    machine.run(f"mkdir -p {quote_path(code_dir(machine.record.remote_dir))}")
+    tty = echo and sys.stdout.isatty()
+    return rsync_with_retries(machine, sync_argv(machine, local_root, tty=tty), "sync", echo=echo)
+
+
+def remote_output_dir(machine: Machine, run: str) -> str | None:
+    """The trainer output_dir recorded by `fab train` (absolute, or relative to code/)."""
+    rdir = quote_path(run_dir(machine.record.remote_dir, run))
+    res = machine.run(f"cat {rdir}/output_dir 2>/dev/null || true")
+    value = res.stdout.strip()
+    if not value:
+        return None
+    return value if value.startswith(("/", "~")) else join_path(code_dir(machine.record.remote_dir), value)
+
+
+def download_outputs(
+    machine: Machine, run: str = "train", dest: Path | str | None = None, *,
+    output_dir: str | None = None, echo: bool = False,
+) -> dict[str, TransferStats]:
+    """Pull the run's output_dir (checkpoints, train.log, metrics.csv, tensorboard, plots) into
+    `dest` and the run dir (log, exit_code, command) into `dest/run/`. Only what is new moves."""
+    from ec2 import paths
+
+    dest = Path(dest) if dest else paths.outputs_dir(machine.name)
+    out_dir = output_dir or remote_output_dir(machine, run)
+    tty = echo and sys.stdout.isatty()
+    stats: dict[str, TransferStats] = {}
+    if out_dir and out_dir.startswith("s3://"):
+        print(f"outputs are in {out_dir}; copy them with `aws s3 sync {out_dir} {dest}`", file=sys.stderr)
+    elif out_dir:
+        dest.mkdir(parents=True, exist_ok=True)
+        argv = download_argv(machine, out_dir, dest, tty=tty)
+        stats["outputs"] = rsync_with_retries(machine, argv, "download", echo=echo)
+    (dest / "run").mkdir(parents=True, exist_ok=True)
+    argv = download_argv(machine, run_dir(machine.record.remote_dir, run), dest / "run", tty=tty)
+    stats["run"] = rsync_with_retries(machine, argv, "download", echo=echo)
+    return stats
