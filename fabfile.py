@@ -3,3 +3,5 @@
 Tasks are thin: parse, call ec2/, print, exit codes. They live in tasks/ by stage (lifecycle, remote,
 managed run) and are gathered here so `fab` sees one flat list.
 """
+
+from tasks.remote import adopt, attach, download, forget, gpu, logs, run_cmd, setup, ssh, sync, train  # noqa: F401

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Bootstrap a machine for spotrun (run by `fab setup` after the code is synced). Idempotent: a
+# second run with the same requirements prints "already set up", checks, and changes nothing.
+#
+#   setup_instance.sh REMOTE_DIR
+#
+# On the Deep Learning AMI: a venv in REMOTE_DIR/venv made with --system-site-packages over the
+# AMI's PyTorch python (so the AMI's CUDA-matched torch is used as is), plus the project's
+# runtime requirements pinned by requirements.lock (never torch, never dev tools).
+#
+# Environment:
+#   SPOTRUN_SETUP_PYTHON  an existing python to use instead of building the venv (a stand-in
+#                         environment, e.g. for tests or a machine you prepared yourself)
+#   SPOTRUN_REQUIRE_GPU   1 (default): fail unless torch.cuda.is_available() and nvidia-smi work
+set -euo pipefail
+
+REMOTE_DIR=${1:?usage: setup_instance.sh REMOTE_DIR}
+CODE="$REMOTE_DIR/code"
+VENV="$REMOTE_DIR/venv"
+LOCK="$CODE/requirements.lock"
+REQUIRE_GPU=${SPOTRUN_REQUIRE_GPU:-1}
+MARKER="$VENV/.spotrun-setup"
+# What the laptop-side tools need is not installed here (fabric, paramiko, moto, pytest, ruff).
+RUNTIME="boto3 botocore s3fs aiobotocore fsspec h5py numpy pyyaml tqdm tensorboard matplotlib"
+
+die() { echo "setup: $*" >&2; exit 1; }
+
+[ -f "$LOCK" ] || die "$LOCK is missing; run \`fab sync\` first"
+
+find_base_python() {
+  # Newer DLAMIs keep PyTorch in /opt/pytorch; older ones in a conda env.
+  for py in /opt/pytorch/bin/python3 /opt/conda/envs/pytorch/bin/python3 python3; do
+    if command -v "$py" >/dev/null 2>&1 && "$py" -c "import torch" 2>/dev/null; then
+      echo "$py"; return 0
+    fi
+  done
+  return 1
+}
+
+inputs_hash() {
+  { cat "$LOCK" "$0"; echo "python=${SPOTRUN_SETUP_PYTHON:-}"; } | sha256sum | cut -d' ' -f1
+}
+
+verify() {
+  local py="$VENV/bin/python"
+  "$py" - <<'PY'
+import platform
+try:
+    import torch
+except ImportError:
+    raise SystemExit("setup: torch is not importable in the venv; rerun `fab setup`")
+print(f"python {platform.python_version()}  torch {torch.__version__}  "
+      f"cuda available: {torch.cuda.is_available()}  cuda {torch.version.cuda}")
+PY
+  if [ "$REQUIRE_GPU" = "1" ]; then
+    command -v nvidia-smi >/dev/null || die "nvidia-smi not found: is this a GPU instance on a DLAMI?"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
+      || die "nvidia-smi failed: the NVIDIA driver is not loaded (try rebooting the instance)"
+    "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+      || die "torch.cuda.is_available() is False: the AMI's torch does not see the GPU"
+  fi
+}
+
+HASH=$(inputs_hash)
+if [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$HASH" ] && [ -x "$VENV/bin/python" ]; then
+  echo "already set up ($VENV)"
+  verify
+  exit 0
+fi
+
+mkdir -p "$REMOTE_DIR/runs"
+if [ -n "${SPOTRUN_SETUP_PYTHON:-}" ]; then
+  "$SPOTRUN_SETUP_PYTHON" -c "import sys" || die "SPOTRUN_SETUP_PYTHON=$SPOTRUN_SETUP_PYTHON does not run"
+  echo "using the stand-in python $SPOTRUN_SETUP_PYTHON"
+  rm -rf "$VENV"
+  mkdir -p "$VENV/bin"
+  # A wrapper, not a symlink: a symlinked venv python would lose its own site-packages.
+  printf '#!/bin/sh\nexec %q "$@"\n' "$SPOTRUN_SETUP_PYTHON" > "$VENV/bin/python"
+  chmod +x "$VENV/bin/python"
+else
+  BASE=$(find_base_python) || die "no python with torch found (expected the Deep Learning AMI's PyTorch)"
+  echo "base python: $BASE"
+  [ -x "$VENV/bin/python" ] || "$BASE" -m venv --system-site-packages "$VENV"
+  # Constraints: the lock without torch and its CUDA wheels (the AMI's own build is kept).
+  grep -viE '^(torch|triton|nvidia-)' "$LOCK" > "$VENV/constraints.txt"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -c "$VENV/constraints.txt" $RUNTIME
+fi
+
+verify
+echo "$HASH" > "$MARKER"
+echo "set up: $VENV"

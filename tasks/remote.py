@@ -1,0 +1,218 @@
+"""Tasks that work on a registered machine over SSH: setup, sync, train, logs, attach, ssh,
+run-cmd, download, gpu, and adopt/forget for machines spotrun did not launch.
+
+Every task takes `--name` (default: `name` in configs/aws.yaml) and finds the machine in the
+local registry. Thin: parse, call ec2/, print.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from invoke import task
+from invoke.exceptions import Exit
+
+from common.errors import ToolkitError
+from ec2 import gpu as gpu_summary
+from ec2 import paths, registry, runs
+from ec2.remote import Machine, close_masters, quote_path
+from ec2.sync import download_outputs, sync_code
+from tasks.edge import aws_config, edge, machine_name
+
+SETUP_SCRIPT = "scripts/setup_instance.sh"
+DEFAULT_TRAIN_CONFIG = "configs/rnn_args.yaml"
+# The trainer checkpoints and exits 75 on SIGUSR1 (see ml.errors.STOPPED_RESUMABLE).
+TRAINER_SIGNAL = "USR1"
+
+
+def _machine(name: str | None, config: str | None, set_: list[str] | None) -> Machine:
+    cfg = aws_config(config, set_)
+    return Machine(registry.get(machine_name(name, cfg)))
+
+
+def _region(machine: Machine, config: str | None, set_: list[str] | None) -> str | None:
+    import os
+
+    return (
+        machine.record.region
+        or aws_config(config, set_).region
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+    )
+
+
+def train_command(remote_dir: str, train_config: str, overrides: list[str]) -> str:
+    """`python -m ml.train --config CONFIG [overrides]` with the machine's venv python."""
+    python = quote_path(runs.venv_python(remote_dir))
+    return f"{python} -m ml.train --config {shlex.quote(train_config)}" + "".join(
+        f" {shlex.quote(o)}" for o in overrides
+    )
+
+
+def train_env(region: str | None, data_uri: str | None) -> dict[str, str]:
+    """What a run needs to know about AWS: the region and the data URI. Never credentials: the
+    instance reads S3 through its IAM instance profile."""
+    env = {}
+    if region:
+        env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = region
+    if data_uri:
+        env["SPOTRUN_DATA_URI"] = data_uri
+    return env
+
+
+def _local_output_dir(train_config: str, overrides: list[str]) -> str | None:
+    """The trainer's output_dir for this config + overrides, so `download` knows what to pull."""
+    from ml.config import load_train_config
+
+    if not Path(train_config).exists():
+        return None
+    return load_train_config(train_config, overrides).output_dir
+
+
+@task(iterable=["set_"])
+@edge
+def adopt(c, name, host, port=22, user="ubuntu", key=None, remote_dir="~/spotrun", config=None, set_=None):
+    """Register a machine spotrun did not launch (a lab box, an on-demand instance) for every SSH task."""
+    cfg = aws_config(config, set_)
+    key_path = Path(key).expanduser() if key else paths.key_file(cfg.key_name)
+    if not key_path.is_file():
+        raise ToolkitError(f"key file {key_path} not found; pass --key PATH to the private key for {host}")
+    record = registry.MachineRecord(
+        name=name, host=host, port=int(port), user=user, key_path=str(key_path.resolve()),
+        remote_dir=remote_dir, region=cfg.region,
+    )  # fmt: skip
+    registry.put(record)
+    from ec2 import sshconfig
+
+    sshconfig.write_entry(record)
+    print(f"adopted {name}: {user}@{host}:{port} (try `fab run-cmd --name {name} --cmd hostname`)")
+
+
+@task(iterable=["set_"])
+@edge
+def forget(c, name=None, config=None, set_=None):
+    """Drop a machine from the registry and SSH config without terminating anything."""
+    name = machine_name(name, aws_config(config, set_))
+    record = registry.get(name)
+    from ec2 import sshconfig
+
+    sshconfig.remove_entry(name)
+    registry.remove(name)
+    record.known_hosts.unlink(missing_ok=True)
+    close_masters()
+    print(f"forgot {name} (the machine itself is untouched)")
+
+
+@task(iterable=["set_"])
+@edge
+def setup(c, name=None, python=None, no_gpu=False, config=None, set_=None):
+    """Bootstrap the machine (sync code, venv over the AMI's PyTorch, CUDA check); idempotent."""
+    m = _machine(name, config, set_)
+    sync_code(m, ".")
+    remote_dir = m.record.remote_dir
+    env = ""
+    if python:
+        env += f"SPOTRUN_SETUP_PYTHON={shlex.quote(python)} "
+    if no_gpu:
+        env += "SPOTRUN_REQUIRE_GPU=0 "
+    script = quote_path(f"{runs.code_dir(remote_dir)}/{SETUP_SCRIPT}")
+    code = m.stream(f"{env}bash {script} {quote_path(remote_dir)}")
+    if code:
+        raise ToolkitError(
+            f"setup failed on {m.name} (exit {code}); see the lines above, fix, and rerun `fab setup`"
+        )
+
+
+@task(iterable=["set_"])
+@edge
+def sync(c, name=None, config=None, set_=None):
+    """Push the project code to the machine (honours .gitignore/.spotrunignore; incremental)."""
+    m = _machine(name, config, set_)
+    stats = sync_code(m, ".", echo=True)
+    print(f"synced to {m.name}: {stats.files_transferred} file(s), {stats.bytes_sent} bytes sent")
+
+
+@task(iterable=["set_"])
+@edge
+def train(c, name=None, train_config=DEFAULT_TRAIN_CONFIG, args="", cmd=None, run="train", force=False,
+          data_uri=None, no_watch=False, config=None, set_=None):
+    """Start training (or --cmd) in tmux on the machine; output teed to runs/RUN/log."""
+    m = _machine(name, config, set_)
+    overrides = shlex.split(args or "")
+    if data_uri:
+        overrides.append(f"dataset.dataset_dir={data_uri}")
+    if cmd:
+        command, output_dir, watcher_args = cmd, None, []
+    else:
+        command = train_command(m.record.remote_dir, train_config, overrides)
+        output_dir = _local_output_dir(train_config, overrides)
+        watcher_args = ["--signal", TRAINER_SIGNAL]
+    env = train_env(_region(m, config, set_), data_uri)
+    rdir = runs.start_run(m, run, command, force=force, env=env, watch=not no_watch,
+                          watcher_args=watcher_args, output_dir=output_dir)
+    print(f"started run {run!r} on {m.name} (log: {rdir}/log); follow with `fab logs --name {m.name}`")
+
+
+@task(iterable=["set_"])
+@edge
+def logs(c, name=None, run="train", lines=50, no_follow=False, config=None, set_=None):
+    """Follow a run's log (Ctrl-C stops following, not the run); --no-follow prints the tail."""
+    m = _machine(name, config, set_)
+    state = runs.run_state(m, run)
+    if state.state == "unreachable":
+        raise m.lost("logs")
+    if state.state == "none" and not no_follow:
+        # tail -F would wait forever for a log that never comes.
+        raise ToolkitError(f"no run named {run!r} on {m.name}; start one with `fab train --name {m.name}`")
+    try:
+        code = m.stream(runs.log_command(m.record.remote_dir, run, lines=int(lines), follow=not no_follow))
+    except KeyboardInterrupt:
+        return  # only the tail stops; the run goes on in tmux
+    if code:
+        raise Exit(code=code)
+
+
+@task(iterable=["set_"])
+@edge
+def attach(c, name=None, run="train", config=None, set_=None):
+    """Attach to the run's tmux session (detach with Ctrl-b d; the run goes on)."""
+    m = _machine(name, config, set_)
+    m.exec_interactive(runs.attach_command(run))
+
+
+@task(iterable=["set_"])
+@edge
+def ssh(c, name=None, config=None, set_=None):
+    """Open an interactive shell on the machine."""
+    _machine(name, config, set_).exec_interactive()
+
+
+@task(iterable=["set_"])
+@edge
+def run_cmd(c, cmd, name=None, config=None, set_=None):
+    """Run any command on the machine; exits with its exit code."""
+    code = _machine(name, config, set_).stream(cmd)
+    if code:
+        raise Exit(code=code)
+
+
+@task(iterable=["set_"])
+@edge
+def download(c, name=None, run="train", dest=None, output_dir=None, config=None, set_=None):
+    """Pull the run's checkpoints, logs, metrics and plots to outputs/NAME/ (only what is new)."""
+    m = _machine(name, config, set_)
+    dest_path = Path(dest) if dest else paths.outputs_dir(m.name)
+    stats = download_outputs(m, run, dest_path, output_dir=output_dir, echo=True)
+    moved = sum(s.files_transferred for s in stats.values())
+    print(f"downloaded {moved} new file(s) to {dest_path}/", file=sys.stderr)
+
+
+@task(iterable=["set_"])
+@edge
+def gpu(c, name=None, config=None, set_=None):
+    """One-screen GPU summary: utilisation, memory, temperature, power, processes."""
+    m = _machine(name, config, set_)
+    result = m.run(gpu_summary.GPU_COMMAND, check=False)
+    print(gpu_summary.summary(*gpu_summary.parse(result.stdout)))
