@@ -56,6 +56,8 @@ def sync_argv(machine: Machine, local_root: Path, *, tty: bool = False) -> list[
         *excludes,
         "--filter=:- .gitignore",
         "--filter=:- .spotrunignore",
+        # Make the remote folder in the same connection (older rsyncs lack --mkpath).
+        f"--rsync-path=mkdir -p {quote_path(code_dir(r.remote_dir))} && rsync",
         *_progress_flags(tty),
         "-e", rsync_rsh(r, control=machine.control),
         f"{local_root.resolve()}/",
@@ -127,7 +129,6 @@ def sync_code(machine: Machine, local_root: Path | str = ".", *, echo: bool = Fa
     local_root = Path(local_root)
     if not local_root.is_dir():
         raise ToolkitError(f"{local_root} is not a folder; run `fab sync` from the project root")
-    machine.run(f"mkdir -p {quote_path(code_dir(machine.record.remote_dir))}")
     tty = echo and sys.stdout.isatty()
     return rsync_with_retries(machine, sync_argv(machine, local_root, tty=tty), "sync", echo=echo)
 
