@@ -55,6 +55,10 @@ class SshdServer:
     tmux_tmpdir: Path | None = None
     _proc: subprocess.Popen | None = None
 
+    @property
+    def bin_dir(self) -> Path:
+        return self.root / "bin"
+
     def __enter__(self) -> SshdServer:
         root = self.root
         (root / "etc").mkdir(parents=True, exist_ok=True)
@@ -70,6 +74,7 @@ class SshdServer:
         authorized.write_text(Path(f"{self.key_path}.pub").read_text())
         self.tmux_tmpdir = root / "tmux"
         self.tmux_tmpdir.mkdir(exist_ok=True)
+        self.bin_dir.mkdir(exist_ok=True)
         self.port = _free_port()
         self.user = os.environ.get("USER") or subprocess.run(
             ["id", "-un"], capture_output=True, text=True, check=True
@@ -91,7 +96,8 @@ class SshdServer:
                     "PubkeyAuthentication yes",
                     "MaxSessions 50",
                     "MaxStartups 50",
-                    f"SetEnv TMUX_TMPDIR={self.tmux_tmpdir}",
+                    # A private tmux server, and a bin/ a test can drop stand-ins into (nvidia-smi).
+                    f"SetEnv TMUX_TMPDIR={self.tmux_tmpdir} PATH={self.bin_dir}:{os.environ['PATH']}",
                     "Subsystem sftp internal-sftp",
                     "",
                 ]

@@ -1,0 +1,89 @@
+"""The fab tasks themselves (called in-process) against the sshd fixture: what a user types."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from invoke import Context
+from invoke.exceptions import Exit
+
+from ec2 import runs
+from ec2.remote import Machine
+from tasks import remote as t
+
+REPO = Path(__file__).resolve().parents[2]
+
+FAKE_NVIDIA_SMI = """#!/bin/sh
+case "$*" in
+  *query-gpu*) echo "0, GPU-aaa, NVIDIA A10G, 93, 20000, 23028, 64, 201.3" ;;
+  *query-compute-apps*) echo "GPU-aaa, 999, python, 19800" ;;
+esac
+"""
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A small project as the current folder (tasks work on `.`), with the setup script."""
+    root = tmp_path / "proj"
+    (root / "scripts").mkdir(parents=True)
+    (root / "scripts" / "setup_instance.sh").write_text((REPO / "scripts" / "setup_instance.sh").read_text())
+    (root / "requirements.lock").write_text("numpy==2.4.6\n")
+    (root / "hello.py").write_text("print('hello from the instance')\n")
+    monkeypatch.chdir(root)
+    return root
+
+
+def test_sync_train_logs_download_through_tasks(sshd, project, capfd):
+    sshd.record(name="box", region="eu-west-1")
+    c = Context()
+    t.sync(c, name="box")
+    assert "synced to box: 3 file(s)" in capfd.readouterr().out
+    t.sync(c, name="box")
+    assert "synced to box: 0 file(s)" in capfd.readouterr().out
+
+    t.train(c, name="box", cmd="python3 hello.py; echo region=$AWS_REGION; mkdir -p o && echo x > o/f",
+            no_watch=True)
+    assert "started run 'train' on box" in capfd.readouterr().out
+    m = Machine(sshd.record(name="box", region="eu-west-1"))
+    end = time.monotonic() + 15
+    while runs.run_state(m, "train").state != "finished" and time.monotonic() < end:
+        time.sleep(0.2)
+    t.logs(c, name="box", no_follow=True)
+    assert capfd.readouterr().out == "hello from the instance\nregion=eu-west-1\n"
+
+    with pytest.raises(Exit) as exit_:
+        t.train(c, name="box", cmd="true", no_watch=True)
+    assert exit_.value.code != 0 and "already exists" in capfd.readouterr().err
+
+    t.download(c, name="box", output_dir=f"{sshd.root}/remote/code/o")
+    assert (project / "outputs" / "box" / "f").read_text() == "x\n"
+    assert (project / "outputs" / "box" / "run" / "log").exists()
+
+
+def test_logs_of_missing_run_is_one_line(sshd, project, capfd):
+    sshd.record(name="box")
+    with pytest.raises(Exit):
+        t.logs(Context(), name="box", run="nope")
+    err = capfd.readouterr().err
+    assert err.startswith("error: no run named 'nope' on box") and err.count("\n") == 1
+
+
+def test_setup_task_with_stand_in_env(sshd, project, capfd):
+    sshd.record(name="box")
+    c = Context()
+    t.setup(c, name="box", python=str(REPO / ".venv/bin/python"), no_gpu=True)
+    capfd.readouterr()
+    t.setup(c, name="box", python=str(REPO / ".venv/bin/python"), no_gpu=True)
+    assert "already set up" in capfd.readouterr().out
+
+
+def test_gpu_summary_over_ssh(sshd, project, capfd):
+    fake = sshd.bin_dir / "nvidia-smi"
+    fake.write_text(FAKE_NVIDIA_SMI)
+    fake.chmod(0o755)
+    sshd.record(name="box")
+    t.gpu(Context(), name="box")
+    out = capfd.readouterr().out
+    assert "NVIDIA A10G" in out and "93%" in out and "20000 / 23028" in out and "pid 999" in out
