@@ -105,6 +105,12 @@ def close_masters() -> None:
         )
 
 
+def close_master(record: MachineRecord) -> None:
+    """Close this machine's ControlMaster, if one is up (`fab forget`, a relaunch at the same address)."""
+    argv = [SSH_BIN, *ssh_options(record), "-O", "exit", record.host]
+    subprocess.run(argv, capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
+
+
 @dataclass(frozen=True)
 class Result:
     code: int

@@ -133,6 +133,33 @@ def sync_code(machine: Machine, local_root: Path | str = ".", *, echo: bool = Fa
     return rsync_with_retries(machine, sync_argv(machine, local_root, tty=tty), "sync", echo=echo)
 
 
+def upload_argv(machine: Machine, local_dir: Path, remote_path: str, *, tty: bool = False) -> list[str]:
+    r = machine.record
+    return [
+        RSYNC_BIN, "-az", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}/",
+        f"--rsync-path=mkdir -p {quote_path(remote_path)} && rsync",
+        *_progress_flags(tty),
+        "-e", rsync_rsh(r, control=machine.control),
+        f"{Path(local_dir).resolve()}/",
+        rsync_target(r.host, remote_path.rstrip("/") + "/"),
+    ]  # fmt: skip
+
+
+def upload_dir(
+    machine: Machine, local_dir: Path | str, remote_path: str, *, echo: bool = False
+) -> TransferStats:
+    """Push a local folder (e.g. a downloaded checkpoint dir) to a remote path; nothing is deleted.
+    A relative `remote_path` is taken inside the code dir, as the trainer sees it."""
+    local_dir = Path(local_dir)
+    if not local_dir.is_dir():
+        raise ToolkitError(f"{local_dir} is not a folder; check the path (e.g. outputs/NAME/checkpoint)")
+    if not remote_path.startswith(("/", "~")):
+        remote_path = join_path(code_dir(machine.record.remote_dir), remote_path)
+    tty = echo and sys.stdout.isatty()
+    argv = upload_argv(machine, local_dir, remote_path, tty=tty)
+    return rsync_with_retries(machine, argv, "upload", echo=echo)
+
+
 def remote_output_dir(machine: Machine, run: str) -> str | None:
     """The trainer output_dir recorded by `fab train` (absolute, or relative to code/)."""
     rdir = quote_path(run_dir(machine.record.remote_dir, run))

@@ -17,7 +17,7 @@ from invoke.exceptions import Exit
 from common.errors import ToolkitError
 from ec2 import gpu as gpu_summary
 from ec2 import paths, registry, runs
-from ec2.remote import Machine, close_masters, quote_path
+from ec2.remote import Machine, close_master, quote_path
 from ec2.sync import download_outputs, sync_code
 from tasks.edge import aws_config, edge, machine_name
 
@@ -101,7 +101,7 @@ def forget(c, name=None, config=None, set_=None):
     sshconfig.remove_entry(name)
     registry.remove(name)
     record.known_hosts.unlink(missing_ok=True)
-    close_masters()
+    close_master(record)
     print(f"forgot {name} (the machine itself is untouched)")
 
 

@@ -174,3 +174,9 @@ def test_gpu_summary_from_captured_nvidia_smi():
 def test_gpu_without_driver_says_so():
     with pytest.raises(ToolkitError, match="driver"):
         gpu.parse("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver")
+
+
+def test_attach_and_logs_commands():
+    assert runs.attach_command("exp") == "tmux attach -t =spotrun-exp"
+    assert runs.log_command("~/spotrun", "exp") == 'tail -n 50 -F "$HOME"/spotrun/runs/exp/log'
+    assert runs.log_command("/r", "exp", lines=5, follow=False) == "tail -n 5 /r/runs/exp/log"

@@ -15,7 +15,7 @@ import pytest
 from ec2 import paths, runs
 from ec2.errors import ConnectionLost, RemoteCommandFailed, RunAlreadyExists
 from ec2.remote import Machine
-from ec2.sync import download_argv, download_outputs, rsync_with_retries, sync_code
+from ec2.sync import download_argv, download_outputs, rsync_with_retries, sync_code, upload_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -202,3 +202,14 @@ def test_fab_run_cmd_returns_the_remote_exit_code(sshd, tmp_path):
     bad = subprocess.run([*fab, "run-cmd", "--name", "box", "--cmd", "exit 7"], capture_output=True,
                          text=True, cwd=tmp_path)
     assert bad.returncode == 7
+
+
+def test_upload_dir_puts_a_checkpoint_where_the_trainer_looks(machine, tmp_path):
+    ckpt = tmp_path / "outputs" / "box" / "checkpoint"
+    ckpt.mkdir(parents=True)
+    (ckpt / "last.pt").write_bytes(b"weights")
+    stats = upload_dir(machine, ckpt, "trained_models/run/checkpoint")
+    assert stats.files_transferred == 1 and stats.bytes_transferred == 7
+    code = runs.code_dir(machine.record.remote_dir)
+    assert machine.run(f"cat {code}/trained_models/run/checkpoint/last.pt").stdout == "weights"
+    assert upload_dir(machine, ckpt, "trained_models/run/checkpoint").files_transferred == 0
