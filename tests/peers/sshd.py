@@ -137,6 +137,14 @@ class SshdServer:
             except ProcessLookupError:
                 pass
 
+    def authorize(self, private_key: str | Path) -> None:
+        """Also trust this key (e.g. the key pair `fab launch` created under ~/.ssh)."""
+        pub = subprocess.run(
+            ["ssh-keygen", "-y", "-f", str(private_key)], capture_output=True, text=True, check=True
+        ).stdout
+        with open(self.root / "etc" / "authorized_keys", "a") as f:
+            f.write(pub)
+
     def record(self, name: str = "test", remote_dir: str | None = None, **fields):
         """A MachineRecord pointing here, written to the registry (remote_dir inside root)."""
         from ec2 import registry
