@@ -1,0 +1,38 @@
+"""Who and where: the caller's identity (for the owner tag) and a region check that works offline."""
+
+from __future__ import annotations
+
+import boto3
+
+from ec2 import aws
+from ec2.errors import ConfigError
+from ec2.guard import aws_errors
+
+
+def check_region(region: str) -> None:
+    """Refuse a region name botocore does not know in any partition, before any call hangs on a
+    DNS name that does not exist."""
+    known: set[str] = set()
+    sess = boto3.Session()
+    for partition in sess.get_available_partitions():
+        known.update(sess.get_available_regions("ec2", partition_name=partition))
+    if region not in known:
+        close = sorted(r for r in known if r.split("-")[0] == region.split("-")[0])[:6]
+        hint = f" (did you mean one of: {', '.join(close)}?)" if close else ""
+        raise ConfigError(
+            f"unknown AWS region {region!r}{hint}; set `region:` in configs/aws.yaml "
+            "or --set region=us-east-1"
+        )
+
+
+def resolve_region(cfg) -> str:
+    region = aws.region_of(cfg.region, cfg.profile)
+    check_region(region)
+    return region
+
+
+def caller_arn(region: str, profile: str | None = None) -> str:
+    """The STS caller ARN: tagged on every instance as spotrun:owner, and the first call of a
+    launch, so missing or expired credentials fail before anything is created."""
+    with aws_errors("checking your AWS identity (sts get-caller-identity)"):
+        return aws.client("sts", region, profile).get_caller_identity()["Arn"]

@@ -1,0 +1,105 @@
+"""The launch plan: which (instance type, zone) to try in which order, and what an AWS refusal
+means for the rest of the plan.
+
+Capacity refusals are local to one type in one zone, so the next choice may work. Quota and price
+refusals apply to the whole account or request: trying more choices only repeats them, so the
+launch stops at once and says what to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ec2.guard import aws_errors
+
+# The type has no capacity (or is not sold) in that zone right now: try the next choice.
+CAPACITY_CODES = frozenset({
+    "InsufficientInstanceCapacity",
+    "InsufficientCapacity",
+    "InsufficientHostCapacity",
+    "InsufficientReservedInstanceCapacity",
+    "UnfulfillableCapacity",
+    "Unsupported",
+    "SpotCapacityNotAvailable",
+    "InsufficientFreeAddressesInSubnet",
+})
+
+# Account- or request-wide: stop, with what to do next.
+QUOTA_NEXT_STEP = {
+    "VcpuLimitExceeded": (
+        "your vCPU quota for this instance family is used up; request more in the Service Quotas "
+        "console (EC2 → 'All G and VT Spot Instance Requests' or the on-demand equivalent), or "
+        "terminate other instances"
+    ),
+    "MaxSpotInstanceCountExceeded": (
+        "your spot instance quota is used up; request more in Service Quotas (EC2 → 'All G and VT "
+        "Spot Instance Requests'), cancel open spot requests, or set market: on-demand"
+    ),
+    "SpotMaxPriceTooLow": (
+        "the spot price is above max_price; raise max_price or leave it unset (AWS recommends "
+        "unset: you then pay the current spot price, never more than on-demand)"
+    ),
+    "InstanceLimitExceeded": (
+        "your instance quota for this type is used up; request more in Service Quotas or "
+        "terminate other instances"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Choice:
+    instance_type: str
+    zone: str
+    market: str  # "spot" | "on-demand"
+    price: float | None  # USD/h now (spot price, or the on-demand table), None if unknown
+
+    def describe(self) -> str:
+        price = f"${self.price:.4f}/h" if self.price is not None else "price unknown"
+        return f"{self.instance_type} in {self.zone} ({self.market}, {price})"
+
+
+def offered_zones(ec2, instance_types: list[str], zones: list[str]) -> dict[str, list[str]]:
+    """For each type, the zones (of ``zones``, or all) where it is sold at all: trying the others
+    can only return Unsupported."""
+    filters = [{"Name": "instance-type", "Values": list(instance_types)}]
+    if zones:
+        filters.append({"Name": "location", "Values": list(zones)})
+    out: dict[str, list[str]] = {t: [] for t in instance_types}
+    with aws_errors("listing where the instance types are offered"):
+        pages = ec2.get_paginator("describe_instance_type_offerings").paginate(
+            LocationType="availability-zone", Filters=filters
+        )
+        for page in pages:
+            for offer in page["InstanceTypeOfferings"]:
+                out.setdefault(offer["InstanceType"], []).append(offer["Location"])
+    return {t: sorted(z) for t, z in out.items()}
+
+
+def plan(
+    instance_types: list[str],
+    offered: dict[str, list[str]],
+    spot_prices: dict[tuple[str, str], float],
+    on_demand: dict[str, float],
+    market: str,
+    exclude: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset(),
+) -> list[Choice]:
+    """The ordered choices. Spot: cheapest current price first, ties broken by the configured type
+    order, then zone name; pairs without a known price go last. On-demand: configured type order
+    (its price is the same in every zone). With spot-then-on-demand, on-demand follows all spot."""
+    rank = {t: i for i, t in enumerate(instance_types)}
+    pairs = [(t, z) for t in instance_types for z in offered.get(t, []) if (t, z) not in exclude]
+
+    def spot_key(pair):
+        price = spot_prices.get(pair)
+        return (price is None, price if price is not None else 0.0, rank[pair[0]], pair[1])
+
+    spot = [Choice(t, z, "spot", spot_prices.get((t, z))) for t, z in sorted(pairs, key=spot_key)]
+    demand = [
+        Choice(t, z, "on-demand", on_demand.get(t))
+        for t, z in sorted(pairs, key=lambda p: (rank[p[0]], p[1]))
+    ]
+    if market == "spot":
+        return spot
+    if market == "on-demand":
+        return demand
+    return spot + demand

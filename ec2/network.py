@@ -1,0 +1,164 @@
+"""Network access: the caller's address, and the security group that admits SSH only from it.
+
+The group is found by name and VPC (and carries spotrun tags); every SSH rule spotrun adds has the
+description RULE_DESCRIPTION, so `allow-my-ip` can revoke exactly its own old rules and leave any
+rule a person added by hand.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+import urllib.error
+import urllib.request
+
+import botocore.exceptions
+
+from ec2.aws import translate
+from ec2.errors import AwsError, ConfigError, ToolkitError
+from ec2.guard import aws_errors, error_code
+
+CHECKIP_URL = "https://checkip.amazonaws.com"
+RULE_DESCRIPTION = "spotrun ssh"
+OPEN = {"0.0.0.0/0", "::/0"}
+
+
+def public_ip(timeout: float = 10.0) -> str:
+    """The caller's public IPv4 address as AWS sees it (SPOTRUN_CHECKIP_URL overrides the service,
+    which tests serve from loopback)."""
+    url = os.environ.get("SPOTRUN_CHECKIP_URL") or CHECKIP_URL
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            text = response.read(100).decode().strip()
+    except (urllib.error.URLError, OSError) as e:
+        raise ToolkitError(
+            f"could not learn your public IP from {url} ({e}); set `ssh_cidr:` to your address, "
+            "e.g. --set ssh_cidr=203.0.113.7/32"
+        ) from None
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ToolkitError(
+            f"{url} answered {text[:40]!r}, not an IPv4 address; set `ssh_cidr:` to your address/32"
+        ) from None
+
+
+def ssh_cidr(cfg) -> str:
+    """The CIDR allowed to reach port 22. World-open only when the config says so, with a warning."""
+    cidr = f"{public_ip()}/32" if cfg.ssh_cidr == "auto" else cfg.ssh_cidr
+    try:
+        network = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        raise ConfigError(f"ssh_cidr {cidr!r} is not a CIDR; use `auto` or e.g. 203.0.113.7/32") from None
+    if network.version != 4:
+        raise ConfigError(f"ssh_cidr {cidr!r}: only IPv4 is supported; use `auto` or an IPv4 /32")
+    cidr = str(network)
+    if cidr in OPEN:
+        if not cfg.allow_open_ssh:
+            raise ConfigError(
+                f"ssh_cidr {cidr} opens SSH to the whole internet; use `auto` (your address /32), "
+                "or set allow_open_ssh: true if you really mean it"
+            )
+        print(f"warning: SSH (port 22) will be open to {cidr}: anyone can try to log in", file=sys.stderr)
+    return cidr
+
+
+def vpc_id(ec2, cfg) -> str:
+    """The configured VPC, the configured subnet's VPC, or the region's default VPC."""
+    if cfg.vpc_id:
+        return cfg.vpc_id
+    with aws_errors("finding the VPC"):
+        if cfg.subnet_id:
+            return ec2.describe_subnets(SubnetIds=[cfg.subnet_id])["Subnets"][0]["VpcId"]
+        vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    if not vpcs:
+        raise AwsError(
+            "this region has no default VPC; set `vpc_id:` and `subnet_id:` (a public subnet) in "
+            "configs/aws.yaml, or create one with `aws ec2 create-default-vpc`",
+            "NoDefaultVpc",
+        )
+    return vpcs[0]["VpcId"]
+
+
+def find_group(ec2, name: str, vpc: str) -> dict | None:
+    with aws_errors(f"looking up security group {name!r}"):
+        groups = ec2.describe_security_groups(
+            Filters=[{"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc]}]
+        )["SecurityGroups"]
+    return groups[0] if groups else None
+
+
+def ensure_group(ec2, cfg, cidr: str, owner: str) -> str:
+    """The tool's security group id, created if missing, admitting SSH from ``cidr``."""
+    vpc = vpc_id(ec2, cfg)
+    group = find_group(ec2, cfg.security_group_name, vpc)
+    if group is None:
+        with aws_errors(f"creating security group {cfg.security_group_name!r}"):
+            group_id = ec2.create_security_group(
+                GroupName=cfg.security_group_name,
+                Description="spotrun: SSH from the caller's address only",
+                VpcId=vpc,
+                TagSpecifications=[{"ResourceType": "security-group", "Tags": [
+                    {"Key": "Name", "Value": cfg.security_group_name},
+                    {"Key": "spotrun:managed", "Value": "true"},
+                    {"Key": "spotrun:owner", "Value": owner},
+                ]}],
+            )["GroupId"]
+        print(f"security group: created {cfg.security_group_name} ({group_id}) in {vpc}")
+        existing: list[str] = []
+    else:
+        group_id = group["GroupId"]
+        existing = ssh_cidrs(group)
+    if cidr not in existing:
+        _authorize(ec2, group_id, cidr)
+        print(f"security group: SSH allowed from {cidr}")
+    return group_id
+
+
+def ssh_cidrs(group: dict, only_ours: bool = False) -> list[str]:
+    """IPv4 ranges allowed on port 22 (only those spotrun added, when ``only_ours``)."""
+    out = []
+    for perm in group.get("IpPermissions", []):
+        if perm.get("IpProtocol") not in ("tcp", "-1"):
+            continue
+        if perm.get("IpProtocol") == "tcp" and not (perm.get("FromPort", 0) <= 22 <= perm.get("ToPort", -1)):
+            continue
+        for rng in perm.get("IpRanges", []):
+            if not only_ours or rng.get("Description") == RULE_DESCRIPTION:
+                out.append(rng["CidrIp"])
+    return out
+
+
+def _authorize(ec2, group_id: str, cidr: str) -> None:
+    try:
+        ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[_rule(cidr)])
+    except botocore.exceptions.ClientError as e:
+        if error_code(e) != "InvalidPermission.Duplicate":
+            raise translate(e, f"allowing SSH from {cidr}") from None
+    except botocore.exceptions.BotoCoreError as e:
+        raise translate(e, f"allowing SSH from {cidr}") from None
+
+
+def _rule(cidr: str) -> dict:
+    return {
+        "IpProtocol": "tcp",
+        "FromPort": 22,
+        "ToPort": 22,
+        "IpRanges": [{"CidrIp": cidr, "Description": RULE_DESCRIPTION}],
+    }
+
+
+def allow_my_ip(ec2, cfg, owner: str) -> tuple[str, list[str], str]:
+    """Replace spotrun's SSH rules with one for the current address: (group id, revoked, added)."""
+    cidr = ssh_cidr(cfg)
+    group_id = ensure_group(ec2, cfg, cidr, owner)
+    group = find_group(ec2, cfg.security_group_name, vpc_id(ec2, cfg))
+    stale = [c for c in ssh_cidrs(group or {}, only_ours=True) if c != cidr]
+    if stale:
+        with aws_errors(f"revoking old SSH rules on {group_id}"):
+            ec2.revoke_security_group_ingress(
+                GroupId=group_id,
+                IpPermissions=[{**_rule(c), "IpRanges": [{"CidrIp": c}]} for c in stale],
+            )
+    return group_id, stale, cidr
