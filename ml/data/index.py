@@ -1,0 +1,179 @@
+"""The trial index of one HDF5 file: every trial's labels, and where its features lie in the file.
+
+Built once by reading the file's small parts through h5py (over s3fs with a block cache for S3),
+then cached locally as a small .npz keyed by the object's identity (S3: URI, ETag and size;
+local: path, size and mtime), so later runs read only the features. With each trial's
+``input_features`` contiguous and uncompressed (as in the release), a trial is one ranged read
+at ``offsets[i]`` of ``nbytes[i]`` bytes; otherwise ``contiguous`` is False and readers fall back
+to h5py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from common.atomic import atomic_path
+from ml.data.storage import S3_ERRORS, FileRef, open_h5, s3_error
+from ml.errors import DataError
+
+LABEL_LEN = 500
+# Bump when the cached layout changes, so old cache files are ignored rather than misread.
+_FORMAT = 1
+_TRIAL = re.compile(r"^trial_(\d+)$")
+
+
+@dataclass
+class TrialIndex:
+    uri: str
+    dtype: str  # numpy dtype string of input_features, e.g. '<f4'
+    n_features: int
+    contiguous: bool  # every trial's features are one uncompressed contiguous extent
+    offsets: np.ndarray  # int64 (N,), -1 where not contiguous
+    nbytes: np.ndarray  # int64 (N,)
+    rows: np.ndarray  # int64 (N,): time bins (input_features.shape[0])
+    seq_len: np.ndarray  # int64 (N,), 0 without labels
+    block_num: np.ndarray  # int64 (N,)
+    trial_num: np.ndarray  # int64 (N,)
+    seq_class_ids: np.ndarray  # int32 (N, 500), zeros without labels
+    transcription: np.ndarray  # int32 (N, 500)
+    sentence_label: np.ndarray  # str (N,)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def load_index(ref: FileRef, cache_dir: str | Path) -> TrialIndex:
+    """The file's index from the local cache, else built from the file and cached."""
+    path = cache_path(ref, cache_dir)
+    if path.is_file():
+        try:
+            return _load(path, ref.uri)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # a damaged cache file is rebuilt, not fatal
+    index = build_index(ref)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            _save(f, index)
+    except OSError:
+        pass  # an unwritable cache only costs a rebuild next time
+    return index
+
+
+def cache_path(ref: FileRef, cache_dir: str | Path) -> Path:
+    ident = f"{_FORMAT}|{ref.uri}|{ref.size}|{ref.version}"
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:20]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", "/".join(ref.uri.rstrip("/").split("/")[-2:]))
+    return Path(cache_dir).expanduser() / f"{stem}-{digest}.npz"
+
+
+def build_index(ref: FileRef) -> TrialIndex:
+    try:
+        with open_h5(ref) as f:
+            return _build(f, ref.uri)
+    except DataError:
+        raise
+    except S3_ERRORS as e:
+        if ref.is_s3:
+            raise s3_error(e, ref.uri) from None
+        raise DataError(f"{ref.uri}: cannot read ({e}); check the file") from None
+
+
+def _trial_names(f: h5py.File, uri: str) -> list[str]:
+    numbered = []
+    for name in f.keys():
+        m = _TRIAL.match(name)
+        if m:
+            numbered.append((int(m.group(1)), name))
+    numbered.sort()
+    if not numbered:
+        raise DataError(f"{uri}: no trial_NNNN groups; is this a Brain-to-Text data file?")
+    for i, (n, name) in enumerate(numbered):
+        if n != i:
+            raise DataError(f"{uri}: trial numbering has a gap (trial_{i:04d} missing, next is {name}); "
+                            "trials must be numbered trial_0000, trial_0001, ... without gaps")
+    return [name for _, name in numbered]
+
+
+def _labels(g: h5py.Group, name: str) -> np.ndarray:
+    out = np.zeros(LABEL_LEN, np.int32)
+    if name in g:
+        values = np.asarray(g[name][()]).reshape(-1)[:LABEL_LEN]
+        out[: len(values)] = values
+    return out
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        return _text(value.reshape(-1)[0]) if value.size else ""
+    return str(value)
+
+
+def _build(f: h5py.File, uri: str) -> TrialIndex:
+    names = _trial_names(f, uri)
+    n = len(names)
+    keys = ("offsets", "nbytes", "rows", "seq_len", "block_num", "trial_num")
+    ints = {k: np.zeros(n, np.int64) for k in keys}
+    seq = np.zeros((n, LABEL_LEN), np.int32)
+    text = np.zeros((n, LABEL_LEN), np.int32)
+    sentences: list[str] = []
+    dtype, n_features, contiguous = None, None, True
+    for i, name in enumerate(names):
+        g = f[name]
+        dset = g.get("input_features") if isinstance(g, h5py.Group) else None
+        if not isinstance(dset, h5py.Dataset):
+            raise DataError(f"{uri}: {name} has no input_features dataset; check the file is a Brain-to-Text "
+                            "data file")
+        if dset.ndim != 2:
+            raise DataError(f"{uri}: {name}/input_features has shape {dset.shape}, expected (time, features)")
+        if n_features is None:
+            dtype, n_features = dset.dtype, dset.shape[1]
+        elif dset.shape[1] != n_features or dset.dtype != dtype:
+            raise DataError(f"{uri}: {name}/input_features is {dset.shape[1]} x {dset.dtype}, other trials "
+                            f"{n_features} x {dtype}; the file is inconsistent")
+        offset = dset.id.get_offset()
+        expected = dset.shape[0] * dset.shape[1] * dset.dtype.itemsize
+        if dset.chunks is None and offset is not None and dset.id.get_storage_size() == expected:
+            ints["offsets"][i] = offset
+        else:
+            ints["offsets"][i] = -1
+            contiguous = False
+        ints["nbytes"][i] = expected
+        ints["rows"][i] = dset.shape[0]
+        attrs = g.attrs
+        ints["seq_len"][i] = int(attrs.get("seq_len", 0))
+        ints["block_num"][i] = int(attrs.get("block_num", 0))
+        ints["trial_num"][i] = int(attrs.get("trial_num", 0))
+        seq[i] = _labels(g, "seq_class_ids")
+        text[i] = _labels(g, "transcription")
+        sentences.append(_text(attrs.get("sentence_label", "")))
+    return TrialIndex(uri, np.dtype(dtype).str, int(n_features), contiguous, seq_class_ids=seq,
+                      transcription=text, sentence_label=np.array(sentences, dtype=str), **ints)
+
+
+_ARRAYS = ("offsets", "nbytes", "rows", "seq_len", "block_num", "trial_num", "seq_class_ids",
+           "transcription", "sentence_label")
+
+
+def _save(f, index: TrialIndex) -> None:
+    meta = {"uri": index.uri, "dtype": index.dtype, "n_features": index.n_features,
+            "contiguous": index.contiguous}
+    np.savez(f, meta=np.array(json.dumps(meta)), **{k: getattr(index, k) for k in _ARRAYS})
+
+
+def _load(path: Path, uri: str) -> TrialIndex:
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        if meta["uri"] != uri:
+            raise ValueError("cache entry for another file")
+        return TrialIndex(uri, meta["dtype"], meta["n_features"], meta["contiguous"],
+                          **{k: z[k] for k in _ARRAYS})

@@ -1,0 +1,46 @@
+"""Fetch trials' features: one positional read (local) or one ranged GET (S3) per trial, from the
+trial index; a batch's S3 reads run concurrently. Files whose features are chunked or compressed
+fall back to h5py (over s3fs with a block cache for S3)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ml.data.index import TrialIndex
+from ml.data.storage import S3_ERRORS, FileRef, cached_h5, read_range, s3_error, thread_pool
+from ml.errors import DataError
+
+
+def read_trial(ref: FileRef, index: TrialIndex, i: int) -> np.ndarray:
+    """Trial ``i``'s input_features as a (time, features) float32 array."""
+    rows, n_features = int(index.rows[i]), index.n_features
+    if index.offsets[i] >= 0:
+        raw = read_range(ref, int(index.offsets[i]), int(index.nbytes[i]))
+        x = np.frombuffer(raw, dtype=np.dtype(index.dtype)).reshape(rows, n_features)
+    else:
+        try:
+            x = cached_h5(ref)[f"trial_{i:04d}"]["input_features"][()]
+        except S3_ERRORS as e:
+            if ref.is_s3:
+                raise s3_error(e, ref.uri) from None
+            raise DataError(f"{ref.uri}: cannot read trial_{i:04d} ({e}); check the file") from None
+    return np.asarray(x, dtype=np.float32)
+
+
+def read_trials(
+    refs: list[FileRef], indices: list[TrialIndex], wanted: list[tuple[int, int]], max_concurrency: int
+) -> list[np.ndarray]:
+    """Features for each ``(file id, trial)`` in ``wanted``, in order."""
+    ranged_s3 = [k for k, (f, i) in enumerate(wanted) if refs[f].is_s3 and indices[f].offsets[i] >= 0]
+    out: list[np.ndarray | None] = [None] * len(wanted)
+    if len(ranged_s3) > 1 and max_concurrency > 1:
+        pool = thread_pool(max_concurrency)
+        futures = {k: pool.submit(read_trial, refs[wanted[k][0]], indices[wanted[k][0]], wanted[k][1])
+                   for k in ranged_s3}
+        for k, fut in futures.items():
+            out[k] = fut.result()
+    # h5py serialises all calls behind one lock, so the fallback (and local preads) run in order.
+    for k, (f, i) in enumerate(wanted):
+        if out[k] is None:
+            out[k] = read_trial(refs[f], indices[f], i)
+    return out  # type: ignore[return-value]

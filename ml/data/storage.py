@@ -1,0 +1,275 @@
+"""Where the dataset lives: a local folder or ``s3://bucket/prefix``, and how bytes come out of it.
+
+Clients, filesystems and file descriptors are made lazily and kept per process (keyed by
+``os.getpid()``): a forked DataLoader worker must never use the parent's s3fs event loop, boto3
+connection pool or open descriptors, so it makes its own on first use. Everything that crosses a
+fork is plain data (``FileRef``).
+
+The boto3 client is made here rather than through ec2/aws.py: the trainer runs on an instance
+that has no ec2/ configuration, only an IAM role. Endpoint and region come from the standard
+variables (AWS_ENDPOINT_URL[_S3], AWS_REGION / AWS_DEFAULT_REGION), which botocore reads itself.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import h5py
+
+from ml.errors import DataError
+
+FILE_KINDS = ("data_train.hdf5", "data_val.hdf5", "data_test.hdf5")
+# h5py over s3fs reads many small pieces; a block cache turns them into a few larger GETs.
+H5_BLOCK_SIZE = 256 * 1024
+
+_NEXT = {
+    "NoSuchBucket": "check dataset.dataset_dir (the bucket does not exist)",
+    "NoSuchKey": "check dataset.dataset_dir and dataset.sessions (the object is missing)",
+    "AccessDenied": "grant s3:GetObject and s3:ListBucket to this role or user",
+    "InvalidAccessKeyId": "check your AWS credentials (aws sts get-caller-identity)",
+    "SignatureDoesNotMatch": "check your AWS credentials (aws sts get-caller-identity)",
+    "ExpiredToken": "refresh your AWS credentials",
+    "PreconditionFailed": "the object changed while training; restart to rebuild its index",
+}
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """One HDF5 file: a local absolute path or an s3:// URI, with what identifies its version."""
+
+    uri: str
+    size: int
+    version: str  # S3: the ETag; local: mtime in ns
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    @property
+    def bucket_key(self) -> tuple[str, str]:
+        bucket, _, key = self.uri[len("s3://"):].partition("/")
+        return bucket, key
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    return bucket, prefix.strip("/")
+
+
+# ---------------------------------------------------------------- per-process clients and handles
+
+_lock = threading.Lock()
+_state: dict[str, object] = {"pid": None}
+
+
+def _proc() -> dict[str, object]:
+    """This process's clients and handles; a fresh, empty set after a fork."""
+    pid = os.getpid()
+    if _state.get("pid") != pid:
+        with _lock:
+            if _state.get("pid") != pid:
+                _state.clear()
+                _state.update(pid=pid, fds={}, h5={})
+    return _state
+
+
+def s3_client():
+    st = _proc()
+    if "s3" not in st:
+        with _lock:
+            if "s3" not in st:
+                cfg = botocore.config.Config(
+                    retries={"mode": "standard", "max_attempts": 5},
+                    max_pool_connections=64,
+                    connect_timeout=10,
+                    read_timeout=60,
+                )
+                st["s3"] = boto3.session.Session().client("s3", config=cfg)
+    return st["s3"]
+
+
+def s3_filesystem():
+    st = _proc()
+    if "s3fs" not in st:
+        import s3fs  # only the S3 paths need it
+
+        with _lock:
+            if "s3fs" not in st:
+                # Our own per-process instance: fsspec's instance cache would hand a forked child
+                # the parent's event loop.
+                st["s3fs"] = s3fs.S3FileSystem(skip_instance_cache=True)
+    return st["s3fs"]
+
+
+def s3_error(err: Exception, where: str) -> DataError:
+    """A one-line DataError naming the S3 object and the next step."""
+    if isinstance(err, botocore.exceptions.ClientError):
+        code = err.response.get("Error", {}).get("Code", "") or str(
+            err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
+        )
+        code = {"404": "NoSuchKey", "403": "AccessDenied", "412": "PreconditionFailed"}.get(code, code)
+        return DataError(f"{where}: S3 {code}; {_NEXT.get(code, 'check dataset.dataset_dir')}")
+    if isinstance(err, botocore.exceptions.NoCredentialsError):
+        return DataError(f"{where}: no AWS credentials found; attach an instance role or set AWS_PROFILE")
+    if isinstance(err, PermissionError):
+        return DataError(f"{where}: S3 AccessDenied; {_NEXT['AccessDenied']}")
+    if isinstance(err, FileNotFoundError):
+        return DataError(f"{where}: S3 NoSuchKey; {_NEXT['NoSuchKey']}")
+    return DataError(f"{where}: cannot reach S3 ({type(err).__name__}: {err}); check the network and region")
+
+
+S3_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError)
+
+
+# ---------------------------------------------------------------- listing the dataset
+
+def list_sessions(dataset_dir: str, sessions: list[str]) -> dict[str, dict[str, FileRef]]:
+    """``{session: {file name: FileRef}}`` for each configured session; a missing session folder or
+    train file is a DataError naming it."""
+    found = _list_s3(dataset_dir, sessions) if dataset_dir.startswith("s3://") else _list_local(
+        dataset_dir, sessions)
+    for s in sessions:
+        where = f"{dataset_dir.rstrip('/')}/{s}"
+        if s not in found:
+            raise DataError(f"{where}: session folder not found; check dataset.dataset_dir and sessions")
+        if "data_train.hdf5" not in found[s]:
+            raise DataError(f"{where}/data_train.hdf5: train file not found; every session needs one")
+    return found
+
+
+def _list_local(dataset_dir: str, sessions: list[str]) -> dict[str, dict[str, FileRef]]:
+    root = Path(dataset_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found; check dataset.dataset_dir")
+    out: dict[str, dict[str, FileRef]] = {}
+    for s in sessions:
+        if not (root / s).is_dir():
+            continue
+        out[s] = {}
+        for name in FILE_KINDS:
+            p = root / s / name
+            if p.is_file():
+                st = p.stat()
+                out[s][name] = FileRef(str(p), st.st_size, str(st.st_mtime_ns))
+    return out
+
+
+def _list_s3(dataset_dir: str, sessions: list[str]) -> dict[str, dict[str, FileRef]]:
+    """One LIST of the dataset prefix: existence, size and ETag of every file in one go."""
+    bucket, prefix = split_s3(dataset_dir)
+    base = f"{prefix}/" if prefix else ""
+    wanted = set(sessions)
+    out: dict[str, dict[str, FileRef]] = {}
+    try:
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                session, _, name = obj["Key"][len(base):].partition("/")
+                if session not in wanted:
+                    continue
+                files = out.setdefault(session, {})
+                if name in FILE_KINDS:
+                    etag = obj["ETag"].strip('"')
+                    files[name] = FileRef(f"s3://{bucket}/{obj['Key']}", obj["Size"], etag)
+    except S3_ERRORS as e:
+        raise s3_error(e, dataset_dir) from None
+    return out
+
+
+# ---------------------------------------------------------------- reading bytes
+
+def read_range(ref: FileRef, offset: int, size: int) -> bytes:
+    """``size`` bytes at ``offset``: one ranged GET on S3, one pread locally."""
+    if ref.is_s3:
+        bucket, key = ref.bucket_key
+        try:
+            resp = s3_client().get_object(
+                Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}"
+            )
+            data = resp["Body"].read()
+        except S3_ERRORS as e:
+            raise s3_error(e, ref.uri) from None
+    else:
+        fds = _proc()["fds"]
+        fd = fds.get(ref.uri)
+        if fd is None:
+            try:
+                fd = fds[ref.uri] = os.open(ref.uri, os.O_RDONLY)
+            except OSError as e:
+                raise DataError(f"{ref.uri}: cannot open ({e.strerror}); check the file") from None
+        data = os.pread(fd, size, offset)
+    if len(data) != size:
+        raise DataError(f"{ref.uri}: short read at byte {offset} ({len(data)} of {size}); the file "
+                        "changed or is truncated, delete the index cache and retry")
+    return data
+
+
+@contextmanager
+def open_h5(ref: FileRef, block_size: int = H5_BLOCK_SIZE) -> Iterator[h5py.File]:
+    """An h5py file for one-off reads (the index build); closed on exit. S3 goes through s3fs
+    with a block cache."""
+    with _open_raw(ref, block_size) as raw:
+        try:
+            f = h5py.File(raw, "r")
+        except OSError as e:
+            raise DataError(f"{ref.uri}: not a readable HDF5 file ({e}); check the file") from None
+        try:
+            yield f
+        finally:
+            f.close()
+
+
+@contextmanager
+def _open_raw(ref: FileRef, block_size: int):
+    if not ref.is_s3:
+        yield ref.uri
+        return
+    bucket, key = ref.bucket_key
+    try:
+        fobj = s3_filesystem().open(f"{bucket}/{key}", "rb", cache_type="blockcache",
+                                    block_size=block_size)
+    except S3_ERRORS as e:
+        raise s3_error(e, ref.uri) from None
+    try:
+        yield fobj
+    finally:
+        fobj.close()
+
+
+def cached_h5(ref: FileRef) -> h5py.File:
+    """A per-process open h5py file for repeated reads (the chunked/compressed fallback)."""
+    handles = _proc()["h5"]
+    f = handles.get(ref.uri)
+    if f is None:
+        if ref.is_s3:
+            bucket, key = ref.bucket_key
+            try:
+                raw = s3_filesystem().open(f"{bucket}/{key}", "rb", cache_type="blockcache",
+                                           block_size=H5_BLOCK_SIZE)
+            except S3_ERRORS as e:
+                raise s3_error(e, ref.uri) from None
+            f = h5py.File(raw, "r")
+        else:
+            f = h5py.File(ref.uri, "r")
+        handles[ref.uri] = f
+    return f
+
+
+def thread_pool(max_workers: int):
+    """This process's pool for concurrent ranged GETs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    st = _proc()
+    pool = st.get("pool")
+    if pool is None or pool._max_workers != max_workers:
+        with _lock:
+            pool = st["pool"] = ThreadPoolExecutor(max_workers, thread_name_prefix="s3-get")
+    return pool
