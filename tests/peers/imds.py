@@ -1,1 +1,134 @@
-"""Placeholder: fixture module for the imds peer (filled in by its owner)."""
+"""A real HTTP instance metadata service (IMDSv2) on loopback, standing in for 169.254.169.254.
+
+- `PUT /latest/api/token` with `X-aws-ec2-metadata-token-ttl-seconds` (1..21600) returns a token;
+  without the header: 400. Every GET needs a live token in `X-aws-ec2-metadata-token`: 401 without.
+- `GET /latest/meta-data/spot/instance-action`: 404 until the test calls `mark_interruption()`,
+  then `{"action": "terminate", "time": "<now + 120 s>"}` (as AWS sends it).
+- `GET /latest/meta-data/events/recommendations/rebalance`: 404 until `mark_rebalance()`.
+- `GET /latest/meta-data/placement/region` and `instance-id`.
+
+`ImdsServer` is a context manager (the benchmark uses it); the `imds` fixture yields a running one.
+`clear()` takes the marks back (a replacement instance has no notice).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+TOKEN_PATH = "/latest/api/token"
+ACTION_PATH = "/latest/meta-data/spot/instance-action"
+REBALANCE_PATH = "/latest/meta-data/events/recommendations/rebalance"
+
+
+def _iso(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ImdsServer:
+    def __init__(self, region: str = "us-east-1", instance_id: str = "i-0123456789abcdef0"):
+        self.region = region
+        self.instance_id = instance_id
+        self._lock = threading.Lock()
+        self._tokens: dict[str, float] = {}
+        self._action: dict | None = None
+        self._rebalance: dict | None = None
+        self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
+        self.marked_at: float | None = None
+        self._httpd: ThreadingHTTPServer | None = None
+
+    # --- what tests do ------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def mark_interruption(self, action: str = "terminate", in_seconds: float = 120) -> None:
+        with self._lock:
+            self.marked_at = time.time()
+            when = datetime.now(timezone.utc) + timedelta(seconds=in_seconds)
+            self._action = {"action": action, "time": _iso(when)}
+
+    def mark_rebalance(self) -> None:
+        with self._lock:
+            self._rebalance = {"noticeTime": _iso(datetime.now(timezone.utc))}
+
+    def clear(self) -> None:
+        with self._lock:
+            self._action = self._rebalance = None
+            self.marked_at = None
+
+    def served(self, path: str, status: int | None = None) -> int:
+        with self._lock:
+            return sum(1 for _m, p, s in self.requests if p == path and (status is None or s == status))
+
+    # --- the protocol -------------------------------------------------------------------------------
+    def _answer(self, method: str, path: str, headers) -> tuple[int, str]:
+        with self._lock:
+            if method == "PUT":
+                if path != TOKEN_PATH:
+                    return 403, ""
+                ttl = headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
+                if not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
+                    return 400, ""
+                token = secrets.token_urlsafe(24)
+                self._tokens[token] = time.monotonic() + int(ttl)
+                return 200, token
+            expires = self._tokens.get(headers.get("X-aws-ec2-metadata-token", ""))
+            if expires is None or expires < time.monotonic():
+                return 401, ""
+            if path == ACTION_PATH:
+                return (200, json.dumps(self._action)) if self._action else (404, "")
+            if path == REBALANCE_PATH:
+                return (200, json.dumps(self._rebalance)) if self._rebalance else (404, "")
+            if path == "/latest/meta-data/placement/region":
+                return 200, self.region
+            if path == "/latest/meta-data/instance-id":
+                return 200, self.instance_id
+            return 404, ""
+
+    def __enter__(self) -> ImdsServer:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _reply(self, method: str) -> None:
+                status, body = server._answer(method, self.path, self.headers)
+                with server._lock:
+                    server.requests.append((method, self.path, status))
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):  # noqa: N802 - http.server's naming
+                self._reply("GET")
+
+            def do_PUT(self):  # noqa: N802
+                self._reply("PUT")
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def imds():
+    """A running IMDSv2 stand-in; point code at it with SPOTRUN_IMDS_URL=imds.url."""
+    with ImdsServer() as server:
+        yield server

@@ -1,0 +1,126 @@
+"""A small IMDSv2 client (standard library only): it runs on the instance beside the training
+command, with whatever Python the instance has.
+
+IMDSv2 is a session protocol: `PUT /latest/api/token` with a TTL header returns a token, and every
+GET carries it in `X-aws-ec2-metadata-token`. A 401 means the token expired: fetch a new one.
+https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/configuring-instance-metadata-service.html
+
+The address is a setting (`SPOTRUN_IMDS_URL`, default http://169.254.169.254) so tests point it at
+a loopback server, with no branch in this code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+DEFAULT_URL = "http://169.254.169.254"
+TOKEN_TTL_S = 21600
+# The link-local service answers in milliseconds; a longer wait means there is none (not on EC2).
+TIMEOUT_S = 2.0
+
+INSTANCE_ACTION = "/latest/meta-data/spot/instance-action"
+REBALANCE = "/latest/meta-data/events/recommendations/rebalance"
+REGION = "/latest/meta-data/placement/region"
+
+
+class ImdsUnreachable(Exception):
+    """No metadata service answered (a machine that is not an EC2 instance, or IMDS disabled)."""
+
+
+def imds_url() -> str:
+    return os.environ.get("SPOTRUN_IMDS_URL", DEFAULT_URL).rstrip("/")
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A spot interruption notice: `action` is terminate, stop or hibernate; `time` is when
+    (ISO 8601, UTC) AWS takes the instance back."""
+
+    action: str
+    time: str
+    raw: str
+
+    def seconds_left(self, now: float | None = None) -> float | None:
+        when = parse_time(self.time)
+        return None if when is None else when - (now if now is not None else time.time())
+
+
+def parse_time(text: str) -> float | None:
+    """AWS writes `2025-01-01T12:00:00Z`; anything unparsable gives None (treated as 'soon')."""
+    from datetime import datetime, timezone
+
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+class Imds:
+    """Token-holding client. `get` returns the body, or None for 404 (nothing to report)."""
+
+    def __init__(self, base_url: str | None = None, timeout: float = TIMEOUT_S):
+        self.base_url = (base_url or imds_url()).rstrip("/")
+        self.timeout = timeout
+        self._token: str | None = None
+        self._token_expires = 0.0
+
+    def _open(self, request: urllib.request.Request):
+        try:
+            return urllib.request.urlopen(request, timeout=self.timeout)
+        except urllib.error.HTTPError:
+            raise
+        except (urllib.error.URLError, OSError) as e:
+            raise ImdsUnreachable(f"{self.base_url}: {getattr(e, 'reason', e)}") from None
+
+    def token(self) -> str:
+        if self._token is None or time.monotonic() > self._token_expires:
+            req = urllib.request.Request(
+                self.base_url + "/latest/api/token", method="PUT",
+                headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_S)},
+            )  # fmt: skip
+            try:
+                with self._open(req) as resp:
+                    self._token = resp.read().decode().strip()
+            except urllib.error.HTTPError as e:
+                raise ImdsUnreachable(f"{self.base_url}: token request refused (HTTP {e.code})") from None
+            # Renew well before AWS would expire it.
+            self._token_expires = time.monotonic() + TOKEN_TTL_S - 60
+        return self._token
+
+    def get(self, path: str) -> str | None:
+        for attempt in range(2):
+            headers = {"X-aws-ec2-metadata-token": self.token()}
+            req = urllib.request.Request(self.base_url + path, headers=headers)
+            try:
+                with self._open(req) as resp:
+                    return resp.read().decode()
+            except urllib.error.HTTPError as e:
+                if e.code == 404:
+                    return None
+                if e.code == 401 and attempt == 0:
+                    self._token = None  # expired or rotated: one fresh token, then give up
+                    continue
+                raise ImdsUnreachable(f"{self.base_url}{path}: HTTP {e.code}") from None
+        return None
+
+    def instance_action(self) -> Notice | None:
+        body = self.get(INSTANCE_ACTION)
+        if body is None:
+            return None
+        try:
+            data = json.loads(body)
+        except json.JSONDecodeError:
+            data = {}
+        return Notice(action=str(data.get("action", "terminate")), time=str(data.get("time", "")), raw=body)
+
+    def rebalance(self) -> str | None:
+        """The rebalance recommendation's body (JSON with `noticeTime`), or None."""
+        return self.get(REBALANCE)
+
+    def region(self) -> str | None:
+        return self.get(REGION)

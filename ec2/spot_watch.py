@@ -1,0 +1,233 @@
+"""The spot-notice watcher: runs on the instance beside any command and acts on the two-minute
+interruption notice.
+
+    python -m ec2.spot_watch --run-dir DIR [--signal USR1] [--checkpoint-dir PATH]
+                             [--upload-to s3://...] [--poll 5] [--grace S] -- CMD ...
+
+It starts CMD as a child in its own process group and exits with CMD's exit code. Every `--poll`
+seconds it asks the metadata service (IMDSv2, address from SPOTRUN_IMDS_URL) for
+`spot/instance-action` and the rebalance recommendation. On a notice:
+
+1. writes RUN_DIR/notice (the notice JSON and when it was seen);
+2. sends `--signal` to CMD's main process (our trainer checkpoints within the step and exits 75;
+   `bash -c` execs a single command, so that is the trainer itself);
+3. waits for CMD to exit, bounded by the notice's deadline (less the time kept for the upload);
+4. copies a local `--checkpoint-dir` to `--upload-to` (only files S3 lacks), or, when the
+   checkpoint dir is itself s3://, notes what is there;
+5. writes RUN_DIR/preempted (atomically) with the timings; `fab status` then says "preempted".
+
+No metadata service (not an EC2 machine) → one log line, and CMD runs on unwatched.
+Runs with the instance's Python: standard library and boto3 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import botocore.exceptions
+
+from common.atomic import atomic_write_json
+from ec2.imds import Imds, ImdsUnreachable, Notice
+
+# Kept back from the notice's deadline for the S3 copy and the status file.
+UPLOAD_RESERVE_S = 30.0
+# When the notice carries no usable time: AWS promises two minutes.
+NOTICE_LEAD_S = 120.0
+MIN_WAIT_S = 5.0
+
+
+def log(msg: str) -> None:
+    print(f"spot_watch: {msg}", file=sys.stderr, flush=True)
+
+
+def parse_signal(name: str) -> signal.Signals:
+    text = name.upper()
+    if text.isdigit():
+        return signal.Signals(int(text))
+    try:
+        return signal.Signals[text if text.startswith("SIG") else "SIG" + text]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"unknown signal {name!r} (e.g. USR1, TERM, INT)") from None
+
+
+def exit_status(returncode: int) -> int:
+    """A shell-style status: a child killed by signal N is 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class Watcher:
+    def __init__(self, args: argparse.Namespace, imds: Imds | None = None):
+        self.args = args
+        self.run_dir = Path(args.run_dir)
+        self.imds = imds or Imds(args.imds_url)
+        self.child: subprocess.Popen | None = None
+        self.imds_down = False
+        self.rebalance_seen = False
+
+    # --- the child -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.child = subprocess.Popen(self.args.command, start_new_session=True)
+        # A Ctrl-C in `fab attach`, a HUP from tmux or a TERM from shutdown reaches only us (the child
+        # has its own group): pass it on, and let the child decide.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._forward)
+
+    def _forward(self, signum, _frame) -> None:
+        if self.child and self.child.poll() is None:
+            os.kill(self.child.pid, signum)
+
+    def wait_child(self, timeout: float | None) -> int | None:
+        try:
+            return self.child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    # --- metadata -----------------------------------------------------------------------------------
+    def check(self) -> Notice | None:
+        try:
+            notice = self.imds.instance_action()
+            if not self.rebalance_seen and (body := self.imds.rebalance()) is not None:
+                # Advice only (capacity is getting scarce); the interruption notice may follow.
+                self.rebalance_seen = True
+                log(f"rebalance recommendation: {body.strip()} (no action; still watching)")
+        except ImdsUnreachable as e:
+            if not self.imds_down:
+                log(f"instance metadata not reachable ({e}); not an EC2 instance? the command runs "
+                    "on without spot-notice handling")
+            self.imds_down = True
+            return None
+        if self.imds_down:
+            log("instance metadata reachable again; watching for spot notices")
+            self.imds_down = False
+        return notice
+
+    def watch(self) -> int:
+        self.start()
+        log(f"watching {self.imds.base_url} every {self.args.poll:g} s for spot notices "
+            f"(command pid {self.child.pid})")
+        while True:
+            notice = self.check()
+            if notice is not None:
+                return self.on_notice(notice)
+            code = self.wait_child(self.args.poll)
+            if code is not None:
+                return exit_status(code)
+
+    # --- the notice ---------------------------------------------------------------------------------
+    def deadline_wait(self, notice: Notice) -> float:
+        if self.args.grace is not None:
+            return self.args.grace
+        left = notice.seconds_left()
+        left = NOTICE_LEAD_S if left is None else left
+        return max(left - UPLOAD_RESERVE_S, MIN_WAIT_S)
+
+    def on_notice(self, notice: Notice) -> int:
+        seen = time.time()
+        record = {"action": notice.action, "time": notice.time, "seen_at": seen,
+                  "seconds_left": notice.seconds_left(seen), "raw": notice.raw}
+        atomic_write_json(self.run_dir / "notice", record)
+        sig = self.args.signal
+        log(f"spot interruption notice: {notice.action} at {notice.time or '?'}; "
+            f"sending {sig.name} to pid {self.child.pid}")
+        signalled = time.time()
+        if self.child.poll() is None:
+            os.kill(self.child.pid, sig)
+        wait = self.deadline_wait(notice)
+        code = self.wait_child(wait)
+        exited = time.time() if code is not None else None
+        if code is None:
+            log(f"command still running {wait:.0f} s after {sig.name}; saving what is there")
+        else:
+            log(f"command exited {exit_status(code)} {exited - signalled:.1f} s after {sig.name}")
+        checkpoint = self.secure_checkpoint()
+        done = time.time()
+        atomic_write_json(self.run_dir / "preempted", {
+            **record, "signal": sig.name, "signalled_at": signalled, "command_exited_at": exited,
+            "command_exit_code": exit_status(code) if code is not None else None,
+            "checkpoint": checkpoint, "done_at": done, "seconds_notice_to_safe": round(done - seen, 3),
+        })  # fmt: skip
+        log(f"preempted: checkpoint secured {done - seen:.1f} s after the notice")
+        if code is None:
+            code = self.child.wait()  # the machine goes away around us; keep the pane honest
+        return exit_status(code)
+
+    def secure_checkpoint(self) -> dict:
+        ckpt, dest = self.args.checkpoint_dir, self.args.upload_to
+        if not ckpt:
+            return {"state": "unknown", "why": "no --checkpoint-dir given"}
+        from ec2 import aws, s3copy
+
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if ckpt.startswith("s3://"):
+            # The trainer copied it up itself before exiting; record what S3 holds.
+            try:
+                bucket, prefix = s3copy.split_uri(ckpt)
+                objects = s3copy.remote_objects(aws.client("s3", self.region(region)), bucket, prefix)
+            except (ValueError, botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+                # Only a note for the status file; the trainer already reported its own copy.
+                return {"state": "unknown", "uri": ckpt, "why": str(e)[:300]}
+            return {"state": "in_s3", "uri": ckpt, "objects": len(objects)}
+        if not Path(ckpt).is_dir():
+            return {"state": "missing", "path": ckpt}
+        if not dest:
+            return {"state": "local", "path": ckpt, "why": "no --upload-to given; fab download keeps it"}
+        try:
+            stats = s3copy.copy_folder(aws.client("s3", self.region(region)), ckpt, dest)
+        except s3copy.CopyError as e:
+            log(str(e))
+            return {"state": "local", "path": ckpt, "uri": dest, "why": str(e)[:300]}
+        log(f"copied {len(stats.uploaded)} file(s), {stats.bytes_uploaded} bytes to {dest} "
+            f"in {stats.seconds:.1f} s ({len(stats.skipped)} already there)")
+        return {"state": "in_s3", "path": ckpt, "uri": dest, "uploaded": stats.uploaded,
+                "skipped": len(stats.skipped), "bytes": stats.bytes_uploaded, "seconds": stats.seconds}
+
+    def region(self, region: str | None) -> str | None:
+        if region:
+            return region
+        try:
+            return self.imds.region()
+        except ImdsUnreachable:
+            return None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ec2.spot_watch", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run-dir", required=True, help="where notice and preempted are written")
+    p.add_argument("--signal", type=parse_signal, default=signal.SIGTERM,
+                   help="sent to the command on a notice (USR1 for spotrun's trainer; default TERM)")
+    p.add_argument("--checkpoint-dir", help="the command's checkpoint folder (local or s3://)")
+    p.add_argument("--upload-to", help="s3:// destination for a local checkpoint folder")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between metadata checks")
+    p.add_argument("--grace", type=float, default=None,
+                   help="seconds to wait for the command after the signal (default: until the "
+                        f"notice's deadline less {UPLOAD_RESERVE_S:g} s)")
+    p.add_argument("--imds-url", default=None, help="metadata address (default $SPOTRUN_IMDS_URL)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ...")
+    args = p.parse_args(argv)
+    if args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    if not args.command:
+        p.error("give the command after --, e.g. -- bash -c 'python -m ml.train ...'")
+    if args.upload_to and not args.upload_to.startswith("s3://"):
+        p.error(f"--upload-to must be an s3:// URI, not {args.upload_to!r}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return Watcher(args).watch()
+    except FileNotFoundError as e:
+        print(f"error: cannot start {args.command[0]!r}: {e.strerror}", file=sys.stderr)
+        return 127
+
+
+if __name__ == "__main__":
+    sys.exit(main())

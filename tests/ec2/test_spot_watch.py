@@ -1,0 +1,140 @@
+"""The notice watcher as a real subprocess: loopback IMDS, moto's S3 server, a stand-in command
+that checkpoints on SIGUSR1 the way the trainer does (save, exit 75)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from ec2 import s3copy
+
+REPO = Path(__file__).resolve().parents[2]
+# Steps until told to stop; on SIGUSR1 it writes a checkpoint (atomically) and exits 75.
+STANDIN = r"""
+import os, signal, sys, time
+ckpt, steps = sys.argv[1], int(sys.argv[2])
+stop = False
+def on_signal(signum, frame):
+    global stop
+    stop = True
+signal.signal(signal.SIGUSR1, on_signal)
+if os.environ.get("STANDIN_IGNORE"):
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+os.makedirs(ckpt, exist_ok=True)
+for step in range(steps):
+    print(f"step {step}", flush=True)
+    if stop:
+        tmp = os.path.join(ckpt, ".last.pt.tmp")
+        with open(tmp, "wb") as f:
+            f.write(os.urandom(300_000) + str(step).encode())
+        os.replace(tmp, os.path.join(ckpt, "last.pt"))
+        print(f"saved at step {step}", flush=True)
+        sys.exit(75)
+    time.sleep(0.05)
+sys.exit(int(os.environ.get("STANDIN_EXIT", "0")))
+"""
+
+
+def watcher(tmp_path: Path, imds_url: str, *args: str, steps: int = 400, env: dict | None = None):
+    script = tmp_path / "standin.py"
+    script.write_text(STANDIN)
+    argv = [sys.executable, "-m", "ec2.spot_watch", "--run-dir", str(tmp_path / "run"), "--poll", "0.2",
+            *args, "--", sys.executable, str(script), str(tmp_path / "ckpt"), str(steps)]
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "SPOTRUN_IMDS_URL": imds_url, **(env or {})}
+    return subprocess.Popen(argv, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for(path: Path, timeout: float = 15) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < end, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def test_no_notice_forwards_exit_code(imds, tmp_path):
+    proc = watcher(tmp_path, imds.url, steps=5, env={"STANDIN_EXIT": "3"})
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3
+    assert "step 4" in out
+    assert not (tmp_path / "run" / "preempted").exists()
+    assert imds.served("/latest/meta-data/spot/instance-action", 404) >= 1
+
+
+def test_unreachable_metadata_logs_once_and_runs_on(tmp_path):
+    proc = watcher(tmp_path, "http://127.0.0.1:9", steps=30)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert err.count("instance metadata not reachable") == 1
+    assert "step 29" in out
+
+
+def test_notice_checkpoints_copies_to_s3_and_records_preempted(imds, aws_env, tmp_path):
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="ckpt-bucket")
+    # A file already safe in S3 is not sent again.
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.yaml").write_text("lr: 1\n")
+    s3.upload_file(str(tmp_path / "ckpt" / "config.yaml"), "ckpt-bucket", "runs/a/config.yaml")
+    proc = watcher(tmp_path, imds.url, "--signal", "USR1", "--checkpoint-dir", str(tmp_path / "ckpt"),
+                   "--upload-to", "s3://ckpt-bucket/runs/a")
+    time.sleep(1.0)
+    imds.mark_rebalance()
+    time.sleep(0.5)
+    imds.mark_interruption()
+    wait_for(tmp_path / "run" / "preempted")
+    safe_after = time.time() - imds.marked_at
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 75, err
+    assert "rebalance recommendation" in err and err.count("rebalance recommendation") == 1
+    record = json.loads((tmp_path / "run" / "preempted").read_text())
+    assert record["signal"] == "SIGUSR1" and record["command_exit_code"] == 75
+    assert record["checkpoint"]["state"] == "in_s3"
+    assert record["checkpoint"]["uploaded"] == ["runs/a/last.pt"] and record["checkpoint"]["skipped"] == 1
+    assert json.loads((tmp_path / "run" / "notice").read_text())["action"] == "terminate"
+    body = s3.get_object(Bucket="ckpt-bucket", Key="runs/a/last.pt")["Body"].read()
+    assert body == (tmp_path / "ckpt" / "last.pt").read_bytes()
+    assert safe_after < 5, f"checkpoint took {safe_after:.1f} s to be safe"
+
+
+def test_command_ignoring_the_signal_is_bounded_by_grace(imds, tmp_path):
+    proc = watcher(tmp_path, imds.url, "--signal", "USR1", "--grace", "0.5",
+                   "--checkpoint-dir", str(tmp_path / "ckpt"), steps=60, env={"STANDIN_IGNORE": "1"})
+    time.sleep(0.5)
+    imds.mark_interruption()
+    wait_for(tmp_path / "run" / "preempted")
+    record = json.loads((tmp_path / "run" / "preempted").read_text())
+    assert record["command_exited_at"] is None and record["checkpoint"]["state"] == "local"
+    assert proc.poll() is None  # the command still runs: the watcher does not kill it
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_bad_arguments_are_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "ec2.spot_watch", "--run-dir", str(tmp_path), "--signal",
+                           "NOPE", "--", "true"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown signal 'NOPE'" in proc.stderr
+
+
+def test_multipart_etag_is_recomputed(aws_env, tmp_path):
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="etag-bucket")
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(11 * 1024 * 1024))
+    from boto3.s3.transfer import TransferConfig
+
+    s3.upload_file(str(big), "etag-bucket", "big.bin",
+                   Config=TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20))
+    size, etag = s3copy.remote_objects(s3, "etag-bucket", "")["big.bin"]
+    assert etag.strip('"').endswith("-3")
+    assert s3copy.local_etag(big, 3, 5 << 20) == etag.strip('"')
+    assert s3copy.split_uri("s3://b/x/y/") == ("b", "x/y/") and s3copy.split_uri("s3://b") == ("b", "")
+    with pytest.raises(ValueError):
+        s3copy.split_uri("/tmp/x")
