@@ -60,7 +60,7 @@ def _describe(ec2, image_id: str) -> dict:
 def _newest_by_name(ec2, cfg) -> dict:
     with aws_errors("searching Deep Learning AMIs (describe_images)"):
         images = ec2.describe_images(
-            Owners=["amazon"],
+            Owners=list(cfg.ami_owners),
             Filters=[
                 {"Name": "name", "Values": [DLAMI_NAME_FILTER]},
                 {"Name": "state", "Values": ["available"]},

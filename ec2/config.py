@@ -29,8 +29,18 @@ class AwsConfig:
     ami: str = "auto"
     ami_flavour: str = "oss-nvidia-driver-gpu-pytorch-2.7-ubuntu-22.04"
     architecture: Literal["x86_64", "arm64"] = "x86_64"
+    # Who may own the image the describe_images fallback picks: "amazon", or "self" / an account id
+    # for an organisation's own copies of the DLAMI.
+    ami_owners: list[str] = field(default_factory=lambda: ["amazon"])
     root_volume_gb: int = 200
     ssh_user: str = "ubuntu"
+    ssh_port: int = 22
+    # Which address SSH dials: the public IP, the private IP (VPN, bastion), or the instance id
+    # (for an SSM ProxyCommand, where %h must be the instance id).
+    ssh_host: Literal["public-ip", "private-ip", "instance-id"] = "public-ip"
+    # OpenSSH ProxyCommand (%h host, %p port, %r user), e.g. a bastion (`ssh -W %h:%p bastion`) or
+    # `aws ssm start-session --target %h --document-name AWS-StartSSHSession --parameters portNumber=%p`.
+    ssh_proxy_command: str | None = None
     key_name: str = "spotrun"
     # Import this public key instead of creating a new key pair (private key must sit beside it).
     import_public_key: str | None = None
@@ -47,12 +57,22 @@ class AwsConfig:
     # Shut down after this many minutes with no tmux session and no SSH login; 0 turns it off.
     idle_minutes: int = 30
     tags: dict[str, str] = field(default_factory=dict)
+    # How long a launch waits for `running`, then for an SSH banner, before giving up (and
+    # terminating the instance unless --keep-on-failure).
+    running_timeout_s: int = 600
+    ssh_ready_timeout_s: int = 600
 
     def __post_init__(self) -> None:
         if not self.instance_types:
             raise ConfigError("instance_types is empty; list at least one, e.g. [g5.xlarge]")
         if self.max_hours <= 0:
             raise ConfigError("max_hours must be positive: it is the instance's hard cost cap")
+        if self.market not in ("spot", "on-demand", "spot-then-on-demand"):
+            raise ConfigError(f"market {self.market!r}: use spot, on-demand or spot-then-on-demand")
+        if self.max_price is not None and self.max_price <= 0:
+            raise ConfigError("max_price must be positive, or unset (recommended by AWS)")
+        if self.root_volume_gb < 8:
+            raise ConfigError("root_volume_gb must be at least 8 (the Deep Learning AMI needs ~100)")
 
 
 def load_aws_config(

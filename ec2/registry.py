@@ -31,6 +31,8 @@ class MachineRecord:
     launched_at: str | None = None  # ISO 8601, UTC
     # Where spotrun keeps code, venv and runs on the machine (~ is the remote user's home).
     remote_dir: str = "~/spotrun"
+    # OpenSSH ProxyCommand used to reach the machine (bastion, SSM), or None for a direct dial.
+    proxy_command: str | None = None
 
     @property
     def adopted(self) -> bool:

@@ -50,6 +50,8 @@ def ssh_options(
         "-o", "ServerAliveInterval=15",
         "-o", "ServerAliveCountMax=4",
     ]  # fmt: skip
+    if record.proxy_command:
+        opts += ["-o", f"ProxyCommand={record.proxy_command}"]
     if control:
         # %C: a hash of host, port and user, so the socket path stays short (sun_path ~104 bytes).
         opts += [

@@ -1,0 +1,246 @@
+"""Launch one named instance: identity → region → AMI → key → security group → the cheapest
+(type, zone) with capacity → running → SSH ready → registry and ~/.ssh config.
+
+Stages are separate functions so each can be read and tested alone. Once an instance exists, any
+failure terminates it (unless keep_on_failure) and says so: a failed launch leaves nothing billing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Set
+from datetime import UTC, datetime
+
+import botocore.exceptions
+
+from ec2 import account, aws, instances, keys, network, pricing, ready, registry, sshconfig
+from ec2.ami import Ami, resolve_ami
+from ec2.aws import translate
+from ec2.capacity import CAPACITY_CODES, QUOTA_NEXT_STEP, Choice, offered_zones, plan
+from ec2.config import AwsConfig
+from ec2.errors import AwsError, CapacityError, ConfigError, QuotaError, ToolkitError
+from ec2.guard import aws_errors, error_code
+from ec2.registry import MachineRecord
+from ec2.userdata import build_user_data
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+RUNNING_DELAY_S = 3
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name or ""):
+        raise ConfigError(
+            f"instance name {name!r} is not usable; use letters, digits, '.', '_' or '-' (e.g. --name exp1)"
+        )
+    return name
+
+
+def instance_tags(cfg: AwsConfig, name: str, owner: str, created: str) -> list[dict]:
+    """User tags first, then spotrun's own (which the user cannot override: status relies on them)."""
+    tags = dict(cfg.tags)
+    tags.update({"Name": name, instances.NAME_TAG: name, instances.OWNER_TAG: owner,
+                 instances.CREATED_TAG: created})
+    return [{"Key": k, "Value": str(v)} for k, v in tags.items()]
+
+
+def run_params(cfg: AwsConfig, name: str, owner: str, ami: Ami, group_id: str, choice: Choice,
+               created: str) -> dict:
+    """The run_instances request for one choice (a pure function: tests read it)."""
+    tags = instance_tags(cfg, name, owner, created)
+    params = {
+        "ImageId": ami.image_id,
+        "InstanceType": choice.instance_type,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "KeyName": cfg.key_name,
+        "UserData": build_user_data(cfg.max_hours, cfg.idle_minutes),
+        # IMDSv2 only: a stolen-request SSRF on the instance cannot read its role credentials.
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled",
+                            "HttpPutResponseHopLimit": 2},
+        "BlockDeviceMappings": [{
+            "DeviceName": ami.root_device,
+            "Ebs": {"VolumeSize": cfg.root_volume_gb, "VolumeType": "gp3", "Encrypted": True,
+                    "DeleteOnTermination": True},
+        }],
+        # The max_hours and idle guards end in `shutdown`: that must terminate, not stop (a stopped
+        # instance still bills for its volume, and spot one-time requests cannot be restarted).
+        "InstanceInitiatedShutdownBehavior": "terminate",
+        "TagSpecifications": [
+            {"ResourceType": "instance", "Tags": tags},
+            {"ResourceType": "volume", "Tags": tags},
+        ],
+    }  # fmt: skip
+    if cfg.subnet_id:
+        params["NetworkInterfaces"] = [{
+            "DeviceIndex": 0, "SubnetId": cfg.subnet_id, "Groups": [group_id],
+            "AssociatePublicIpAddress": cfg.ssh_host == "public-ip",
+        }]  # fmt: skip
+    else:
+        params["SecurityGroupIds"] = [group_id]
+        params["Placement"] = {"AvailabilityZone": choice.zone}
+    if cfg.iam_instance_profile:
+        key = "Arn" if cfg.iam_instance_profile.startswith("arn:") else "Name"
+        params["IamInstanceProfile"] = {key: cfg.iam_instance_profile}
+    if choice.market == "spot":
+        spot = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+        if cfg.max_price is not None:
+            spot["MaxPrice"] = f"{cfg.max_price:g}"
+        params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": spot}
+    return params
+
+
+def _zones(ec2, cfg: AwsConfig) -> list[str]:
+    """A configured subnet pins the zone; else the configured zones (empty: all)."""
+    if not cfg.subnet_id:
+        return list(cfg.zones)
+    with aws_errors(f"looking up subnet {cfg.subnet_id}"):
+        return [ec2.describe_subnets(SubnetIds=[cfg.subnet_id])["Subnets"][0]["AvailabilityZone"]]
+
+
+def choices_for(ec2, cfg: AwsConfig, region: str, exclude=frozenset(), out=print) -> list[Choice]:
+    """Offered (type, zone) pairs, cheapest current spot price first (see capacity.plan)."""
+    zones = _zones(ec2, cfg)
+    offered = offered_zones(ec2, cfg.instance_types, zones)
+    where = f"{region} ({', '.join(zones)})" if zones else region
+    missing = [t for t in cfg.instance_types if not offered.get(t)]
+    if len(missing) == len(cfg.instance_types):
+        raise AwsError(
+            f"none of {', '.join(cfg.instance_types)} is offered in {where}; check the type names "
+            "(e.g. g5.xlarge) or pick another region or zones", "Unsupported",
+        )
+    for t in missing:
+        out(f"note: {t} is not offered in {where}; skipped")
+    prices = {}
+    if cfg.market != "on-demand":
+        prices = pricing.current_prices(pricing.spot_history(ec2, cfg.instance_types, zones=zones or None))
+    on_demand = {t: pricing.on_demand_price(t) for t in cfg.instance_types}
+    choices = plan(cfg.instance_types, offered, prices, on_demand, cfg.market, exclude)
+    if not choices:
+        raise CapacityError(
+            f"no instance type and zone left to try in {where} after excluding "
+            f"{', '.join(f'{t} in {z}' for t, z in sorted(exclude))}; add types or zones", "NoChoices",
+        )
+    return choices
+
+
+def try_choices(ec2, cfg: AwsConfig, choices: list[Choice], params_for: Callable[[Choice], dict],
+                out=print) -> tuple[str, Choice]:
+    """run_instances on each choice in order until one launches: (instance id, choice).
+
+    Capacity refusals move on; quota and price refusals stop (or, with spot-then-on-demand, skip
+    the remaining spot choices); anything else stops with its AWS code."""
+    refused: list[str] = []
+    skip_spot = False
+    for i, choice in enumerate(choices, 1):
+        if skip_spot and choice.market == "spot":
+            continue
+        out(f"[{i}/{len(choices)}] trying {choice.describe()}")
+        try:
+            response = ec2.run_instances(**params_for(choice))
+        except botocore.exceptions.ClientError as e:
+            code = error_code(e)
+            if code in CAPACITY_CODES:
+                out(f"      {code}: no capacity there; next choice")
+                refused.append(code)
+                continue
+            if code in QUOTA_NEXT_STEP:
+                if choice.market == "spot" and cfg.market == "spot-then-on-demand":
+                    out(f"      {code}: spot refused for the account; falling back to on-demand")
+                    skip_spot = True
+                    continue
+                message = f"launching {choice.describe()} refused: {QUOTA_NEXT_STEP[code]}"
+                raise QuotaError(message, code) from None
+            raise translate(e, f"launching {choice.describe()}") from None
+        except botocore.exceptions.BotoCoreError as e:
+            raise translate(e, f"launching {choice.describe()}") from None
+        return response["Instances"][0]["InstanceId"], choice
+    codes = ", ".join(sorted(set(refused))) or "none tried"
+    raise CapacityError(
+        f"no capacity for {', '.join(cfg.instance_types)} after {len(refused)} attempt(s) ({codes}); "
+        "retry in a few minutes, add instance types or zones, or set market: spot-then-on-demand",
+        "InsufficientInstanceCapacity",
+    )
+
+
+def refuse_duplicate(ec2, name: str) -> None:
+    live = instances.find_instances(ec2, name)
+    if live:
+        i = live[0]
+        raise ToolkitError(
+            f"an instance named {name!r} already exists ({i.instance_id}, {i.state}); terminate it with "
+            f"`fab terminate --name {name}` or launch under another --name"
+        )
+
+
+def make_record(cfg: AwsConfig, info: instances.InstanceInfo, region: str, key_path: str) -> MachineRecord:
+    host = info.address(cfg.ssh_host)
+    if not host:
+        raise ToolkitError(
+            f"{info.instance_id} has no {cfg.ssh_host} address; launch in a public subnet, or set "
+            "ssh_host: private-ip (VPN) or instance-id with an ssh_proxy_command (SSM)"
+        )
+    return MachineRecord(
+        name=info.name, host=host, user=cfg.ssh_user, port=cfg.ssh_port, key_path=key_path,
+        instance_id=info.instance_id, region=region, instance_type=info.instance_type, zone=info.zone,
+        market=info.market, launched_at=info.launched_at.isoformat() if info.launched_at else None,
+        proxy_command=cfg.ssh_proxy_command,
+    )  # fmt: skip
+
+
+def _bring_up(ec2, cfg: AwsConfig, instance_id: str, region: str, key_path: str, wait_ssh: bool,
+              out) -> MachineRecord:
+    """From `pending` to a registered machine (and, with wait_ssh, an SSH server answering)."""
+    out(f"waiting for {instance_id} to be running (up to {cfg.running_timeout_s} s)")
+    instances.wait_for(ec2, "instance_running", [instance_id], delay_s=RUNNING_DELAY_S,
+                       budget_s=cfg.running_timeout_s)
+    info = instances.describe_instance(ec2, instance_id)
+    if info is None:
+        raise AwsError(f"{instance_id} vanished right after launch; check the EC2 console", "InstanceGone")
+    record = make_record(cfg, info, region, key_path)
+    # A previous machine of this name is gone (launch refuses live duplicates): drop its traces, so
+    # its host key in known_hosts cannot clash with the new one.
+    instances.forget_local(record.name)
+    registry.put(record)
+    sshconfig.write_entry(record)
+    out(f"{record.name} is running: {info.instance_id} {info.instance_type} in {info.zone} "
+        f"({info.market}) at {record.host}")
+    if wait_ssh:
+        ready.wait_ssh(record, cfg.ssh_ready_timeout_s, out=out)
+    return record
+
+
+def launch(cfg: AwsConfig, name: str, *, wait_ssh: bool = True, keep_on_failure: bool = False,
+           exclude: Set[tuple[str, str]] = frozenset(), out=print) -> MachineRecord:
+    """Launch the instance ``name`` and return its registry record (see the module docstring)."""
+    check_name(name)
+    region = account.resolve_region(cfg)
+    owner = account.caller_arn(region, cfg.profile)  # first: bad credentials fail before anything exists
+    ec2 = aws.client("ec2", region, cfg.profile)
+    refuse_duplicate(ec2, name)
+    ami = resolve_ami(cfg, ec2, aws.client("ssm", region, cfg.profile))
+    out(f"AMI: {ami.image_id} {ami.name!r} ({ami.reason})")
+    key_path = keys.ensure_key_pair(ec2, cfg.key_name, owner, cfg.import_public_key)
+    group_id = network.ensure_group(ec2, cfg, network.ssh_cidr(cfg), owner)
+    choices = choices_for(ec2, cfg, region, exclude, out)
+    created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    instance_id, choice = try_choices(
+        ec2, cfg, choices, lambda c: run_params(cfg, name, owner, ami, group_id, c, created), out
+    )
+    out(f"launched {instance_id}: {choice.describe()}")
+    try:
+        return _bring_up(ec2, cfg, instance_id, region, str(key_path), wait_ssh, out)
+    except (ToolkitError, KeyboardInterrupt) as failure:
+        if keep_on_failure:
+            out(f"launch failed; {instance_id} kept as asked (--keep-on-failure): it bills until you "
+                f"run `fab terminate --name {name}`")
+            raise
+        out(f"launch failed after {instance_id} was created: terminating it so nothing is left billing")
+        try:
+            instances.terminate_instances(ec2, [instance_id], wait=False)
+        except ToolkitError as e:
+            raise ToolkitError(
+                f"{failure}; ALSO could not terminate {instance_id} ({e}): terminate it in the EC2 console"
+            ) from None
+        instances.forget_local(name)
+        out(f"terminated {instance_id}")
+        raise
