@@ -88,13 +88,19 @@ class GRUDecoder(nn.Module):
     def day_layer(self, x: Tensor, day_idx: Tensor) -> Tensor:
         """Each trial through its own session's Linear(F, F), without a Python loop over the batch.
 
-        The session weights are stacked (a tuple of ``n_days`` views, so gradients reach each
-        parameter) and gathered by index: one batched matmul for the whole batch.
+        Only the sessions present in the batch are stacked, then gathered per trial: one batched
+        matmul for the whole batch. Sessions not in the batch get no gradient (``grad`` stays
+        None), so AdamW leaves them untouched, as in the reference; stacking all sessions would
+        hand them zero gradients and let momentum and weight decay move them every step.
+        (Under DistributedDataParallel that means ``find_unused_parameters=True``.)
         """
         day_idx = day_idx.to(device=x.device, dtype=torch.long)
-        weights = torch.stack(tuple(self.day_weights)).index_select(0, day_idx)  # (B, F, F)
-        biases = torch.cat(tuple(self.day_biases)).index_select(0, day_idx).unsqueeze(1)  # (B, 1, F)
-        return torch.baddbmm(biases, x, weights)
+        # One host sync to learn which sessions are present (the reference syncs once per trial).
+        present, local = torch.unique(day_idx, return_inverse=True)
+        days = present.tolist()
+        weights = torch.stack([self.day_weights[d] for d in days]).index_select(0, local)  # (B, F, F)
+        biases = torch.cat([self.day_biases[d] for d in days]).index_select(0, local)  # (B, F)
+        return torch.baddbmm(biases.unsqueeze(1), x, weights)
 
     def patch(self, x: Tensor) -> Tensor:
         """(B, T, F) -> (B, T', patch_size * F), each row ordered (bin-in-window, feature)."""

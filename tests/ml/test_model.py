@@ -119,10 +119,17 @@ def test_day_layer_uses_each_trials_session():
     for k, d in enumerate(days.tolist()):
         want = x[k] @ model.day_weights[d] + model.day_biases[d]
         assert torch.allclose(got[k], want, atol=1e-5)
-    # Gradients reach only the sessions in the batch.
     got.sum().backward()
-    assert model.day_weights[0].grad is not None and model.day_weights[2].grad.abs().sum() > 0
-    assert model.day_weights[1].grad.abs().sum() > 0
+    assert all(w.grad.abs().sum() > 0 for w in model.day_weights)
+
+
+def test_sessions_absent_from_the_batch_get_no_gradient():
+    # As in the reference: AdamW then skips them, instead of moving them by momentum and decay.
+    model = small(n_days=4)
+    model(torch.randn(3, 7, 6), torch.tensor([3, 1, 3])).sum().backward()
+    assert [w.grad is not None for w in model.day_weights] == [False, True, False, True]
+    assert [b.grad is not None for b in model.day_biases] == [False, True, False, True]
+    assert model.day_weights[3].grad.abs().sum() > 0
 
 
 def test_states_and_return_state():

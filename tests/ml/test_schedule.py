@@ -129,3 +129,18 @@ def test_linear_schedule_from_config():
     optimizer = build_optimizer(model(), cfg)
     scheduler = build_scheduler(optimizer, cfg)
     assert lrs_at(scheduler, optimizer, 600)["other"] == pytest.approx(0.0001 + 0.0049 * 0.5)
+
+
+def test_sessions_absent_from_a_batch_are_not_moved_by_adamw():
+    cfg = config(lr_warmup_steps=0, lr_warmup_steps_day=0, weight_decay_day=0.1)
+    m = model()
+    optimizer = build_optimizer(m, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    for days in ([0, 1], [1, 1]):  # session 0 gets momentum in step 1, is absent in step 2
+        before = [w.detach().clone() for w in m.day_weights]
+        optimizer.zero_grad()
+        m(torch.randn(2, 5, 4), torch.tensor(days)).pow(2).sum().backward()
+        optimizer.step()
+        scheduler.step()
+        moved = [not torch.equal(b, w) for b, w in zip(before, m.day_weights, strict=True)]
+        assert moved == [d in days for d in range(3)]
