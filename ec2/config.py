@@ -61,6 +61,13 @@ class AwsConfig:
     # terminating the instance unless --keep-on-failure).
     running_timeout_s: int = 600
     ssh_ready_timeout_s: int = 600
+    # Where spotrun keeps code, venv and runs on the machine (~ is the remote user's home).
+    remote_dir: str = "~/spotrun"
+    # `fab run`: where the notice watcher copies a local checkpoint folder on a spot notice
+    # (s3://bucket/prefix; unset: checkpoints come back by `fab download` only), and how many
+    # replacements it launches after interruptions before giving up.
+    checkpoint_backup_uri: str | None = None
+    max_recoveries: int = 3
 
     def __post_init__(self) -> None:
         if not self.instance_types:
