@@ -132,3 +132,19 @@ def test_disabled_steps_draw_no_random_numbers():
     after = torch.rand(1)
     torch.manual_seed(7)
     assert torch.equal(after, torch.rand(1))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_train_transforms_run_on_the_gpu_with_its_generator():
+    x = torch.randn(4, 100, 16, device="cuda")
+    n = torch.full((4,), 100, device="cuda")
+    cfg = TransformsConfig(static_gain_std=0.05, random_walk_std=0.01)
+    torch.manual_seed(5)  # seeds the CPU and every CUDA generator
+    y1, n1 = transform_batch(x, n, cfg, train=True)
+    torch.manual_seed(5)
+    y2, n2 = transform_batch(x, n, cfg, train=True)
+    assert y1.device.type == n1.device.type == "cuda"
+    assert torch.equal(y1, y2) and torch.equal(n1, n2)
+    val, _ = transform_batch(x, n, cfg, train=False)
+    assert torch.allclose(val.cpu(), smooth(x.cpu(), gaussian_kernel()), atol=1e-5)

@@ -175,3 +175,25 @@ def test_state_dict_keys_are_the_reference_ones():
            for layer in (0, 1)}
     day = {f"day_{kind}.{i}" for kind in ("weights", "biases") for i in (0, 1)}
     assert keys == {"h0", "out.weight", "out.bias"} | gru | day
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_reference_model_trains_a_step_on_cuda_under_bf16_autocast():
+    cfg = load_train_config(REFERENCE_CONFIG)
+    model = build_model(cfg).cuda().train()
+    x = torch.randn(8, 300, 512, device="cuda")
+    n = torch.full((8,), 300, device="cuda")
+    days = torch.tensor([0, 5, 5, 44, 0, 1, 2, 3], device="cuda")
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+        logits = model(x, days)
+        log_probs = logits.float().log_softmax(-1).transpose(0, 1)
+        targets = torch.randint(1, 41, (8, 20), device="cuda")
+        loss = torch.nn.functional.ctc_loss(
+            log_probs, targets, output_lengths(n, 14, 4), torch.full((8,), 20, device="cuda"),
+            blank=0, reduction="none",
+        ).mean()
+    assert logits.shape == (8, (300 - 14) // 4 + 1, 41)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.day_weights[44].grad is not None and model.day_weights[6].grad is None
