@@ -44,3 +44,14 @@ def aws_env(moto_server, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
     return moto_server
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory):
+    """A small synthetic dataset (4 sessions, 24 train trials each; session 0 train-only), written
+    once per test session by ml.data.synthetic; yields its folder."""
+    from ml.data.synthetic import write_synthetic
+
+    out = tmp_path_factory.mktemp("synthetic")
+    write_synthetic(out, n_sessions=4, n_trials=24, seed=0)
+    return out

@@ -1,1 +1,132 @@
-"""Placeholder: fixture module for the proxy peer (filled in by its owner)."""
+"""A counting, latency-adding HTTP proxy on loopback, in front of moto's server.
+
+Clients are pointed at it with AWS_ENDPOINT_URL, so every S3 request the code under test makes
+passes through it: it counts requests by method, GETs that carry a Range header, and response
+body bytes, and can hold each request for a fixed latency (as a real S3 round trip would; moto
+answers instantly). It forwards the Host header untouched, so SigV4 signatures still verify.
+
+    with CountingProxy(upstream_url, latency_s=0.03) as proxy:
+        os.environ["AWS_ENDPOINT_URL"] = proxy.url
+        ...
+        proxy.counts["GET"], proxy.ranged_gets, proxy.bytes_out
+
+Fixture: ``s3_proxy`` (needs ``aws_env``): a proxy in front of the test's moto server with
+AWS_ENDPOINT_URL pointed at it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+import pytest
+
+_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
+
+
+class CountingProxy:
+    def __init__(self, upstream: str, latency_s: float = 0.0):
+        u = urlsplit(upstream)
+        self.upstream = (u.hostname, u.port or 80)
+        self.latency_s = latency_s
+        self._lock = threading.Lock()
+        self.reset()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    parts = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0], 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return b"".join(parts)
+                        parts.append(self.rfile.read(size))
+                        self.rfile.readline()
+                n = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(n) if n else b""
+
+            def _forward(self) -> None:
+                body = self._body()
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+                if body or self.command in ("PUT", "POST"):
+                    headers["Content-Length"] = str(len(body))
+                if proxy.latency_s:
+                    time.sleep(proxy.latency_s)
+                conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+                try:
+                    conn.request(self.command, self.path, body=body or None, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    out_headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP]
+                finally:
+                    conn.close()
+                proxy._count(self.command, "Range" in self.headers, len(data))
+                self.send_response(resp.status, resp.reason)
+                for k, v in out_headers:
+                    if k.lower() != "content-length" or self.command == "HEAD":
+                        self.send_header(k, v)
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread: threading.Thread | None = None
+
+    def _count(self, method: str, ranged: bool, nbytes: int) -> None:
+        with self._lock:
+            self.counts[method] += 1
+            if method == "GET" and ranged:
+                self.ranged_gets += 1
+            self.bytes_out += nbytes
+
+    def reset(self) -> None:
+        """Zero the counters."""
+        with self._lock:
+            self.counts: Counter[str] = Counter()
+            self.ranged_gets = 0
+            self.bytes_out = 0
+
+    @property
+    def gets(self) -> int:
+        return self.counts["GET"]
+
+    def start(self) -> CountingProxy:
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> CountingProxy:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@pytest.fixture
+def s3_proxy(aws_env, monkeypatch):
+    """A counting proxy in front of moto; AWS_ENDPOINT_URL points at the proxy."""
+    with CountingProxy(aws_env) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        yield proxy
