@@ -1,0 +1,109 @@
+"""Data-parallel training under torchrun, and the device choice.
+
+Under ``torchrun --nproc_per_node N -m ml.train ...`` torchrun sets RANK/WORLD_SIZE/LOCAL_RANK
+and the rendezvous address; we join the group (NCCL on GPU, gloo on CPU) and wrap the model in
+DistributedDataParallel. Without those variables everything here is a no-op for one process.
+
+Rank r trains on build_train_loader(cfg, step, r, N): its own batches, a pure function of the
+seed, the step and the rank. Only rank 0 writes logs, metrics and checkpoints. Validation is
+split: each rank validates its share of the validation trials and the per-trial results are
+gathered to every rank, so every rank computes the same PER and takes the same best/early-stop
+decision (ranks that disagreed on when to stop would hang in the next all-reduce).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from common.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def from_env() -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    return Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(setting: str, gpu_number: str, d: Dist) -> torch.device:
+    """``auto``: CUDA when present (the local rank's GPU under torchrun, else gpu_number when that
+    GPU exists, else GPU 0), otherwise the CPU. Any other value is used as written."""
+    if setting != "auto":
+        try:
+            device = torch.device(setting)
+        except RuntimeError:
+            raise ConfigError(f"device {setting!r} is not a torch device; use auto, cpu or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {setting!r} asked for, but torch sees no CUDA GPU; use device=auto")
+        return device
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    if d.enabled:
+        return torch.device("cuda", d.local_rank)
+    try:
+        index = int(gpu_number)
+    except ValueError:
+        index = 0
+    # The reference file says gpu_number '1' (a two-GPU workstation); one-GPU instances have only 0.
+    return torch.device("cuda", index if 0 <= index < torch.cuda.device_count() else 0)
+
+
+def init(d: Dist, device: torch.device) -> None:
+    if not d.enabled:
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def shutdown(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Module:
+    if not d.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    # Only the input layers of the sessions in a batch get gradients: the others are unused.
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+
+def any_true(flag: bool, d: Dist, device: torch.device) -> bool:
+    """True on every rank when it is true on any rank (a stop signal seen by one rank)."""
+    if not d.enabled:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def gather(obj: Any, d: Dist) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not d.enabled:
+        return [obj]
+    out: list[Any] = [None] * d.world_size
+    dist.all_gather_object(out, obj)
+    return out

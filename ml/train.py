@@ -1,0 +1,303 @@
+"""Train the Brain-to-Text GRU/CTC decoder: one loop, read top to bottom.
+
+    python -m ml.train --config configs/demo.yaml [dotted.key=value ...]
+    torchrun --nproc_per_node 2 -m ml.train --config ... (data-parallel; see ml/distributed.py)
+
+The loop: draw the batch for this step, augment it on the device, CTC loss, clip, AdamW and
+scheduler step; log every ``batches_per_train_log``; validate at batch 0, every
+``batches_per_val_step`` and at the last batch (best = lower PER, ties lower loss); save ``last``
+every ``batches_per_save`` batches (0: at each validation) and on exit. ``resume: auto`` continues
+from checkpoint_dir's last.pt exactly where it stopped: same weights, optimizer, schedule, RNG
+and batch sequence (ml/checkpoint.py).
+
+SIGTERM or SIGUSR1 (the spot-notice watcher) finishes the current step, saves, waits for the S3
+copy and exits with STOPPED_RESUMABLE (75). Expected failures (bad config, data or checkpoint)
+print one ``error:`` line and exit with their code, having written nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.config import save_config
+from common.errors import ConfigError, ToolkitError
+from ml import checkpoint, distributed
+from ml.augment import transform_batch
+from ml.checkpoint import ARGS, BEST, LAST, REFERENCE_BEST
+from ml.ckpt_store import CheckpointStore, is_s3
+from ml.config import TrainConfig, load_train_config
+from ml.data import build_train_loader, build_val_loader
+from ml.errors import STOPPED_RESUMABLE, CheckpointError
+from ml.model import build_model, count_parameters
+from ml.runlog import RunLog
+from ml.schedule import build_optimizer, build_scheduler
+from ml.stopping import StopFlag
+from ml.validation import autocast, ctc_loss, to_device, validate
+
+
+def train_step(model, batch, optimizer, scheduler, cfg: TrainConfig, device: torch.device):
+    """One optimizer step on a CPU batch. Returns (loss, grad_norm) as tensors (no device sync)."""
+    batch = to_device(batch, device)
+    # Augmentation draws from torch's global RNG on the batch's device: saved in every checkpoint.
+    x, n = transform_batch(batch["input_features"], batch["n_time_steps"], cfg.dataset.data_transforms, True)
+    with autocast(cfg, device):
+        logits = model(x, batch["day_indices"])
+    loss = ctc_loss(logits, batch, n, cfg).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    clip = cfg.grad_norm_clip_value if cfg.grad_norm_clip_value > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    scheduler.step()
+    return loss.detach(), grad_norm.detach()
+
+
+def find_start(cfg: TrainConfig, store: CheckpointStore, d: distributed.Dist) -> tuple[dict | None, str]:
+    """The checkpoint to resume from, per ``resume`` (auto | never | a path), read and checked."""
+    if cfg.resume == "never":
+        if found := store.existing():
+            raise CheckpointError(
+                f"checkpoint_dir {store.uri} already holds {', '.join(found)} and resume=never would "
+                "overwrite it; set resume=auto to continue that run, or choose another checkpoint_dir"
+            )
+        return None, ""
+    if cfg.resume == "auto":
+        # Rank 0 fetches (it may download from S3); the others read the same local file.
+        local = store.fetch_last() if d.is_main else None
+        local = distributed.gather(str(local) if local else None, d)[0]
+        source = store.where(LAST)
+    else:
+        source = cfg.resume
+        if is_s3(source):
+            parent, _, name = source.rpartition("/")
+            side = CheckpointStore(parent, Path(cfg.output_dir) / ".checkpoint_staging")
+            local = str(side.fetch(name)) if d.is_main else None
+            local = distributed.gather(local, d)[0]
+        else:
+            local = source
+    if local is None:
+        return None, ""
+    ckpt = checkpoint.load(local)
+    checkpoint.check_resumable(ckpt, source)
+    return ckpt, source
+
+
+def train(cfg: TrainConfig) -> int:
+    d = distributed.from_env()
+    device = distributed.pick_device(cfg.device, cfg.gpu_number, d)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    if is_s3(cfg.output_dir):
+        raise ConfigError("output_dir must be a local folder (logs, metrics); put checkpoints in S3 with "
+                          "checkpoint_dir=s3://bucket/prefix")  # fmt: skip
+    stop = StopFlag().install()
+    distributed.init(d, device)
+    try:
+        return _train(cfg, d, device, stop)
+    finally:
+        stop.uninstall()
+        distributed.shutdown(d)
+
+
+def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: StopFlag) -> int:
+    log = RunLog(cfg.output_dir, enabled=d.is_main)
+    store = CheckpointStore(cfg.checkpoint_dir, Path(cfg.output_dir) / ".checkpoint_staging", warn=log.info)
+
+    # ---- check everything before writing anything: checkpoint, model, data ----
+    ckpt, resumed_from = find_start(cfg, store, d)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    raw_model = build_model(cfg).to(device)
+    optimizer = build_optimizer(raw_model, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    start_step, best_per, best_loss, bad_val_steps = 0, None, None, 0
+    if ckpt is not None:
+        checkpoint.load_model_state(raw_model, ckpt["model_state_dict"], resumed_from)
+        try:
+            optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+            scheduler.load_state_dict(ckpt["scheduler_state_dict"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint {resumed_from}: optimizer state does not fit ({e})") from None
+        start_step = int(ckpt["step"])
+        best_per, best_loss = ckpt.get("best_per"), ckpt.get("best_loss")
+        bad_val_steps = int(ckpt.get("bad_val_steps", 0))
+        rngs = ckpt["rng"]
+        if d.rank < len(rngs):
+            checkpoint.set_rng_state(rngs[d.rank])
+        else:  # more ranks than the run that saved it: a fresh but reproducible stream
+            torch.manual_seed(cfg.seed + d.rank + start_step)
+    else:
+        if cfg.init_from_checkpoint:
+            if not cfg.init_checkpoint_path:
+                raise ConfigError("init_from_checkpoint is true but init_checkpoint_path is not set")
+            checkpoint.load_weights(raw_model, cfg.init_checkpoint_path)
+        if d.rank > 0:  # different augmentation noise per rank; rank 0 matches a one-process run
+            torch.manual_seed(cfg.seed + d.rank)
+    train_loader = build_train_loader(cfg, start_step, d.rank, d.world_size)
+    val_loader = build_val_loader(cfg, d.rank, d.world_size)
+
+    model = torch.compile(raw_model) if cfg.compile else raw_model
+    model = distributed.wrap(model, d, device)
+    total = cfg.num_training_batches
+
+    # ---- from here on the run writes: logs, metrics, checkpoints ----
+    log.open(start_step, total, cfg.progress_bar)
+    if d.is_main:
+        store.local_dir.mkdir(parents=True, exist_ok=True)
+        store.clean_partial()
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    log.info(f"model: {count_parameters(raw_model):,} parameters")
+    ddp = f"; data-parallel over {d.world_size} processes" if d.enabled else ""
+    log.info(f"device: {device}{threads}{ddp}")
+    log.info(f"data: {cfg.dataset.dataset_dir} ({len(cfg.dataset.sessions)} sessions)")
+    log.info(f"checkpoints: {store.uri}" + (f" (staged in {store.local_dir})" if store.remote else ""))
+    if ckpt is not None:
+        log.info(f"resumed from {resumed_from} at step {start_step}")
+        if start_step >= total:
+            log.info(f"nothing to train: checkpoint at step {start_step} of num_training_batches={total}")
+    elif cfg.init_from_checkpoint:
+        log.info(f"initialised weights from {cfg.init_checkpoint_path}")
+    del ckpt  # its tensors were copied into the model and optimizer
+
+    def state_for_saving(step: int) -> dict:
+        return {
+            "format": checkpoint.FORMAT, "step": step, "model_state_dict": raw_model.state_dict(),
+            "optimizer_state_dict": optimizer.state_dict(), "scheduler_state_dict": scheduler.state_dict(),
+            "best_per": best_per, "best_loss": best_loss, "bad_val_steps": bad_val_steps,
+            "config": dataclasses.asdict(cfg), "world_size": d.world_size,
+        }  # fmt: skip
+
+    def save_last(step: int) -> None:
+        rngs = distributed.gather(checkpoint.rng_state(), d)  # every rank's stream, for exact resume
+        if d.is_main:
+            checkpoint.save({**state_for_saving(step), "rng": rngs}, store.path(LAST))
+            save_config(cfg, store.path(ARGS))
+            store.publish([ARGS, LAST])
+
+    def save_reference(name: str, per: float, loss: float) -> None:
+        layout = checkpoint.reference_layout(raw_model.state_dict(), optimizer.state_dict(),
+                                             scheduler.state_dict(), per, loss)  # fmt: skip
+        checkpoint.save(layout, store.path(name))
+
+    def save_best(step: int, per: float, loss: float) -> None:
+        # best.pt: weights and metrics only; best_checkpoint (reference layout) has the optimizer too.
+        best = {"format": checkpoint.FORMAT, "step": step, "model_state_dict": raw_model.state_dict(),
+                "val_PER": per, "val_loss": loss, "config": dataclasses.asdict(cfg)}  # fmt: skip
+        checkpoint.save(best, store.path(BEST))
+        save_reference(REFERENCE_BEST, per, loss)
+        save_config(cfg, store.path(ARGS))
+        store.publish([ARGS, BEST, REFERENCE_BEST])
+
+    def lr_now() -> float:
+        return next(g["lr"] for g in optimizer.param_groups if g.get("name", "other") == "other")
+
+    # ---- the loop ----
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        batches = iter(train_loader)  # starting DataLoader workers draws a seed: keep it off our stream
+    done, last_saved, stopped_by, per = start_step, start_step if start_step else None, None, best_per
+    t_start = time.monotonic()
+    data_wait = step_time = 0.0  # step_time: train-step seconds since the last train log line
+    for step in range(start_step, total):
+        if distributed.any_true(stop.requested, d, device):
+            stopped_by = stop.signal_name or "signal"
+            break
+        t0 = time.monotonic()
+        batch = next(batches)
+        t1 = time.monotonic()
+        data_wait += t1 - t0
+        loss, grad_norm = train_step(model, batch, optimizer, scheduler, cfg, device)
+        done = step + 1
+
+        if step % cfg.batches_per_train_log == 0:
+            loss_value, norm_value = float(loss), float(grad_norm)  # waits for the device
+            step_time += time.monotonic() - t1
+            steps = min(cfg.batches_per_train_log, done - start_step)
+            log.train(step, loss_value, norm_value, lr_now(), step_time / steps)
+            step_time = 0.0
+        else:
+            step_time += time.monotonic() - t1
+
+        if step % cfg.batches_per_val_step == 0 or step == total - 1:
+            result = validate(model, val_loader, cfg, device, stop, d)
+            if result is None:  # a signal arrived during validation: no best from part of the data
+                stopped_by = stop.signal_name or "signal"
+                break
+            per = result.per
+            per_day = result.per_day if cfg.log_individual_day_val_PER else None
+            log.val(step, result.per, result.loss, lr_now(), per_day)
+            if best_per is None or (result.per, result.loss) < (best_per, best_loss):
+                if d.is_main and best_per is not None:
+                    log.info(f"New best test PER {best_per:.4f} --> {result.per:.4f}")
+                best_per, best_loss, bad_val_steps = result.per, result.loss, 0
+                if d.is_main and cfg.save_best_checkpoint:
+                    log.info("Checkpointing model")
+                    save_best(done, result.per, result.loss)
+            else:
+                bad_val_steps += 1
+            if d.is_main and cfg.save_all_val_steps:
+                save_reference(f"checkpoint_batch_{step}", result.per, result.loss)
+                store.publish([f"checkpoint_batch_{step}"])
+            if cfg.batches_per_save == 0:
+                save_last(done)
+                last_saved = done
+            if cfg.early_stopping and bad_val_steps >= cfg.early_stopping_val_steps:
+                log.info(f"Early stopping: no better PER in {bad_val_steps} validation steps (batch {step})")
+                break
+
+        if cfg.batches_per_save > 0 and done % cfg.batches_per_save == 0 and last_saved != done:
+            save_last(done)
+            last_saved = done
+        log.progress(float(loss) if step % cfg.batches_per_train_log == 0 else None, per)
+
+    # ---- exit: save, wait for the copy to S3, say how it ended ----
+    if last_saved != done:
+        save_last(done)
+    if d.is_main and stopped_by is None and cfg.save_final_model:
+        save_reference(f"final_checkpoint_batch_{done - 1}", per or float("nan"), best_loss or float("nan"))
+        store.publish([f"final_checkpoint_batch_{done - 1}"])
+    if d.is_main:
+        store.flush()
+    trained = done - start_step
+    elapsed = time.monotonic() - t_start
+    if trained:
+        log.info(f"trained {trained} batches in {elapsed:.1f} s ({trained / elapsed:.2f} batches/s, "
+                 f"data wait {100 * data_wait / elapsed:.0f}%); best val PER {best_per:.4f}"
+                 if best_per is not None else f"trained {trained} batches in {elapsed:.1f} s")  # fmt: skip
+    log.close()
+    if stopped_by is not None:
+        if d.is_main:
+            print(
+                f"stopped by {stopped_by} at step {done}; checkpoint saved (resume with resume=auto)",
+                flush=True,
+            )
+        return STOPPED_RESUMABLE
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ml.train", description="Train the GRU/CTC decoder.")
+    p.add_argument("--config", required=True, help="YAML config, e.g. configs/demo.yaml")
+    p.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="override config values")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return train(load_train_config(args.config, args.overrides))
+    except ToolkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
