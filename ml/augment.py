@@ -9,10 +9,13 @@ length. The training loop saves and restores both, so a resumed run draws the sa
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.errors import ConfigError
 from ml.config import TransformsConfig
 
 # scipy.ndimage.gaussian_filter1d (the reference's kernel source) truncates at 4 std.
@@ -47,6 +50,12 @@ def smooth(features: Tensor, kernel: Tensor) -> Tensor:
     weight = weight.expand(channels, 1, -1)
     smoothed = F.conv1d(features.transpose(1, 2), weight, padding="same", groups=channels)
     return smoothed.transpose(1, 2)
+
+
+@lru_cache(maxsize=8)
+def _kernel_on(std: float, size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    # Built once per device: no host work or host-to-device copy per batch. Only read, never written.
+    return gaussian_kernel(std, size).to(device=device, dtype=dtype)
 
 
 def transform_batch(
@@ -87,6 +96,12 @@ def transform_batch(
                 x = x[:, cut:, :]
                 lengths = (lengths - cut).clamp(min=0)
     if tcfg.smooth_data:
-        x = smooth(x, gaussian_kernel(tcfg.smooth_kernel_std, tcfg.smooth_kernel_size))
+        if tcfg.smooth_kernel_std <= 0 or tcfg.smooth_kernel_size < 1:
+            raise ConfigError(
+                "dataset.data_transforms.smooth_kernel_std must be > 0 and smooth_kernel_size >= 1 "
+                f"(got {tcfg.smooth_kernel_std}, {tcfg.smooth_kernel_size}); or set smooth_data: false"
+            )
+        kernel = _kernel_on(float(tcfg.smooth_kernel_std), int(tcfg.smooth_kernel_size), x.device, x.dtype)
+        x = smooth(x, kernel)
     return x, lengths
 

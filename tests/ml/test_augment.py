@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from common.errors import ConfigError
 from ml.augment import gaussian_kernel, smooth, transform_batch
 from ml.config import TransformsConfig
 
@@ -148,3 +149,9 @@ def test_train_transforms_run_on_the_gpu_with_its_generator():
     assert torch.equal(y1, y2) and torch.equal(n1, n2)
     val, _ = transform_batch(x, n, cfg, train=False)
     assert torch.allclose(val.cpu(), smooth(x.cpu(), gaussian_kernel()), atol=1e-5)
+
+
+def test_unusable_smoothing_config_names_the_key():
+    x, n = batch()
+    with pytest.raises(ConfigError, match="smooth_kernel_std"):
+        transform_batch(x, n, dataclasses.replace(TransformsConfig(), smooth_kernel_std=0.0), train=False)
