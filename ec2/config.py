@@ -59,8 +59,8 @@ class AwsConfig:
     tags: dict[str, str] = field(default_factory=dict)
     # How long a launch waits for `running`, then for an SSH banner, before giving up (and
     # terminating the instance unless --keep-on-failure).
-    running_timeout_s: int = 600
-    ssh_ready_timeout_s: int = 600
+    running_timeout_s: float = 600
+    ssh_ready_timeout_s: float = 600
     # Where spotrun keeps code, venv and runs on the machine (~ is the remote user's home).
     remote_dir: str = "~/spotrun"
     # `fab run`: where the notice watcher copies a local checkpoint folder on a spot notice

@@ -19,16 +19,20 @@ from ec2.errors import KeyPairError
 from ec2.guard import aws_errors, error_code
 
 
-def _pair_exists(ec2, key_name: str) -> bool:
+def describe_pair(ec2, key_name: str) -> dict | None:
+    """The EC2 key pair (with its tags), or None if AWS has none of that name."""
     try:
-        ec2.describe_key_pairs(KeyNames=[key_name])
+        return ec2.describe_key_pairs(KeyNames=[key_name])["KeyPairs"][0]
     except botocore.exceptions.ClientError as e:
         if error_code(e) == "InvalidKeyPair.NotFound":
-            return False
+            return None
         raise translate(e, f"looking up key pair {key_name!r}") from None
     except botocore.exceptions.BotoCoreError as e:
         raise translate(e, f"looking up key pair {key_name!r}") from None
-    return True
+
+
+def _pair_exists(ec2, key_name: str) -> bool:
+    return describe_pair(ec2, key_name) is not None
 
 
 def _tags(key_name: str, owner: str) -> list[dict]:

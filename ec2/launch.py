@@ -38,13 +38,15 @@ def check_name(name: str) -> str:
 def instance_tags(cfg: AwsConfig, name: str, owner: str, created: str) -> list[dict]:
     """User tags first, then spotrun's own (which the user cannot override: status relies on them)."""
     tags = dict(cfg.tags)
-    tags.update({"Name": name, instances.NAME_TAG: name, instances.OWNER_TAG: owner,
-                 instances.CREATED_TAG: created})
+    tags.update(
+        {"Name": name, instances.NAME_TAG: name, instances.OWNER_TAG: owner, instances.CREATED_TAG: created}
+    )
     return [{"Key": k, "Value": str(v)} for k, v in tags.items()]
 
 
-def run_params(cfg: AwsConfig, name: str, owner: str, ami: Ami, group_id: str, choice: Choice,
-               created: str) -> dict:
+def run_params(
+    cfg: AwsConfig, name: str, owner: str, ami: Ami, group_id: str, choice: Choice, created: str
+) -> dict:
     """The run_instances request for one choice (a pure function: tests read it)."""
     tags = instance_tags(cfg, name, owner, created)
     params = {
@@ -106,7 +108,8 @@ def choices_for(ec2, cfg: AwsConfig, region: str, exclude=frozenset(), out=print
     if len(missing) == len(cfg.instance_types):
         raise AwsError(
             f"none of {', '.join(cfg.instance_types)} is offered in {where}; check the type names "
-            "(e.g. g5.xlarge) or pick another region or zones", "Unsupported",
+            "(e.g. g5.xlarge) or pick another region or zones",
+            "Unsupported",
         )
     for t in missing:
         out(f"note: {t} is not offered in {where}; skipped")
@@ -118,13 +121,15 @@ def choices_for(ec2, cfg: AwsConfig, region: str, exclude=frozenset(), out=print
     if not choices:
         raise CapacityError(
             f"no instance type and zone left to try in {where} after excluding "
-            f"{', '.join(f'{t} in {z}' for t, z in sorted(exclude))}; add types or zones", "NoChoices",
+            f"{', '.join(f'{t} in {z}' for t, z in sorted(exclude))}; add types or zones",
+            "NoChoices",
         )
     return choices
 
 
-def try_choices(ec2, cfg: AwsConfig, choices: list[Choice], params_for: Callable[[Choice], dict],
-                out=print) -> tuple[str, Choice]:
+def try_choices(
+    ec2, cfg: AwsConfig, choices: list[Choice], params_for: Callable[[Choice], dict], out=print
+) -> tuple[str, Choice]:
     """run_instances on each choice in order until one launches: (instance id, choice).
 
     Capacity refusals move on; quota and price refusals stop (or, with spot-then-on-demand, skip
@@ -184,15 +189,18 @@ def make_record(cfg: AwsConfig, info: instances.InstanceInfo, region: str, key_p
         instance_id=info.instance_id, region=region, instance_type=info.instance_type, zone=info.zone,
         market=info.market, launched_at=info.launched_at.isoformat() if info.launched_at else None,
         proxy_command=cfg.ssh_proxy_command,
+        remote_dir=cfg.remote_dir,
     )  # fmt: skip
 
 
-def _bring_up(ec2, cfg: AwsConfig, instance_id: str, region: str, key_path: str, wait_ssh: bool,
-              out) -> MachineRecord:
+def _bring_up(
+    ec2, cfg: AwsConfig, instance_id: str, region: str, key_path: str, wait_ssh: bool, out
+) -> MachineRecord:
     """From `pending` to a registered machine (and, with wait_ssh, an SSH server answering)."""
-    out(f"waiting for {instance_id} to be running (up to {cfg.running_timeout_s} s)")
-    instances.wait_for(ec2, "instance_running", [instance_id], delay_s=RUNNING_DELAY_S,
-                       budget_s=cfg.running_timeout_s)
+    out(f"waiting for {instance_id} to be running (up to {cfg.running_timeout_s:g} s)")
+    instances.wait_for(
+        ec2, "instance_running", [instance_id], delay_s=RUNNING_DELAY_S, budget_s=cfg.running_timeout_s
+    )
     info = instances.describe_instance(ec2, instance_id)
     if info is None:
         raise AwsError(f"{instance_id} vanished right after launch; check the EC2 console", "InstanceGone")
@@ -202,15 +210,24 @@ def _bring_up(ec2, cfg: AwsConfig, instance_id: str, region: str, key_path: str,
     instances.forget_local(record.name)
     registry.put(record)
     sshconfig.write_entry(record)
-    out(f"{record.name} is running: {info.instance_id} {info.instance_type} in {info.zone} "
-        f"({info.market}) at {record.host}")
+    out(
+        f"{record.name} is running: {info.instance_id} {info.instance_type} in {info.zone} "
+        f"({info.market}) at {record.host}"
+    )
     if wait_ssh:
         ready.wait_ssh(record, cfg.ssh_ready_timeout_s, out=out)
     return record
 
 
-def launch(cfg: AwsConfig, name: str, *, wait_ssh: bool = True, keep_on_failure: bool = False,
-           exclude: Set[tuple[str, str]] = frozenset(), out=print) -> MachineRecord:
+def launch(
+    cfg: AwsConfig,
+    name: str,
+    *,
+    wait_ssh: bool = True,
+    keep_on_failure: bool = False,
+    exclude: Set[tuple[str, str]] = frozenset(),
+    out=print,
+) -> MachineRecord:
     """Launch the instance ``name`` and return its registry record (see the module docstring)."""
     check_name(name)
     region = account.resolve_region(cfg)
@@ -231,8 +248,10 @@ def launch(cfg: AwsConfig, name: str, *, wait_ssh: bool = True, keep_on_failure:
         return _bring_up(ec2, cfg, instance_id, region, str(key_path), wait_ssh, out)
     except (ToolkitError, KeyboardInterrupt) as failure:
         if keep_on_failure:
-            out(f"launch failed; {instance_id} kept as asked (--keep-on-failure): it bills until you "
-                f"run `fab terminate --name {name}`")
+            out(
+                f"launch failed; {instance_id} kept as asked (--keep-on-failure): it bills until you "
+                f"run `fab terminate --name {name}`"
+            )
             raise
         out(f"launch failed after {instance_id} was created: terminating it so nothing is left billing")
         try:

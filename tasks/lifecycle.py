@@ -1,0 +1,205 @@
+"""Tasks for an instance's life: launch, status, terminate, cleanup, allow-my-ip.
+
+Each reads configs/aws.yaml (`--config PATH`, repeatable `--set key=value`). Thin: parse, call
+ec2/, print; expected failures become one line and an exit code through tasks.edge.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+
+import botocore.exceptions
+from invoke import task
+
+from ec2 import account, aws, instances, keys, network, paths, registry, sshconfig
+from ec2 import launch as launching
+from ec2 import status as status_mod
+from ec2.aws import translate
+from ec2.errors import InstanceNotFound, ToolkitError
+from ec2.guard import aws_errors, error_code
+from tasks.edge import aws_config, edge, machine_name
+
+
+def _ec2(cfg):
+    region = account.resolve_region(cfg)
+    return region, aws.client("ec2", region, cfg.profile)
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask on the terminal; without one, refuse (a script must say --yes)."""
+    if yes:
+        return
+    if sys.stdin is None or not sys.stdin.isatty():
+        raise ToolkitError(f"{question} needs confirmation and there is no terminal to ask on; pass --yes")
+    if input(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
+        raise ToolkitError("not confirmed; nothing was changed")
+
+
+@task(iterable=["set_"])
+@edge
+def launch(c, name=None, no_wait=False, keep_on_failure=False, config=None, set_=None):
+    """Launch a spot GPU instance (cheapest type and zone with capacity) and wait for SSH."""
+    cfg = aws_config(config, set_)
+    record = launching.launch(
+        cfg, machine_name(name, cfg), wait_ssh=not no_wait, keep_on_failure=keep_on_failure
+    )
+    print(f"ready: `ssh {sshconfig.host_alias(record.name)}`, or `fab setup --name {record.name}`")
+
+
+def _regions(cfg, all_regions: bool) -> list[str]:
+    region = account.resolve_region(cfg)
+    if not all_regions:
+        return [region]
+    with aws_errors("listing the account's regions"):
+        found = aws.client("ec2", region, cfg.profile).describe_regions()["Regions"]
+    return sorted(r["RegionName"] for r in found)
+
+
+@task(iterable=["set_"])
+@edge
+def status(c, all_regions=False, no_runs=False, config=None, set_=None):
+    """Table of spotrun instances (by tag): type, zone, market, uptime, $/h, cost so far, run state."""
+    cfg = aws_config(config, set_)
+    now = datetime.now(UTC)
+    shown = 0
+    for region in _regions(cfg, all_regions):
+        report = status_mod.collect(
+            aws.client("ec2", region, cfg.profile), region, now=now, check_runs=not no_runs
+        )
+        for name in report.updated:
+            print(f"{name}: address refreshed from AWS")
+        if report.rows:
+            shown += len(report.rows)
+            print(f"{region}:")
+            print(status_mod.table(report.rows, now))
+        for row in report.rows:
+            if row.note:
+                print(
+                    f"note: {row.info.name} ({row.info.instance_id}) is not in the local registry; "
+                    f"`fab terminate --name {row.info.name}` if it is unwanted"
+                )
+        for rec in report.missing:
+            print(
+                f"note: registry entry {rec.name} points at {rec.instance_id}, which no longer runs; "
+                f"`fab forget --name {rec.name}` drops it"
+            )
+        if any(r.estimate for r in report.rows):
+            print("* on-demand list price (us-east-1, from a table): an estimate")
+    if not shown:
+        print(f"no spotrun instances in {'any region' if all_regions else _regions(cfg, False)[0]}")
+
+
+@task(iterable=["set_"])
+@edge
+def terminate(c, name=None, all_=False, yes=False, no_wait=False, config=None, set_=None):
+    """Terminate an instance by --name (or --all of them), wait, and drop its local entries."""
+    cfg = aws_config(config, set_)
+    region, ec2 = _ec2(cfg)
+    if all_:
+        targets = instances.find_instances(ec2)
+        if not targets:
+            print(f"no live spotrun instances in {region}")
+            return
+    else:
+        name = machine_name(name, cfg)
+        targets = instances.find_instances(ec2, name)
+        if not targets:
+            _forget_gone(name, region)
+            return
+    listing = ", ".join(f"{i.name} ({i.instance_id}, {i.instance_type}, {i.state})" for i in targets)
+    confirm(f"terminate {listing} in {region}?", yes)
+    ids = [i.instance_id for i in targets]
+    print(
+        f"terminating {', '.join(ids)}" + ("" if no_wait else "; waiting until AWS reports them terminated")
+    )
+    instances.terminate_instances(ec2, ids, wait=not no_wait)
+    for info in targets:
+        instances.forget_local(info.name)
+        print(f"terminated {info.name} ({info.instance_id}); registry and ssh config entries removed")
+
+
+def _forget_gone(name: str, region: str) -> None:
+    record = registry.load_all().get(name)
+    if record is None:
+        raise InstanceNotFound(f"no live spotrun instance named {name!r} in {region}; see `fab status`")
+    if record.adopted:
+        raise ToolkitError(
+            f"{name} is an adopted machine spotrun did not launch; `fab forget --name {name}` drops it"
+        )
+    instances.forget_local(name)
+    print(f"no live instance named {name!r} in {region}; dropped its stale local entries")
+
+
+def _managed(tags: list[dict]) -> bool:
+    return any(t.get("Key") == "spotrun:managed" and t.get("Value") == "true" for t in tags or [])
+
+
+def _delete(what: str, call, **kwargs) -> bool:
+    try:
+        call(**kwargs)
+    except botocore.exceptions.ClientError as e:
+        if error_code(e) == "DependencyViolation":
+            print(f"kept {what}: still in use (an instance may be shutting down); retry in a minute")
+            return False
+        raise translate(e, f"deleting {what}") from None
+    except botocore.exceptions.BotoCoreError as e:
+        raise translate(e, f"deleting {what}") from None
+    print(f"deleted {what}")
+    return True
+
+
+@task(iterable=["set_"])
+@edge
+def cleanup(c, yes=False, config=None, set_=None):
+    """Delete spotrun's security group and key pair when no instance uses them (--yes: the .pem too)."""
+    cfg = aws_config(config, set_)
+    region, ec2 = _ec2(cfg)
+    group = network.find_group(ec2, cfg.security_group_name, network.vpc_id(ec2, cfg))
+    if group is None:
+        print(f"no security group {cfg.security_group_name!r} in {region}")
+    elif not _managed(group.get("Tags")):
+        print(f"kept security group {group['GroupId']}: spotrun did not create it")
+    elif users := instances.instances_using(ec2, group_id=group["GroupId"]):
+        print(f"kept security group {group['GroupId']}: used by {', '.join(i.instance_id for i in users)}")
+    else:
+        _delete(
+            f"security group {cfg.security_group_name} ({group['GroupId']})",
+            ec2.delete_security_group,
+            GroupId=group["GroupId"],
+        )
+    pair = keys.describe_pair(ec2, cfg.key_name)
+    if pair is None:
+        print(f"no key pair {cfg.key_name!r} in {region}")
+        return
+    if not _managed(pair.get("Tags")):
+        print(f"kept key pair {cfg.key_name!r}: spotrun did not create it")
+        return
+    if users := instances.instances_using(ec2, key_name=cfg.key_name):
+        print(f"kept key pair {cfg.key_name!r}: used by {', '.join(i.instance_id for i in users)}")
+        return
+    if not _delete(f"key pair {cfg.key_name!r}", ec2.delete_key_pair, KeyName=cfg.key_name):
+        return
+    key_file = paths.key_file(cfg.key_name)
+    if cfg.import_public_key or not key_file.exists():
+        return  # an imported key is the user's own: never deleted
+    if yes:
+        key_file.unlink()
+        print(f"deleted {key_file} (its key pair is gone)")
+    else:
+        print(
+            f"kept {key_file}: its key pair is gone, so it opens nothing now; `fab cleanup --yes` deletes it"
+        )
+
+
+@task(iterable=["set_"])
+@edge
+def allow_my_ip(c, config=None, set_=None):
+    """Point spotrun's SSH rule at your current address (revokes its old ones)."""
+    cfg = aws_config(config, set_)
+    region = account.resolve_region(cfg)
+    owner = account.caller_arn(region, cfg.profile)
+    group_id, revoked, added = network.allow_my_ip(aws.client("ec2", region, cfg.profile), cfg, owner)
+    for cidr in revoked:
+        print(f"revoked SSH from {cidr} on {group_id}")
+    print(f"SSH allowed from {added} on {group_id}")
