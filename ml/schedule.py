@@ -1,14 +1,13 @@
 """AdamW with the reference's parameter groups, and its per-group warm-up + decay schedule.
 
-Groups, in this order, each carrying a ``"name"`` key:
+Groups, in the reference's order (so a reference ``optimizer_state_dict`` loads as is), each
+carrying a ``"name"`` key:
 
+- ``"bias"``: every bias outside the per-session layers (GRU and output) at ``lr_max``, no weight
+  decay;
 - ``"day"``: the per-session input layers (``day_weights.*``, ``day_biases.*``) at ``lr_max_day``,
   weight decay ``weight_decay_day``;
-- ``"bias"``: every other bias (GRU and output) at ``lr_max``, no weight decay;
 - ``"other"``: the rest (GRU and output weights, ``h0``) at ``lr_max``, weight decay ``weight_decay``.
-
-The reference orders its groups bias, day, other; a reference ``optimizer_state_dict`` therefore
-does not load into this optimizer as is (model weights do).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from torch import nn
 
 from ml.config import TrainConfig
 
-GROUP_NAMES = ("day", "bias", "other")
+GROUP_NAMES = ("bias", "day", "other")
 _DAY_MODULES = ("day_weights", "day_biases")
 
 
@@ -42,8 +41,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     for name, param in model.named_parameters():
         params[group_of(name)].append(param)
     groups = [
-        {"name": "day", "params": params["day"], "lr": cfg.lr_max_day, "weight_decay": cfg.weight_decay_day},
         {"name": "bias", "params": params["bias"], "lr": cfg.lr_max, "weight_decay": 0.0},
+        {"name": "day", "params": params["day"], "lr": cfg.lr_max_day, "weight_decay": cfg.weight_decay_day},
         {"name": "other", "params": params["other"], "lr": cfg.lr_max, "weight_decay": cfg.weight_decay},
     ]
     return torch.optim.AdamW(

@@ -57,7 +57,7 @@ def test_groups_hold_every_parameter_once_with_their_lr_and_decay():
     m = model()
     optimizer = build_optimizer(m, config())
     groups = optimizer.param_groups
-    assert [g["name"] for g in groups] == ["day", "bias", "other"]
+    assert [g["name"] for g in groups] == ["bias", "day", "other"]
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(m.parameters()))
     by_name = {g["name"]: {id(p) for p in g["params"]} for g in groups}
@@ -67,7 +67,7 @@ def test_groups_hold_every_parameter_once_with_their_lr_and_decay():
                                                        "gru.bias_ih_l1", "gru.bias_hh_l1")}
     assert id(names["h0"]) in by_name["other"] and id(names["out.weight"]) in by_name["other"]
     # Peak lr and decay per group (the scheduler has not scaled anything yet).
-    assert [(g["lr"], g["weight_decay"]) for g in groups] == [(0.01, 0.002), (0.005, 0.0), (0.005, 0.001)]
+    assert [(g["lr"], g["weight_decay"]) for g in groups] == [(0.005, 0.0), (0.01, 0.002), (0.005, 0.001)]
     assert groups[2]["betas"] == (0.9, 0.999) and groups[2]["eps"] == 0.1
 
 
