@@ -71,6 +71,20 @@ def _local_output_dir(train_config: str, overrides: list[str]) -> str | None:
     return load_train_config(train_config, overrides).output_dir
 
 
+def checkpoint_watch_args(train_config: str, overrides: list[str], cfg) -> list[str]:
+    """Tell the notice watcher where the checkpoints go (so its preempted record says whether they
+    are in S3) and, for a local folder, where to copy it on a notice (checkpoint_backup_uri)."""
+    from ml.config import load_train_config
+
+    if not Path(train_config).exists():
+        return []
+    ckpt = load_train_config(train_config, overrides).checkpoint_dir
+    args = ["--checkpoint-dir", ckpt]
+    if cfg.checkpoint_backup_uri and not ckpt.startswith("s3://"):
+        args += ["--upload-to", cfg.checkpoint_backup_uri]
+    return args
+
+
 @task(iterable=["set_"])
 @edge
 def adopt(c, name, host, port=22, user="ubuntu", key=None, remote_dir="~/spotrun", config=None, set_=None):
@@ -148,7 +162,8 @@ def train(c, name=None, train_config=DEFAULT_TRAIN_CONFIG, args="", cmd=None, ru
     else:
         command = train_command(m.record.remote_dir, train_config, overrides)
         output_dir = _local_output_dir(train_config, overrides)
-        watcher_args = ["--signal", TRAINER_SIGNAL]
+        watcher_args = ["--signal", TRAINER_SIGNAL,
+                        *checkpoint_watch_args(train_config, overrides, aws_config(config, set_))]
     env = train_env(_region(m, config, set_), data_uri)
     rdir = runs.start_run(m, run, command, force=force, env=env, watch=not no_watch,
                           watcher_args=watcher_args, output_dir=output_dir)

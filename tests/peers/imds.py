@@ -132,3 +132,48 @@ def imds():
     """A running IMDSv2 stand-in; point code at it with SPOTRUN_IMDS_URL=imds.url."""
     with ImdsServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """The synthetic dataset the preemption tests train on (4 sessions, as configs/demo.yaml wants)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path_factory.mktemp("spotdata") / "synthetic"
+    repo = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, str(repo / "scripts/make_synthetic_data.py"), "--out", str(out),
+                    "--sessions", "4", "--trials", "12"], check=True, capture_output=True)
+    return out
+
+
+def instance_env(imds_url: str, moto_url: str) -> dict[str, str]:
+    """What a spot instance has without spotrun sending it: the metadata service and its IAM role
+    (here moto's endpoint and fake keys), and one CPU thread for torch on a shared test machine."""
+    return {
+        "SPOTRUN_IMDS_URL": imds_url, "AWS_ENDPOINT_URL": moto_url, "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "OMP_NUM_THREADS": "1",
+    }  # fmt: skip
+
+
+@pytest.fixture
+def spot_host(imds, aws_env, monkeypatch):
+    """An sshd standing in for a spot instance: its sessions see the IMDS fixture and moto through
+    SetEnv (the instance role), never through spotrun. HOME/SPOTRUN_HOME point at a temp folder."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from tests.peers.sshd import SSHD, SshdServer, require_binaries
+
+    require_binaries(SSHD, "ssh", "rsync", "tmux", "nc")
+    root = Path(tempfile.mkdtemp(prefix="sp", dir="/tmp"))
+    (root / "home").mkdir()
+    monkeypatch.setenv("HOME", str(root / "home"))
+    monkeypatch.setenv("SPOTRUN_HOME", str(root / "s"))
+    try:
+        with SshdServer(root, env=instance_env(imds.url, aws_env)) as server:
+            yield server
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -53,6 +53,9 @@ class SshdServer:
     user: str = ""
     key_path: Path | None = None
     tmux_tmpdir: Path | None = None
+    # Extra variables every session gets (SetEnv): stand-ins for what an instance has without
+    # spotrun sending it, e.g. its IAM role (AWS_* for moto) and SPOTRUN_IMDS_URL. No spaces.
+    env: dict[str, str] | None = None
     _proc: subprocess.Popen | None = None
 
     @property
@@ -97,7 +100,8 @@ class SshdServer:
                     "MaxSessions 50",
                     "MaxStartups 50",
                     # A private tmux server, and a bin/ a test can drop stand-ins into (nvidia-smi).
-                    f"SetEnv TMUX_TMPDIR={self.tmux_tmpdir} PATH={self.bin_dir}:{os.environ['PATH']}",
+                    f"SetEnv TMUX_TMPDIR={self.tmux_tmpdir} PATH={self.bin_dir}:{os.environ['PATH']}"
+                    + "".join(f" {k}={v}" for k, v in sorted((self.env or {}).items())),
                     "Subsystem sftp internal-sftp",
                     "",
                 ]

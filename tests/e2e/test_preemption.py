@@ -1,0 +1,71 @@
+"""A spot notice on a real run: the trainer in tmux on the sshd host (`fab train`, so wrapped in the
+watcher), checkpoints in moto's S3, the loopback IMDS marks the instance → the checkpoint is in S3
+within seconds and the run state says preempted."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from pathlib import Path
+
+import boto3
+import torch
+from invoke import Context
+
+from ec2 import runs
+from ec2.remote import Machine
+from tasks import remote as t
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = [
+    "batches_per_train_log=1", "batches_per_val_step=1000", "lr_warmup_steps=1", "lr_decay_steps=3000",
+    "lr_warmup_steps_day=1", "lr_decay_steps_day=3000", "use_amp=false", "num_threads=1",
+    "progress_bar=false", "dataset.num_dataloader_workers=0", "dataset.batch_size=4",
+]  # fmt: skip
+
+
+def wait_until(check, timeout: float, what: str, every: float = 0.1):
+    end = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(every)
+    return found
+
+
+def test_notice_puts_checkpoint_in_s3_and_run_state_says_preempted(spot_host, imds, tiny_dataset, monkeypatch,
+                                                                    capfd):
+    monkeypatch.chdir(REPO)  # `fab setup` syncs the current project
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="spot-ckpt")
+    m = Machine(spot_host.record(name="box"))
+    c = Context()
+    t.setup(c, name="box", python=str(REPO / ".venv/bin/python"), no_gpu=True)
+    args = [*TINY, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000",
+            "output_dir=trained_models/pre", "checkpoint_dir=s3://spot-ckpt/box/checkpoint"]
+    t.train(c, name="box", train_config="configs/demo.yaml", args=" ".join(args))
+    log = Path(runs.run_dir(m.record.remote_dir, "train")) / "log"
+    wait_until(lambda: log.exists() and "Train batch 3:" in log.read_text(), 60, "training to start")
+    assert str(runs.run_state(m, "train")) == "running"
+
+    imds.mark_interruption()
+    preempted = Path(runs.run_dir(m.record.remote_dir, "train")) / "preempted"
+    wait_until(preempted.exists, 30, "the preempted record")
+    seconds = time.time() - imds.marked_at
+    capfd.readouterr()
+
+    assert str(runs.run_state(m, "train")) == "preempted"
+    record = json.loads(preempted.read_text())
+    assert record["command_exit_code"] == 75 and record["signal"] == "SIGUSR1"
+    assert record["checkpoint"] == {"state": "in_s3", "uri": "s3://spot-ckpt/box/checkpoint",
+                                    "objects": record["checkpoint"]["objects"]}
+    stopped = re.search(r"stopped by \S+ at step (\d+)", log.read_text())
+    assert stopped, log.read_text()[-2000:]
+    body = s3.get_object(Bucket="spot-ckpt", Key="box/checkpoint/last.pt")["Body"].read()
+    ckpt = torch.load(io.BytesIO(body), map_location="cpu", weights_only=False)
+    assert ckpt["step"] == int(stopped.group(1))
+    assert seconds < 15, f"notice to checkpoint in S3 took {seconds:.1f} s"
+    # The pane finished too: exit code 75 is written, and preempted still wins in the state.
+    wait_until(lambda: (preempted.parent / "exit_code").exists(), 10, "the exit code")
+    assert (preempted.parent / "exit_code").read_text().strip() == "75"
