@@ -1,0 +1,137 @@
+"""The lifecycle fab tasks in-process (and `fab` itself as a subprocess for the CLI contract)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from invoke import Context
+from invoke.exceptions import Exit
+
+from ec2 import instances, registry, sshconfig, status
+from ec2.instances import InstanceInfo
+from tasks import lifecycle as t
+
+REPO = Path(__file__).resolve().parents[2]
+SETS = ["ssh_cidr=203.0.113.7/32", "ami_owners=[self]", "instance_types=[g5.xlarge]", "zones=[us-east-1a]"]
+
+
+def _launch(name: str) -> None:
+    t.launch(Context(), name=name, no_wait=True, set_=SETS)
+
+
+def test_status_orphans_and_missing_entries(home, ec2_client, dlami, capsys):
+    _launch("exp1")
+    _launch("exp2")
+    # exp2's local entry is lost (another laptop launched it, or the registry was deleted) ...
+    registry.remove("exp2")
+    # ... and a registry entry points at an instance that no longer exists.
+    registry.put(registry.MachineRecord(name="old", host="192.0.2.1", instance_id="i-0123456789abcdef0",
+                                        region="us-east-1"))  # fmt: skip
+    capsys.readouterr()
+    t.status(Context(), no_runs=True, set_=SETS)
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("exp")}
+    assert set(lines) == {"exp1", "exp2"}
+    assert "g5.xlarge" in lines["exp1"] and "us-east-1a" in lines["exp1"] and "spot" in lines["exp1"]
+    assert "running" in lines["exp1"] and "not in registry" not in lines["exp1"]
+    assert lines["exp2"].rstrip().endswith("<- not in registry")
+    assert "note: exp2 (i-" in out and "note: registry entry old points at i-0123456789abcdef0" in out
+
+
+def test_status_table_and_cost_rows():
+    now = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+    spot = InstanceInfo("i-1", "exp1", "running", "g5.xlarge", "us-east-1a", "spot", "198.51.100.5", None,
+                        now - timedelta(hours=2))  # fmt: skip
+    demand = InstanceInfo("i-2", "exp2", "running", "g4dn.xlarge", "us-east-1b", "on-demand", None,
+                          "10.0.0.9", now - timedelta(minutes=30))  # fmt: skip
+    history = {
+        ("g5.xlarge", "us-east-1a"): [(now - timedelta(hours=3), 0.40), (now - timedelta(hours=1), 0.50)]
+    }
+    rows = status.build_rows([spot, demand], "us-east-1", history, {}, now)
+    # 1 h at 0.40, then 1 h at 0.50; on-demand: half an hour at the table price.
+    assert rows[0].price_now == 0.50 and rows[0].cost_so_far == pytest.approx(0.90)
+    assert rows[1].estimate and rows[1].cost_so_far == pytest.approx(0.526 / 2)
+    text = status.table(rows, now)
+    assert text.splitlines()[0].split()[:4] == ["NAME", "ID", "TYPE", "ZONE"]
+    cells = [re.split(r"\s{2,}", line) for line in text.splitlines()[1:]]
+    assert cells[0] == ["exp1", "i-1", "g5.xlarge", "us-east-1a", "spot", "running", "198.51.100.5", "2h00m",
+                        "$0.50", "$0.90", "-", "<- not in registry"]  # fmt: skip
+    assert cells[1][6:10] == ["10.0.0.9", "0h30m", "$0.53*", "$0.26*"]
+
+
+def test_terminate_by_name_then_all(home, ec2_client, dlami, capsys):
+    for name in ("exp1", "exp2", "exp3"):
+        _launch(name)
+    assert set(sshconfig.entries()) == {"spotrun-exp1", "spotrun-exp2", "spotrun-exp3"}
+    # No terminal to confirm on (pytest's stdin): refused, with the way out.
+    with pytest.raises(Exit) as refused:
+        t.terminate(Context(), name="exp1", set_=SETS)
+    assert refused.value.code == 1 and "pass --yes" in capsys.readouterr().err
+    assert len(instances.find_instances(ec2_client)) == 3
+
+    t.terminate(Context(), name="exp1", yes=True, set_=SETS)
+    assert "terminated exp1 (i-" in capsys.readouterr().out
+    assert [i.name for i in instances.find_instances(ec2_client)] == ["exp2", "exp3"]
+    assert set(registry.load_all()) == {"exp2", "exp3"} and "spotrun-exp1" not in sshconfig.entries()
+
+    t.terminate(Context(), all_=True, yes=True, set_=SETS)
+    assert instances.find_instances(ec2_client) == []
+    assert registry.load_all() == {} and sshconfig.entries() == {}
+
+    with pytest.raises(Exit) as missing:
+        t.terminate(Context(), name="exp1", yes=True, set_=SETS)
+    assert "no live spotrun instance named 'exp1'" in capsys.readouterr().err and missing.value.code == 1
+
+
+def test_cleanup_removes_group_and_pair_only_when_unused(home, ec2_client, dlami, capsys):
+    _launch("exp1")
+    capsys.readouterr()
+    t.cleanup(Context(), set_=SETS)
+    out = capsys.readouterr().out
+    assert "kept security group" in out and "kept key pair 'spotrun': used by i-" in out
+    t.terminate(Context(), name="exp1", yes=True, set_=SETS)
+    t.cleanup(Context(), set_=SETS)
+    out = capsys.readouterr().out
+    assert "deleted security group spotrun-ssh" in out and "deleted key pair 'spotrun'" in out
+    assert "kept " in out and (home / ".ssh" / "spotrun.pem").exists()
+    assert ec2_client.describe_key_pairs()["KeyPairs"] == []
+    # A second run finds nothing to do; --yes would also have removed the now useless .pem.
+    t.cleanup(Context(), yes=True, set_=SETS)
+    assert "no key pair 'spotrun'" in capsys.readouterr().out
+
+
+def test_allow_my_ip_replaces_the_old_rule(home, ec2_client, checkip, capsys):
+    t.allow_my_ip(Context(), set_=["ssh_cidr=203.0.113.7/32"])
+    t.allow_my_ip(Context())  # ssh_cidr: auto → the loopback checkip answer
+    out = capsys.readouterr().out
+    assert "revoked SSH from 203.0.113.7/32" in out and f"SSH allowed from {checkip}/32" in out
+    group = ec2_client.describe_security_groups(GroupNames=["spotrun-ssh"])["SecurityGroups"][0]
+    assert [r["CidrIp"] for p in group["IpPermissions"] for r in p["IpRanges"]] == [f"{checkip}/32"]
+
+
+def _fab(*args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "fab"), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env=env)  # fmt: skip
+
+
+def test_fab_list_and_one_line_errors(home, aws_env):
+    listing = _fab("--list").stdout
+    for name in ("launch", "status", "terminate", "cleanup", "allow-my-ip", "setup", "sync", "train",
+                 "logs", "attach", "ssh", "run-cmd", "download", "gpu", "adopt", "forget"):  # fmt: skip
+        assert f"\n  {name} " in listing, name
+    import os
+
+    bad = _fab("launch", "--set", "region=us-east-9", env=os.environ.copy())
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.startswith("error: unknown AWS region 'us-east-9'") and bad.stderr.count("\n") == 1
+    typo = _fab("status", "--set", "instance_type=g5.xlarge", env=os.environ.copy())
+    assert (
+        typo.returncode == 2
+        and typo.stderr
+        == "error: configs/aws.yaml: unknown key instance_type; remove it or check its spelling\n"
+    )
