@@ -150,8 +150,14 @@ def _states(ec2, instance_ids: list[str]) -> str:
     return ", ".join(f"{i['InstanceId']} {i['State']['Name']}" for r in pages for i in r["Instances"])
 
 
-def terminate_instances(ec2, instance_ids: list[str], *, wait: bool = True,
-                        budget_s: float = TERMINATE_BUDGET_S, delay_s: float = TERMINATE_DELAY_S) -> None:
+def terminate_instances(
+    ec2,
+    instance_ids: list[str],
+    *,
+    wait: bool = True,
+    budget_s: float = TERMINATE_BUDGET_S,
+    delay_s: float = TERMINATE_DELAY_S,
+) -> None:
     """Terminate, then (``wait``) block until AWS reports them terminated."""
     if not instance_ids:
         return

@@ -70,8 +70,9 @@ def probe(record: MachineRecord, timeout: float = PROBE_TIMEOUT_S) -> bool:
     return banner.startswith(b"SSH-")
 
 
-def wait_ssh(record: MachineRecord, deadline_s: float, *, out: Callable[[str], None] = print,
-             interval_s: float = 2.0) -> float:
+def wait_ssh(
+    record: MachineRecord, deadline_s: float, *, out: Callable[[str], None] = print, interval_s: float = 2.0
+) -> float:
     """Probe until the banner arrives; seconds waited. ConnectionLost after ``deadline_s``."""
     via = " via ProxyCommand" if record.proxy_command else ""
     out(f"waiting for SSH on {record.host}:{record.port}{via} (up to {deadline_s:g} s)")
