@@ -14,6 +14,7 @@ from ec2 import aws, registry, runs, sshconfig
 from ec2.remote import Machine
 from tasks import lifecycle, remote
 from tests.ec2.conftest import DLAMI_NAME, make_image
+from tests.peers.sshd import require_binaries
 
 REPO = Path(__file__).resolve().parents[2]
 # A few steps of configs/demo.yaml on synthetic data, on one CPU thread.
@@ -26,6 +27,7 @@ TINY = [
 
 
 def test_launch_setup_sync_train_logs_download_terminate(sshd, aws_env, tmp_path, monkeypatch, capfd):
+    require_binaries("nc")  # the ProxyCommand
     aws.reset_clients()
     ec2 = boto3.client("ec2", region_name="us-east-1")
     make_image(ec2, DLAMI_NAME)

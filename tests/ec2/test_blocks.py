@@ -14,6 +14,7 @@ from ec2.ami import resolve_ami, ssm_parameter
 from ec2.capacity import plan
 from ec2.errors import ConfigError, KeyPairError
 from tests.ec2.conftest import DLAMI_NAME, config, make_image
+from tests.peers.sshd import require_binaries
 
 
 def test_key_pair_file_mode_and_no_overwrite(home, ec2_client):
@@ -129,6 +130,7 @@ def test_proxy_command_tokens():
 
 
 def test_readiness_probe_reads_the_banner(sshd):
+    require_binaries("nc")
     direct = registry.MachineRecord(name="p", host=sshd.host, port=sshd.port)
     proxied = registry.MachineRecord(
         name="p", host="203.0.113.9", port=sshd.port, proxy_command="nc 127.0.0.1 %p"
