@@ -86,9 +86,10 @@ def wrap(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Modu
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    # Only the input layers of the sessions in a batch get gradients: the others are unused.
+    # Every parameter takes part in each step (the model gathers the session layers from one stacked
+    # tensor, so absent sessions get zero gradients), so no unused-parameter search is needed.
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 def any_true(flag: bool, d: Dist, device: torch.device) -> bool:

@@ -1,0 +1,44 @@
+"""Helpers shared by the trainer tests: a tiny synthetic dataset and tiny-run overrides.
+
+The runs use configs/demo.yaml with a 1-layer, 16-unit GRU, batch 4 and one thread, so a step
+takes milliseconds and a test's training costs well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = str(REPO / "configs" / "demo.yaml")
+SESSIONS = ["t15.2023.08.11", "t15.2023.08.13"]
+
+
+def make_data(out: Path) -> Path:
+    """2 sessions (the first train-only), 6 train trials each: the tests' dataset."""
+    from ml.data.synthetic import write_synthetic
+
+    write_synthetic(out, n_sessions=2, n_trials=6, seed=0)
+    return out
+
+
+def tiny(data: Path, run: Path, steps: int, *extra: str) -> list[str]:
+    """Overrides for a tiny run writing into ``run`` (output_dir) and ``run/checkpoint``."""
+    return [
+        f"dataset.dataset_dir={data}", "dataset.sessions=[" + ", ".join(SESSIONS) + "]",
+        "dataset.dataset_probability_val=[0, 1]", "dataset.batch_size=4", "dataset.days_per_batch=2",
+        "dataset.num_dataloader_workers=0", "model.n_units=16", "model.n_layers=1", "model.rnn_dropout=0",
+        f"num_training_batches={steps}", "batches_per_train_log=5", "batches_per_val_step=5",
+        "lr_warmup_steps=2", "lr_warmup_steps_day=2", "lr_decay_steps=20", "lr_decay_steps_day=20",
+        "use_amp=false", "num_threads=1", "progress_bar=false", "device=cpu",
+        f"output_dir={run}", f"checkpoint_dir={run / 'checkpoint'}", *extra,
+    ]  # fmt: skip
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def train_cmd(*overrides: str) -> list[str]:
+    return [sys.executable, "-m", "ml.train", "--config", DEMO, *overrides]
