@@ -74,6 +74,23 @@ class CheckpointStore:
     def key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 
+    def check(self) -> None:
+        """Fail before training, not at the first upload, when the bucket cannot be used."""
+        if not self.remote:
+            return
+        try:
+            self._client().head_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as e:
+            code = e.response.get("Error", {}).get("Code")
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise CheckpointError(
+                    f"checkpoint_dir {self.uri}: bucket {self.bucket} does not exist [NoSuchBucket]; "
+                    "create it (aws s3 mb s3://" + self.bucket + ") or fix checkpoint_dir"
+                ) from None
+            raise self._error(e, f"checking bucket {self.bucket}") from None
+        except _AWS_FAILURES as e:
+            raise self._error(e, f"checking bucket {self.bucket}") from None
+
     def existing(self) -> list[str]:
         """Which of our checkpoint files already exist at the destination."""
         if not self.remote:

@@ -62,6 +62,7 @@ def train_step(model, batch, optimizer, scheduler, cfg: TrainConfig, device: tor
 
 def find_start(cfg: TrainConfig, store: CheckpointStore, d: distributed.Dist) -> tuple[dict | None, str]:
     """The checkpoint to resume from, per ``resume`` (auto | never | a path), read and checked."""
+    store.check()
     if cfg.resume == "never":
         if found := store.existing():
             raise CheckpointError(

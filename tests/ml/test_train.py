@@ -46,7 +46,8 @@ def test_a_run_writes_logs_metrics_and_checkpoints(data, tmp_path, capsys):
     last = checkpoint.load(ckdir / "last.pt")
     assert last["step"] == 7 and last["best_per"] is not None
     ref = checkpoint.load(ckdir / "best_checkpoint")
-    assert set(ref) == {"model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "val_PER", "val_loss"}
+    assert set(ref) == {"model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "val_PER",
+                        "val_loss"}  # fmt: skip
     assert ref["val_PER"] == last["best_per"]
     assert checkpoint.load(ckdir / "best.pt")["val_PER"] == ref["val_PER"]
     saved = yaml.safe_load((ckdir / "args.yaml").read_text())
@@ -68,8 +69,8 @@ def test_twenty_steps_straight_equal_ten_then_resume_ten(data, tmp_path, capsys)
     assert a["model_state_dict"].keys() == b["model_state_dict"].keys()
     for name, tensor in a["model_state_dict"].items():
         assert torch.equal(tensor, b["model_state_dict"][name]), name
-    for sa, sb in zip(a["optimizer_state_dict"]["state"].values(), b["optimizer_state_dict"]["state"].values(),
-                      strict=True):  # fmt: skip
+    states_a, states_b = a["optimizer_state_dict"]["state"], b["optimizer_state_dict"]["state"]
+    for sa, sb in zip(states_a.values(), states_b.values(), strict=True):
         assert all(torch.equal(sa[k], sb[k]) for k in ("exp_avg", "exp_avg_sq"))
     assert a["scheduler_state_dict"]["last_epoch"] == b["scheduler_state_dict"]["last_epoch"] == 20
     assert (a["best_per"], a["best_loss"]) == (b["best_per"], b["best_loss"])
