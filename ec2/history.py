@@ -1,0 +1,131 @@
+"""The run history of `fab run` on the laptop: outputs/<name>/run.json, rewritten atomically after
+every event, so a crash (or Ctrl-C) at any moment leaves a whole file that says what happened.
+
+Plain data: one RunHistory holding its Attempts (one per instance) and a list of events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from common.atomic import atomic_write_json
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def seconds_between(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+@dataclass
+class Attempt:
+    number: int
+    instance_id: str | None = None
+    instance_type: str | None = None
+    zone: str | None = None
+    market: str | None = None
+    launched_at: str | None = None
+    ended_at: str | None = None
+    # running | finished | preempted | lost | failed | left-running | terminated-by-user
+    outcome: str = "starting"
+    exit_code: int | None = None
+    last_step: int | None = None  # the last step the log showed before the attempt ended
+    resumed_step: int | None = None  # "resumed from ... at step N" (None: started fresh)
+    cost_usd: float | None = None
+    seconds_notice_to_safe: float | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        return seconds_between(self.launched_at, self.ended_at)
+
+
+@dataclass
+class RunHistory:
+    name: str
+    run: str = "train"
+    command: str = ""
+    started_at: str = field(default_factory=now_iso)
+    finished_at: str | None = None
+    # running | finished | failed | gave-up | interrupted
+    status: str = "running"
+    attempts: list[Attempt] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
+    path: str | None = None
+
+    # --- derived figures -------------------------------------------------------------------------
+    @property
+    def total_cost_usd(self) -> float | None:
+        costs = [a.cost_usd for a in self.attempts if a.cost_usd is not None]
+        return sum(costs) if costs else None
+
+    def steps_lost(self) -> list[int]:
+        """Per interruption: the last step logged before it minus the step the next attempt resumed at."""
+        lost = []
+        for before, after in zip(self.attempts, self.attempts[1:], strict=False):
+            if before.last_step is None:
+                continue
+            lost.append(max(before.last_step - (after.resumed_step or 0), 0))
+        return lost
+
+    # --- writing --------------------------------------------------------------------------------------
+    def event(self, kind: str, **detail) -> None:
+        self.events.append({"at": now_iso(), "event": kind, **detail})
+        self.save()
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data.pop("path")
+        data["total_cost_usd"] = self.total_cost_usd
+        data["steps_lost"] = self.steps_lost()
+        return data
+
+    def save(self) -> None:
+        if self.path:
+            atomic_write_json(self.path, self.to_dict())
+
+
+def history_path(outputs: Path) -> Path:
+    return outputs / "run.json"
+
+
+def load(path: Path) -> RunHistory:
+    data = json.loads(path.read_text())
+    attempts = [Attempt(**{k: v for k, v in a.items() if k in Attempt.__dataclass_fields__})
+                for a in data.pop("attempts", [])]
+    fields = RunHistory.__dataclass_fields__
+    return RunHistory(**{k: v for k, v in data.items() if k in fields}, attempts=attempts, path=str(path))
+
+
+def _money(x: float | None) -> str:
+    return "?" if x is None else f"${x:.4f}"
+
+
+def _duration(s: float | None) -> str:
+    if s is None:
+        return "?"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def summary(h: RunHistory) -> str:
+    """The end-of-run report: one line per attempt, then the totals."""
+    lines = [f"run {h.name}: {h.status} after {len(h.attempts)} attempt(s)"]
+    for a in h.attempts:
+        resumed = f", resumed at step {a.resumed_step}" if a.resumed_step is not None else ""
+        lines.append(
+            f"  attempt {a.number}: {a.instance_type or '?'} in {a.zone or '?'} ({a.market or '?'}) "
+            f"{a.instance_id or ''} — {a.outcome}, {_duration(a.seconds)}, {_money(a.cost_usd)}{resumed}"
+        )
+    lost = h.steps_lost()
+    each = f" ({', '.join(map(str, lost))})" if lost else ""
+    lines.append(f"  total cost {_money(h.total_cost_usd)}; interruptions {len(lost)}; "
+                 f"steps lost to interruptions {sum(lost)}{each}")
+    return "\n".join(lines)

@@ -1,0 +1,123 @@
+"""`fab run` end to end against real peers: moto's server (EC2, S3), the sshd fixture standing in
+for every instance moto launches (ssh_proxy_command: nc to its port), the loopback IMDS, the real
+trainer in tmux. The test plays AWS: it marks the instance for interruption, then terminates it."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+from invoke import Context
+from invoke.exceptions import Exit
+
+from ec2 import aws
+from tasks import managed
+from tests.ec2.conftest import DLAMI_NAME, make_image
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = [
+    "batches_per_train_log=1", "batches_per_val_step=1000", "lr_warmup_steps=1", "lr_decay_steps=3000",
+    "lr_warmup_steps_day=1", "lr_decay_steps_day=3000", "use_amp=false", "num_threads=1",
+    "progress_bar=false", "dataset.num_dataloader_workers=0", "dataset.batch_size=4",
+]  # fmt: skip
+
+
+@pytest.fixture
+def cloud(spot_host, imds, tmp_path, monkeypatch):
+    """moto with a DLAMI and a bucket; an aws.yaml whose instances all lead to the sshd host."""
+    monkeypatch.chdir(REPO)  # the code `fab run` syncs
+    aws.reset_clients()
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    make_image(ec2, DLAMI_NAME)
+    boto3.client("s3").create_bucket(Bucket="spot-ckpt")
+    cfg = {
+        "region": "us-east-1", "instance_types": ["g4dn.xlarge", "g5.xlarge"], "zones": ["us-east-1a"],
+        "ami_owners": ["self"], "ssh_cidr": "203.0.113.7/32", "ssh_user": spot_host.user,
+        "ssh_proxy_command": f"nc 127.0.0.1 {spot_host.port}", "key_name": "spotrun-test",
+        "import_public_key": f"{spot_host.key_path}.pub", "remote_dir": str(spot_host.root / "remote"),
+        "ssh_ready_timeout_s": 20, "running_timeout_s": 60,
+    }  # fmt: skip
+    path = tmp_path / "aws.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    yield ec2, path
+    aws.reset_clients()
+
+
+def start_fab_run(config: Path, dest: Path, args: list[str], **kw) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+
+    def go():
+        try:
+            managed.run(Context(), name="job", config=str(config), train_config="configs/demo.yaml",
+                        args=" ".join(args), poll=0.5, imds_poll=0.2, no_gpu=True, dest=str(dest),
+                        setup_python=str(REPO / ".venv/bin/python"), **kw)
+        except Exit as e:
+            result["exit"] = e.code
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread to fail loudly
+            result["error"] = e
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def wait_until(check, timeout: float, what: str, every: float = 0.1):
+    end = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(every)
+    return found
+
+
+def live_instances(ec2) -> list[dict]:
+    return [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+            if i["State"]["Name"] in ("pending", "running")
+            and any(t["Key"] == "spotrun:name" for t in i.get("Tags", []))]
+
+
+def test_interrupted_run_relaunches_resumes_and_finishes(cloud, spot_host, imds, tiny_dataset, tmp_path,
+                                                         capfd):
+    ec2, config = cloud
+    dest = tmp_path / "out"
+    args = [*TINY, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=80",
+            "output_dir=trained_models/mr", "checkpoint_dir=s3://spot-ckpt/job/checkpoint"]
+    thread, result = start_fab_run(config, dest, args)
+    run_dir = spot_host.root / "remote" / "runs" / "train"
+    log = run_dir / "log"
+    wait_until(lambda: log.exists() and "Train batch 3:" in log.read_text(), 90, "attempt 1 to train")
+    first = live_instances(ec2)
+    assert len(first) == 1
+
+    # AWS's side: the notice, then (once the watcher has secured the checkpoint) the instance goes.
+    imds.mark_interruption()
+    wait_until((run_dir / "preempted").exists, 30, "the watcher's preempted record")
+    assert json.loads((run_dir / "preempted").read_text())["command_exit_code"] == 75
+    stopped = int(re.search(r"stopped by \S+ at step (\d+)", log.read_text()).group(1))
+    imds.clear()  # the replacement gets no notice
+    time.sleep(1)  # AWS takes the instance a while after the notice (two minutes in real life)
+    ec2.terminate_instances(InstanceIds=[first[0]["InstanceId"]])
+
+    thread.join(timeout=120)
+    out = capfd.readouterr().out
+    assert not thread.is_alive(), out[-3000:]
+    assert result == {}, (result, out[-3000:])
+
+    history = json.loads((dest / "run.json").read_text())
+    assert history["status"] == "finished" and len(history["attempts"]) == 2, out[-3000:]
+    a1, a2 = history["attempts"]
+    assert a1["outcome"] == "preempted" and a2["outcome"] == "finished"
+    assert a1["instance_id"] == first[0]["InstanceId"] != a2["instance_id"]
+    # The replacement avoided the interrupted type and zone.
+    assert (a1["instance_type"], a1["zone"]) != (a2["instance_type"], a2["zone"])
+    # Attempt 2 resumed at the step attempt 1 saved on the notice, and nothing was lost.
+    assert a2["resumed_step"] == stopped and f"at step {stopped}" in (dest / "run" / "log").read_text()
+    assert history["steps_lost"] == [0]
+    assert "run job: finished after 2 attempt(s)" in out and "steps lost to interruptions 0" in out
+    assert a1["cost_usd"] is not None and history["total_cost_usd"] >= a1["cost_usd"]
+    assert live_instances(ec2) == []  # the finished run's instance is terminated too
