@@ -213,7 +213,14 @@ class Journey:
                 rsync_with_retries(m, download_argv(m, remote, local), "download")
         except ToolkitError as e:
             self.out(f"could not download {what} from {m.name}: {e}")
-            return
+            # A command that failed early made no outputs; its log is what matters then.
+            try:
+                (self.outputs / "run").mkdir(parents=True, exist_ok=True)
+                remote_run = runs.run_dir(m.record.remote_dir, self.plan.run)
+                argv = download_argv(m, remote_run, self.outputs / "run")
+                rsync_with_retries(m, argv, "download")
+            except ToolkitError:
+                return
         self.h.event("downloaded", what=what)
 
     # --- watching -----------------------------------------------------------------------------------

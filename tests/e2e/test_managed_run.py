@@ -121,3 +121,49 @@ def test_interrupted_run_relaunches_resumes_and_finishes(cloud, spot_host, imds,
     assert "run job: finished after 2 attempt(s)" in out and "steps lost to interruptions 0" in out
     assert a1["cost_usd"] is not None and history["total_cost_usd"] >= a1["cost_usd"]
     assert live_instances(ec2) == []  # the finished run's instance is terminated too
+
+
+def launched_ids(ec2) -> set[str]:
+    return {i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+            if any(t["Key"] == "spotrun:name" for t in i.get("Tags", []))}
+
+
+def test_failing_command_is_not_relaunched(cloud, tiny_dataset, tmp_path, capfd):
+    ec2, config = cloud
+    dest = tmp_path / "out"
+    args = [*TINY, f"dataset.dataset_dir={tmp_path}/no-such-data", "num_training_batches=20",
+            "output_dir=trained_models/bad", "checkpoint_dir=trained_models/bad/checkpoint"]
+    thread, result = start_fab_run(config, dest, args)
+    thread.join(timeout=90)
+    captured = capfd.readouterr()
+    assert not thread.is_alive()
+    assert result == {"exit": 1}, (result, captured.out[-2000:])
+    assert "the command failed with exit 3 on attempt 1" in captured.err
+    assert "a new instance would fail the same way, so none is launched" in captured.err
+    history = json.loads((dest / "run.json").read_text())
+    assert history["status"] == "failed" and [a["outcome"] for a in history["attempts"]] == ["failed"]
+    assert "dataset folder not found" in (dest / "run" / "log").read_text()  # the log came back
+    assert len(launched_ids(ec2)) == 1 and live_instances(ec2) == []
+
+
+def test_max_recoveries_is_respected(cloud, spot_host, tiny_dataset, tmp_path, capfd):
+    ec2, config = cloud
+    dest = tmp_path / "out"
+    args = [*TINY, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000",
+            "output_dir=trained_models/mx", "checkpoint_dir=trained_models/mx/checkpoint"]
+    thread, result = start_fab_run(config, dest, args, max_recoveries=0)
+    log = spot_host.root / "remote" / "runs" / "train" / "log"
+    wait_until(lambda: log.exists() and "Train batch 2:" in log.read_text(), 90, "training to start")
+    # No notice this time: the instance simply goes (a reclaim the watcher never saw, a crash).
+    (first,) = live_instances(ec2)
+    ec2.terminate_instances(InstanceIds=[first["InstanceId"]])
+    thread.join(timeout=60)
+    captured = capfd.readouterr()
+    assert not thread.is_alive()
+    assert result == {"exit": 1}, (result, captured.out[-2000:])
+    assert "interrupted: instance terminated" in captured.out
+    assert "--max-recoveries is 0: giving up" in captured.err
+    assert "`fab run` again resumes from it" in captured.err
+    history = json.loads((dest / "run.json").read_text())
+    assert history["status"] == "gave-up" and [a["outcome"] for a in history["attempts"]] == ["lost"]
+    assert launched_ids(ec2) == {first["InstanceId"]}  # no replacement was launched
