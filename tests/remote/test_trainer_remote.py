@@ -31,7 +31,7 @@ def test_real_trainer_in_tmux_then_download_and_resume_locally(sshd, tmp_path, c
     t.setup(c, name="box", python=str(REPO / ".venv/bin/python"), no_gpu=True)
     code = runs.code_dir(m.record.remote_dir)
     m.run(f"cd {code} && {REPO}/.venv/bin/python scripts/make_synthetic_data.py --out data/synthetic "
-          "--sessions 2 --trials 6")
+          "--sessions 4 --trials 6")
     capfd.readouterr()
 
     t.train(c, name="box", train_config="configs/demo.yaml", args=" ".join(TINY))
@@ -50,7 +50,7 @@ def test_real_trainer_in_tmux_then_download_and_resume_locally(sshd, tmp_path, c
 
     data = tmp_path / "synthetic"
     subprocess.run([sys.executable, str(REPO / "scripts/make_synthetic_data.py"), "--out", str(data),
-                    "--sessions", "2", "--trials", "6"], check=True)
+                    "--sessions", "4", "--trials", "6"], check=True)
     local = [o for o in TINY if not o.startswith(("output_dir", "checkpoint_dir", "num_training"))]
     proc = subprocess.run(
         [sys.executable, "-m", "ml.train", "--config", str(REPO / "configs/demo.yaml"), *local,
