@@ -1,0 +1,98 @@
+"""Training batches/s on this machine's CPU, and how much of a step is spent waiting for data.
+
+    .venv/bin/python benchmarks/train_step.py
+
+Cases (one line each):
+- demo: configs/demo.yaml as `make demo` runs it (4 synthetic sessions, batch 16, 2x128 GRU);
+- baseline: configs/rnn_args.yaml's model (45 sessions, 5x768 GRU, 44,315,177 parameters) at a
+  reduced batch of 4 trials stretched to ~500 bins (synthetic trials are 60-250 bins; each bin is
+  repeated, as slower speech, to reach the length of a typical real trial).
+
+Each case trains a few warm-up steps, then times `ml.train.train_step` (augmentation, forward,
+CTC, backward, clip, AdamW, schedule) with batches from the real loader (ml.data, local HDF5);
+"data wait" is the time spent in the loader's next() as a share of the whole step.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ml.config import load_train_config  # noqa: E402
+from ml.data import build_train_loader  # noqa: E402
+from ml.data.synthetic import write_synthetic  # noqa: E402
+from ml.model import build_model, count_parameters  # noqa: E402
+from ml.schedule import build_optimizer, build_scheduler  # noqa: E402
+from ml.train import train_step  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def stretch(batch: dict, bins: int) -> dict:
+    """Repeat every time bin k times so the batch's longest trial reaches about ``bins`` bins."""
+    k = max(1, math.ceil(bins / batch["input_features"].shape[1]))
+    if k == 1:
+        return batch
+    out = dict(batch)
+    out["input_features"] = batch["input_features"].repeat_interleave(k, dim=1)
+    out["n_time_steps"] = batch["n_time_steps"] * k
+    return out
+
+
+def bench(name: str, cfg, steps: int, warmup: int, bins: int | None = None) -> None:
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    model = build_model(cfg)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    batches = iter(build_train_loader(cfg, 0))
+    wait = total = 0.0
+    shape = None
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        batch = next(batches)
+        if bins:
+            batch = stretch(batch, bins)
+        t1 = time.perf_counter()
+        loss, _ = train_step(model, batch, optimizer, scheduler, cfg, device)
+        float(loss)
+        t2 = time.perf_counter()
+        if i >= warmup:
+            wait += t1 - t0
+            total += t2 - t0
+            shape = tuple(batch["input_features"].shape[:2])
+    print(
+        f"train_step {name}: {steps / total:.2f} batches/s ({1000 * total / steps:.0f} ms/batch; "
+        f"batch {shape[0]} trials x {shape[1]} bins; {count_parameters(model):,} parameters; "
+        f"data wait {100 * wait / total:.1f}% of step time; {torch.get_num_threads()} threads)",
+        flush=True,
+    )
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        demo_data = Path(tmp) / "demo"
+        write_synthetic(demo_data, n_sessions=4, n_trials=96, seed=0)
+        demo = load_train_config(CONFIGS / "demo.yaml", [f"dataset.dataset_dir={demo_data}"])
+        bench("demo (configs/demo.yaml, batch 16)", demo, steps=20, warmup=3)
+
+        base_data = Path(tmp) / "baseline"
+        write_synthetic(base_data, n_sessions=45, n_trials=4, seed=0)
+        base = load_train_config(CONFIGS / "rnn_args.yaml", [
+            f"dataset.dataset_dir={base_data}", "dataset.batch_size=4", "dataset.num_dataloader_workers=0",
+            "use_amp=false",
+        ])  # fmt: skip
+        bench("baseline shape (configs/rnn_args.yaml, 45 sessions, batch 4 x ~500 bins)", base, steps=4,
+              warmup=1, bins=500)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
