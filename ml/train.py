@@ -146,8 +146,10 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: St
     train_loader = build_train_loader(cfg, start_step, d.rank, d.world_size)
     val_loader = build_val_loader(cfg, d.rank, d.world_size)
 
-    model = torch.compile(raw_model) if cfg.compile else raw_model
-    model = distributed.wrap(model, d, device)
+    eval_model = torch.compile(raw_model) if cfg.compile else raw_model
+    # Validation runs outside DDP: ranks see different numbers of val batches, and a DDP forward
+    # may hold collectives that every rank must join.
+    model = distributed.wrap(eval_model, d, device)
     total = cfg.num_training_batches
 
     # ---- from here on the run writes: logs, metrics, checkpoints ----
@@ -228,7 +230,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: St
             step_time += time.monotonic() - t1
 
         if step % cfg.batches_per_val_step == 0 or step == total - 1:
-            result = validate(model, val_loader, cfg, device, stop, d)
+            result = validate(eval_model, val_loader, cfg, device, stop, d)
             if result is None:  # a signal arrived during validation: no best from part of the data
                 stopped_by = stop.signal_name or "signal"
                 break
@@ -298,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     except ToolkitError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C: the first one asked for a graceful stop
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -115,3 +115,17 @@ def test_torchrun_two_gloo_processes_train_and_checkpoint(data, tmp_path):
 
 def test_stop_exit_code_is_distinct():
     assert STOPPED_RESUMABLE not in (0, 1, 2, 3, 4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_run_with_bf16_autocast_checkpoints_and_resumes(data, tmp_path, capsys):
+    run = tmp_path / "gpu"
+    gpu = ["device=auto", "use_amp=true"]
+    assert main(["--config", DEMO, *tiny(data, run, 6), *gpu]) == 0
+    assert "device: cuda" in capsys.readouterr().out
+    last = checkpoint.load(run / "checkpoint" / "last.pt")
+    assert "cuda" in last["rng"][0] and last["step"] == 6
+    assert main(["--config", DEMO, *tiny(data, run, 8), *gpu]) == 0
+    assert "at step 6" in capsys.readouterr().out
+    assert checkpoint.load(run / "checkpoint" / "last.pt")["step"] == 8
