@@ -167,3 +167,35 @@ def test_max_recoveries_is_respected(cloud, spot_host, tiny_dataset, tmp_path, c
     history = json.loads((dest / "run.json").read_text())
     assert history["status"] == "gave-up" and [a["outcome"] for a in history["attempts"]] == ["lost"]
     assert launched_ids(ec2) == {first["InstanceId"]}  # no replacement was launched
+
+
+def test_ctrl_c_without_a_terminal_leaves_the_instance_and_says_how_to_stop_it(cloud, spot_host, tiny_dataset,
+                                                                              tmp_path):
+    import signal
+    import subprocess
+
+    ec2, config = cloud
+    args = [*TINY, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000",
+            "output_dir=trained_models/cc", "checkpoint_dir=s3://spot-ckpt/cc/checkpoint"]
+    proc = subprocess.Popen(
+        [str(REPO / ".venv/bin/fab"), "run", "--name", "job",
+         "--config", str(config),
+         "--train-config", "configs/demo.yaml", "--args", " ".join(args), "--poll", "0.5", "--no-gpu",
+         "--setup-python", str(REPO / ".venv/bin/python"), "--dest", str(tmp_path / "out")],
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    log = spot_host.root / "remote" / "runs" / "train" / "log"
+
+    def started() -> bool:
+        assert proc.poll() is None, proc.communicate()
+        return log.exists() and "Train batch 2:" in log.read_text()
+
+    wait_until(started, 90, "training to start")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    (live,) = live_instances(ec2)  # still running, as promised
+    assert f"left {live['InstanceId']} running" in out and "`fab terminate --name job`" in out
+    history = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert history["status"] == "interrupted" and history["attempts"][0]["outcome"] == "left-running"
+    assert history["events"][-1] == {**history["events"][-1], "event": "ctrl-c", "decision": "left-running"}
