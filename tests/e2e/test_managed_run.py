@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -85,8 +86,10 @@ def test_interrupted_run_relaunches_resumes_and_finishes(cloud, spot_host, imds,
                                                          capfd):
     ec2, config = cloud
     dest = tmp_path / "out"
+    # Checkpoints on the instance's disk (no S3): the laptop pulls them at the notice and the
+    # replacement receives them.
     args = [*TINY, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=80",
-            "output_dir=trained_models/mr", "checkpoint_dir=s3://spot-ckpt/job/checkpoint"]
+            "output_dir=trained_models/mr", "checkpoint_dir=trained_models/mr/checkpoint"]
     thread, result = start_fab_run(config, dest, args)
     run_dir = spot_host.root / "remote" / "runs" / "train"
     log = run_dir / "log"
@@ -100,7 +103,12 @@ def test_interrupted_run_relaunches_resumes_and_finishes(cloud, spot_host, imds,
     assert json.loads((run_dir / "preempted").read_text())["command_exit_code"] == 75
     stopped = int(re.search(r"stopped by \S+ at step (\d+)", log.read_text()).group(1))
     imds.clear()  # the replacement gets no notice
-    time.sleep(1)  # AWS takes the instance a while after the notice (two minutes in real life)
+    # Every instance here is the same sshd host: once the laptop has the checkpoint, wipe the old
+    # one, as a new instance's empty disk would be, so the resume must use what `fab run` restores.
+    events = lambda: json.loads((dest / "run.json").read_text())["events"]  # noqa: E731
+    wait_until(lambda: any(e["event"] == "downloaded" for e in events()), 30, "the checkpoint download")
+    shutil.rmtree(spot_host.root / "remote" / "code" / "trained_models" / "mr" / "checkpoint")
+    # AWS takes the instance back (two minutes after the notice in real life).
     ec2.terminate_instances(InstanceIds=[first[0]["InstanceId"]])
 
     thread.join(timeout=120)
@@ -118,6 +126,8 @@ def test_interrupted_run_relaunches_resumes_and_finishes(cloud, spot_host, imds,
     # Attempt 2 resumed at the step attempt 1 saved on the notice, and nothing was lost.
     assert a2["resumed_step"] == stopped and f"at step {stopped}" in (dest / "run" / "log").read_text()
     assert history["steps_lost"] == [0]
+    assert any(e["event"] == "checkpoint-restored" for e in history["events"])
+    assert (dest / "checkpoint" / "last.pt").exists()
     assert "run job: finished after 2 attempt(s)" in out and "steps lost to interruptions 0" in out
     assert a1["cost_usd"] is not None and history["total_cost_usd"] >= a1["cost_usd"]
     assert live_instances(ec2) == []  # the finished run's instance is terminated too
