@@ -6,7 +6,7 @@ NAME    ?=
 CONFIG  ?= configs/aws.yaml
 TRAIN_CONFIG ?= configs/demo.yaml
 ARGS    ?=
-FAB     := $(BIN)/fab --config-file /dev/null
+FAB     := $(BIN)/fab
 FABARGS := $(if $(NAME),--name $(NAME)) --config $(CONFIG)
 
 .DEFAULT_GOAL := help
