@@ -19,7 +19,6 @@ Every event is written to outputs/<name>/run.json (ec2.history) as it happens.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import sys
 import time
@@ -27,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ec2 import aws, history, instances, pricing, registry, runs
+from ec2 import aws, history, instances, pricing, runs
 from ec2.config import AwsConfig
 from ec2.errors import ToolkitError
 from ec2.remote import Machine, join_path, quote_path
@@ -147,9 +146,6 @@ class Journey:
         from ec2.launch import launch
 
         record = launch(self.cfg, self.name, exclude=frozenset(self.exclude), out=self.out)
-        if record.remote_dir != self.cfg.remote_dir:
-            record = dataclasses.replace(record, remote_dir=self.cfg.remote_dir)
-            registry.put(record)
         self.ec2 = aws.client("ec2", record.region or self.cfg.region, self.cfg.profile)
         attempt.instance_id, attempt.instance_type = record.instance_id, record.instance_type
         attempt.zone, attempt.market = record.zone, record.market
