@@ -166,7 +166,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: St
     if ckpt is not None:
         log.info(f"resumed from {resumed_from} at step {start_step}")
         if start_step >= total:
-            log.info(f"nothing to train: checkpoint at step {start_step} of num_training_batches={total}")
+            log.info(f"nothing to train: checkpoint at step {start_step} of num_training_batches={total} "
+                     f"(raise num_training_batches, or remove {store.uri} to start over)")
     elif cfg.init_from_checkpoint:
         log.info(f"initialised weights from {cfg.init_checkpoint_path}")
     del ckpt  # its tensors were copied into the model and optimizer
