@@ -7,6 +7,7 @@ real code at moto's server with no branch here. Retries use botocore's "standard
 
 from __future__ import annotations
 
+import os
 import threading
 
 import boto3
@@ -28,7 +29,12 @@ _clients: dict[tuple[str, str | None, str | None], object] = {}
 
 def session(region: str | None = None, profile: str | None = None) -> boto3.Session:
     """A cached session per (region, profile). Sessions are not thread-safe to *create* clients
-    from concurrently, so creation happens under a lock; the clients themselves are thread-safe."""
+    from concurrently, so creation happens under a lock; the clients themselves are thread-safe.
+
+    botocore itself reads only AWS_DEFAULT_REGION (and the profile), while the AWS CLI v2 and most
+    SDKs also honour AWS_REGION, which users export: so it is applied here, after the config's.
+    """
+    region = region or os.environ.get("AWS_REGION") or None
     key = (region, profile)
     with _lock:
         if key not in _sessions:
