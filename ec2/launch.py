@@ -55,7 +55,7 @@ def run_params(
         "MinCount": 1,
         "MaxCount": 1,
         "KeyName": cfg.key_name,
-        "UserData": build_user_data(cfg.max_hours, cfg.idle_minutes),
+        "UserData": build_user_data(cfg.max_hours, cfg.idle_minutes, cfg.ssh_port),
         # IMDSv2 only: a stolen-request SSRF on the instance cannot read its role credentials.
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled",
                             "HttpPutResponseHopLimit": 2},
@@ -236,9 +236,11 @@ def launch(
     refuse_duplicate(ec2, name)
     ami = resolve_ami(cfg, ec2, aws.client("ssm", region, cfg.profile))
     out(f"AMI: {ami.image_id} {ami.name!r} ({ami.reason})")
-    key_path = keys.ensure_key_pair(ec2, cfg.key_name, owner, cfg.import_public_key)
-    group_id = network.ensure_group(ec2, cfg, network.ssh_cidr(cfg), owner)
+    # Before the key pair and group exist: an unknown type or a bad CIDR then leaves nothing behind.
     choices = choices_for(ec2, cfg, region, exclude, out)
+    cidr = network.ssh_cidr(cfg)
+    key_path = keys.ensure_key_pair(ec2, cfg.key_name, owner, cfg.import_public_key)
+    group_id = network.ensure_group(ec2, cfg, cidr, owner)
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     instance_id, choice = try_choices(
         ec2, cfg, choices, lambda c: run_params(cfg, name, owner, ami, group_id, c, created), out

@@ -1,4 +1,5 @@
-"""Network access: the caller's address, and the security group that admits SSH only from it.
+"""Network access: the caller's address, and the security group that admits SSH (on the configured
+`ssh_port`) only from it.
 
 The group is found by name and VPC (and carries spotrun tags); every SSH rule spotrun adds has the
 description RULE_DESCRIPTION, so `allow-my-ip` can revoke exactly its own old rules and leave any
@@ -45,7 +46,7 @@ def public_ip(timeout: float = 10.0) -> str:
 
 
 def ssh_cidr(cfg) -> str:
-    """The CIDR allowed to reach port 22. World-open only when the config says so, with a warning."""
+    """The CIDR allowed to reach the SSH port. World-open only when the config says so, with a warning."""
     cidr = f"{public_ip()}/32" if cfg.ssh_cidr == "auto" else cfg.ssh_cidr
     try:
         network = ipaddress.ip_network(cidr, strict=False)
@@ -60,7 +61,10 @@ def ssh_cidr(cfg) -> str:
                 f"ssh_cidr {cidr} opens SSH to the whole internet; use `auto` (your address /32), "
                 "or set allow_open_ssh: true if you really mean it"
             )
-        print(f"warning: SSH (port 22) will be open to {cidr}: anyone can try to log in", file=sys.stderr)
+        print(
+            f"warning: SSH (port {cfg.ssh_port}) will be open to {cidr}: anyone can try to log in",
+            file=sys.stderr,
+        )
     return cidr
 
 
@@ -90,7 +94,7 @@ def find_group(ec2, name: str, vpc: str) -> dict | None:
 
 
 def ensure_group(ec2, cfg, cidr: str, owner: str) -> str:
-    """The tool's security group id, created if missing, admitting SSH from ``cidr``."""
+    """The tool's security group id, created if missing, admitting SSH (cfg.ssh_port) from ``cidr``."""
     vpc = vpc_id(ec2, cfg)
     group = find_group(ec2, cfg.security_group_name, vpc)
     if group is None:
@@ -109,20 +113,21 @@ def ensure_group(ec2, cfg, cidr: str, owner: str) -> str:
         existing: list[str] = []
     else:
         group_id = group["GroupId"]
-        existing = ssh_cidrs(group)
+        existing = ssh_cidrs(group, cfg.ssh_port)
     if cidr not in existing:
-        _authorize(ec2, group_id, cidr)
-        print(f"security group: SSH allowed from {cidr}")
+        _authorize(ec2, group_id, cidr, cfg.ssh_port)
+        print(f"security group: SSH (port {cfg.ssh_port}) allowed from {cidr}")
     return group_id
 
 
-def ssh_cidrs(group: dict, only_ours: bool = False) -> list[str]:
-    """IPv4 ranges allowed on port 22 (only those spotrun added, when ``only_ours``)."""
+def ssh_cidrs(group: dict, port: int = 22, only_ours: bool = False) -> list[str]:
+    """IPv4 ranges allowed on ``port`` (only those spotrun added, when ``only_ours``)."""
     out = []
     for perm in group.get("IpPermissions", []):
         if perm.get("IpProtocol") not in ("tcp", "-1"):
             continue
-        if perm.get("IpProtocol") == "tcp" and not (perm.get("FromPort", 0) <= 22 <= perm.get("ToPort", -1)):
+        tcp = perm.get("IpProtocol") == "tcp"
+        if tcp and not (perm.get("FromPort", 0) <= port <= perm.get("ToPort", -1)):
             continue
         for rng in perm.get("IpRanges", []):
             if not only_ours or rng.get("Description") == RULE_DESCRIPTION:
@@ -130,9 +135,9 @@ def ssh_cidrs(group: dict, only_ours: bool = False) -> list[str]:
     return out
 
 
-def _authorize(ec2, group_id: str, cidr: str) -> None:
+def _authorize(ec2, group_id: str, cidr: str, port: int) -> None:
     try:
-        ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[_rule(cidr)])
+        ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[_rule(cidr, port)])
     except botocore.exceptions.ClientError as e:
         if error_code(e) != "InvalidPermission.Duplicate":
             raise translate(e, f"allowing SSH from {cidr}") from None
@@ -140,11 +145,11 @@ def _authorize(ec2, group_id: str, cidr: str) -> None:
         raise translate(e, f"allowing SSH from {cidr}") from None
 
 
-def _rule(cidr: str) -> dict:
+def _rule(cidr: str, port: int) -> dict:
     return {
         "IpProtocol": "tcp",
-        "FromPort": 22,
-        "ToPort": 22,
+        "FromPort": port,
+        "ToPort": port,
         "IpRanges": [{"CidrIp": cidr, "Description": RULE_DESCRIPTION}],
     }
 
@@ -154,11 +159,11 @@ def allow_my_ip(ec2, cfg, owner: str) -> tuple[str, list[str], str]:
     cidr = ssh_cidr(cfg)
     group_id = ensure_group(ec2, cfg, cidr, owner)
     group = find_group(ec2, cfg.security_group_name, vpc_id(ec2, cfg))
-    stale = [c for c in ssh_cidrs(group or {}, only_ours=True) if c != cidr]
+    stale = [c for c in ssh_cidrs(group or {}, cfg.ssh_port, only_ours=True) if c != cidr]
     if stale:
         with aws_errors(f"revoking old SSH rules on {group_id}"):
             ec2.revoke_security_group_ingress(
                 GroupId=group_id,
-                IpPermissions=[{**_rule(c), "IpRanges": [{"CidrIp": c}]} for c in stale],
+                IpPermissions=[{**_rule(c, cfg.ssh_port), "IpRanges": [{"CidrIp": c}]} for c in stale],
             )
     return group_id, stale, cidr

@@ -19,13 +19,14 @@ IDLE_SCRIPT = r"""#!/bin/bash
 # spotrun idle watch: shut down after IDLE_MINUTES with no live tmux pane and no SSH connection.
 set -u
 IDLE_MINUTES="${SPOTRUN_IDLE_MINUTES:-__IDLE_MINUTES__}"
+SSH_PORT="${SPOTRUN_SSH_PORT:-__SSH_PORT__}"
 STATE="${SPOTRUN_IDLE_STATE:-/var/lib/spotrun/idle-since}"
 SHUTDOWN="${SPOTRUN_SHUTDOWN:-/sbin/shutdown -h now spotrun-idle}"
 NOW="${SPOTRUN_NOW:-$(date +%s)}"
 
 busy=0
 # Established TCP connections to sshd: interactive shells, fab commands, ControlMaster sockets.
-if [ -n "$(ss -Htn state established '( sport = :22 )' 2>/dev/null)" ]; then busy=1; fi
+if [ -n "$(ss -Htn state established "( sport = :$SSH_PORT )" 2>/dev/null)" ]; then busy=1; fi
 # A live pane in any user's tmux server (a run, or an interactive shell in tmux).
 for sock in /tmp/tmux-*/default ${SPOTRUN_TMUX_SOCKETS:-}; do
   [ -S "$sock" ] || continue
@@ -63,11 +64,15 @@ systemctl enable --now spotrun-idle-watch.timer
 """
 
 
-def idle_script(idle_minutes: int) -> str:
-    return IDLE_SCRIPT.replace("__IDLE_MINUTES__", str(int(idle_minutes)))
+def idle_script(idle_minutes: int, ssh_port: int = 22) -> str:
+    # The SSH port matters: a watch that looked at :22 while sshd listens elsewhere would see no
+    # session and shut down a machine someone is working on.
+    return IDLE_SCRIPT.replace("__IDLE_MINUTES__", str(int(idle_minutes))).replace(
+        "__SSH_PORT__", str(int(ssh_port))
+    )
 
 
-def build_user_data(max_hours: float, idle_minutes: int) -> str:
+def build_user_data(max_hours: float, idle_minutes: int, ssh_port: int = 22) -> str:
     """The boot script (cloud-init runs it once, as root)."""
     minutes = max(1, math.ceil(max_hours * 60))
     lines = [
@@ -76,11 +81,20 @@ def build_user_data(max_hours: float, idle_minutes: int) -> str:
         f"# Hard cap: max_hours={max_hours:g}.",
         f"shutdown -h +{minutes} 'spotrun: max_hours reached'",
     ]
+    if ssh_port != 22:
+        # The AMI's sshd listens on 22 only; the security group opens just ssh_port. Ubuntu 24.04
+        # starts sshd from ssh.socket, whose port a generator takes from sshd_config at daemon-reload.
+        lines += [
+            f"# sshd on ssh_port={ssh_port}.",
+            f"echo 'Port {int(ssh_port)}' > /etc/ssh/sshd_config.d/60-spotrun-port.conf",
+            "systemctl daemon-reload",
+            "systemctl restart ssh.socket 2>/dev/null || systemctl restart ssh || systemctl restart sshd",
+        ]
     if idle_minutes > 0:
         lines += [
             f"# Idle watch: shut down after {idle_minutes} idle minutes.",
             f"cat > {IDLE_SCRIPT_PATH} <<'SPOTRUN_IDLE'",
-            idle_script(idle_minutes).rstrip("\n"),
+            idle_script(idle_minutes, ssh_port).rstrip("\n"),
             "SPOTRUN_IDLE",
             f"chmod 755 {IDLE_SCRIPT_PATH}",
             _UNITS.format(script=IDLE_SCRIPT_PATH).rstrip("\n"),

@@ -174,3 +174,27 @@ def test_missing_credentials_fail_before_anything_exists(home, ec2_client, dlami
     with pytest.raises(AwsError, match=r"no AWS credentials found; run `aws configure`.*\[NoCredentials\]"):
         launch(config(), "exp1")
     assert not (home / ".ssh" / "spotrun.pem").exists()
+
+
+def test_ssh_port_is_the_one_opened_and_watched(home, ec2_client, dlami):
+    record = launch(config("ssh_port=2222", "instance_types=[g5.xlarge]"), "exp1", wait_ssh=False)
+    raw = _only_instance(ec2_client)
+    group = ec2_client.describe_security_groups(GroupIds=[raw["SecurityGroups"][0]["GroupId"]])
+    ranges = [(p["FromPort"], p["ToPort"], r["CidrIp"])
+              for p in group["SecurityGroups"][0]["IpPermissions"] for r in p["IpRanges"]]  # fmt: skip
+    assert ranges == [(2222, 2222, "203.0.113.7/32")] and record.port == 2222
+    script = base64.b64decode(
+        ec2_client.describe_instance_attribute(InstanceId=raw["InstanceId"], Attribute="userData")[
+            "UserData"
+        ]["Value"]
+    ).decode()
+    # sshd is moved to the port, and the idle watch counts sessions on it (not on 22).
+    assert "echo 'Port 2222' > /etc/ssh/sshd_config.d/" in script
+    assert 'SSH_PORT="${SPOTRUN_SSH_PORT:-2222}"' in script and "sport = :$SSH_PORT" in script
+
+
+def test_unoffered_type_creates_nothing(home, ec2_client, dlami):
+    with pytest.raises(AwsError, match=r"none of p99.huge is offered.*\[Unsupported\]"):
+        launch(config("instance_types=[p99.huge]"), "exp1", wait_ssh=False)
+    assert ec2_client.describe_key_pairs()["KeyPairs"] == []
+    assert [g["GroupName"] for g in ec2_client.describe_security_groups()["SecurityGroups"]] == ["default"]
