@@ -3,7 +3,8 @@
 connection is retried with exponential back-off and then reported as ConnectionLost.
 
 - sync honours every `.gitignore` and `.spotrunignore` (rsync dir-merge filters) and never sends
-  .git, .venv, data/ or outputs/; `--delete` applies only inside REMOTE_DIR/code/.
+  .git, .venv, data/, outputs/ or credentials (.env, .aws/, .ssh/, *.pem); `--delete` applies
+  only inside REMOTE_DIR/code/.
 - download brings only what is new (no --delete: what was already downloaded stays).
 """
 
@@ -24,8 +25,14 @@ RSYNC_BIN = "rsync"
 # rsync exits that mean the connection went away (12 protocol stream, 30 timeout in data
 # send/receive, 35 timeout waiting for daemon connection, 255 ssh itself).
 RETRYABLE = {12, 30, 35, 255}
-# Never sent, whatever the ignore files say.
-ALWAYS_EXCLUDED = [".git/", ".venv/", "/data/", "/outputs/", ".rsync-partial/"]
+# Never sent, whatever the ignore files say (a project may lack them, a user may edit them):
+# the repository, the venv, top-level data and outputs, and anything that holds credentials or
+# keys, in any folder (no credentials travel to an instance; it uses its IAM instance profile).
+# Folder rules are anchored with `/` where a package may share the name (ml/data/ is code).
+ALWAYS_EXCLUDED = [
+    ".git/", ".venv/", "/data/", "/outputs/", ".rsync-partial/",
+    ".env", ".env.*", ".envrc", ".aws/", ".ssh/", "*.pem", ".netrc",
+]  # fmt: skip
 PARTIAL_DIR = ".rsync-partial"
 
 

@@ -93,23 +93,30 @@ def _tree(root: Path) -> Path:
         (root / never / "x").write_text("never sent\n")
     (root / "model.pt").write_bytes(b"0" * 1000)
     (root / "notes.txt").write_text("private\n")
+    # Credentials are never sent, even with no ignore file naming them.
+    for secret in (".env", ".env.local", "pkg/.env", ".aws/credentials", ".ssh/id_ed25519", "keys/k.pem"):
+        (root / secret).parent.mkdir(parents=True, exist_ok=True)
+        (root / secret).write_text("secret\n")
+    # Only the top-level data/ is data: a package named data is code.
+    (root / "pkg" / "data").mkdir()
+    (root / "pkg" / "data" / "c.py").write_text("print('c')\n")
     return root
 
 
 def test_sync_is_incremental_honours_ignores_and_deletes_in_code_dir(machine, tmp_path):
     tree = _tree(tmp_path / "proj")
     first = sync_code(machine, tree)
-    assert first.files_transferred == 4  # a.py b.py .gitignore .spotrunignore
+    assert first.files_transferred == 5  # a.py b.py data/c.py .gitignore .spotrunignore
     code = runs.code_dir(machine.record.remote_dir)
     listed = machine.run(f"cd {code} && find . -type f | sort").stdout.split()
-    assert listed == ["./.gitignore", "./.spotrunignore", "./pkg/a.py", "./pkg/b.py"]
+    assert listed == ["./.gitignore", "./.spotrunignore", "./pkg/a.py", "./pkg/b.py", "./pkg/data/c.py"]
     again = sync_code(machine, tree)
     assert again.files_transferred == 0 and again.itemized == []
     (tree / "pkg" / "b.py").unlink()
     (tree / "pkg" / "a.py").write_text("print('changed')\n")
     third = sync_code(machine, tree)
     assert third.files_transferred == 1
-    assert machine.run(f"cd {code} && ls pkg").stdout.split() == ["a.py"]
+    assert machine.run(f"cd {code} && ls pkg").stdout.split() == ["a.py", "data"]
     # --delete stays inside code/: a run dir beside it is untouched.
     runs_dir = runs.run_dir(machine.record.remote_dir, "keep")
     machine.run(f"mkdir -p {runs_dir} && touch {runs_dir}/log")
