@@ -32,6 +32,14 @@ def _machine(name: str | None, config: str | None, set_: list[str] | None) -> Ma
     return Machine(registry.get(machine_name(name, cfg)))
 
 
+def _reached(m: Machine) -> Machine:
+    """One quiet round trip before a streamed or interactive command (it also opens the shared
+    connection): an unreachable machine then ends as one `error:` line after the retries, instead
+    of ssh's own messages and a bare exit 255."""
+    m.run("true")
+    return m
+
+
 def _region(machine: Machine, config: str | None, set_: list[str] | None) -> str | None:
     import os
 
@@ -193,7 +201,7 @@ def logs(c, name=None, run="train", lines=50, no_follow=False, config=None, set_
 @edge
 def attach(c, name=None, run="train", config=None, set_=None):
     """Attach to the run's tmux session (detach with Ctrl-b d; the run goes on)."""
-    m = _machine(name, config, set_)
+    m = _reached(_machine(name, config, set_))
     m.exec_interactive(runs.attach_command(run))
 
 
@@ -201,14 +209,14 @@ def attach(c, name=None, run="train", config=None, set_=None):
 @edge
 def ssh(c, name=None, config=None, set_=None):
     """Open an interactive shell on the machine."""
-    _machine(name, config, set_).exec_interactive()
+    _reached(_machine(name, config, set_)).exec_interactive()
 
 
 @task(iterable=["set_"])
 @edge
 def run_cmd(c, cmd, name=None, config=None, set_=None):
     """Run any command on the machine; exits with its exit code."""
-    code = _machine(name, config, set_).stream(cmd)
+    code = _reached(_machine(name, config, set_)).stream(cmd)
     if code:
         raise Exit(code=code)
 

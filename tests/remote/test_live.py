@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ec2 import paths, runs
+from ec2 import paths, registry, runs
 from ec2.errors import ConnectionLost, RemoteCommandFailed, RunAlreadyExists
 from ec2.remote import Machine
 from ec2.sync import download_argv, download_outputs, rsync_with_retries, sync_code, upload_dir
@@ -209,6 +209,21 @@ def test_fab_run_cmd_returns_the_remote_exit_code(sshd, tmp_path):
     bad = subprocess.run([*fab, "run-cmd", "--name", "box", "--cmd", "exit 7"], capture_output=True,
                          text=True, cwd=tmp_path)
     assert bad.returncode == 7
+
+
+def test_fab_run_cmd_on_an_unreachable_machine_is_one_line(sshd, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    registry.put(dataclasses.replace(sshd.record(name="gone"), port=closed))
+    env = {**os.environ, "SPOTRUN_SSH_ATTEMPTS": "2", "SPOTRUN_SSH_BACKOFF_S": "0.05"}
+    for task in (["run-cmd", "--cmd", "true"], ["ssh"], ["attach"]):
+        proc = subprocess.run([str(REPO / ".venv/bin/fab"), "-r", str(REPO), task[0], "--name", "gone",
+                               *task[1:]], capture_output=True, text=True, cwd=tmp_path, env=env,
+                              stdin=subprocess.DEVNULL)  # fmt: skip
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.startswith("error: cannot reach gone") and proc.stderr.count("\n") == 1
+        assert "after 2 attempt(s)" in proc.stderr and "fab status" in proc.stderr
 
 
 def test_upload_dir_puts_a_checkpoint_where_the_trainer_looks(machine, tmp_path):
