@@ -20,7 +20,10 @@ setup: ## make .venv and install the project, pinned dependencies and dev tools
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	@# Dependencies only, not the project itself: everything runs from the checkout (cwd on
+	@# sys.path), as on an instance, so a module that `fab sync` fails to send cannot be masked by
+	@# an installed copy.
+	$(BIN)/pip install -q -r requirements.lock
 	@$(BIN)/python -c "import s3fs, boto3, torch; print('installed: torch', torch.__version__, '| s3fs', s3fs.__version__, '| boto3', boto3.__version__)"
 
 test: ## run the tests
