@@ -1,7 +1,8 @@
 """The run history of `fab run` on the laptop: outputs/<name>/run.json, rewritten atomically after
 every event, so a crash (or Ctrl-C) at any moment leaves a whole file that says what happened.
 
-Plain data: one RunHistory holding its Attempts (one per instance) and a list of events.
+Plain data: one RunHistory holding its Attempts (one per instance) and a list of events. The
+summary the user reads at the end is ec2.journey.report.
 """
 
 from __future__ import annotations
@@ -102,30 +103,3 @@ def load(path: Path) -> RunHistory:
                 for a in data.pop("attempts", [])]
     fields = RunHistory.__dataclass_fields__
     return RunHistory(**{k: v for k, v in data.items() if k in fields}, attempts=attempts, path=str(path))
-
-
-def _money(x: float | None) -> str:
-    return "?" if x is None else f"${x:.4f}"
-
-
-def _duration(s: float | None) -> str:
-    if s is None:
-        return "?"
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-def summary(h: RunHistory) -> str:
-    """The end-of-run report: one line per attempt, then the totals."""
-    lines = [f"run {h.name}: {h.status} after {len(h.attempts)} attempt(s)"]
-    for a in h.attempts:
-        resumed = f", resumed at step {a.resumed_step}" if a.resumed_step is not None else ""
-        lines.append(
-            f"  attempt {a.number}: {a.instance_type or '?'} in {a.zone or '?'} ({a.market or '?'}) "
-            f"{a.instance_id or ''} — {a.outcome}, {_duration(a.seconds)}, {_money(a.cost_usd)}{resumed}"
-        )
-    lost = h.steps_lost()
-    each = f" ({', '.join(map(str, lost))})" if lost else ""
-    lines.append(f"  total cost {_money(h.total_cost_usd)}; interruptions {len(lost)}; "
-                 f"steps lost to interruptions {sum(lost)}{each}")
-    return "\n".join(lines)

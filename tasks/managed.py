@@ -1,5 +1,5 @@
 """`fab run`: the managed journey in one command (launch → setup → sync → train → watch), carrying
-on on a replacement instance after a spot interruption. The logic lives in ec2/journey.py."""
+on on a replacement instance after a spot interruption. The logic lives in ec2/journey/."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from pathlib import Path
 from invoke import task
 
 from common.errors import ToolkitError
-from ec2 import history
-from ec2.journey import Journey, Plan, stdin_asker
+from ec2.journey import Journey, Plan, report, stdin_asker
 from tasks.edge import aws_config, edge, machine_name
 from tasks.remote import DEFAULT_TRAIN_CONFIG, TRAINER_SIGNAL, train_command, train_env
 
@@ -53,5 +52,5 @@ def run(c, name=None, train_config=DEFAULT_TRAIN_CONFIG, args="", run_name="trai
         journey.run()
     finally:
         if journey.h.attempts:
-            _say(history.summary(journey.h))
+            _say(report.summary(journey.h))
             _say(f"run history: {journey.h.path}")

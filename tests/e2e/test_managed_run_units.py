@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 
 from ec2 import history
-from ec2.journey import Plan, last_step, parse_poll, poll_command, resumed_step, setup_command, watcher_args
+from ec2.journey import report
+from ec2.journey.decide import last_step, parse_poll, poll_command, resumed_step
+from ec2.journey.stages import Plan, setup_command, watcher_args
 
 
 def test_poll_is_one_command_and_parses_each_part():
@@ -52,7 +54,7 @@ def test_history_is_rewritten_whole_after_each_event(tmp_path):
     assert data["status"] == "finished" and data["steps_lost"] == [10]
     assert abs(data["total_cost_usd"] - 0.65) < 1e-9 and data["events"][-1]["event"] == "finished"
     assert history.load(tmp_path / "run.json").attempts[1].resumed_step == 1200
-    text = history.summary(h)
+    text = report.summary(h)
     assert "finished after 2 attempt(s)" in text
     assert "attempt 1: g5.xlarge in us-east-1a (spot) i-1 — preempted, 30m00s, $0.2500" in text
     assert "resumed at step 1200" in text

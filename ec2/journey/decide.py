@@ -1,0 +1,107 @@
+"""What the laptop sees of an attempt, and what it concludes: pure functions, no AWS, no SSH.
+
+One SSH round trip (`poll_command`) returns the run state, the watcher's preempted and notice
+records and the log's tail; `parse_poll` reads it back; `decide` turns that and the instance's AWS
+state into a verdict:
+
+- finished(0)                          → finished: download results, terminate, summary;
+- finished(N), N not 0 and not 75      → failed: a relaunch will not fix the command itself;
+- preempted, finished(75), AWS says shutting-down/terminated/stopped, the run is gone, or SSH
+  unreachable for longer than allowed  → interrupted: relaunch elsewhere and resume;
+- anything else                        → watch on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from ec2 import runs
+from ec2.remote import quote_path
+
+RESUMABLE = 75  # ml.errors.STOPPED_RESUMABLE (not imported: ml pulls in torch)
+GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped", "gone")
+_MARK = "@@spotrun@@"
+_RESUMED = re.compile(r"resumed from (\S+) at step (\d+)")
+_STEP = re.compile(r"\b(?:step|batch)\s*[:=#]?\s*(\d+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Poll:
+    state: runs.RunState
+    preempted: dict | None
+    notice: dict | None
+    log_tail: str
+
+
+def poll_command(remote_dir: str, run: str) -> str:
+    """One SSH round trip: the run state, the watcher's notice and preempted records, the log's tail."""
+    rdir = quote_path(runs.run_dir(remote_dir, run))
+    return (f"{runs.state_command(remote_dir, run)}; echo {_MARK}; cat {rdir}/preempted 2>/dev/null; "
+            f"echo {_MARK}; cat {rdir}/notice 2>/dev/null; "
+            f"echo {_MARK}; tail -c 16384 {rdir}/log 2>/dev/null; true")
+
+
+def parse_poll(text: str) -> Poll:
+    state_text, _, rest = text.partition(_MARK)
+    preempted_text, _, rest = rest.partition(_MARK)
+    notice_text, _, log_tail = rest.partition(_MARK)
+
+    def record(part: str) -> dict | None:
+        try:
+            return json.loads(part) if part.strip() else None
+        except json.JSONDecodeError:
+            return None  # caught mid-write by an older watcher: the next poll sees it whole
+
+    return Poll(runs.parse_state(state_text), record(preempted_text), record(notice_text), log_tail)
+
+
+def last_step(log: str) -> int | None:
+    steps = [int(m.group(1)) for m in _STEP.finditer(log)]
+    return steps[-1] if steps else None
+
+
+def resumed_step(log: str) -> int | None:
+    found = _RESUMED.findall(log)
+    return int(found[-1][1]) if found else None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """`end`: watch | finished | failed | interrupted. For an interruption, `outcome` is what the
+    attempt is recorded as (preempted: a notice came first; lost: no notice), `why` the line the
+    user sees, and `reachable` whether the machine can still be asked for its checkpoints."""
+
+    end: str
+    why: str = ""
+    outcome: str = ""
+    reachable: bool = True
+
+
+WATCH = Verdict("watch")
+
+
+def decide(aws_state: str, polled: Poll | None, *, noticed: bool, unreachable_for: float | None,
+           unreachable_s: float) -> Verdict:
+    """The verdict on one look at the attempt (`aws_state` is "gone" when AWS no longer lists it)."""
+    state = polled.state.state if polled else None
+    if state == "finished":
+        code = polled.state.exit_code
+        if code == 0:
+            return Verdict("finished")
+        if code != RESUMABLE:
+            return Verdict("failed", f"the command failed with exit {code}")
+        return Verdict("interrupted", "the command stopped resumably (exit 75)", "lost")
+    if state == "preempted":
+        return Verdict("interrupted", "spot interruption notice; checkpoint secured", "preempted")
+    if aws_state in GONE_STATES:
+        if noticed:
+            return Verdict("interrupted", f"instance {aws_state} after a spot interruption notice",
+                           "preempted", reachable=False)
+        return Verdict("interrupted", f"instance {aws_state}", "lost", reachable=False)
+    if state == "none":
+        return Verdict("interrupted", "the run is gone from the instance (rebooted?)", "lost")
+    if unreachable_for is not None and unreachable_for > unreachable_s:
+        return Verdict("interrupted", f"unreachable for {unreachable_s:g} s", "lost", reachable=False)
+    return WATCH

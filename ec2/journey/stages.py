@@ -1,0 +1,149 @@
+"""The named stages of one attempt of `fab run`, each callable alone: provision (launch), bootstrap
+(sync + setup), restore (a laptop checkpoint back onto the instance), start (the command in tmux,
+wrapped in the notice watcher), pull (outputs and checkpoints to the laptop), terminate.
+
+`Plan` is what to run, resolved by the task from the configs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ec2 import aws, instances, runs
+from ec2.config import AwsConfig
+from ec2.errors import ToolkitError
+from ec2.registry import MachineRecord
+from ec2.remote import Machine, join_path, quote_path
+from ec2.sync import download_argv, download_outputs, rsync_with_retries, sync_code, upload_dir
+
+SETUP_SCRIPT = "scripts/setup_instance.sh"
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Plan:
+    command: str  # the remote command line (python -m ml.train ...)
+    run: str = "train"
+    env: dict[str, str] = field(default_factory=dict)
+    output_dir: str | None = None  # the trainer's (relative to code/, or absolute, or s3://)
+    checkpoint_dir: str | None = None
+    signal: str = "USR1"
+    poll_s: float = 30.0  # how often the laptop looks at the instance and the run
+    imds_poll_s: float = 5.0  # how often the watcher on the instance asks for notices
+    download_every_s: float = 600.0  # pull local checkpoints to the laptop this often
+    unreachable_s: float = 300.0
+    max_recoveries: int = 3
+    keep: bool = False
+    setup_python: str | None = None  # a ready python instead of the venv (a prepared machine)
+    require_gpu: bool = True
+    local_root: str = "."
+
+    def local_checkpoint(self, outputs: Path) -> Path | None:
+        """Where downloads put the checkpoint folder on the laptop (None when it lives in S3)."""
+        if not self.checkpoint_dir or self.checkpoint_dir.startswith("s3://"):
+            return None
+        inside = self._checkpoint_inside_outputs()
+        if inside is not None:
+            return outputs / inside
+        return outputs / "checkpoint"
+
+    def _checkpoint_inside_outputs(self) -> str | None:
+        """The checkpoint folder's path relative to output_dir, when it lies inside it."""
+        if not self.output_dir:
+            return None
+        base = self.output_dir.rstrip("/") + "/"
+        return self.checkpoint_dir[len(base):] if self.checkpoint_dir.startswith(base) else None
+
+
+def watcher_args(plan: Plan, backup_uri: str | None) -> list[str]:
+    args = ["--signal", plan.signal, "--poll", f"{plan.imds_poll_s:g}"]
+    if plan.checkpoint_dir:
+        args += ["--checkpoint-dir", plan.checkpoint_dir]
+        if backup_uri and not plan.checkpoint_dir.startswith("s3://"):
+            args += ["--upload-to", backup_uri]
+    return args
+
+
+def setup_command(remote_dir: str, python: str | None, require_gpu: bool) -> str:
+    env = f"SPOTRUN_SETUP_PYTHON={quote_path(python)} " if python else ""
+    env += "" if require_gpu else "SPOTRUN_REQUIRE_GPU=0 "
+    script = quote_path(join_path(runs.code_dir(remote_dir), SETUP_SCRIPT))
+    return f"{env}bash {script} {quote_path(remote_dir)}"
+
+
+def provision(cfg: AwsConfig, name: str, exclude: frozenset[tuple[str, str]], out: Say
+              ) -> tuple[MachineRecord, object]:
+    """Launch the cheapest type/zone with capacity, `exclude`d pairs left out; the record and the
+    EC2 client of its region."""
+    from ec2.launch import launch
+
+    record = launch(cfg, name, exclude=exclude, out=out)
+    return record, aws.client("ec2", record.region or cfg.region, cfg.profile)
+
+
+def bootstrap(m: Machine, plan: Plan, out: Say) -> None:
+    stats = sync_code(m, plan.local_root)
+    out(f"synced code to {m.name} ({stats.files_transferred} file(s))")
+    result = m.run(setup_command(m.record.remote_dir, plan.setup_python, plan.require_gpu), check=False)
+    if result.code != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise ToolkitError(f"setup failed on {m.name} (exit {result.code}): {' | '.join(tail)}; "
+                           "fix it, then `fab run` again (it resumes from the newest checkpoint)")
+    out(f"setup done on {m.name}")
+
+
+def restore(m: Machine, plan: Plan, outputs: Path, out: Say) -> int | None:
+    """Push the laptop's checkpoint folder to the instance; the files sent (None: nothing to send)."""
+    local = plan.local_checkpoint(outputs)
+    if local is None or not local.is_dir() or not any(local.iterdir()):
+        return None
+    stats = upload_dir(m, local, plan.checkpoint_dir)
+    out(f"restored the newest local checkpoint to {m.name}: {stats.files_transferred} file(s)")
+    return stats.files_transferred
+
+
+def start(m: Machine, plan: Plan, backup_uri: str | None, out: Say) -> None:
+    runs.start_run(m, plan.run, plan.command, force=True, env=plan.env,
+                   watcher_args=watcher_args(plan, backup_uri), output_dir=plan.output_dir)
+    out(f"started run {plan.run!r} on {m.name}")
+
+
+def pull(m: Machine, plan: Plan, outputs: Path, what: str, out: Say) -> bool:
+    """Bring outputs (and a checkpoint folder outside them) back while the machine still answers.
+    True when something came back (at least the run's log)."""
+    try:
+        # The run dir records the trainer's output_dir, resolved against code/ on the machine.
+        download_outputs(m, plan.run, outputs)
+        local = plan.local_checkpoint(outputs)
+        if local is not None and plan.output_dir and plan._checkpoint_inside_outputs() is None:
+            remote = plan.checkpoint_dir
+            if not remote.startswith(("/", "~")):
+                remote = join_path(runs.code_dir(m.record.remote_dir), remote)
+            local.mkdir(parents=True, exist_ok=True)
+            rsync_with_retries(m, download_argv(m, remote, local), "download")
+        return True
+    except ToolkitError as e:
+        out(f"could not download {what} from {m.name}: {e}")
+    # A command that failed early made no outputs; its log is what matters then.
+    try:
+        (outputs / "run").mkdir(parents=True, exist_ok=True)
+        argv = download_argv(m, runs.run_dir(m.record.remote_dir, plan.run), outputs / "run")
+        rsync_with_retries(m, argv, "download")
+    except ToolkitError:
+        return False
+    return True
+
+
+def instance_state(ec2, instance_id: str) -> str:
+    """The instance's state in AWS, or "gone" when AWS no longer lists it."""
+    info = instances.describe_instance(ec2, instance_id)
+    return "gone" if info is None else info.state
+
+
+def terminate(ec2, name: str, instance_id: str, out: Say) -> None:
+    instances.terminate_instances(ec2, [instance_id], wait=True)
+    instances.forget_local(name)
+    out(f"terminated {instance_id}")
