@@ -64,8 +64,8 @@ aws-download: ## pull checkpoints, logs and metrics to outputs/NAME/
 	$(FAB) download $(FABARGS)
 aws-gpu: ## one-screen GPU summary
 	$(FAB) gpu $(FABARGS)
-aws-terminate: ## terminate the instance (asks first)
-	$(FAB) terminate $(FABARGS)
+aws-terminate: ## terminate the instance (asks first; YES=1 for scripts)
+	$(FAB) terminate $(FABARGS) $(if $(YES),--yes)
 aws-cleanup: ## remove spotrun's security group and key pair when unused
 	$(FAB) cleanup --config $(CONFIG)
 aws-run: ## the managed journey: launch, setup, sync, train, recover from interruptions, download, terminate

@@ -135,3 +135,35 @@ def test_fab_list_and_one_line_errors(home, aws_env):
         and typo.stderr
         == "error: configs/aws.yaml: unknown key instance_type; remove it or check its spelling\n"
     )
+
+
+def test_region_from_aws_region_alone(home, ec2_client):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "AWS_DEFAULT_REGION"}
+    env["AWS_REGION"] = "us-east-1"
+    proc = _fab("status", "--no-runs", env=env)
+    assert proc.returncode == 0 and proc.stdout == "no spotrun instances in us-east-1\n", proc.stderr
+
+
+def _make_n(*args: str) -> list[str]:
+    proc = subprocess.run(["make", "-s", "-n", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def test_makefile_aws_targets_pass_name_config_and_args():
+    assert _make_n("aws-train", "NAME=exp1", "CONFIG=my.yaml", "TRAIN_CONFIG=configs/demo.yaml",
+                   "ARGS=a=b c=d") == [  # fmt: skip
+        '.venv/bin/fab train --name exp1 --config my.yaml --train-config configs/demo.yaml --args "a=b c=d"'
+    ]
+    assert _make_n("aws-status") == [".venv/bin/fab status --config configs/aws.yaml"]
+    terminate = _make_n("aws-terminate", "NAME=exp1")
+    assert terminate == [".venv/bin/fab terminate --name exp1 --config configs/aws.yaml "]  # asks
+    assert _make_n("aws-terminate", "NAME=exp1", "YES=1")[0].endswith(" --yes")
+    for target in ("aws-launch", "aws-setup", "aws-upload", "aws-logs", "aws-attach", "aws-ssh",
+                   "aws-download", "aws-gpu"):  # fmt: skip
+        (line,) = _make_n(target, "NAME=exp1", "CONFIG=my.yaml")
+        assert line.startswith(".venv/bin/fab ") and "--name exp1 --config my.yaml" in line, line
+    help_text = subprocess.run(["make", "help"], cwd=REPO, capture_output=True, text=True).stdout
+    assert "aws-terminate" in help_text and "aws-train" in help_text
