@@ -6,7 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from ec2 import pricing
-from ec2.history import Attempt, RunHistory
+from ec2.history import Attempt, RunHistory, seconds_between
+
+# Attempt outcomes that ended in an interruption (a relaunch followed, or --max-recoveries stopped it).
+INTERRUPTED = ("preempted", "lost")
 
 
 def attempt_cost(a: Attempt, spot_points: list[pricing.PricePoint]) -> float | None:
@@ -42,17 +45,41 @@ def duration(s: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
+def _attempt_row(a: Attempt) -> list[str]:
+    what = a.outcome
+    if a.outcome in INTERRUPTED and a.last_step is not None:
+        what += f" at step {a.last_step}"
+    if a.resumed_step is not None:
+        what = f"resumed at step {a.resumed_step}, {what}"
+    return [f"attempt {a.number}", a.instance_type or "?", a.zone or "?", a.market or "?",
+            a.instance_id or "?", what, duration(a.seconds), money(a.cost_usd)]
+
+
 def summary(h: RunHistory) -> str:
-    """The end-of-run report: one line per attempt, then the totals."""
-    lines = [f"run {h.name}: {h.status} after {len(h.attempts)} attempt(s)"]
-    for a in h.attempts:
-        resumed = f", resumed at step {a.resumed_step}" if a.resumed_step is not None else ""
-        lines.append(
-            f"  attempt {a.number}: {a.instance_type or '?'} in {a.zone or '?'} ({a.market or '?'}) "
-            f"{a.instance_id or ''} — {a.outcome}, {duration(a.seconds)}, {money(a.cost_usd)}{resumed}"
-        )
+    """The end-of-run report: a headline, an aligned row per attempt (instance, outcome, time,
+    cost), then the totals and the steps lost to interruptions."""
+    instances = len({a.instance_id for a in h.attempts if a.instance_id})
+    lines = [f"run {h.name}: {h.status} after {_count(len(h.attempts), 'attempt')} "
+             f"on {_count(instances, 'instance')}"]
+    rows = [_attempt_row(a) for a in h.attempts]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
+    right = {6, 7}  # time and cost line up on the right
+    for row in rows:
+        cells = [c.rjust(w) if i in right else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  " + "  ".join(cells))
+    used = [a.seconds for a in h.attempts if a.seconds is not None]
+    interruptions = sum(1 for a in h.attempts if a.outcome in INTERRUPTED)
     lost = h.steps_lost()
-    each = f" ({', '.join(map(str, lost))})" if lost else ""
-    lines.append(f"  total cost {money(h.total_cost_usd)}; interruptions {len(lost)}; "
-                 f"steps lost to interruptions {sum(lost)}{each}")
+    each = f" ({', '.join(map(str, lost))})" if len(lost) > 1 else ""
+    wall = seconds_between(h.started_at, h.finished_at)
+    lines.append(
+        f"  total {money(h.total_cost_usd)} for {duration(sum(used) if used else None)} of instance time"
+        + (f" ({duration(wall)} wall clock)" if wall is not None else "")
+        + f"; {_count(interruptions, 'interruption')}, steps lost to interruptions {sum(lost)}{each}"
+    )
     return "\n".join(lines)
