@@ -167,3 +167,40 @@ def test_makefile_aws_targets_pass_name_config_and_args():
         assert line.startswith(".venv/bin/fab ") and "--name exp1 --config my.yaml" in line, line
     help_text = subprocess.run(["make", "help"], cwd=REPO, capture_output=True, text=True).stdout
     assert "aws-terminate" in help_text and "aws-train" in help_text
+
+
+def test_status_shows_each_machines_run_state(sshd, ec2_client, dlami, capsys):
+    """Four launched machines behind the real sshd (through a ProxyCommand), one per run state."""
+    from ec2 import runs
+    from ec2.remote import Machine
+    from tests.peers.sshd import require_binaries
+
+    require_binaries("nc")
+    # One sshd (and one tmux server) serves all four, so only one can hold a live tmux run; the
+    # others get the files a run leaves behind (the run lifecycle itself is tested in tests/remote,
+    # and "none" there too: here busy's tmux session would be seen by a fifth machine).
+    marks = {"busy": None, "done": "echo 0 > exit_code", "crashed": "echo 3 > exit_code",
+             "spot": "echo '{}' > preempted"}  # fmt: skip
+    for name, mark in marks.items():
+        t.launch(Context(), name=name, no_wait=True, set_=[
+            *SETS, f"ssh_proxy_command=nc 127.0.0.1 {sshd.port}", f"ssh_user={sshd.user}",
+            f"remote_dir={sshd.root / 'remote' / name}",
+        ])  # fmt: skip
+        record = registry.get(name)
+        if name == "busy":
+            sshd.authorize(record.key_path)  # the key pair launch created, shared by all four
+            runs.start_run(Machine(record), "train", "sleep 60", watch=False)
+        else:
+            rdir = runs.run_dir(record.remote_dir, "train")
+            Machine(record).run(f"mkdir -p {rdir} && cd {rdir} && {mark}")
+    capsys.readouterr()
+    t.status(Context(), set_=SETS)
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("NAME"))
+    rows = {line.split()[0]: line for line in lines if line.split()[:1] and line.split()[0] in marks}
+    # Columns are aligned: every value starts under its header.
+    run_col, cost_col = header.index("RUN"), header.index("COST")
+    assert {n: row[run_col:].split()[0] for n, row in rows.items()} == {
+        "busy": "running", "done": "finished(0)", "crashed": "finished(3)", "spot": "preempted",
+    }  # fmt: skip
+    assert all(row[cost_col] == "$" for row in rows.values())
