@@ -13,9 +13,8 @@ from datetime import datetime
 import botocore.exceptions
 
 from ec2 import paths, registry
-from ec2.aws import translate
 from ec2.errors import AwsError
-from ec2.guard import aws_errors, error_code
+from ec2.guard import aws_errors
 
 NAME_TAG = "spotrun:name"
 OWNER_TAG = "spotrun:owner"
@@ -113,16 +112,11 @@ def instances_using(ec2, *, group_id: str | None = None, key_name: str | None = 
 
 def describe_instance(ec2, instance_id: str) -> InstanceInfo | None:
     """The instance, or None when AWS no longer knows it."""
-    try:
+    with aws_errors(f"describing {instance_id}", tolerate={"InvalidInstanceID.NotFound"}):
         pages = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
-    except botocore.exceptions.ClientError as e:
-        if error_code(e) == "InvalidInstanceID.NotFound":
-            return None
-        raise translate(e, f"describing {instance_id}") from None
-    except botocore.exceptions.BotoCoreError as e:
-        raise translate(e, f"describing {instance_id}") from None
-    found = [raw for r in pages for raw in r["Instances"]]
-    return from_boto(found[0]) if found else None
+        found = [raw for r in pages for raw in r["Instances"]]
+        return from_boto(found[0]) if found else None
+    return None
 
 
 def wait_for(ec2, waiter_name: str, instance_ids: list[str], *, delay_s: float, budget_s: float) -> None:

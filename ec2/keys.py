@@ -10,25 +10,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import botocore.exceptions
-
 from common.atomic import atomic_write_text
 from ec2 import paths
-from ec2.aws import translate
 from ec2.errors import KeyPairError
-from ec2.guard import aws_errors, error_code
+from ec2.guard import aws_errors
 
 
 def describe_pair(ec2, key_name: str) -> dict | None:
     """The EC2 key pair (with its tags), or None if AWS has none of that name."""
-    try:
+    with aws_errors(f"looking up key pair {key_name!r}", tolerate={"InvalidKeyPair.NotFound"}):
         return ec2.describe_key_pairs(KeyNames=[key_name])["KeyPairs"][0]
-    except botocore.exceptions.ClientError as e:
-        if error_code(e) == "InvalidKeyPair.NotFound":
-            return None
-        raise translate(e, f"looking up key pair {key_name!r}") from None
-    except botocore.exceptions.BotoCoreError as e:
-        raise translate(e, f"looking up key pair {key_name!r}") from None
+    return None
 
 
 def _pair_exists(ec2, key_name: str) -> bool:

@@ -14,11 +14,8 @@ import sys
 import urllib.error
 import urllib.request
 
-import botocore.exceptions
-
-from ec2.aws import translate
 from ec2.errors import AwsError, ConfigError, ToolkitError
-from ec2.guard import aws_errors, error_code
+from ec2.guard import aws_errors
 
 CHECKIP_URL = "https://checkip.amazonaws.com"
 RULE_DESCRIPTION = "spotrun ssh"
@@ -136,13 +133,9 @@ def ssh_cidrs(group: dict, port: int = 22, only_ours: bool = False) -> list[str]
 
 
 def _authorize(ec2, group_id: str, cidr: str, port: int) -> None:
-    try:
+    # Duplicate: the rule is already there (another launch added it meanwhile), which is the goal.
+    with aws_errors(f"allowing SSH from {cidr}", tolerate={"InvalidPermission.Duplicate"}):
         ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[_rule(cidr, port)])
-    except botocore.exceptions.ClientError as e:
-        if error_code(e) != "InvalidPermission.Duplicate":
-            raise translate(e, f"allowing SSH from {cidr}") from None
-    except botocore.exceptions.BotoCoreError as e:
-        raise translate(e, f"allowing SSH from {cidr}") from None
 
 
 def _rule(cidr: str, port: int) -> dict:

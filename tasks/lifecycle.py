@@ -9,15 +9,13 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 
-import botocore.exceptions
 from invoke import task
 
 from ec2 import account, aws, instances, keys, network, paths, registry, sshconfig
 from ec2 import launch as launching
 from ec2 import status as status_mod
-from ec2.aws import translate
 from ec2.errors import InstanceNotFound, ToolkitError
-from ec2.guard import aws_errors, error_code
+from ec2.guard import aws_errors
 from tasks.edge import aws_config, edge, machine_name
 
 
@@ -136,15 +134,11 @@ def _managed(tags: list[dict]) -> bool:
 
 
 def _delete(what: str, call, **kwargs) -> bool:
-    try:
+    with aws_errors(f"deleting {what}", tolerate={"DependencyViolation"}) as refused:
         call(**kwargs)
-    except botocore.exceptions.ClientError as e:
-        if error_code(e) == "DependencyViolation":
-            print(f"kept {what}: still in use (an instance may be shutting down); retry in a minute")
-            return False
-        raise translate(e, f"deleting {what}") from None
-    except botocore.exceptions.BotoCoreError as e:
-        raise translate(e, f"deleting {what}") from None
+    if refused.code:
+        print(f"kept {what}: still in use (an instance may be shutting down); retry in a minute")
+        return False
     print(f"deleted {what}")
     return True
 

@@ -142,3 +142,23 @@ def test_readiness_probe_reads_the_banner(sshd):
     )
     lines = []
     assert ready.wait_ssh(proxied, 5, out=lines.append) < 5 and lines[-1].startswith("SSH ready on p")
+
+
+def test_aws_errors_tolerates_only_the_named_codes():
+    from botocore.exceptions import ClientError
+
+    from ec2.errors import AwsError
+    from ec2.guard import aws_errors
+
+    def refuse(code):
+        raise ClientError({"Error": {"Code": code, "Message": "no."}}, "DeleteSecurityGroup")
+
+    with aws_errors("deleting sg-1", tolerate={"DependencyViolation"}) as refused:
+        refuse("DependencyViolation")
+    assert refused.code == "DependencyViolation"
+    with aws_errors("deleting sg-1", tolerate={"DependencyViolation"}) as fine:
+        pass
+    assert fine.code is None
+    with pytest.raises(AwsError, match=r"^deleting sg-1: no; check your AWS credentials.*\[AuthFailure\]$"):
+        with aws_errors("deleting sg-1", tolerate={"DependencyViolation"}):
+            refuse("AuthFailure")
