@@ -42,7 +42,11 @@ def launch(c, name=None, no_wait=False, keep_on_failure=False, config=None, set_
     record = launching.launch(
         cfg, machine_name(name, cfg), wait_ssh=not no_wait, keep_on_failure=keep_on_failure
     )
-    print(f"ready: `ssh {sshconfig.host_alias(record.name)}`, or `fab setup --name {record.name}`")
+    if no_wait:
+        # Running is not reachable: sshd comes up a minute or so after boot.
+        print(f"running (SSH not waited for): in a minute, `fab setup --name {record.name}`")
+    else:
+        print(f"ready: `ssh {sshconfig.host_alias(record.name)}`, or `fab setup --name {record.name}`")
 
 
 def _regions(cfg, all_regions: bool) -> list[str]:
