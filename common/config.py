@@ -83,9 +83,39 @@ def _deep_copy(data: Any) -> Any:
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
     """Load ``path`` (or only defaults when None) into dataclass ``cls`` with overrides applied."""
     data = read_yaml(path) if path is not None else {}
+    for text in overrides or []:
+        check_override_key(cls, text)
     data = apply_overrides(data, overrides)
     source = str(path) if path is not None else "defaults"
     return from_dict(cls, data, source=source)
+
+
+def check_override_key(cls: type, text: str) -> None:
+    """An override naming a key the schema lacks is the command line's mistake, not the file's:
+    say so, naming the override as typed."""
+    key, _ = parse_override(text)
+    tp: Any = cls
+    for i, part in enumerate(key.split(".")):
+        tp = _dataclass_of(tp)
+        if tp is None:
+            return  # below a free-form mapping (e.g. tags): anything goes
+        hints = typing.get_type_hints(tp)
+        if part not in {f.name for f in dataclasses.fields(tp) if f.init}:
+            raise ConfigError(
+                f"override {text!r}: unknown key {'.'.join(key.split('.')[: i + 1])}; "
+                "remove it or check its spelling"
+            )
+        tp = hints[part]
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    """The dataclass behind ``tp`` (also inside ``X | None``), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
 
 
 def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", prefix: str = "") -> T:

@@ -40,8 +40,10 @@ def test_unknown_key_is_named(tmp_path):
 
 def test_unknown_override_is_named(tmp_path):
     p = write(tmp_path, "rate: 1\n")
-    with pytest.raises(ConfigError, match=r"unknown key inner\.bogus"):
+    with pytest.raises(ConfigError, match=r"^override 'inner\.bogus=1': unknown key inner\.bogus; "):
         load_config(Outer, p, ["inner.bogus=1"])
+    with pytest.raises(ConfigError, match=r"^override 'nope=1': unknown key nope; "):
+        load_config(Outer, p, ["nope=1"])
 
 
 def test_wrong_type_is_named(tmp_path):
