@@ -7,6 +7,7 @@ Rows are plain data built by pure functions; only `collect` talks to AWS and SSH
 from __future__ import annotations
 
 import dataclasses
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -110,6 +111,8 @@ def run_states(rows: list[Row], known: dict[str, MachineRecord]) -> list[Row]:
         machine = Machine(known[rows[i].info.name], attempts=1)
         return str(runs.run_state(machine, "train", timeout=RUN_STATE_TIMEOUT_S))
 
+    # An unreachable machine costs its SSH timeout: say what the wait is for.
+    print(f"checking the run on {len(todo)} machine(s) over SSH (--no-runs skips this)...", file=sys.stderr)
     out = list(rows)
     with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
         for i, state in zip(todo, pool.map(ask, todo), strict=True):
