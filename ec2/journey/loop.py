@@ -70,8 +70,21 @@ class Journey:
         self.h.event("started", instance_id=m.record.instance_id)
 
     def pull(self, m: Machine, what: str) -> None:
-        if stages.pull(m, self.plan, self.outputs, what, self.out):
-            self.h.event("downloaded", what=what)
+        got = stages.pull(m, self.plan, self.outputs, what, self.out)
+        if got is not None:
+            # The log came down after the checkpoints: its last step is at least the newest
+            # checkpoint's, so steps lost are counted from there if the machine vanishes next.
+            log = self.outputs / "run" / "log"
+            if log.is_file() and self.h.attempts:
+                self.note_step(self.h.attempts[-1], _tail(log))
+            # "downloaded" means the checkpoints came too; "downloaded-log" only the run's log.
+            self.h.event("downloaded" if got == "all" else "downloaded-log", what=what)
+
+    @staticmethod
+    def note_step(attempt: history.Attempt, log_tail: str) -> None:
+        step = last_step(log_tail)
+        if step is not None and (attempt.last_step is None or step > attempt.last_step):
+            attempt.last_step = step
 
     def instance_state(self, m: Machine) -> str:
         return stages.instance_state(self.ec2, m.record.instance_id)
@@ -97,10 +110,10 @@ class Journey:
             polled = None if aws_state in GONE_STATES else self.poll(m)
             if polled is not None:
                 unreachable_since = None
-                step = last_step(polled.log_tail)
-                attempt.last_step = step if step is not None else attempt.last_step
-                if attempt.resumed_step is None:
-                    attempt.resumed_step = resumed_step(polled.log_tail)
+                self.note_step(attempt, polled.log_tail)
+                if attempt.resumed_step is None and (at := resumed_step(polled.log_tail)) is not None:
+                    attempt.resumed_step = at
+                    self.h.event("resumed", attempt=attempt.number, step=at)
                 if polled.notice and not noticed:
                     noticed = True
                     self.h.event("spot-notice", attempt=attempt.number, **{
@@ -226,6 +239,12 @@ class Journey:
             self.out(f"left {iid} running (the run goes on in tmux). Follow it with "
                      f"`fab logs --name {m.name}`; terminate it with `fab terminate --name {m.name}`")
         self.h.event("ctrl-c", decision=attempt.outcome)
+
+
+def _tail(path: Path, size: int = 16384) -> str:
+    with open(path, "rb") as f:
+        f.seek(max(f.seek(0, 2) - size, 0))
+        return f.read().decode(errors="replace")
 
 
 def _clock(seconds: float) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ec2 import aws, instances, runs
 from ec2.config import AwsConfig
-from ec2.errors import ToolkitError
+from ec2.errors import ConnectionLost, ToolkitError
 from ec2.registry import MachineRecord
 from ec2.remote import Machine, join_path, quote_path
 from ec2.sync import download_argv, download_outputs, rsync_with_retries, sync_code, upload_dir
@@ -111,30 +111,41 @@ def start(m: Machine, plan: Plan, backup_uri: str | None, out: Say) -> None:
     out(f"started run {plan.run!r} on {m.name}")
 
 
-def pull(m: Machine, plan: Plan, outputs: Path, what: str, out: Say) -> bool:
+def _download(m: Machine, plan: Plan, outputs: Path) -> None:
+    # The run dir records the trainer's output_dir, resolved against code/ on the machine.
+    download_outputs(m, plan.run, outputs)
+    local = plan.local_checkpoint(outputs)
+    if local is not None and plan.output_dir and plan._checkpoint_inside_outputs() is None:
+        remote = plan.checkpoint_dir
+        if not remote.startswith(("/", "~")):
+            remote = join_path(runs.code_dir(m.record.remote_dir), remote)
+        local.mkdir(parents=True, exist_ok=True)
+        rsync_with_retries(m, download_argv(m, remote, local), "download")
+
+
+def pull(m: Machine, plan: Plan, outputs: Path, what: str, out: Say) -> str | None:
     """Bring outputs (and a checkpoint folder outside them) back while the machine still answers.
-    True when something came back (at least the run's log)."""
-    try:
-        # The run dir records the trainer's output_dir, resolved against code/ on the machine.
-        download_outputs(m, plan.run, outputs)
-        local = plan.local_checkpoint(outputs)
-        if local is not None and plan.output_dir and plan._checkpoint_inside_outputs() is None:
-            remote = plan.checkpoint_dir
-            if not remote.startswith(("/", "~")):
-                remote = join_path(runs.code_dir(m.record.remote_dir), remote)
-            local.mkdir(parents=True, exist_ok=True)
-            rsync_with_retries(m, download_argv(m, remote, local), "download")
-        return True
-    except ToolkitError as e:
-        out(f"could not download {what} from {m.name}: {e}")
+    "all" when everything came back, "log" when only the run's log did, None when nothing did."""
+    for attempt in range(2):
+        try:
+            _download(m, plan, outputs)
+            return "all"
+        except ConnectionLost as e:
+            out(f"could not download {what} from {m.name}: {e}")
+            return None
+        except ToolkitError as e:
+            # Most often rsync exit 24: the trainer replaced a checkpoint (its temporary file
+            # vanished) mid-copy. Once more fetches the new one; only what changed moves.
+            if attempt == 1:
+                out(f"could not download {what} from {m.name}: {e}")
     # A command that failed early made no outputs; its log is what matters then.
     try:
         (outputs / "run").mkdir(parents=True, exist_ok=True)
         argv = download_argv(m, runs.run_dir(m.record.remote_dir, plan.run), outputs / "run")
         rsync_with_retries(m, argv, "download")
     except ToolkitError:
-        return False
-    return True
+        return None
+    return "log"
 
 
 def instance_state(ec2, instance_id: str) -> str:

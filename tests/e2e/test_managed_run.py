@@ -157,27 +157,58 @@ def test_failing_command_is_not_relaunched(cloud, tiny_dataset, tmp_path, capfd)
     assert len(launched_ids(ec2)) == 1 and live_instances(ec2) == []
 
 
-def test_max_recoveries_is_respected(cloud, spot_host, tiny_dataset, tmp_path, capfd):
+def checkpoint_step(path: Path) -> int:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)["step"]
+
+
+def test_vanished_instance_resumes_from_the_last_periodic_download_and_max_recoveries_holds(
+        cloud, spot_host, tiny_dataset, tmp_path, capfd):
+    """Checkpoints on the instance's disk, no S3, and no notice: the instance just vanishes. Only
+    `--download-every` has put a checkpoint on the laptop; the replacement must resume from it."""
+    import subprocess
+
     ec2, config = cloud
     dest = tmp_path / "out"
-    args = [*TINY, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000",
-            "output_dir=trained_models/mx", "checkpoint_dir=trained_models/mx/checkpoint"]
-    thread, result = start_fab_run(config, dest, args, max_recoveries=0)
-    log = spot_host.root / "remote" / "runs" / "train" / "log"
-    wait_until(lambda: log.exists() and "Train batch 2:" in log.read_text(), 90, "training to start")
-    # No notice this time: the instance simply goes (a reclaim the watcher never saw, a crash).
+    args = [*TINY, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000", "batches_per_save=3",
+            "output_dir=trained_models/pd", "checkpoint_dir=trained_models/pd/checkpoint"]
+    thread, result = start_fab_run(config, dest, args, max_recoveries=1, download_every=1)
+    events = lambda: json.loads((dest / "run.json").read_text())["events"]  # noqa: E731
+    local_ckpt = dest / "checkpoint" / "last.pt"
+    wait_until(lambda: local_ckpt.exists() and any(e["event"] == "downloaded" and e["what"] == "checkpoints"
+                                                   for e in events()), 90, "a periodic checkpoint download")
     (first,) = live_instances(ec2)
+
+    # The machine dies at once: its processes go (the trainer has no time to save), AWS lists it
+    # terminated, and a replacement's disk would be empty (same sshd host here: wipe it).
+    for sock in spot_host.tmux_tmpdir.glob("tmux-*/*"):
+        subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True)
     ec2.terminate_instances(InstanceIds=[first["InstanceId"]])
+    shutil.rmtree(spot_host.root / "remote" / "code" / "trained_models" / "pd" / "checkpoint")
+    wait_until(lambda: any(e["event"] == "interrupted" for e in events()), 30, "fab run to notice")
+    saved = checkpoint_step(local_ckpt)  # what the laptop holds: the last periodic download
+    assert saved > 0
+
+    resumed = wait_until(lambda: [e for e in events() if e["event"] == "resumed"], 90, "attempt 2 to resume")
+    assert resumed == [{**resumed[0], "attempt": 2, "step": saved}]
+    assert f"at step {saved}" in (spot_host.root / "remote" / "runs" / "train" / "log").read_text()
+    (second,) = live_instances(ec2)
+    ec2.terminate_instances(InstanceIds=[second["InstanceId"]])  # and again: one recovery only
     thread.join(timeout=60)
     captured = capfd.readouterr()
     assert not thread.is_alive()
     assert result == {"exit": 1}, (result, captured.out[-2000:])
     assert "interrupted: instance terminated" in captured.out
-    assert "--max-recoveries is 0: giving up" in captured.err
+    assert "--max-recoveries is 1: giving up" in captured.err
     assert "`fab run` again resumes from it" in captured.err
     history = json.loads((dest / "run.json").read_text())
-    assert history["status"] == "gave-up" and [a["outcome"] for a in history["attempts"]] == ["lost"]
-    assert launched_ids(ec2) == {first["InstanceId"]}  # no replacement was launched
+    assert history["status"] == "gave-up" and [a["outcome"] for a in history["attempts"]] == ["lost", "lost"]
+    a1, a2 = history["attempts"]
+    assert a2["resumed_step"] == saved and history["steps_lost"][0] == a1["last_step"] - saved >= 0
+    assert any(e["event"] == "checkpoint-restored" for e in history["events"])
+    assert launched_ids(ec2) == {first["InstanceId"], second["InstanceId"]}  # no third instance
+    assert "2 interruptions" in captured.out
 
 
 def test_ctrl_c_without_a_terminal_leaves_the_instance_and_says_how_to_stop_it(cloud, spot_host, tiny_dataset,
