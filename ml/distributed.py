@@ -9,6 +9,16 @@ seed, the step and the rank. Only rank 0 writes logs, metrics and checkpoints. V
 split: each rank validates its share of the validation trials and the per-trial results are
 gathered to every rank, so every rank computes the same PER and takes the same best/early-stop
 decision (ranks that disagreed on when to stop would hang in the next all-reduce).
+
+Two process groups: the default one (NCCL or gloo) carries DDP's gradient all-reduces; a private
+gloo group carries our own small collectives (the stop flag, RNG and validation gathers). The split
+is what makes exit safe: DDP imports torch._dynamo, which keeps references to the default group
+until the interpreter shuts down, so its gloo worker threads outlive ``destroy_process_group``. A
+worker that finishes a collective on tensors made in Python drops them after the caller has
+returned; if that happens while the interpreter is finalizing, taking the GIL kills the thread
+mid-destructor and the process dies with SIGABRT ("terminate called without an active
+exception"). Our group holds no other references, so destroying it joins its workers before
+``shutdown`` returns, and DDP's own buckets are C++ tensors that need no GIL.
 """
 
 from __future__ import annotations
@@ -68,17 +78,29 @@ def pick_device(setting: str, gpu_number: str, d: Dist) -> torch.device:
     return torch.device("cuda", index if 0 <= index < torch.cuda.device_count() else 0)
 
 
+# The private gloo group for any_true/gather (see the module docstring); None in one process.
+_control: Any = None
+
+
 def init(d: Dist, device: torch.device) -> None:
+    global _control
     if not d.enabled:
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    _control = dist.new_group(backend="gloo")
 
 
 def shutdown(d: Dist) -> None:
-    if d.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+    """Tear down both groups; returns only once the private group's worker threads are joined."""
+    global _control
+    if not (d.enabled and dist.is_initialized()):
+        return
+    if _control is not None:
+        dist.destroy_process_group(_control)
+        _control = None  # the last reference: its destructor waits for and joins the workers
+    dist.destroy_process_group()
 
 
 def wrap(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Module:
@@ -92,12 +114,12 @@ def wrap(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Modu
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def any_true(flag: bool, d: Dist, device: torch.device) -> bool:
+def any_true(flag: bool, d: Dist) -> bool:
     """True on every rank when it is true on any rank (a stop signal seen by one rank)."""
     if not d.enabled:
         return flag
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor([1 if flag else 0])  # on the CPU: the private group is gloo
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control)
     return bool(t.item())
 
 
@@ -106,5 +128,5 @@ def gather(obj: Any, d: Dist) -> list[Any]:
     if not d.enabled:
         return [obj]
     out: list[Any] = [None] * d.world_size
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=_control)
     return out

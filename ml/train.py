@@ -211,7 +211,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: St
     t_start = time.monotonic()
     data_wait = step_time = 0.0  # step_time: train-step seconds since the last train log line
     for step in range(start_step, total):
-        if distributed.any_true(stop.requested, d, device):
+        if distributed.any_true(stop.requested, d):
             stopped_by = stop.signal_name or "signal"
             break
         t0 = time.monotonic()
