@@ -108,10 +108,13 @@ def wrap(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Modu
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    # Every parameter takes part in each step (the model gathers the session layers from one stacked
-    # tensor, so absent sessions get zero gradients), so no unused-parameter search is needed.
+    # A batch touches only the input layers of its own sessions (ml/model.py: absent sessions get no
+    # gradient, as in the reference), and ranks draw different sessions, so each step leaves some
+    # parameters unused on some ranks. find_unused_parameters makes DDP walk the autograd graph to
+    # mark those ready (a small cost per step against the 5-layer GRU); a layer used on any rank
+    # gets the averaged gradient everywhere, one used on no rank keeps grad None on all of them.
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
 
 def any_true(flag: bool, d: Dist) -> bool:

@@ -11,6 +11,8 @@ import torch
 import yaml
 
 from ml import checkpoint
+from ml.config import load_train_config
+from ml.data.loader import TrainBatches, open_source
 from ml.errors import STOPPED_RESUMABLE
 from ml.train import main
 from tests.ml.trainkit import DEMO, env, make_data, tiny
@@ -111,6 +113,32 @@ def test_torchrun_two_gloo_processes_train_and_checkpoint(data, tmp_path):
     assert not torch.equal(last["rng"][0]["torch"], last["rng"][1]["torch"])  # each rank its own noise
     rows = (run / "metrics.csv").read_text().splitlines()
     assert sum(",val," in r for r in rows) == 2  # batch 0 and batch 5, the last
+
+
+def test_torchrun_ranks_on_different_sessions_share_their_gradients(synthetic_data, tmp_path):
+    """One session per batch: each rank's batch leaves other sessions' input layers unused, so DDP
+    must accept parameters without gradients, and a layer only the other rank used still moves."""
+    run = tmp_path / "ddp"
+    sessions = ["t15.2023.08.11", "t15.2023.08.13", "t15.2023.08.18", "t15.2023.08.20"]
+    overrides = tiny(synthetic_data, run, 4, "dataset.sessions=[" + ", ".join(sessions) + "]",
+                     "dataset.dataset_probability_val=[0, 0, 0, 1]", "dataset.days_per_batch=1",
+                     "dataset.batch_size=2", "batches_per_val_step=100", "lr_warmup_steps=0",
+                     "lr_warmup_steps_day=0")  # fmt: skip
+    cfg = load_train_config(DEMO, overrides)
+    src = open_source(cfg)
+    used = [{src.file_day[f] for step in range(4) for f, _ in TrainBatches(src, cfg, 0, rank).plan(step)}
+            for rank in (0, 1)]  # fmt: skip
+    assert used[0] != used[1], used  # the ranks do train different sessions
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "ml.train", "--config", DEMO, *overrides]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    weights = checkpoint.load(run / "checkpoint" / "last.pt")["model_state_dict"]
+    eye = torch.eye(weights["day_weights.0"].shape[0])
+    for day in range(4):
+        moved = not torch.equal(weights[f"day_weights.{day}"], eye)
+        assert moved == (day in used[0] | used[1]), (day, used)
 
 
 def test_stop_exit_code_is_distinct():
