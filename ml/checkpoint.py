@@ -21,6 +21,7 @@ from __future__ import annotations
 import pickle
 import random
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -149,11 +150,61 @@ def reference_layout(model_state, optimizer_state, scheduler_state, val_per, val
     }
 
 
-def check_resumable(ckpt: dict[str, Any], source: str) -> None:
-    """A file to resume from must be our `last.pt` kind (a reference file has no step)."""
-    missing = [k for k in ("step", "optimizer_state_dict", "scheduler_state_dict", "rng") if k not in ckpt]
-    if ckpt.get("format") != FORMAT or missing:
+@dataclass
+class ResumePoint:
+    step: int  # batches done: the next batch to train
+    best_per: float | None
+    best_loss: float | None
+    bad_val_steps: int
+    exact: bool  # our last.pt (every RNG stream restored) vs a reference file (fresh noise streams)
+
+
+def restore(
+    ckpt: dict[str, Any], source: str, model, optimizer, scheduler, rank: int, seed: int
+) -> ResumePoint:
+    """Load a checkpoint into the model, optimizer and scheduler and set this rank's RNG streams.
+
+    Our ``last.pt`` resumes exactly. A reference ``best_checkpoint`` (or any file with optimizer and
+    scheduler state) resumes at its scheduler's step with its val PER/loss as the best so far: the
+    batch sequence is a function of (seed, step, rank), so it continues as ours would, but the
+    reference saved no RNG states, so augmentation noise restarts from ``seed + rank + step``.
+    """
+    exact = ckpt.get("format") == FORMAT
+    sched = ckpt.get("scheduler_state_dict")
+    if exact:
+        wanted = ("step", "optimizer_state_dict", "scheduler_state_dict", "rng")
+        missing = [k for k in wanted if k not in ckpt]
+    else:
+        has_step = isinstance(sched, dict) and "last_epoch" in sched
+        missing = [] if has_step and ckpt.get("optimizer_state_dict") else ["optimizer or scheduler state"]
+    if missing:
         raise CheckpointError(
-            f"checkpoint {source} cannot be resumed from (no {', '.join(missing) or 'format tag'}); "
+            f"checkpoint {source} cannot be resumed from (no {', '.join(missing)}); "
             "to start from its weights set init_from_checkpoint=true init_checkpoint_path=" + source
         )
+    load_model_state(model, ckpt["model_state_dict"], source)
+    names = [group.get("name") for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+        scheduler.load_state_dict(sched)
+    except (ValueError, KeyError, TypeError) as e:
+        detail = " ".join(str(e).split())[:200]
+        raise CheckpointError(
+            f"checkpoint {source}: its optimizer state does not fit this model's parameter groups "
+            f"({detail}); to start from its weights set init_from_checkpoint=true "
+            f"init_checkpoint_path={source}"
+        ) from None
+    for group, name in zip(optimizer.param_groups, names, strict=True):
+        group["name"] = name  # load_state_dict takes the file's group keys; a reference file has no names
+    if exact:
+        rngs = ckpt["rng"]
+        if rank < len(rngs):
+            set_rng_state(rngs[rank])
+        else:  # more ranks than the run that saved it: a fresh but reproducible stream
+            torch.manual_seed(seed + rank + int(ckpt["step"]))
+        return ResumePoint(int(ckpt["step"]), ckpt.get("best_per"), ckpt.get("best_loss"),
+                           int(ckpt.get("bad_val_steps", 0)), True)  # fmt: skip
+    step = int(sched["last_epoch"])
+    torch.manual_seed(seed + rank + step)
+    per, loss = (None if ckpt.get(k) is None else float(ckpt[k]) for k in ("val_PER", "val_loss"))
+    return ResumePoint(step, per, loss, 0, False)

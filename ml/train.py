@@ -86,9 +86,7 @@ def find_start(cfg: TrainConfig, store: CheckpointStore, d: distributed.Dist) ->
             local = source
     if local is None:
         return None, ""
-    ckpt = checkpoint.load(local)
-    checkpoint.check_resumable(ckpt, source)
-    return ckpt, source
+    return checkpoint.load(local), source
 
 
 def train(cfg: TrainConfig) -> int:
@@ -120,22 +118,11 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: St
     raw_model = build_model(cfg).to(device)
     optimizer = build_optimizer(raw_model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    start_step, best_per, best_loss, bad_val_steps = 0, None, None, 0
+    start_step, best_per, best_loss, bad_val_steps, exact = 0, None, None, 0, True
     if ckpt is not None:
-        checkpoint.load_model_state(raw_model, ckpt["model_state_dict"], resumed_from)
-        try:
-            optimizer.load_state_dict(ckpt["optimizer_state_dict"])
-            scheduler.load_state_dict(ckpt["scheduler_state_dict"])
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"checkpoint {resumed_from}: optimizer state does not fit ({e})") from None
-        start_step = int(ckpt["step"])
-        best_per, best_loss = ckpt.get("best_per"), ckpt.get("best_loss")
-        bad_val_steps = int(ckpt.get("bad_val_steps", 0))
-        rngs = ckpt["rng"]
-        if d.rank < len(rngs):
-            checkpoint.set_rng_state(rngs[d.rank])
-        else:  # more ranks than the run that saved it: a fresh but reproducible stream
-            torch.manual_seed(cfg.seed + d.rank + start_step)
+        point = checkpoint.restore(ckpt, resumed_from, raw_model, optimizer, scheduler, d.rank, cfg.seed)
+        start_step, best_per, best_loss = point.step, point.best_per, point.best_loss
+        bad_val_steps, exact = point.bad_val_steps, point.exact
     else:
         if cfg.init_from_checkpoint:
             if not cfg.init_checkpoint_path:
@@ -164,7 +151,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: St
     log.info(f"data: {cfg.dataset.dataset_dir} ({len(cfg.dataset.sessions)} sessions)")
     log.info(f"checkpoints: {store.uri}" + (f" (staged in {store.local_dir})" if store.remote else ""))
     if ckpt is not None:
-        log.info(f"resumed from {resumed_from} at step {start_step}")
+        log.info(f"resumed from {resumed_from} at step {start_step}" + ("" if exact else
+                 " (a reference checkpoint: no RNG states saved, so augmentation noise restarts)"))
         if start_step >= total:
             log.info(f"nothing to train: checkpoint at step {start_step} of num_training_batches={total} "
                      f"(raise num_training_batches, or remove {store.uri} to start over)")

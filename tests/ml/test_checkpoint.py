@@ -89,14 +89,59 @@ def test_reference_checkpoint_with_prefixes_initialises_the_weights(data, tmp_pa
         assert torch.equal(trained[name], tensor), name  # lr 0: the loaded weights are unchanged
 
 
-def test_a_reference_checkpoint_cannot_be_resumed_from_and_says_what_to_do(data, tmp_path, capsys):
-    args = tiny(data, tmp_path / "run", 1)
+def _reference_best_checkpoint(model, path, steps: int, groups: int = 3) -> None:
+    """A best_checkpoint as the reference trainer writes it: AdamW over (bias, day, other) groups
+    without our "name" keys, a LambdaLR, ``steps`` optimizer steps, DDP/compile key prefixes."""
+    named = list(model.named_parameters())
+    bias = [p for n, p in named if "gru.bias" in n or "out.bias" in n]
+    day = [p for n, p in named if "day_" in n]
+    other = [p for n, p in named if "day_" not in n and "gru.bias" not in n and "out.bias" not in n]
+    param_groups = [{"params": bias, "weight_decay": 0}, {"params": day, "lr": 0.005, "weight_decay": 0},
+                    {"params": other}][:groups]  # fmt: skip
+    if groups < 3:
+        param_groups[-1]["params"] += other
+    opt = torch.optim.AdamW(param_groups, lr=0.005, betas=(0.9, 0.999), eps=0.1, weight_decay=0.001)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [lambda s: min(1.0, (s + 1) / 2)] * len(param_groups))
+    for _ in range(steps):
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        opt.step()
+        sched.step()
+    model_state = {"module._orig_mod." + k: v for k, v in model.state_dict().items()}
+    torch.save({"model_state_dict": model_state, "optimizer_state_dict": opt.state_dict(),
+                "scheduler_state_dict": sched.state_dict(), "val_PER": np.float64(0.3),
+                "val_loss": np.float64(40.0)}, path)  # fmt: skip
+
+
+def test_a_reference_best_checkpoint_resumes_at_its_step_with_its_optimizer_state(data, tmp_path, capsys):
+    args = tiny(data, tmp_path / "run", 5)
     model = build_model(load_train_config(DEMO, args))
-    torch.save(checkpoint.reference_layout(model.state_dict(), {}, {}, 0.5, 1.0), tmp_path / "ref")
+    _reference_best_checkpoint(model, tmp_path / "best_checkpoint", steps=3)
+    assert main(["--config", DEMO, *args, f"resume={tmp_path / 'best_checkpoint'}"]) == 0
+    out = capsys.readouterr().out
+    assert f"resumed from {tmp_path / 'best_checkpoint'} at step 3 (a reference checkpoint" in out
+    assert "Val batch 0:" not in out and "Train batch 3:" not in out and "Val batch 4:" in out
+    last = checkpoint.load(tmp_path / "run" / "checkpoint" / "last.pt")
+    assert last["step"] == 5 and last["scheduler_state_dict"]["last_epoch"] == 5
+    state = last["optimizer_state_dict"]
+    assert [g["name"] for g in state["param_groups"]] == ["bias", "day", "other"]
+    steps = {float(s["step"]) for s in state["state"].values()}
+    assert 5.0 in steps  # Adam's per-parameter step counts continued from the reference's 3
+
+
+def test_a_reference_checkpoint_whose_optimizer_does_not_fit_is_one_line(data, tmp_path, capsys):
+    args = tiny(data, tmp_path / "run", 5)
+    model = build_model(load_train_config(DEMO, args))
+    _reference_best_checkpoint(model, tmp_path / "ref", steps=1, groups=2)
     assert main(["--config", DEMO, *args, f"resume={tmp_path / 'ref'}"]) == 4
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: checkpoint ") and "init_from_checkpoint=true" in err and "\n" not in err
+    assert err.startswith(f"error: checkpoint {tmp_path / 'ref'}: its optimizer state does not fit")
+    assert "init_from_checkpoint=true" in err and "\n" not in err
     assert not (tmp_path / "run").exists()
+
+    torch.save(checkpoint.reference_layout(model.state_dict(), {}, {}, 0.5, 1.0), tmp_path / "bare")
+    assert main(["--config", DEMO, *args, f"resume={tmp_path / 'bare'}"]) == 4
+    assert "cannot be resumed from (no optimizer or scheduler state)" in capsys.readouterr().err
 
 
 def test_truncated_checkpoint_is_one_line_error_and_left_untouched(data, tmp_path, capsys):
