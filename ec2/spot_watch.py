@@ -162,14 +162,13 @@ class Watcher:
         ckpt, dest = self.args.checkpoint_dir, self.args.upload_to
         if not ckpt:
             return {"state": "unknown", "why": "no --checkpoint-dir given"}
-        from ec2 import aws, s3copy
+        from ec2 import s3copy
 
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if ckpt.startswith("s3://"):
             # The trainer copied it up itself before exiting; record what S3 holds.
             try:
                 bucket, prefix = s3copy.split_uri(ckpt)
-                objects = s3copy.remote_objects(aws.client("s3", self.region(region)), bucket, prefix)
+                objects = s3copy.remote_objects(self.s3(), bucket, prefix)
             except (ValueError, botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
                 # Only a note for the status file; the trainer already reported its own copy.
                 return {"state": "unknown", "uri": ckpt, "why": str(e)[:300]}
@@ -179,7 +178,7 @@ class Watcher:
         if not dest:
             return {"state": "local", "path": ckpt, "why": "no --upload-to given; fab download keeps it"}
         try:
-            stats = s3copy.copy_folder(aws.client("s3", self.region(region)), ckpt, dest)
+            stats = s3copy.copy_folder(self.s3(), ckpt, dest)
         except s3copy.CopyError as e:
             log(str(e))
             return {"state": "local", "path": ckpt, "uri": dest, "why": str(e)[:300]}
@@ -188,13 +187,18 @@ class Watcher:
         return {"state": "in_s3", "path": ckpt, "uri": dest, "uploaded": stats.uploaded,
                 "skipped": len(stats.skipped), "bytes": stats.bytes_uploaded, "seconds": stats.seconds}
 
-    def region(self, region: str | None) -> str | None:
-        if region:
-            return region
-        try:
-            return self.imds.region()
-        except ImdsUnreachable:
-            return None
+    def s3(self):
+        """The S3 client of this instance's region (environment first, else the metadata service);
+        the instance profile supplies the credentials."""
+        from ec2 import aws
+
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if not region:
+            try:
+                region = self.imds.region()
+            except ImdsUnreachable:
+                region = None
+        return aws.client("s3", region)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,10 +14,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from ec2 import s3copy
+from ec2 import s3copy, spot_watch
 
 REPO = Path(__file__).resolve().parents[2]
-# Steps until told to stop; on SIGUSR1 it writes a checkpoint (atomically) and exits 75.
+# Steps until told to stop; on SIGUSR1 (or $STANDIN_SIGNAL) it writes a checkpoint (atomically) and exits 75.
 STANDIN = r"""
 import os, signal, sys, time
 ckpt, steps = sys.argv[1], int(sys.argv[2])
@@ -24,9 +25,10 @@ stop = False
 def on_signal(signum, frame):
     global stop
     stop = True
-signal.signal(signal.SIGUSR1, on_signal)
+signum = getattr(signal, "SIG" + os.environ.get("STANDIN_SIGNAL", "USR1"))
+signal.signal(signum, on_signal)
 if os.environ.get("STANDIN_IGNORE"):
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signum, signal.SIG_IGN)
 os.makedirs(ckpt, exist_ok=True)
 for step in range(steps):
     print(f"step {step}", flush=True)
@@ -73,13 +75,15 @@ def wait_for(path: Path, timeout: float = 15) -> None:
         time.sleep(0.05)
 
 
-def test_no_notice_forwards_exit_code(imds, tmp_path):
-    proc = watcher(tmp_path, imds.url, steps=5, env={"STANDIN_EXIT": "3"})
+def test_no_notice_forwards_exit_code_and_a_rebalance_alone_is_only_logged(imds, tmp_path):
+    imds.mark_rebalance()  # capacity advice, not a notice: the command must run to its end
+    proc = watcher(tmp_path, imds.url, steps=20, env={"STANDIN_EXIT": "3"})
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 3
-    assert "step 4" in out
-    assert not (tmp_path / "run" / "preempted").exists()
-    assert imds.served("/latest/meta-data/spot/instance-action", 404) >= 1
+    assert "step 19" in out and "saved at" not in out
+    assert err.count("rebalance recommendation") == 1 and "(no action; still watching)" in err
+    assert not (tmp_path / "run" / "preempted").exists() and not (tmp_path / "run" / "notice").exists()
+    assert imds.served("/latest/meta-data/spot/instance-action", 404) >= 2
 
 
 def test_unreachable_metadata_logs_once_and_runs_on(tmp_path):
@@ -188,3 +192,44 @@ def test_multipart_etag_is_recomputed(aws_env, tmp_path):
     assert s3copy.split_uri("s3://b/x/y/") == ("b", "x/y/") and s3copy.split_uri("s3://b") == ("b", "")
     with pytest.raises(ValueError):
         s3copy.split_uri("/tmp/x")
+
+
+def test_signal_is_configurable_and_defaults_to_term(imds, tmp_path):
+    proc = watcher(tmp_path, imds.url, "--signal", "TERM", "--checkpoint-dir", str(tmp_path / "ckpt"),
+                   env={"STANDIN_SIGNAL": "TERM"})
+    time.sleep(0.5)
+    imds.mark_interruption()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 75 and "saved at step" in out, err
+    record = json.loads((tmp_path / "run" / "preempted").read_text())
+    assert record["signal"] == "SIGTERM" and record["command_exit_code"] == 75
+    # Without the promised local copy destination, the record says where the checkpoint stays.
+    assert record["checkpoint"]["state"] == "local"
+    chosen = lambda *a: spot_watch.parse_args(["--run-dir", "r", *a, "--", "x"]).signal  # noqa: E731
+    assert chosen() == signal.SIGTERM and chosen("--signal", "sigusr1") == signal.SIGUSR1
+    assert chosen("--signal", "10") == signal.Signals(10)
+
+
+def test_wait_after_the_signal_runs_to_the_notice_time_less_the_upload_reserve():
+    from datetime import datetime, timedelta, timezone
+
+    from ec2.imds import Notice
+
+    w = spot_watch.Watcher(spot_watch.parse_args(["--run-dir", "r", "--", "x"]), imds=object())
+
+    def notice_in(seconds: float) -> Notice:
+        at = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+        return Notice("terminate", at.strftime("%Y-%m-%dT%H:%M:%SZ"), "{}")
+
+    reserve = spot_watch.UPLOAD_RESERVE_S
+    assert 120 - reserve - 2 <= w.deadline_wait(notice_in(120)) <= 120 - reserve + 1
+    assert 60 - reserve - 2 <= w.deadline_wait(notice_in(60)) <= 60 - reserve + 1
+    # Seen late (or a clock off): still a short wait, never a negative one.
+    assert w.deadline_wait(notice_in(10)) == spot_watch.MIN_WAIT_S
+    assert w.deadline_wait(notice_in(-30)) == spot_watch.MIN_WAIT_S
+    # No usable time in the notice: AWS's two minutes.
+    assert w.deadline_wait(Notice("terminate", "", "{}")) == spot_watch.NOTICE_LEAD_S - reserve
+    # --grace overrides the deadline.
+    graced = spot_watch.Watcher(spot_watch.parse_args(["--run-dir", "r", "--grace", "7", "--", "x"]),
+                                imds=object())
+    assert graced.deadline_wait(notice_in(120)) == 7
