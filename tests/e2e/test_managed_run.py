@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -167,7 +170,6 @@ def test_vanished_instance_resumes_from_the_last_periodic_download_and_max_recov
         cloud, spot_host, tiny_dataset, tmp_path, capfd):
     """Checkpoints on the instance's disk, no S3, and no notice: the instance just vanishes. Only
     `--download-every` has put a checkpoint on the laptop; the replacement must resume from it."""
-    import subprocess
 
     ec2, config = cloud
     dest = tmp_path / "out"
@@ -211,33 +213,76 @@ def test_vanished_instance_resumes_from_the_last_periodic_download_and_max_recov
     assert "2 interruptions" in captured.out
 
 
-def test_ctrl_c_without_a_terminal_leaves_the_instance_and_says_how_to_stop_it(cloud, spot_host, tiny_dataset,
-                                                                              tmp_path):
-    import signal
-    import subprocess
+# A suite started in the background by a non-interactive shell (`make test &`, nohup, some CI
+# runners) inherits SIGINT *ignored*, and so would `fab`: Ctrl-C never arrives and the test waits
+# out its timeout. That is what failed under load once. Reset SIGINT to its default before exec.
+DEFAULT_SIGINT = ["-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                        "os.execv(sys.argv[1], sys.argv[1:])"]
 
-    ec2, config = cloud
-    args = [*TINY, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000",
-            "output_dir=trained_models/cc", "checkpoint_dir=s3://spot-ckpt/cc/checkpoint"]
-    proc = subprocess.Popen(
-        [str(REPO / ".venv/bin/fab"), "run", "--name", "job",
-         "--config", str(config),
-         "--train-config", "configs/demo.yaml", "--args", " ".join(args), "--poll", "0.5", "--no-gpu",
-         "--setup-python", str(REPO / ".venv/bin/python"), "--dest", str(tmp_path / "out")],
-        cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+
+def fab_run_process(config: Path, dest: Path, args: list[str], stdin) -> subprocess.Popen:
+    """`fab run` as the user starts it, from a shell: its own process, SIGINT at its default."""
+    return subprocess.Popen(
+        [sys.executable, *DEFAULT_SIGINT, str(REPO / ".venv/bin/fab"), "run", "--name", "job",
+         "--config", str(config), "--train-config", "configs/demo.yaml", "--args", " ".join(args),
+         "--poll", "0.5", "--no-gpu", "--setup-python", str(REPO / ".venv/bin/python"), "--dest", str(dest)],
+        cwd=REPO, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def ctrl_c_once_watching(proc: subprocess.Popen, spot_host) -> tuple[str, str]:
+    """Wait until the run trains, press Ctrl-C, and return fab's output; never leave fab behind."""
     log = spot_host.root / "remote" / "runs" / "train" / "log"
 
     def started() -> bool:
         assert proc.poll() is None, proc.communicate()
         return log.exists() and "Train batch 2:" in log.read_text()
 
-    wait_until(started, 90, "training to start")
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        wait_until(started, 120, "training to start")
+        proc.send_signal(signal.SIGINT)
+        return proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_ctrl_c_without_a_terminal_leaves_the_instance_and_says_how_to_stop_it(cloud, spot_host, tiny_dataset,
+                                                                              tmp_path):
+    ec2, config = cloud
+    args = [*TINY, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000",
+            "output_dir=trained_models/cc", "checkpoint_dir=s3://spot-ckpt/cc/checkpoint"]
+    proc = fab_run_process(config, tmp_path / "out", args, stdin=subprocess.DEVNULL)
+    out, err = ctrl_c_once_watching(proc, spot_host)
     assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert "[t]erminate" not in out  # no question without a terminal
     (live,) = live_instances(ec2)  # still running, as promised
     assert f"left {live['InstanceId']} running" in out and "`fab terminate --name job`" in out
     history = json.loads((tmp_path / "out" / "run.json").read_text())
     assert history["status"] == "interrupted" and history["attempts"][0]["outcome"] == "left-running"
     assert history["events"][-1] == {**history["events"][-1], "event": "ctrl-c", "decision": "left-running"}
+
+
+def test_ctrl_c_at_a_terminal_asks_and_terminates_on_t(cloud, spot_host, tiny_dataset, tmp_path):
+    import os
+    import pty
+
+    ec2, config = cloud
+    args = [*TINY, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000",
+            "output_dir=trained_models/ct", "checkpoint_dir=s3://spot-ckpt/ct/checkpoint"]
+    terminal, user_side = pty.openpty()  # stdin is a terminal: fab may ask
+    try:
+        proc = fab_run_process(config, tmp_path / "out", args, stdin=user_side)
+        os.write(terminal, b"t\n")  # the answer waits in the terminal until fab reads it
+        out, err = ctrl_c_once_watching(proc, spot_host)
+    finally:
+        os.close(user_side)
+        os.close(terminal)
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    (first,) = launched_ids(ec2)
+    assert "[t]erminate / [l]eave running" in out and f"terminated {first}" in out
+    assert live_instances(ec2) == []
+    history = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert history["status"] == "interrupted" and history["attempts"][0]["outcome"] == "terminated-by-user"
+    assert history["events"][-1]["decision"] == "terminated-by-user"
