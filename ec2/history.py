@@ -35,7 +35,8 @@ class Attempt:
     market: str | None = None
     launched_at: str | None = None
     ended_at: str | None = None
-    # running | finished | preempted | lost | failed | left-running | terminated-by-user
+    # starting | launch-failed | running | finished | preempted | lost | failed | left-running |
+    # terminated-by-user
     outcome: str = "starting"
     exit_code: int | None = None
     last_step: int | None = None  # the last step the log showed before the attempt ended

@@ -189,21 +189,21 @@ class Journey:
             self.out(f"attempt {attempt.number}: launching {self.name}"
                      + (f" (excluding {', '.join(f'{t} in {z}' for t, z in sorted(self.exclude))})"
                         if self.exclude else ""))
-            m = self.machine = self.provision(attempt)
+            try:
+                m = self.machine = self.provision(attempt)
+            except ToolkitError:
+                attempt.outcome = "launch-failed"  # no instance: nothing billed, nothing to clean
+                raise
             self.prepare(m, attempt)
             outcome = self.watch(m, attempt)
-            if outcome == "finished":
-                self.pull(m, "results")
-                attempt.outcome = "finished"
+            if outcome in ("finished", "failed"):
+                self.pull(m, "results" if outcome == "finished" else "logs")
+                attempt.outcome = outcome
                 self.close_attempt(m, attempt, terminate=not p.keep)
-                self.h.status, self.h.finished_at = "finished", history.now_iso()
-                self.h.event("finished")
-                return
-            if outcome == "failed":
-                self.pull(m, "logs")
-                attempt.outcome = "failed"
-                self.close_attempt(m, attempt, terminate=not p.keep)
-                self.h.status, self.h.finished_at = "failed", history.now_iso()
+                self.h.status, self.h.finished_at = outcome, history.now_iso()
+                if outcome == "finished":
+                    self.h.event("finished")
+                    return
                 kept = f"; {m.record.instance_id} kept (--keep)" if p.keep else ""
                 raise RunFailed(
                     f"the command failed with exit {attempt.exit_code} on attempt {attempt.number}; "

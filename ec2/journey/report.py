@@ -55,8 +55,10 @@ def _attempt_row(a: Attempt) -> list[str]:
         what += f" at step {a.last_step}"
     if a.resumed_step is not None:
         what = f"resumed at step {a.resumed_step}, {what}"
+    if a.instance_id is None:  # never got an instance: no place, time or cost to show
+        return [f"attempt {a.number}", "-", "-", "-", "-", what, "-", "-"]
     return [f"attempt {a.number}", a.instance_type or "?", a.zone or "?", a.market or "?",
-            a.instance_id or "?", what, duration(a.seconds), money(a.cost_usd)]
+            a.instance_id, what, duration(a.seconds), money(a.cost_usd)]
 
 
 def summary(h: RunHistory) -> str:

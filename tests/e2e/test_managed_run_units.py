@@ -127,3 +127,13 @@ def test_summary_of_a_seeded_spot_run_names_each_cost_and_the_total():
     assert "$0.1333" in text.splitlines()[1] and "$0.0750" in text.splitlines()[2]
     assert text.splitlines()[-1].startswith("  total $0.2083 for 45m00s of instance time; 2 interruptions")
     assert text.endswith("steps lost to interruptions 10")
+
+
+def test_summary_of_a_run_whose_launch_failed():
+    attempt = history.Attempt(1, outcome="launch-failed")
+    h = history.RunHistory(name="job", status="failed", attempts=[attempt])
+    assert report.summary(h).splitlines() == [
+        "run job: failed after 1 attempt on 0 instances",
+        "  attempt 1  -  -  -  -  launch-failed  -  -",
+        "  total ? for ? of instance time; 0 interruptions, steps lost to interruptions 0",
+    ]
