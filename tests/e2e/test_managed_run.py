@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import boto3
@@ -23,13 +22,9 @@ from invoke.exceptions import Exit
 from ec2 import aws
 from tasks import managed
 from tests.ec2.conftest import DLAMI_NAME, make_image
+from tests.peers.imds import TINY_TRAIN, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = [
-    "batches_per_train_log=1", "batches_per_val_step=1000", "lr_warmup_steps=1", "lr_decay_steps=3000",
-    "lr_warmup_steps_day=1", "lr_decay_steps_day=3000", "use_amp=false", "num_threads=1",
-    "progress_bar=false", "dataset.num_dataloader_workers=0", "dataset.batch_size=4",
-]  # fmt: skip
 
 
 @pytest.fixture
@@ -71,13 +66,6 @@ def start_fab_run(config: Path, dest: Path, args: list[str], **kw) -> tuple[thre
     return thread, result
 
 
-def wait_until(check, timeout: float, what: str, every: float = 0.1):
-    end = time.monotonic() + timeout
-    while not (found := check()):
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(every)
-    return found
-
 
 def live_instances(ec2) -> list[dict]:
     return [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
@@ -91,7 +79,7 @@ def test_interrupted_run_relaunches_resumes_and_finishes(cloud, spot_host, imds,
     dest = tmp_path / "out"
     # Checkpoints on the instance's disk (no S3): the laptop pulls them at the notice and the
     # replacement receives them.
-    args = [*TINY, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=80",
+    args = [*TINY_TRAIN, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=80",
             "output_dir=trained_models/mr", "checkpoint_dir=trained_models/mr/checkpoint"]
     thread, result = start_fab_run(config, dest, args)
     run_dir = spot_host.root / "remote" / "runs" / "train"
@@ -145,7 +133,7 @@ def launched_ids(ec2) -> set[str]:
 def test_failing_command_is_not_relaunched(cloud, tiny_dataset, tmp_path, capfd):
     ec2, config = cloud
     dest = tmp_path / "out"
-    args = [*TINY, f"dataset.dataset_dir={tmp_path}/no-such-data", "num_training_batches=20",
+    args = [*TINY_TRAIN, f"dataset.dataset_dir={tmp_path}/no-such-data", "num_training_batches=20",
             "output_dir=trained_models/bad", "checkpoint_dir=trained_models/bad/checkpoint"]
     thread, result = start_fab_run(config, dest, args)
     thread.join(timeout=90)
@@ -173,8 +161,9 @@ def test_vanished_instance_resumes_from_the_last_periodic_download_and_max_recov
 
     ec2, config = cloud
     dest = tmp_path / "out"
-    args = [*TINY, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000", "batches_per_save=3",
-            "output_dir=trained_models/pd", "checkpoint_dir=trained_models/pd/checkpoint"]
+    args = [*TINY_TRAIN, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000",
+            "batches_per_save=3", "output_dir=trained_models/pd",
+            "checkpoint_dir=trained_models/pd/checkpoint"]
     thread, result = start_fab_run(config, dest, args, max_recoveries=1, download_every=1)
     events = lambda: json.loads((dest / "run.json").read_text())["events"]  # noqa: E731
     local_ckpt = dest / "checkpoint" / "last.pt"
@@ -251,7 +240,7 @@ def ctrl_c_once_watching(proc: subprocess.Popen, spot_host) -> tuple[str, str]:
 def test_ctrl_c_without_a_terminal_leaves_the_instance_and_says_how_to_stop_it(cloud, spot_host, tiny_dataset,
                                                                               tmp_path):
     ec2, config = cloud
-    args = [*TINY, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000",
+    args = [*TINY_TRAIN, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000",
             "output_dir=trained_models/cc", "checkpoint_dir=s3://spot-ckpt/cc/checkpoint"]
     proc = fab_run_process(config, tmp_path / "out", args, stdin=subprocess.DEVNULL)
     out, err = ctrl_c_once_watching(proc, spot_host)
@@ -269,7 +258,7 @@ def test_ctrl_c_at_a_terminal_asks_and_terminates_on_t(cloud, spot_host, tiny_da
     import pty
 
     ec2, config = cloud
-    args = [*TINY, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000",
+    args = [*TINY_TRAIN, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000",
             "output_dir=trained_models/ct", "checkpoint_dir=s3://spot-ckpt/ct/checkpoint"]
     terminal, user_side = pty.openpty()  # stdin is a terminal: fab may ask
     try:

@@ -17,21 +17,10 @@ from invoke import Context
 from ec2 import runs
 from ec2.remote import Machine
 from tasks import remote as t
+from tests.peers.imds import TINY_TRAIN, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = [
-    "batches_per_train_log=1", "batches_per_val_step=1000", "lr_warmup_steps=1", "lr_decay_steps=3000",
-    "lr_warmup_steps_day=1", "lr_decay_steps_day=3000", "use_amp=false", "num_threads=1",
-    "progress_bar=false", "dataset.num_dataloader_workers=0", "dataset.batch_size=4",
-]  # fmt: skip
 
-
-def wait_until(check, timeout: float, what: str, every: float = 0.1):
-    end = time.monotonic() + timeout
-    while not (found := check()):
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(every)
-    return found
 
 
 def test_notice_puts_checkpoint_in_s3_and_run_state_says_preempted(spot_host, imds, tiny_dataset, monkeypatch,
@@ -42,7 +31,7 @@ def test_notice_puts_checkpoint_in_s3_and_run_state_says_preempted(spot_host, im
     m = Machine(spot_host.record(name="box"))
     c = Context()
     t.setup(c, name="box", python=str(REPO / ".venv/bin/python"), no_gpu=True)
-    args = [*TINY, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000",
+    args = [*TINY_TRAIN, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000",
             "output_dir=trained_models/pre", "checkpoint_dir=s3://spot-ckpt/box/checkpoint"]
     t.train(c, name="box", train_config="configs/demo.yaml", args=" ".join(args))
     log = Path(runs.run_dir(m.record.remote_dir, "train")) / "log"
