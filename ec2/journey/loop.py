@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ec2 import history
 from ec2.config import AwsConfig
-from ec2.errors import ToolkitError
+from ec2.errors import CapacityError, ToolkitError
 from ec2.journey import report, stages
 from ec2.journey.decide import (
     GONE_STATES,
@@ -52,7 +52,17 @@ class Journey:
 
     # --- one attempt's stages, recorded ------------------------------------------------------------
     def provision(self, attempt: history.Attempt) -> Machine:
-        record, self.ec2 = stages.provision(self.cfg, self.name, frozenset(self.exclude), self.out)
+        try:
+            record, self.ec2 = stages.provision(self.cfg, self.name, frozenset(self.exclude), self.out)
+        except CapacityError as e:
+            if e.code != "NoChoices" or not self.exclude:
+                raise
+            # Every configured type and zone has been interrupted once (with one type in one zone:
+            # the first interruption). Spot capacity comes back, and recoveries remain: try them all
+            # again, cheapest first, rather than fail.
+            self.out("every configured type and zone has been interrupted once; trying them all again")
+            self.exclude.clear()
+            record, self.ec2 = stages.provision(self.cfg, self.name, frozenset(), self.out)
         attempt.instance_id, attempt.instance_type = record.instance_id, record.instance_type
         attempt.zone, attempt.market = record.zone, record.market
         attempt.launched_at = record.launched_at or history.now_iso()

@@ -148,6 +148,21 @@ def test_failing_command_is_not_relaunched(cloud, tiny_dataset, tmp_path, capfd)
     assert len(launched_ids(ec2)) == 1 and live_instances(ec2) == []
 
 
+def test_relaunch_retries_every_type_and_zone_once_all_were_interrupted(cloud, tmp_path, capsys):
+    from ec2.config import load_aws_config
+    from ec2.history import Attempt
+    from ec2.journey import Journey, Plan
+
+    ec2, config = cloud
+    cfg = load_aws_config(str(config), ["instance_types=[g5.xlarge]"])  # one type, one zone
+    journey = Journey(cfg, "job", Plan(command="true"), outputs=tmp_path / "out", out=print)
+    journey.exclude.add(("g5.xlarge", "us-east-1a"))  # it was interrupted there
+    m = journey.provision(Attempt(2))
+    assert "interrupted once; trying them all again" in capsys.readouterr().out
+    assert (m.record.instance_type, m.record.zone) == ("g5.xlarge", "us-east-1a")
+    assert [i["InstanceId"] for i in live_instances(ec2)] == [m.record.instance_id]
+
+
 def checkpoint_step(path: Path) -> int:
     import torch
 
