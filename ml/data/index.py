@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from common.atomic import atomic_path
-from ml.data.storage import S3_ERRORS, FileRef, open_h5, s3_error
+from ml.data.storage import S3_ERRORS, FileRef, open_h5, read_failure
 from ml.errors import DataError
 
 LABEL_LEN = 500
@@ -81,9 +81,7 @@ def build_index(ref: FileRef) -> TrialIndex:
     except DataError:
         raise
     except S3_ERRORS as e:
-        if ref.is_s3:
-            raise s3_error(e, ref.uri) from None
-        raise DataError(f"{ref.uri}: cannot read ({e}); check the file") from None
+        raise read_failure(e, ref, "its trial index") from None
 
 
 def _trial_names(f: h5py.File, uri: str) -> list[str]:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ml.data.index import TrialIndex
-from ml.data.storage import S3_ERRORS, FileRef, cached_h5, read_range, s3_error, thread_pool
-from ml.errors import DataError
+from ml.data.storage import S3_ERRORS, FileRef, cached_h5, read_failure, read_range, thread_pool
 
 
 def read_trial(ref: FileRef, index: TrialIndex, i: int) -> np.ndarray:
@@ -21,9 +20,7 @@ def read_trial(ref: FileRef, index: TrialIndex, i: int) -> np.ndarray:
         try:
             x = cached_h5(ref)[f"trial_{i:04d}"]["input_features"][()]
         except S3_ERRORS as e:
-            if ref.is_s3:
-                raise s3_error(e, ref.uri) from None
-            raise DataError(f"{ref.uri}: cannot read trial_{i:04d} ({e}); check the file") from None
+            raise read_failure(e, ref, f"trial_{i:04d}") from None
     return np.asarray(x, dtype=np.float32)
 
 

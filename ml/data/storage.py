@@ -236,16 +236,28 @@ def _open_raw(ref: FileRef, block_size: int):
     if not ref.is_s3:
         yield ref.uri
         return
-    bucket, key = ref.bucket_key
-    try:
-        fobj = s3_filesystem().open(f"{bucket}/{key}", "rb", cache_type="blockcache",
-                                    block_size=block_size)
-    except S3_ERRORS as e:
-        raise s3_error(e, ref.uri) from None
+    fobj = _s3_open(ref, block_size)
     try:
         yield fobj
     finally:
         fobj.close()
+
+
+def _s3_open(ref: FileRef, block_size: int):
+    """A read-only s3fs file with a block cache: h5py's many small reads become few larger GETs."""
+    bucket, key = ref.bucket_key
+    try:
+        return s3_filesystem().open(f"{bucket}/{key}", "rb", cache_type="blockcache", block_size=block_size)
+    except S3_ERRORS as e:
+        raise s3_error(e, ref.uri) from None
+
+
+def read_failure(err: Exception, ref: FileRef, what: str) -> DataError:
+    """The one-line DataError for a failed read of ``what`` in ``ref``: the S3 code and next step
+    for an object, the OS error for a local file."""
+    if ref.is_s3:
+        return s3_error(err, ref.uri)
+    return DataError(f"{ref.uri}: cannot read {what} ({err}); check the file")
 
 
 def cached_h5(ref: FileRef) -> h5py.File:
@@ -253,16 +265,7 @@ def cached_h5(ref: FileRef) -> h5py.File:
     handles = _proc()["h5"]
     f = handles.get(ref.uri)
     if f is None:
-        if ref.is_s3:
-            bucket, key = ref.bucket_key
-            try:
-                raw = s3_filesystem().open(f"{bucket}/{key}", "rb", cache_type="blockcache",
-                                           block_size=H5_BLOCK_SIZE)
-            except S3_ERRORS as e:
-                raise s3_error(e, ref.uri) from None
-            f = h5py.File(raw, "r")
-        else:
-            f = h5py.File(ref.uri, "r")
+        f = h5py.File(_s3_open(ref, H5_BLOCK_SIZE) if ref.is_s3 else ref.uri, "r")
         handles[ref.uri] = f
     return f
 
