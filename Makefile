@@ -50,8 +50,8 @@ aws-status: ## list spotrun instances with cost and run state
 	$(FAB) status --config $(CONFIG)
 aws-setup: ## bootstrap the instance (idempotent)
 	$(FAB) setup $(FABARGS)
-aws-upload: ## rsync the code to the instance
-	$(FAB) sync $(FABARGS)
+aws-upload: ## rsync the code (and, to a fresh instance, the checkpoint aws-download kept)
+	$(FAB) sync $(FABARGS) --train-config $(TRAIN_CONFIG) $(if $(ARGS),--args "$(ARGS)")
 aws-train: ## start training in tmux on the instance (TRAIN_CONFIG=, ARGS=)
 	$(FAB) train $(FABARGS) --train-config $(TRAIN_CONFIG) $(if $(ARGS),--args "$(ARGS)")
 aws-logs: ## follow the run's log (Ctrl-C stops following, not the run)

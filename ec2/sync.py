@@ -34,6 +34,10 @@ ALWAYS_EXCLUDED = [
     ".env", ".env.*", ".envrc", ".aws/", ".ssh/", "*.pem", ".netrc",
 ]  # fmt: skip
 PARTIAL_DIR = ".rsync-partial"
+ATOMIC_TEMP = ".*.tmp"
+# "Some source files vanished": a file removed while rsync ran (the trainer replacing a checkpoint
+# by rename mid-download). What did arrive is whole, and the next run brings the new file.
+VANISHED = 24
 
 
 @dataclass(frozen=True)
@@ -55,11 +59,21 @@ def _progress_flags(tty: bool) -> list[str]:
     return ["--info=progress2", "--stats"] if tty else ["--itemize-changes", "--stats"]
 
 
-def sync_argv(machine: Machine, local_root: Path, *, tty: bool = False) -> list[str]:
+def protect_filters(paths: tuple[str, ...] | list[str]) -> list[str]:
+    """`--delete` spares these folders of code/ (a run's output and checkpoint dirs, which the
+    laptop's tree does not have unless an ignore file happens to name them). Absolute, home and
+    s3:// paths lie outside code/ and need nothing."""
+    return [f"--filter=P /{p.strip('/')}/" for p in paths
+            if p and not p.startswith(("/", "~", "s3://")) and p.strip("/") not in ("", ".")]
+
+
+def sync_argv(machine: Machine, local_root: Path, *, tty: bool = False,
+              protect: tuple[str, ...] | list[str] = ()) -> list[str]:
     r = machine.record
     excludes = [f"--exclude={p}" for p in ALWAYS_EXCLUDED]
     return [
         RSYNC_BIN, "-az", "--delete", f"--partial-dir={PARTIAL_DIR}",
+        *protect_filters(protect),
         *excludes,
         "--filter=:- .gitignore",
         "--filter=:- .spotrunignore",
@@ -76,6 +90,8 @@ def download_argv(machine: Machine, remote_path: str, dest: Path, *, tty: bool =
     r = machine.record
     return [
         RSYNC_BIN, "-az", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}/",
+        # A checkpoint being written (common.atomic's temporary file) is not a checkpoint yet.
+        f"--exclude={ATOMIC_TEMP}",
         *_progress_flags(tty),
         "-e", rsync_rsh(r, control=machine.control),
         rsync_target(r.host, remote_path.rstrip("/") + "/"),
@@ -119,7 +135,7 @@ def rsync_with_retries(machine: Machine, argv: list[str], what: str, *, echo: bo
     stderr = ""
     for attempt in range(len(delays) + 1):
         code, out, stderr = _run_rsync(argv, echo=echo)
-        if code == 0:
+        if code in (0, VANISHED):
             return parse_stats(out)
         if code not in RETRYABLE:
             tail = stderr.strip().splitlines()[-1] if stderr.strip() else ""
@@ -131,13 +147,16 @@ def rsync_with_retries(machine: Machine, argv: list[str], what: str, *, echo: bo
     raise machine.lost(what, stderr) if stderr else ConnectionLost(f"{what}: connection lost")
 
 
-def sync_code(machine: Machine, local_root: Path | str = ".", *, echo: bool = False) -> TransferStats:
-    """Push the project to REMOTE_DIR/code/ (incremental; deletions limited to code/)."""
+def sync_code(machine: Machine, local_root: Path | str = ".", *, echo: bool = False,
+              protect: tuple[str, ...] | list[str] = ()) -> TransferStats:
+    """Push the project to REMOTE_DIR/code/ (incremental; deletions limited to code/, sparing the
+    `protect`ed folders)."""
     local_root = Path(local_root)
     if not local_root.is_dir():
         raise ToolkitError(f"{local_root} is not a folder; run `fab sync` from the project root")
     tty = echo and sys.stdout.isatty()
-    return rsync_with_retries(machine, sync_argv(machine, local_root, tty=tty), "sync", echo=echo)
+    argv = sync_argv(machine, local_root, tty=tty, protect=protect)
+    return rsync_with_retries(machine, argv, "sync", echo=echo)
 
 
 def upload_argv(machine: Machine, local_dir: Path, remote_path: str, *, tty: bool = False) -> list[str]:

@@ -17,8 +17,10 @@ from invoke.exceptions import Exit
 from common.errors import ToolkitError
 from ec2 import gpu as gpu_summary
 from ec2 import paths, registry, runs
+from ec2.carry import laptop_checkpoint, restore_checkpoint
 from ec2.remote import Machine, close_master, quote_path
 from ec2.sync import download_outputs, sync_code
+from ml.config import load_train_config
 from tasks.edge import aws_config, edge, machine_name
 
 SETUP_SCRIPT = "scripts/setup_instance.sh"
@@ -72,8 +74,6 @@ def train_env(region: str | None, data_uri: str | None) -> dict[str, str]:
 
 def _local_output_dir(train_config: str, overrides: list[str]) -> str | None:
     """The trainer's output_dir for this config + overrides, so `download` knows what to pull."""
-    from ml.config import load_train_config
-
     if not Path(train_config).exists():
         return None
     return load_train_config(train_config, overrides).output_dir
@@ -82,8 +82,6 @@ def _local_output_dir(train_config: str, overrides: list[str]) -> str | None:
 def checkpoint_watch_args(train_config: str, overrides: list[str], cfg) -> list[str]:
     """Tell the notice watcher where the checkpoints go (so its preempted record says whether they
     are in S3) and, for a local folder, where to copy it on a notice (checkpoint_backup_uri)."""
-    from ml.config import load_train_config
-
     if not Path(train_config).exists():
         return []
     ckpt = load_train_config(train_config, overrides).checkpoint_dir
@@ -149,11 +147,23 @@ def setup(c, name=None, python=None, no_gpu=False, config=None, set_=None):
 
 @task(iterable=["set_"])
 @edge
-def sync(c, name=None, config=None, set_=None):
-    """Push the project code to the machine (honours .gitignore/.spotrunignore; incremental)."""
+def sync(c, name=None, train_config=DEFAULT_TRAIN_CONFIG, args="", config=None, set_=None):
+    """Push the code (incremental, honours ignore files); a fresh machine also gets the saved checkpoint."""
     m = _machine(name, config, set_)
-    stats = sync_code(m, ".", echo=True)
+    trainer = None
+    if Path(train_config).is_file():
+        trainer = load_train_config(train_config, shlex.split(args or ""))
+    protect = (trainer.output_dir, trainer.checkpoint_dir) if trainer else ()
+    stats = sync_code(m, ".", echo=True, protect=protect)
     print(f"synced to {m.name}: {stats.files_transferred} file(s), {stats.bytes_sent} bytes sent")
+    # A relaunched machine gets the checkpoint `fab download` kept on the laptop (local
+    # checkpoint_dir only), so `fab train` resumes from it.
+    if trainer:
+        local = laptop_checkpoint(paths.outputs_dir(m.name), trainer.output_dir, trainer.checkpoint_dir)
+        files = restore_checkpoint(m, local, trainer.checkpoint_dir)
+        if files is not None:
+            print(f"restored {local}/ to {m.name}:{trainer.checkpoint_dir} ({files} file(s)); "
+                  "`fab train` resumes from it")
 
 
 @task(iterable=["set_"])

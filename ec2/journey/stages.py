@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ec2 import aws, instances, runs
+from ec2.carry import laptop_checkpoint, remote_checkpoint, restore_checkpoint
 from ec2.config import AwsConfig
 from ec2.errors import ConnectionLost, ToolkitError
 from ec2.registry import MachineRecord
 from ec2.remote import Machine, join_path, quote_path
-from ec2.sync import download_argv, download_outputs, rsync_with_retries, sync_code, upload_dir
+from ec2.sync import download_argv, download_outputs, rsync_with_retries, sync_code
 
 SETUP_SCRIPT = "scripts/setup_instance.sh"
 
@@ -43,19 +44,11 @@ class Plan:
 
     def local_checkpoint(self, outputs: Path) -> Path | None:
         """Where downloads put the checkpoint folder on the laptop (None when it lives in S3)."""
-        if not self.checkpoint_dir or self.checkpoint_dir.startswith("s3://"):
-            return None
-        inside = self._checkpoint_inside_outputs()
-        if inside is not None:
-            return outputs / inside
-        return outputs / "checkpoint"
+        return laptop_checkpoint(outputs, self.output_dir, self.checkpoint_dir)
 
-    def _checkpoint_inside_outputs(self) -> str | None:
-        """The checkpoint folder's path relative to output_dir, when it lies inside it."""
-        if not self.output_dir:
-            return None
-        base = self.output_dir.rstrip("/") + "/"
-        return self.checkpoint_dir[len(base):] if self.checkpoint_dir.startswith(base) else None
+    def _checkpoint_inside_outputs(self) -> bool:
+        return bool(self.output_dir and self.checkpoint_dir
+                    and self.checkpoint_dir.startswith(self.output_dir.rstrip("/") + "/"))
 
 
 def watcher_args(plan: Plan, backup_uri: str | None) -> list[str]:
@@ -85,7 +78,7 @@ def provision(cfg: AwsConfig, name: str, exclude: frozenset[tuple[str, str]], ou
 
 
 def bootstrap(m: Machine, plan: Plan, out: Say) -> None:
-    stats = sync_code(m, plan.local_root)
+    stats = sync_code(m, plan.local_root, protect=(plan.output_dir or "", plan.checkpoint_dir or ""))
     out(f"synced code to {m.name} ({stats.files_transferred} file(s))")
     result = m.run(setup_command(m.record.remote_dir, plan.setup_python, plan.require_gpu), check=False)
     if result.code != 0:
@@ -97,12 +90,12 @@ def bootstrap(m: Machine, plan: Plan, out: Say) -> None:
 
 def restore(m: Machine, plan: Plan, outputs: Path, out: Say) -> int | None:
     """Push the laptop's checkpoint folder to the instance; the files sent (None: nothing to send)."""
-    local = plan.local_checkpoint(outputs)
-    if local is None or not local.is_dir() or not any(local.iterdir()):
+    if not plan.checkpoint_dir:
         return None
-    stats = upload_dir(m, local, plan.checkpoint_dir)
-    out(f"restored the newest local checkpoint to {m.name}: {stats.files_transferred} file(s)")
-    return stats.files_transferred
+    files = restore_checkpoint(m, plan.local_checkpoint(outputs), plan.checkpoint_dir)
+    if files is not None:
+        out(f"restored the newest local checkpoint to {m.name}: {files} file(s)")
+    return files
 
 
 def start(m: Machine, plan: Plan, backup_uri: str | None, out: Say) -> None:
@@ -115,10 +108,8 @@ def _download(m: Machine, plan: Plan, outputs: Path) -> None:
     # The run dir records the trainer's output_dir, resolved against code/ on the machine.
     download_outputs(m, plan.run, outputs)
     local = plan.local_checkpoint(outputs)
-    if local is not None and plan.output_dir and plan._checkpoint_inside_outputs() is None:
-        remote = plan.checkpoint_dir
-        if not remote.startswith(("/", "~")):
-            remote = join_path(runs.code_dir(m.record.remote_dir), remote)
+    if local is not None and plan.output_dir and not plan._checkpoint_inside_outputs():
+        remote = remote_checkpoint(m, plan.checkpoint_dir)
         local.mkdir(parents=True, exist_ok=True)
         rsync_with_retries(m, download_argv(m, remote, local), "download")
 

@@ -67,9 +67,19 @@ def test_sync_argv_honours_ignores_and_deletes_only_in_code_dir(record, tmp_path
     assert "--info=progress2" in sync_argv(Machine(record), tmp_path, tty=True)
 
 
+def test_sync_argv_spares_the_run_output_folders_inside_code(record, tmp_path):
+    argv = sync_argv(Machine(record), tmp_path, protect=("out/run1", "out/run1/checkpoint/", "/abs/ckpt",
+                                                         "~/ckpt", "s3://b/ckpt", ".", ""))
+    assert [a for a in argv if a.startswith("--filter=P")] == [
+        "--filter=P /out/run1/", "--filter=P /out/run1/checkpoint/"]
+    # Protect rules come before the excludes and ignore files, so they win.
+    assert argv.index("--filter=P /out/run1/") < argv.index("--filter=:- .gitignore")
+
+
 def test_download_never_deletes_local_files(record, tmp_path):
     argv = download_argv(Machine(record), "/r/code/trained_models/x", tmp_path)
     assert "--delete" not in argv
+    assert "--exclude=.*.tmp" in argv  # a checkpoint still being written stays behind
     assert argv[-2:] == ["203.0.113.7:/r/code/trained_models/x/", f"{tmp_path}/"]
 
 

@@ -87,3 +87,26 @@ def test_gpu_summary_over_ssh(sshd, project, capfd):
     t.gpu(Context(), name="box")
     out = capfd.readouterr().out
     assert "NVIDIA A10G" in out and "93%" in out and "20000 / 23028" in out and "pid 999" in out
+
+
+def test_sync_gives_a_fresh_machine_the_downloaded_checkpoint_and_never_overwrites_one(sshd, project, capfd):
+    """Checkpoints on the instance's disk: `fab download` kept the newest on the laptop; the next
+    machine receives it on `fab sync`, where `resume=auto` finds it. A machine that already has one
+    (the run went on) keeps its own."""
+    (project / "train.yaml").write_text("output_dir: out\ncheckpoint_dir: out/checkpoint\n")
+    saved = project / "outputs" / "box" / "checkpoint"
+    saved.mkdir(parents=True)
+    (saved / "last.pt").write_bytes(b"step 40")
+    (saved / "args.yaml").write_text("seed: 10\n")
+    sshd.record(name="box")
+    remote_ckpt = sshd.root / "remote" / "code" / "out" / "checkpoint"
+
+    t.sync(c := Context(), name="box", train_config="train.yaml")
+    assert (remote_ckpt / "last.pt").read_bytes() == b"step 40"
+    assert (remote_ckpt / "args.yaml").exists()
+    assert "restored outputs/box/checkpoint/ to box:out/checkpoint (2 file(s))" in capfd.readouterr().out
+
+    (remote_ckpt / "last.pt").write_bytes(b"step 90")
+    t.sync(c, name="box", train_config="train.yaml")
+    assert (remote_ckpt / "last.pt").read_bytes() == b"step 90"
+    assert "restored" not in capfd.readouterr().out
