@@ -1,11 +1,20 @@
-"""Synthetic Brain-to-Text data: the release's exact HDF5 schema, with structure a small GRU learns.
+"""Synthetic Brain-to-Text data: the release's exact HDF5 schema, with structure a small GRU can
+learn, but not trivially.
 
 Each sentence is a few made-up words; each word is 2-4 phonemes (ids 1..39) followed by SIL (40),
-as in the release. A phoneme is rendered as a fixed random 512-d pattern held for a few 20 ms
-bins, with smoothed transitions between phonemes; each session then applies its own per-channel
-gain, offset and a small channel mixing (the day-to-day drift the per-session input layers
-exist for), plus white noise. Session 0 has only a train file, like t15.2023.08.11 in the
-release; test files carry no labels.
+as in the release. What makes it a task rather than a lookup:
+
+- Confusable phonemes: each phoneme is a point in a small latent space (``_LATENT`` dims), drawn
+  around one of a few cluster centres, so phonemes of a cluster differ by little. The latent is
+  projected onto the 512 channels through a fixed random map and scaled well below the noise.
+- Variable durations: each phoneme has its own typical length (short consonants, long vowels) and
+  every utterance of it is stretched or squeezed around that, with coarticulated transitions.
+- Variability per utterance: the latent is jittered and the whole trial's signal gain varies.
+- Per-session drift: each session applies its own channel gain, offset and channel mixing and
+  shifts every phoneme's latent a little (what the per-session input layers exist to absorb).
+- Noise: white noise per element plus a slow random-walk baseline per channel.
+
+Session 0 has only a train file, like t15.2023.08.11 in the release; test files carry no labels.
 """
 
 from __future__ import annotations
@@ -26,11 +35,18 @@ PHONEMES = (
     "UW V W Y Z ZH SIL"
 ).split()
 _REFERENCE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "rnn_args.yaml"
-# Bins each phoneme is held: with patch 14 / stride 4 this leaves about two output steps per
-# phoneme, enough room for CTC; trials come out about 60-250 bins long.
-_HOLD = (5, 9)
-_LEAD = (4, 10)
 _VOCAB = 40
+_LATENT = 16  # dimensions of the phoneme space
+_CLUSTERS = 8  # phonemes sharing a cluster are the confusable ones
+_WITHIN = 0.35  # spread of phonemes around their cluster centre (centres have spread 1)
+_JITTER = 0.5  # per-utterance latent jitter
+_SESSION_SHIFT = 0.25  # per-session shift of every phoneme's latent
+_SIGNAL = 0.3  # signal scale per channel against white noise of std 1
+_MEAN_HOLD = (4, 9)  # range of the phonemes' typical lengths in 20 ms bins
+_HOLD = (3, 11)  # bounds of one utterance's length; with ~20 phonemes at most, trials stay <= 250 bins
+_LEAD = (4, 10)  # rest before and after the sentence
+_MIN_BINS = 48
+_DRIFT_STD = 0.03  # per-bin step of the random-walk baseline
 
 
 @dataclass(frozen=True)
@@ -66,19 +82,52 @@ def _sentence(rng: np.random.Generator, vocab) -> tuple[str, list[int]]:
     return " ".join(text).capitalize() + ".", ids
 
 
-def _render(rng, ids, patterns, mix, gain, offset, noise_std) -> np.ndarray:
-    holds = rng.integers(_HOLD[0], _HOLD[1] + 1, size=len(ids))
+@dataclass(frozen=True)
+class _Session:
+    """One session's view of the phonemes: its latent shift, channel mixing, gain and offset."""
+
+    latents: np.ndarray  # (SIL + 1, _LATENT), row 0 (rest) zero
+    projection: np.ndarray  # (_LATENT, N_FEATURES): latent -> channels, drift mixing included
+    gain: np.ndarray
+    offset: np.ndarray
+
+
+def _phoneme_space(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every phoneme's latent (clustered, so some are confusable), its typical length, and the
+    latent-to-channel map shared by all sessions."""
+    centres = rng.normal(0.0, 1.0, (_CLUSTERS, _LATENT))
+    cluster = rng.integers(0, _CLUSTERS, SIL + 1)
+    latents = centres[cluster] + rng.normal(0.0, _WITHIN, (SIL + 1, _LATENT))
+    latents[0] = 0.0  # rest between trials
+    mean_hold = rng.uniform(_MEAN_HOLD[0], _MEAN_HOLD[1], SIL + 1)
+    projection = rng.normal(0.0, 1.0 / np.sqrt(_LATENT), (_LATENT, N_FEATURES))
+    return latents, mean_hold, projection
+
+
+def _session(srng: np.random.Generator, latents: np.ndarray, projection: np.ndarray) -> _Session:
+    shifted = latents + srng.normal(0.0, _SESSION_SHIFT, latents.shape)
+    shifted[0] = 0.0
+    mix = np.eye(N_FEATURES) + srng.normal(0.0, 0.3 / np.sqrt(N_FEATURES), (N_FEATURES, N_FEATURES))
+    return _Session(shifted, projection @ mix, srng.uniform(0.6, 1.4, N_FEATURES),
+                    srng.normal(0.0, 0.5, N_FEATURES))  # fmt: skip
+
+
+def _render(rng: np.random.Generator, ids: list[int], mean_hold: np.ndarray, sess: _Session) -> np.ndarray:
+    holds = np.clip(np.rint(mean_hold[ids] * rng.uniform(0.6, 1.4, len(ids))), *_HOLD).astype(int)
     lead, tail = (int(v) for v in rng.integers(_LEAD[0], _LEAD[1] + 1, size=2))
-    frames = np.repeat(np.asarray(ids), holds)
-    clean = np.concatenate(
-        [np.zeros((lead, N_FEATURES)), patterns[frames], np.zeros((tail, N_FEATURES))]
-    )
-    # Smooth transitions: a short moving average across bins.
-    kernel = np.array([0.25, 0.5, 0.25])
-    clean = (
-        kernel[0] * np.roll(clean, 1, axis=0) + kernel[1] * clean + kernel[2] * np.roll(clean, -1, axis=0)
-    )
-    x = (clean @ mix) * gain + offset + rng.normal(0.0, noise_std, size=clean.shape)
+    # Enough bins for CTC after patching (14/4) and a random cut: ~4 bins per label and repeat.
+    repeats = sum(a == b for a, b in zip(ids, ids[1:], strict=False))
+    need = max(_MIN_BINS, 4 * (len(ids) + repeats + 2) + 14)
+    tail = max(tail, need - lead - int(holds.sum()))
+    utterance = sess.latents[ids] + rng.normal(0.0, _JITTER, (len(ids), _LATENT))
+    latent = np.concatenate([np.zeros((lead, _LATENT)), np.repeat(utterance, holds, axis=0),
+                             np.zeros((tail, _LATENT))])  # fmt: skip
+    # Coarticulation: each bin blends into its neighbours.
+    kernel = np.array([0.1, 0.2, 0.4, 0.2, 0.1])
+    latent = np.stack([np.convolve(latent[:, k], kernel, mode="same") for k in range(_LATENT)], axis=1)
+    signal = (latent @ sess.projection) * (_SIGNAL * rng.uniform(0.7, 1.3))
+    drift = np.cumsum(rng.normal(0.0, _DRIFT_STD, (len(latent), N_FEATURES)), axis=0)
+    x = signal * sess.gain + sess.offset + drift + rng.normal(0.0, 1.0, signal.shape)
     return x.astype(np.float32)
 
 
@@ -104,22 +153,18 @@ def _write_file(path: Path, session: str, trials: list[dict], labels: bool) -> N
 
 
 def write_synthetic(
-    out: str | os.PathLike, n_sessions: int = 4, n_trials: int = 96, seed: int = 0,
-    noise_std: float = 0.6,
+    out: str | os.PathLike, n_sessions: int = 4, n_trials: int = 96, seed: int = 0
 ) -> SyntheticSummary:
     """Write ``n_sessions`` sessions (train: n_trials, val/test: a quarter each, at least 4)."""
     names = reference_sessions()[:n_sessions]
     rng = np.random.default_rng(seed)
     vocab = _vocabulary(rng)
-    patterns = rng.normal(0.0, 1.0, size=(SIL + 1, N_FEATURES))
-    patterns[0] = 0.0  # bin content between trials: rest
+    latents, mean_hold, projection = _phoneme_space(rng)
     out = Path(out)
     written = []
     for s_idx, session in enumerate(names):
         srng = np.random.default_rng([seed, s_idx])
-        mix = np.eye(N_FEATURES) + srng.normal(0.0, 0.15 / np.sqrt(N_FEATURES), (N_FEATURES, N_FEATURES))
-        gain = srng.uniform(0.7, 1.3, N_FEATURES)
-        offset = srng.normal(0.0, 0.3, N_FEATURES)
+        sess = _session(srng, latents, projection)
         kinds = [("data_train.hdf5", n_trials, True)]
         if s_idx != 0:  # session 0 is train-only, as in the release
             small = max(4, n_trials // 4)
@@ -131,7 +176,7 @@ def write_synthetic(
             trials = []
             for i in range(count):
                 text, ids = _sentence(srng, vocab)
-                feats = _render(srng, ids, patterns, mix, gain, offset, noise_std)
+                feats = _render(srng, ids, mean_hold, sess)
                 # Blocks of 20 trials, trial_num counting from 0 within each block.
                 trials.append({"features": feats, "ids": ids, "text": text,
                                "block": block + i // 20, "trial": i % 20})
