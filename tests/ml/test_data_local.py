@@ -10,24 +10,15 @@ import h5py
 import numpy as np
 import torch
 
-from ml.config import DatasetConfig, TrainConfig
 from ml.data import build_train_loader, build_val_loader
 from ml.data.index import cache_path
 from ml.data.storage import list_sessions
 from ml.data.synthetic import reference_sessions
+from tests.ml.trainkit import data_cfg, same_batch
 
 SESSIONS = reference_sessions()[:4]
 
 
-def make_cfg(dataset_dir, cache, steps=6, **ds) -> TrainConfig:
-    base = dict(dataset_dir=str(dataset_dir), sessions=SESSIONS, dataset_probability_val=[0, 1, 1, 1],
-                num_dataloader_workers=0, index_cache_dir=str(cache), batch_size=16, days_per_batch=2)
-    base.update(ds)
-    return TrainConfig(dataset=DatasetConfig(**base), num_training_batches=steps)
-
-
-def same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def trials_of(path) -> list[tuple[int, int, np.ndarray]]:
@@ -37,7 +28,7 @@ def trials_of(path) -> list[tuple[int, int, np.ndarray]]:
 
 
 def test_batch_shapes_padding_and_labels(synthetic_data, tmp_path):
-    batch = next(iter(build_train_loader(make_cfg(synthetic_data, tmp_path))))
+    batch = next(iter(build_train_loader(data_cfg(synthetic_data, tmp_path))))
     B = 16
     assert batch["input_features"].dtype == torch.float32
     assert batch["input_features"].shape[0] == B and batch["input_features"].shape[2] == 512
@@ -60,7 +51,7 @@ def test_batch_shapes_padding_and_labels(synthetic_data, tmp_path):
 
 
 def test_days_per_batch_and_trials_per_session(synthetic_data, tmp_path):
-    cfg = make_cfg(synthetic_data, tmp_path, steps=20, batch_size=10, days_per_batch=3)
+    cfg = data_cfg(synthetic_data, tmp_path, steps=20, batch_size=10, days_per_batch=3)
     per_day = math.ceil(10 / 3)
     for batch in build_train_loader(cfg):
         days = batch["day_indices"].tolist()
@@ -72,23 +63,23 @@ def test_days_per_batch_and_trials_per_session(synthetic_data, tmp_path):
 
 
 def test_seeded_resume_exact_and_ranks_differ(synthetic_data, tmp_path):
-    cfg = make_cfg(synthetic_data, tmp_path, steps=8)
+    cfg = data_cfg(synthetic_data, tmp_path, steps=8)
     full = list(build_train_loader(cfg))
     assert len(full) == 8
     again = list(build_train_loader(cfg))
-    assert all(same(a, b) for a, b in zip(full, again, strict=True))
+    assert all(same_batch(a, b) for a, b in zip(full, again, strict=True))
     resumed = list(build_train_loader(cfg, start_step=5))
-    assert len(resumed) == 3 and all(same(a, b) for a, b in zip(full[5:], resumed, strict=True))
-    assert not same(full[0], full[1])
+    assert len(resumed) == 3 and all(same_batch(a, b) for a, b in zip(full[5:], resumed, strict=True))
+    assert not same_batch(full[0], full[1])
     other_rank = list(build_train_loader(cfg, rank=1, world_size=2))
-    assert not same(full[0], other_rank[0])
-    reseeded = make_cfg(synthetic_data, tmp_path, steps=8, seed=2)
-    assert not same(full[0], next(iter(build_train_loader(reseeded))))
+    assert not same_batch(full[0], other_rank[0])
+    reseeded = data_cfg(synthetic_data, tmp_path, steps=8, seed=2)
+    assert not same_batch(full[0], next(iter(build_train_loader(reseeded))))
 
 
 def test_val_covers_every_trial_once_and_skips_sessions(synthetic_data, tmp_path):
     # Session 0 has no val file, session 2 has probability 0: both skipped.
-    cfg = make_cfg(synthetic_data, tmp_path, batch_size=4, dataset_probability_val=[1, 1, 0, 1])
+    cfg = data_cfg(synthetic_data, tmp_path, batch_size=4, dataset_probability_val=[1, 1, 0, 1])
     loader = build_val_loader(cfg)
     seen = []
     for _ in range(2):  # re-iterable: the trainer validates many times
@@ -104,14 +95,14 @@ def test_val_covers_every_trial_once_and_skips_sessions(synthetic_data, tmp_path
     # Two ranks split the batches r, r+W, ... and together cover the same trials.
     parts = [list(build_val_loader(cfg, rank=r, world_size=2)) for r in (0, 1)]
     whole = list(loader)
-    assert all(same(a, b) for a, b in zip(parts[0], whole[0::2], strict=True))
-    assert all(same(a, b) for a, b in zip(parts[1], whole[1::2], strict=True))
+    assert all(same_batch(a, b) for a, b in zip(parts[0], whole[0::2], strict=True))
+    assert all(same_batch(a, b) for a, b in zip(parts[1], whole[1::2], strict=True))
 
 
 def test_feature_subset(synthetic_data, tmp_path):
     subset = [3, 7, 100, 511]
-    full = next(iter(build_train_loader(make_cfg(synthetic_data, tmp_path))))
-    part = next(iter(build_train_loader(make_cfg(synthetic_data, tmp_path, feature_subset=subset))))
+    full = next(iter(build_train_loader(data_cfg(synthetic_data, tmp_path))))
+    part = next(iter(build_train_loader(data_cfg(synthetic_data, tmp_path, feature_subset=subset))))
     assert part["input_features"].shape[2] == 4
     assert torch.equal(part["input_features"], full["input_features"][:, :, subset])
 
@@ -120,7 +111,7 @@ def test_bad_trials_excluded_and_must_include_days(synthetic_data, tmp_path):
     # Leave out all of session 1's block-1 trials except trial 0, in train and in val.
     session = SESSIONS[1]
     bad = {session: {1: list(range(1, 20))}, SESSIONS[3]: {"3": [0, 1]}}  # val blocks start at 3
-    cfg = make_cfg(synthetic_data, tmp_path, steps=30, bad_trials_dict=bad, must_include_days=[1])
+    cfg = data_cfg(synthetic_data, tmp_path, steps=30, bad_trials_dict=bad, must_include_days=[1])
     for batch in build_train_loader(cfg):
         days = batch["day_indices"]
         assert 1 in days.tolist()  # must_include_days
@@ -134,13 +125,13 @@ def test_bad_trials_excluded_and_must_include_days(synthetic_data, tmp_path):
 
 def test_index_cache_reused_and_rebuilt_when_file_changes(synthetic_data, tmp_path):
     cache = tmp_path / "cache"
-    cfg = make_cfg(synthetic_data, cache)
+    cfg = data_cfg(synthetic_data, cache)
     first = next(iter(build_train_loader(cfg)))
     files = sorted(cache.glob("*.npz"))
     assert len(files) == 7  # 4 train files + 3 val files (session 0 has none)
     stamp = {p: p.stat().st_mtime_ns for p in files}
     again = next(iter(build_train_loader(cfg)))
-    assert same(first, again) and {p: p.stat().st_mtime_ns for p in files} == stamp
+    assert same_batch(first, again) and {p: p.stat().st_mtime_ns for p in files} == stamp
     # A changed file (new mtime) gets a new cache entry.
     train0 = synthetic_data / SESSIONS[0] / "data_train.hdf5"
     before = cache_path(list_sessions(str(synthetic_data), SESSIONS)[SESSIONS[0]]["data_train.hdf5"], cache)
@@ -154,7 +145,7 @@ def test_index_cache_reused_and_rebuilt_when_file_changes(synthetic_data, tmp_pa
 
 def test_relative_dataset_dir_and_workers(synthetic_data, tmp_path, monkeypatch):
     monkeypatch.chdir(synthetic_data.parent)
-    plain = list(build_train_loader(make_cfg(synthetic_data.name, tmp_path, steps=4)))
-    two = make_cfg(synthetic_data.name, tmp_path, steps=4, num_dataloader_workers=2)
+    plain = list(build_train_loader(data_cfg(synthetic_data.name, tmp_path, steps=4)))
+    two = data_cfg(synthetic_data.name, tmp_path, steps=4, num_dataloader_workers=2)
     forked = list(build_train_loader(two))
-    assert all(same(a, b) for a, b in zip(plain, forked, strict=True))
+    assert all(same_batch(a, b) for a, b in zip(plain, forked, strict=True))

@@ -6,31 +6,24 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 import boto3
 import h5py
 import pytest
-import torch
 
-from ml.config import DatasetConfig, TrainConfig
 from ml.data import build_train_loader, build_val_loader, storage
 from ml.data.synthetic import reference_sessions
 from ml.errors import DataError
+from tests.ml.trainkit import data_cfg, same_batch
 
 SESSIONS = reference_sessions()[:4]
 BUCKET = "spotrun-data"
 
 
-def make_cfg(dataset_dir, cache, steps=4, **ds) -> TrainConfig:
-    base = dict(dataset_dir=str(dataset_dir), sessions=SESSIONS, dataset_probability_val=[0, 1, 1, 1],
-                num_dataloader_workers=0, index_cache_dir=str(cache), batch_size=8, days_per_batch=2)
-    base.update(ds)
-    return TrainConfig(dataset=DatasetConfig(**base), num_training_batches=steps)
-
-
-def same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+# Smaller batches than the local tests: every GET goes through the proxy.
+make_cfg = partial(data_cfg, steps=4, batch_size=8)
 
 
 def upload(moto_url: str, folder: Path, prefix: str = "ds") -> boto3.client:
@@ -57,8 +50,9 @@ def test_s3_equals_local_with_one_ranged_get_per_trial(synthetic_data, s3_proxy,
     from_s3 = list(build_train_loader(s3_cfg))
     assert s3_proxy.counts["HEAD"] > 0  # the first run built the indices from the files
     local = list(build_train_loader(local_cfg))
-    assert all(same(a, b) for a, b in zip(from_s3, local, strict=True))
-    assert all(same(a, b) for a, b in zip(build_val_loader(s3_cfg), build_val_loader(local_cfg), strict=True))
+    assert all(same_batch(a, b) for a, b in zip(from_s3, local, strict=True))
+    val_pairs = zip(build_val_loader(s3_cfg), build_val_loader(local_cfg), strict=True)
+    assert all(same_batch(a, b) for a, b in val_pairs)
 
     # Second run: indices from the local cache. One LIST, then exactly one ranged GET per trial.
     s3_proxy.reset()
@@ -70,7 +64,7 @@ def test_s3_equals_local_with_one_ranged_get_per_trial(synthetic_data, s3_proxy,
     expected_bytes = sum(int(b["n_time_steps"].sum()) * 512 * 4 for b in again)
     list_bytes = s3_proxy.bytes_out - expected_bytes
     assert 0 < list_bytes < 10_000  # the rest is the LIST reply: no metadata reads
-    assert all(same(a, b) for a, b in zip(again, local, strict=True))
+    assert all(same_batch(a, b) for a, b in zip(again, local, strict=True))
 
 
 def rewrite_chunked(src: Path, dst: Path) -> None:
@@ -98,8 +92,8 @@ def test_chunked_compressed_falls_back_to_h5py(synthetic_data, s3_proxy, aws_env
     local = list(build_train_loader(make_cfg(synthetic_data, cache)))
     chunked_local = list(build_train_loader(make_cfg(folder, cache)))
     chunked_s3 = list(build_train_loader(make_cfg(f"s3://{BUCKET}/ds", cache)))
-    assert all(same(a, b) for a, b in zip(local, chunked_local, strict=True))
-    assert all(same(a, b) for a, b in zip(local, chunked_s3, strict=True))
+    assert all(same_batch(a, b) for a, b in zip(local, chunked_local, strict=True))
+    assert all(same_batch(a, b) for a, b in zip(local, chunked_s3, strict=True))
 
 
 def test_index_cache_keyed_by_etag(synthetic_data, s3_proxy, aws_env, tmp_path):
@@ -125,7 +119,7 @@ def test_dataloader_workers_over_s3(synthetic_data, s3_proxy, aws_env, tmp_path)
     # The parent builds the indices (s3fs, h5py, boto3 all live in it) before the workers fork.
     plain = list(build_train_loader(make_cfg(f"s3://{BUCKET}/ds", cache, steps=6)))
     forked = list(build_train_loader(make_cfg(f"s3://{BUCKET}/ds", cache, steps=6, num_dataloader_workers=2)))
-    assert len(forked) == 6 and all(same(a, b) for a, b in zip(plain, forked, strict=True))
+    assert len(forked) == 6 and all(same_batch(a, b) for a, b in zip(plain, forked, strict=True))
 
 
 def test_no_such_bucket(aws_env, tmp_path):

@@ -36,6 +36,25 @@ def tiny(data: Path, run: Path, steps: int, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def data_cfg(dataset_dir, cache, steps: int = 6, **ds):
+    """A TrainConfig over the 4-session synthetic set for the data-path tests; ``ds`` overrides
+    dataset keys."""
+    from ml.config import DatasetConfig, TrainConfig
+    from ml.data.synthetic import reference_sessions
+
+    base = dict(dataset_dir=str(dataset_dir), sessions=reference_sessions()[:4],
+                dataset_probability_val=[0, 1, 1, 1], num_dataloader_workers=0, index_cache_dir=str(cache),
+                batch_size=16, days_per_batch=2)  # fmt: skip
+    base.update(ds)
+    return TrainConfig(dataset=DatasetConfig(**base), num_training_batches=steps)
+
+
+def same_batch(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
