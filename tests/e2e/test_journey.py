@@ -14,16 +14,13 @@ from ec2 import aws, registry, runs, sshconfig
 from ec2.remote import Machine
 from tasks import lifecycle, remote
 from tests.ec2.conftest import DLAMI_NAME, make_image
+from tests.ml.trainkit import TINY_TRAIN
 from tests.peers.sshd import require_binaries
 
 REPO = Path(__file__).resolve().parents[2]
-# A few steps of configs/demo.yaml on synthetic data, on one CPU thread.
-TINY = [
-    "num_training_batches=4", "batches_per_train_log=1", "batches_per_val_step=4", "lr_warmup_steps=1",
-    "lr_decay_steps=4", "lr_warmup_steps_day=1", "lr_decay_steps_day=4", "use_amp=false", "num_threads=1",
-    "progress_bar=false", "dataset.num_dataloader_workers=0", "dataset.batch_size=4",
-    "output_dir=trained_models/journey", "checkpoint_dir=trained_models/journey/checkpoint",
-]  # fmt: skip
+TINY = [*TINY_TRAIN, "num_training_batches=4", "batches_per_val_step=4", "lr_decay_steps=4",
+        "lr_decay_steps_day=4", "output_dir=trained_models/journey",
+        "checkpoint_dir=trained_models/journey/checkpoint"]
 
 
 def test_launch_setup_sync_train_logs_download_terminate(sshd, aws_env, tmp_path, monkeypatch, capfd):

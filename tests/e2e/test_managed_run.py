@@ -22,7 +22,8 @@ from invoke.exceptions import Exit
 from ec2 import aws
 from tasks import managed
 from tests.ec2.conftest import DLAMI_NAME, make_image
-from tests.peers.imds import TINY_TRAIN, wait_until
+from tests.ml.trainkit import TINY_TRAIN
+from tests.peers.imds import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 

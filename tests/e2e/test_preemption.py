@@ -17,7 +17,8 @@ from invoke import Context
 from ec2 import runs
 from ec2.remote import Machine
 from tasks import remote as t
-from tests.peers.imds import TINY_TRAIN, wait_until
+from tests.ml.trainkit import TINY_TRAIN
+from tests.peers.imds import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 

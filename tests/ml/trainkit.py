@@ -36,6 +36,16 @@ def tiny(data: Path, run: Path, steps: int, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+# A few steps of configs/demo.yaml as it stands (its 4 sessions), for runs in tmux through sshd:
+# one thread, batch 4; tests add num_training_batches, dataset_dir and their output folders.
+# Later overrides win, so a test can set its own validation and schedule steps after these.
+TINY_TRAIN = [
+    "batches_per_train_log=1", "batches_per_val_step=1000", "lr_warmup_steps=1", "lr_decay_steps=3000",
+    "lr_warmup_steps_day=1", "lr_decay_steps_day=3000", "use_amp=false", "num_threads=1",
+    "progress_bar=false", "dataset.num_dataloader_workers=0", "dataset.batch_size=4",
+]  # fmt: skip
+
+
 def data_cfg(dataset_dir, cache, steps: int = 6, **ds):
     """A TrainConfig over the 4-session synthetic set for the data-path tests; ``ds`` overrides
     dataset keys."""

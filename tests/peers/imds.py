@@ -148,15 +148,6 @@ def tiny_dataset(tmp_path_factory):
     return out
 
 
-# Trainer overrides for a quick CPU run in the preemption tests: one thread, a log line per batch,
-# no validation, no AMP, no worker processes.
-TINY_TRAIN = [
-    "batches_per_train_log=1", "batches_per_val_step=1000", "lr_warmup_steps=1", "lr_decay_steps=3000",
-    "lr_warmup_steps_day=1", "lr_decay_steps_day=3000", "use_amp=false", "num_threads=1",
-    "progress_bar=false", "dataset.num_dataloader_workers=0", "dataset.batch_size=4",
-]  # fmt: skip
-
-
 def wait_until(check, timeout: float, what: str, every: float = 0.1):
     """Poll `check` until it returns something true (and return that), or fail naming `what`."""
     end = time.monotonic() + timeout

@@ -13,14 +13,12 @@ from invoke import Context
 from ec2 import runs
 from ec2.remote import Machine
 from tasks import remote as t
+from tests.ml.trainkit import TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = [
-    "num_training_batches=4", "batches_per_train_log=1", "batches_per_val_step=4", "lr_warmup_steps=1",
-    "lr_decay_steps=4", "lr_warmup_steps_day=1", "lr_decay_steps_day=4", "use_amp=false", "num_threads=1",
-    "progress_bar=false", "dataset.num_dataloader_workers=0", "dataset.batch_size=4",
-    "output_dir=trained_models/remote_t", "checkpoint_dir=trained_models/remote_t/checkpoint",
-]  # fmt: skip
+TINY = [*TINY_TRAIN, "num_training_batches=4", "batches_per_val_step=4", "lr_decay_steps=4",
+        "lr_decay_steps_day=4", "output_dir=trained_models/remote_t",
+        "checkpoint_dir=trained_models/remote_t/checkpoint"]
 
 
 def test_real_trainer_in_tmux_then_download_and_resume_locally(sshd, tmp_path, capfd, monkeypatch):
