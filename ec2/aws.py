@@ -18,7 +18,8 @@ from ec2.errors import AwsError, ConfigError
 
 _RETRY = botocore.config.Config(
     retries={"mode": "standard", "max_attempts": 5},
-    max_pool_connections=32,
+    # Enough for a batch's concurrent ranged GETs (dataset.s3_max_concurrency, 16 by default).
+    max_pool_connections=64,
     connect_timeout=10,
     read_timeout=60,
 )
@@ -76,6 +77,18 @@ def reset_clients() -> None:
     with _lock:
         _sessions.clear()
         _clients.clear()
+
+
+def _forget_after_fork() -> None:
+    """A forked child (a DataLoader worker) makes its own clients: the parent's connection pools
+    hold the parent's sockets, and the lock may have been held by a parent thread at the fork."""
+    global _lock
+    _lock = threading.Lock()
+    _sessions.clear()
+    _clients.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 # Codes every caller treats the same way, with the next step to take.

@@ -5,9 +5,9 @@ Clients, filesystems and file descriptors are made lazily and kept per process (
 connection pool or open descriptors, so it makes its own on first use. Everything that crosses a
 fork is plain data (``FileRef``).
 
-The boto3 client is made here rather than through ec2/aws.py: the trainer runs on an instance
-that has no ec2/ configuration, only an IAM role. Endpoint and region come from the standard
-variables (AWS_ENDPOINT_URL[_S3], AWS_REGION / AWS_DEFAULT_REGION), which botocore reads itself.
+The boto3 client comes from ec2/aws.py, the one door to AWS (which also forgets its clients in a
+forked child). On an instance it needs no ec2/ configuration: credentials come from the IAM role,
+endpoint and region from the standard variables (AWS_ENDPOINT_URL[_S3], AWS_REGION).
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
-import botocore.config
 import botocore.exceptions
 import h5py
 
@@ -86,18 +84,9 @@ def _proc() -> dict[str, object]:
 
 
 def s3_client():
-    st = _proc()
-    if "s3" not in st:
-        with _lock:
-            if "s3" not in st:
-                cfg = botocore.config.Config(
-                    retries={"mode": "standard", "max_attempts": 5},
-                    max_pool_connections=64,
-                    connect_timeout=10,
-                    read_timeout=60,
-                )
-                st["s3"] = boto3.session.Session().client("s3", config=cfg)
-    return st["s3"]
+    from ec2 import aws
+
+    return aws.client("s3")
 
 
 def s3_filesystem():
@@ -285,6 +274,9 @@ def thread_pool(max_workers: int):
 def reset_clients() -> None:
     """Forget this process's clients and handles (after the environment changed: tests, new
     credentials). Open h5py files and descriptors are closed."""
+    from ec2 import aws
+
+    aws.reset_clients()
     st = _proc()
     with _lock:
         for f in st.get("h5", {}).values():

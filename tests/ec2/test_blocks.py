@@ -162,3 +162,21 @@ def test_aws_errors_tolerates_only_the_named_codes():
     with pytest.raises(AwsError, match=r"^deleting sg-1: no; check your AWS credentials.*\[AuthFailure\]$"):
         with aws_errors("deleting sg-1", tolerate={"DependencyViolation"}):
             refuse("AuthFailure")
+
+
+def test_a_forked_child_makes_its_own_aws_clients(aws_env):
+    """DataLoader workers fork: the parent's client (and its sockets) must not cross."""
+    import os
+
+    from ec2 import aws
+
+    aws.reset_clients()
+    parent = aws.client("s3")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports whether it got a fresh client, then leaves at once
+        os.write(write, b"fresh" if aws.client("s3") is not parent else b"shared")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 16) == b"fresh"
+    assert aws.client("s3") is parent
