@@ -18,6 +18,8 @@ from pathlib import Path
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
+from common.s3uri import split_s3
+
 PART_SIZE = 64 * 1024 * 1024
 TRANSFER = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE, max_concurrency=8)
 
@@ -28,10 +30,7 @@ class CopyError(Exception):
 
 def split_uri(uri: str) -> tuple[str, str]:
     """`s3://bucket/a/b` → (`bucket`, `a/b/`); the prefix always ends with '/' (or is empty)."""
-    if not uri.startswith("s3://"):
-        raise ValueError(f"not an s3:// URI: {uri}")
-    bucket, _, prefix = uri[5:].partition("/")
-    prefix = prefix.strip("/")
+    bucket, prefix = split_s3(uri)
     return bucket, (prefix + "/" if prefix else "")
 
 

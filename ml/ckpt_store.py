@@ -25,6 +25,7 @@ import boto3.exceptions
 import botocore.exceptions
 
 from common.atomic import atomic_path
+from common.s3uri import is_s3, split_s3
 from ml.checkpoint import ARGS, BEST, LAST, REFERENCE_BEST
 from ml.errors import CheckpointError
 
@@ -37,15 +38,11 @@ _AWS_FAILURES = (
 )
 
 
-def is_s3(uri: str) -> bool:
-    return uri.startswith("s3://")
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+def split_checkpoint_uri(uri: str) -> tuple[str, str]:
+    bucket, prefix = split_s3(uri)
     if not bucket:
         raise CheckpointError(f"checkpoint_dir {uri!r} names no bucket; use s3://bucket/prefix")
-    return bucket, prefix.strip("/")
+    return bucket, prefix
 
 
 class CheckpointStore:
@@ -56,7 +53,7 @@ class CheckpointStore:
         self.uri = checkpoint_dir
         self.remote = is_s3(checkpoint_dir)
         if self.remote:
-            self.bucket, self.prefix = split_s3(checkpoint_dir)
+            self.bucket, self.prefix = split_checkpoint_uri(checkpoint_dir)
             digest = hashlib.sha1(checkpoint_dir.encode()).hexdigest()[:12]
             self.local_dir = Path(staging_root).expanduser() / digest
             self._uploader = _Uploader(self, warn)
@@ -229,4 +226,4 @@ class _Uploader:
                     self._cond.notify_all()
 
 
-__all__ = ["CheckpointStore", "is_s3", "split_s3", "ARGS"]
+__all__ = ["CheckpointStore", "ARGS"]

@@ -29,10 +29,11 @@ import torch
 
 from common.config import save_config
 from common.errors import ConfigError, ToolkitError
+from common.s3uri import is_s3
 from ml import checkpoint, distributed
 from ml.augment import transform_batch
 from ml.checkpoint import ARGS, BEST, LAST, REFERENCE_BEST
-from ml.ckpt_store import CheckpointStore, is_s3
+from ml.ckpt_store import CheckpointStore
 from ml.config import TrainConfig, load_train_config
 from ml.data import build_train_loader, build_val_loader
 from ml.errors import STOPPED_RESUMABLE, CheckpointError

@@ -22,6 +22,7 @@ from pathlib import Path
 import botocore.exceptions
 import h5py
 
+from common.s3uri import is_s3, split_s3
 from ml.errors import DataError
 
 FILE_KINDS = ("data_train.hdf5", "data_val.hdf5", "data_test.hdf5")
@@ -53,17 +54,12 @@ class FileRef:
 
     @property
     def is_s3(self) -> bool:
-        return self.uri.startswith("s3://")
+        return is_s3(self.uri)
 
     @property
     def bucket_key(self) -> tuple[str, str]:
         bucket, _, key = self.uri[len("s3://"):].partition("/")
         return bucket, key
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
-    return bucket, prefix.strip("/")
 
 
 # ---------------------------------------------------------------- per-process clients and handles
@@ -127,7 +123,7 @@ S3_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
 def list_sessions(dataset_dir: str, sessions: list[str]) -> dict[str, dict[str, FileRef]]:
     """``{session: {file name: FileRef}}`` for each configured session; a missing session folder or
     train file is a DataError naming it."""
-    found = _list_s3(dataset_dir, sessions) if dataset_dir.startswith("s3://") else _list_local(
+    found = _list_s3(dataset_dir, sessions) if is_s3(dataset_dir) else _list_local(
         dataset_dir, sessions)
     for s in sessions:
         where = f"{dataset_dir.rstrip('/')}/{s}"
