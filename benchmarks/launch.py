@@ -43,8 +43,8 @@ class Counter:
 
 
 def counted_clients(counter: Counter) -> None:
-    """Hook every client ec2.aws makes, so each API call is counted."""
-    from ec2 import aws
+    """Hook every client common.aws makes, so each API call is counted."""
+    from common import aws
 
     real = aws.client
 
@@ -74,9 +74,10 @@ def main() -> None:
         import boto3
         from invoke import Context
 
-        from ec2 import aws, instances
+        from common import aws
+        from ec2.cloud import instances
+        from ec2.cloud.launch import launch
         from ec2.config import load_aws_config
-        from ec2.launch import launch
         from tasks import lifecycle
         from tests.ec2.conftest import DLAMI_NAME, make_image
 

@@ -72,7 +72,7 @@ def one_case(name: str, mode: str, root: Path, imds: ImdsServer, s3) -> str:
     else:
         ckpt = str(ckpt_local)
         watch = ["--checkpoint-dir", ckpt, "--upload-to", f"s3://{bucket}/{prefix}"]
-    argv = [sys.executable, "-m", "ec2.spot_watch", "--run-dir", str(root / f"{name}-{mode}-run"),
+    argv = [sys.executable, "-m", "ec2.remote.spot_watch", "--run-dir", str(root / f"{name}-{mode}-run"),
             "--signal", "USR1", "--poll", "1", *watch, "--",
             sys.executable, "-m", "ml.train", "--config", config,
             *COMMON, *extra, f"dataset.dataset_dir={data}", f"output_dir={root / f'{name}-{mode}-out'}",

@@ -40,8 +40,8 @@ def make_tree(root: Path) -> int:
 def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="srb", dir="/tmp"))
     os.environ["SPOTRUN_HOME"] = str(root / "s")
-    from ec2.remote import Machine
-    from ec2.sync import sync_code
+    from ec2.remote.ssh import Machine
+    from ec2.remote.sync import sync_code
     from tests.peers.sshd import SshdServer
 
     tree = root / "proj"

@@ -17,3 +17,11 @@ class ConfigError(ToolkitError):
     """A config file or override that cannot be used as written."""
 
     exit_code = 2
+
+
+class AwsError(ToolkitError):
+    """An AWS API refusal, carrying the AWS error code."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(f"{message} [{code}]" if code else message)
+        self.code = code

@@ -3,7 +3,7 @@ fabfile turns them into one line and an exit code (no traceback)."""
 
 from __future__ import annotations
 
-from common.errors import ConfigError, ToolkitError
+from common.errors import AwsError, ConfigError, ToolkitError
 
 __all__ = [
     "ToolkitError",
@@ -17,14 +17,6 @@ __all__ = [
     "ConnectionLost",
     "RunAlreadyExists",
 ]
-
-
-class AwsError(ToolkitError):
-    """An AWS API refusal, carrying the AWS error code."""
-
-    def __init__(self, message: str, code: str | None = None):
-        super().__init__(f"{message} [{code}]" if code else message)
-        self.code = code
 
 
 class CapacityError(AwsError):

@@ -12,10 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from ec2 import instances, pricing, registry, runs
-from ec2.instances import InstanceInfo
+from ec2 import registry
+from ec2.cloud import instances, pricing
+from ec2.cloud.instances import InstanceInfo
 from ec2.registry import MachineRecord
-from ec2.remote import Machine
+from ec2.remote import runs
+from ec2.remote.ssh import Machine
 
 RUN_STATE_TIMEOUT_S = 8
 NOT_REGISTERED = "not in registry"
@@ -82,7 +84,7 @@ def missing_entries(
 
 def reconcile(known: dict[str, MachineRecord], found: list[InstanceInfo]) -> list[str]:
     """Refresh registered addresses from AWS (a stopped and started instance gets a new IP)."""
-    from ec2 import sshconfig
+    from ec2.remote import sshconfig
 
     updated = []
     for info in found:

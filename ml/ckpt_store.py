@@ -8,7 +8,7 @@ older one (only the newest last.pt matters). ``flush()`` waits for the queue: th
 at exit, before reporting "checkpoint saved". An S3 PUT is all-or-nothing, so the bucket also only
 ever holds whole files.
 
-boto3 comes from ec2.aws (the one door); the endpoint comes from the standard AWS_ENDPOINT_URL
+boto3 comes from common.aws (the one door); the endpoint comes from the standard AWS_ENDPOINT_URL
 variables, which is how tests point this at moto's server.
 """
 
@@ -24,6 +24,7 @@ from pathlib import Path
 import boto3.exceptions
 import botocore.exceptions
 
+from common import aws
 from common.atomic import atomic_path
 from common.s3uri import is_s3, split_s3
 from ml.checkpoint import ARGS, BEST, LAST, REFERENCE_BEST
@@ -138,8 +139,6 @@ class CheckpointStore:
     # ---- S3 plumbing ----
 
     def _client(self):
-        from ec2 import aws  # the one door to boto3; imported here so local runs never need AWS
-
         return aws.client("s3")
 
     def _head(self, name: str) -> bool:
@@ -154,8 +153,6 @@ class CheckpointStore:
             raise self._error(e, f"checking {self.where(name)}") from None
 
     def _error(self, e: Exception, doing: str) -> CheckpointError:
-        from ec2 import aws
-
         if isinstance(e, (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)):
             return CheckpointError(f"checkpoint_dir {self.uri}: {aws.translate(e, doing)}")
         return CheckpointError(f"checkpoint_dir {self.uri}: {doing}: {e}")

@@ -11,11 +11,14 @@ from datetime import UTC, datetime
 
 from invoke import task
 
-from ec2 import account, aws, instances, keys, network, paths, registry, sshconfig
-from ec2 import launch as launching
+from common import aws
+from common.aws import aws_errors
+from ec2 import paths, registry
 from ec2 import status as status_mod
+from ec2.cloud import account, instances, keys, network
+from ec2.cloud import launch as launching
 from ec2.errors import InstanceNotFound, ToolkitError
-from ec2.guard import aws_errors
+from ec2.remote import sshconfig
 from tasks.edge import aws_config, edge, machine_name
 
 

@@ -15,11 +15,12 @@ from invoke import task
 from invoke.exceptions import Exit
 
 from common.errors import ToolkitError
-from ec2 import gpu as gpu_summary
-from ec2 import paths, registry, runs
-from ec2.carry import laptop_checkpoint, restore_checkpoint
-from ec2.remote import Machine, close_master, quote_path
-from ec2.sync import download_outputs, sync_code
+from ec2 import paths, registry
+from ec2.remote import gpu as gpu_summary
+from ec2.remote import runs
+from ec2.remote.carry import laptop_checkpoint, restore_checkpoint
+from ec2.remote.ssh import Machine, close_master, quote_path
+from ec2.remote.sync import download_outputs, sync_code
 from ml.config import load_train_config
 from tasks.edge import aws_config, edge, machine_name
 
@@ -104,7 +105,7 @@ def adopt(c, name, host, port=22, user="ubuntu", key=None, remote_dir="~/spotrun
         remote_dir=remote_dir, region=cfg.region,
     )  # fmt: skip
     registry.put(record)
-    from ec2 import sshconfig
+    from ec2.remote import sshconfig
 
     sshconfig.write_entry(record)
     print(f"adopted {name}: {user}@{host}:{port} (try `fab run-cmd --name {name} --cmd hostname`)")
@@ -116,7 +117,7 @@ def forget(c, name=None, config=None, set_=None):
     """Drop a machine from the registry and SSH config without terminating anything."""
     name = machine_name(name, aws_config(config, set_))
     record = registry.get(name)
-    from ec2 import sshconfig
+    from ec2.remote import sshconfig
 
     sshconfig.remove_entry(name)
     registry.remove(name)

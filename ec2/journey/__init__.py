@@ -5,6 +5,7 @@ spot takes the instance back. Each attempt is one instance.
     stages.py   the named stages: provision, bootstrap, restore, start, pull, terminate; the Plan
     loop.py     the attempt loop and the watch loop (Journey), Ctrl-C, the run history events
     report.py   cost per attempt (spot price history) and the end-of-run summary
+    history.py  outputs/<name>/run.json: the attempts and events of a run, rewritten atomically
 """
 
 from ec2.journey.loop import GaveUp, Journey, RunFailed, stdin_asker

@@ -17,8 +17,8 @@ import json
 import re
 from dataclasses import dataclass
 
-from ec2 import runs
-from ec2.remote import quote_path
+from ec2.remote import runs
+from ec2.remote.ssh import quote_path
 
 RESUMABLE = 75  # ml.errors.STOPPED_RESUMABLE (not imported: ml pulls in torch)
 GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped", "gone")

@@ -1,6 +1,6 @@
 """The managed run's loops: attempts (one instance each) until the run finishes, fails or gives
 up, and within an attempt the watch loop that polls AWS and the run every `poll_s` seconds and acts
-on `decide`'s verdict. Every event is written to outputs/<name>/run.json (ec2.history) as it happens.
+on `decide`'s verdict. Every event is written to outputs/<name>/run.json (ec2.journey.history) as it happens.
 """
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ec2 import history
 from ec2.config import AwsConfig
 from ec2.errors import CapacityError, ToolkitError
-from ec2.journey import report, stages
+from ec2.journey import history, report, stages
 from ec2.journey.decide import (
     GONE_STATES,
     Poll,
@@ -25,7 +24,7 @@ from ec2.journey.decide import (
     resumed_step,
 )
 from ec2.journey.stages import Plan
-from ec2.remote import Machine
+from ec2.remote.ssh import Machine
 
 
 class RunFailed(ToolkitError):

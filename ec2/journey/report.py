@@ -1,12 +1,12 @@
 """What `fab run` tells the user at the end: per attempt the instance, outcome, time and cost, then
-the totals and the steps lost to interruptions. Pure functions over the run history (ec2.history)."""
+the totals and the steps lost to interruptions. Pure functions over the run history (ec2.journey.history)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from ec2 import pricing
-from ec2.history import Attempt, RunHistory, seconds_between
+from ec2.cloud import pricing
+from ec2.journey.history import Attempt, RunHistory, seconds_between
 
 # Attempt outcomes that ended in an interruption (a relaunch followed, or --max-recoveries stopped it).
 INTERRUPTED = ("preempted", "lost")

@@ -11,13 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ec2 import aws, instances, runs
-from ec2.carry import laptop_checkpoint, remote_checkpoint, restore_checkpoint
+from common import aws
+from ec2.cloud import instances
 from ec2.config import AwsConfig
 from ec2.errors import ConnectionLost, ToolkitError
 from ec2.registry import MachineRecord
-from ec2.remote import Machine, join_path, quote_path
-from ec2.sync import download_argv, download_outputs, rsync_with_retries, sync_code
+from ec2.remote import runs
+from ec2.remote.carry import laptop_checkpoint, remote_checkpoint, restore_checkpoint
+from ec2.remote.ssh import Machine, join_path, quote_path
+from ec2.remote.sync import download_argv, download_outputs, rsync_with_retries, sync_code
 
 SETUP_SCRIPT = "scripts/setup_instance.sh"
 
@@ -71,7 +73,7 @@ def provision(cfg: AwsConfig, name: str, exclude: frozenset[tuple[str, str]], ou
               ) -> tuple[MachineRecord, object]:
     """Launch the cheapest type/zone with capacity, `exclude`d pairs left out; the record and the
     EC2 client of its region."""
-    from ec2.launch import launch
+    from ec2.cloud.launch import launch
 
     record = launch(cfg, name, exclude=exclude, out=out)
     return record, aws.client("ec2", record.region or cfg.region, cfg.profile)

@@ -5,8 +5,8 @@ Clients, filesystems and file descriptors are made lazily and kept per process (
 connection pool or open descriptors, so it makes its own on first use. Everything that crosses a
 fork is plain data (``FileRef``).
 
-The boto3 client comes from ec2/aws.py, the one door to AWS (which also forgets its clients in a
-forked child). On an instance it needs no ec2/ configuration: credentials come from the IAM role,
+The boto3 client comes from common/aws.py, the one door to AWS (which also forgets its clients in a
+forked child). On an instance it needs no launcher configuration: credentials come from the IAM role,
 endpoint and region from the standard variables (AWS_ENDPOINT_URL[_S3], AWS_REGION).
 """
 
@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import botocore.exceptions
 import h5py
 
+from common import aws
 from common.s3uri import is_s3, split_s3
 from ml.errors import DataError
 
@@ -33,15 +33,6 @@ FILE_KINDS = ("data_train.hdf5", "data_val.hdf5", "data_test.hdf5")
 INDEX_BLOCK_SIZE = 64 * 1024
 H5_BLOCK_SIZE = 1024 * 1024
 
-_NEXT = {
-    "NoSuchBucket": "check dataset.dataset_dir (the bucket does not exist)",
-    "NoSuchKey": "check dataset.dataset_dir and dataset.sessions (the object is missing)",
-    "AccessDenied": "grant s3:GetObject and s3:ListBucket to this role or user",
-    "InvalidAccessKeyId": "check your AWS credentials (aws sts get-caller-identity)",
-    "SignatureDoesNotMatch": "check your AWS credentials (aws sts get-caller-identity)",
-    "ExpiredToken": "refresh your AWS credentials",
-    "PreconditionFailed": "the object changed while training; restart to rebuild its index",
-}
 
 
 @dataclass(frozen=True)
@@ -80,8 +71,6 @@ def _proc() -> dict[str, object]:
 
 
 def s3_client():
-    from ec2 import aws
-
     return aws.client("s3")
 
 
@@ -100,22 +89,10 @@ def s3_filesystem():
 
 def s3_error(err: Exception, where: str) -> DataError:
     """A one-line DataError naming the S3 object and the next step."""
-    if isinstance(err, botocore.exceptions.ClientError):
-        code = err.response.get("Error", {}).get("Code", "") or str(
-            err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
-        )
-        code = {"404": "NoSuchKey", "403": "AccessDenied", "412": "PreconditionFailed"}.get(code, code)
-        return DataError(f"{where}: S3 {code}; {_NEXT.get(code, 'check dataset.dataset_dir')}")
-    if isinstance(err, botocore.exceptions.NoCredentialsError):
-        return DataError(f"{where}: no AWS credentials found; attach an instance role or set AWS_PROFILE")
-    if isinstance(err, PermissionError):
-        return DataError(f"{where}: S3 AccessDenied; {_NEXT['AccessDenied']}")
-    if isinstance(err, FileNotFoundError):
-        return DataError(f"{where}: S3 NoSuchKey; {_NEXT['NoSuchKey']}")
-    return DataError(f"{where}: cannot reach S3 ({type(err).__name__}: {err}); check the network and region")
+    return DataError(aws.s3_failure(err, where, "dataset.dataset_dir"))
 
 
-S3_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError)
+S3_ERRORS = aws.S3_FAILURES
 
 
 # ---------------------------------------------------------------- listing the dataset
@@ -260,18 +237,19 @@ def thread_pool(max_workers: int):
     from concurrent.futures import ThreadPoolExecutor
 
     st = _proc()
-    pool = st.get("pool")
-    if pool is None or pool._max_workers != max_workers:
-        with _lock:
-            pool = st["pool"] = ThreadPoolExecutor(max_workers, thread_name_prefix="s3-get")
-    return pool
+    with _lock:
+        if st.get("pool_size") != max_workers:
+            replaced = st.get("pool")
+            st["pool"] = ThreadPoolExecutor(max_workers, thread_name_prefix="s3-get")
+            st["pool_size"] = max_workers
+            if replaced is not None:
+                replaced.shutdown(wait=False)  # its queued GETs still finish; no new ones go to it
+    return st["pool"]
 
 
 def reset_clients() -> None:
     """Forget this process's clients and handles (after the environment changed: tests, new
     credentials). Open h5py files and descriptors are closed."""
-    from ec2 import aws
-
     aws.reset_clients()
     st = _proc()
     with _lock:

@@ -10,8 +10,10 @@ from pathlib import Path
 import boto3
 from invoke import Context
 
-from ec2 import aws, registry, runs, sshconfig
-from ec2.remote import Machine
+from common import aws
+from ec2 import registry
+from ec2.remote import runs, sshconfig
+from ec2.remote.ssh import Machine
 from tasks import lifecycle, remote
 from tests.ec2.conftest import DLAMI_NAME, make_image
 from tests.ml.trainkit import TINY_TRAIN

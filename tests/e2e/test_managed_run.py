@@ -19,7 +19,7 @@ import yaml
 from invoke import Context
 from invoke.exceptions import Exit
 
-from ec2 import aws
+from common import aws
 from tasks import managed
 from tests.ec2.conftest import DLAMI_NAME, make_image
 from tests.ml.trainkit import TINY_TRAIN
@@ -151,8 +151,8 @@ def test_failing_command_is_not_relaunched(cloud, tiny_dataset, tmp_path, capfd)
 
 def test_relaunch_retries_every_type_and_zone_once_all_were_interrupted(cloud, tmp_path, capsys):
     from ec2.config import load_aws_config
-    from ec2.history import Attempt
     from ec2.journey import Journey, Plan
+    from ec2.journey.history import Attempt
 
     ec2, config = cloud
     cfg = load_aws_config(str(config), ["instance_types=[g5.xlarge]"])  # one type, one zone

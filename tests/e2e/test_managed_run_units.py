@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ec2 import history, runs
-from ec2.journey import report
+from ec2.journey import history, report
 from ec2.journey.decide import WATCH, Poll, Verdict, decide, last_step, parse_poll, poll_command, resumed_step
 from ec2.journey.stages import Plan, setup_command, watcher_args
+from ec2.remote import runs
 
 
 def test_poll_is_one_command_and_parses_each_part():

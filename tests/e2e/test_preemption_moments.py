@@ -33,7 +33,7 @@ def val_dataset(tmp_path_factory):
 
 def run_watched(tmp_path: Path, imds, trigger: str, overrides: list[str]) -> tuple[int, str]:
     """Train under the watcher; mark the instance when a stdout line starts with `trigger`."""
-    argv = [sys.executable, "-m", "ec2.spot_watch", "--run-dir", str(tmp_path / "run"), "--signal", "USR1",
+    argv = [sys.executable, "-m", "ec2.remote.spot_watch", "--run-dir", str(tmp_path / "run"), "--signal", "USR1",
             "--poll", "0.1", "--checkpoint-dir", str(tmp_path / "ckpt"), "--upload-to", "s3://moments/ckpt",
             "--", sys.executable, "-m", "ml.train", "--config", "configs/demo.yaml", *TINY, *overrides,
             f"output_dir={tmp_path / 'out'}", f"checkpoint_dir={tmp_path / 'ckpt'}"]

@@ -13,7 +13,7 @@ import boto3
 import botocore.exceptions
 import pytest
 
-from ec2 import aws
+from common import aws
 from ec2.config import load_aws_config
 
 DLAMI_NAME = "Deep Learning OSS Nvidia Driver AMI GPU PyTorch 2.7 (Ubuntu 22.04) 20250601"
@@ -111,7 +111,7 @@ class RefusingEc2:
 
 @pytest.fixture
 def refusing(monkeypatch):
-    """Install a RefusingEc2 behind ec2.aws.client("ec2", ...) (us-east-1): refusing(rule) → it."""
+    """Install a RefusingEc2 behind common.aws.client("ec2", ...) (us-east-1): refusing(rule) → it."""
 
     def install(rule) -> RefusingEc2:
         real_client = aws.client

@@ -9,10 +9,12 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from ec2 import keys, network, pricing, ready, registry, sshconfig
-from ec2.ami import resolve_ami, ssm_parameter
-from ec2.capacity import plan
+from ec2 import registry
+from ec2.cloud import keys, network, pricing
+from ec2.cloud.ami import resolve_ami, ssm_parameter
+from ec2.cloud.capacity import plan
 from ec2.errors import ConfigError, KeyPairError
+from ec2.remote import ready, sshconfig
 from tests.ec2.conftest import DLAMI_NAME, config, make_image
 from tests.peers.sshd import require_binaries
 
@@ -147,8 +149,8 @@ def test_readiness_probe_reads_the_banner(sshd):
 def test_aws_errors_tolerates_only_the_named_codes():
     from botocore.exceptions import ClientError
 
+    from common.aws import aws_errors
     from ec2.errors import AwsError
-    from ec2.guard import aws_errors
 
     def refuse(code):
         raise ClientError({"Error": {"Code": code, "Message": "no."}}, "DeleteSecurityGroup")
@@ -168,7 +170,7 @@ def test_a_forked_child_makes_its_own_aws_clients(aws_env):
     """DataLoader workers fork: the parent's client (and its sockets) must not cross."""
     import os
 
-    from ec2 import aws
+    from common import aws
 
     aws.reset_clients()
     parent = aws.client("s3")

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from ec2.imds import Imds, ImdsUnreachable, imds_url, parse_time
+from ec2.remote.imds import Imds, ImdsUnreachable, imds_url, parse_time
 
 
 def test_token_flow_then_404_until_marked(imds):

@@ -9,9 +9,11 @@ import stat
 import boto3
 import pytest
 
-from ec2 import instances, registry, sshconfig
+from ec2 import registry
+from ec2.cloud import instances
+from ec2.cloud.launch import launch
 from ec2.errors import AwsError, CapacityError, ConfigError, ConnectionLost, QuotaError, ToolkitError
-from ec2.launch import launch
+from ec2.remote import sshconfig
 from tests.ec2.conftest import config
 
 
@@ -165,7 +167,7 @@ def test_unsupported_type_unknown_region_and_bad_name(home, ec2_client, dlami):
 
 
 def test_missing_credentials_fail_before_anything_exists(home, ec2_client, dlami, monkeypatch):
-    from ec2 import aws
+    from common import aws
 
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(var)

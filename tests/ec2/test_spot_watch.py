@@ -14,7 +14,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from ec2 import s3copy, spot_watch
+from ec2.remote import s3copy, spot_watch
 
 REPO = Path(__file__).resolve().parents[2]
 # Steps until told to stop; on SIGUSR1 (or $STANDIN_SIGNAL) it writes a checkpoint (atomically) and exits 75.
@@ -47,7 +47,7 @@ sys.exit(int(os.environ.get("STANDIN_EXIT", "0")))
 def watcher(tmp_path: Path, imds_url: str, *args: str, steps: int = 400, env: dict | None = None):
     script = tmp_path / "standin.py"
     script.write_text(STANDIN)
-    argv = [sys.executable, "-m", "ec2.spot_watch", "--run-dir", str(tmp_path / "run"), "--poll", "0.2",
+    argv = [sys.executable, "-m", "ec2.remote.spot_watch", "--run-dir", str(tmp_path / "run"), "--poll", "0.2",
             *args, "--", sys.executable, str(script), str(tmp_path / "ckpt"), str(steps)]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "SPOTRUN_IMDS_URL": imds_url, **(env or {})}
     return subprocess.Popen(
@@ -127,7 +127,7 @@ def test_bad_arguments_are_one_line(tmp_path):
         [
             sys.executable,
             "-m",
-            "ec2.spot_watch",
+            "ec2.remote.spot_watch",
             "--run-dir",
             str(tmp_path),
             "--signal",
@@ -182,7 +182,7 @@ def test_signal_is_configurable_and_defaults_to_term(imds, tmp_path):
 def test_wait_after_the_signal_runs_to_the_notice_time_less_the_upload_reserve():
     from datetime import datetime, timedelta, timezone
 
-    from ec2.imds import Notice
+    from ec2.remote.imds import Notice
 
     w = spot_watch.Watcher(spot_watch.parse_args(["--run-dir", "r", "--", "x"]), imds=object())
 

@@ -12,8 +12,10 @@ import pytest
 from invoke import Context
 from invoke.exceptions import Exit
 
-from ec2 import instances, registry, sshconfig, status
-from ec2.instances import InstanceInfo
+from ec2 import registry, status
+from ec2.cloud import instances
+from ec2.cloud.instances import InstanceInfo
+from ec2.remote import sshconfig
 from tasks import lifecycle as t
 
 REPO = Path(__file__).resolve().parents[2]
@@ -172,8 +174,8 @@ def test_makefile_aws_targets_pass_name_config_and_args():
 
 def test_status_shows_each_machines_run_state(sshd, ec2_client, dlami, capsys):
     """Four launched machines behind the real sshd (through a ProxyCommand), one per run state."""
-    from ec2 import runs
-    from ec2.remote import Machine
+    from ec2.remote import runs
+    from ec2.remote.ssh import Machine
     from tests.peers.sshd import require_binaries
 
     require_binaries("nc")

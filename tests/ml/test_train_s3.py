@@ -9,7 +9,7 @@ import signal
 import boto3
 import pytest
 
-from ec2 import aws
+from common import aws
 from ml import checkpoint
 from ml.errors import STOPPED_RESUMABLE
 from ml.train import main

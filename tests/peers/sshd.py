@@ -166,7 +166,7 @@ class SshdServer:
         return rec
 
     def __exit__(self, *exc) -> None:
-        from ec2.remote import close_masters
+        from ec2.remote.ssh import close_masters
 
         close_masters()
         # The private tmux server of this sshd only (see SetEnv above).

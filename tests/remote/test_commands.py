@@ -6,11 +6,12 @@ import shlex
 
 import pytest
 
-from ec2 import gpu, paths, runs
+from ec2 import paths
 from ec2.errors import ToolkitError
 from ec2.registry import MachineRecord
-from ec2.remote import Machine, backoff_delays, quote_path, rsync_rsh, ssh_argv, ssh_options
-from ec2.sync import download_argv, parse_stats, rsync_target, sync_argv
+from ec2.remote import gpu, runs
+from ec2.remote.ssh import Machine, backoff_delays, quote_path, rsync_rsh, ssh_argv, ssh_options
+from ec2.remote.sync import download_argv, parse_stats, rsync_target, sync_argv
 from tasks.remote import train_command, train_env
 
 
@@ -98,7 +99,7 @@ def test_start_command_runs_in_tmux_with_log_exit_code_and_watcher():
     assert "respawn-pane -k -t =spotrun-exp:" in line
     pane = runs.pane_script("~/spotrun", "exp", "python -m ml.train --config c.yaml",
                             watcher_args=["--signal", "USR1"])
-    assert "-m ec2.spot_watch --run-dir \"$HOME\"/spotrun/runs/exp --signal USR1 -- bash -c" in pane
+    assert "-m ec2.remote.spot_watch --run-dir \"$HOME\"/spotrun/runs/exp --signal USR1 -- bash -c" in pane
     assert "| tee -a \"$HOME\"/spotrun/runs/exp/log" in pane
     assert "echo ${PIPESTATUS[0]} > \"$HOME\"/spotrun/runs/exp/exit_code.tmp" in pane
     assert pane.startswith("cd \"$HOME\"/spotrun/code && ")

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from ec2 import paths, registry, runs
+from ec2 import paths, registry
 from ec2.errors import ConnectionLost, RemoteCommandFailed, RunAlreadyExists
-from ec2.remote import Machine
-from ec2.sync import download_argv, download_outputs, rsync_with_retries, sync_code, upload_dir
+from ec2.remote import runs
+from ec2.remote.ssh import Machine
+from ec2.remote.sync import download_argv, download_outputs, rsync_with_retries, sync_code, upload_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -183,7 +184,7 @@ def test_setup_script_with_stand_in_env_is_idempotent(machine):
     second = machine.run(f"{env} bash {remote}/code/scripts/setup_instance.sh {remote}")
     assert "already set up" in second.stdout
     assert machine.run(f"stat -c %Y {remote}/venv/.spotrun-setup").stdout == marker
-    out = machine.run(f"cd {remote}/code && {remote}/venv/bin/python -c 'import h5py, ec2.runs; print(1)'")
+    out = machine.run(f"cd {remote}/code && {remote}/venv/bin/python -c 'import h5py, ec2.remote.runs; print(1)'")
     assert out.stdout == "1\n"
     failed = machine.run(f"SPOTRUN_SETUP_PYTHON={REPO / '.venv/bin/python'} bash "
                          f"{remote}/code/scripts/setup_instance.sh {remote}", check=False)

@@ -9,8 +9,8 @@ import pytest
 from invoke import Context
 from invoke.exceptions import Exit
 
-from ec2 import runs
-from ec2.remote import Machine
+from ec2.remote import runs
+from ec2.remote.ssh import Machine
 from tasks import remote as t
 
 REPO = Path(__file__).resolve().parents[2]

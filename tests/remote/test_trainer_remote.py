@@ -10,8 +10,8 @@ from pathlib import Path
 
 from invoke import Context
 
-from ec2 import runs
-from ec2.remote import Machine
+from ec2.remote import runs
+from ec2.remote.ssh import Machine
 from tasks import remote as t
 from tests.ml.trainkit import TINY_TRAIN
 

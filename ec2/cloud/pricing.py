@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from ec2.guard import aws_errors
+from common.aws import aws_errors
 
 # us-east-1 Linux on-demand list prices, USD per hour (aws.amazon.com/ec2/pricing/on-demand/, 2025).
 # Other regions differ by roughly 10-30%; the status table marks these as estimates.

@@ -14,8 +14,8 @@ import sys
 import urllib.error
 import urllib.request
 
+from common.aws import aws_errors
 from ec2.errors import AwsError, ConfigError, ToolkitError
-from ec2.guard import aws_errors
 
 CHECKIP_URL = "https://checkip.amazonaws.com"
 RULE_DESCRIPTION = "spotrun ssh"

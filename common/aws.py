@@ -1,4 +1,5 @@
-"""The one door to AWS: every boto3 session and client is made here.
+"""The one door to AWS, for the launcher and the trainer alike: every boto3 session and client is
+made here, and every botocore failure is turned into a one-line AwsError here.
 
 Region comes from the config, else AWS_REGION / AWS_DEFAULT_REGION / the profile. Endpoints come
 from the standard AWS_ENDPOINT_URL* variables, which botocore reads itself, so tests point the
@@ -7,14 +8,17 @@ real code at moto's server with no branch here. Retries use botocore's "standard
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
-from ec2.errors import AwsError, ConfigError
+from common.errors import AwsError, ConfigError
 
 _RETRY = botocore.config.Config(
     retries={"mode": "standard", "max_attempts": 5},
@@ -106,6 +110,45 @@ _NEXT_STEP = {
 }
 
 
+# S3's answers on the data and checkpoint paths, with the next step; {setting} is the setting that
+# named the object (dataset.dataset_dir, checkpoint_dir).
+_S3_NEXT_STEP = {
+    "NoSuchBucket": "check {setting} (the bucket does not exist)",
+    "NoSuchKey": "check {setting} and dataset.sessions (the object is missing)",
+    "AccessDenied": "grant s3:GetObject and s3:ListBucket to this role or user",
+    "InvalidAccessKeyId": "check your AWS credentials (aws sts get-caller-identity)",
+    "SignatureDoesNotMatch": "check your AWS credentials (aws sts get-caller-identity)",
+    "ExpiredToken": "refresh your AWS credentials",
+    "PreconditionFailed": "the object changed while training; restart to rebuild its index",
+}
+# A HEAD or ranged GET answers with a bare HTTP status and no code.
+_S3_STATUS_CODES = {"404": "NoSuchKey", "403": "AccessDenied", "412": "PreconditionFailed"}
+
+S3_FAILURES = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError)
+
+
+def s3_failure(error: Exception, where: str, setting: str) -> str:
+    """One line for a failed S3 read or write of ``where``: the S3 code and the next step.
+
+    Also takes the OSErrors s3fs raises in place of ClientError (PermissionError, FileNotFoundError).
+    """
+    if isinstance(error, botocore.exceptions.ClientError):
+        code = error_code(error)
+        if code == "Unknown":
+            code = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        code = _S3_STATUS_CODES.get(code, code)
+    elif isinstance(error, botocore.exceptions.NoCredentialsError):
+        return f"{where}: no AWS credentials found; attach an instance role or set AWS_PROFILE"
+    elif isinstance(error, PermissionError):
+        code = "AccessDenied"
+    elif isinstance(error, FileNotFoundError):
+        code = "NoSuchKey"
+    else:
+        return f"{where}: cannot reach S3 ({type(error).__name__}: {error}); check the network and region"
+    step = _S3_NEXT_STEP.get(code, "check {setting}").format(setting=setting)
+    return f"{where}: S3 {code}; {step}"
+
+
 def translate(error: Exception, doing: str) -> AwsError:
     """Turn a botocore failure into an AwsError that names the code and the next step.
 
@@ -135,3 +178,37 @@ def translate(error: Exception, doing: str) -> AwsError:
     if isinstance(error, botocore.exceptions.BotoCoreError):
         return AwsError(f"{doing}: {error}", type(error).__name__)
     raise TypeError(f"not an AWS error: {error!r}")
+
+
+# ---------------------------------------------------------------- stage boundaries
+
+AWS_FAILURES = (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)
+
+
+def error_code(error: botocore.exceptions.ClientError) -> str:
+    return error.response.get("Error", {}).get("Code") or "Unknown"
+
+
+@dataclass
+class Tolerated:
+    """Which tolerated AWS error code ended the block (None: it ran to the end)."""
+
+    code: str | None = None
+
+
+@contextlib.contextmanager
+def aws_errors(doing: str, tolerate: Collection[str] = ()) -> Iterator[Tolerated]:
+    """``with aws_errors("launching exp1"): ...`` — AWS failures become AwsError(doing: ...).
+
+    A ClientError whose code is in ``tolerate`` (e.g. a NotFound the caller expects) ends the block
+    quietly instead; the yielded ``Tolerated`` says which code it was.
+    """
+    outcome = Tolerated()
+    try:
+        yield outcome
+    except botocore.exceptions.ClientError as e:
+        if error_code(e) not in tolerate:
+            raise translate(e, doing) from None
+        outcome.code = error_code(e)
+    except botocore.exceptions.BotoCoreError as e:
+        raise translate(e, doing) from None

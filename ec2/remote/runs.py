@@ -15,7 +15,7 @@ import shlex
 from dataclasses import dataclass
 
 from ec2.errors import RemoteCommandFailed, RunAlreadyExists, ToolkitError
-from ec2.remote import Machine, join_path, quote_path
+from ec2.remote.ssh import Machine, join_path, quote_path
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Our own "a run of that name exists" status (never 255: that is ssh's connection error).
@@ -49,11 +49,11 @@ def run_dir(remote_dir: str, run: str) -> str:
 
 
 def watcher_wrap(remote_dir: str, run: str, command: str, watcher_args: list[str] | None = None) -> str:
-    """Wrap the command in the spot-notice watcher (ec2.spot_watch, run from the synced code)."""
+    """Wrap the command in the spot-notice watcher (ec2.remote.spot_watch, run from the synced code)."""
     return " ".join(
         [
             quote_path(venv_python(remote_dir)),
-            "-m ec2.spot_watch --run-dir",
+            "-m ec2.remote.spot_watch --run-dir",
             quote_path(run_dir(remote_dir, run)),
             *map(shlex.quote, watcher_args or []),
             "-- bash -c",

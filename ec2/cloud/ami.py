@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.aws import AWS_FAILURES, aws_errors, error_code
 from ec2.errors import AwsError, ConfigError
-from ec2.guard import AWS_FAILURES, aws_errors, error_code
 
 SSM_PARAMETER = "/aws/service/deeplearning/ami/{arch}/{flavour}/latest/ami-id"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import boto3
 
-from ec2 import aws
+from common import aws
+from common.aws import aws_errors
 from ec2.errors import ConfigError
-from ec2.guard import aws_errors
 
 
 def check_region(region: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ec2.guard import aws_errors
+from common.aws import aws_errors
 
 # The type has no capacity (or is not sold) in that zone right now: try the next choice.
 CAPACITY_CODES = frozenset({

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ec2.errors import ConnectionLost, ToolkitError
-from ec2.remote import Machine, backoff_delays, join_path, prepare_local, quote_path, rsync_rsh
-from ec2.runs import code_dir, run_dir
+from ec2.remote.runs import code_dir, run_dir
+from ec2.remote.ssh import Machine, backoff_delays, join_path, prepare_local, quote_path, rsync_rsh
 
 RSYNC_BIN = "rsync"
 # rsync exits that mean the connection went away (12 protocol stream, 30 timeout in data

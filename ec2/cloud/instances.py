@@ -12,9 +12,9 @@ from datetime import datetime
 
 import botocore.exceptions
 
+from common.aws import aws_errors
 from ec2 import paths, registry
 from ec2.errors import AwsError
-from ec2.guard import aws_errors
 
 NAME_TAG = "spotrun:name"
 OWNER_TAG = "spotrun:owner"
@@ -164,8 +164,8 @@ def terminate_instances(
 def forget_local(name: str) -> None:
     """Drop every local trace of a machine: registry entry, ~/.ssh config entry, known_hosts file,
     and its SSH control master (a later instance may get the same address)."""
-    from ec2 import sshconfig
-    from ec2.remote import close_master
+    from ec2.remote import sshconfig
+    from ec2.remote.ssh import close_master
 
     record = registry.load_all().get(name)
     if record is not None:

@@ -1,7 +1,7 @@
 """The spot-notice watcher: runs on the instance beside any command and acts on the two-minute
 interruption notice.
 
-    python -m ec2.spot_watch --run-dir DIR [--signal USR1] [--checkpoint-dir PATH]
+    python -m ec2.remote.spot_watch --run-dir DIR [--signal USR1] [--checkpoint-dir PATH]
                              [--upload-to s3://...] [--poll 5] [--grace S] -- CMD ...
 
 It starts CMD as a child in its own process group and exits with CMD's exit code. Every `--poll`
@@ -33,7 +33,7 @@ from pathlib import Path
 import botocore.exceptions
 
 from common.atomic import atomic_write_json
-from ec2.imds import Imds, ImdsUnreachable, Notice
+from ec2.remote.imds import Imds, ImdsUnreachable, Notice
 
 # Kept back from the notice's deadline for the S3 copy and the status file.
 UPLOAD_RESERVE_S = 30.0
@@ -162,7 +162,7 @@ class Watcher:
         ckpt, dest = self.args.checkpoint_dir, self.args.upload_to
         if not ckpt:
             return {"state": "unknown", "why": "no --checkpoint-dir given"}
-        from ec2 import s3copy
+        from ec2.remote import s3copy
 
         if ckpt.startswith("s3://"):
             # The trainer copied it up itself before exiting; record what S3 holds.
@@ -190,7 +190,7 @@ class Watcher:
     def s3(self):
         """The S3 client of this instance's region (environment first, else the metadata service);
         the instance profile supplies the credentials."""
-        from ec2 import aws
+        from common import aws
 
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if not region:
@@ -202,7 +202,7 @@ class Watcher:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ec2.spot_watch", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ec2.remote.spot_watch", description=__doc__.split("\n\n")[0])
     p.add_argument("--run-dir", required=True, help="where notice and preempted are written")
     p.add_argument("--signal", type=parse_signal, default=signal.SIGTERM,
                    help="sent to the command on a notice (USR1 for spotrun's trainer; default TERM)")

@@ -13,15 +13,17 @@ from datetime import UTC, datetime
 
 import botocore.exceptions
 
-from ec2 import account, aws, instances, keys, network, pricing, ready, registry, sshconfig
-from ec2.ami import Ami, resolve_ami
-from ec2.aws import translate
-from ec2.capacity import CAPACITY_CODES, QUOTA_NEXT_STEP, Choice, offered_zones, plan
+from common import aws
+from common.aws import aws_errors, error_code, translate
+from ec2 import registry
+from ec2.cloud import account, instances, keys, network, pricing
+from ec2.cloud.ami import Ami, resolve_ami
+from ec2.cloud.capacity import CAPACITY_CODES, QUOTA_NEXT_STEP, Choice, offered_zones, plan
+from ec2.cloud.userdata import build_user_data
 from ec2.config import AwsConfig
 from ec2.errors import AwsError, CapacityError, ConfigError, QuotaError, ToolkitError
-from ec2.guard import aws_errors, error_code
 from ec2.registry import MachineRecord
-from ec2.userdata import build_user_data
+from ec2.remote import ready, sshconfig
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 RUNNING_DELAY_S = 3

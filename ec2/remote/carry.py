@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ec2.remote import Machine, join_path, quote_path
-from ec2.runs import code_dir
-from ec2.sync import upload_dir
+from ec2.remote.runs import code_dir
+from ec2.remote.ssh import Machine, join_path, quote_path
+from ec2.remote.sync import upload_dir
 
 RESUME_FILE = "last.pt"
 

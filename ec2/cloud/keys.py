@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 
 from common.atomic import atomic_write_text
+from common.aws import aws_errors
 from ec2 import paths
 from ec2.errors import KeyPairError
-from ec2.guard import aws_errors
 
 
 def describe_pair(ec2, key_name: str) -> dict | None:
