@@ -4,14 +4,20 @@
 #
 #   setup_instance.sh REMOTE_DIR
 #
-# On the Deep Learning AMI: a venv in REMOTE_DIR/venv made with --system-site-packages over the
-# AMI's PyTorch python (so the AMI's CUDA-matched torch is used as is), plus the project's
-# runtime requirements pinned by requirements.lock (never torch, never dev tools).
+# On the Deep Learning AMI: a venv in REMOTE_DIR/venv layered over the AMI's PyTorch environment
+# (so the AMI's CUDA-matched torch is used as is), plus the project's runtime requirements pinned
+# by requirements.lock (never torch, never dev tools). Current DLAMIs keep PyTorch in a venv of
+# their own (/opt/pytorch). A venv made from inside another venv, even with
+# --system-site-packages, sees only the *base interpreter's* site-packages, not that venv's: so
+# ours names the AMI environment's site-packages in a .pth file, processed like a site dir
+# (its own .pth files included), after our own site-packages.
 #
 # Environment:
 #   SPOTRUN_SETUP_PYTHON  an existing python to use instead of building the venv (a stand-in
 #                         environment, e.g. for tests or a machine you prepared yourself)
 #   SPOTRUN_REQUIRE_GPU   1 (default): fail unless torch.cuda.is_available() and nvidia-smi work
+#   SPOTRUN_BASE_PYTHONS  where to look for the AMI's PyTorch python, first match wins (default:
+#                         /opt/pytorch/bin/python3 /opt/conda/envs/pytorch/bin/python3 python3)
 set -euo pipefail
 
 REMOTE_DIR=${1:?usage: setup_instance.sh REMOTE_DIR}
@@ -21,6 +27,9 @@ LOCK="$CODE/requirements.lock"
 REQUIRE_GPU=${SPOTRUN_REQUIRE_GPU:-1}
 MARKER="$VENV/.spotrun-setup"
 # What the laptop-side tools need is not installed here (fabric, paramiko, moto, pytest, ruff).
+BASE_PYTHONS=${SPOTRUN_BASE_PYTHONS:-/opt/pytorch/bin/python3 /opt/conda/envs/pytorch/bin/python3 python3}
+# The AMI environment's site dirs, for our venv's .pth file (see above).
+AMI_PTH="_spotrun_ami_env.pth"
 RUNTIME="boto3 botocore s3fs aiobotocore fsspec h5py numpy pyyaml tqdm tensorboard matplotlib"
 
 die() { echo "setup: $*" >&2; exit 1; }
@@ -29,7 +38,7 @@ die() { echo "setup: $*" >&2; exit 1; }
 
 find_base_python() {
   # Newer DLAMIs keep PyTorch in /opt/pytorch; older ones in a conda env.
-  for py in /opt/pytorch/bin/python3 /opt/conda/envs/pytorch/bin/python3 python3; do
+  for py in $BASE_PYTHONS; do
     if command -v "$py" >/dev/null 2>&1 && "$py" -c "import torch" 2>/dev/null; then
       echo "$py"; return 0
     fi
@@ -38,7 +47,31 @@ find_base_python() {
 }
 
 inputs_hash() {
-  { cat "$LOCK" "$0"; echo "python=${SPOTRUN_SETUP_PYTHON:-}"; } | sha256sum | cut -d' ' -f1
+  { cat "$LOCK" "$0"; echo "python=${SPOTRUN_SETUP_PYTHON:-} bases=$BASE_PYTHONS"; } | sha256sum | cut -d' ' -f1
+}
+
+ensure_tools() {
+  # fab train runs in tmux and fab sync needs rsync on this side too; the DLAMI has both, a lab
+  # machine or a minimal image may not.
+  local missing=() t
+  for t in tmux rsync; do command -v "$t" >/dev/null 2>&1 || missing+=("$t"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing ${missing[*]} (apt-get)"
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo -n"
+  { $sudo apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 \
+    || { $sudo apt-get update -qq >/dev/null 2>&1 && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null; }; } \
+    || die "${missing[*]} missing and could not be installed; install them on the machine (sudo apt-get install ${missing[*]}) and rerun \`fab setup\`"
+  for t in "${missing[@]}"; do command -v "$t" >/dev/null 2>&1 || die "$t still missing after apt-get; install it by hand"; done
+}
+
+layer_over_base() {
+  # Our venv's python is the base interpreter underneath the AMI's venv; the AMI venv's own
+  # site-packages (torch) must be named explicitly. site.addsitedir also runs the .pth files there.
+  local own dirs
+  own=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  dirs=$("$BASE" -c "import site; print(repr(site.getsitepackages()))")
+  printf 'import site; list(map(site.addsitedir, %s))\n' "$dirs" > "$own/$AMI_PTH"
 }
 
 verify() {
@@ -69,6 +102,7 @@ if [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$HASH" ] && [ -x "$VENV/bin/pytho
 fi
 
 mkdir -p "$REMOTE_DIR/runs"
+ensure_tools
 if [ -n "${SPOTRUN_SETUP_PYTHON:-}" ]; then
   "$SPOTRUN_SETUP_PYTHON" -c "import sys" || die "SPOTRUN_SETUP_PYTHON=$SPOTRUN_SETUP_PYTHON does not run"
   echo "using the stand-in python $SPOTRUN_SETUP_PYTHON"
@@ -81,6 +115,7 @@ else
   BASE=$(find_base_python) || die "no python with torch found (expected the Deep Learning AMI's PyTorch)"
   echo "base python: $BASE"
   [ -x "$VENV/bin/python" ] || "$BASE" -m venv --system-site-packages "$VENV"
+  layer_over_base
   # Constraints: the lock without torch and its CUDA wheels (the AMI's own build is kept).
   grep -viE '^(torch|triton|nvidia-)' "$LOCK" > "$VENV/constraints.txt"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
