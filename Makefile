@@ -10,7 +10,7 @@ FAB     := $(BIN)/fab
 FABARGS := $(if $(NAME),--name $(NAME)) --config $(CONFIG)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint demo data train bench aws-launch aws-status aws-setup aws-upload \
+.PHONY: help setup test lint format demo data train bench aws-launch aws-status aws-setup aws-upload \
         aws-train aws-logs aws-attach aws-ssh aws-download aws-gpu aws-terminate aws-run aws-cleanup
 
 help: ## list the targets
@@ -29,8 +29,13 @@ setup: ## make .venv and install the project, pinned dependencies and dev tools
 test: ## run the tests
 	$(BIN)/python -m pytest
 
-lint: ## ruff
+lint: ## ruff check and ruff format --check (make format rewrites)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: ## format the tree with ruff format and apply ruff's safe fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 data: ## write the synthetic dataset the demo trains on (data/synthetic)
 	$(BIN)/python scripts/make_synthetic_data.py --out data/synthetic

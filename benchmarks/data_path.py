@@ -46,8 +46,9 @@ def main() -> None:
     moto_url = f"http://127.0.0.1:{server._server.server_port}"
     for var in [v for v in os.environ if v.startswith("AWS_")]:
         del os.environ[var]
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                      AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
+    )
     s3 = boto3.client("s3", endpoint_url=moto_url)
     s3.create_bucket(Bucket="bench-data")
     for path in sorted((tmp / "ds").rglob("*.hdf5")):
@@ -56,14 +57,26 @@ def main() -> None:
     os.environ["AWS_ENDPOINT_URL"] = proxy.url
 
     def cfg(dataset_dir: str) -> TrainConfig:
-        return TrainConfig(num_training_batches=BATCHES, dataset=DatasetConfig(
-            dataset_dir=dataset_dir, sessions=sessions, dataset_probability_val=[0, 1, 1, 1],
-            num_dataloader_workers=0, index_cache_dir=str(tmp / "index"), batch_size=64, days_per_batch=4))
+        return TrainConfig(
+            num_training_batches=BATCHES,
+            dataset=DatasetConfig(
+                dataset_dir=dataset_dir,
+                sessions=sessions,
+                dataset_probability_val=[0, 1, 1, 1],
+                num_dataloader_workers=0,
+                index_cache_dir=str(tmp / "index"),
+                batch_size=64,
+                days_per_batch=4,
+            ),
+        )
 
     def line(case: str, trials: int, seconds: float, extra: str = "") -> None:
         gets = proxy.gets / trials if proxy.gets else 0.0
-        print(f"{case:<34} {trials / seconds:8.1f} trials/s  {gets:5.2f} GET/trial  "
-              f"{proxy.bytes_out / trials / 1024:8.1f} KiB/trial{extra}", flush=True)
+        print(
+            f"{case:<34} {trials / seconds:8.1f} trials/s  {gets:5.2f} GET/trial  "
+            f"{proxy.bytes_out / trials / 1024:8.1f} KiB/trial{extra}",
+            flush=True,
+        )
 
     # Local index path.
     proxy.reset()
@@ -90,16 +103,17 @@ def main() -> None:
     # The same trials through h5py over s3fs: block cache, then s3fs's default readahead cache.
     plan = [p for step in range(BATCHES) for p in TrainBatches(src, s3_cfg, 0, 0).plan(step)][:H5_TRIALS]
     fs = storage.s3_filesystem()
-    for case, kwargs in (("S3 h5py + blockcache (1 MB)", {"cache_type": "blockcache",
-                                                         "block_size": storage.H5_BLOCK_SIZE}),
-                         ("S3 h5py + s3fs defaults", {})):
+    for case, kwargs in (
+        ("S3 h5py + blockcache (1 MB)", {"cache_type": "blockcache", "block_size": storage.H5_BLOCK_SIZE}),
+        ("S3 h5py + s3fs defaults", {}),
+    ):
         proxy.reset()
         handles: dict[int, h5py.File] = {}
         t = time.perf_counter()
         total = 0.0
         for f, i in plan:
             if f not in handles:
-                handles[f] = h5py.File(fs.open(src.refs[f].uri[len("s3://"):], "rb", **kwargs), "r")
+                handles[f] = h5py.File(fs.open(src.refs[f].uri[len("s3://") :], "rb", **kwargs), "r")
             total += float(np.asarray(handles[f][f"trial_{i:04d}/input_features"][()]).sum())
         line(case, len(plan), time.perf_counter() - t)
         for h in handles.values():

@@ -64,11 +64,15 @@ def main() -> None:
     server.start()
     root = Path(tempfile.mkdtemp(prefix="srb", dir="/tmp"))
     os.environ.update(
-        AWS_ENDPOINT_URL=f"http://127.0.0.1:{server._server.server_port}", AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1", HOME=str(root / "home"),
-        SPOTRUN_HOME=str(root / "s"), AWS_CONFIG_FILE=str(root / "none"),
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{server._server.server_port}",
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        HOME=str(root / "home"),
+        SPOTRUN_HOME=str(root / "s"),
+        AWS_CONFIG_FILE=str(root / "none"),
         AWS_SHARED_CREDENTIALS_FILE=str(root / "none"),
-    )  # fmt: skip
+    )
     (root / "home").mkdir()
     try:
         import boto3
@@ -101,15 +105,22 @@ def main() -> None:
             with redirect_stdout(sink):
                 lifecycle.terminate(Context(), name="bench", yes=True, set_=SETS)
             term_s = time.perf_counter() - start
-            print(f"{case} → running: {launch_calls} AWS calls, {launched_s * 1000:.0f} ms; "
-                  f"terminate (wait terminated): {counter.total()} calls, {term_s * 1000:.0f} ms; "
-                  f"instance {record.instance_id}")  # fmt: skip
+            print(
+                f"{case} → running: {launch_calls} AWS calls, {launched_s * 1000:.0f} ms; "
+                f"terminate (wait terminated): {counter.total()} calls, {term_s * 1000:.0f} ms; "
+                f"instance {record.instance_id}"
+            )
 
         real = aws.client("ec2", "us-east-1", None)
         image_id = ec2.describe_images(Owners=["self"])["Images"][0]["ImageId"]
-        params = dict(ImageId=image_id, MinCount=1, MaxCount=1, InstanceType="g5.xlarge",
-                      Placement={"AvailabilityZone": "us-east-1a"},
-                      InstanceMarketOptions={"MarketType": "spot"})  # fmt: skip
+        params = dict(
+            ImageId=image_id,
+            MinCount=1,
+            MaxCount=1,
+            InstanceType="g5.xlarge",
+            Placement={"AvailabilityZone": "us-east-1a"},
+            InstanceMarketOptions={"MarketType": "spot"},
+        )
         for i in range(50):
             tags = [{"Key": "spotrun:name", "Value": f"s{i:02d}"}, {"Key": "spotrun:owner", "Value": "bench"}]
             real.run_instances(**params, TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])
@@ -121,8 +132,10 @@ def main() -> None:
             with redirect_stdout(out):
                 lifecycle.status(Context(), no_runs=no_runs, set_=SETS)
             rows = sum(1 for line in out.getvalue().splitlines() if line.startswith("s"))
-            print(f"{label}: {counter.total()} AWS calls ({dict(counter.calls)}), "
-                  f"{(time.perf_counter() - start) * 1000:.0f} ms, {rows} rows")  # fmt: skip
+            print(
+                f"{label}: {counter.total()} AWS calls ({dict(counter.calls)}), "
+                f"{(time.perf_counter() - start) * 1000:.0f} ms, {rows} rows"
+            )
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)

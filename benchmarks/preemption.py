@@ -36,21 +36,45 @@ from moto.server import ThreadedMotoServer  # noqa: E402
 from tests.peers.imds import ImdsServer  # noqa: E402
 
 COMMON = [
-    "batches_per_train_log=1", "batches_per_val_step=100000", "batches_per_save=0", "use_amp=false",
-    "num_threads=1", "progress_bar=false", "dataset.num_dataloader_workers=0", "lr_warmup_steps=1",
-    "lr_warmup_steps_day=1", "num_training_batches=100000", "device=cpu",
-]  # fmt: skip
+    "batches_per_train_log=1",
+    "batches_per_val_step=100000",
+    "batches_per_save=0",
+    "use_amp=false",
+    "num_threads=1",
+    "progress_bar=false",
+    "dataset.num_dataloader_workers=0",
+    "lr_warmup_steps=1",
+    "lr_warmup_steps_day=1",
+    "num_training_batches=100000",
+    "device=cpu",
+]
 CASES = {
     "demo": ("configs/demo.yaml", 4, ["dataset.batch_size=4"], 5),
-    "baseline": ("configs/rnn_args.yaml", 45, ["dataset.batch_size=2", "dataset.days_per_batch=2",
-                                               "dataset.dataset_probability_val=[]"], 2),
+    "baseline": (
+        "configs/rnn_args.yaml",
+        45,
+        ["dataset.batch_size=2", "dataset.days_per_batch=2", "dataset.dataset_probability_val=[]"],
+        2,
+    ),
 }
 
 
 def make_data(root: Path, sessions: int) -> Path:
     out = root / f"data{sessions}"
-    subprocess.run([sys.executable, str(REPO / "scripts/make_synthetic_data.py"), "--out", str(out),
-                    "--sessions", str(sessions), "--trials", "3"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts/make_synthetic_data.py"),
+            "--out",
+            str(out),
+            "--sessions",
+            str(sessions),
+            "--trials",
+            "3",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -72,15 +96,34 @@ def one_case(name: str, mode: str, root: Path, imds: ImdsServer, s3) -> str:
     else:
         ckpt = str(ckpt_local)
         watch = ["--checkpoint-dir", ckpt, "--upload-to", f"s3://{bucket}/{prefix}"]
-    argv = [sys.executable, "-m", "ec2.remote.spot_watch", "--run-dir", str(root / f"{name}-{mode}-run"),
-            "--signal", "USR1", "--poll", "1", *watch, "--",
-            sys.executable, "-m", "ml.train", "--config", config,
-            *COMMON, *extra, f"dataset.dataset_dir={data}", f"output_dir={root / f'{name}-{mode}-out'}",
-            f"checkpoint_dir={ckpt}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "ec2.remote.spot_watch",
+        "--run-dir",
+        str(root / f"{name}-{mode}-run"),
+        "--signal",
+        "USR1",
+        "--poll",
+        "1",
+        *watch,
+        "--",
+        sys.executable,
+        "-m",
+        "ml.train",
+        "--config",
+        config,
+        *COMMON,
+        *extra,
+        f"dataset.dataset_dir={data}",
+        f"output_dir={root / f'{name}-{mode}-out'}",
+        f"checkpoint_dir={ckpt}",
+    ]
     imds.clear()
     env = {**os.environ, "PYTHONPATH": str(REPO), "SPOTRUN_IMDS_URL": imds.url, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines: list[str] = []
     last_before: list[int] = []
 
@@ -116,9 +159,11 @@ def one_case(name: str, mode: str, root: Path, imds: ImdsServer, s3) -> str:
     lost = max(0, last_before[0] + 1 - saved)
     size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
     params = re.search(r"model: ([\d,]+) parameters", output)
-    return (f"preemption {name:8s} checkpoint {'in S3' if mode == 's3' else 'local→S3':9s} "
-            f"params {params.group(1) if params else '?':>11s}  last.pt {size / 1e6:7.1f} MB  "
-            f"notice→S3 {seconds:5.1f} s (watcher poll 1 s)  stopped at step {saved}, steps lost {lost}")
+    return (
+        f"preemption {name:8s} checkpoint {'in S3' if mode == 's3' else 'local→S3':9s} "
+        f"params {params.group(1) if params else '?':>11s}  last.pt {size / 1e6:7.1f} MB  "
+        f"notice→S3 {seconds:5.1f} s (watcher poll 1 s)  stopped at step {saved}, steps lost {lost}"
+    )
 
 
 def main() -> int:
@@ -129,8 +174,14 @@ def main() -> int:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     url = f"http://127.0.0.1:{server._server.server_port}"
-    os.environ.update({"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "bench",
-                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": url,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="bench-preempt")
     try:

@@ -85,12 +85,22 @@ def main() -> int:
 
         base_data = Path(tmp) / "baseline"
         write_synthetic(base_data, n_sessions=45, n_trials=4, seed=0)
-        base = load_train_config(CONFIGS / "rnn_args.yaml", [
-            f"dataset.dataset_dir={base_data}", "dataset.batch_size=4", "dataset.num_dataloader_workers=0",
-            "use_amp=false",
-        ])  # fmt: skip
-        bench("baseline shape (configs/rnn_args.yaml, 45 sessions, batch 4 x ~500 bins)", base, steps=4,
-              warmup=1, bins=500)  # fmt: skip
+        base = load_train_config(
+            CONFIGS / "rnn_args.yaml",
+            [
+                f"dataset.dataset_dir={base_data}",
+                "dataset.batch_size=4",
+                "dataset.num_dataloader_workers=0",
+                "use_amp=false",
+            ],
+        )
+        bench(
+            "baseline shape (configs/rnn_args.yaml, 45 sessions, batch 4 x ~500 bins)",
+            base,
+            steps=4,
+            warmup=1,
+            bins=500,
+        )
     return 0
 
 

@@ -56,9 +56,7 @@ def session(region: str | None = None, profile: str | None = None) -> boto3.Sess
 def region_of(region: str | None = None, profile: str | None = None) -> str:
     resolved = session(region, profile).region_name
     if not resolved:
-        raise ConfigError(
-            "no AWS region set; put `region:` in configs/aws.yaml, or export AWS_REGION"
-        )
+        raise ConfigError("no AWS region set; put `region:` in configs/aws.yaml, or export AWS_REGION")
     return resolved
 
 
@@ -156,8 +154,7 @@ def translate(error: Exception, doing: str) -> AwsError:
     """
     if isinstance(error, botocore.exceptions.NoCredentialsError):
         return AwsError(
-            f"{doing}: no AWS credentials found; run `aws configure` or `aws sso login`, "
-            "or set AWS_PROFILE",
+            f"{doing}: no AWS credentials found; run `aws configure` or `aws sso login`, or set AWS_PROFILE",
             "NoCredentials",
         )
     if isinstance(error, botocore.exceptions.EndpointConnectionError):

@@ -14,5 +14,5 @@ def split_s3(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b/`` → (``bucket``, ``a/b``): the prefix without surrounding slashes."""
     if not is_s3(uri):
         raise ValueError(f"not an s3:// URI: {uri}")
-    bucket, _, prefix = uri[len(SCHEME):].partition("/")
+    bucket, _, prefix = uri[len(SCHEME) :].partition("/")
     return bucket, prefix.strip("/")

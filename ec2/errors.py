@@ -40,9 +40,7 @@ class RemoteCommandFailed(ToolkitError):
 
     def __init__(self, code: int, command: str, stderr: str = ""):
         tail = stderr.strip().splitlines()[-1] if stderr.strip() else ""
-        super().__init__(
-            f"remote command exited {code}: {command}" + (f" ({tail})" if tail else "")
-        )
+        super().__init__(f"remote command exited {code}: {command}" + (f" ({tail})" if tail else ""))
         self.code = code
         self.command = command
         self.stderr = stderr

@@ -161,12 +161,22 @@ def table(rows: list[Row], now: datetime) -> str:
     lines = [HEADER]
     for r in rows:
         i = r.info
-        lines.append((
-            i.name, i.instance_id, i.instance_type, i.zone, i.market, i.state,
-            i.public_ip or i.private_ip or "-",
-            _duration(uptime(i, now)), _money(r.price_now, r.estimate), _money(r.cost_so_far, r.estimate),
-            r.run or "-", f"<- {r.note}" if r.note else "",
-        ))  # fmt: skip
+        lines.append(
+            (
+                i.name,
+                i.instance_id,
+                i.instance_type,
+                i.zone,
+                i.market,
+                i.state,
+                i.public_ip or i.private_ip or "-",
+                _duration(uptime(i, now)),
+                _money(r.price_now, r.estimate),
+                _money(r.cost_so_far, r.estimate),
+                r.run or "-",
+                f"<- {r.note}" if r.note else "",
+            )
+        )
     widths = [max(len(str(line[c])) for line in lines) for c in range(len(HEADER))]
     return "\n".join(
         "  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in lines

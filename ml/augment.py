@@ -104,4 +104,3 @@ def transform_batch(
         kernel = _kernel_on(float(tcfg.smooth_kernel_std), int(tcfg.smooth_kernel_size), x.device, x.dtype)
         x = smooth(x, kernel)
     return x, lengths
-

@@ -118,10 +118,15 @@ def rng_state() -> dict[str, Any]:
     np_name, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": (np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos),
-                  int(np_has_gauss), float(np_cached)),
+        "numpy": (
+            np_name,
+            torch.from_numpy(np_keys.astype(np.int64)),
+            int(np_pos),
+            int(np_has_gauss),
+            float(np_cached),
+        ),
         "python": random.getstate(),
-    }  # fmt: skip
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -202,8 +207,13 @@ def restore(
             set_rng_state(rngs[rank])
         else:  # more ranks than the run that saved it: a fresh but reproducible stream
             torch.manual_seed(seed + rank + int(ckpt["step"]))
-        return ResumePoint(int(ckpt["step"]), ckpt.get("best_per"), ckpt.get("best_loss"),
-                           int(ckpt.get("bad_val_steps", 0)), True)  # fmt: skip
+        return ResumePoint(
+            int(ckpt["step"]),
+            ckpt.get("best_per"),
+            ckpt.get("best_loss"),
+            int(ckpt.get("bad_val_steps", 0)),
+            True,
+        )
     step = int(sched["last_epoch"])
     torch.manual_seed(seed + rank + step)
     per, loss = (None if ckpt.get(k) is None else float(ckpt[k]) for k in ("val_PER", "val_loss"))

@@ -72,9 +72,7 @@ class PerTracker:
         self._day_edits: dict[int, int] = {}
         self._day_length: dict[int, int] = {}
 
-    def add(
-        self, predictions: list[list[int]], labels: list[list[int]], day_indices: Sequence[int]
-    ) -> None:
+    def add(self, predictions: list[list[int]], labels: list[list[int]], day_indices: Sequence[int]) -> None:
         if not len(predictions) == len(labels) == len(day_indices):
             raise ValueError(
                 f"PerTracker.add got {len(predictions)} predictions, {len(labels)} labels and "

@@ -48,8 +48,14 @@ class RunLog:
 
         self._tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=start_step or None)
         if progress_bar:
-            self._bar = tqdm(total=total_steps, initial=start_step, unit="batch", dynamic_ncols=True,
-                             file=sys.stdout, mininterval=1.0)  # fmt: skip
+            self._bar = tqdm(
+                total=total_steps,
+                initial=start_step,
+                unit="batch",
+                dynamic_ncols=True,
+                file=sys.stdout,
+                mininterval=1.0,
+            )
         self.started = time.monotonic()
 
     @staticmethod

@@ -54,9 +54,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     )
 
 
-def lr_factor(
-    step: int, warmup: int, decay_steps: int, min_ratio: float, kind: str = "cosine"
-) -> float:
+def lr_factor(step: int, warmup: int, decay_steps: int, min_ratio: float, kind: str = "cosine") -> float:
     """Multiplier of the peak lr at ``step``: linear warm-up from 0 over ``warmup`` steps, then
     cosine (or linear) decay from 1 to ``min_ratio`` reached at ``decay_steps``, flat after.
 
@@ -86,12 +84,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch
     """
     kind = cfg.lr_scheduler_type
     plain = partial(
-        lr_factor, warmup=cfg.lr_warmup_steps, decay_steps=cfg.lr_decay_steps,
-        min_ratio=_ratio(cfg.lr_min, cfg.lr_max), kind=kind,
+        lr_factor,
+        warmup=cfg.lr_warmup_steps,
+        decay_steps=cfg.lr_decay_steps,
+        min_ratio=_ratio(cfg.lr_min, cfg.lr_max),
+        kind=kind,
     )
     day = partial(
-        lr_factor, warmup=cfg.lr_warmup_steps_day, decay_steps=cfg.lr_decay_steps_day,
-        min_ratio=_ratio(cfg.lr_min_day, cfg.lr_max_day), kind=kind,
+        lr_factor,
+        warmup=cfg.lr_warmup_steps_day,
+        decay_steps=cfg.lr_decay_steps_day,
+        min_ratio=_ratio(cfg.lr_min_day, cfg.lr_max_day),
+        kind=kind,
     )
     lambdas = [day if group.get("name") == "day" else plain for group in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)

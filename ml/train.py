@@ -96,8 +96,10 @@ def train(cfg: TrainConfig) -> int:
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     if is_s3(cfg.output_dir):
-        raise ConfigError("output_dir must be a local folder (logs, metrics); put checkpoints in S3 with "
-                          "checkpoint_dir=s3://bucket/prefix")  # fmt: skip
+        raise ConfigError(
+            "output_dir must be a local folder (logs, metrics); put checkpoints in S3 with "
+            "checkpoint_dir=s3://bucket/prefix"
+        )
     stop = StopFlag().install()
     distributed.init(d, device)
     try:
@@ -152,22 +154,36 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: St
     log.info(f"data: {cfg.dataset.dataset_dir} ({len(cfg.dataset.sessions)} sessions)")
     log.info(f"checkpoints: {store.uri}" + (f" (staged in {store.local_dir})" if store.remote else ""))
     if ckpt is not None:
-        log.info(f"resumed from {resumed_from} at step {start_step}" + ("" if exact else
-                 " (a reference checkpoint: no RNG states saved, so augmentation noise restarts)"))
+        log.info(
+            f"resumed from {resumed_from} at step {start_step}"
+            + (
+                ""
+                if exact
+                else " (a reference checkpoint: no RNG states saved, so augmentation noise restarts)"
+            )
+        )
         if start_step >= total:
-            log.info(f"nothing to train: checkpoint at step {start_step} of num_training_batches={total} "
-                     f"(raise num_training_batches, or remove {store.uri} to start over)")
+            log.info(
+                f"nothing to train: checkpoint at step {start_step} of num_training_batches={total} "
+                f"(raise num_training_batches, or remove {store.uri} to start over)"
+            )
     elif cfg.init_from_checkpoint:
         log.info(f"initialised weights from {cfg.init_checkpoint_path}")
     del ckpt  # its tensors were copied into the model and optimizer
 
     def state_for_saving(step: int) -> dict:
         return {
-            "format": checkpoint.FORMAT, "step": step, "model_state_dict": raw_model.state_dict(),
-            "optimizer_state_dict": optimizer.state_dict(), "scheduler_state_dict": scheduler.state_dict(),
-            "best_per": best_per, "best_loss": best_loss, "bad_val_steps": bad_val_steps,
-            "config": dataclasses.asdict(cfg), "world_size": d.world_size,
-        }  # fmt: skip
+            "format": checkpoint.FORMAT,
+            "step": step,
+            "model_state_dict": raw_model.state_dict(),
+            "optimizer_state_dict": optimizer.state_dict(),
+            "scheduler_state_dict": scheduler.state_dict(),
+            "best_per": best_per,
+            "best_loss": best_loss,
+            "bad_val_steps": bad_val_steps,
+            "config": dataclasses.asdict(cfg),
+            "world_size": d.world_size,
+        }
 
     def save_last(step: int) -> None:
         rngs = distributed.gather(checkpoint.rng_state(), d)  # every rank's stream, for exact resume
@@ -177,14 +193,21 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: St
             store.publish([ARGS, LAST])
 
     def save_reference(name: str, per: float, loss: float) -> None:
-        layout = checkpoint.reference_layout(raw_model.state_dict(), optimizer.state_dict(),
-                                             scheduler.state_dict(), per, loss)  # fmt: skip
+        layout = checkpoint.reference_layout(
+            raw_model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), per, loss
+        )
         checkpoint.save(layout, store.path(name))
 
     def save_best(step: int, per: float, loss: float) -> None:
         # best.pt: weights and metrics only; best_checkpoint (reference layout) has the optimizer too.
-        best = {"format": checkpoint.FORMAT, "step": step, "model_state_dict": raw_model.state_dict(),
-                "val_PER": per, "val_loss": loss, "config": dataclasses.asdict(cfg)}  # fmt: skip
+        best = {
+            "format": checkpoint.FORMAT,
+            "step": step,
+            "model_state_dict": raw_model.state_dict(),
+            "val_PER": per,
+            "val_loss": loss,
+            "config": dataclasses.asdict(cfg),
+        }
         checkpoint.save(best, store.path(BEST))
         save_reference(REFERENCE_BEST, per, loss)
         save_config(cfg, store.path(ARGS))
@@ -262,9 +285,12 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: St
     trained = done - start_step
     elapsed = time.monotonic() - t_start
     if trained:
-        log.info(f"trained {trained} batches in {elapsed:.1f} s ({trained / elapsed:.2f} batches/s, "
-                 f"data wait {100 * data_wait / elapsed:.0f}%); best val PER {best_per:.4f}"
-                 if best_per is not None else f"trained {trained} batches in {elapsed:.1f} s")  # fmt: skip
+        log.info(
+            f"trained {trained} batches in {elapsed:.1f} s ({trained / elapsed:.2f} batches/s, "
+            f"data wait {100 * data_wait / elapsed:.0f}%); best val PER {best_per:.4f}"
+            if best_per is not None
+            else f"trained {trained} batches in {elapsed:.1f} s"
+        )
     log.close()
     if stopped_by is not None:
         if d.is_main:

@@ -80,8 +80,9 @@ def validate(
                 interrupted = True
                 break
             batch = to_device(cpu_batch, device)
-            x, n = transform_batch(batch["input_features"], batch["n_time_steps"],
-                                   cfg.dataset.data_transforms, train=False)  # fmt: skip
+            x, n = transform_batch(
+                batch["input_features"], batch["n_time_steps"], cfg.dataset.data_transforms, train=False
+            )
             with autocast(cfg, device):
                 logits = model(x, batch["day_indices"])
             loss = ctc_loss(logits, batch, n, cfg)

@@ -96,7 +96,9 @@ def plot(curves: Curves, out: Path, title: str) -> None:
         ax_per.annotate(
             f"best {curves.val_per[best] * 100:.1f}% @ {curves.per_step[best]}",
             (curves.per_step[best], curves.val_per[best] * 100),
-            textcoords="offset points", xytext=(0, 10), ha="center",
+            textcoords="offset points",
+            xytext=(0, 10),
+            ha="center",
         )
         ax_per.legend()
     ax_per.set_ylabel("phoneme error rate (%)")

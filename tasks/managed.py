@@ -20,9 +20,24 @@ def _say(line: str) -> None:
 
 @task(iterable=["set_"])
 @edge
-def run(c, name=None, train_config=DEFAULT_TRAIN_CONFIG, args="", run_name="train", data_uri=None,
-        max_recoveries=None, keep=False, poll=30.0, imds_poll=5.0, download_every=600.0,
-        setup_python=None, no_gpu=False, dest=None, config=None, set_=None):
+def run(
+    c,
+    name=None,
+    train_config=DEFAULT_TRAIN_CONFIG,
+    args="",
+    run_name="train",
+    data_uri=None,
+    max_recoveries=None,
+    keep=False,
+    poll=30.0,
+    imds_poll=5.0,
+    download_every=600.0,
+    setup_python=None,
+    no_gpu=False,
+    dest=None,
+    config=None,
+    set_=None,
+):
     """Managed run: launch, setup, sync, train; on interruption relaunch elsewhere and resume; summary."""
     from ml.config import load_train_config
 
@@ -35,18 +50,28 @@ def run(c, name=None, train_config=DEFAULT_TRAIN_CONFIG, args="", run_name="trai
         raise ToolkitError(f"train config {train_config} not found; pass --train-config PATH")
     train_cfg = load_train_config(train_config, overrides)  # a bad key fails here, not on the instance
     if train_cfg.resume not in ("auto",):
-        raise ToolkitError(f"fab run resumes after interruptions and needs resume=auto, not "
-                           f"{train_cfg.resume!r}; drop the resume override")
+        raise ToolkitError(
+            f"fab run resumes after interruptions and needs resume=auto, not "
+            f"{train_cfg.resume!r}; drop the resume override"
+        )
     recoveries = cfg.max_recoveries if max_recoveries is None else int(max_recoveries)
     if recoveries < 0:
         raise ToolkitError("--max-recoveries must be 0 or more")
     plan = Plan(
         command=train_command(cfg.remote_dir, train_config, overrides),
-        run=run_name, env=train_env(cfg.region, data_uri), output_dir=train_cfg.output_dir,
-        checkpoint_dir=train_cfg.checkpoint_dir, signal=TRAINER_SIGNAL, poll_s=float(poll),
-        imds_poll_s=float(imds_poll), download_every_s=float(download_every), max_recoveries=recoveries,
-        keep=bool(keep), setup_python=setup_python, require_gpu=not no_gpu,
-    )  # fmt: skip
+        run=run_name,
+        env=train_env(cfg.region, data_uri),
+        output_dir=train_cfg.output_dir,
+        checkpoint_dir=train_cfg.checkpoint_dir,
+        signal=TRAINER_SIGNAL,
+        poll_s=float(poll),
+        imds_poll_s=float(imds_poll),
+        download_every_s=float(download_every),
+        max_recoveries=recoveries,
+        keep=bool(keep),
+        setup_python=setup_python,
+        require_gpu=not no_gpu,
+    )
     journey = Journey(cfg, name, plan, out=_say, ask=stdin_asker(), outputs=Path(dest) if dest else None)
     try:
         journey.run()

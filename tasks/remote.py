@@ -101,9 +101,14 @@ def adopt(c, name, host, port=22, user="ubuntu", key=None, remote_dir="~/spotrun
     if not key_path.is_file():
         raise ToolkitError(f"key file {key_path} not found; pass --key PATH to the private key for {host}")
     record = registry.MachineRecord(
-        name=name, host=host, port=int(port), user=user, key_path=str(key_path.resolve()),
-        remote_dir=remote_dir, region=cfg.region,
-    )  # fmt: skip
+        name=name,
+        host=host,
+        port=int(port),
+        user=user,
+        key_path=str(key_path.resolve()),
+        remote_dir=remote_dir,
+        region=cfg.region,
+    )
     registry.put(record)
     from ec2.remote import sshconfig
 
@@ -163,14 +168,27 @@ def sync(c, name=None, train_config=DEFAULT_TRAIN_CONFIG, args="", config=None, 
         local = laptop_checkpoint(paths.outputs_dir(m.name), trainer.output_dir, trainer.checkpoint_dir)
         files = restore_checkpoint(m, local, trainer.checkpoint_dir)
         if files is not None:
-            print(f"restored {local}/ to {m.name}:{trainer.checkpoint_dir} ({files} file(s)); "
-                  "`fab train` resumes from it")
+            print(
+                f"restored {local}/ to {m.name}:{trainer.checkpoint_dir} ({files} file(s)); "
+                "`fab train` resumes from it"
+            )
 
 
 @task(iterable=["set_"])
 @edge
-def train(c, name=None, train_config=DEFAULT_TRAIN_CONFIG, args="", cmd=None, run="train", force=False,
-          data_uri=None, no_watch=False, config=None, set_=None):
+def train(
+    c,
+    name=None,
+    train_config=DEFAULT_TRAIN_CONFIG,
+    args="",
+    cmd=None,
+    run="train",
+    force=False,
+    data_uri=None,
+    no_watch=False,
+    config=None,
+    set_=None,
+):
     """Start training (or --cmd) in tmux on the machine; output teed to runs/RUN/log."""
     m = _machine(name, config, set_)
     overrides = shlex.split(args or "")
@@ -181,11 +199,22 @@ def train(c, name=None, train_config=DEFAULT_TRAIN_CONFIG, args="", cmd=None, ru
     else:
         command = train_command(m.record.remote_dir, train_config, overrides)
         output_dir = _local_output_dir(train_config, overrides)
-        watcher_args = ["--signal", TRAINER_SIGNAL,
-                        *checkpoint_watch_args(train_config, overrides, aws_config(config, set_))]
+        watcher_args = [
+            "--signal",
+            TRAINER_SIGNAL,
+            *checkpoint_watch_args(train_config, overrides, aws_config(config, set_)),
+        ]
     env = train_env(_region(m, config, set_), data_uri)
-    rdir = runs.start_run(m, run, command, force=force, env=env, watch=not no_watch,
-                          watcher_args=watcher_args, output_dir=output_dir)
+    rdir = runs.start_run(
+        m,
+        run,
+        command,
+        force=force,
+        env=env,
+        watch=not no_watch,
+        watcher_args=watcher_args,
+        output_dir=output_dir,
+    )
     print(f"started run {run!r} on {m.name} (log: {rdir}/log); follow with `fab logs --name {m.name}`")
 
 

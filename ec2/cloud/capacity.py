@@ -13,16 +13,18 @@ from dataclasses import dataclass
 from common.aws import aws_errors
 
 # The type has no capacity (or is not sold) in that zone right now: try the next choice.
-CAPACITY_CODES = frozenset({
-    "InsufficientInstanceCapacity",
-    "InsufficientCapacity",
-    "InsufficientHostCapacity",
-    "InsufficientReservedInstanceCapacity",
-    "UnfulfillableCapacity",
-    "Unsupported",
-    "SpotCapacityNotAvailable",
-    "InsufficientFreeAddressesInSubnet",
-})
+CAPACITY_CODES = frozenset(
+    {
+        "InsufficientInstanceCapacity",
+        "InsufficientCapacity",
+        "InsufficientHostCapacity",
+        "InsufficientReservedInstanceCapacity",
+        "UnfulfillableCapacity",
+        "Unsupported",
+        "SpotCapacityNotAvailable",
+        "InsufficientFreeAddressesInSubnet",
+    }
+)
 
 # Account- or request-wide: stop, with what to do next.
 QUOTA_NEXT_STEP = {

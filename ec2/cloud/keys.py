@@ -28,11 +28,16 @@ def _pair_exists(ec2, key_name: str) -> bool:
 
 
 def _tags(key_name: str, owner: str) -> list[dict]:
-    return [{"ResourceType": "key-pair", "Tags": [
-        {"Key": "Name", "Value": key_name},
-        {"Key": "spotrun:managed", "Value": "true"},
-        {"Key": "spotrun:owner", "Value": owner},
-    ]}]
+    return [
+        {
+            "ResourceType": "key-pair",
+            "Tags": [
+                {"Key": "Name", "Value": key_name},
+                {"Key": "spotrun:managed", "Value": "true"},
+                {"Key": "spotrun:owner", "Value": owner},
+            ],
+        }
+    ]
 
 
 def ensure_key_pair(ec2, key_name: str, owner: str, import_public_key: str | None = None) -> Path:

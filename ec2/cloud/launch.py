@@ -59,13 +59,22 @@ def run_params(
         "KeyName": cfg.key_name,
         "UserData": build_user_data(cfg.max_hours, cfg.idle_minutes, cfg.ssh_port),
         # IMDSv2 only: a stolen-request SSRF on the instance cannot read its role credentials.
-        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled",
-                            "HttpPutResponseHopLimit": 2},
-        "BlockDeviceMappings": [{
-            "DeviceName": ami.root_device,
-            "Ebs": {"VolumeSize": cfg.root_volume_gb, "VolumeType": "gp3", "Encrypted": True,
-                    "DeleteOnTermination": True},
-        }],
+        "MetadataOptions": {
+            "HttpTokens": "required",
+            "HttpEndpoint": "enabled",
+            "HttpPutResponseHopLimit": 2,
+        },
+        "BlockDeviceMappings": [
+            {
+                "DeviceName": ami.root_device,
+                "Ebs": {
+                    "VolumeSize": cfg.root_volume_gb,
+                    "VolumeType": "gp3",
+                    "Encrypted": True,
+                    "DeleteOnTermination": True,
+                },
+            }
+        ],
         # The max_hours and idle guards end in `shutdown`: that must terminate, not stop (a stopped
         # instance still bills for its volume, and spot one-time requests cannot be restarted).
         "InstanceInitiatedShutdownBehavior": "terminate",
@@ -73,12 +82,16 @@ def run_params(
             {"ResourceType": "instance", "Tags": tags},
             {"ResourceType": "volume", "Tags": tags},
         ],
-    }  # fmt: skip
+    }
     if cfg.subnet_id:
-        params["NetworkInterfaces"] = [{
-            "DeviceIndex": 0, "SubnetId": cfg.subnet_id, "Groups": [group_id],
-            "AssociatePublicIpAddress": cfg.ssh_host == "public-ip",
-        }]  # fmt: skip
+        params["NetworkInterfaces"] = [
+            {
+                "DeviceIndex": 0,
+                "SubnetId": cfg.subnet_id,
+                "Groups": [group_id],
+                "AssociatePublicIpAddress": cfg.ssh_host == "public-ip",
+            }
+        ]
     else:
         params["SecurityGroupIds"] = [group_id]
         params["Placement"] = {"AvailabilityZone": choice.zone}
@@ -187,12 +200,20 @@ def make_record(cfg: AwsConfig, info: instances.InstanceInfo, region: str, key_p
             "ssh_host: private-ip (VPN) or instance-id with an ssh_proxy_command (SSM)"
         )
     return MachineRecord(
-        name=info.name, host=host, user=cfg.ssh_user, port=cfg.ssh_port, key_path=key_path,
-        instance_id=info.instance_id, region=region, instance_type=info.instance_type, zone=info.zone,
-        market=info.market, launched_at=info.launched_at.isoformat() if info.launched_at else None,
+        name=info.name,
+        host=host,
+        user=cfg.ssh_user,
+        port=cfg.ssh_port,
+        key_path=key_path,
+        instance_id=info.instance_id,
+        region=region,
+        instance_type=info.instance_type,
+        zone=info.zone,
+        market=info.market,
+        launched_at=info.launched_at.isoformat() if info.launched_at else None,
         proxy_command=cfg.ssh_proxy_command,
         remote_dir=cfg.remote_dir,
-    )  # fmt: skip
+    )
 
 
 def _bring_up(

@@ -100,11 +100,16 @@ def ensure_group(ec2, cfg, cidr: str, owner: str) -> str:
                 GroupName=cfg.security_group_name,
                 Description="spotrun: SSH from the caller's address only",
                 VpcId=vpc,
-                TagSpecifications=[{"ResourceType": "security-group", "Tags": [
-                    {"Key": "Name", "Value": cfg.security_group_name},
-                    {"Key": "spotrun:managed", "Value": "true"},
-                    {"Key": "spotrun:owner", "Value": owner},
-                ]}],
+                TagSpecifications=[
+                    {
+                        "ResourceType": "security-group",
+                        "Tags": [
+                            {"Key": "Name", "Value": cfg.security_group_name},
+                            {"Key": "spotrun:managed", "Value": "true"},
+                            {"Key": "spotrun:owner", "Value": owner},
+                        ],
+                    }
+                ],
             )["GroupId"]
         print(f"security group: created {cfg.security_group_name} ({group_id}) in {vpc}")
         existing: list[str] = []

@@ -44,7 +44,10 @@ def on_demand_price(instance_type: str) -> float | None:
 
 
 def spot_history(
-    ec2, instance_types: Iterable[str], start: datetime | None = None, end: datetime | None = None,
+    ec2,
+    instance_types: Iterable[str],
+    start: datetime | None = None,
+    end: datetime | None = None,
     zones: Iterable[str] | None = None,
 ) -> dict[tuple[str, str], list[PricePoint]]:
     """Spot price points per (type, zone), oldest first, over [start, end] (AWS includes the price

@@ -38,9 +38,11 @@ class Poll:
 def poll_command(remote_dir: str, run: str) -> str:
     """One SSH round trip: the run state, the watcher's notice and preempted records, the log's tail."""
     rdir = quote_path(runs.run_dir(remote_dir, run))
-    return (f"{runs.state_command(remote_dir, run)}; echo {_MARK}; cat {rdir}/preempted 2>/dev/null; "
-            f"echo {_MARK}; cat {rdir}/notice 2>/dev/null; "
-            f"echo {_MARK}; tail -c 16384 {rdir}/log 2>/dev/null; true")
+    return (
+        f"{runs.state_command(remote_dir, run)}; echo {_MARK}; cat {rdir}/preempted 2>/dev/null; "
+        f"echo {_MARK}; cat {rdir}/notice 2>/dev/null; "
+        f"echo {_MARK}; tail -c 16384 {rdir}/log 2>/dev/null; true"
+    )
 
 
 def parse_poll(text: str) -> Poll:
@@ -82,8 +84,9 @@ class Verdict:
 WATCH = Verdict("watch")
 
 
-def decide(aws_state: str, polled: Poll | None, *, noticed: bool, unreachable_for: float | None,
-           unreachable_s: float) -> Verdict:
+def decide(
+    aws_state: str, polled: Poll | None, *, noticed: bool, unreachable_for: float | None, unreachable_s: float
+) -> Verdict:
     """The verdict on one look at the attempt (`aws_state` is "gone" when AWS no longer lists it)."""
     state = polled.state.state if polled else None
     if state == "finished":
@@ -97,8 +100,12 @@ def decide(aws_state: str, polled: Poll | None, *, noticed: bool, unreachable_fo
         return Verdict("interrupted", "spot interruption notice; checkpoint secured", "preempted")
     if aws_state in GONE_STATES:
         if noticed:
-            return Verdict("interrupted", f"instance {aws_state} after a spot interruption notice",
-                           "preempted", reachable=False)
+            return Verdict(
+                "interrupted",
+                f"instance {aws_state} after a spot interruption notice",
+                "preempted",
+                reachable=False,
+            )
         return Verdict("interrupted", f"instance {aws_state}", "lost", reachable=False)
     if state == "none":
         return Verdict("interrupted", "the run is gone from the instance (rebooted?)", "lost")

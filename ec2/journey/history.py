@@ -100,7 +100,9 @@ def history_path(outputs: Path) -> Path:
 
 def load(path: Path) -> RunHistory:
     data = json.loads(path.read_text())
-    attempts = [Attempt(**{k: v for k, v in a.items() if k in Attempt.__dataclass_fields__})
-                for a in data.pop("attempts", [])]
+    attempts = [
+        Attempt(**{k: v for k, v in a.items() if k in Attempt.__dataclass_fields__})
+        for a in data.pop("attempts", [])
+    ]
     fields = RunHistory.__dataclass_fields__
     return RunHistory(**{k: v for k, v in data.items() if k in fields}, attempts=attempts, path=str(path))

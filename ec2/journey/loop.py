@@ -36,16 +36,25 @@ class GaveUp(ToolkitError):
 
 
 class Journey:
-    def __init__(self, cfg: AwsConfig, name: str, plan: Plan, *, out: Callable[[str], None] = print,
-                 outputs: Path | None = None, ask: Callable[[str], str] | None = None):
+    def __init__(
+        self,
+        cfg: AwsConfig,
+        name: str,
+        plan: Plan,
+        *,
+        out: Callable[[str], None] = print,
+        outputs: Path | None = None,
+        ask: Callable[[str], str] | None = None,
+    ):
         from ec2 import paths
 
         self.cfg, self.name, self.plan, self.out = cfg, name, plan, out
         self.outputs = outputs or paths.outputs_dir(name)
         self.ask = ask
         self.ec2 = None
-        self.h = history.RunHistory(name=name, run=plan.run, command=plan.command,
-                                    path=str(history.history_path(self.outputs)))
+        self.h = history.RunHistory(
+            name=name, run=plan.run, command=plan.command, path=str(history.history_path(self.outputs))
+        )
         self.exclude: set[tuple[str, str]] = set()
         self.machine: Machine | None = None
 
@@ -66,8 +75,14 @@ class Journey:
         attempt.zone, attempt.market = record.zone, record.market
         attempt.launched_at = record.launched_at or history.now_iso()
         attempt.outcome = "running"
-        self.h.event("launched", attempt=attempt.number, instance_id=record.instance_id,
-                     instance_type=record.instance_type, zone=record.zone, market=record.market)
+        self.h.event(
+            "launched",
+            attempt=attempt.number,
+            instance_id=record.instance_id,
+            instance_type=record.instance_type,
+            zone=record.zone,
+            market=record.market,
+        )
         return Machine(record)
 
     def prepare(self, m: Machine, attempt: history.Attempt) -> None:
@@ -125,14 +140,21 @@ class Journey:
                     self.h.event("resumed", attempt=attempt.number, step=at)
                 if polled.notice and not noticed:
                     noticed = True
-                    self.h.event("spot-notice", attempt=attempt.number, **{
-                        k: polled.notice.get(k) for k in ("action", "time")})
+                    self.h.event(
+                        "spot-notice",
+                        attempt=attempt.number,
+                        **{k: polled.notice.get(k) for k in ("action", "time")},
+                    )
             elif unreachable_since is None:
                 unreachable_since = time.monotonic()
             shown = self.show(attempt, aws_state, polled, started, shown)
-            verdict = decide(aws_state, polled, noticed=noticed, unreachable_s=p.unreachable_s,
-                             unreachable_for=None if unreachable_since is None
-                             else time.monotonic() - unreachable_since)
+            verdict = decide(
+                aws_state,
+                polled,
+                noticed=noticed,
+                unreachable_s=p.unreachable_s,
+                unreachable_for=None if unreachable_since is None else time.monotonic() - unreachable_since,
+            )
             if polled is not None and polled.state.state == "finished":
                 attempt.exit_code = polled.state.exit_code
             if verdict.end in ("finished", "failed"):
@@ -142,14 +164,18 @@ class Journey:
                     attempt.seconds_notice_to_safe = (polled.preempted or {}).get("seconds_notice_to_safe")
                 self.interrupted(m, attempt, verdict)
                 return "interrupted"
-            if (polled and p.local_checkpoint(self.outputs) is not None
-                    and time.monotonic() - last_download > p.download_every_s):
+            if (
+                polled
+                and p.local_checkpoint(self.outputs) is not None
+                and time.monotonic() - last_download > p.download_every_s
+            ):
                 self.pull(m, "checkpoints")
                 last_download = time.monotonic()
             time.sleep(p.poll_s)
 
-    def show(self, attempt: history.Attempt, aws_state: str, polled: Poll | None, started: float,
-             shown: str) -> str:
+    def show(
+        self, attempt: history.Attempt, aws_state: str, polled: Poll | None, started: float, shown: str
+    ) -> str:
         """A status line when something changed, not a scroll of repeats; returns the line's state."""
         run_text = str(polled.state) if polled else "unreachable"
         step_text = attempt.last_step if attempt.last_step is not None else "-"
@@ -195,9 +221,14 @@ class Journey:
         while True:
             attempt = history.Attempt(number=len(self.h.attempts) + 1)
             self.h.attempts.append(attempt)
-            self.out(f"attempt {attempt.number}: launching {self.name}"
-                     + (f" (excluding {', '.join(f'{t} in {z}' for t, z in sorted(self.exclude))})"
-                        if self.exclude else ""))
+            self.out(
+                f"attempt {attempt.number}: launching {self.name}"
+                + (
+                    f" (excluding {', '.join(f'{t} in {z}' for t, z in sorted(self.exclude))})"
+                    if self.exclude
+                    else ""
+                )
+            )
             try:
                 m = self.machine = self.provision(attempt)
             except ToolkitError:
@@ -245,8 +276,10 @@ class Journey:
             attempt.outcome = "terminated-by-user"
         else:
             attempt.outcome = "left-running"
-            self.out(f"left {iid} running (the run goes on in tmux). Follow it with "
-                     f"`fab logs --name {m.name}`; terminate it with `fab terminate --name {m.name}`")
+            self.out(
+                f"left {iid} running (the run goes on in tmux). Follow it with "
+                f"`fab logs --name {m.name}`; terminate it with `fab terminate --name {m.name}`"
+            )
         self.h.event("ctrl-c", decision=attempt.outcome)
 
 

@@ -30,7 +30,8 @@ def fetch_cost(ec2, a: Attempt) -> float | None:
     if a.market == "spot" and a.launched_at and a.ended_at and a.instance_type:
         start, end = datetime.fromisoformat(a.launched_at), datetime.fromisoformat(a.ended_at)
         points = pricing.spot_history(ec2, [a.instance_type], start, end, zones=[a.zone]).get(
-            (a.instance_type, a.zone), [])
+            (a.instance_type, a.zone), []
+        )
     return attempt_cost(a, points)
 
 
@@ -57,22 +58,33 @@ def _attempt_row(a: Attempt) -> list[str]:
         what = f"resumed at step {a.resumed_step}, {what}"
     if a.instance_id is None:  # never got an instance: no place, time or cost to show
         return [f"attempt {a.number}", "-", "-", "-", "-", what, "-", "-"]
-    return [f"attempt {a.number}", a.instance_type or "?", a.zone or "?", a.market or "?",
-            a.instance_id, what, duration(a.seconds), money(a.cost_usd)]
+    return [
+        f"attempt {a.number}",
+        a.instance_type or "?",
+        a.zone or "?",
+        a.market or "?",
+        a.instance_id,
+        what,
+        duration(a.seconds),
+        money(a.cost_usd),
+    ]
 
 
 def summary(h: RunHistory) -> str:
     """The end-of-run report: a headline, an aligned row per attempt (instance, outcome, time,
     cost), then the totals and the steps lost to interruptions."""
     instances = len({a.instance_id for a in h.attempts if a.instance_id})
-    lines = [f"run {h.name}: {h.status} after {_count(len(h.attempts), 'attempt')} "
-             f"on {_count(instances, 'instance')}"]
+    lines = [
+        f"run {h.name}: {h.status} after {_count(len(h.attempts), 'attempt')} "
+        f"on {_count(instances, 'instance')}"
+    ]
     rows = [_attempt_row(a) for a in h.attempts]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
     right = {6, 7}  # time and cost line up on the right
     for row in rows:
-        cells = [c.rjust(w) if i in right else c.ljust(w)
-                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
         lines.append("  " + "  ".join(cells))
     used = [a.seconds for a in h.attempts if a.seconds is not None]
     interruptions = sum(1 for a in h.attempts if a.outcome in INTERRUPTED)

@@ -49,8 +49,11 @@ class Plan:
         return laptop_checkpoint(outputs, self.output_dir, self.checkpoint_dir)
 
     def _checkpoint_inside_outputs(self) -> bool:
-        return bool(self.output_dir and self.checkpoint_dir
-                    and self.checkpoint_dir.startswith(self.output_dir.rstrip("/") + "/"))
+        return bool(
+            self.output_dir
+            and self.checkpoint_dir
+            and self.checkpoint_dir.startswith(self.output_dir.rstrip("/") + "/")
+        )
 
 
 def watcher_args(plan: Plan, backup_uri: str | None) -> list[str]:
@@ -69,8 +72,9 @@ def setup_command(remote_dir: str, python: str | None, require_gpu: bool) -> str
     return f"{env}bash {script} {quote_path(remote_dir)}"
 
 
-def provision(cfg: AwsConfig, name: str, exclude: frozenset[tuple[str, str]], out: Say
-              ) -> tuple[MachineRecord, object]:
+def provision(
+    cfg: AwsConfig, name: str, exclude: frozenset[tuple[str, str]], out: Say
+) -> tuple[MachineRecord, object]:
     """Launch the cheapest type/zone with capacity, `exclude`d pairs left out; the record and the
     EC2 client of its region."""
     from ec2.cloud.launch import launch
@@ -85,8 +89,10 @@ def bootstrap(m: Machine, plan: Plan, out: Say) -> None:
     result = m.run(setup_command(m.record.remote_dir, plan.setup_python, plan.require_gpu), check=False)
     if result.code != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise ToolkitError(f"setup failed on {m.name} (exit {result.code}): {' | '.join(tail)}; "
-                           "fix it, then `fab run` again (it resumes from the newest checkpoint)")
+        raise ToolkitError(
+            f"setup failed on {m.name} (exit {result.code}): {' | '.join(tail)}; "
+            "fix it, then `fab run` again (it resumes from the newest checkpoint)"
+        )
     out(f"setup done on {m.name}")
 
 
@@ -101,8 +107,15 @@ def restore(m: Machine, plan: Plan, outputs: Path, out: Say) -> int | None:
 
 
 def start(m: Machine, plan: Plan, backup_uri: str | None, out: Say) -> None:
-    runs.start_run(m, plan.run, plan.command, force=True, env=plan.env,
-                   watcher_args=watcher_args(plan, backup_uri), output_dir=plan.output_dir)
+    runs.start_run(
+        m,
+        plan.run,
+        plan.command,
+        force=True,
+        env=plan.env,
+        watcher_args=watcher_args(plan, backup_uri),
+        output_dir=plan.output_dir,
+    )
     out(f"started run {plan.run!r} on {m.name}")
 
 

@@ -27,7 +27,7 @@ def laptop_checkpoint(outputs: Path, output_dir: str | None, checkpoint_dir: str
     if output_dir:
         base = output_dir.rstrip("/") + "/"
         if checkpoint_dir.startswith(base):
-            return outputs / checkpoint_dir[len(base):]
+            return outputs / checkpoint_dir[len(base) :]
     return outputs / "checkpoint"
 
 

@@ -80,9 +80,10 @@ class Imds:
     def token(self) -> str:
         if self._token is None or time.monotonic() > self._token_expires:
             req = urllib.request.Request(
-                self.base_url + "/latest/api/token", method="PUT",
+                self.base_url + "/latest/api/token",
+                method="PUT",
                 headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_S)},
-            )  # fmt: skip
+            )
             try:
                 with self._open(req) as resp:
                     self._token = resp.read().decode().strip()

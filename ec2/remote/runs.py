@@ -73,8 +73,14 @@ def safe_env(env: dict[str, str] | None) -> dict[str, str]:
     return env
 
 
-def pane_script(remote_dir: str, run: str, command: str, env: dict[str, str] | None = None,
-                watch: bool = True, watcher_args: list[str] | None = None) -> str:
+def pane_script(
+    remote_dir: str,
+    run: str,
+    command: str,
+    env: dict[str, str] | None = None,
+    watch: bool = True,
+    watcher_args: list[str] | None = None,
+) -> str:
     """What runs in the tmux pane: the (wrapped) command, teed to the log, then the exit code."""
     rdir = quote_path(run_dir(remote_dir, run))
     exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in sorted(safe_env(env).items()))
@@ -86,9 +92,17 @@ def pane_script(remote_dir: str, run: str, command: str, env: dict[str, str] | N
     )
 
 
-def start_command(remote_dir: str, run: str, command: str, *, env: dict[str, str] | None = None,
-                  force: bool = False, watch: bool = True, watcher_args: list[str] | None = None,
-                  output_dir: str | None = None) -> str:
+def start_command(
+    remote_dir: str,
+    run: str,
+    command: str,
+    *,
+    env: dict[str, str] | None = None,
+    force: bool = False,
+    watch: bool = True,
+    watcher_args: list[str] | None = None,
+    output_dir: str | None = None,
+) -> str:
     """The remote shell line that starts a run (or exits EXISTS_CODE when one exists).
     `output_dir` (the trainer's, relative to code/) is recorded for `fab download`."""
     session = shlex.quote(session_name(run))
@@ -121,12 +135,28 @@ def start_command(remote_dir: str, run: str, command: str, *, env: dict[str, str
     )
 
 
-def start_run(machine: Machine, run: str, command: str, force: bool = False, *,
-              env: dict[str, str] | None = None, watch: bool = True,
-              watcher_args: list[str] | None = None, output_dir: str | None = None) -> str:
+def start_run(
+    machine: Machine,
+    run: str,
+    command: str,
+    force: bool = False,
+    *,
+    env: dict[str, str] | None = None,
+    watch: bool = True,
+    watcher_args: list[str] | None = None,
+    output_dir: str | None = None,
+) -> str:
     """Start `command` as run `run` on the machine; returns the remote run dir."""
-    line = start_command(machine.record.remote_dir, run, command, env=env, force=force, watch=watch,
-                         watcher_args=watcher_args, output_dir=output_dir)
+    line = start_command(
+        machine.record.remote_dir,
+        run,
+        command,
+        env=env,
+        force=force,
+        watch=watch,
+        watcher_args=watcher_args,
+        output_dir=output_dir,
+    )
     # Not retried: a dropped connection after the start would make the retry refuse the run.
     result = machine.run(line, check=False, retry=False)
     if result.code == EXISTS_CODE:

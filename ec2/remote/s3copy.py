@@ -64,8 +64,11 @@ def _is_partial(name: str) -> bool:
 
 def local_files(folder: Path) -> list[Path]:
     """Complete files, newest first: the checkpoint just written on the notice goes up first."""
-    files = [p for p in folder.rglob("*")
-             if p.is_file() and not any(_is_partial(part) for part in p.relative_to(folder).parts)]
+    files = [
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(_is_partial(part) for part in p.relative_to(folder).parts)
+    ]
     return sorted(files, key=lambda p: (-p.stat().st_mtime, str(p)))
 
 

@@ -99,8 +99,10 @@ class Watcher:
                 log(f"rebalance recommendation: {body.strip()} (no action; still watching)")
         except ImdsUnreachable as e:
             if not self.imds_down:
-                log(f"instance metadata not reachable ({e}); not an EC2 instance? the command runs "
-                    "on without spot-notice handling")
+                log(
+                    f"instance metadata not reachable ({e}); not an EC2 instance? the command runs "
+                    "on without spot-notice handling"
+                )
             self.imds_down = True
             return None
         if self.imds_down:
@@ -110,8 +112,10 @@ class Watcher:
 
     def watch(self) -> int:
         self.start()
-        log(f"watching {self.imds.base_url} every {self.args.poll:g} s for spot notices "
-            f"(command pid {self.child.pid})")
+        log(
+            f"watching {self.imds.base_url} every {self.args.poll:g} s for spot notices "
+            f"(command pid {self.child.pid})"
+        )
         while True:
             notice = self.check()
             if notice is not None:
@@ -130,12 +134,19 @@ class Watcher:
 
     def on_notice(self, notice: Notice) -> int:
         seen = time.time()
-        record = {"action": notice.action, "time": notice.time, "seen_at": seen,
-                  "seconds_left": notice.seconds_left(seen), "raw": notice.raw}
+        record = {
+            "action": notice.action,
+            "time": notice.time,
+            "seen_at": seen,
+            "seconds_left": notice.seconds_left(seen),
+            "raw": notice.raw,
+        }
         atomic_write_json(self.run_dir / "notice", record)
         sig = self.args.signal
-        log(f"spot interruption notice: {notice.action} at {notice.time or '?'}; "
-            f"sending {sig.name} to pid {self.child.pid}")
+        log(
+            f"spot interruption notice: {notice.action} at {notice.time or '?'}; "
+            f"sending {sig.name} to pid {self.child.pid}"
+        )
         signalled = time.time()
         if self.child.poll() is None:
             os.kill(self.child.pid, sig)
@@ -148,11 +159,19 @@ class Watcher:
             log(f"command exited {exit_status(code)} {exited - signalled:.1f} s after {sig.name}")
         checkpoint = self.secure_checkpoint()
         done = time.time()
-        atomic_write_json(self.run_dir / "preempted", {
-            **record, "signal": sig.name, "signalled_at": signalled, "command_exited_at": exited,
-            "command_exit_code": exit_status(code) if code is not None else None,
-            "checkpoint": checkpoint, "done_at": done, "seconds_notice_to_safe": round(done - seen, 3),
-        })  # fmt: skip
+        atomic_write_json(
+            self.run_dir / "preempted",
+            {
+                **record,
+                "signal": sig.name,
+                "signalled_at": signalled,
+                "command_exited_at": exited,
+                "command_exit_code": exit_status(code) if code is not None else None,
+                "checkpoint": checkpoint,
+                "done_at": done,
+                "seconds_notice_to_safe": round(done - seen, 3),
+            },
+        )
         log(f"preempted: checkpoint secured {done - seen:.1f} s after the notice")
         if code is None:
             code = self.child.wait()  # the machine goes away around us; keep the pane honest
@@ -182,10 +201,19 @@ class Watcher:
         except s3copy.CopyError as e:
             log(str(e))
             return {"state": "local", "path": ckpt, "uri": dest, "why": str(e)[:300]}
-        log(f"copied {len(stats.uploaded)} file(s), {stats.bytes_uploaded} bytes to {dest} "
-            f"in {stats.seconds:.1f} s ({len(stats.skipped)} already there)")
-        return {"state": "in_s3", "path": ckpt, "uri": dest, "uploaded": stats.uploaded,
-                "skipped": len(stats.skipped), "bytes": stats.bytes_uploaded, "seconds": stats.seconds}
+        log(
+            f"copied {len(stats.uploaded)} file(s), {stats.bytes_uploaded} bytes to {dest} "
+            f"in {stats.seconds:.1f} s ({len(stats.skipped)} already there)"
+        )
+        return {
+            "state": "in_s3",
+            "path": ckpt,
+            "uri": dest,
+            "uploaded": stats.uploaded,
+            "skipped": len(stats.skipped),
+            "bytes": stats.bytes_uploaded,
+            "seconds": stats.seconds,
+        }
 
     def s3(self):
         """The S3 client of this instance's region (environment first, else the metadata service);
@@ -204,14 +232,22 @@ class Watcher:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ec2.remote.spot_watch", description=__doc__.split("\n\n")[0])
     p.add_argument("--run-dir", required=True, help="where notice and preempted are written")
-    p.add_argument("--signal", type=parse_signal, default=signal.SIGTERM,
-                   help="sent to the command on a notice (USR1 for spotrun's trainer; default TERM)")
+    p.add_argument(
+        "--signal",
+        type=parse_signal,
+        default=signal.SIGTERM,
+        help="sent to the command on a notice (USR1 for spotrun's trainer; default TERM)",
+    )
     p.add_argument("--checkpoint-dir", help="the command's checkpoint folder (local or s3://)")
     p.add_argument("--upload-to", help="s3:// destination for a local checkpoint folder")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between metadata checks")
-    p.add_argument("--grace", type=float, default=None,
-                   help="seconds to wait for the command after the signal (default: until the "
-                        f"notice's deadline less {UPLOAD_RESERVE_S:g} s)")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        help="seconds to wait for the command after the signal (default: until the "
+        f"notice's deadline less {UPLOAD_RESERVE_S:g} s)",
+    )
     p.add_argument("--imds-url", default=None, help="metadata address (default $SPOTRUN_IMDS_URL)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ...")
     args = p.parse_args(argv)

@@ -40,25 +40,37 @@ def ssh_options(
 ) -> list[str]:
     """The SSH options every spotrun connection uses (also passed to rsync via -e)."""
     opts = [
-        "-i", record.key_path,
-        "-p", str(record.port),
-        "-o", f"User={record.user}",
-        "-o", "IdentitiesOnly=yes",
-        "-o", f"UserKnownHostsFile={record.known_hosts}",
-        "-o", "StrictHostKeyChecking=accept-new",
-        "-o", f"ConnectTimeout={connect_timeout}",
-        "-o", "ServerAliveInterval=15",
-        "-o", "ServerAliveCountMax=4",
-    ]  # fmt: skip
+        "-i",
+        record.key_path,
+        "-p",
+        str(record.port),
+        "-o",
+        f"User={record.user}",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        f"UserKnownHostsFile={record.known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=accept-new",
+        "-o",
+        f"ConnectTimeout={connect_timeout}",
+        "-o",
+        "ServerAliveInterval=15",
+        "-o",
+        "ServerAliveCountMax=4",
+    ]
     if record.proxy_command:
         opts += ["-o", f"ProxyCommand={record.proxy_command}"]
     if control:
         # %C: a hash of host, port and user, so the socket path stays short (sun_path ~104 bytes).
         opts += [
-            "-o", "ControlMaster=auto",
-            "-o", f"ControlPath={paths.control_dir() / '%C'}",
-            "-o", f"ControlPersist={CONTROL_PERSIST}",
-        ]  # fmt: skip
+            "-o",
+            "ControlMaster=auto",
+            "-o",
+            f"ControlPath={paths.control_dir() / '%C'}",
+            "-o",
+            f"ControlPersist={CONTROL_PERSIST}",
+        ]
     else:
         opts += ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
     if batch:
@@ -179,9 +191,12 @@ class Machine:
         for attempt in range(len(delays) + 1):
             try:
                 proc = subprocess.run(
-                    self.argv(command), capture_output=True, text=True, timeout=timeout,
+                    self.argv(command),
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
                     stdin=subprocess.DEVNULL,
-                )  # fmt: skip
+                )
             except subprocess.TimeoutExpired:
                 raise ConnectionLost(
                     f"{self.name}: `{command[:80]}` gave no answer within {timeout:g} s; "
@@ -219,4 +234,3 @@ def quote_path(path: str) -> str:
 
 def join_path(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
-

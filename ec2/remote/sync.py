@@ -30,9 +30,19 @@ RETRYABLE = {12, 30, 35, 255}
 # keys, in any folder (no credentials travel to an instance; it uses its IAM instance profile).
 # Folder rules are anchored with `/` where a package may share the name (ml/data/ is code).
 ALWAYS_EXCLUDED = [
-    ".git/", ".venv/", "/data/", "/outputs/", ".rsync-partial/",
-    ".env", ".env.*", ".envrc", ".aws/", ".ssh/", "*.pem", ".netrc",
-]  # fmt: skip
+    ".git/",
+    ".venv/",
+    "/data/",
+    "/outputs/",
+    ".rsync-partial/",
+    ".env",
+    ".env.*",
+    ".envrc",
+    ".aws/",
+    ".ssh/",
+    "*.pem",
+    ".netrc",
+]
 PARTIAL_DIR = ".rsync-partial"
 ATOMIC_TEMP = ".*.tmp"
 # "Some source files vanished": a file removed while rsync ran (the trainer replacing a checkpoint
@@ -63,16 +73,23 @@ def protect_filters(paths: tuple[str, ...] | list[str]) -> list[str]:
     """`--delete` spares these folders of code/ (a run's output and checkpoint dirs, which the
     laptop's tree does not have unless an ignore file happens to name them). Absolute, home and
     s3:// paths lie outside code/ and need nothing."""
-    return [f"--filter=P /{p.strip('/')}/" for p in paths
-            if p and not p.startswith(("/", "~", "s3://")) and p.strip("/") not in ("", ".")]
+    return [
+        f"--filter=P /{p.strip('/')}/"
+        for p in paths
+        if p and not p.startswith(("/", "~", "s3://")) and p.strip("/") not in ("", ".")
+    ]
 
 
-def sync_argv(machine: Machine, local_root: Path, *, tty: bool = False,
-              protect: tuple[str, ...] | list[str] = ()) -> list[str]:
+def sync_argv(
+    machine: Machine, local_root: Path, *, tty: bool = False, protect: tuple[str, ...] | list[str] = ()
+) -> list[str]:
     r = machine.record
     excludes = [f"--exclude={p}" for p in ALWAYS_EXCLUDED]
     return [
-        RSYNC_BIN, "-az", "--delete", f"--partial-dir={PARTIAL_DIR}",
+        RSYNC_BIN,
+        "-az",
+        "--delete",
+        f"--partial-dir={PARTIAL_DIR}",
         *protect_filters(protect),
         *excludes,
         "--filter=:- .gitignore",
@@ -80,23 +97,28 @@ def sync_argv(machine: Machine, local_root: Path, *, tty: bool = False,
         # Make the remote folder in the same connection (older rsyncs lack --mkpath).
         f"--rsync-path=mkdir -p {quote_path(code_dir(r.remote_dir))} && rsync",
         *_progress_flags(tty),
-        "-e", rsync_rsh(r, control=machine.control),
+        "-e",
+        rsync_rsh(r, control=machine.control),
         f"{local_root.resolve()}/",
         rsync_target(r.host, code_dir(r.remote_dir) + "/"),
-    ]  # fmt: skip
+    ]
 
 
 def download_argv(machine: Machine, remote_path: str, dest: Path, *, tty: bool = False) -> list[str]:
     r = machine.record
     return [
-        RSYNC_BIN, "-az", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}/",
+        RSYNC_BIN,
+        "-az",
+        f"--partial-dir={PARTIAL_DIR}",
+        f"--exclude={PARTIAL_DIR}/",
         # A checkpoint being written (common.atomic's temporary file) is not a checkpoint yet.
         f"--exclude={ATOMIC_TEMP}",
         *_progress_flags(tty),
-        "-e", rsync_rsh(r, control=machine.control),
+        "-e",
+        rsync_rsh(r, control=machine.control),
         rsync_target(r.host, remote_path.rstrip("/") + "/"),
         f"{dest}/",
-    ]  # fmt: skip
+    ]
 
 
 _STAT_LINES = {
@@ -141,14 +163,21 @@ def rsync_with_retries(machine: Machine, argv: list[str], what: str, *, echo: bo
             tail = stderr.strip().splitlines()[-1] if stderr.strip() else ""
             raise ToolkitError(f"{what} failed (rsync exit {code}): {tail}; fix the cause above and rerun")
         if attempt < len(delays):
-            print(f"{what}: connection lost (rsync exit {code}); retrying in {delays[attempt]:g} s",
-                  file=sys.stderr)
+            print(
+                f"{what}: connection lost (rsync exit {code}); retrying in {delays[attempt]:g} s",
+                file=sys.stderr,
+            )
             time.sleep(delays[attempt])
     raise machine.lost(what, stderr) if stderr else ConnectionLost(f"{what}: connection lost")
 
 
-def sync_code(machine: Machine, local_root: Path | str = ".", *, echo: bool = False,
-              protect: tuple[str, ...] | list[str] = ()) -> TransferStats:
+def sync_code(
+    machine: Machine,
+    local_root: Path | str = ".",
+    *,
+    echo: bool = False,
+    protect: tuple[str, ...] | list[str] = (),
+) -> TransferStats:
     """Push the project to REMOTE_DIR/code/ (incremental; deletions limited to code/, sparing the
     `protect`ed folders)."""
     local_root = Path(local_root)
@@ -162,13 +191,17 @@ def sync_code(machine: Machine, local_root: Path | str = ".", *, echo: bool = Fa
 def upload_argv(machine: Machine, local_dir: Path, remote_path: str, *, tty: bool = False) -> list[str]:
     r = machine.record
     return [
-        RSYNC_BIN, "-az", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}/",
+        RSYNC_BIN,
+        "-az",
+        f"--partial-dir={PARTIAL_DIR}",
+        f"--exclude={PARTIAL_DIR}/",
         f"--rsync-path=mkdir -p {quote_path(remote_path)} && rsync",
         *_progress_flags(tty),
-        "-e", rsync_rsh(r, control=machine.control),
+        "-e",
+        rsync_rsh(r, control=machine.control),
         f"{Path(local_dir).resolve()}/",
         rsync_target(r.host, remote_path.rstrip("/") + "/"),
-    ]  # fmt: skip
+    ]
 
 
 def upload_dir(
@@ -197,8 +230,12 @@ def remote_output_dir(machine: Machine, run: str) -> str | None:
 
 
 def download_outputs(
-    machine: Machine, run: str = "train", dest: Path | str | None = None, *,
-    output_dir: str | None = None, echo: bool = False,
+    machine: Machine,
+    run: str = "train",
+    dest: Path | str | None = None,
+    *,
+    output_dir: str | None = None,
+    echo: bool = False,
 ) -> dict[str, TransferStats]:
     """Pull the run's output_dir (checkpoints, train.log, metrics.csv, tensorboard, plots) into
     `dest` and the run dir (log, exit_code, command) into `dest/run/`. Only what is new moves."""

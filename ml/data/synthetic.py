@@ -109,7 +109,7 @@ def _session(srng: np.random.Generator, latents: np.ndarray, projection: np.ndar
     shifted[0] = 0.0
     mix = np.eye(N_FEATURES) + srng.normal(0.0, 0.3 / np.sqrt(N_FEATURES), (N_FEATURES, N_FEATURES))
     return _Session(shifted, projection @ mix, srng.uniform(0.6, 1.4, N_FEATURES),
-                    srng.normal(0.0, 0.5, N_FEATURES))  # fmt: skip
+                    srng.normal(0.0, 0.5, N_FEATURES))
 
 
 def _render(rng: np.random.Generator, ids: list[int], mean_hold: np.ndarray, sess: _Session) -> np.ndarray:
@@ -121,7 +121,7 @@ def _render(rng: np.random.Generator, ids: list[int], mean_hold: np.ndarray, ses
     tail = max(tail, need - lead - int(holds.sum()))
     utterance = sess.latents[ids] + rng.normal(0.0, _JITTER, (len(ids), _LATENT))
     latent = np.concatenate([np.zeros((lead, _LATENT)), np.repeat(utterance, holds, axis=0),
-                             np.zeros((tail, _LATENT))])  # fmt: skip
+                             np.zeros((tail, _LATENT))])
     # Coarticulation: each bin blends into its neighbours.
     kernel = np.array([0.1, 0.2, 0.4, 0.2, 0.1])
     latent = np.stack([np.convolve(latent[:, k], kernel, mode="same") for k in range(_LATENT)], axis=1)

@@ -24,7 +24,9 @@ def imported_modules(path: Path) -> set[str]:
 @pytest.mark.parametrize("package", ["ml", "common"])
 def test_trainer_side_never_imports_the_launcher(package):
     offenders = {
-        str(path.relative_to(REPO)): sorted(m for m in imported_modules(path) if m.split(".")[0] in ("ec2", "tasks"))
+        str(path.relative_to(REPO)): sorted(
+            m for m in imported_modules(path) if m.split(".")[0] in ("ec2", "tasks")
+        )
         for path in (REPO / package).rglob("*.py")
     }
     offenders = {k: v for k, v in offenders.items() if v}

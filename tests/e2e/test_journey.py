@@ -20,9 +20,15 @@ from tests.ml.trainkit import TINY_TRAIN
 from tests.peers.sshd import require_binaries
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = [*TINY_TRAIN, "num_training_batches=4", "batches_per_val_step=4", "lr_decay_steps=4",
-        "lr_decay_steps_day=4", "output_dir=trained_models/journey",
-        "checkpoint_dir=trained_models/journey/checkpoint"]
+TINY = [
+    *TINY_TRAIN,
+    "num_training_batches=4",
+    "batches_per_val_step=4",
+    "lr_decay_steps=4",
+    "lr_decay_steps_day=4",
+    "output_dir=trained_models/journey",
+    "checkpoint_dir=trained_models/journey/checkpoint",
+]
 
 
 def test_launch_setup_sync_train_logs_download_terminate(sshd, aws_env, tmp_path, monkeypatch, capfd):
@@ -32,10 +38,15 @@ def test_launch_setup_sync_train_logs_download_terminate(sshd, aws_env, tmp_path
     make_image(ec2, DLAMI_NAME)
     monkeypatch.chdir(REPO)  # setup and sync send the current project
     sets = [
-        "ssh_cidr=203.0.113.7/32", "ami_owners=[self]", "instance_types=[g5.xlarge]", "zones=[us-east-1a]",
-        f"ssh_proxy_command=nc 127.0.0.1 {sshd.port}", f"ssh_user={sshd.user}",
-        f"remote_dir={sshd.root / 'remote'}", "ssh_ready_timeout_s=20",
-    ]  # fmt: skip
+        "ssh_cidr=203.0.113.7/32",
+        "ami_owners=[self]",
+        "instance_types=[g5.xlarge]",
+        "zones=[us-east-1a]",
+        f"ssh_proxy_command=nc 127.0.0.1 {sshd.port}",
+        f"ssh_user={sshd.user}",
+        f"remote_dir={sshd.root / 'remote'}",
+        "ssh_ready_timeout_s=20",
+    ]
     c = Context()
 
     lifecycle.launch(c, name="journey", set_=sets)
@@ -51,8 +62,10 @@ def test_launch_setup_sync_train_logs_download_terminate(sshd, aws_env, tmp_path
     assert "synced to journey: " in capfd.readouterr().out
     m = Machine(record)
     code = runs.code_dir(record.remote_dir)
-    m.run(f"cd {code} && {REPO}/.venv/bin/python scripts/make_synthetic_data.py --out data/synthetic "
-          "--sessions 4 --trials 6")  # fmt: skip
+    m.run(
+        f"cd {code} && {REPO}/.venv/bin/python scripts/make_synthetic_data.py --out data/synthetic "
+        "--sessions 4 --trials 6"
+    )
 
     remote.train(c, name="journey", train_config="configs/demo.yaml", args=" ".join(TINY), set_=sets)
     end = time.monotonic() + 120
@@ -68,8 +81,12 @@ def test_launch_setup_sync_train_logs_download_terminate(sshd, aws_env, tmp_path
     assert (tmp_path / "outputs" / "journey" / "checkpoint" / "last.pt").exists()
 
     lifecycle.terminate(c, name="journey", yes=True, set_=sets)
-    states = [i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
-              if {"Key": "spotrun:name", "Value": "journey"} in i.get("Tags", [])]  # fmt: skip
+    states = [
+        i["State"]["Name"]
+        for r in ec2.describe_instances()["Reservations"]
+        for i in r["Instances"]
+        if {"Key": "spotrun:name", "Value": "journey"} in i.get("Tags", [])
+    ]
     assert states == ["terminated"]
     assert registry.load_all() == {} and sshconfig.entries() == {}
     assert not record.known_hosts.exists()

@@ -37,12 +37,19 @@ def cloud(spot_host, imds, tmp_path, monkeypatch):
     make_image(ec2, DLAMI_NAME)
     boto3.client("s3").create_bucket(Bucket="spot-ckpt")
     cfg = {
-        "region": "us-east-1", "instance_types": ["g4dn.xlarge", "g5.xlarge"], "zones": ["us-east-1a"],
-        "ami_owners": ["self"], "ssh_cidr": "203.0.113.7/32", "ssh_user": spot_host.user,
-        "ssh_proxy_command": f"nc 127.0.0.1 {spot_host.port}", "key_name": "spotrun-test",
-        "import_public_key": f"{spot_host.key_path}.pub", "remote_dir": str(spot_host.root / "remote"),
-        "ssh_ready_timeout_s": 20, "running_timeout_s": 60,
-    }  # fmt: skip
+        "region": "us-east-1",
+        "instance_types": ["g4dn.xlarge", "g5.xlarge"],
+        "zones": ["us-east-1a"],
+        "ami_owners": ["self"],
+        "ssh_cidr": "203.0.113.7/32",
+        "ssh_user": spot_host.user,
+        "ssh_proxy_command": f"nc 127.0.0.1 {spot_host.port}",
+        "key_name": "spotrun-test",
+        "import_public_key": f"{spot_host.key_path}.pub",
+        "remote_dir": str(spot_host.root / "remote"),
+        "ssh_ready_timeout_s": 20,
+        "running_timeout_s": 60,
+    }
     path = tmp_path / "aws.yaml"
     path.write_text(yaml.safe_dump(cfg))
     yield ec2, path
@@ -54,9 +61,19 @@ def start_fab_run(config: Path, dest: Path, args: list[str], **kw) -> tuple[thre
 
     def go():
         try:
-            managed.run(Context(), name="job", config=str(config), train_config="configs/demo.yaml",
-                        args=" ".join(args), poll=0.5, imds_poll=0.2, no_gpu=True, dest=str(dest),
-                        setup_python=str(REPO / ".venv/bin/python"), **kw)
+            managed.run(
+                Context(),
+                name="job",
+                config=str(config),
+                train_config="configs/demo.yaml",
+                args=" ".join(args),
+                poll=0.5,
+                imds_poll=0.2,
+                no_gpu=True,
+                dest=str(dest),
+                setup_python=str(REPO / ".venv/bin/python"),
+                **kw,
+            )
         except Exit as e:
             result["exit"] = e.code
         except BaseException as e:  # noqa: BLE001 - handed to the test thread to fail loudly
@@ -67,21 +84,30 @@ def start_fab_run(config: Path, dest: Path, args: list[str], **kw) -> tuple[thre
     return thread, result
 
 
-
 def live_instances(ec2) -> list[dict]:
-    return [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
-            if i["State"]["Name"] in ("pending", "running")
-            and any(t["Key"] == "spotrun:name" for t in i.get("Tags", []))]
+    return [
+        i
+        for r in ec2.describe_instances()["Reservations"]
+        for i in r["Instances"]
+        if i["State"]["Name"] in ("pending", "running")
+        and any(t["Key"] == "spotrun:name" for t in i.get("Tags", []))
+    ]
 
 
-def test_interrupted_run_relaunches_resumes_and_finishes(cloud, spot_host, imds, tiny_dataset, tmp_path,
-                                                         capfd):
+def test_interrupted_run_relaunches_resumes_and_finishes(
+    cloud, spot_host, imds, tiny_dataset, tmp_path, capfd
+):
     ec2, config = cloud
     dest = tmp_path / "out"
     # Checkpoints on the instance's disk (no S3): the laptop pulls them at the notice and the
     # replacement receives them.
-    args = [*TINY_TRAIN, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=80",
-            "output_dir=trained_models/mr", "checkpoint_dir=trained_models/mr/checkpoint"]
+    args = [
+        *TINY_TRAIN,
+        f"dataset.dataset_dir={tiny_dataset}",
+        "num_training_batches=80",
+        "output_dir=trained_models/mr",
+        "checkpoint_dir=trained_models/mr/checkpoint",
+    ]
     thread, result = start_fab_run(config, dest, args)
     run_dir = spot_host.root / "remote" / "runs" / "train"
     log = run_dir / "log"
@@ -127,15 +153,24 @@ def test_interrupted_run_relaunches_resumes_and_finishes(cloud, spot_host, imds,
 
 
 def launched_ids(ec2) -> set[str]:
-    return {i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
-            if any(t["Key"] == "spotrun:name" for t in i.get("Tags", []))}
+    return {
+        i["InstanceId"]
+        for r in ec2.describe_instances()["Reservations"]
+        for i in r["Instances"]
+        if any(t["Key"] == "spotrun:name" for t in i.get("Tags", []))
+    }
 
 
 def test_failing_command_is_not_relaunched(cloud, tiny_dataset, tmp_path, capfd):
     ec2, config = cloud
     dest = tmp_path / "out"
-    args = [*TINY_TRAIN, f"dataset.dataset_dir={tmp_path}/no-such-data", "num_training_batches=20",
-            "output_dir=trained_models/bad", "checkpoint_dir=trained_models/bad/checkpoint"]
+    args = [
+        *TINY_TRAIN,
+        f"dataset.dataset_dir={tmp_path}/no-such-data",
+        "num_training_batches=20",
+        "output_dir=trained_models/bad",
+        "checkpoint_dir=trained_models/bad/checkpoint",
+    ]
     thread, result = start_fab_run(config, dest, args)
     thread.join(timeout=90)
     captured = capfd.readouterr()
@@ -171,20 +206,32 @@ def checkpoint_step(path: Path) -> int:
 
 
 def test_vanished_instance_resumes_from_the_last_periodic_download_and_max_recoveries_holds(
-        cloud, spot_host, tiny_dataset, tmp_path, capfd):
+    cloud, spot_host, tiny_dataset, tmp_path, capfd
+):
     """Checkpoints on the instance's disk, no S3, and no notice: the instance just vanishes. Only
     `--download-every` has put a checkpoint on the laptop; the replacement must resume from it."""
 
     ec2, config = cloud
     dest = tmp_path / "out"
-    args = [*TINY_TRAIN, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000",
-            "batches_per_save=3", "output_dir=trained_models/pd",
-            "checkpoint_dir=trained_models/pd/checkpoint"]
+    args = [
+        *TINY_TRAIN,
+        f"dataset.dataset_dir={tiny_dataset}",
+        "num_training_batches=5000",
+        "batches_per_save=3",
+        "output_dir=trained_models/pd",
+        "checkpoint_dir=trained_models/pd/checkpoint",
+    ]
     thread, result = start_fab_run(config, dest, args, max_recoveries=1, download_every=1)
     events = lambda: json.loads((dest / "run.json").read_text())["events"]  # noqa: E731
     local_ckpt = dest / "checkpoint" / "last.pt"
-    wait_until(lambda: local_ckpt.exists() and any(e["event"] == "downloaded" and e["what"] == "checkpoints"
-                                                   for e in events()), 90, "a periodic checkpoint download")
+    wait_until(
+        lambda: (
+            local_ckpt.exists()
+            and any(e["event"] == "downloaded" and e["what"] == "checkpoints" for e in events())
+        ),
+        90,
+        "a periodic checkpoint download",
+    )
     (first,) = live_instances(ec2)
 
     # The machine dies at once: its processes go (the trainer has no time to save), AWS lists it
@@ -221,18 +268,43 @@ def test_vanished_instance_resumes_from_the_last_periodic_download_and_max_recov
 # A suite started in the background by a non-interactive shell (`make test &`, nohup, some CI
 # runners) inherits SIGINT *ignored*, and so would `fab`: Ctrl-C never arrives and the test waits
 # out its timeout. That is what failed under load once. Reset SIGINT to its default before exec.
-DEFAULT_SIGINT = ["-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-                        "os.execv(sys.argv[1], sys.argv[1:])"]
+DEFAULT_SIGINT = [
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
 
 
 def fab_run_process(config: Path, dest: Path, args: list[str], stdin) -> subprocess.Popen:
     """`fab run` as the user starts it, from a shell: its own process, SIGINT at its default."""
     return subprocess.Popen(
-        [sys.executable, *DEFAULT_SIGINT, str(REPO / ".venv/bin/fab"), "run", "--name", "job",
-         "--config", str(config), "--train-config", "configs/demo.yaml", "--args", " ".join(args),
-         "--poll", "0.5", "--no-gpu", "--setup-python", str(REPO / ".venv/bin/python"), "--dest", str(dest)],
-        cwd=REPO, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            *DEFAULT_SIGINT,
+            str(REPO / ".venv/bin/fab"),
+            "run",
+            "--name",
+            "job",
+            "--config",
+            str(config),
+            "--train-config",
+            "configs/demo.yaml",
+            "--args",
+            " ".join(args),
+            "--poll",
+            "0.5",
+            "--no-gpu",
+            "--setup-python",
+            str(REPO / ".venv/bin/python"),
+            "--dest",
+            str(dest),
+        ],
+        cwd=REPO,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def ctrl_c_once_watching(proc: subprocess.Popen, spot_host) -> tuple[str, str]:
@@ -253,11 +325,17 @@ def ctrl_c_once_watching(proc: subprocess.Popen, spot_host) -> tuple[str, str]:
             proc.communicate()
 
 
-def test_ctrl_c_without_a_terminal_leaves_the_instance_and_says_how_to_stop_it(cloud, spot_host, tiny_dataset,
-                                                                              tmp_path):
+def test_ctrl_c_without_a_terminal_leaves_the_instance_and_says_how_to_stop_it(
+    cloud, spot_host, tiny_dataset, tmp_path
+):
     ec2, config = cloud
-    args = [*TINY_TRAIN, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000",
-            "output_dir=trained_models/cc", "checkpoint_dir=s3://spot-ckpt/cc/checkpoint"]
+    args = [
+        *TINY_TRAIN,
+        f"dataset.dataset_dir={tiny_dataset}",
+        "num_training_batches=5000",
+        "output_dir=trained_models/cc",
+        "checkpoint_dir=s3://spot-ckpt/cc/checkpoint",
+    ]
     proc = fab_run_process(config, tmp_path / "out", args, stdin=subprocess.DEVNULL)
     out, err = ctrl_c_once_watching(proc, spot_host)
     assert proc.returncode == 130, out[-2000:] + err[-2000:]
@@ -274,8 +352,13 @@ def test_ctrl_c_at_a_terminal_asks_and_terminates_on_t(cloud, spot_host, tiny_da
     import pty
 
     ec2, config = cloud
-    args = [*TINY_TRAIN, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000",
-            "output_dir=trained_models/ct", "checkpoint_dir=s3://spot-ckpt/ct/checkpoint"]
+    args = [
+        *TINY_TRAIN,
+        f"dataset.dataset_dir={tiny_dataset}",
+        "num_training_batches=5000",
+        "output_dir=trained_models/ct",
+        "checkpoint_dir=s3://spot-ckpt/ct/checkpoint",
+    ]
     terminal, user_side = pty.openpty()  # stdin is a terminal: fab may ask
     try:
         proc = fab_run_process(config, tmp_path / "out", args, stdin=user_side)

@@ -17,12 +17,14 @@ from ec2.remote import runs
 def test_poll_is_one_command_and_parses_each_part():
     line = poll_command("~/spotrun", "train")
     assert line.count("@@spotrun@@") == 3 and '"$HOME"/spotrun/runs/train/preempted' in line
-    text = ('preempted\n@@spotrun@@\n{"seconds_notice_to_safe": 2.5}\n@@spotrun@@\n{"action": "terminate"}\n'
-            "@@spotrun@@\nTrain batch 11: loss 3\nstopped by SIGUSR1 at step 12; checkpoint saved\n")
+    text = (
+        'preempted\n@@spotrun@@\n{"seconds_notice_to_safe": 2.5}\n@@spotrun@@\n{"action": "terminate"}\n'
+        "@@spotrun@@\nTrain batch 11: loss 3\nstopped by SIGUSR1 at step 12; checkpoint saved\n"
+    )
     polled = parse_poll(text)
     assert str(polled.state) == "preempted" and polled.preempted == {"seconds_notice_to_safe": 2.5}
     assert polled.notice == {"action": "terminate"} and last_step(polled.log_tail) == 12
-    half_written = parse_poll("running\n@@spotrun@@\n{\"sec\n@@spotrun@@\n@@spotrun@@\n")
+    half_written = parse_poll('running\n@@spotrun@@\n{"sec\n@@spotrun@@\n@@spotrun@@\n')
     assert half_written.preempted is None and half_written.notice is None
 
 
@@ -35,22 +37,52 @@ def test_steps_from_the_log():
 def test_watcher_args_and_setup_command():
     plan = Plan(command="x", checkpoint_dir="trained_models/x/checkpoint", imds_poll_s=5)
     assert watcher_args(plan, "s3://b/backup") == [
-        "--signal", "USR1", "--poll", "5", "--checkpoint-dir", "trained_models/x/checkpoint",
-        "--upload-to", "s3://b/backup"]  # fmt: skip
+        "--signal",
+        "USR1",
+        "--poll",
+        "5",
+        "--checkpoint-dir",
+        "trained_models/x/checkpoint",
+        "--upload-to",
+        "s3://b/backup",
+    ]
     s3_plan = Plan(command="x", checkpoint_dir="s3://b/ckpt")
     assert "--upload-to" not in watcher_args(s3_plan, "s3://b/backup")
     assert setup_command("~/spotrun", None, False) == (
-        'SPOTRUN_REQUIRE_GPU=0 bash "$HOME"/spotrun/code/scripts/setup_instance.sh "$HOME"/spotrun')
+        'SPOTRUN_REQUIRE_GPU=0 bash "$HOME"/spotrun/code/scripts/setup_instance.sh "$HOME"/spotrun'
+    )
 
 
 def test_history_is_rewritten_whole_after_each_event(tmp_path):
     h = history.RunHistory(name="job", command="python -m ml.train", path=str(tmp_path / "run.json"))
-    h.attempts.append(history.Attempt(1, "i-1", "g5.xlarge", "us-east-1a", "spot",
-                                      "2026-01-01T00:00:00+00:00", "2026-01-01T00:30:00+00:00",
-                                      "preempted", last_step=1210, cost_usd=0.25))
-    h.attempts.append(history.Attempt(2, "i-2", "g6.xlarge", "us-east-1b", "spot",
-                                      "2026-01-01T00:32:00+00:00", "2026-01-01T01:32:00+00:00",
-                                      "finished", resumed_step=1200, cost_usd=0.4))
+    h.attempts.append(
+        history.Attempt(
+            1,
+            "i-1",
+            "g5.xlarge",
+            "us-east-1a",
+            "spot",
+            "2026-01-01T00:00:00+00:00",
+            "2026-01-01T00:30:00+00:00",
+            "preempted",
+            last_step=1210,
+            cost_usd=0.25,
+        )
+    )
+    h.attempts.append(
+        history.Attempt(
+            2,
+            "i-2",
+            "g6.xlarge",
+            "us-east-1b",
+            "spot",
+            "2026-01-01T00:32:00+00:00",
+            "2026-01-01T01:32:00+00:00",
+            "finished",
+            resumed_step=1200,
+            cost_usd=0.4,
+        )
+    )
     h.status = "finished"
     h.event("finished")
     data = json.loads((tmp_path / "run.json").read_text())
@@ -60,12 +92,26 @@ def test_history_is_rewritten_whole_after_each_event(tmp_path):
     h.started_at, h.finished_at = "2026-01-01T00:00:00+00:00", "2026-01-01T01:33:00+00:00"
     lines = report.summary(h).splitlines()
     assert lines[0] == "run job: finished after 2 attempts on 2 instances"
-    assert lines[1].split() == ["attempt", "1", "g5.xlarge", "us-east-1a", "spot", "i-1", "preempted", "at",
-                                "step", "1210", "30m00s", "$0.2500"]
+    assert lines[1].split() == [
+        "attempt",
+        "1",
+        "g5.xlarge",
+        "us-east-1a",
+        "spot",
+        "i-1",
+        "preempted",
+        "at",
+        "step",
+        "1210",
+        "30m00s",
+        "$0.2500",
+    ]
     assert "resumed at step 1200, finished" in lines[2] and lines[2].endswith("1h00m00s  $0.4000")
     assert len(lines[1]) == len(lines[2])  # the columns line up
-    assert lines[3] == ("  total $0.6500 for 1h30m00s of instance time (1h33m00s wall clock); "
-                        "1 interruption, steps lost to interruptions 10")
+    assert lines[3] == (
+        "  total $0.6500 for 1h30m00s of instance time (1h33m00s wall clock); "
+        "1 interruption, steps lost to interruptions 10"
+    )
     assert not list(tmp_path.glob(".run.json.*"))  # no temporary files left behind
 
 
@@ -81,7 +127,8 @@ def test_verdicts_on_each_kind_of_end():
     assert failed.end == "failed" and "exit 3" in failed.why
     # Stopped resumably with no notice (a TERM from elsewhere): relaunch, recorded as lost.
     assert decide("running", _poll("finished", 75), **look) == Verdict(
-        "interrupted", "the command stopped resumably (exit 75)", "lost")
+        "interrupted", "the command stopped resumably (exit 75)", "lost"
+    )
     assert decide("running", _poll("preempted"), **look).outcome == "preempted"
     # The instance vanished: nothing can be pulled from it.
     for state in ("shutting-down", "terminated", "stopped", "gone"):
@@ -99,15 +146,24 @@ def test_verdicts_on_each_kind_of_end():
 
 def test_attempt_cost_integrates_a_seeded_spot_history_else_the_on_demand_price():
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    a = history.Attempt(1, "i-1", "g4dn.xlarge", "us-east-1a", "spot", t0.isoformat(),
-                        (t0 + timedelta(minutes=30)).isoformat(), "preempted")
+    a = history.Attempt(
+        1,
+        "i-1",
+        "g4dn.xlarge",
+        "us-east-1a",
+        "spot",
+        t0.isoformat(),
+        (t0 + timedelta(minutes=30)).isoformat(),
+        "preempted",
+    )
     # $0.20/h in effect at launch, $0.30/h from minute 10: 10 min at 0.20 + 20 min at 0.30.
     points = [(t0 - timedelta(hours=1), 0.20), (t0 + timedelta(minutes=10), 0.30)]
     assert report.attempt_cost(a, points) == pytest.approx(0.20 / 6 + 0.30 / 3)
     # No spot history came back: the on-demand list price is the honest upper bound.
     assert report.attempt_cost(a, []) == pytest.approx(0.526 / 2)
-    unknown = history.Attempt(2, "i-2", "x9.huge", "us-east-1a", "spot", t0.isoformat(),
-                              (t0 + timedelta(minutes=30)).isoformat())
+    unknown = history.Attempt(
+        2, "i-2", "x9.huge", "us-east-1a", "spot", t0.isoformat(), (t0 + timedelta(minutes=30)).isoformat()
+    )
     assert report.attempt_cost(unknown, []) is None
     assert report.attempt_cost(history.Attempt(3, instance_type="g5.xlarge"), points) is None
 
@@ -118,8 +174,17 @@ def test_summary_of_a_seeded_spot_run_names_each_cost_and_the_total():
     h = history.RunHistory(name="job", status="gave-up")
     for n, (start, end) in enumerate([(0, 30), (35, 50)], 1):
         at = [(t0 + timedelta(minutes=m)).isoformat() for m in (start, end)]
-        a = history.Attempt(n, f"i-{n}", "g4dn.xlarge", "us-east-1a", "spot", *at, "lost",
-                            last_step=100 * n, resumed_step=90 if n == 2 else None)
+        a = history.Attempt(
+            n,
+            f"i-{n}",
+            "g4dn.xlarge",
+            "us-east-1a",
+            "spot",
+            *at,
+            "lost",
+            last_step=100 * n,
+            resumed_step=90 if n == 2 else None,
+        )
         a.cost_usd = report.attempt_cost(a, points)
         h.attempts.append(a)
     text = report.summary(h)

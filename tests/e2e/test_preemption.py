@@ -23,17 +23,22 @@ from tests.peers.imds import wait_until
 REPO = Path(__file__).resolve().parents[2]
 
 
-
-def test_notice_puts_checkpoint_in_s3_and_run_state_says_preempted(spot_host, imds, tiny_dataset, monkeypatch,
-                                                                    capfd):
+def test_notice_puts_checkpoint_in_s3_and_run_state_says_preempted(
+    spot_host, imds, tiny_dataset, monkeypatch, capfd
+):
     monkeypatch.chdir(REPO)  # `fab setup` syncs the current project
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="spot-ckpt")
     m = Machine(spot_host.record(name="box"))
     c = Context()
     t.setup(c, name="box", python=str(REPO / ".venv/bin/python"), no_gpu=True)
-    args = [*TINY_TRAIN, f"dataset.dataset_dir={tiny_dataset}", "num_training_batches=5000",
-            "output_dir=trained_models/pre", "checkpoint_dir=s3://spot-ckpt/box/checkpoint"]
+    args = [
+        *TINY_TRAIN,
+        f"dataset.dataset_dir={tiny_dataset}",
+        "num_training_batches=5000",
+        "output_dir=trained_models/pre",
+        "checkpoint_dir=s3://spot-ckpt/box/checkpoint",
+    ]
     t.train(c, name="box", train_config="configs/demo.yaml", args=" ".join(args))
     log = Path(runs.run_dir(m.record.remote_dir, "train")) / "log"
     wait_until(lambda: log.exists() and "Train batch 3:" in log.read_text(), 60, "training to start")
@@ -48,8 +53,11 @@ def test_notice_puts_checkpoint_in_s3_and_run_state_says_preempted(spot_host, im
     assert str(runs.run_state(m, "train")) == "preempted"
     record = json.loads(preempted.read_text())
     assert record["command_exit_code"] == 75 and record["signal"] == "SIGUSR1"
-    assert record["checkpoint"] == {"state": "in_s3", "uri": "s3://spot-ckpt/box/checkpoint",
-                                    "objects": record["checkpoint"]["objects"]}
+    assert record["checkpoint"] == {
+        "state": "in_s3",
+        "uri": "s3://spot-ckpt/box/checkpoint",
+        "objects": record["checkpoint"]["objects"],
+    }
     stopped = re.search(r"stopped by \S+ at step (\d+)", log.read_text())
     assert stopped, log.read_text()[-2000:]
     body = s3.get_object(Bucket="spot-ckpt", Key="box/checkpoint/last.pt")["Body"].read()

@@ -51,8 +51,14 @@ def test_ssh_config_written_and_removed(home):
     user_config = home / ".ssh" / "config"
     user_config.parent.mkdir()
     user_config.write_text("Host lab\n    HostName lab.example\n")
-    rec = registry.MachineRecord(name="exp1", host="198.51.100.5", user="ubuntu", key_path="/k/spot run.pem",
-                                 instance_id="i-1", proxy_command="nc 127.0.0.1 %p")  # fmt: skip
+    rec = registry.MachineRecord(
+        name="exp1",
+        host="198.51.100.5",
+        user="ubuntu",
+        key_path="/k/spot run.pem",
+        instance_id="i-1",
+        proxy_command="nc 127.0.0.1 %p",
+    )
     sshconfig.write_entry(rec)
     sshconfig.write_entry(registry.MachineRecord(name="exp2", host="198.51.100.6", key_path="/k/a.pem"))
     sshconfig.write_entry(rec)  # idempotent: replaced, not duplicated
@@ -64,9 +70,16 @@ def test_ssh_config_written_and_removed(home):
         and stat.S_IMODE((home / ".ssh/config.d/spotrun").stat().st_mode) == 0o600
     )
     block = sshconfig.entries()["spotrun-exp1"]
-    for line in ("HostName 198.51.100.5", "User ubuntu", "Port 22", 'IdentityFile "/k/spot run.pem"',
-                 "IdentitiesOnly yes", f"UserKnownHostsFile {rec.known_hosts}",
-                 "StrictHostKeyChecking accept-new", "ProxyCommand nc 127.0.0.1 %p"):  # fmt: skip
+    for line in (
+        "HostName 198.51.100.5",
+        "User ubuntu",
+        "Port 22",
+        'IdentityFile "/k/spot run.pem"',
+        "IdentitiesOnly yes",
+        f"UserKnownHostsFile {rec.known_hosts}",
+        "StrictHostKeyChecking accept-new",
+        "ProxyCommand nc 127.0.0.1 %p",
+    ):
         assert f"    {line}\n" in block
     assert sshconfig.remove_entry("exp1") and not sshconfig.remove_entry("exp1")
     assert list(sshconfig.entries()) == ["spotrun-exp2"]
@@ -77,8 +90,11 @@ def test_ami_ssm_path_with_a_stubbed_client(ec2_client):
     ssm = boto3.client("ssm", region_name="us-east-1")
     cfg = config()
     with Stubber(ssm) as stub:
-        stub.add_response("get_parameter", {"Parameter": {"Value": image_id}},
-                          {"Name": ssm_parameter("x86_64", cfg.ami_flavour)})  # fmt: skip
+        stub.add_response(
+            "get_parameter",
+            {"Parameter": {"Value": image_id}},
+            {"Name": ssm_parameter("x86_64", cfg.ami_flavour)},
+        )
         ami = resolve_ami(cfg, ec2_client, ssm)
     assert (ami.image_id, ami.name, ami.root_device) == (image_id, DLAMI_NAME, "/dev/sda1")
     assert ami.reason == f"latest via SSM {ssm_parameter('x86_64', cfg.ami_flavour)}"
@@ -103,10 +119,19 @@ def test_plan_orders_by_spot_price_then_type_order():
     spot = plan(["g5.xlarge", "g4dn.xlarge"], offered, prices, on_demand, "spot")
     # Tie at 0.30 keeps the configured type order; the pair with no price goes last.
     assert [(c.instance_type, c.zone) for c in spot] == [
-        ("g5.xlarge", "a"), ("g4dn.xlarge", "a"), ("g5.xlarge", "b"), ("g4dn.xlarge", "b"),
-    ]  # fmt: skip
-    both = plan(["g5.xlarge", "g4dn.xlarge"], offered, prices, on_demand, "spot-then-on-demand",
-                exclude={("g5.xlarge", "a")})  # fmt: skip
+        ("g5.xlarge", "a"),
+        ("g4dn.xlarge", "a"),
+        ("g5.xlarge", "b"),
+        ("g4dn.xlarge", "b"),
+    ]
+    both = plan(
+        ["g5.xlarge", "g4dn.xlarge"],
+        offered,
+        prices,
+        on_demand,
+        "spot-then-on-demand",
+        exclude={("g5.xlarge", "a")},
+    )
     assert [c.market for c in both] == ["spot"] * 3 + ["on-demand"] * 3
     assert ("g5.xlarge", "a") not in {(c.instance_type, c.zone) for c in both}
 

@@ -34,9 +34,14 @@ def test_happy_path_sets_everything(home, ec2_client, dlami, capsys):
     iam = boto3.client("iam", region_name="us-east-1")
     profile_arn = iam.create_instance_profile(InstanceProfileName="spotrun-s3")["InstanceProfile"]["Arn"]
     cfg = config(
-        "instance_types=[g5.xlarge]", "zones=[us-east-1b]", "root_volume_gb=123", "max_hours=2",
-        "idle_minutes=15", "iam_instance_profile=spotrun-s3", "tags={team: bci}",
-    )  # fmt: skip
+        "instance_types=[g5.xlarge]",
+        "zones=[us-east-1b]",
+        "root_volume_gb=123",
+        "max_hours=2",
+        "idle_minutes=15",
+        "iam_instance_profile=spotrun-s3",
+        "tags={team: bci}",
+    )
     record = launch(cfg, "exp1", wait_ssh=False)
     out = capsys.readouterr().out
     assert f"AMI: {dlami}" in out and "newest matching image by describe_images" in out
@@ -182,8 +187,11 @@ def test_ssh_port_is_the_one_opened_and_watched(home, ec2_client, dlami):
     record = launch(config("ssh_port=2222", "instance_types=[g5.xlarge]"), "exp1", wait_ssh=False)
     raw = _only_instance(ec2_client)
     group = ec2_client.describe_security_groups(GroupIds=[raw["SecurityGroups"][0]["GroupId"]])
-    ranges = [(p["FromPort"], p["ToPort"], r["CidrIp"])
-              for p in group["SecurityGroups"][0]["IpPermissions"] for r in p["IpRanges"]]  # fmt: skip
+    ranges = [
+        (p["FromPort"], p["ToPort"], r["CidrIp"])
+        for p in group["SecurityGroups"][0]["IpPermissions"]
+        for r in p["IpRanges"]
+    ]
     assert ranges == [(2222, 2222, "203.0.113.7/32")] and record.port == 2222
     script = base64.b64decode(
         ec2_client.describe_instance_attribute(InstanceId=raw["InstanceId"], Attribute="userData")[

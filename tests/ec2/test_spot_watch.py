@@ -47,8 +47,21 @@ sys.exit(int(os.environ.get("STANDIN_EXIT", "0")))
 def watcher(tmp_path: Path, imds_url: str, *args: str, steps: int = 400, env: dict | None = None):
     script = tmp_path / "standin.py"
     script.write_text(STANDIN)
-    argv = [sys.executable, "-m", "ec2.remote.spot_watch", "--run-dir", str(tmp_path / "run"), "--poll", "0.2",
-            *args, "--", sys.executable, str(script), str(tmp_path / "ckpt"), str(steps)]
+    argv = [
+        sys.executable,
+        "-m",
+        "ec2.remote.spot_watch",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--poll",
+        "0.2",
+        *args,
+        "--",
+        sys.executable,
+        str(script),
+        str(tmp_path / "ckpt"),
+        str(steps),
+    ]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "SPOTRUN_IMDS_URL": imds_url, **(env or {})}
     return subprocess.Popen(
         argv, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -88,8 +101,16 @@ def test_notice_checkpoints_copies_to_s3_and_records_preempted(imds, aws_env, tm
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.yaml").write_text("lr: 1\n")
     s3.upload_file(str(tmp_path / "ckpt" / "config.yaml"), "ckpt-bucket", "runs/a/config.yaml")
-    proc = watcher(tmp_path, imds.url, "--signal", "USR1", "--checkpoint-dir", str(tmp_path / "ckpt"),
-                   "--upload-to", "s3://ckpt-bucket/runs/a")
+    proc = watcher(
+        tmp_path,
+        imds.url,
+        "--signal",
+        "USR1",
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        "--upload-to",
+        "s3://ckpt-bucket/runs/a",
+    )
     time.sleep(1.0)
     imds.mark_rebalance()
     time.sleep(0.5)
@@ -110,8 +131,18 @@ def test_notice_checkpoints_copies_to_s3_and_records_preempted(imds, aws_env, tm
 
 
 def test_command_ignoring_the_signal_is_bounded_by_grace(imds, tmp_path):
-    proc = watcher(tmp_path, imds.url, "--signal", "USR1", "--grace", "0.5", "--checkpoint-dir",
-                   str(tmp_path / "ckpt"), steps=60, env={"STANDIN_IGNORE": "1"})
+    proc = watcher(
+        tmp_path,
+        imds.url,
+        "--signal",
+        "USR1",
+        "--grace",
+        "0.5",
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        steps=60,
+        env={"STANDIN_IGNORE": "1"},
+    )
     time.sleep(0.5)
     imds.mark_interruption()
     wait_for(tmp_path / "run" / "preempted")
@@ -164,8 +195,15 @@ def test_multipart_etag_is_recomputed(aws_env, tmp_path):
 
 
 def test_signal_is_configurable_and_defaults_to_term(imds, tmp_path):
-    proc = watcher(tmp_path, imds.url, "--signal", "TERM", "--checkpoint-dir", str(tmp_path / "ckpt"),
-                   env={"STANDIN_SIGNAL": "TERM"})
+    proc = watcher(
+        tmp_path,
+        imds.url,
+        "--signal",
+        "TERM",
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        env={"STANDIN_SIGNAL": "TERM"},
+    )
     time.sleep(0.5)
     imds.mark_interruption()
     out, err = proc.communicate(timeout=30)
@@ -199,6 +237,7 @@ def test_wait_after_the_signal_runs_to_the_notice_time_less_the_upload_reserve()
     # No usable time in the notice: AWS's two minutes.
     assert w.deadline_wait(Notice("terminate", "", "{}")) == spot_watch.NOTICE_LEAD_S - reserve
     # --grace overrides the deadline.
-    graced = spot_watch.Watcher(spot_watch.parse_args(["--run-dir", "r", "--grace", "7", "--", "x"]),
-                                imds=object())
+    graced = spot_watch.Watcher(
+        spot_watch.parse_args(["--run-dir", "r", "--grace", "7", "--", "x"]), imds=object()
+    )
     assert graced.deadline_wait(notice_in(120)) == 7

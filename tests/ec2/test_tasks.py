@@ -32,8 +32,11 @@ def test_status_orphans_and_missing_entries(home, ec2_client, dlami, capsys):
     # exp2's local entry is lost (another laptop launched it, or the registry was deleted) ...
     registry.remove("exp2")
     # ... and a registry entry points at an instance that no longer exists.
-    registry.put(registry.MachineRecord(name="old", host="192.0.2.1", instance_id="i-0123456789abcdef0",
-                                        region="us-east-1"))  # fmt: skip
+    registry.put(
+        registry.MachineRecord(
+            name="old", host="192.0.2.1", instance_id="i-0123456789abcdef0", region="us-east-1"
+        )
+    )
     capsys.readouterr()
     t.status(Context(), no_runs=True, set_=SETS)
     out = capsys.readouterr().out
@@ -47,10 +50,28 @@ def test_status_orphans_and_missing_entries(home, ec2_client, dlami, capsys):
 
 def test_status_table_and_cost_rows():
     now = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-    spot = InstanceInfo("i-1", "exp1", "running", "g5.xlarge", "us-east-1a", "spot", "198.51.100.5", None,
-                        now - timedelta(hours=2))  # fmt: skip
-    demand = InstanceInfo("i-2", "exp2", "running", "g4dn.xlarge", "us-east-1b", "on-demand", None,
-                          "10.0.0.9", now - timedelta(minutes=30))  # fmt: skip
+    spot = InstanceInfo(
+        "i-1",
+        "exp1",
+        "running",
+        "g5.xlarge",
+        "us-east-1a",
+        "spot",
+        "198.51.100.5",
+        None,
+        now - timedelta(hours=2),
+    )
+    demand = InstanceInfo(
+        "i-2",
+        "exp2",
+        "running",
+        "g4dn.xlarge",
+        "us-east-1b",
+        "on-demand",
+        None,
+        "10.0.0.9",
+        now - timedelta(minutes=30),
+    )
     history = {
         ("g5.xlarge", "us-east-1a"): [(now - timedelta(hours=3), 0.40), (now - timedelta(hours=1), 0.50)]
     }
@@ -61,8 +82,20 @@ def test_status_table_and_cost_rows():
     text = status.table(rows, now)
     assert text.splitlines()[0].split()[:4] == ["NAME", "ID", "TYPE", "ZONE"]
     cells = [re.split(r"\s{2,}", line) for line in text.splitlines()[1:]]
-    assert cells[0] == ["exp1", "i-1", "g5.xlarge", "us-east-1a", "spot", "running", "198.51.100.5", "2h00m",
-                        "$0.50", "$0.90", "-", "<- not in registry"]  # fmt: skip
+    assert cells[0] == [
+        "exp1",
+        "i-1",
+        "g5.xlarge",
+        "us-east-1a",
+        "spot",
+        "running",
+        "198.51.100.5",
+        "2h00m",
+        "$0.50",
+        "$0.90",
+        "-",
+        "<- not in registry",
+    ]
     assert cells[1][6:10] == ["10.0.0.9", "0h30m", "$0.53*", "$0.26*"]
 
 
@@ -117,14 +150,36 @@ def test_allow_my_ip_replaces_the_old_rule(home, ec2_client, checkip, capsys):
 
 
 def _fab(*args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).parent / "fab"), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=60, env=env)  # fmt: skip
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "fab"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 def test_fab_list_and_one_line_errors(home, aws_env):
     listing = _fab("--list").stdout
-    for name in ("launch", "status", "terminate", "cleanup", "allow-my-ip", "setup", "sync", "train",
-                 "logs", "attach", "ssh", "run-cmd", "download", "gpu", "adopt", "forget"):  # fmt: skip
+    for name in (
+        "launch",
+        "status",
+        "terminate",
+        "cleanup",
+        "allow-my-ip",
+        "setup",
+        "sync",
+        "train",
+        "logs",
+        "attach",
+        "ssh",
+        "run-cmd",
+        "download",
+        "gpu",
+        "adopt",
+        "forget",
+    ):
         assert f"\n  {name} " in listing, name
     import os
 
@@ -156,16 +211,25 @@ def _make_n(*args: str) -> list[str]:
 
 
 def test_makefile_aws_targets_pass_name_config_and_args():
-    assert _make_n("aws-train", "NAME=exp1", "CONFIG=my.yaml", "TRAIN_CONFIG=configs/demo.yaml",
-                   "ARGS=a=b c=d") == [  # fmt: skip
+    assert _make_n(
+        "aws-train", "NAME=exp1", "CONFIG=my.yaml", "TRAIN_CONFIG=configs/demo.yaml", "ARGS=a=b c=d"
+    ) == [
         '.venv/bin/fab train --name exp1 --config my.yaml --train-config configs/demo.yaml --args "a=b c=d"'
     ]
     assert _make_n("aws-status") == [".venv/bin/fab status --config configs/aws.yaml"]
     terminate = _make_n("aws-terminate", "NAME=exp1")
     assert terminate == [".venv/bin/fab terminate --name exp1 --config configs/aws.yaml "]  # asks
     assert _make_n("aws-terminate", "NAME=exp1", "YES=1")[0].endswith(" --yes")
-    for target in ("aws-launch", "aws-setup", "aws-upload", "aws-logs", "aws-attach", "aws-ssh",
-                   "aws-download", "aws-gpu"):  # fmt: skip
+    for target in (
+        "aws-launch",
+        "aws-setup",
+        "aws-upload",
+        "aws-logs",
+        "aws-attach",
+        "aws-ssh",
+        "aws-download",
+        "aws-gpu",
+    ):
         (line,) = _make_n(target, "NAME=exp1", "CONFIG=my.yaml")
         assert line.startswith(".venv/bin/fab ") and "--name exp1 --config my.yaml" in line, line
     help_text = subprocess.run(["make", "help"], cwd=REPO, capture_output=True, text=True).stdout
@@ -182,13 +246,24 @@ def test_status_shows_each_machines_run_state(sshd, ec2_client, dlami, capsys):
     # One sshd (and one tmux server) serves all four, so only one can hold a live tmux run; the
     # others get the files a run leaves behind (the run lifecycle itself is tested in tests/remote,
     # and "none" there too: here busy's tmux session would be seen by a fifth machine).
-    marks = {"busy": None, "done": "echo 0 > exit_code", "crashed": "echo 3 > exit_code",
-             "spot": "echo '{}' > preempted"}  # fmt: skip
+    marks = {
+        "busy": None,
+        "done": "echo 0 > exit_code",
+        "crashed": "echo 3 > exit_code",
+        "spot": "echo '{}' > preempted",
+    }
     for name, mark in marks.items():
-        t.launch(Context(), name=name, no_wait=True, set_=[
-            *SETS, f"ssh_proxy_command=nc 127.0.0.1 {sshd.port}", f"ssh_user={sshd.user}",
-            f"remote_dir={sshd.root / 'remote' / name}",
-        ])  # fmt: skip
+        t.launch(
+            Context(),
+            name=name,
+            no_wait=True,
+            set_=[
+                *SETS,
+                f"ssh_proxy_command=nc 127.0.0.1 {sshd.port}",
+                f"ssh_user={sshd.user}",
+                f"remote_dir={sshd.root / 'remote' / name}",
+            ],
+        )
         record = registry.get(name)
         if name == "busy":
             sshd.authorize(record.key_path)  # the key pair launch created, shared by all four
@@ -204,6 +279,9 @@ def test_status_shows_each_machines_run_state(sshd, ec2_client, dlami, capsys):
     # Columns are aligned: every value starts under its header.
     run_col, cost_col = header.index("RUN"), header.index("COST")
     assert {n: row[run_col:].split()[0] for n, row in rows.items()} == {
-        "busy": "running", "done": "finished(0)", "crashed": "finished(3)", "spot": "preempted",
-    }  # fmt: skip
+        "busy": "running",
+        "done": "finished(0)",
+        "crashed": "finished(3)",
+        "spot": "preempted",
+    }
     assert all(row[cost_col] == "$" for row in rows.values())

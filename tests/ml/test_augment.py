@@ -17,8 +17,12 @@ torch.set_num_threads(1)
 REFERENCE_TAPS = [0.02763, 0.06628, 0.12383, 0.18017, 0.20416, 0.18017, 0.12383, 0.06628, 0.02763]
 
 OFF = TransformsConfig(
-    white_noise_std=0.0, constant_offset_std=0.0, random_walk_std=0.0, static_gain_std=0.0,
-    random_cut=0, smooth_data=False,
+    white_noise_std=0.0,
+    constant_offset_std=0.0,
+    random_walk_std=0.0,
+    static_gain_std=0.0,
+    random_cut=0,
+    smooth_data=False,
 )
 
 
@@ -71,7 +75,7 @@ def test_train_changes_data_and_is_reproducible_under_a_seed():
     assert torch.equal(y1, y2) and torch.equal(n1, n2)
     y3, _ = transform_batch(x, n, cfg, train=True)  # the generator moved on
     assert not torch.equal(y1[:, : y3.shape[1]], y3[:, : y1.shape[1]])
-    assert not torch.allclose(y1, smooth(x[:, x.shape[1] - y1.shape[1]:], gaussian_kernel()))
+    assert not torch.allclose(y1, smooth(x[:, x.shape[1] - y1.shape[1] :], gaussian_kernel()))
 
 
 def test_white_noise_per_element_with_the_configured_std():
@@ -96,8 +100,9 @@ def test_constant_offset_is_one_value_per_trial_and_channel():
 def test_random_walk_accumulates_along_time():
     x = torch.zeros(2, 400, 32)
     torch.manual_seed(0)
-    y, _ = transform_batch(x, torch.full((2,), 400), only(random_walk_std=0.1, random_walk_axis=1),
-                           train=True)
+    y, _ = transform_batch(
+        x, torch.full((2,), 400), only(random_walk_std=0.1, random_walk_axis=1), train=True
+    )
     steps = y.diff(dim=1)
     assert steps.std().item() == pytest.approx(0.1, rel=0.05)
     assert y[:, -50:].std() > 3 * y[:, :50].std()  # variance grows along the walk

@@ -50,8 +50,9 @@ def test_kill_9_during_a_checkpoint_write_leaves_the_previous_one_whole(tmp_path
     path = tmp_path / "last.pt"
     rng = random.Random(0)
     for _ in range(3):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True,
-                                env=env(), cwd=REPO)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True, env=env(), cwd=REPO
+        )
         try:
             assert proc.stdout.readline().strip()  # one whole save done
             _kill_mid_write(proc, tmp_path, rng)
@@ -96,8 +97,11 @@ def _reference_best_checkpoint(model, path, steps: int, groups: int = 3) -> None
     bias = [p for n, p in named if "gru.bias" in n or "out.bias" in n]
     day = [p for n, p in named if "day_" in n]
     other = [p for n, p in named if "day_" not in n and "gru.bias" not in n and "out.bias" not in n]
-    param_groups = [{"params": bias, "weight_decay": 0}, {"params": day, "lr": 0.005, "weight_decay": 0},
-                    {"params": other}][:groups]  # fmt: skip
+    param_groups = [
+        {"params": bias, "weight_decay": 0},
+        {"params": day, "lr": 0.005, "weight_decay": 0},
+        {"params": other},
+    ][:groups]
     if groups < 3:
         param_groups[-1]["params"] += other
     opt = torch.optim.AdamW(param_groups, lr=0.005, betas=(0.9, 0.999), eps=0.1, weight_decay=0.001)
@@ -108,9 +112,16 @@ def _reference_best_checkpoint(model, path, steps: int, groups: int = 3) -> None
         opt.step()
         sched.step()
     model_state = {"module._orig_mod." + k: v for k, v in model.state_dict().items()}
-    torch.save({"model_state_dict": model_state, "optimizer_state_dict": opt.state_dict(),
-                "scheduler_state_dict": sched.state_dict(), "val_PER": np.float64(0.3),
-                "val_loss": np.float64(40.0)}, path)  # fmt: skip
+    torch.save(
+        {
+            "model_state_dict": model_state,
+            "optimizer_state_dict": opt.state_dict(),
+            "scheduler_state_dict": sched.state_dict(),
+            "val_PER": np.float64(0.3),
+            "val_loss": np.float64(40.0),
+        },
+        path,
+    )
 
 
 def test_a_reference_best_checkpoint_resumes_at_its_step_with_its_optimizer_state(data, tmp_path, capsys):

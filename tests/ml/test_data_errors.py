@@ -22,11 +22,19 @@ def dataset(synthetic_data, tmp_path):
 
 
 def make_cfg(dataset_dir, cache, n_features=512, **ds) -> TrainConfig:
-    base = dict(dataset_dir=str(dataset_dir), sessions=SESSIONS, dataset_probability_val=[0, 1, 1, 1],
-                num_dataloader_workers=0, index_cache_dir=str(cache), batch_size=8, days_per_batch=2)
+    base = dict(
+        dataset_dir=str(dataset_dir),
+        sessions=SESSIONS,
+        dataset_probability_val=[0, 1, 1, 1],
+        num_dataloader_workers=0,
+        index_cache_dir=str(cache),
+        batch_size=8,
+        days_per_batch=2,
+    )
     base.update(ds)
-    return TrainConfig(dataset=DatasetConfig(**base), model=ModelConfig(n_input_features=n_features),
-                       num_training_batches=2)
+    return TrainConfig(
+        dataset=DatasetConfig(**base), model=ModelConfig(n_input_features=n_features), num_training_batches=2
+    )
 
 
 def fails(cfg, pattern: str, builder=build_train_loader) -> str:
@@ -43,8 +51,11 @@ def test_missing_session_folder(dataset, tmp_path):
 
 
 def test_missing_dataset_dir(tmp_path):
-    fails(make_cfg(tmp_path / "nowhere", tmp_path), rf"^{tmp_path}/nowhere: dataset folder not found",
-          build_val_loader)
+    fails(
+        make_cfg(tmp_path / "nowhere", tmp_path),
+        rf"^{tmp_path}/nowhere: dataset folder not found",
+        build_val_loader,
+    )
 
 
 def test_missing_train_file(dataset, tmp_path):
@@ -60,17 +71,22 @@ def test_file_without_input_features(dataset, tmp_path):
 
 
 def test_feature_size_mismatch(dataset, tmp_path):
-    fails(make_cfg(dataset, tmp_path, n_features=256),
-          rf"^{dataset}/{SESSIONS[0]}/data_train.hdf5: input_features has 512 features but "
-          r"model.n_input_features is 256")
+    fails(
+        make_cfg(dataset, tmp_path, n_features=256),
+        rf"^{dataset}/{SESSIONS[0]}/data_train.hdf5: input_features has 512 features but "
+        r"model.n_input_features is 256",
+    )
 
 
 def test_gap_in_trial_numbering(dataset, tmp_path):
     path = dataset / SESSIONS[2] / "data_val.hdf5"
     with h5py.File(path, "a") as f:
         del f["trial_0003"]
-    fails(make_cfg(dataset, tmp_path), rf"^{path}: trial numbering has a gap \(trial_0003 missing",
-          build_val_loader)
+    fails(
+        make_cfg(dataset, tmp_path),
+        rf"^{path}: trial numbering has a gap \(trial_0003 missing",
+        build_val_loader,
+    )
 
 
 def test_not_an_hdf5_file(dataset, tmp_path):

@@ -19,12 +19,12 @@ from tests.ml.trainkit import data_cfg, same_batch
 SESSIONS = reference_sessions()[:4]
 
 
-
-
 def trials_of(path) -> list[tuple[int, int, np.ndarray]]:
     with h5py.File(path) as f:
-        return [(int(f[k].attrs["block_num"]), int(f[k].attrs["trial_num"]), f[k]["input_features"][()])
-                for k in sorted(f)]
+        return [
+            (int(f[k].attrs["block_num"]), int(f[k].attrs["trial_num"]), f[k]["input_features"][()])
+            for k in sorted(f)
+        ]
 
 
 def test_batch_shapes_padding_and_labels(synthetic_data, tmp_path):
@@ -87,10 +87,18 @@ def test_val_covers_every_trial_once_and_skips_sessions(synthetic_data, tmp_path
         for batch in loader:
             days = set(batch["day_indices"].tolist())
             assert len(days) == 1 and len(batch["day_indices"]) <= 4
-            seen += [(d, b, t) for d, b, t in zip(batch["day_indices"].tolist(), batch["block_nums"].tolist(),
-                                                   batch["trial_nums"].tolist(), strict=True)]
-    expected = [(d, b, t) for d in (1, 3)
-                for b, t, _ in trials_of(synthetic_data / SESSIONS[d] / "data_val.hdf5")]
+            seen += [
+                (d, b, t)
+                for d, b, t in zip(
+                    batch["day_indices"].tolist(),
+                    batch["block_nums"].tolist(),
+                    batch["trial_nums"].tolist(),
+                    strict=True,
+                )
+            ]
+    expected = [
+        (d, b, t) for d in (1, 3) for b, t, _ in trials_of(synthetic_data / SESSIONS[d] / "data_val.hdf5")
+    ]
     assert seen == expected  # in order, each once
     # Two ranks split the batches r, r+W, ... and together cover the same trials.
     parts = [list(build_val_loader(cfg, rank=r, world_size=2)) for r in (0, 1)]
@@ -117,9 +125,13 @@ def test_bad_trials_excluded_and_must_include_days(synthetic_data, tmp_path):
         assert 1 in days.tolist()  # must_include_days
         mine = (days == 1) & (batch["block_nums"] == 1)
         assert set(batch["trial_nums"][mine].tolist()) <= {0}
-    val = [(d, b, t) for batch in build_val_loader(cfg)
-           for d, b, t in zip(*(batch[k].tolist() for k in ("day_indices", "block_nums", "trial_nums")),
-                              strict=True)]
+    val = [
+        (d, b, t)
+        for batch in build_val_loader(cfg)
+        for d, b, t in zip(
+            *(batch[k].tolist() for k in ("day_indices", "block_nums", "trial_nums")), strict=True
+        )
+    ]
     assert (3, 3, 0) not in val and (3, 3, 1) not in val and (3, 3, 2) in val
 
 

@@ -135,8 +135,9 @@ def test_missing_session_prefix(synthetic_data, aws_env, tmp_path):
 
 def _moto(aws_env: str, path: str, body: str) -> None:
     # text/plain: a form content type would hide the body from moto's request.data.
-    req = urllib.request.Request(f"{aws_env}{path}", data=body.encode(), method="POST",
-                                 headers={"Content-Type": "text/plain"})
+    req = urllib.request.Request(
+        f"{aws_env}{path}", data=body.encode(), method="POST", headers={"Content-Type": "text/plain"}
+    )
     urllib.request.urlopen(req)
 
 
@@ -150,8 +151,10 @@ def test_access_denied(synthetic_data, aws_env, tmp_path, monkeypatch, cached_in
         build_train_loader(cfg)  # indices cached: the failure comes from the ranged GET
     iam = boto3.client("iam", endpoint_url=aws_env)
     iam.create_user(UserName="reader")
-    policy = {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{BUCKET}"}]}
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{BUCKET}"}],
+    }
     iam.put_user_policy(UserName="reader", PolicyName="list-only", PolicyDocument=json.dumps(policy))
     key = iam.create_access_key(UserName="reader")["AccessKey"]
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
@@ -159,8 +162,11 @@ def test_access_denied(synthetic_data, aws_env, tmp_path, monkeypatch, cached_in
     storage.reset_clients()
     _moto(aws_env, "/moto-api/reset-auth", "0")
     try:
-        with pytest.raises(DataError, match=r"s3://spotrun-data/ds/t15\.2023\.08\.\d\d/data_\w+\.hdf5: "
-                                            r"S3 AccessDenied; grant s3:GetObject") as err:
+        with pytest.raises(
+            DataError,
+            match=r"s3://spotrun-data/ds/t15\.2023\.08\.\d\d/data_\w+\.hdf5: "
+            r"S3 AccessDenied; grant s3:GetObject",
+        ) as err:
             loader = build_train_loader(cfg)
             next(iter(loader))
     finally:

@@ -120,6 +120,9 @@ def test_decode_then_track_end_to_end():
     paths = [[0, 7, 7, 0, 8], [3, 0, 3, 3, 0]]
     labels = torch.tensor([[7, 8, 0, 0], [3, 3, 3, 0]])
     tracker = PerTracker()
-    tracker.add(greedy_decode(logits_for(paths, 10), torch.tensor([5, 5])),
-                labels_to_lists(labels, torch.tensor([2, 3])), [0, 1])
+    tracker.add(
+        greedy_decode(logits_for(paths, 10), torch.tensor([5, 5])),
+        labels_to_lists(labels, torch.tensor([2, 3])),
+        [0, 1],
+    )
     assert tracker.per_day() == {0: 0.0, 1: pytest.approx(1 / 3)}

@@ -21,8 +21,14 @@ REFERENCE_DAY_LAYERS = 11_819_520
 def small(patch_size: int = 3, patch_stride: int = 2, n_days: int = 3, **kw) -> GRUDecoder:
     torch.manual_seed(0)
     return GRUDecoder(
-        neural_dim=6, n_units=8, n_days=n_days, n_classes=5, n_layers=2,
-        patch_size=patch_size, patch_stride=patch_stride, **kw,
+        neural_dim=6,
+        n_units=8,
+        n_days=n_days,
+        n_classes=5,
+        n_layers=2,
+        patch_size=patch_size,
+        patch_stride=patch_stride,
+        **kw,
     )
 
 
@@ -171,8 +177,12 @@ def test_build_model_from_config():
 def test_state_dict_keys_are_the_reference_ones():
     # The reference nejm-brain-to-text GRUDecoder's keys, so its checkpoints load unchanged.
     keys = set(small(n_days=2).state_dict())
-    gru = {f"gru.{kind}_{part}_l{layer}" for kind in ("weight", "bias") for part in ("ih", "hh")
-           for layer in (0, 1)}
+    gru = {
+        f"gru.{kind}_{part}_l{layer}"
+        for kind in ("weight", "bias")
+        for part in ("ih", "hh")
+        for layer in (0, 1)
+    }
     day = {f"day_{kind}.{i}" for kind in ("weights", "biases") for i in (0, 1)}
     assert keys == {"h0", "out.weight", "out.bias"} | gru | day
 
@@ -190,8 +200,12 @@ def test_reference_model_trains_a_step_on_cuda_under_bf16_autocast():
         log_probs = logits.float().log_softmax(-1).transpose(0, 1)
         targets = torch.randint(1, 41, (8, 20), device="cuda")
         loss = torch.nn.functional.ctc_loss(
-            log_probs, targets, output_lengths(n, 14, 4), torch.full((8,), 20, device="cuda"),
-            blank=0, reduction="none",
+            log_probs,
+            targets,
+            output_lengths(n, 14, 4),
+            torch.full((8,), 20, device="cuda"),
+            blank=0,
+            reduction="none",
         ).mean()
     assert logits.shape == (8, (300 - 14) // 4 + 1, 41)
     loss.backward()

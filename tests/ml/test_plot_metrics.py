@@ -84,11 +84,16 @@ def test_unusable_file_is_one_line_error(tmp_path, capsys, content, message):
 
 
 def test_command_line_exit_codes(tmp_path):
-    missing = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope.csv")],
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "nope.csv")], capture_output=True, text=True, timeout=60
+    )
     assert missing.returncode == 1
     assert missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
-    ok = subprocess.run([sys.executable, str(SCRIPT), str(write_metrics(tmp_path / "metrics.csv"))],
-                        capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, str(SCRIPT), str(write_metrics(tmp_path / "metrics.csv"))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "metrics.png").read_bytes()[:8] == PNG_MAGIC

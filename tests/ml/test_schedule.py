@@ -16,9 +16,16 @@ torch.set_num_threads(1)
 
 def config(**kw) -> TrainConfig:
     cfg = TrainConfig(
-        lr_max=0.005, lr_min=0.0001, lr_warmup_steps=100, lr_decay_steps=1100,
-        lr_max_day=0.01, lr_min_day=0.001, lr_warmup_steps_day=50, lr_decay_steps_day=550,
-        weight_decay=0.001, weight_decay_day=0.002,
+        lr_max=0.005,
+        lr_min=0.0001,
+        lr_warmup_steps=100,
+        lr_decay_steps=1100,
+        lr_max_day=0.01,
+        lr_min_day=0.001,
+        lr_warmup_steps_day=50,
+        lr_decay_steps_day=550,
+        weight_decay=0.001,
+        weight_decay_day=0.002,
     )
     for key, value in kw.items():
         setattr(cfg, key, value)
@@ -63,8 +70,10 @@ def test_groups_hold_every_parameter_once_with_their_lr_and_decay():
     by_name = {g["name"]: {id(p) for p in g["params"]} for g in groups}
     names = dict(m.named_parameters())
     assert by_name["day"] == {id(p) for n, p in names.items() if n.startswith("day_")}
-    assert by_name["bias"] == {id(names[n]) for n in ("out.bias", "gru.bias_ih_l0", "gru.bias_hh_l0",
-                                                       "gru.bias_ih_l1", "gru.bias_hh_l1")}
+    assert by_name["bias"] == {
+        id(names[n])
+        for n in ("out.bias", "gru.bias_ih_l0", "gru.bias_hh_l0", "gru.bias_ih_l1", "gru.bias_hh_l1")
+    }
     assert id(names["h0"]) in by_name["other"] and id(names["out.weight"]) in by_name["other"]
     # Peak lr and decay per group (the scheduler has not scaled anything yet).
     assert [(g["lr"], g["weight_decay"]) for g in groups] == [(0.005, 0.0), (0.01, 0.002), (0.005, 0.001)]

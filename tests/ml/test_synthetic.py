@@ -21,7 +21,10 @@ def test_schema(synthetic_data):
     assert [p.name for p in (synthetic_data / names[0]).iterdir()] == ["data_train.hdf5"]
     for session in names[1:]:
         assert sorted(p.name for p in (synthetic_data / session).iterdir()) == [
-            "data_test.hdf5", "data_train.hdf5", "data_val.hdf5"]
+            "data_test.hdf5",
+            "data_train.hdf5",
+            "data_val.hdf5",
+        ]
     with h5py.File(synthetic_data / names[1] / "data_train.hdf5") as f:
         assert sorted(f) == [f"trial_{i:04d}" for i in range(24)]
         for name in f:
@@ -46,9 +49,22 @@ def test_schema(synthetic_data):
 
 def test_script(tmp_path):
     out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "make_synthetic_data.py"), "--out", str(tmp_path / "d"),
-         "--sessions", "2", "--trials", "8", "--seed", "3"],
-        capture_output=True, text=True, check=True, timeout=60,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "make_synthetic_data.py"),
+            "--out",
+            str(tmp_path / "d"),
+            "--sessions",
+            "2",
+            "--trials",
+            "8",
+            "--seed",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     assert out.stdout.startswith(f"wrote 4 files, 24 trials to {tmp_path / 'd'}")
     assert (tmp_path / "d" / "t15.2023.08.13" / "data_val.hdf5").is_file()

@@ -39,8 +39,12 @@ def test_a_run_writes_logs_metrics_and_checkpoints(data, tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["step", "split", "loss", "per", "lr", "seconds"]
     assert [(r["step"], r["split"]) for r in rows] == [
-        ("0", "train"), ("0", "val"), ("5", "train"), ("5", "val"), ("6", "val"),
-    ]  # fmt: skip
+        ("0", "train"),
+        ("0", "val"),
+        ("5", "train"),
+        ("5", "val"),
+        ("6", "val"),
+    ]
     assert all(r["per"] == "" for r in rows if r["split"] == "train")
     assert any((run / "tensorboard").iterdir())
 
@@ -48,8 +52,13 @@ def test_a_run_writes_logs_metrics_and_checkpoints(data, tmp_path, capsys):
     last = checkpoint.load(ckdir / "last.pt")
     assert last["step"] == 7 and last["best_per"] is not None
     ref = checkpoint.load(ckdir / "best_checkpoint")
-    assert set(ref) == {"model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "val_PER",
-                        "val_loss"}  # fmt: skip
+    assert set(ref) == {
+        "model_state_dict",
+        "optimizer_state_dict",
+        "scheduler_state_dict",
+        "val_PER",
+        "val_loss",
+    }
     assert ref["val_PER"] == last["best_per"]
     assert checkpoint.load(ckdir / "best.pt")["val_PER"] == ref["val_PER"]
     saved = yaml.safe_load((ckdir / "args.yaml").read_text())
@@ -91,8 +100,18 @@ def test_resume_of_a_finished_run_trains_nothing(data, tmp_path, capsys):
 def test_batches_per_save_and_early_stopping(data, tmp_path, capsys):
     run = tmp_path / "run"
     # lr 0: the PER never improves after the first validation, so training stops at the second miss.
-    args = tiny(data, run, 40, "batches_per_save=3", "early_stopping=true", "early_stopping_val_steps=2",
-                "lr_max=0", "lr_max_day=0", "lr_min=0", "lr_min_day=0")  # fmt: skip
+    args = tiny(
+        data,
+        run,
+        40,
+        "batches_per_save=3",
+        "early_stopping=true",
+        "early_stopping_val_steps=2",
+        "lr_max=0",
+        "lr_max_day=0",
+        "lr_min=0",
+        "lr_min_day=0",
+    )
     assert main(["--config", DEMO, *args]) == 0
     out = capsys.readouterr().out
     assert "Early stopping" in out and "Val batch 10:" in out and "Val batch 15:" not in out
@@ -102,8 +121,19 @@ def test_batches_per_save_and_early_stopping(data, tmp_path, capsys):
 
 def test_torchrun_two_gloo_processes_train_and_checkpoint(data, tmp_path):
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "ml.train", "--config", DEMO, *tiny(data, run, 6)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "ml.train",
+        "--config",
+        DEMO,
+        *tiny(data, run, 6),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "data-parallel over 2 processes" in proc.stdout
@@ -120,18 +150,39 @@ def test_torchrun_ranks_on_different_sessions_share_their_gradients(synthetic_da
     must accept parameters without gradients, and a layer only the other rank used still moves."""
     run = tmp_path / "ddp"
     sessions = ["t15.2023.08.11", "t15.2023.08.13", "t15.2023.08.18", "t15.2023.08.20"]
-    overrides = tiny(synthetic_data, run, 4, "dataset.sessions=[" + ", ".join(sessions) + "]",
-                     "dataset.dataset_probability_val=[0, 0, 0, 1]", "dataset.days_per_batch=1",
-                     "dataset.batch_size=2", "batches_per_val_step=100", "lr_warmup_steps=0",
-                     "lr_warmup_steps_day=0")  # fmt: skip
+    overrides = tiny(
+        synthetic_data,
+        run,
+        4,
+        "dataset.sessions=[" + ", ".join(sessions) + "]",
+        "dataset.dataset_probability_val=[0, 0, 0, 1]",
+        "dataset.days_per_batch=1",
+        "dataset.batch_size=2",
+        "batches_per_val_step=100",
+        "lr_warmup_steps=0",
+        "lr_warmup_steps_day=0",
+    )
     cfg = load_train_config(DEMO, overrides)
     src = open_source(cfg)
-    used = [{src.file_day[f] for step in range(4) for f, _ in TrainBatches(src, cfg, 0, rank).plan(step)}
-            for rank in (0, 1)]  # fmt: skip
+    used = [
+        {src.file_day[f] for step in range(4) for f, _ in TrainBatches(src, cfg, 0, rank).plan(step)}
+        for rank in (0, 1)
+    ]
     assert used[0] != used[1], used  # the ranks do train different sessions
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "ml.train", "--config", DEMO, *overrides]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "ml.train",
+        "--config",
+        DEMO,
+        *overrides,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     weights = checkpoint.load(run / "checkpoint" / "last.pt")["model_state_dict"]

@@ -24,8 +24,13 @@ def _one_line_error(capsys) -> str:
 
 def test_unknown_config_key_at_the_real_entry_point(data, tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.run(train_cmd(*tiny(data, run, 2), "model.n_unitz=8"), capture_output=True, text=True,
-                          env=env(), timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        train_cmd(*tiny(data, run, 2), "model.n_unitz=8"),
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "error: override 'model.n_unitz=8': unknown key model.n_unitz; remove it or check its spelling"

@@ -26,24 +26,48 @@ def make_data(out: Path) -> Path:
 def tiny(data: Path, run: Path, steps: int, *extra: str) -> list[str]:
     """Overrides for a tiny run writing into ``run`` (output_dir) and ``run/checkpoint``."""
     return [
-        f"dataset.dataset_dir={data}", "dataset.sessions=[" + ", ".join(SESSIONS) + "]",
-        "dataset.dataset_probability_val=[0, 1]", "dataset.batch_size=4", "dataset.days_per_batch=2",
-        "dataset.num_dataloader_workers=0", "model.n_units=16", "model.n_layers=1", "model.rnn_dropout=0",
-        f"num_training_batches={steps}", "batches_per_train_log=5", "batches_per_val_step=5",
-        "lr_warmup_steps=2", "lr_warmup_steps_day=2", "lr_decay_steps=20", "lr_decay_steps_day=20",
-        "use_amp=false", "num_threads=1", "progress_bar=false", "device=cpu",
-        f"output_dir={run}", f"checkpoint_dir={run / 'checkpoint'}", *extra,
-    ]  # fmt: skip
+        f"dataset.dataset_dir={data}",
+        "dataset.sessions=[" + ", ".join(SESSIONS) + "]",
+        "dataset.dataset_probability_val=[0, 1]",
+        "dataset.batch_size=4",
+        "dataset.days_per_batch=2",
+        "dataset.num_dataloader_workers=0",
+        "model.n_units=16",
+        "model.n_layers=1",
+        "model.rnn_dropout=0",
+        f"num_training_batches={steps}",
+        "batches_per_train_log=5",
+        "batches_per_val_step=5",
+        "lr_warmup_steps=2",
+        "lr_warmup_steps_day=2",
+        "lr_decay_steps=20",
+        "lr_decay_steps_day=20",
+        "use_amp=false",
+        "num_threads=1",
+        "progress_bar=false",
+        "device=cpu",
+        f"output_dir={run}",
+        f"checkpoint_dir={run / 'checkpoint'}",
+        *extra,
+    ]
 
 
 # A few steps of configs/demo.yaml as it stands (its 4 sessions), for runs in tmux through sshd:
 # one thread, batch 4; tests add num_training_batches, dataset_dir and their output folders.
 # Later overrides win, so a test can set its own validation and schedule steps after these.
 TINY_TRAIN = [
-    "batches_per_train_log=1", "batches_per_val_step=1000", "lr_warmup_steps=1", "lr_decay_steps=3000",
-    "lr_warmup_steps_day=1", "lr_decay_steps_day=3000", "use_amp=false", "num_threads=1",
-    "progress_bar=false", "dataset.num_dataloader_workers=0", "dataset.batch_size=4",
-]  # fmt: skip
+    "batches_per_train_log=1",
+    "batches_per_val_step=1000",
+    "lr_warmup_steps=1",
+    "lr_decay_steps=3000",
+    "lr_warmup_steps_day=1",
+    "lr_decay_steps_day=3000",
+    "use_amp=false",
+    "num_threads=1",
+    "progress_bar=false",
+    "dataset.num_dataloader_workers=0",
+    "dataset.batch_size=4",
+]
 
 
 def data_cfg(dataset_dir, cache, steps: int = 6, **ds):
@@ -52,9 +76,15 @@ def data_cfg(dataset_dir, cache, steps: int = 6, **ds):
     from ml.config import DatasetConfig, TrainConfig
     from ml.data.synthetic import reference_sessions
 
-    base = dict(dataset_dir=str(dataset_dir), sessions=reference_sessions()[:4],
-                dataset_probability_val=[0, 1, 1, 1], num_dataloader_workers=0, index_cache_dir=str(cache),
-                batch_size=16, days_per_batch=2)  # fmt: skip
+    base = dict(
+        dataset_dir=str(dataset_dir),
+        sessions=reference_sessions()[:4],
+        dataset_probability_val=[0, 1, 1, 1],
+        num_dataloader_workers=0,
+        index_cache_dir=str(cache),
+        batch_size=16,
+        days_per_batch=2,
+    )
     base.update(ds)
     return TrainConfig(dataset=DatasetConfig(**base), num_training_batches=steps)
 

@@ -143,8 +143,20 @@ def tiny_dataset(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("spotdata") / "synthetic"
     repo = Path(__file__).resolve().parents[2]
-    subprocess.run([sys.executable, str(repo / "scripts/make_synthetic_data.py"), "--out", str(out),
-                    "--sessions", "4", "--trials", "12"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(repo / "scripts/make_synthetic_data.py"),
+            "--out",
+            str(out),
+            "--sessions",
+            "4",
+            "--trials",
+            "12",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -161,9 +173,13 @@ def instance_env(imds_url: str, moto_url: str) -> dict[str, str]:
     """What a spot instance has without spotrun sending it: the metadata service and its IAM role
     (here moto's endpoint and fake keys), and one CPU thread for torch on a shared test machine."""
     return {
-        "SPOTRUN_IMDS_URL": imds_url, "AWS_ENDPOINT_URL": moto_url, "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "OMP_NUM_THREADS": "1",
-    }  # fmt: skip
+        "SPOTRUN_IMDS_URL": imds_url,
+        "AWS_ENDPOINT_URL": moto_url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 @pytest.fixture

@@ -79,9 +79,10 @@ class SshdServer:
         self.tmux_tmpdir.mkdir(exist_ok=True)
         self.bin_dir.mkdir(exist_ok=True)
         self.port = _free_port()
-        self.user = os.environ.get("USER") or subprocess.run(
-            ["id", "-un"], capture_output=True, text=True, check=True
-        ).stdout.strip()
+        self.user = (
+            os.environ.get("USER")
+            or subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
+        )
         config = root / "etc" / "sshd_config"
         config.write_text(
             "\n".join(

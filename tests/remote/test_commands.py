@@ -69,10 +69,15 @@ def test_sync_argv_honours_ignores_and_deletes_only_in_code_dir(record, tmp_path
 
 
 def test_sync_argv_spares_the_run_output_folders_inside_code(record, tmp_path):
-    argv = sync_argv(Machine(record), tmp_path, protect=("out/run1", "out/run1/checkpoint/", "/abs/ckpt",
-                                                         "~/ckpt", "s3://b/ckpt", ".", ""))
+    argv = sync_argv(
+        Machine(record),
+        tmp_path,
+        protect=("out/run1", "out/run1/checkpoint/", "/abs/ckpt", "~/ckpt", "s3://b/ckpt", ".", ""),
+    )
     assert [a for a in argv if a.startswith("--filter=P")] == [
-        "--filter=P /out/run1/", "--filter=P /out/run1/checkpoint/"]
+        "--filter=P /out/run1/",
+        "--filter=P /out/run1/checkpoint/",
+    ]
     # Protect rules come before the excludes and ignore files, so they win.
     assert argv.index("--filter=P /out/run1/") < argv.index("--filter=:- .gitignore")
 
@@ -97,12 +102,13 @@ def test_start_command_runs_in_tmux_with_log_exit_code_and_watcher():
     assert "tmux new-session -d -s spotrun-exp" in line
     assert "set-option -w -t =spotrun-exp: remain-on-exit on" in line
     assert "respawn-pane -k -t =spotrun-exp:" in line
-    pane = runs.pane_script("~/spotrun", "exp", "python -m ml.train --config c.yaml",
-                            watcher_args=["--signal", "USR1"])
-    assert "-m ec2.remote.spot_watch --run-dir \"$HOME\"/spotrun/runs/exp --signal USR1 -- bash -c" in pane
-    assert "| tee -a \"$HOME\"/spotrun/runs/exp/log" in pane
-    assert "echo ${PIPESTATUS[0]} > \"$HOME\"/spotrun/runs/exp/exit_code.tmp" in pane
-    assert pane.startswith("cd \"$HOME\"/spotrun/code && ")
+    pane = runs.pane_script(
+        "~/spotrun", "exp", "python -m ml.train --config c.yaml", watcher_args=["--signal", "USR1"]
+    )
+    assert '-m ec2.remote.spot_watch --run-dir "$HOME"/spotrun/runs/exp --signal USR1 -- bash -c' in pane
+    assert '| tee -a "$HOME"/spotrun/runs/exp/log' in pane
+    assert 'echo ${PIPESTATUS[0]} > "$HOME"/spotrun/runs/exp/exit_code.tmp' in pane
+    assert pane.startswith('cd "$HOME"/spotrun/code && ')
     # A second run of the same name is refused unless forced.
     assert f"exit {runs.EXISTS_CODE}" in line
     forced = runs.start_command("~/spotrun", "exp", "true", force=True)

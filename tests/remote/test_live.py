@@ -127,8 +127,14 @@ def test_sync_is_incremental_honours_ignores_and_deletes_in_code_dir(machine, tm
 
 def test_download_brings_outputs_and_only_what_is_new(machine, tmp_path):
     remote = machine.record.remote_dir
-    runs.start_run(machine, "train", "mkdir -p out/checkpoint && echo w > out/checkpoint/last.pt "
-                   "&& echo 'step,loss' > out/metrics.csv && echo done", watch=False, output_dir="out")
+    runs.start_run(
+        machine,
+        "train",
+        "mkdir -p out/checkpoint && echo w > out/checkpoint/last.pt "
+        "&& echo 'step,loss' > out/metrics.csv && echo done",
+        watch=False,
+        output_dir="out",
+    )
     assert str(wait_state(machine, "train", "finished")) == "finished(0)"
     dest = tmp_path / "outputs" / "test"
     stats = download_outputs(machine, "train", dest)
@@ -184,18 +190,28 @@ def test_setup_script_with_stand_in_env_is_idempotent(machine):
     second = machine.run(f"{env} bash {remote}/code/scripts/setup_instance.sh {remote}")
     assert "already set up" in second.stdout
     assert machine.run(f"stat -c %Y {remote}/venv/.spotrun-setup").stdout == marker
-    out = machine.run(f"cd {remote}/code && {remote}/venv/bin/python -c 'import h5py, ec2.remote.runs; print(1)'")
+    out = machine.run(
+        f"cd {remote}/code && {remote}/venv/bin/python -c 'import h5py, ec2.remote.runs; print(1)'"
+    )
     assert out.stdout == "1\n"
-    failed = machine.run(f"SPOTRUN_SETUP_PYTHON={REPO / '.venv/bin/python'} bash "
-                         f"{remote}/code/scripts/setup_instance.sh {remote}", check=False)
+    failed = machine.run(
+        f"SPOTRUN_SETUP_PYTHON={REPO / '.venv/bin/python'} bash "
+        f"{remote}/code/scripts/setup_instance.sh {remote}",
+        check=False,
+    )
     # Without a GPU the CUDA check must fail, naming the problem.
     assert failed.code != 0 and ("nvidia-smi" in failed.stderr or "cuda" in failed.stderr.lower())
 
 
 def test_fab_cli_unknown_name_is_one_line(sshd, tmp_path):
     env = {**os.environ, "CI": os.environ.get("CI", "")}
-    proc = subprocess.run([str(REPO / ".venv/bin/fab"), "-r", str(REPO), "run-cmd", "--name", "nope",
-                           "--cmd", "true"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [str(REPO / ".venv/bin/fab"), "-r", str(REPO), "run-cmd", "--name", "nope", "--cmd", "true"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: no machine named 'nope'")
     assert "Traceback" not in proc.stderr
@@ -204,11 +220,13 @@ def test_fab_cli_unknown_name_is_one_line(sshd, tmp_path):
 def test_fab_run_cmd_returns_the_remote_exit_code(sshd, tmp_path):
     sshd.record(name="box")
     fab = [str(REPO / ".venv/bin/fab"), "-r", str(REPO)]
-    ok = subprocess.run([*fab, "run-cmd", "--name", "box", "--cmd", "echo hi"], capture_output=True,
-                        text=True, cwd=tmp_path)
+    ok = subprocess.run(
+        [*fab, "run-cmd", "--name", "box", "--cmd", "echo hi"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert ok.returncode == 0 and ok.stdout == "hi\n"
-    bad = subprocess.run([*fab, "run-cmd", "--name", "box", "--cmd", "exit 7"], capture_output=True,
-                         text=True, cwd=tmp_path)
+    bad = subprocess.run(
+        [*fab, "run-cmd", "--name", "box", "--cmd", "exit 7"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert bad.returncode == 7
 
 
@@ -219,9 +237,14 @@ def test_fab_run_cmd_on_an_unreachable_machine_is_one_line(sshd, tmp_path):
     registry.put(dataclasses.replace(sshd.record(name="gone"), port=closed))
     env = {**os.environ, "SPOTRUN_SSH_ATTEMPTS": "2", "SPOTRUN_SSH_BACKOFF_S": "0.05"}
     for task in (["run-cmd", "--cmd", "true"], ["ssh"], ["attach"]):
-        proc = subprocess.run([str(REPO / ".venv/bin/fab"), "-r", str(REPO), task[0], "--name", "gone",
-                               *task[1:]], capture_output=True, text=True, cwd=tmp_path, env=env,
-                              stdin=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.run(
+            [str(REPO / ".venv/bin/fab"), "-r", str(REPO), task[0], "--name", "gone", *task[1:]],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
         assert proc.returncode == 1, proc.stderr
         assert proc.stderr.startswith("error: cannot reach gone") and proc.stderr.count("\n") == 1
         assert "after 2 attempt(s)" in proc.stderr and "fab status" in proc.stderr

@@ -22,8 +22,12 @@ SCRIPT = REPO / "scripts" / "setup_instance.sh"
 
 
 def site_packages(venv: Path) -> Path:
-    out = subprocess.run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return Path(out.stdout.strip())
 
 
@@ -46,14 +50,18 @@ def machine(tmp_path: Path) -> Path:
     return remote
 
 
-def setup(remote: Path, ami: Path, *, gpu: bool = False, path: str | None = None) -> subprocess.CompletedProcess:
+def setup(
+    remote: Path, ami: Path, *, gpu: bool = False, path: str | None = None
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTRUN_")}
     env["SPOTRUN_BASE_PYTHONS"] = f"{remote}/no-such/python3 {ami}/bin/python3"
     if not gpu:
         env["SPOTRUN_REQUIRE_GPU"] = "0"
     if path is not None:
         env["PATH"] = path
-    return subprocess.run(["bash", str(SCRIPT), str(remote)], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        ["bash", str(SCRIPT), str(remote)], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_venv_layers_over_the_ami_venv_and_is_idempotent(tmp_path, ami_venv):
@@ -65,9 +73,15 @@ def test_venv_layers_over_the_ami_venv_and_is_idempotent(tmp_path, ami_venv):
     # Our own venv (not the AMI's python under another name) that sees the AMI venv's packages.
     assert (remote / "venv" / "pyvenv.cfg").is_file()
     probe = subprocess.run(
-        [venv_python, "-c", "import sys, ami_marker, torch, boto3, s3fs, h5py, yaml, tqdm; "
-                            "print(sys.prefix, ami_marker.WHERE)"],
-        capture_output=True, text=True)
+        [
+            venv_python,
+            "-c",
+            "import sys, ami_marker, torch, boto3, s3fs, h5py, yaml, tqdm; "
+            "print(sys.prefix, ami_marker.WHERE)",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.split()[0] == str(remote / "venv") and "the AMI venv" in probe.stdout
     assert "torch" in first.stdout and "set up:" in first.stdout
@@ -83,9 +97,13 @@ def test_a_venv_from_the_old_setup_is_repaired(tmp_path, ami_venv):
     """A venv made by the old script (plain --system-site-packages, no .pth) could not import torch;
     rerunning setup after an upgrade layers it over the AMI venv instead of failing verify."""
     remote = machine(tmp_path)
-    subprocess.run([ami_venv / "bin" / "python3", "-m", "venv", "--system-site-packages", str(remote / "venv")],
-                   check=True)
-    broken = subprocess.run([remote / "venv" / "bin" / "python", "-c", "import ami_marker"], capture_output=True)
+    subprocess.run(
+        [ami_venv / "bin" / "python3", "-m", "venv", "--system-site-packages", str(remote / "venv")],
+        check=True,
+    )
+    broken = subprocess.run(
+        [remote / "venv" / "bin" / "python", "-c", "import ami_marker"], capture_output=True
+    )
     assert broken.returncode != 0  # the bug the issue describes, reproduced
     fixed = setup(remote, ami_venv)
     assert fixed.returncode == 0, fixed.stderr + fixed.stdout
@@ -96,8 +114,27 @@ def tools_path(tmp_path: Path, without: set[str]) -> str:
     """A PATH holding the usual tools except ``without``."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    for tool in ("bash", "sh", "cat", "grep", "sha256sum", "cut", "mkdir", "rm", "chmod", "id", "printf",
-                 "tmux", "rsync", "env", "python3", "dirname", "readlink", "uname", "ls"):
+    for tool in (
+        "bash",
+        "sh",
+        "cat",
+        "grep",
+        "sha256sum",
+        "cut",
+        "mkdir",
+        "rm",
+        "chmod",
+        "id",
+        "printf",
+        "tmux",
+        "rsync",
+        "env",
+        "python3",
+        "dirname",
+        "readlink",
+        "uname",
+        "ls",
+    ):
         found = shutil.which(tool)
         if found and tool not in without and not (bin_dir / tool).exists():
             (bin_dir / tool).symlink_to(found)
@@ -124,7 +161,7 @@ def test_missing_tmux_is_installed_or_named(tmp_path, ami_venv):
     remote = machine(tmp_path)
     path = tools_path(tmp_path, without={"tmux"})
     apt = tmp_path / "bin" / "apt-get"
-    apt.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/apt.log\nexit 100\n")
+    apt.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/apt.log\nexit 100\n')
     apt.chmod(0o755)
     result = setup(remote, ami_venv, path=path)
     assert result.returncode == 1

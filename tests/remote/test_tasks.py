@@ -43,8 +43,12 @@ def test_sync_train_logs_download_through_tasks(sshd, project, capfd):
     t.sync(c, name="box")
     assert "synced to box: 0 file(s)" in capfd.readouterr().out
 
-    t.train(c, name="box", cmd="python3 hello.py; echo region=$AWS_REGION; mkdir -p o && echo x > o/f",
-            no_watch=True)
+    t.train(
+        c,
+        name="box",
+        cmd="python3 hello.py; echo region=$AWS_REGION; mkdir -p o && echo x > o/f",
+        no_watch=True,
+    )
     assert "started run 'train' on box" in capfd.readouterr().out
     m = Machine(sshd.record(name="box", region="eu-west-1"))
     end = time.monotonic() + 15

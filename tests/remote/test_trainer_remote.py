@@ -16,9 +16,15 @@ from tasks import remote as t
 from tests.ml.trainkit import TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = [*TINY_TRAIN, "num_training_batches=4", "batches_per_val_step=4", "lr_decay_steps=4",
-        "lr_decay_steps_day=4", "output_dir=trained_models/remote_t",
-        "checkpoint_dir=trained_models/remote_t/checkpoint"]
+TINY = [
+    *TINY_TRAIN,
+    "num_training_batches=4",
+    "batches_per_val_step=4",
+    "lr_decay_steps=4",
+    "lr_decay_steps_day=4",
+    "output_dir=trained_models/remote_t",
+    "checkpoint_dir=trained_models/remote_t/checkpoint",
+]
 
 
 def test_real_trainer_in_tmux_then_download_and_resume_locally(sshd, tmp_path, capfd, monkeypatch):
@@ -28,8 +34,10 @@ def test_real_trainer_in_tmux_then_download_and_resume_locally(sshd, tmp_path, c
     c = Context()
     t.setup(c, name="box", python=str(REPO / ".venv/bin/python"), no_gpu=True)
     code = runs.code_dir(m.record.remote_dir)
-    m.run(f"cd {code} && {REPO}/.venv/bin/python scripts/make_synthetic_data.py --out data/synthetic "
-          "--sessions 4 --trials 6")
+    m.run(
+        f"cd {code} && {REPO}/.venv/bin/python scripts/make_synthetic_data.py --out data/synthetic "
+        "--sessions 4 --trials 6"
+    )
     capfd.readouterr()
 
     t.train(c, name="box", train_config="configs/demo.yaml", args=" ".join(TINY))
@@ -47,14 +55,39 @@ def test_real_trainer_in_tmux_then_download_and_resume_locally(sshd, tmp_path, c
     assert (ckpt / "last.pt").exists() and (tmp_path / "outputs" / "box" / "run" / "log").exists()
 
     data = tmp_path / "synthetic"
-    subprocess.run([sys.executable, str(REPO / "scripts/make_synthetic_data.py"), "--out", str(data),
-                    "--sessions", "4", "--trials", "6"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts/make_synthetic_data.py"),
+            "--out",
+            str(data),
+            "--sessions",
+            "4",
+            "--trials",
+            "6",
+        ],
+        check=True,
+    )
     local = [o for o in TINY if not o.startswith(("output_dir", "checkpoint_dir", "num_training"))]
     proc = subprocess.run(
-        [sys.executable, "-m", "ml.train", "--config", str(REPO / "configs/demo.yaml"), *local,
-         "num_training_batches=6", f"dataset.dataset_dir={data}", f"output_dir={tmp_path / 'local'}",
-         f"checkpoint_dir={ckpt}", "resume=auto"],
-        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "ml.train",
+            "--config",
+            str(REPO / "configs/demo.yaml"),
+            *local,
+            "num_training_batches=6",
+            f"dataset.dataset_dir={data}",
+            f"output_dir={tmp_path / 'local'}",
+            f"checkpoint_dir={ckpt}",
+            "resume=auto",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "resumed from" in proc.stdout and "at step 4" in proc.stdout
