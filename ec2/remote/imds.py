@@ -26,6 +26,10 @@ TIMEOUT_S = 2.0
 INSTANCE_ACTION = "/latest/meta-data/spot/instance-action"
 REBALANCE = "/latest/meta-data/events/recommendations/rebalance"
 REGION = "/latest/meta-data/placement/region"
+INSTANCE_ID = "/latest/meta-data/instance-id"
+INSTANCE_TYPE = "/latest/meta-data/instance-type"
+ZONE = "/latest/meta-data/placement/availability-zone"
+LIFECYCLE = "/latest/meta-data/instance-life-cycle"
 
 
 class ImdsUnreachable(Exception):
@@ -125,3 +129,22 @@ class Imds:
 
     def region(self) -> str | None:
         return self.get(REGION)
+
+    def identity(self) -> Identity:
+        """Who this instance is (a boot records it per attempt): id, type, zone, spot or on-demand."""
+        return Identity(
+            instance_id=self.get(INSTANCE_ID) or "",
+            instance_type=self.get(INSTANCE_TYPE),
+            zone=self.get(ZONE),
+            market="spot" if self.get(LIFECYCLE) == "spot" else "on-demand",
+            region=self.region(),
+        )
+
+
+@dataclass(frozen=True)
+class Identity:
+    instance_id: str
+    instance_type: str | None
+    zone: str | None
+    market: str
+    region: str | None

@@ -221,3 +221,10 @@ def attach_command(run: str) -> str:
 
 def stop_command(run: str) -> str:
     return f"tmux kill-session -t {shlex.quote('=' + session_name(run))}"
+
+
+def graceful_stop_command(remote_dir: str, run: str) -> str:
+    """TERM to the run's notice watcher, which passes it on: the trainer finishes its step, saves
+    (to S3 when checkpoint_dir is there) and exits 75. Exit 1 when no watched run is alive."""
+    pid_file = quote_path(run_dir(remote_dir, run)) + "/watcher.pid"
+    return f'pid=$(cat {pid_file} 2>/dev/null) && kill -TERM "$pid"'

@@ -41,6 +41,7 @@ UPLOAD_RESERVE_S = 30.0
 # When the notice carries no usable time: AWS promises two minutes.
 NOTICE_LEAD_S = 120.0
 MIN_WAIT_S = 5.0
+PID_FILE = "watcher.pid"
 
 
 def log(msg: str) -> None:
@@ -75,6 +76,9 @@ class Watcher:
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.child = subprocess.Popen(self.args.command, start_new_session=True)
+        # Who to signal for a graceful stop (`fab stop`, a detached run's deadline): TERM to us is
+        # passed on to the command, which checkpoints and exits 75 (runs.graceful_stop_command).
+        (self.run_dir / PID_FILE).write_text(f"{os.getpid()}\n")
         # A Ctrl-C in `fab attach`, a HUP from tmux or a TERM from shutdown reaches only us (the child
         # has its own group): pass it on, and let the child decide.
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

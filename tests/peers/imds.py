@@ -5,7 +5,8 @@
 - `GET /latest/meta-data/spot/instance-action`: 404 until the test calls `mark_interruption()`,
   then `{"action": "terminate", "time": "<now + 120 s>"}` (as AWS sends it).
 - `GET /latest/meta-data/events/recommendations/rebalance`: 404 until `mark_rebalance()`.
-- `GET /latest/meta-data/placement/region` and `instance-id`.
+- `GET /latest/meta-data/placement/region`, `placement/availability-zone`, `instance-id`,
+  `instance-type` and `instance-life-cycle` (`spot` or `on-demand`): the identity a boot reads.
 
 `ImdsServer` is a context manager (the benchmark uses it); the `imds` fixture yields a running one.
 `clear()` takes the marks back (a replacement instance has no notice).
@@ -35,6 +36,9 @@ class ImdsServer:
     def __init__(self, region: str = "us-east-1", instance_id: str = "i-0123456789abcdef0"):
         self.region = region
         self.instance_id = instance_id
+        self.instance_type = "g5.xlarge"
+        self.zone = f"{region}a"
+        self.lifecycle = "spot"
         self._lock = threading.Lock()
         self._tokens: dict[str, float] = {}
         self._action: dict | None = None
@@ -91,6 +95,12 @@ class ImdsServer:
                 return 200, self.region
             if path == "/latest/meta-data/instance-id":
                 return 200, self.instance_id
+            if path == "/latest/meta-data/instance-type":
+                return 200, self.instance_type
+            if path == "/latest/meta-data/placement/availability-zone":
+                return 200, self.zone
+            if path == "/latest/meta-data/instance-life-cycle":
+                return 200, self.lifecycle
             return 404, ""
 
     def __enter__(self) -> ImdsServer:

@@ -1,0 +1,302 @@
+"""The boot of a detached run: runs (as root) at every launch of every instance of the run's Auto
+Scaling group, from the code bundle the user data fetched, and keeps the run going with no laptop:
+
+    python -m ec2.remote.boot --root s3://bucket/prefix [--shutdown 'shutdown -h'] [--poll 5]
+
+1. reads the run's record from S3 (ec2.remote.detached) and counts this attempt;
+2. guards the cost: past max_recoveries, or past the run's deadline (max_hours from submit), it
+   sets the group's desired capacity to 0 and shuts the instance down; otherwise it schedules the
+   instance's own shutdown at the time left;
+3. sets up the venv over the AMI's PyTorch, with the same command as `fab setup`; two boots in a
+   row that fail here stop the group (no crash loop of paid instances), one shuts down so the
+   group tries a fresh instance;
+4. starts the run as the login user in tmux, wrapped in the notice watcher, with the same command
+   line as `fab train` (ec2.remote.runs / trainrun), so `fab logs`/`attach`/`status` work on it;
+5. waits for the run's exit code, copies its log to S3, and ends the attempt:
+   exit 0 → `finished`, desired 0; exit 75 after a spot notice → `preempted`, the group is left
+   alone (AWS replaces the instance and the next boot resumes from the S3 checkpoint); exit 75 on
+   `fab stop` (no notice) → `stopped`, desired 0; any other exit → `failed`, desired 0.
+
+Identity and region come from the metadata service (SPOTRUN_IMDS_URL), S3 and Auto Scaling
+through the instance role: no credentials travel. Standard library, boto3 and common/ only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import pwd
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import botocore.exceptions
+
+from common import aws
+from ec2.remote import detached, runs
+from ec2.remote.detached import BootAttempt, DetachedRun
+from ec2.remote.imds import Identity, Imds, ImdsUnreachable
+from ec2.remote.trainrun import setup_command
+
+# The trainer's "stopped, resumable" exit (ml.errors.STOPPED_RESUMABLE).
+RESUMABLE_EXIT = 75
+DEFAULT_SHUTDOWN = "shutdown -h"
+
+
+def log(msg: str) -> None:
+    print(f"spotrun boot: {msg}", file=sys.stderr, flush=True)
+
+
+def as_user(user: str, line: str) -> list[str]:
+    """argv running a shell line as the login user with their HOME (the boot itself is root), so
+    the venv, the run's files and its tmux server belong to the user that `fab ssh` logs in as."""
+    if user == getpass.getuser():
+        return ["bash", "-c", line]
+    home = pwd.getpwnam(user).pw_dir
+    return ["runuser", "-u", user, "--", "env", f"HOME={home}", "bash", "-c", line]
+
+
+def local_path(path: str, user: str) -> Path:
+    """A remote_dir-style path (`~/spotrun`) as the login user sees it."""
+    if path == "~" or path.startswith("~/"):
+        return Path(pwd.getpwnam(user).pw_dir) / path[2:]
+    return Path(path)
+
+
+def shutdown_argv(shutdown: str, minutes: int | None, why: str) -> list[str]:
+    """`shutdown -h +N why` (scheduled; a later call replaces it) or `shutdown -h now why`."""
+    return [*shlex.split(shutdown), f"+{minutes}" if minutes is not None else "now", why]
+
+
+@dataclass
+class Ending:
+    outcome: str  # the attempt's outcome
+    status: str  # the run's status after it
+    stop_group: bool  # set desired capacity to 0
+    shut_down: bool = False  # and shut this instance down now
+
+
+def ending_for(exit_code: int, noticed: bool) -> Ending:
+    """What an attempt's end means for the run and the group (a pure function: tests read it)."""
+    if exit_code == 0:
+        return Ending("finished", "finished", stop_group=True)
+    if exit_code == RESUMABLE_EXIT and noticed:
+        # AWS takes the instance back and the group launches another: leave it alone.
+        return Ending("preempted", "interrupted", stop_group=False)
+    if exit_code == RESUMABLE_EXIT:
+        return Ending("stopped", "stopped", stop_group=True)
+    return Ending("failed", "failed", stop_group=True)
+
+
+class Boot:
+    def __init__(self, root: str, identity: Identity, *, shutdown: str, poll_s: float, s3=None, asg=None):
+        region = identity.region
+        self.root = root
+        self.me = identity
+        self.shutdown = shutdown
+        self.poll_s = poll_s
+        self.s3 = s3 or aws.client("s3", region)
+        self.asg = asg or aws.client("autoscaling", region)
+        self.state: DetachedRun | None = None
+        self.attempt: BootAttempt | None = None
+
+    # --- the record ---------------------------------------------------------------------------------
+    def save(self) -> None:
+        detached.save(self.s3, self.state)
+
+    def refresh_stop(self) -> None:
+        """`fab stop` writes stop_requested into the record while we run: read it back."""
+        fresh = detached.load(self.s3, self.root)
+        if fresh is not None and fresh.stop_requested:
+            self.state.stop_requested = True
+
+    # --- the group and the machine ------------------------------------------------------------------
+    def stop_group(self, why: str) -> None:
+        log(f"{why}: setting desired capacity of {self.state.group} to 0")
+        try:
+            self.asg.set_desired_capacity(
+                AutoScalingGroupName=self.state.group, DesiredCapacity=0, HonorCooldown=False
+            )
+        except botocore.exceptions.ClientError as e:
+            # Shutting down still ends this instance; the next boot finds the run ended and tries again.
+            log(f"could not set desired capacity ({aws.error_code(e)}): {e}")
+
+    def shut_down(self, minutes: int | None, why: str) -> None:
+        argv = shutdown_argv(self.shutdown, minutes, why)
+        log(f"{why}: {' '.join(argv)}")
+        subprocess.run(argv, check=False)
+
+    def end(self, outcome: str, status: str, why: str, *, stop_group: bool, shut_down: bool) -> int:
+        self.attempt.outcome = outcome
+        self.attempt.ended_at = detached.now_iso()
+        self.state.status = status
+        self.save()
+        if stop_group:
+            self.stop_group(why)
+        if shut_down:
+            self.shut_down(None, f"spotrun: {why}")
+        return 0
+
+    # --- the stages ---------------------------------------------------------------------------------
+    def begin(self) -> str | None:
+        """Count this attempt; None to go on, or why the run must not go on."""
+        s = self.state
+        previous = s.attempts[-1] if s.attempts else None
+        self.attempt = BootAttempt(
+            number=len(s.attempts) + 1,
+            instance_id=self.me.instance_id,
+            instance_type=self.me.instance_type,
+            zone=self.me.zone,
+            market=self.me.market,
+        )
+        s.attempts.append(self.attempt)
+        if s.ended:
+            return f"the run already ended ({s.status})"
+        if s.stop_requested:
+            s.status = "stopped"
+            return "a stop was requested"
+        if self.attempt.number > s.max_attempts:
+            s.status = "gave-up"
+            return f"attempt {self.attempt.number} is past max_recoveries={s.max_recoveries}"
+        if s.seconds_left() <= 0:
+            s.status = "deadline"
+            when = s.deadline.isoformat(timespec="seconds")
+            return f"the run's deadline ({when}, max_hours={s.max_hours:g}) passed"
+        if previous is not None and previous.outcome == "booting":
+            # The previous boot died without recording an end (instance lost mid-setup): not a
+            # setup failure we can prove, so it only shows in the history.
+            previous.outcome = "lost"
+        return None
+
+    def setup(self) -> bool:
+        s = self.state
+        line = setup_command(s.remote_dir, s.setup_python, s.require_gpu)
+        log(f"setup: {line}")
+        result = subprocess.run(as_user(s.login_user, line), capture_output=True, text=True)
+        if result.returncode == 0:
+            return True
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        log(f"setup failed (exit {result.returncode}): {' | '.join(tail)}")
+        return False
+
+    def start(self) -> Path:
+        s = self.state
+        line = runs.start_command(
+            s.remote_dir,
+            s.run,
+            s.command,
+            env=s.env,
+            force=True,  # a reboot of this instance, or a rerun of the boot, restarts the run
+            watcher_args=s.watcher_args,
+            output_dir=s.output_dir,
+        )
+        subprocess.run(as_user(s.login_user, line), check=True)
+        log(f"started run {s.run!r} in tmux ({runs.session_name(s.run)})")
+        return local_path(runs.run_dir(s.remote_dir, s.run), s.login_user)
+
+    def wait(self, run_dir: Path) -> int:
+        """Until the run's exit code is written; on the deadline, the trainer is told to stop."""
+        code_file = run_dir / "exit_code"
+        signalled = False
+        while not code_file.exists():
+            if not signalled and self.state.seconds_left() <= 0:
+                self.state.status = "deadline"
+                # Until the watcher has written its pid (a run that just started), try again.
+                signalled = self.signal_trainer()
+                if signalled:
+                    log("the run's deadline passed: asked the trainer to checkpoint and stop")
+            time.sleep(self.poll_s)
+        return int(code_file.read_text().strip())
+
+    def signal_trainer(self) -> bool:
+        line = runs.graceful_stop_command(self.state.remote_dir, self.state.run)
+        return subprocess.run(as_user(self.state.login_user, line), check=False).returncode == 0
+
+    def keep_log(self, run_dir: Path) -> None:
+        log_file = run_dir / "log"
+        if log_file.is_file():
+            text = log_file.read_text(errors="replace")
+            self.attempt.log_uri = detached.put_text(
+                self.s3, self.root, f"logs/attempt-{self.attempt.number}.log", text
+            )
+
+    # --- the whole boot -----------------------------------------------------------------------------
+    def run(self) -> int:
+        self.state = detached.load(self.s3, self.root)
+        if self.state is None:
+            log(f"no run record at {detached.state_uri(self.root)}; shutting down")
+            self.shut_down(None, "spotrun: no run record")
+            return 1
+        why = self.begin()
+        if why is not None:
+            return self.end(self.state.status, self.state.status, why, stop_group=True, shut_down=True)
+        left_min = max(1, int(self.state.seconds_left() // 60))
+        self.shut_down(left_min, "spotrun: the run's deadline")
+        self.state.status = "running"
+        self.save()
+        log(f"attempt {self.attempt.number} of {self.state.max_attempts} on {self.me.instance_id}")
+
+        if not self.setup():
+            before = self.state.attempts[-2] if len(self.state.attempts) > 1 else None
+            if before is not None and before.outcome == "setup-failed":
+                return self.end(
+                    "setup-failed",
+                    "setup-failed",
+                    "setup failed on two boots in a row",
+                    stop_group=True,
+                    shut_down=True,
+                )
+            # Perhaps this machine only (a bad disk, a package mirror hiccup): let the group try another.
+            return self.end("setup-failed", "interrupted", "setup failed", stop_group=False, shut_down=True)
+
+        self.attempt.outcome = "running"
+        self.save()
+        run_dir = self.start()
+        code = self.wait(run_dir)
+        self.attempt.exit_code = code
+        self.keep_log(run_dir)
+        noticed = (run_dir / "notice").exists()
+        deadline_hit = self.state.status == "deadline"
+        self.refresh_stop()
+        ending = ending_for(code, noticed)
+        if deadline_hit and ending.outcome != "finished":
+            ending = Ending("deadline", "deadline", stop_group=True)
+        log(f"run exited {code}: {ending.outcome}")
+        return self.end(
+            ending.outcome,
+            ending.status,
+            f"run {ending.outcome}",
+            stop_group=ending.stop_group,
+            shut_down=False,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ec2.remote.boot", description=__doc__.split("\n")[0])
+    parser.add_argument("--root", required=True, help="the run's S3 root (holds state.json)")
+    parser.add_argument("--shutdown", default=os.environ.get("SPOTRUN_SHUTDOWN", DEFAULT_SHUTDOWN))
+    parser.add_argument("--poll", type=float, default=5.0, help="seconds between looks at the run")
+    args = parser.parse_args(argv)
+    try:
+        identity = Imds().identity()
+    except ImdsUnreachable as e:
+        log(f"no instance metadata ({e}): a detached run's boot only runs on its EC2 instance")
+        return 2
+    log(f"{identity.instance_id} ({identity.instance_type}, {identity.zone}, {identity.market})")
+    boot = Boot(args.root, identity, shutdown=args.shutdown, poll_s=args.poll)
+    try:
+        return boot.run()
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+        # Nothing can be recorded: stop paying for this machine; the group tries another, whose
+        # boot counts it (its attempt was saved, or it was never counted and costs one boot).
+        log(f"AWS call failed: {e}; shutting down")
+        subprocess.run(shutdown_argv(args.shutdown, None, "spotrun: boot failed"), check=False)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""A detached run's record in S3, shared by the laptop (`fab run --detach`, `fab watch`, `fab stop`)
+and every instance's boot (ec2.remote.boot): what to run, the guards (attempts, deadline), and one
+entry per attempt. It lives under the run's root prefix, beside the checkpoints:
+
+    <root>/state.json             this record (the boot reads it at every launch)
+    <root>/bundle-<sha256>.tar.gz the code, exactly what `fab sync` sends (ec2.cloud.bundle)
+    <root>/logs/attempt-<n>.log   each attempt's run log, copied when the attempt ends
+
+Only one instance of the group runs at a time (max 1, Capacity Rebalance off), so the boot's
+read-modify-write of state.json has no concurrent writer but a user's `fab stop`, which only sets
+`stop_requested` and is read again before the end is recorded.
+
+Plain data: standard library, boto3 and common/ only (it runs with the instance's Python).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import botocore.exceptions
+
+from common.s3uri import split_s3
+
+STATE_FILE = "state.json"
+# Terminal states: nothing more will run; a boot that finds one stops the group at once.
+ENDED = ("finished", "failed", "stopped", "gave-up", "deadline", "setup-failed")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def root_for(checkpoint_dir: str, name: str) -> str:
+    """The run's root prefix: a sibling of the checkpoint folder, so the instance role's S3
+    grant covers both with one prefix each and the checkpoint store never lists our files."""
+    return f"{checkpoint_dir.rstrip('/')}-spotrun-{name}"
+
+
+@dataclass
+class BootAttempt:
+    number: int
+    instance_id: str
+    instance_type: str | None = None
+    zone: str | None = None
+    market: str | None = None
+    booted_at: str = field(default_factory=now_iso)
+    ended_at: str | None = None
+    # booting | setup-failed | running | finished | failed | preempted | stopped | gave-up | deadline
+    outcome: str = "booting"
+    exit_code: int | None = None
+    log_uri: str | None = None
+
+
+@dataclass
+class DetachedRun:
+    name: str
+    group: str
+    region: str
+    root: str  # s3://bucket/prefix of this record, the bundle and the logs
+    command: str
+    run: str = "train"
+    env: dict[str, str] = field(default_factory=dict)
+    watcher_args: list[str] = field(default_factory=list)
+    output_dir: str | None = None
+    checkpoint_dir: str | None = None
+    remote_dir: str = "~/spotrun"
+    login_user: str = "ubuntu"
+    setup_python: str | None = None  # a ready python instead of the venv (tests, prepared images)
+    require_gpu: bool = True
+    max_recoveries: int = 3
+    submitted_at: str = field(default_factory=now_iso)
+    max_hours: float = 12.0
+    bundle_uri: str | None = None
+    # submitted | running | interrupted | finished | failed | stopped | gave-up | deadline | setup-failed
+    status: str = "submitted"
+    stop_requested: bool = False
+    attempts: list[BootAttempt] = field(default_factory=list)
+
+    @property
+    def deadline(self) -> datetime:
+        return parse_iso(self.submitted_at) + timedelta(hours=self.max_hours)
+
+    def seconds_left(self, now: datetime | None = None) -> float:
+        return (self.deadline - (now or datetime.now(timezone.utc))).total_seconds()
+
+    @property
+    def max_attempts(self) -> int:
+        return 1 + self.max_recoveries
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> DetachedRun:
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["attempts"] = [BootAttempt(**a) for a in data.get("attempts", [])]
+        return cls(**data)
+
+
+def state_uri(root: str) -> str:
+    return f"{root.rstrip('/')}/{STATE_FILE}"
+
+
+def key_of(root: str, *parts: str) -> tuple[str, str]:
+    bucket, prefix = split_s3(root)
+    return bucket, "/".join(p for p in (prefix, *parts) if p)
+
+
+def load(s3, root: str) -> DetachedRun | None:
+    """The record, or None when there is none (a run never submitted, or cleaned up)."""
+    bucket, key = key_of(root, STATE_FILE)
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except botocore.exceptions.ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+    return DetachedRun.from_json(body.decode())
+
+
+def save(s3, state: DetachedRun) -> None:
+    # One PUT replaces the object whole: a reader sees the old record or the new, never half.
+    bucket, key = key_of(state.root, STATE_FILE)
+    s3.put_object(Bucket=bucket, Key=key, Body=state.to_json().encode(), ContentType="application/json")
+
+
+def put_text(s3, root: str, relative: str, text: str) -> str:
+    bucket, key = key_of(root, relative)
+    s3.put_object(Bucket=bucket, Key=key, Body=text.encode())
+    return f"s3://{bucket}/{key}"
+
+
+def get_text(s3, uri: str) -> str | None:
+    bucket, key = split_s3(uri)
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode(errors="replace")
+    except botocore.exceptions.ClientError:
+        return None

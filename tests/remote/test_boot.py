@@ -1,0 +1,249 @@
+"""The detached run's boot (python -m ec2.remote.boot), run for real as a process against stand-ins:
+the IMDS peer for identity and the spot notice, moto's server for S3 and Auto Scaling, a temporary
+folder as the machine (its code folder is this repository, as the bundle would unpack it), real
+tmux and the real notice watcher, and a stand-in for `shutdown` that records its arguments."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import boto3
+import pytest
+
+from common import aws
+from ec2.remote import detached
+from ec2.remote.boot import Ending, ending_for, shutdown_argv
+from ec2.remote.detached import BootAttempt, DetachedRun
+from tests.peers.imds import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+BUCKET = "spot-boot"
+GROUP = "spotrun-job"
+
+
+@pytest.fixture
+def machine(aws_env, imds, tmp_path, monkeypatch):
+    """moto with a bucket and a group of one (desired 1); a machine folder; the boot's environment."""
+    aws.reset_clients()
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    # Any image id: moto launches the group's instance without looking it up.
+    boto3.client("ec2").create_launch_template(
+        LaunchTemplateName="spotrun-job", LaunchTemplateData={"ImageId": "ami-12345678"}
+    )
+    asg = boto3.client("autoscaling")
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=GROUP,
+        LaunchTemplate={"LaunchTemplateName": "spotrun-job", "Version": "$Latest"},
+        MinSize=0,
+        MaxSize=1,
+        DesiredCapacity=1,
+        AvailabilityZones=["us-east-1a"],
+    )
+    remote = tmp_path / "m" / "spotrun"
+    remote.mkdir(parents=True)
+    (remote / "code").symlink_to(REPO)
+    shutdown_log = tmp_path / "shutdown.log"
+    stand_in = tmp_path / "shutdown"
+    stand_in.write_text(f'#!/bin/sh\necho "$@" >> {shutdown_log}\n')
+    stand_in.chmod(0o755)
+    env = dict(os.environ, SPOTRUN_IMDS_URL=imds.url, TMUX_TMPDIR=str(tmp_path), OMP_NUM_THREADS="1")
+    yield Machine(tmp_path, remote, stand_in, shutdown_log, env, imds, asg)
+    subprocess.run(["tmux", "kill-server"], env=env, capture_output=True)
+    aws.reset_clients()
+
+
+class Machine:
+    def __init__(self, tmp, remote, shutdown, shutdown_log, env, imds, asg):
+        self.tmp, self.remote, self.shutdown, self.shutdown_log = tmp, remote, shutdown, shutdown_log
+        self.env, self.imds, self.asg = env, imds, asg
+        self.root = f"s3://{BUCKET}/runs/job/checkpoint-spotrun-job"
+        self.s3 = boto3.client("s3")
+
+    def submit(self, command: str, **kw) -> DetachedRun:
+        kw.setdefault("setup_python", str(REPO / ".venv/bin/python"))
+        state = DetachedRun(
+            name="job",
+            group=GROUP,
+            region="us-east-1",
+            root=self.root,
+            command=command,
+            watcher_args=["--signal", "USR1", "--poll", "0.2"],
+            remote_dir=str(self.remote),
+            login_user=os.environ.get("USER") or __import__("getpass").getuser(),
+            require_gpu=False,
+            **kw,
+        )
+        detached.save(self.s3, state)
+        return state
+
+    def boot(self) -> subprocess.Popen:
+        argv = [
+            sys.executable,
+            "-m",
+            "ec2.remote.boot",
+            "--root",
+            self.root,
+            "--shutdown",
+            str(self.shutdown),
+        ]
+        return subprocess.Popen(
+            [*argv, "--poll", "0.2"],
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def boot_to_end(self, timeout: float = 120) -> str:
+        p = self.boot()
+        out, _ = p.communicate(timeout=timeout)
+        assert p.returncode == 0, out
+        return out
+
+    def state(self) -> DetachedRun:
+        return detached.load(self.s3, self.root)
+
+    def desired(self) -> int:
+        return self.asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0][
+            "DesiredCapacity"
+        ]
+
+    def shutdowns(self) -> list[str]:
+        return self.shutdown_log.read_text().splitlines() if self.shutdown_log.exists() else []
+
+    def run_dir(self) -> Path:
+        return self.remote / "runs" / "train"
+
+
+def test_first_boot_starts_the_run_and_exit_0_finishes_and_stops_the_group(machine):
+    machine.submit("echo trained fine; exit 0", max_hours=2)
+    out = machine.boot_to_end()
+    state = machine.state()
+    assert state.status == "finished", out
+    [a] = state.attempts
+    assert (a.number, a.outcome, a.exit_code) == (1, "finished", 0)
+    assert (a.instance_id, a.instance_type, a.zone, a.market) == (
+        machine.imds.instance_id,
+        "g5.xlarge",
+        "us-east-1a",
+        "spot",
+    )
+    assert machine.desired() == 0
+    # Set up as `fab setup` does, started as `fab train` does: in tmux, under the notice watcher.
+    assert (machine.remote / "venv" / ".spotrun-setup").exists()
+    log = (machine.run_dir() / "log").read_text()
+    assert "trained fine" in log and "spot_watch: watching" in log
+    assert (machine.run_dir() / "command").read_text().strip() == "echo trained fine; exit 0"
+    # The log outlives the instance, in S3.
+    assert "trained fine" in detached.get_text(machine.s3, a.log_uri)
+    # The instance's own shutdown is scheduled at the time left (2 h, less what has passed).
+    [scheduled] = machine.shutdowns()
+    minutes = int(scheduled.split()[0].lstrip("+"))
+    assert 118 <= minutes <= 120 and "deadline" in scheduled
+
+
+def test_failing_exit_records_failed_and_stops_the_group(machine):
+    machine.submit("echo broken >&2; exit 3")
+    machine.boot_to_end()
+    state = machine.state()
+    assert state.status == "failed"
+    assert [(a.outcome, a.exit_code) for a in state.attempts] == [("failed", 3)]
+    assert machine.desired() == 0
+
+
+def test_exit_75_after_a_notice_leaves_the_group_alone(machine):
+    # Stands in for the trainer: on the watcher's USR1 it "checkpoints" and exits 75.
+    machine.submit("trap 'echo saved; exit 75' USR1; echo started; while true; do sleep 0.1; done")
+    p = machine.boot()
+    try:
+        log = machine.run_dir() / "log"
+        wait_until(lambda: log.exists() and "started" in log.read_text(), 60, "the run to start")
+        machine.imds.mark_interruption()
+        out, _ = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 0, out
+    state = machine.state()
+    assert state.status == "interrupted", out
+    assert [(a.outcome, a.exit_code) for a in state.attempts] == [("preempted", 75)]
+    assert json.loads((machine.run_dir() / "preempted").read_text())["command_exit_code"] == 75
+    assert machine.desired() == 1  # AWS replaces the instance; the next boot resumes
+
+
+def test_next_boot_counts_the_attempt_and_resumes(machine):
+    first = BootAttempt(1, "i-first", outcome="preempted", exit_code=75)
+    machine.submit("echo resumed; exit 0", attempts=[first], status="interrupted")
+    machine.boot_to_end()
+    state = machine.state()
+    assert [(a.number, a.outcome) for a in state.attempts] == [(1, "preempted"), (2, "finished")]
+    assert state.status == "finished" and machine.desired() == 0
+
+
+def test_attempt_past_max_recoveries_stops_the_group_and_shuts_down(machine):
+    earlier = [BootAttempt(n, f"i-{n}", outcome="preempted", exit_code=75) for n in (1, 2)]
+    machine.submit("echo never; exit 0", max_recoveries=1, attempts=earlier, status="interrupted")
+    out = machine.boot_to_end()
+    state = machine.state()
+    assert state.status == "gave-up" and state.attempts[-1].outcome == "gave-up", out
+    assert "past max_recoveries=1" in out
+    assert machine.desired() == 0
+    assert machine.shutdowns() == ["now spotrun: attempt 3 is past max_recoveries=1"]
+    assert not machine.run_dir().exists()  # nothing was started
+
+
+def test_boot_past_the_deadline_stops_the_group_and_shuts_down(machine):
+    submitted = (datetime.now(timezone.utc) - timedelta(hours=2)).isoformat(timespec="seconds")
+    machine.submit("echo never; exit 0", max_hours=1.5, submitted_at=submitted)
+    out = machine.boot_to_end()
+    state = machine.state()
+    assert state.status == "deadline" and state.attempts[-1].outcome == "deadline", out
+    assert machine.desired() == 0
+    [line] = machine.shutdowns()
+    assert line.startswith("now ") and "deadline" in line
+    assert not machine.run_dir().exists()
+
+
+def test_deadline_during_the_run_stops_the_trainer_and_the_group(machine):
+    submitted = (datetime.now(timezone.utc) - timedelta(hours=1, seconds=-8)).isoformat(timespec="seconds")
+    machine.submit(
+        "trap 'echo saved on TERM; exit 75' TERM; echo started; while true; do sleep 0.1; done",
+        max_hours=1,
+        submitted_at=submitted,
+    )
+    out = machine.boot_to_end(timeout=90)
+    state = machine.state()
+    assert state.status == "deadline", out
+    assert [(a.outcome, a.exit_code) for a in state.attempts] == [("deadline", 75)]
+    assert "saved on TERM" in (machine.run_dir() / "log").read_text()
+    assert machine.desired() == 0
+
+
+def test_two_boots_failing_setup_in_a_row_stop_the_group(machine):
+    machine.submit("echo never; exit 0", setup_python="/nonexistent/python")
+    out = machine.boot_to_end()
+    state = machine.state()
+    assert [a.outcome for a in state.attempts] == ["setup-failed"], out
+    # One failure may be this machine's: the group gets to try a fresh one.
+    assert machine.desired() == 1 and machine.shutdowns()[-1].startswith("now ")
+    machine.imds.instance_id = "i-0second0000000000"
+    out = machine.boot_to_end()
+    state = machine.state()
+    assert [a.outcome for a in state.attempts] == ["setup-failed", "setup-failed"], out
+    assert state.status == "setup-failed"
+    assert machine.desired() == 0
+    assert machine.shutdowns()[-1] == "now spotrun: setup failed on two boots in a row"
+
+
+def test_ending_for_each_exit():
+    assert ending_for(0, noticed=False) == Ending("finished", "finished", stop_group=True)
+    assert ending_for(75, noticed=True) == Ending("preempted", "interrupted", stop_group=False)
+    assert ending_for(75, noticed=False) == Ending("stopped", "stopped", stop_group=True)
+    assert ending_for(1, noticed=True) == Ending("failed", "failed", stop_group=True)
+    assert shutdown_argv("shutdown -h", 90, "why") == ["shutdown", "-h", "+90", "why"]
+    assert shutdown_argv("shutdown -h", None, "why") == ["shutdown", "-h", "now", "why"]
