@@ -11,7 +11,7 @@ FABARGS := $(if $(NAME),--name $(NAME)) --config $(CONFIG)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test lint format demo data train bench aws-launch aws-status aws-setup aws-upload \
-        aws-train aws-logs aws-attach aws-ssh aws-download aws-gpu aws-terminate aws-run aws-cleanup
+        aws-train aws-logs aws-attach aws-ssh aws-download aws-gpu aws-terminate aws-run aws-cleanup aws-watch aws-stop
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -73,5 +73,9 @@ aws-terminate: ## terminate the instance (asks first; YES=1 for scripts)
 	$(FAB) terminate $(FABARGS) $(if $(YES),--yes)
 aws-cleanup: ## remove spotrun's security group and key pair when unused
 	$(FAB) cleanup --config $(CONFIG)
-aws-run: ## the managed journey: launch, setup, sync, train, recover from interruptions, download, terminate
-	$(FAB) run $(FABARGS) --train-config $(TRAIN_CONFIG) $(if $(ARGS),--args "$(ARGS)")
+aws-run: ## the managed journey: launch, setup, sync, train, recover from interruptions, download, terminate (DETACH=1: hand it to an Auto Scaling group)
+	$(FAB) run $(FABARGS) --train-config $(TRAIN_CONFIG) $(if $(ARGS),--args "$(ARGS)") $(if $(DETACH),--detach)
+aws-watch: ## follow a detached run (fab run --detach): state, instance, attempts, log tail, summary
+	$(FAB) watch $(FABARGS)
+aws-stop: ## stop a detached run: checkpoint to S3, then desired capacity 0
+	$(FAB) stop $(FABARGS)

@@ -68,6 +68,9 @@ class AwsConfig:
     # replacements it launches after interruptions before giving up.
     checkpoint_backup_uri: str | None = None
     max_recoveries: int = 3
+    # `fab run --detach`: where the code bundle goes (s3://bucket/prefix; unset: beside the
+    # checkpoints, in the run's own prefix).
+    bundle_uri: str | None = None
 
     def __post_init__(self) -> None:
         if not self.instance_types:

@@ -19,6 +19,7 @@ from ec2.cloud import account, instances, keys, network
 from ec2.cloud import launch as launching
 from ec2.errors import InstanceNotFound, ToolkitError
 from ec2.remote import sshconfig
+from tasks import detached
 from tasks.edge import aws_config, edge, machine_name
 
 
@@ -89,6 +90,9 @@ def status(c, all_regions=False, no_runs=False, config=None, set_=None):
                 f"note: registry entry {rec.name} points at {rec.instance_id}, which no longer runs; "
                 f"`fab forget --name {rec.name}` drops it"
             )
+        for line in detached.status_lines(cfg, region):
+            shown += 1
+            print(f"detached run {line}")
         if any(r.estimate for r in report.rows):
             print("* on-demand list price (us-east-1, from a table): an estimate")
     if not shown:
@@ -109,6 +113,16 @@ def terminate(c, name=None, all_=False, yes=False, no_wait=False, config=None, s
     else:
         name = machine_name(name, cfg)
         targets = instances.find_instances(ec2, name)
+        # A detached run's group would replace the instance: the group (and template) go first.
+        if detached.has_group(cfg, region, name):
+            confirm(
+                f"delete detached run {name}'s Auto Scaling group and terminate its instances in {region}?",
+                yes,
+            )
+            detached.remove_group(cfg, region, name)
+            for info in targets:
+                instances.forget_local(info.name)
+            return
         if not targets:
             _forget_gone(name, region)
             return
@@ -156,6 +170,7 @@ def cleanup(c, yes=False, config=None, set_=None):
     """Delete spotrun's security group and key pair when no instance uses them (--yes: the .pem too)."""
     cfg = aws_config(config, set_)
     region, ec2 = _ec2(cfg)
+    detached.leftovers(cfg, region)
     group = network.find_group(ec2, cfg.security_group_name, network.vpc_id(ec2, cfg))
     if group is None:
         print(f"no security group {cfg.security_group_name!r} in {region}")

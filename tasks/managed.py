@@ -38,8 +38,10 @@ def run(
     dest=None,
     config=None,
     set_=None,
+    detach=False,
 ):
-    """Managed run: launch, setup, sync, train; on interruption relaunch elsewhere and resume; summary."""
+    """Managed run: launch, setup, sync, train; on interruption relaunch elsewhere and resume; summary.
+    --detach: hand it to an Auto Scaling group of one (needs checkpoint_dir in S3; `fab watch`)."""
     from ml.config import load_train_config
 
     cfg = aws_config(config, set_)
@@ -73,6 +75,11 @@ def run(
         setup_python=setup_python,
         require_gpu=not no_gpu,
     )
+    if detach:
+        from tasks.detached import submit
+
+        submit(cfg, name, plan)
+        return
     journey = Journey(cfg, name, plan, out=_say, ask=stdin_asker(), outputs=Path(dest) if dest else None)
     try:
         journey.run()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Set
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import botocore.exceptions
@@ -46,18 +47,18 @@ def instance_tags(cfg: AwsConfig, name: str, owner: str, created: str) -> list[d
     return [{"Key": k, "Value": str(v)} for k, v in tags.items()]
 
 
-def run_params(
-    cfg: AwsConfig, name: str, owner: str, ami: Ami, group_id: str, choice: Choice, created: str
+def instance_settings(
+    cfg: AwsConfig, name: str, owner: str, ami: Ami, created: str, user_data: str | None = None
 ) -> dict:
-    """The run_instances request for one choice (a pure function: tests read it)."""
+    """Every launch guarantee, in the shape run_instances and a launch template's data share: the
+    AMI, the key, IMDSv2 only, an encrypted gp3 root deleted with the instance, shutdown that
+    terminates, tags on the instance and its volume, the instance profile, and the user data
+    (the cost guards unless given). `fab launch` and `fab run --detach` both build from this."""
     tags = instance_tags(cfg, name, owner, created)
-    params = {
+    settings = {
         "ImageId": ami.image_id,
-        "InstanceType": choice.instance_type,
-        "MinCount": 1,
-        "MaxCount": 1,
         "KeyName": cfg.key_name,
-        "UserData": build_user_data(cfg.max_hours, cfg.idle_minutes, cfg.ssh_port),
+        "UserData": user_data or build_user_data(cfg.max_hours, cfg.idle_minutes, cfg.ssh_port),
         # IMDSv2 only: a stolen-request SSRF on the instance cannot read its role credentials.
         "MetadataOptions": {
             "HttpTokens": "required",
@@ -83,6 +84,22 @@ def run_params(
             {"ResourceType": "volume", "Tags": tags},
         ],
     }
+    if cfg.iam_instance_profile:
+        key = "Arn" if cfg.iam_instance_profile.startswith("arn:") else "Name"
+        settings["IamInstanceProfile"] = {key: cfg.iam_instance_profile}
+    return settings
+
+
+def run_params(
+    cfg: AwsConfig, name: str, owner: str, ami: Ami, group_id: str, choice: Choice, created: str
+) -> dict:
+    """The run_instances request for one choice (a pure function: tests read it)."""
+    params = {
+        **instance_settings(cfg, name, owner, ami, created),
+        "InstanceType": choice.instance_type,
+        "MinCount": 1,
+        "MaxCount": 1,
+    }
     if cfg.subnet_id:
         params["NetworkInterfaces"] = [
             {
@@ -95,9 +112,6 @@ def run_params(
     else:
         params["SecurityGroupIds"] = [group_id]
         params["Placement"] = {"AvailabilityZone": choice.zone}
-    if cfg.iam_instance_profile:
-        key = "Arn" if cfg.iam_instance_profile.startswith("arn:") else "Name"
-        params["IamInstanceProfile"] = {key: cfg.iam_instance_profile}
     if choice.market == "spot":
         spot = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
         if cfg.max_price is not None:
@@ -242,16 +256,22 @@ def _bring_up(
     return record
 
 
-def launch(
-    cfg: AwsConfig,
-    name: str,
-    *,
-    wait_ssh: bool = True,
-    keep_on_failure: bool = False,
-    exclude: Set[tuple[str, str]] = frozenset(),
-    out=print,
-) -> MachineRecord:
-    """Launch the instance ``name`` and return its registry record (see the module docstring)."""
+@dataclass(frozen=True)
+class Prepared:
+    """Everything a launch needs before an instance exists (shared with `fab run --detach`)."""
+
+    region: str
+    owner: str
+    ec2: object
+    ami: Ami
+    choices: list[Choice]
+    key_path: str
+    group_id: str
+    created: str
+
+
+def prepare(cfg: AwsConfig, name: str, exclude: Set[tuple[str, str]] = frozenset(), out=print) -> Prepared:
+    """identity → region → no live duplicate → AMI → choices → key pair → security group."""
     check_name(name)
     region = account.resolve_region(cfg)
     owner = account.caller_arn(region, cfg.profile)  # first: bad credentials fail before anything exists
@@ -265,8 +285,23 @@ def launch(
     key_path = keys.ensure_key_pair(ec2, cfg.key_name, owner, cfg.import_public_key)
     group_id = network.ensure_group(ec2, cfg, cidr, owner)
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return Prepared(region, owner, ec2, ami, choices, str(key_path), group_id, created)
+
+
+def launch(
+    cfg: AwsConfig,
+    name: str,
+    *,
+    wait_ssh: bool = True,
+    keep_on_failure: bool = False,
+    exclude: Set[tuple[str, str]] = frozenset(),
+    out=print,
+) -> MachineRecord:
+    """Launch the instance ``name`` and return its registry record (see the module docstring)."""
+    p = prepare(cfg, name, exclude, out)
+    ec2, region, key_path = p.ec2, p.region, p.key_path
     instance_id, choice = try_choices(
-        ec2, cfg, choices, lambda c: run_params(cfg, name, owner, ami, group_id, c, created), out
+        ec2, cfg, p.choices, lambda c: run_params(cfg, name, p.owner, p.ami, p.group_id, c, p.created), out
     )
     out(f"launched {instance_id}: {choice.describe()}")
     try:

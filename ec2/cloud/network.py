@@ -165,3 +165,25 @@ def allow_my_ip(ec2, cfg, owner: str) -> tuple[str, list[str], str]:
                 IpPermissions=[{**_rule(c, cfg.ssh_port), "IpRanges": [{"CidrIp": c}]} for c in stale],
             )
     return group_id, stale, cidr
+
+
+def subnets_for_zones(ec2, cfg, zones: list[str]) -> list[str]:
+    """The subnets an Auto Scaling group may launch in: the configured subnet, else the VPC's
+    default subnet of each zone (public: the instance gets an address SSH can reach)."""
+    if cfg.subnet_id:
+        return [cfg.subnet_id]
+    vpc = vpc_id(ec2, cfg)
+    with aws_errors("finding the zones' subnets"):
+        subnets = ec2.describe_subnets(
+            Filters=[
+                {"Name": "vpc-id", "Values": [vpc]},
+                {"Name": "availability-zone", "Values": zones},
+                {"Name": "default-for-az", "Values": ["true"]},
+            ]
+        )["Subnets"]
+    if not subnets:
+        raise AwsError(
+            f"no default subnet in {', '.join(zones)} of {vpc}; set `subnet_id:` (a public subnet)",
+            "NoSubnet",
+        )
+    return [s["SubnetId"] for s in sorted(subnets, key=lambda s: zones.index(s["AvailabilityZone"]))]

@@ -100,3 +100,49 @@ def build_user_data(max_hours: float, idle_minutes: int, ssh_port: int = 22) -> 
             _UNITS.format(script=IDLE_SCRIPT_PATH).rstrip("\n"),
         ]
     return "\n".join(lines) + "\n"
+
+
+# The Python that runs the boot before the run's venv exists: the AMI's PyTorch environment
+# (boto3 is part of it), else the system's. The same order as scripts/setup_instance.sh.
+BOOT_PYTHONS = "/opt/pytorch/bin/python3 /opt/conda/envs/pytorch/bin/python3 python3"
+
+
+def boot_lines(root: str, bundle_uri: str, remote_dir: str, login_user: str) -> list[str]:
+    """A detached run's boot: fetch the code bundle with the instance role, unpack it as the login
+    user into REMOTE_DIR/code (where `fab sync` puts it), and start ec2.remote.boot as its own
+    systemd unit (cloud-init finishes; `journalctl -u spotrun-boot` shows it)."""
+    import shlex
+
+    from ec2.remote.runs import code_dir
+    from ec2.remote.ssh import quote_path
+
+    user = shlex.quote(login_user)
+    code = quote_path(code_dir(remote_dir))
+    return [
+        "# spotrun detached run: the boot starts (or resumes) the run from S3 (ec2/remote/boot.py).",
+        f"CODE=$(runuser -u {user} -- bash -c {shlex.quote(f'mkdir -p {code} && cd {code} && pwd')})",
+        f"aws s3 cp --only-show-errors {shlex.quote(bundle_uri)} /tmp/spotrun-bundle.tar.gz",
+        f'runuser -u {user} -- tar -xzf /tmp/spotrun-bundle.tar.gz -C "$CODE"',
+        f"for PY in {BOOT_PYTHONS}; do command -v $PY >/dev/null && break; done",
+        f'systemd-run --unit=spotrun-boot --collect --working-directory="$CODE" "$(command -v $PY)" '
+        f"-m ec2.remote.boot --root {shlex.quote(root)}",
+    ]
+
+
+def build_detached_user_data(
+    max_hours: float,
+    idle_minutes: int,
+    ssh_port: int,
+    *,
+    root: str,
+    bundle_uri: str,
+    remote_dir: str,
+    login_user: str,
+) -> str:
+    """The cost guards of every instance (the boot then moves the hard cap to the run's time
+    left), then the boot."""
+    return (
+        build_user_data(max_hours, idle_minutes, ssh_port)
+        + "\n".join(boot_lines(root, bundle_uri, remote_dir, login_user))
+        + "\n"
+    )

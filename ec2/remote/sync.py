@@ -104,18 +104,21 @@ def _make_remote_dir(path: str) -> str:
     return f"--rsync-path=mkdir -p {quote_path(path)} && rsync"
 
 
+def code_filters() -> list[str]:
+    """What of the project is code: everything but ALWAYS_EXCLUDED and what the ignore files name.
+    `fab sync` and a detached run's bundle (ec2.cloud.bundle) both select with these."""
+    return [
+        *(f"--exclude={p}" for p in ALWAYS_EXCLUDED),
+        "--filter=:- .gitignore",
+        "--filter=:- .spotrunignore",
+    ]
+
+
 def sync_argv(
     machine: Machine, local_root: Path, *, tty: bool = False, protect: tuple[str, ...] | list[str] = ()
 ) -> list[str]:
     code = code_dir(machine.record.remote_dir)
-    options = [
-        "--delete",
-        *protect_filters(protect),
-        *(f"--exclude={p}" for p in ALWAYS_EXCLUDED),
-        "--filter=:- .gitignore",
-        "--filter=:- .spotrunignore",
-        _make_remote_dir(code),
-    ]
+    options = ["--delete", *protect_filters(protect), *code_filters(), _make_remote_dir(code)]
     target = rsync_target(machine.record.host, code + "/")
     return rsync_argv(machine, options, f"{local_root.resolve()}/", target, tty=tty)
 

@@ -1,0 +1,295 @@
+"""A detached run's launch template and Auto Scaling group of one (min 0, max 1, desired 1): AWS's
+own reconciler keeps one instance alive across spot interruptions, over several instance types
+and zones, at no cost, with no process of ours watching.
+
+- The template carries every launch guarantee of `fab launch` (ec2.cloud.launch.instance_settings):
+  the newest DLAMI, IMDSv2 required, an encrypted gp3 root, the security group, the key, the
+  instance profile, tags on instances and volumes, and the user data that starts the boot.
+- The group's mixed instances policy lists `instance_types` over the chosen zones' subnets: 100 %
+  spot with price-capacity-optimized allocation, or 100 % on-demand (market: on-demand). Capacity
+  Rebalance stays off: a replacement launched before the old instance is gone would run a second
+  trainer writing the same checkpoint prefix.
+
+Request bodies are pure functions (tests read them); the calls are thin.
+https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_CreateAutoScalingGroup.html
+https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_InstancesDistribution.html
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import botocore.exceptions
+
+from common.aws import error_code, translate
+from ec2.errors import AwsError
+
+# What a refusal of each call needs granted, for the one-line error.
+PERMISSION = {
+    "CreateLaunchTemplate": "ec2:CreateLaunchTemplate",
+    "DeleteLaunchTemplate": "ec2:DeleteLaunchTemplate",
+    "CreateAutoScalingGroup": "autoscaling:CreateAutoScalingGroup",
+    "UpdateAutoScalingGroup": "autoscaling:UpdateAutoScalingGroup",
+    "DeleteAutoScalingGroup": "autoscaling:DeleteAutoScalingGroup",
+    "SetDesiredCapacity": "autoscaling:SetDesiredCapacity",
+    "DescribeAutoScalingGroups": "autoscaling:DescribeAutoScalingGroups",
+    "DescribeScalingActivities": "autoscaling:DescribeScalingActivities",
+}
+DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnauthorizedAccess"}
+GROUP_TAG = "aws:autoscaling:groupName"
+# The group's pointer to the run's record in S3 (how `fab watch` finds it from the name alone).
+ROOT_TAG = "spotrun:root"
+
+
+def group_name(name: str) -> str:
+    return f"spotrun-{name}"
+
+
+def template_name(name: str) -> str:
+    return f"spotrun-{name}"
+
+
+def refused(e: botocore.exceptions.ClientError, operation: str, doing: str) -> AwsError:
+    """One line: a missing permission named, else the AWS code and message."""
+    code = error_code(e)
+    if code in DENIED:
+        # AWS names the action it refused ("... is not authorized to perform: iam:PassRole on ...").
+        message = e.response.get("Error", {}).get("Message", "")
+        named = re.search(r"not authorized to perform: ([A-Za-z0-9-]+:[A-Za-z0-9]+)", message)
+        needed = named.group(1) if named else PERMISSION.get(operation, operation)
+        return AwsError(
+            f"{doing} refused: your IAM identity lacks {needed}; ask for it or use another profile", code
+        )
+    return translate(e, doing)
+
+
+def template_data(settings: dict, group_id: str) -> dict:
+    """LaunchTemplateData from the instance settings run_instances uses; the market stays out (a
+    mixed instances policy refuses a template with InstanceMarketOptions), and the user data is
+    base64 here (run_instances encodes it itself; a template does not)."""
+    data = {k: v for k, v in settings.items() if k != "UserData"}
+    data["UserData"] = base64.b64encode(settings["UserData"].encode()).decode()
+    data["SecurityGroupIds"] = [group_id]
+    return data
+
+
+def distribution(market: str, max_price: float | None) -> dict:
+    on_demand = 100 if market == "on-demand" else 0
+    dist = {
+        "OnDemandAllocationStrategy": "lowest-price",
+        "OnDemandBaseCapacity": 0,
+        "OnDemandPercentageAboveBaseCapacity": on_demand,
+        "SpotAllocationStrategy": "price-capacity-optimized",
+    }
+    if max_price is not None and on_demand == 0:
+        dist["SpotMaxPrice"] = f"{max_price:g}"
+    return dist
+
+
+def group_params(
+    name: str,
+    template: str,
+    instance_types: list[str],
+    subnets: list[str],
+    market: str,
+    max_price: float | None,
+    tags: list[dict],
+    root: str,
+) -> dict:
+    """The create_auto_scaling_group request (a pure function: tests read it)."""
+    group = group_name(name)
+    return {
+        "AutoScalingGroupName": group,
+        "MinSize": 0,
+        "MaxSize": 1,
+        "DesiredCapacity": 1,
+        "VPCZoneIdentifier": ",".join(subnets),
+        "CapacityRebalance": False,
+        "MixedInstancesPolicy": {
+            "LaunchTemplate": {
+                "LaunchTemplateSpecification": {"LaunchTemplateName": template, "Version": "$Latest"},
+                "Overrides": [{"InstanceType": t} for t in instance_types],
+            },
+            "InstancesDistribution": distribution(market, max_price),
+        },
+        # The template tags instances and volumes; the group's own tags let status find it.
+        "Tags": [
+            {
+                "ResourceId": group,
+                "ResourceType": "auto-scaling-group",
+                "Key": t["Key"],
+                "Value": t["Value"],
+                "PropagateAtLaunch": False,
+            }
+            for t in [*tags, {"Key": ROOT_TAG, "Value": root}]
+        ],
+    }
+
+
+def create_template(ec2, name: str, data: dict, tags: list[dict]) -> str:
+    try:
+        response = ec2.create_launch_template(
+            LaunchTemplateName=template_name(name),
+            LaunchTemplateData=data,
+            TagSpecifications=[{"ResourceType": "launch-template", "Tags": tags}],
+        )
+    except botocore.exceptions.ClientError as e:
+        raise refused(e, "CreateLaunchTemplate", f"creating launch template {template_name(name)}") from None
+    return response["LaunchTemplate"]["LaunchTemplateId"]
+
+
+def delete_template(ec2, name: str) -> bool:
+    """True when a template was deleted, False when there was none."""
+    try:
+        found = ec2.describe_launch_templates(
+            Filters=[{"Name": "launch-template-name", "Values": [template_name(name)]}]
+        )["LaunchTemplates"]
+        if not found:
+            return False
+        ec2.delete_launch_template(LaunchTemplateName=template_name(name))
+    except botocore.exceptions.ClientError as e:
+        if error_code(e) in (
+            "InvalidLaunchTemplateName.NotFoundException",
+            "InvalidLaunchTemplateId.NotFound",
+        ):
+            return False
+        raise refused(e, "DeleteLaunchTemplate", f"deleting launch template {template_name(name)}") from None
+    return True
+
+
+def create_group(asg, params: dict) -> None:
+    try:
+        asg.create_auto_scaling_group(**params)
+    except botocore.exceptions.ClientError as e:
+        raise refused(
+            e, "CreateAutoScalingGroup", f"creating Auto Scaling group {params['AutoScalingGroupName']}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    desired: int
+    instance_ids: list[str]
+    tags: dict[str, str]
+    status: str | None  # "Delete in progress" while going away
+
+
+def _group(raw: dict) -> Group:
+    return Group(
+        name=raw["AutoScalingGroupName"],
+        desired=raw["DesiredCapacity"],
+        instance_ids=[i["InstanceId"] for i in raw.get("Instances", [])],
+        tags={t["Key"]: t["Value"] for t in raw.get("Tags", [])},
+        status=raw.get("Status"),
+    )
+
+
+def describe_group(asg, name: str) -> Group | None:
+    try:
+        groups = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[group_name(name)])[
+            "AutoScalingGroups"
+        ]
+    except botocore.exceptions.ClientError as e:
+        raise refused(e, "DescribeAutoScalingGroups", f"looking up group {group_name(name)}") from None
+    return _group(groups[0]) if groups else None
+
+
+def spotrun_groups(asg, name_tag: str) -> list[Group]:
+    """Every group carrying spotrun's name tag (the detached runs of this account and region)."""
+    out = []
+    try:
+        for page in asg.get_paginator("describe_auto_scaling_groups").paginate(
+            Filters=[{"Name": "tag-key", "Values": [name_tag]}]
+        ):
+            out += [_group(g) for g in page["AutoScalingGroups"]]
+    except botocore.exceptions.ClientError as e:
+        raise refused(e, "DescribeAutoScalingGroups", "listing spotrun's Auto Scaling groups") from None
+    return out
+
+
+def set_desired(asg, name: str, desired: int) -> None:
+    try:
+        asg.set_desired_capacity(
+            AutoScalingGroupName=group_name(name), DesiredCapacity=desired, HonorCooldown=False
+        )
+    except botocore.exceptions.ClientError as e:
+        raise refused(e, "SetDesiredCapacity", f"setting desired capacity of {group_name(name)}") from None
+
+
+def delete_group(asg, name: str) -> bool:
+    """Delete the group, terminating its instances (ForceDelete). False when there was none."""
+    try:
+        asg.delete_auto_scaling_group(AutoScalingGroupName=group_name(name), ForceDelete=True)
+    except botocore.exceptions.ClientError as e:
+        if error_code(e) == "ValidationError" and "not found" in str(e).lower():
+            return False
+        raise refused(
+            e, "DeleteAutoScalingGroup", f"deleting Auto Scaling group {group_name(name)}"
+        ) from None
+    return True
+
+
+def activities(asg, name: str) -> list[dict]:
+    """The group's scaling activities, newest first (launches, terminations, failures and why)."""
+    try:
+        pages = asg.get_paginator("describe_scaling_activities").paginate(
+            AutoScalingGroupName=group_name(name)
+        )
+        return [a for page in pages for a in page["Activities"]]
+    except botocore.exceptions.ClientError as e:
+        raise refused(e, "DescribeScalingActivities", f"reading activities of {group_name(name)}") from None
+
+
+def wait_first_instance(
+    asg, name: str, budget_s: float, *, every_s: float = 5.0, out: Callable[[str], None] = print
+) -> str:
+    """The id of the group's first instance. Auto Scaling has no waiter for this: poll the group
+    within the budget, and stop early on a failed launch activity (its message says why)."""
+    end = time.monotonic() + budget_s
+    shown: set[str] = set()
+    while True:
+        group = describe_group(asg, name)
+        if group is not None and group.instance_ids:
+            return group.instance_ids[0]
+        for a in activities(asg, name):
+            if a.get("StatusCode") in ("Failed", "Cancelled") and a["ActivityId"] not in shown:
+                shown.add(a["ActivityId"])
+                out(f"launch activity {a['StatusCode'].lower()}: {a.get('StatusMessage', '')}")
+        if time.monotonic() > end:
+            raise AwsError(
+                f"{group_name(name)} launched no instance in {budget_s:g} s"
+                + (" (see the failed activities above)" if shown else "")
+                + f"; `fab watch --name {name}` follows it, `fab terminate --name {name}` removes it",
+                "NoInstance",
+            )
+        time.sleep(every_s)
+
+
+def instance_role_statements(region: str, account_id: str, name: str, root: str) -> list[dict]:
+    """What a detached run's instance role needs beyond the trainer's S3 access: set its *own*
+    group's desired capacity (no other group), and read/write its own record, bundle and logs.
+    The group's ARN has a UUID we do not know before it exists: matched by name."""
+    from common.s3uri import split_s3
+
+    bucket, prefix = split_s3(root)
+    group = group_name(name)
+    group_arn = f"arn:aws:autoscaling:{region}:{account_id}:autoScalingGroup:*:autoScalingGroupName/{group}"
+    return [
+        {"Effect": "Allow", "Action": ["autoscaling:SetDesiredCapacity"], "Resource": [group_arn]},
+        {
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject"],
+            "Resource": [f"arn:aws:s3:::{bucket}/{prefix}/*"],
+        },
+        {
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": [f"arn:aws:s3:::{bucket}"],
+            "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}},
+        },
+    ]

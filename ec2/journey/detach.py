@@ -1,0 +1,301 @@
+"""`fab run --detach`: hand a run to an Auto Scaling group of one, and the laptop side of it
+(watch, stop, terminate, the summary).
+
+submit: needs checkpoint_dir in S3 (the laptop may be gone) → the same preparation as `fab launch`
+(identity, AMI, choices, key, security group) → the code bundle in S3 → the run's record in S3 →
+launch template + group. A group whose creation fails takes its template, bundle and record away
+again. It returns once the group has launched its first instance: it waits for neither SSH nor the
+run, since the laptop may go away right after.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from common import aws
+from common.s3uri import is_s3
+from ec2 import registry
+from ec2.cloud import asg, bundle, instances, launch, network
+from ec2.cloud.userdata import build_detached_user_data
+from ec2.config import AwsConfig
+from ec2.errors import ConfigError, ToolkitError
+from ec2.journey import history, report
+from ec2.journey.stages import Plan, watcher_args
+from ec2.remote import detached, runs, sshconfig
+from ec2.remote.detached import DetachedRun
+from ec2.remote.ssh import Machine
+
+Say = Callable[[str], None]
+NEED_S3 = (
+    "detached runs need checkpoint_dir in S3 (the laptop may be gone when the next instance "
+    "resumes): pass --args 'checkpoint_dir=s3://BUCKET/PREFIX' or set it in the train config"
+)
+
+
+def require_s3(plan: Plan) -> str:
+    if not plan.checkpoint_dir or not is_s3(plan.checkpoint_dir):
+        raise ConfigError(NEED_S3)
+    return plan.checkpoint_dir
+
+
+def _unique(items) -> list:
+    return list(dict.fromkeys(items))
+
+
+@dataclass
+class Submitted:
+    state: DetachedRun
+    instance_id: str
+
+
+def submit(
+    cfg: AwsConfig,
+    name: str,
+    plan: Plan,
+    *,
+    local_root: str | Path = ".",
+    instance_profile: str | None = None,
+    out: Say = print,
+    poll_s: float = 5.0,
+) -> Submitted:
+    checkpoint_dir = require_s3(plan)
+    p = launch.prepare(cfg, name, out=out)
+    autoscaling = aws.client("autoscaling", p.region, cfg.profile)
+    if (existing := asg.describe_group(autoscaling, name)) is not None:
+        raise ToolkitError(
+            f"a detached run named {name!r} exists (group {existing.name}); follow it with "
+            f"`fab watch --name {name}`, or remove it with `fab terminate --name {name}`"
+        )
+    s3 = aws.client("s3", p.region, cfg.profile)
+    root = detached.root_for(checkpoint_dir, name)
+    code = bundle.build(local_root)
+    bundle_uri, uploaded = bundle.upload(s3, cfg.bundle_uri or root, code)
+    out(f"code bundle: {bundle_uri} ({code.files} files{'' if uploaded else ', already there'})")
+    state = DetachedRun(
+        name=name,
+        group=asg.group_name(name),
+        region=p.region,
+        root=root,
+        command=plan.command,
+        run=plan.run,
+        env=dict(plan.env),
+        watcher_args=watcher_args(plan, None),
+        output_dir=plan.output_dir,
+        checkpoint_dir=checkpoint_dir,
+        remote_dir=cfg.remote_dir,
+        login_user=cfg.ssh_user,
+        setup_python=plan.setup_python,
+        require_gpu=plan.require_gpu,
+        max_recoveries=plan.max_recoveries,
+        max_hours=cfg.max_hours,
+        bundle_uri=bundle_uri,
+    )
+    created: list[str] = []
+
+    def undo() -> None:
+        # Nothing half-created: the template, the bundle we uploaded and the record go again.
+        if "group" in created:
+            asg.delete_group(autoscaling, name)
+        if "template" in created:
+            asg.delete_template(p.ec2, name)
+        if uploaded:
+            bundle.delete(s3, bundle_uri)
+        if "state" in created:
+            bundle.delete(s3, detached.state_uri(root))
+
+    try:
+        detached.save(s3, state)
+        created.append("state")
+        types = _unique(c.instance_type for c in p.choices)
+        zones = _unique(c.zone for c in p.choices)
+        subnets = network.subnets_for_zones(p.ec2, cfg, zones)
+        user_data = build_detached_user_data(
+            cfg.max_hours,
+            cfg.idle_minutes,
+            cfg.ssh_port,
+            root=root,
+            bundle_uri=bundle_uri,
+            remote_dir=cfg.remote_dir,
+            login_user=cfg.ssh_user,
+        )
+        if instance_profile:
+            cfg = _with_profile(cfg, instance_profile)
+        settings = launch.instance_settings(cfg, name, p.owner, p.ami, p.created, user_data)
+        tags = launch.instance_tags(cfg, name, p.owner, p.created)
+        asg.create_template(p.ec2, name, asg.template_data(settings, p.group_id), tags)
+        created.append("template")
+        params = asg.group_params(
+            name, asg.template_name(name), types, subnets, cfg.market, cfg.max_price, tags, root
+        )
+        asg.create_group(autoscaling, params)
+        created.append("group")
+    except (ToolkitError, KeyboardInterrupt):
+        undo()
+        raise
+    out(
+        f"group {state.group}: {', '.join(types)} in {', '.join(zones)}, "
+        f"{'on-demand' if cfg.market == 'on-demand' else 'spot'}, up to {state.max_attempts} attempt(s), "
+        f"deadline {state.deadline.isoformat(timespec='minutes')}"
+    )
+    instance_id = asg.wait_first_instance(autoscaling, name, cfg.running_timeout_s, every_s=poll_s, out=out)
+    out(f"launched {instance_id}; the run goes on without this laptop")
+    out(f"follow it: fab watch --name {name}   stop it: fab stop --name {name}")
+    return Submitted(state, instance_id)
+
+
+def _with_profile(cfg: AwsConfig, profile: str) -> AwsConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, iam_instance_profile=profile)
+
+
+# --- the laptop side --------------------------------------------------------------------------------
+@dataclass
+class Where:
+    """A detached run as AWS and its record show it now."""
+
+    state: DetachedRun | None
+    group: asg.Group | None
+    current: instances.InstanceInfo | None
+
+
+class Detached:
+    """One detached run seen from the laptop: found by name (group and instances by tag)."""
+
+    def __init__(self, cfg: AwsConfig, name: str, root: str | None = None):
+        self.cfg, self.name = cfg, name
+        self.region = aws.region_of(cfg.region, cfg.profile)
+        self.ec2 = aws.client("ec2", self.region, cfg.profile)
+        self.asg = aws.client("autoscaling", self.region, cfg.profile)
+        self.s3 = aws.client("s3", self.region, cfg.profile)
+        self._root = root
+
+    def root(self) -> str | None:
+        if self._root is None:
+            group = asg.describe_group(self.asg, self.name)
+            self._root = group.tags.get(asg.ROOT_TAG) if group else None
+        return self._root
+
+    def look(self) -> Where:
+        group = asg.describe_group(self.asg, self.name)
+        root = self.root()
+        state = detached.load(self.s3, root) if root else None
+        live = [i for i in instances.find_instances(self.ec2, self.name) if i.state in ("pending", "running")]
+        return Where(state, group, live[-1] if live else None)
+
+    def machine(self, info: instances.InstanceInfo) -> Machine | None:
+        """Register the current instance (as `fab launch` would), so `fab logs`/`attach`/`ssh`
+        reach it; None until it has an address."""
+        try:
+            old = registry.get(self.name)
+        except ToolkitError:
+            old = None
+        key_path = str(Path("~/.ssh").expanduser() / f"{self.cfg.key_name}.pem")
+        try:
+            record = launch.make_record(self.cfg, info, self.region, key_path)
+        except ToolkitError:
+            return None
+        if old is None or old.instance_id != record.instance_id:
+            instances.forget_local(self.name)
+            registry.put(record)
+            sshconfig.write_entry(record)
+        return Machine(record, attempts=1)
+
+    def log_tail(self, where: Where, lines: int = 20) -> str | None:
+        if where.current is None or where.state is None:
+            return None
+        m = self.machine(where.current)
+        if m is None:
+            return None
+        try:
+            result = m.run(
+                runs.log_command(m.record.remote_dir, where.state.run, lines=lines, follow=False),
+                timeout=20,
+                retry=False,
+                check=False,
+            )
+        except ToolkitError:
+            return None
+        return result.stdout if result.code == 0 else None
+
+    def history(self, state: DetachedRun) -> history.RunHistory:
+        """The record as `fab run`'s history, each attempt's cost from the spot price history."""
+        h = history.RunHistory(
+            name=state.name, run=state.run, command=state.command, started_at=state.submitted_at
+        )
+        h.status = state.status
+        for a in state.attempts:
+            ended = a.ended_at
+            if ended is None and a.outcome in ("booting", "running"):
+                ended = history.now_iso()  # still running: cost so far
+            att = history.Attempt(
+                number=a.number,
+                instance_id=a.instance_id,
+                instance_type=a.instance_type,
+                zone=a.zone,
+                market=a.market,
+                launched_at=a.booted_at,
+                ended_at=ended,
+                outcome=a.outcome,
+                exit_code=a.exit_code,
+            )
+            att.cost_usd = report.fetch_cost(self.ec2, att)
+            h.attempts.append(att)
+        if state.ended and state.attempts:
+            h.finished_at = state.attempts[-1].ended_at
+        return h
+
+    def summary(self, state: DetachedRun) -> str:
+        return report.summary(self.history(state))
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def watch(
+    d: Detached, *, out: Say = print, poll_s: float = 15.0, lines: int = 10, once: bool = False
+) -> DetachedRun:
+    """Follow a detached run until it has ended and its group is empty: state, current instance,
+    attempts, the log's tail when it changes; then the summary. Ctrl-C stops only the watching."""
+    shown = ""
+    last_tail = ""
+    while True:
+        where = d.look()
+        s = where.state
+        if s is None:
+            raise ToolkitError(
+                f"no detached run named {d.name!r} here (no group, or its record is gone); "
+                "`fab status` lists what runs"
+            )
+        current = where.current.instance_id if where.current else "-"
+        attempt = len(s.attempts)
+        line = f"[{d.name}] {s.status} | attempt {attempt} of {s.max_attempts} | instance {current}" + (
+            f" | desired {where.group.desired}" if where.group else " | group gone"
+        )
+        if line != shown:
+            out(line)
+            shown = line
+        if not s.ended:
+            tail = d.log_tail(where, lines) or ""
+            if tail and tail != last_tail:
+                new = tail[len(last_tail) :] if tail.startswith(last_tail) else tail
+                for text in new.rstrip("\n").splitlines()[-lines:]:
+                    out(f"  | {text}")
+                last_tail = tail
+        group_empty = where.group is None or (where.group.desired == 0 and not where.group.instance_ids)
+        if s.ended and (group_empty or where.current is None):
+            for a in s.attempts:
+                if a.log_uri and a.number == attempt:
+                    text = detached.get_text(d.s3, a.log_uri) or ""
+                    for t in text.rstrip("\n").splitlines()[-lines:]:
+                        out(f"  | {t}")
+            out(d.summary(s))
+            return s
+        if once:
+            return s
+        time.sleep(poll_s)

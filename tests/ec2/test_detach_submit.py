@@ -1,0 +1,188 @@
+"""`fab run --detach`'s submit against moto's server (EC2, S3, STS, Auto Scaling): what it creates
+is read back from AWS, not from our own requests; bad input and refused permissions leave nothing."""
+
+from __future__ import annotations
+
+import base64
+import io
+import tarfile
+
+import boto3
+import botocore.exceptions
+import pytest
+
+from common import aws
+from common.s3uri import split_s3
+from ec2.cloud import asg, bundle
+from ec2.errors import AwsError, ConfigError
+from ec2.journey import detach
+from ec2.journey.stages import Plan
+from ec2.remote import detached
+from tests.ec2.conftest import config
+
+BUCKET = "spot-ckpt"
+CKPT = f"s3://{BUCKET}/runs/job/checkpoint"
+
+
+@pytest.fixture
+def cloud(aws_env, home, dlami, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the code the bundle takes
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    return dlami
+
+
+def plan(checkpoint_dir: str | None = CKPT) -> Plan:
+    return Plan(
+        command="venv/bin/python -m ml.train --config configs/demo.yaml",
+        checkpoint_dir=checkpoint_dir,
+        output_dir="trained_models/job",
+        max_recoveries=2,
+    )
+
+
+def cfg(*extra: str):
+    return config(
+        "region=us-east-1",
+        "zones=[us-east-1a]",
+        "instance_types=[g4dn.xlarge,g5.xlarge]",
+        "iam_instance_profile=spotrun-job-profile",
+        *extra,
+    )
+
+
+def template_data(ec2) -> dict:
+    versions = ec2.describe_launch_template_versions(LaunchTemplateName="spotrun-job")[
+        "LaunchTemplateVersions"
+    ]
+    return versions[0]["LaunchTemplateData"]
+
+
+def test_submit_creates_template_group_bundle_and_record(cloud, capsys):
+    done = detach.submit(cfg(), "job", plan(), poll_s=0.2)
+    ec2, autoscaling, s3 = boto3.client("ec2"), boto3.client("autoscaling"), boto3.client("s3")
+
+    data = template_data(ec2)
+    assert data["ImageId"] == cloud
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    [disk] = data["BlockDeviceMappings"]
+    assert disk["Ebs"]["Encrypted"] is True and disk["Ebs"]["VolumeType"] == "gp3"
+    assert data["KeyName"] == "spotrun" and data["IamInstanceProfile"] == {"Name": "spotrun-job-profile"}
+    assert data["InstanceInitiatedShutdownBehavior"] == "terminate"
+    [sg] = ec2.describe_security_groups(GroupNames=["spotrun-ssh"])["SecurityGroups"]
+    assert data["SecurityGroupIds"] == [sg["GroupId"]]
+    tagged = {t["ResourceType"]: {x["Key"]: x["Value"] for x in t["Tags"]} for t in data["TagSpecifications"]}
+    assert tagged["instance"]["spotrun:name"] == tagged["volume"]["spotrun:name"] == "job"
+    assert "InstanceMarketOptions" not in data  # a mixed instances policy refuses it
+    user_data = base64.b64decode(data["UserData"]).decode()
+    root = detached.root_for(CKPT, "job")
+    assert f"-m ec2.remote.boot --root {root}" in user_data
+    assert "shutdown -h +" in user_data and done.state.bundle_uri in user_data
+
+    [group] = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["spotrun-job"])[
+        "AutoScalingGroups"
+    ]
+    assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == (0, 1, 1)
+    policy = group["MixedInstancesPolicy"]
+    assert [o["InstanceType"] for o in policy["LaunchTemplate"]["Overrides"]] == ["g4dn.xlarge", "g5.xlarge"]
+    dist = policy["InstancesDistribution"]
+    assert dist["OnDemandPercentageAboveBaseCapacity"] == 0
+    assert dist["SpotAllocationStrategy"] == "price-capacity-optimized"
+    assert not group.get("CapacityRebalance")
+    [subnet] = ec2.describe_subnets(
+        Filters=[
+            {"Name": "availability-zone", "Values": ["us-east-1a"]},
+            {"Name": "default-for-az", "Values": ["true"]},
+        ]
+    )["Subnets"]
+    assert group["VPCZoneIdentifier"] == subnet["SubnetId"]
+    assert {t["Key"]: t["Value"] for t in group["Tags"]}[asg.ROOT_TAG] == root
+
+    # The first instance is the group's, tagged by the template.
+    assert [i["InstanceId"] for i in group["Instances"]] == [done.instance_id]
+    [inst] = ec2.describe_instances(InstanceIds=[done.instance_id])["Reservations"][0]["Instances"]
+    assert {t["Key"]: t["Value"] for t in inst["Tags"]}["spotrun:name"] == "job"
+
+    # The record and the bundle sit beside the checkpoints; the bundle is what `fab sync` sends.
+    state = detached.load(s3, root)
+    assert state.command == plan().command and state.max_attempts == 3 and state.group == "spotrun-job"
+    assert state.watcher_args[:2] == ["--signal", "USR1"] and "--checkpoint-dir" in state.watcher_args
+    bucket, key = split_s3(done.state.bundle_uri)
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    names = tarfile.open(fileobj=io.BytesIO(body)).getnames()
+    assert {"ec2/remote/boot.py", "scripts/setup_instance.sh", "requirements.lock"} <= set(names)
+    assert not [
+        n for n in names if n.startswith((".git/", ".venv/", "data/", "outputs/")) or n.endswith(".pem")
+    ]
+    out = capsys.readouterr().out
+    assert "fab watch --name job" in out
+
+
+def test_bundle_is_content_addressed(cloud, tmp_path):
+    (tmp_path / "a.py").write_text("print(1)\n")
+    (tmp_path / ".gitignore").write_text("ignored/\n")
+    (tmp_path / "ignored").mkdir()
+    (tmp_path / "ignored" / "x").write_text("no")
+    (tmp_path / ".env").write_text("SECRET=1")
+    one = bundle.build(tmp_path)
+    (tmp_path / "a.py").touch()  # a new mtime is not new content
+    assert bundle.build(tmp_path).sha256 == one.sha256
+    assert tarfile.open(fileobj=io.BytesIO(one.data)).getnames() == [".gitignore", "a.py"]
+    s3 = boto3.client("s3")
+    uri, uploaded = bundle.upload(s3, f"s3://{BUCKET}/b", one)
+    assert uploaded and uri.endswith(one.filename)
+    assert bundle.upload(s3, f"s3://{BUCKET}/b", one) == (uri, False)
+    (tmp_path / "a.py").write_text("print(2)\n")
+    assert bundle.build(tmp_path).sha256 != one.sha256
+
+
+def nothing_created() -> None:
+    assert boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"] == []
+    assert boto3.client("ec2").describe_launch_templates()["LaunchTemplates"] == []
+    assert boto3.client("s3").list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
+
+
+def test_local_checkpoint_dir_is_one_line_and_nothing_is_created(cloud):
+    with pytest.raises(ConfigError) as e:
+        detach.submit(cfg(), "job", plan("trained_models/job/checkpoint"))
+    assert str(e.value) == detach.NEED_S3 and "checkpoint_dir=s3://" in str(e.value)
+    nothing_created()
+
+
+class DenyingAutoScaling:
+    """moto's autoscaling client, except create_auto_scaling_group answers as AWS does to an
+    identity without the permission (moto does not enforce IAM)."""
+
+    def __init__(self, real, action: str):
+        self._real, self._action = real, action
+
+    def create_auto_scaling_group(self, **kw):
+        raise botocore.exceptions.ClientError(
+            {
+                "Error": {
+                    "Code": "AccessDenied",
+                    "Message": f"User: arn:aws:iam::123456789012:user/dev is not authorized to perform: "
+                    f"{self._action} on resource: arn:aws:autoscaling:us-east-1:123456789012:*",
+                }
+            },
+            "CreateAutoScalingGroup",
+        )
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+@pytest.mark.parametrize("action", ["autoscaling:CreateAutoScalingGroup", "iam:PassRole"])
+def test_refused_group_names_the_permission_and_takes_everything_back(cloud, monkeypatch, action):
+    real = aws.client
+
+    def client(service, region=None, profile=None):
+        c = real(service, region, profile)
+        return DenyingAutoScaling(c, action) if service == "autoscaling" else c
+
+    monkeypatch.setattr(aws, "client", client)
+    with pytest.raises(AwsError) as e:
+        detach.submit(cfg(), "job", plan())
+    assert f"lacks {action}" in str(e.value) and "\n" not in str(e.value)
+    nothing_created()
