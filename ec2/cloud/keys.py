@@ -102,3 +102,12 @@ def _ensure_imported(ec2, key_name: str, owner: str, public_key: Path) -> Path:
             )
         print(f"key pair: imported {public_key} as {key_name!r}")
     return private
+
+
+def private_key_path(key_name: str, import_public_key: str | None = None) -> Path:
+    """Where the private key of the configured key pair lives (no AWS call): beside an imported
+    .pub, else ~/.ssh/<key>.pem."""
+    if import_public_key:
+        public_key = Path(import_public_key).expanduser()
+        return public_key.with_suffix("") if public_key.suffix == ".pub" else public_key
+    return paths.key_file(key_name)

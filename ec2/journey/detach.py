@@ -19,7 +19,7 @@ from pathlib import Path
 from common import aws
 from common.s3uri import is_s3
 from ec2 import registry
-from ec2.cloud import asg, bundle, instances, launch, network
+from ec2.cloud import asg, bundle, instances, keys, launch, network
 from ec2.cloud.userdata import build_detached_user_data
 from ec2.config import AwsConfig
 from ec2.errors import ConfigError, ToolkitError
@@ -194,7 +194,7 @@ class Detached:
             old = registry.get(self.name)
         except ToolkitError:
             old = None
-        key_path = str(Path("~/.ssh").expanduser() / f"{self.cfg.key_name}.pem")
+        key_path = str(keys.private_key_path(self.cfg.key_name, self.cfg.import_public_key))
         try:
             record = launch.make_record(self.cfg, info, self.region, key_path)
         except ToolkitError:

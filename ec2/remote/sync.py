@@ -30,9 +30,11 @@ RETRYABLE = {12, 30, 35, 255}
 # the repository, the venv, top-level data and outputs, and anything that holds credentials or
 # keys, in any folder (no credentials travel to an instance; it uses its IAM instance profile).
 # Folder rules are anchored with `/` where a package may share the name (ml/data/ is code).
+# .git and .venv without a trailing slash: a worktree's .git is a file and a venv may be a
+# symlink, which a `dir/` pattern would let through.
 ALWAYS_EXCLUDED = [
-    ".git/",
-    ".venv/",
+    ".git",
+    ".venv",
     "/data/",
     "/outputs/",
     ".rsync-partial/",

@@ -125,6 +125,9 @@ def test_bundle_is_content_addressed(cloud, tmp_path):
     (tmp_path / "ignored").mkdir()
     (tmp_path / "ignored" / "x").write_text("no")
     (tmp_path / ".env").write_text("SECRET=1")
+    # A git worktree: .git is a file, and the venv a symlink (a `.venv/` pattern let both through).
+    (tmp_path / ".git").write_text("gitdir: /elsewhere\n")
+    (tmp_path / ".venv").symlink_to("/usr")
     one = bundle.build(tmp_path)
     (tmp_path / "a.py").touch()  # a new mtime is not new content
     assert bundle.build(tmp_path).sha256 == one.sha256

@@ -58,7 +58,7 @@ def test_rsync_uses_the_same_ssh_options(record):
 def test_sync_argv_honours_ignores_and_deletes_only_in_code_dir(record, tmp_path):
     argv = sync_argv(Machine(record), tmp_path)
     assert argv[0] == "rsync" and "-az" in argv and "--delete" in argv
-    for never in (".git/", ".venv/", "/data/", "/outputs/", ".env", ".aws/", ".ssh/", "*.pem"):
+    for never in (".git", ".venv", "/data/", "/outputs/", ".env", ".aws/", ".ssh/", "*.pem"):
         assert f"--exclude={never}" in argv
     assert "--filter=:- .gitignore" in argv and "--filter=:- .spotrunignore" in argv
     assert argv[-2] == f"{tmp_path.resolve()}/"
