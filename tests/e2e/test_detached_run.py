@@ -2,127 +2,31 @@
 fixture standing in for every instance the group launches (ssh_proxy_command: nc to its port),
 the loopback IMDS, the real trainer in tmux under the notice watcher.
 
-The test plays AWS and each instance's cloud-init: when the group has an instance, it does what
-the user data does (fetch the bundle from S3, unpack it into an empty REMOTE_DIR/code) and starts
-the boot from that bundle with the instance's identity in IMDS. The laptop's `fab run --detach`
-has returned by then; nothing of the laptop takes part until `fab watch`.
+The test plays AWS and each instance's cloud-init (tests/e2e/detachkit.Instance): when the group
+has an instance, it does what the user data does and starts the boot from the bundle. The laptop's
+`fab run --detach` has returned by then; nothing of the laptop takes part until `fab watch`.
 """
 
 from __future__ import annotations
 
-import io
-import os
 import re
-import shutil
-import subprocess
-import sys
-import tarfile
-from pathlib import Path
 
 import boto3
-import pytest
-import yaml
 from invoke import Context
 
-from common import aws
-from common.s3uri import split_s3
 from ec2.journey import detach
 from ec2.remote import detached
 from tasks import detached as detached_tasks
 from tasks import lifecycle, managed
-from tests.ec2.conftest import DLAMI_NAME, make_image
+from tests.e2e.detachkit import CKPT, REPO, Instance, group, live, load_cfg
 from tests.ml.trainkit import TINY_TRAIN
-from tests.peers.imds import instance_env, wait_until
-
-REPO = Path(__file__).resolve().parents[2]
-CKPT = "s3://spot-ckpt/dj/checkpoint"
-
-
-@pytest.fixture
-def cloud(spot_host, imds, tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)  # the code the bundle takes
-    aws.reset_clients()
-    ec2 = boto3.client("ec2", region_name="us-east-1")
-    make_image(ec2, DLAMI_NAME)
-    boto3.client("s3").create_bucket(Bucket="spot-ckpt")
-    cfg = {
-        "region": "us-east-1",
-        "instance_types": ["g4dn.xlarge", "g5.xlarge"],
-        "zones": ["us-east-1a"],
-        "ami_owners": ["self"],
-        "ssh_cidr": "203.0.113.7/32",
-        "ssh_user": spot_host.user,
-        "ssh_proxy_command": f"nc 127.0.0.1 {spot_host.port}",
-        "key_name": "spotrun-test",
-        "import_public_key": f"{spot_host.key_path}.pub",
-        "remote_dir": str(spot_host.root / "remote"),
-        "running_timeout_s": 60,
-    }
-    path = tmp_path / "aws.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    yield ec2, path
-    aws.reset_clients()
-
-
-class Instance:
-    """One instance of the group, as its cloud-init and boot would run it (see the module doc)."""
-
-    def __init__(self, spot_host, imds, state: detached.DetachedRun, instance_id: str, tmp_path: Path):
-        self.remote = spot_host.root / "remote"
-        shutil.rmtree(self.remote, ignore_errors=True)  # a new instance's disk is empty
-        code = self.remote / "code"
-        code.mkdir(parents=True)
-        bucket, key = split_s3(state.bundle_uri)
-        body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
-        tarfile.open(fileobj=io.BytesIO(body)).extractall(code, filter="data")
-        imds.instance_id = instance_id
-        stand_in = tmp_path / "shutdown"
-        stand_in.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/shutdown.log\n')
-        stand_in.chmod(0o755)
-        env = {
-            **os.environ,
-            **instance_env(imds.url, os.environ["AWS_ENDPOINT_URL"]),
-            "TMUX_TMPDIR": str(spot_host.tmux_tmpdir),
-        }
-        self.boot = subprocess.Popen(
-            [sys.executable, "-m", "ec2.remote.boot", "--root", state.root, "--shutdown", str(stand_in)]
-            + ["--poll", "0.2"],
-            cwd=code,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.log = self.remote / "runs" / "train" / "log"
-
-    def wait(self, timeout: float) -> str:
-        try:
-            out, _ = self.boot.communicate(timeout=timeout)
-        finally:
-            self.boot.kill()
-        assert self.boot.returncode == 0, out
-        return out
-
-
-def group(autoscaling) -> dict:
-    return autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["spotrun-dj"])[
-        "AutoScalingGroups"
-    ][0]
-
-
-def live(ec2) -> list[str]:
-    return [
-        i["InstanceId"]
-        for r in ec2.describe_instances()["Reservations"]
-        for i in r["Instances"]
-        if i["State"]["Name"] in ("pending", "running")
-    ]
+from tests.peers.imds import wait_until
 
 
 def test_detached_run_survives_an_interruption_with_no_laptop(
-    cloud, spot_host, imds, tiny_dataset, tmp_path, capsys
+    detached_cloud, spot_host, imds, tiny_dataset, tmp_path, capsys
 ):
-    ec2, config = cloud
+    ec2, config = detached_cloud
     autoscaling = boto3.client("autoscaling")
     args = [
         *TINY_TRAIN,
@@ -154,7 +58,7 @@ def test_detached_run_survives_an_interruption_with_no_laptop(
         lambda: one.log.exists() and "Train batch 3:" in one.log.read_text(), 120, "attempt 1 to train"
     )
     # `fab watch` meanwhile: state, attempt, current instance (found by tag) and its log over SSH.
-    d = detach.Detached(detach_cfg(config), "dj")
+    d = detach.Detached(load_cfg(config), "dj")
     detach.watch(d, out=print, once=True)
     seen = capsys.readouterr().out
     assert f"[dj] running | attempt 1 of 4 | instance {first}" in seen
@@ -194,9 +98,3 @@ def test_detached_run_survives_an_interruption_with_no_laptop(
     lifecycle.terminate(Context(), name="dj", yes=True, config=str(config))
     assert autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"] == []
     assert ec2.describe_launch_templates()["LaunchTemplates"] == []
-
-
-def detach_cfg(config: Path):
-    from ec2.config import load_aws_config
-
-    return load_aws_config(str(config))

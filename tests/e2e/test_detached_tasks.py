@@ -1,0 +1,84 @@
+"""The laptop side of a detached run against real peers (moto, sshd, IMDS, the real trainer):
+`fab status` lists it, Ctrl-C in `fab watch` stops only the watching, `fab stop` ends it
+gracefully (the trainer checkpoints to S3, then desired 0), and `fab cleanup` removes the
+group and template it left."""
+
+from __future__ import annotations
+
+import boto3
+from invoke import Context
+
+from ec2.journey import detach
+from ec2.journey.stages import Plan
+from ec2.remote import detached
+from ec2.remote.trainrun import TRAINER_SIGNAL, train_command
+from tasks import detached as detached_tasks
+from tasks import lifecycle
+from tests.e2e.detachkit import CKPT, REPO, Instance, group, live, load_cfg
+from tests.ml.trainkit import TINY_TRAIN
+from tests.peers.imds import wait_until
+
+
+def test_status_watch_ctrl_c_stop_and_cleanup(
+    detached_cloud, spot_host, imds, tiny_dataset, tmp_path, capsys, monkeypatch
+):
+    ec2, config = detached_cloud
+    cfg = load_cfg(config)
+    autoscaling, s3 = boto3.client("autoscaling"), boto3.client("s3")
+    overrides = [
+        *TINY_TRAIN,
+        f"dataset.dataset_dir={tiny_dataset}",
+        "num_training_batches=100000",  # runs until stopped
+        "output_dir=trained_models/dj",
+        f"checkpoint_dir={CKPT}",
+    ]
+    plan = Plan(
+        command=train_command(cfg.remote_dir, "configs/demo.yaml", overrides),
+        checkpoint_dir=CKPT,
+        output_dir="trained_models/dj",
+        signal=TRAINER_SIGNAL,
+        imds_poll_s=0.2,
+        setup_python=str(REPO / ".venv/bin/python"),
+        require_gpu=False,
+    )
+    done = detach.submit(cfg, "dj", plan, poll_s=0.2)
+    one = Instance(spot_host, imds, done.state, done.instance_id, tmp_path)
+    try:
+        wait_until(lambda: one.log.exists() and "Train batch 2:" in one.log.read_text(), 120, "training")
+
+        lifecycle.status(Context(), no_runs=True, config=str(config))
+        seen = capsys.readouterr().out
+        assert (
+            f"detached run dj: group spotrun-dj, instance {done.instance_id}, attempt 1 of 4, running" in seen
+        )
+        assert "cost so far $" in seen
+
+        def ctrl_c(_seconds):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(detach.time, "sleep", ctrl_c)
+        detached_tasks.watch(Context(), name="dj", config=str(config))
+        monkeypatch.undo()
+        assert "stopped watching; the run goes on" in capsys.readouterr().out
+        assert group(autoscaling)["DesiredCapacity"] == 1 and one.boot.poll() is None
+
+        detached_tasks.stop(Context(), name="dj", timeout=90, config=str(config))
+        boot_out = one.wait(60)
+    finally:
+        one.boot.kill()
+    state = detached.load(s3, detached.root_for(CKPT, "dj"))
+    assert state.status == "stopped", boot_out
+    assert [(a.outcome, a.exit_code) for a in state.attempts] == [("stopped", 75)]
+    assert "checkpoint" in one.log.read_text().lower()
+    # The checkpoint reached S3 before the group was stopped.
+    keys = [
+        o["Key"] for o in s3.list_objects_v2(Bucket="spot-ckpt", Prefix="dj/checkpoint/").get("Contents", [])
+    ]
+    assert any(k.endswith(".pt") for k in keys), keys
+    assert group(autoscaling)["DesiredCapacity"] == 0 and live(ec2) == []
+
+    lifecycle.cleanup(Context(), config=str(config))
+    out = capsys.readouterr().out
+    assert "deleted Auto Scaling group spotrun-dj" in out and "deleted launch template spotrun-dj" in out
+    assert autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"] == []
+    assert ec2.describe_launch_templates()["LaunchTemplates"] == []
