@@ -9,7 +9,7 @@ from pathlib import Path
 from invoke import task
 
 from common.errors import ToolkitError
-from ec2.journey import Journey, Plan, report, stdin_asker
+from ec2.journey import Journey, Plan, reentry, report, stdin_asker
 from ec2.remote.trainrun import TRAINER_SIGNAL, train_command, train_env
 from tasks.edge import aws_config, edge, machine_name
 from tasks.remote import DEFAULT_TRAIN_CONFIG
@@ -81,8 +81,10 @@ def run(
         submit(cfg, name, plan)
         return
     journey = Journey(cfg, name, plan, out=_say, ask=stdin_asker(), outputs=Path(dest) if dest else None)
+    # A journey this laptop left running (killed, or Ctrl-C → leave): watch it again, no new machine.
+    picked = reentry.pick_up(cfg, name, journey.outputs, out=_say)
     try:
-        journey.run()
+        journey.run(picked)
     finally:
         if journey.h.attempts:
             _say(report.summary(journey.h))

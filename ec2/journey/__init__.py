@@ -6,6 +6,8 @@ spot takes the instance back. Each attempt is one instance.
     loop.py     the attempt loop and the watch loop (Journey), Ctrl-C, the run history events
     report.py   cost per attempt (spot price history) and the end-of-run summary
     history.py  outputs/<name>/run.json: the attempts and events of a run, rewritten atomically
+    reentry.py  `fab run` again on a journey this laptop left running: watch it, no second machine
+    detach.py   `fab run --detach`: the run handed to an Auto Scaling group of one; watch, summary
 """
 
 from ec2.journey.loop import GaveUp, Journey, RunFailed, stdin_asker

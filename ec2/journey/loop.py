@@ -202,10 +202,21 @@ class Journey:
         self.h.save()
 
     # --- the whole journey --------------------------------------------------------------------------
-    def run(self) -> history.RunHistory:
-        self.h.event("begin", instance_types=self.cfg.instance_types, max_recoveries=self.plan.max_recoveries)
+    def run(self, picked=None) -> history.RunHistory:
+        """The journey; `picked` (ec2.journey.reentry.PickedUp) goes on with a running attempt."""
+        if picked is not None:
+            self.h, self.ec2, self.machine = picked.history, picked.ec2, picked.machine
+            self.h.status = "running"
+            self.exclude = {
+                (a.instance_type, a.zone) for a in self.h.attempts[:-1] if a.outcome in report.INTERRUPTED
+            }
+            self.h.event("picked-up", attempt=picked.attempt.number, instance_id=picked.attempt.instance_id)
+        else:
+            self.h.event(
+                "begin", instance_types=self.cfg.instance_types, max_recoveries=self.plan.max_recoveries
+            )
         try:
-            self._attempts()
+            self._attempts(picked)
         except KeyboardInterrupt:
             self.on_ctrl_c()
             raise
@@ -216,25 +227,14 @@ class Journey:
             raise
         return self.h
 
-    def _attempts(self) -> None:
+    def _attempts(self, picked=None) -> None:
         p = self.plan
         while True:
-            attempt = history.Attempt(number=len(self.h.attempts) + 1)
-            self.h.attempts.append(attempt)
-            self.out(
-                f"attempt {attempt.number}: launching {self.name}"
-                + (
-                    f" (excluding {', '.join(f'{t} in {z}' for t, z in sorted(self.exclude))})"
-                    if self.exclude
-                    else ""
-                )
-            )
-            try:
-                m = self.machine = self.provision(attempt)
-            except ToolkitError:
-                attempt.outcome = "launch-failed"  # no instance: nothing billed, nothing to clean
-                raise
-            self.prepare(m, attempt)
+            if picked is not None:
+                attempt, m, picked = picked.attempt, picked.machine, None
+            else:
+                attempt = history.Attempt(number=len(self.h.attempts) + 1)
+                m = self.start_attempt(attempt)
             outcome = self.watch(m, attempt)
             if outcome in ("finished", "failed"):
                 self.pull(m, "results" if outcome == "finished" else "logs")
@@ -261,6 +261,24 @@ class Journey:
                     f"giving up. The newest checkpoint is in {where}; `fab run` again resumes from it"
                 )
             self.h.event("relaunching", after_attempt=attempt.number)
+
+    def start_attempt(self, attempt: history.Attempt) -> Machine:
+        self.h.attempts.append(attempt)
+        self.out(
+            f"attempt {attempt.number}: launching {self.name}"
+            + (
+                f" (excluding {', '.join(f'{t} in {z}' for t, z in sorted(self.exclude))})"
+                if self.exclude
+                else ""
+            )
+        )
+        try:
+            m = self.machine = self.provision(attempt)
+        except ToolkitError:
+            attempt.outcome = "launch-failed"  # no instance: nothing billed, nothing to clean
+            raise
+        self.prepare(m, attempt)
+        return m
 
     def on_ctrl_c(self) -> None:
         m, attempt = self.machine, (self.h.attempts[-1] if self.h.attempts else None)

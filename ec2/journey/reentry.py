@@ -1,0 +1,75 @@
+"""Attended `fab run` re-entry: when outputs/<name>/run.json records a journey still running (the
+laptop process was killed, or left the instance running on Ctrl-C) and its instance is alive,
+`fab run --name <name>` picks that attempt up and goes on watching it: no refusal ("an instance
+named X already exists") and no second machine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import aws
+from ec2 import registry
+from ec2.cloud import instances, keys, launch
+from ec2.config import AwsConfig
+from ec2.errors import ToolkitError
+from ec2.journey import history
+from ec2.remote import sshconfig
+from ec2.remote.ssh import Machine
+
+# An attempt whose instance may still be working on the run.
+OPEN_OUTCOMES = ("running", "left-running")
+ALIVE = ("pending", "running")
+
+
+@dataclass
+class PickedUp:
+    history: history.RunHistory
+    attempt: history.Attempt
+    machine: Machine
+    ec2: object
+
+
+def open_attempt(h: history.RunHistory) -> history.Attempt | None:
+    """The last attempt, when the journey was never closed and that attempt has an instance."""
+    if h.status not in ("running", "interrupted") or not h.attempts:
+        return None
+    last = h.attempts[-1]
+    if last.outcome not in OPEN_OUTCOMES or last.ended_at or not last.instance_id:
+        return None
+    return last
+
+
+def _machine(cfg: AwsConfig, info: instances.InstanceInfo, region: str) -> Machine:
+    try:
+        record = registry.get(info.name)
+    except ToolkitError:
+        record = None
+    if record is None or record.instance_id != info.instance_id:
+        key_path = str(keys.private_key_path(cfg.key_name, cfg.import_public_key))
+        record = launch.make_record(cfg, info, region, key_path)
+        registry.put(record)
+        sshconfig.write_entry(record)
+    return Machine(record)
+
+
+def pick_up(cfg: AwsConfig, name: str, outputs: Path, out: Callable[[str], None] = print) -> PickedUp | None:
+    path = history.history_path(outputs)
+    if not path.is_file():
+        return None
+    h = history.load(path)
+    attempt = open_attempt(h)
+    if attempt is None or h.name != name:
+        return None
+    region = aws.region_of(cfg.region, cfg.profile)
+    ec2 = aws.client("ec2", region, cfg.profile)
+    info = instances.describe_instance(ec2, attempt.instance_id)
+    if info is None or info.state not in ALIVE:
+        return None
+    out(
+        f"picking up run {name}: attempt {attempt.number} on {info.instance_id} ({info.instance_type}, "
+        f"{info.zone}) is still {info.state}; watching it again"
+    )
+    attempt.outcome = "running"
+    return PickedUp(h, attempt, _machine(cfg, info, region), ec2)
