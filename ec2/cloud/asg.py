@@ -6,7 +6,9 @@ and zones, at no cost, with no process of ours watching.
   the newest DLAMI, IMDSv2 required, an encrypted gp3 root, the security group, the key, the
   instance profile, tags on instances and volumes, and the user data that starts the boot.
 - The group's mixed instances policy lists `instance_types` over the chosen zones' subnets: 100 %
-  spot with price-capacity-optimized allocation, or 100 % on-demand (market: on-demand). Capacity
+  spot with price-capacity-optimized allocation, or 100 % on-demand (market: on-demand). With
+  market: spot-then-on-demand it starts at 100 % spot, and a failed spot launch while `fab run
+  --detach` waits for the first instance switches the group to on-demand (use_on_demand). Capacity
   Rebalance stays off: a replacement launched before the old instance is gone would run a second
   trainer writing the same checkpoint prefix.
 
@@ -245,11 +247,39 @@ def activities(asg, name: str) -> list[dict]:
         raise refused(e, "DescribeScalingActivities", f"reading activities of {group_name(name)}") from None
 
 
+def use_on_demand(asg, name: str) -> None:
+    """Switch the group's purchase option to on-demand (market: spot-then-on-demand, when spot
+    capacity failed): later launches of the group are on-demand."""
+    try:
+        [raw] = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[group_name(name)])[
+            "AutoScalingGroups"
+        ]
+        # The whole policy, its launch template part unchanged (moto fails on a partial one).
+        policy = raw["MixedInstancesPolicy"]
+        spec = policy["LaunchTemplate"]["LaunchTemplateSpecification"]
+        # Describe answers with the template's id and name; an update takes one of them.
+        policy["LaunchTemplate"]["LaunchTemplateSpecification"] = {
+            "LaunchTemplateName": spec["LaunchTemplateName"],
+            "Version": spec.get("Version", "$Latest"),
+        }
+        policy["InstancesDistribution"] = distribution("on-demand", None)
+        asg.update_auto_scaling_group(AutoScalingGroupName=group_name(name), MixedInstancesPolicy=policy)
+    except botocore.exceptions.ClientError as e:
+        raise refused(e, "UpdateAutoScalingGroup", f"switching {group_name(name)} to on-demand") from None
+
+
 def wait_first_instance(
-    asg, name: str, budget_s: float, *, every_s: float = 5.0, out: Callable[[str], None] = print
+    asg,
+    name: str,
+    budget_s: float,
+    *,
+    every_s: float = 5.0,
+    out: Callable[[str], None] = print,
+    on_failed: Callable[[dict], None] | None = None,
 ) -> str:
     """The id of the group's first instance. Auto Scaling has no waiter for this: poll the group
-    within the budget, and stop early on a failed launch activity (its message says why)."""
+    within the budget, showing each failed launch activity (its message says why) and handing it
+    to `on_failed`."""
     end = time.monotonic() + budget_s
     shown: set[str] = set()
     while True:
@@ -260,6 +290,8 @@ def wait_first_instance(
             if a.get("StatusCode") in ("Failed", "Cancelled") and a["ActivityId"] not in shown:
                 shown.add(a["ActivityId"])
                 out(f"launch activity {a['StatusCode'].lower()}: {a.get('StatusMessage', '')}")
+                if on_failed is not None:
+                    on_failed(a)
         if time.monotonic() > end:
             raise AwsError(
                 f"{group_name(name)} launched no instance in {budget_s:g} s"

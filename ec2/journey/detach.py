@@ -141,10 +141,26 @@ def submit(
         f"{'on-demand' if cfg.market == 'on-demand' else 'spot'}, up to {state.max_attempts} attempt(s), "
         f"deadline {state.deadline.isoformat(timespec='minutes')}"
     )
-    instance_id = asg.wait_first_instance(autoscaling, name, cfg.running_timeout_s, every_s=poll_s, out=out)
+    switched = []
+
+    def on_failed(activity: dict) -> None:
+        # A group has no spot-to-on-demand fallback of its own: for spot-then-on-demand, the
+        # first spot failure while we wait switches it (later launches are then on-demand).
+        if cfg.market == "spot-then-on-demand" and not switched and "spot" in _text(activity).lower():
+            asg.use_on_demand(autoscaling, name)
+            switched.append(True)
+            out("spot capacity failed: the group now launches on-demand (market: spot-then-on-demand)")
+
+    instance_id = asg.wait_first_instance(
+        autoscaling, name, cfg.running_timeout_s, every_s=poll_s, out=out, on_failed=on_failed
+    )
     out(f"launched {instance_id}; the run goes on without this laptop")
     out(f"follow it: fab watch --name {name}   stop it: fab stop --name {name}")
     return Submitted(state, instance_id)
+
+
+def _text(activity: dict) -> str:
+    return " ".join(str(activity.get(k, "")) for k in ("StatusMessage", "Description", "Cause"))
 
 
 def _with_profile(cfg: AwsConfig, profile: str) -> AwsConfig:

@@ -189,3 +189,116 @@ def test_refused_group_names_the_permission_and_takes_everything_back(cloud, mon
         detach.submit(cfg(), "job", plan())
     assert f"lacks {action}" in str(e.value) and "\n" not in str(e.value)
     nothing_created()
+
+
+class SpotStarvedAutoScaling:
+    """moto's autoscaling client for a region without spot capacity, which moto cannot play: until
+    the group is switched to on-demand, it shows no instance and one failed launch activity
+    (the documented DescribeScalingActivities shape and message)."""
+
+    def __init__(self, real):
+        self._real, self.on_demand = real, False
+
+    def describe_auto_scaling_groups(self, **kw):
+        answer = self._real.describe_auto_scaling_groups(**kw)
+        if not self.on_demand:
+            for g in answer["AutoScalingGroups"]:
+                g["Instances"] = []
+        return answer
+
+    def get_paginator(self, operation):
+        if operation != "describe_scaling_activities" or self.on_demand:
+            return self._real.get_paginator(operation)
+        failed = {
+            "ActivityId": "5e0f2a8b-0000-4000-8000-000000000001",
+            "AutoScalingGroupName": "spotrun-job",
+            "Description": "Launching a new EC2 instance.  Status Reason: Could not launch Spot Instances. "
+            "InsufficientInstanceCapacity - There is no Spot capacity available that matches your request. "
+            "Launching EC2 instance failed.",
+            "Cause": "At 2026-11-30T06:00:00Z an instance was started in response to a difference between "
+            "desired and actual capacity, increasing the capacity from 0 to 1.",
+            "StatusCode": "Failed",
+            "StatusMessage": "Could not launch Spot Instances. InsufficientInstanceCapacity - There is no "
+            "Spot capacity available that matches your request. Launching EC2 instance failed.",
+        }
+
+        class Pages:
+            def paginate(self, **kw):
+                return [{"Activities": [failed]}]
+
+        return Pages()
+
+    def update_auto_scaling_group(self, **kw):
+        self._real.update_auto_scaling_group(**kw)
+        dist = kw["MixedInstancesPolicy"]["InstancesDistribution"]
+        self.on_demand = dist["OnDemandPercentageAboveBaseCapacity"] == 100
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def test_spot_then_on_demand_switches_the_group_when_spot_fails(cloud, monkeypatch, capsys):
+    real = aws.client
+    starved = {}
+
+    def client(service, region=None, profile=None):
+        c = real(service, region, profile)
+        if service != "autoscaling":
+            return c
+        return starved.setdefault("asg", SpotStarvedAutoScaling(c))
+
+    monkeypatch.setattr(aws, "client", client)
+    done = detach.submit(cfg("market=spot-then-on-demand"), "job", plan(), poll_s=0.1)
+    out = capsys.readouterr().out
+    assert "InsufficientInstanceCapacity" in out and "the group now launches on-demand" in out
+    [group] = boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]
+    dist = group["MixedInstancesPolicy"]["InstancesDistribution"]
+    assert dist["OnDemandPercentageAboveBaseCapacity"] == 100  # read back from moto
+    assert [i["InstanceId"] for i in group["Instances"]] == [done.instance_id]
+
+
+def test_spot_only_does_not_switch(cloud, monkeypatch):
+    real = aws.client
+    starved = {}
+
+    def client(service, region=None, profile=None):
+        c = real(service, region, profile)
+        return starved.setdefault("asg", SpotStarvedAutoScaling(c)) if service == "autoscaling" else c
+
+    monkeypatch.setattr(aws, "client", client)
+    with pytest.raises(AwsError) as e:
+        detach.submit(cfg("running_timeout_s=1"), "job", plan(), poll_s=0.1)
+    assert "launched no instance" in str(e.value) and "fab terminate --name job" in str(e.value)
+    [group] = boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]
+    assert group["MixedInstancesPolicy"]["InstancesDistribution"]["OnDemandPercentageAboveBaseCapacity"] == 0
+
+
+def test_detached_user_data_is_bash_with_the_guards_then_the_boot(tmp_path):
+    import subprocess
+
+    from ec2.cloud.userdata import build_detached_user_data
+
+    text = build_detached_user_data(
+        6,
+        30,
+        22,
+        root="s3://b/runs/x-spotrun-job",
+        bundle_uri="s3://b/runs/x-spotrun-job/bundle-0123456789abcdef.tar.gz",
+        remote_dir="~/spotrun",
+        login_user="ubuntu",
+    )
+    script = tmp_path / "user-data"
+    script.write_text(text)
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    lines = text.splitlines()
+    assert lines[0] == "#!/bin/bash" and "shutdown -h +360 'spotrun: max_hours reached'" in lines
+    boot = lines[
+        lines.index(
+            "# spotrun detached run: the boot starts (or resumes) the run from S3 (ec2/remote/boot.py)."
+        ) :
+    ]
+    assert len(boot) <= 7  # a few lines; the logic is in ec2/remote/boot.py
+    assert "aws s3 cp --only-show-errors s3://b/runs/x-spotrun-job/bundle-0123456789abcdef.tar.gz" in text
+    assert "runuser -u ubuntu -- tar -xzf" in text
+    assert boot[-1].endswith("-m ec2.remote.boot --root s3://b/runs/x-spotrun-job")
+    assert "AWS_ACCESS_KEY_ID" not in text and "AWS_SECRET" not in text  # the instance role only
