@@ -41,7 +41,7 @@ format: ## format the tree with ruff format and apply ruff's safe fixes
 data: ## write the synthetic dataset the demo trains on (data/synthetic)
 	$(BIN)/python scripts/make_synthetic_data.py --out data/synthetic
 
-demo: data ## train configs/demo.yaml on synthetic data, on the CPU
+demo: data ## train configs/demo.yaml on synthetic data (device auto: CUDA, Apple GPU or CPU)
 	$(BIN)/python -m ml.train --config configs/demo.yaml $(ARGS)
 
 train: ## train TRAIN_CONFIG locally (ARGS='dotted.key=value ...')
