@@ -10,7 +10,7 @@ from invoke import task
 
 from common.errors import ToolkitError
 from ec2.journey import Journey, Plan, report, stdin_asker
-from ec2.remote.trainrun import TRAINER_SIGNAL, train_command, train_env
+from ec2.remote.trainrun import TRAINER_SIGNAL, train_command
 from tasks.edge import aws_config, edge, machine_name
 from tasks.remote import DEFAULT_TRAIN_CONFIG
 
@@ -61,7 +61,6 @@ def run(
     plan = Plan(
         command=train_command(cfg.remote_dir, train_config, overrides),
         run=run_name,
-        env=train_env(cfg.region, data_uri),
         output_dir=train_cfg.output_dir,
         checkpoint_dir=train_cfg.checkpoint_dir,
         signal=TRAINER_SIGNAL,
