@@ -9,15 +9,19 @@ Three kinds are common, and `rsync --version` tells them apart:
 What each accepts, read from their option tables (Apple's rsync sources, rsync-91.0.6 through
 rsync-182: rsync/options.c for 2.6.9, openrsync/main.c; OpenBSD's openrsync/main.c):
 - every one has -a, -z, -e, --delete, --exclude, --filter with dir-merge (`:- .gitignore`) and
-  protect (`P /dir/`) rules, --rsync-path, --stats and --progress: what a correct sync needs;
+  protect (`P /dir/`) rules, --rsync-path, --stats and --progress: what a correct sync needs, and
+  --partial-dir but for OpenBSD's openrsync (refused below anyway);
 - only rsync 3.1+ has --info=progress2 (one progress line for the whole transfer); the others get
   --progress (a line per file);
-- rsync 2.6.9 and 3.x have --itemize-changes; the first openrsync (macOS 15.0) has not;
-- OpenBSD's openrsync has no --partial-dir (an interrupted file is then sent again in full).
+- rsync 2.6.9 and 3.x have --itemize-changes; the first openrsync (macOS 15.0) has not.
 
-An rsync older than 2.6.9, or one whose version cannot be read, may lack the filter rules that keep
-ignored files and a run's outputs safe from --delete: spotrun stops before syncing with
-"rsync 3.1+ needed: `brew install rsync`".
+The filter rules must also reach the other end, which takes protocol 29: OpenBSD's openrsync
+speaks 27 only and stops with "rules are incompatible with remote rsync" (tried: built from
+github.com/kristapsdz/openrsync, against rsync 3.2.7 over ssh). An openrsync below protocol 29
+cannot carry the rules that keep ignored files home and a run's outputs safe from --delete, and an
+rsync older than 2.6.9, or one whose version cannot be read, may lack them: rather than fail
+midway or sync without them, spotrun stops before syncing with "rsync 3.1+ needed: `brew install
+rsync`".
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ RSYNC_BIN = "rsync"
 MODERN = (3, 1)
 # The oldest rsync whose option table and filter rules were checked (Apple's last GPLv2 build).
 OLDEST = (2, 6, 9)
+# Dir-merge and protect rules travel to the other end from this protocol on.
+FILTER_PROTOCOL = 29
 UPGRADE = "rsync 3.1+ needed: `brew install rsync`"
 INSTALL = "`brew install rsync` on macOS, `sudo apt-get install rsync` on Debian/Ubuntu"
 
@@ -51,7 +57,9 @@ class RsyncInfo:
 
     @property
     def usable(self) -> bool:
-        return self.flavour == "openrsync" or (self.flavour == "rsync" and self.version >= OLDEST)
+        if self.flavour == "openrsync":
+            return (self.protocol or 0) >= FILTER_PROTOCOL
+        return self.flavour == "rsync" and self.version >= OLDEST
 
     @property
     def modern(self) -> bool:
@@ -64,10 +72,6 @@ class RsyncInfo:
     @property
     def itemize(self) -> bool:
         return self.flavour == "rsync" and self.usable
-
-    @property
-    def partial_dir(self) -> bool:
-        return self.flavour == "rsync" or (self.flavour == "openrsync" and bool(self.version))
 
     def describe(self) -> str:
         if self.flavour == "missing":
@@ -139,6 +143,4 @@ def doctor_check() -> tuple[bool, str, str]:
     limits = ["per-file progress"]
     if not info.itemize:
         limits.append("no itemized changes")
-    if not info.partial_dir:
-        limits.append("interrupted files sent again")
     return True, f"{info.describe()}: works ({', '.join(limits)})", f"for more, {UPGRADE}"

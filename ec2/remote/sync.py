@@ -102,7 +102,7 @@ def rsync_argv(
     return [
         RSYNC_BIN,
         "-az",
-        *([f"--partial-dir={PARTIAL_DIR}"] if rsync.partial_dir else []),
+        f"--partial-dir={PARTIAL_DIR}",
         *options,
         *_progress_flags(tty, rsync),
         "-e",

@@ -8,8 +8,8 @@ Option tables, from Apple's sources (github.com/apple-oss-distributions/rsync):
 - rsync 2.6.9: rsync/options.c, long_options (rsync-91.0.6);
 - openrsync: openrsync/main.c, lopts, as first shipped (rsync-91.0.6, macOS 15.0): the smallest
   of Apple's builds (no --itemize-changes, added by rsync-146);
-- OpenBSD's openrsync (github.com/kristapsdz/openrsync main.c): no --partial-dir, and its
-  version line on stderr with no "compatible" line.
+- OpenBSD's openrsync (github.com/kristapsdz/openrsync main.c): no --partial-dir, protocol 27,
+  and its version line on stderr with no "compatible" line.
 """
 
 from __future__ import annotations
