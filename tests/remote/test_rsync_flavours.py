@@ -26,6 +26,8 @@ def machine(sshd):
 
 
 def _use(flavour: str, folder: Path, monkeypatch) -> Path:
+    """The stand-in first on the laptop's PATH. Only the laptop's: sshd was started before (its
+    sessions keep the PATH it had), so the other end runs the real rsync, as an instance does."""
     fake_rsync.install(folder, flavour, sys.executable)
     monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
     return folder
@@ -81,6 +83,7 @@ def test_sync_and_download_work_with_each_rsync(machine, tmp_path, monkeypatch, 
         assert "--info" not in opts and ("--itemize-changes" in opts) is itemize
         assert "--partial-dir" in opts and "--stats" in opts
     assert "--delete" in _options(transfers[0]) and "--filter" in _options(transfers[0])
+    assert not any("--server" in argv for argv in transfers)  # the other end was the real rsync
     # The version is asked once, however many transfers follow.
     assert [argv for argv in fake_rsync.calls(fake) if "--version" in argv] == [["--version"]]
 
