@@ -10,6 +10,7 @@ from invoke import task
 
 from common.errors import ToolkitError
 from ec2.journey import Journey, Plan, report, stdin_asker
+from ec2.remote.rsync_version import local_rsync
 from ec2.remote.trainrun import TRAINER_SIGNAL, train_command
 from tasks.edge import aws_config, edge, machine_name
 from tasks.remote import DEFAULT_TRAIN_CONFIG
@@ -42,6 +43,7 @@ def run(
     """Managed run: launch, setup, sync, train; on interruption relaunch elsewhere and resume; summary."""
     from ml.config import load_train_config
 
+    local_rsync().require()  # before an instance is paid for, not at its first sync
     cfg = aws_config(config, set_)
     name = machine_name(name, cfg)
     overrides = shlex.split(args or "")

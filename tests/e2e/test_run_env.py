@@ -4,6 +4,9 @@ the config; and no data-URI variable nobody reads (the data location is dataset.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 from invoke import Context
 from invoke.exceptions import Exit
@@ -38,3 +41,17 @@ def test_data_uri_with_a_custom_command_is_refused(capsys):
     with pytest.raises(Exit):
         remote.train(Context(), name="job", cmd="python my.py", data_uri="s3://bucket/data")
     assert "--data-uri sets the trainer's dataset.dataset_dir" in capsys.readouterr().err
+
+
+def test_fab_run_stops_on_an_unusable_rsync_before_launching(tmp_path, monkeypatch, capsys):
+    """No instance is paid for when the first sync could not work: the check comes before the
+    config is even read (no AWS peer here; reaching AWS would fail otherwise)."""
+    from tasks import managed
+    from tests.remote import fake_rsync
+
+    fake_rsync.install(tmp_path / "bin", "rsync-2.6.3", sys.executable)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    with pytest.raises(Exit):
+        managed.run(Context(), name="job", config=str(tmp_path / "no-such.yaml"))
+    assert "rsync 3.1+ needed: `brew install rsync` (found rsync 2.6.3" in capsys.readouterr().err
+    assert fake_rsync.calls(tmp_path / "bin") == [["--version"]]
