@@ -78,14 +78,15 @@ def test_this_machine_answers_without_stand_ins():
     assert pick_device("auto", "0", ONE).type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-# Prints the variable at the moment a fresh process starts importing torch (through ml/).
+# Prints the variable at the moment a fresh process starts importing torch (through ml/), then
+# stops; a process that never imports torch prints nothing.
 SPY = """
 import os, sys
 class Spy:
     def find_spec(self, name, path=None, target=None):
-        if name == "torch":
-            print(os.environ.get(sys.argv[1], "<unset>"))
-            sys.meta_path.remove(self)
+        if name == "torch":  # the moment torch would read it; no need to load torch itself
+            print(os.environ.get(sys.argv[1], "<unset>"), flush=True)
+            os._exit(0)
 sys.meta_path.insert(0, Spy())
 import ml.device
 """
