@@ -15,6 +15,10 @@ rsync-182: rsync/options.c for 2.6.9, openrsync/main.c; OpenBSD's openrsync/main
   --progress (a line per file);
 - rsync 2.6.9 and 3.x have --itemize-changes; the first openrsync (macOS 15.0) has not.
 
+On macOS 15.0-15.3 /usr/bin/rsync is a wrapper (Apple's rsync.wrapper.c) that answers --version
+with openrsync but runs rsync 2.6.9 when an option is outside its openrsync list (--filter and
+--stats are): the options chosen for openrsync suit both, and --stats is read in either wording.
+
 The filter rules must also reach the other end, which takes protocol 29: OpenBSD's openrsync
 speaks 27 only and stops with "rules are incompatible with remote rsync" (tried: built from
 github.com/kristapsdz/openrsync, against rsync 3.2.7 over ssh). An openrsync below protocol 29
