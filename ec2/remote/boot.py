@@ -40,7 +40,7 @@ from common import aws
 from ec2.remote import detached, runs
 from ec2.remote.detached import BootAttempt, DetachedRun
 from ec2.remote.imds import Identity, Imds, ImdsUnreachable
-from ec2.remote.trainrun import setup_command
+from ec2.remote.trainrun import setup_command, train_env
 
 # The trainer's "stopped, resumable" exit (ml.errors.STOPPED_RESUMABLE).
 RESUMABLE_EXIT = 75
@@ -189,7 +189,8 @@ class Boot:
             s.remote_dir,
             s.run,
             s.command,
-            env=s.env,
+            # As fab run does (stages.run_env): the region this instance runs in.
+            env={**s.env, **train_env(self.me.region)},
             force=True,  # a reboot of this instance, or a rerun of the boot, restarts the run
             watcher_args=s.watcher_args,
             output_dir=s.output_dir,
