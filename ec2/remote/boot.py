@@ -232,9 +232,12 @@ class Boot:
             log(f"no run record at {detached.state_uri(self.root)}; shutting down")
             self.shut_down(None, "spotrun: no run record")
             return 1
+        already = self.state.ended
         why = self.begin()
         if why is not None:
-            return self.end(self.state.status, self.state.status, why, stop_group=True, shut_down=True)
+            # A boot after the end (a late replacement) runs nothing; past a guard, it is the guard.
+            outcome = "not-started" if already or self.state.status == "stopped" else self.state.status
+            return self.end(outcome, self.state.status, why, stop_group=True, shut_down=True)
         left_min = max(1, int(self.state.seconds_left() // 60))
         self.shut_down(left_min, "spotrun: the run's deadline")
         self.state.status = "running"

@@ -247,3 +247,14 @@ def test_ending_for_each_exit():
     assert ending_for(1, noticed=True) == Ending("failed", "failed", stop_group=True)
     assert shutdown_argv("shutdown -h", 90, "why") == ["shutdown", "-h", "+90", "why"]
     assert shutdown_argv("shutdown -h", None, "why") == ["shutdown", "-h", "now", "why"]
+
+
+def test_a_boot_after_the_run_ended_runs_nothing_and_stops_the_group(machine):
+    done = BootAttempt(1, "i-first", outcome="finished", exit_code=0)
+    machine.submit("echo never; exit 0", attempts=[done], status="finished")
+    machine.boot_to_end()
+    state = machine.state()
+    assert state.status == "finished"
+    assert [a.outcome for a in state.attempts] == ["finished", "not-started"]
+    assert machine.desired() == 0 and machine.shutdowns()[-1].startswith("now ")
+    assert not machine.run_dir().exists()
