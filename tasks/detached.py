@@ -82,6 +82,14 @@ def has_group(cfg: AwsConfig, region: str, name: str) -> bool:
     return asg.describe_group(aws.client("autoscaling", region, cfg.profile), name) is not None
 
 
+def group_names(cfg: AwsConfig, region: str) -> list[str]:
+    """The run names of every detached run's group in the region."""
+    autoscaling = aws.client("autoscaling", region, cfg.profile)
+    return [
+        g.tags.get(instances.NAME_TAG, g.name) for g in asg.spotrun_groups(autoscaling, instances.NAME_TAG)
+    ]
+
+
 def remove_group(cfg: AwsConfig, region: str, name: str) -> bool:
     """Delete a detached run's group (forcing its instances) and its template: True if there was
     one. Called by `fab terminate` before it terminates instances (else the group would replace them)."""

@@ -106,6 +106,12 @@ def terminate(c, name=None, all_=False, yes=False, no_wait=False, config=None, s
     cfg = aws_config(config, set_)
     region, ec2 = _ec2(cfg)
     if all_:
+        # Detached runs' groups first: they would replace the instances terminated below.
+        groups = detached.group_names(cfg, region)
+        if groups:
+            confirm(f"delete the Auto Scaling groups of detached runs {', '.join(groups)} in {region}?", yes)
+            for group_name in groups:
+                detached.remove_group(cfg, region, group_name)
         targets = instances.find_instances(ec2)
         if not targets:
             print(f"no live spotrun instances in {region}")

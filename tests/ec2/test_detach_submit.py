@@ -302,3 +302,23 @@ def test_detached_user_data_is_bash_with_the_guards_then_the_boot(tmp_path):
     assert "runuser -u ubuntu -- tar -xzf" in text
     assert boot[-1].endswith("-m ec2.remote.boot --root s3://b/runs/x-spotrun-job")
     assert "AWS_ACCESS_KEY_ID" not in text and "AWS_SECRET" not in text  # the instance role only
+
+
+def test_terminate_all_removes_detached_groups_first(cloud, capsys):
+    from invoke import Context
+
+    from tasks import lifecycle
+
+    detach.submit(cfg(), "job", plan(), poll_s=0.2)
+    sets = ["ssh_cidr=203.0.113.7/32", "ami_owners=[self]", "region=us-east-1"]
+    lifecycle.terminate(Context(), all_=True, yes=True, set_=sets)
+    assert "deleted Auto Scaling group spotrun-job" in capsys.readouterr().out
+    assert boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"] == []
+    assert boto3.client("ec2").describe_launch_templates()["LaunchTemplates"] == []
+    live = [
+        i
+        for r in boto3.client("ec2").describe_instances()["Reservations"]
+        for i in r["Instances"]
+        if i["State"]["Name"] in ("pending", "running")
+    ]
+    assert live == []
