@@ -135,9 +135,10 @@ def build_user_data(max_hours: float, idle_minutes: int, ssh_port: int = 22) -> 
     return "\n".join(lines) + "\n"
 
 
-# The Python that runs the boot before the run's venv exists: the AMI's PyTorch environment
-# (boto3 is part of it), else the system's. The same order as scripts/setup_instance.sh.
+# The Python that runs the boot before the run's venv exists: the AMI's PyTorch environment,
+# else the system's (the same order as scripts/setup_instance.sh).
 BOOT_PYTHONS = "/opt/pytorch/bin/python3 /opt/conda/envs/pytorch/bin/python3 python3"
+BOOT_DEPS = "/opt/spotrun-boot"
 
 
 def boot_lines(root: str, bundle_uri: str, remote_dir: str, login_user: str) -> list[str]:
@@ -156,9 +157,14 @@ def boot_lines(root: str, bundle_uri: str, remote_dir: str, login_user: str) -> 
         f"CODE=$(runuser -u {user} -- bash -c {shlex.quote(f'mkdir -p {code} && cd {code} && pwd')})",
         f"aws s3 cp --only-show-errors {shlex.quote(bundle_uri)} /tmp/spotrun-bundle.tar.gz",
         f'runuser -u {user} -- tar -xzf /tmp/spotrun-bundle.tar.gz -C "$CODE"',
-        f"for PY in {BOOT_PYTHONS}; do command -v $PY >/dev/null && break; done",
-        f'systemd-run --unit=spotrun-boot --collect --working-directory="$CODE" "$(command -v $PY)" '
-        f"-m ec2.remote.boot --root {shlex.quote(root)}",
+        # The boot needs boto3 before the run's venv exists: the first AMI Python that has it,
+        # else boto3 installed beside the system's (never into the AMI's environment).
+        f"for PY in {BOOT_PYTHONS}; do "
+        f"command -v $PY >/dev/null && $PY -c 'import boto3' 2>/dev/null && break; done",
+        f"$PY -c 'import boto3' 2>/dev/null || "
+        f"{{ PY=python3; $PY -m pip install -q --target {BOOT_DEPS} boto3; }}",
+        f'systemd-run --unit=spotrun-boot --collect --working-directory="$CODE" '
+        f'--setenv=PYTHONPATH={BOOT_DEPS} "$(command -v $PY)" -m ec2.remote.boot --root {shlex.quote(root)}',
     ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import tarfile
+from pathlib import Path
 
 import boto3
 import botocore.exceptions
@@ -22,12 +23,11 @@ from tests.ec2.conftest import config
 
 BUCKET = "spot-ckpt"
 CKPT = f"s3://{BUCKET}/runs/job/checkpoint"
+REPO_PYTHON = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "python"
 
 
 @pytest.fixture
 def cloud(aws_env, home, dlami, monkeypatch):
-    from pathlib import Path
-
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the code the bundle takes
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     return dlami
@@ -297,7 +297,7 @@ def test_detached_user_data_is_bash_with_the_guards_then_the_boot(tmp_path):
             "# spotrun detached run: the boot starts (or resumes) the run from S3 (ec2/remote/boot.py)."
         ) :
     ]
-    assert len(boot) <= 7  # a few lines; the logic is in ec2/remote/boot.py
+    assert len([b for b in boot if not b.startswith("#")]) <= 6  # a few lines; the logic is in boot.py
     assert "aws s3 cp --only-show-errors s3://b/runs/x-spotrun-job/bundle-0123456789abcdef.tar.gz" in text
     assert "runuser -u ubuntu -- tar -xzf" in text
     assert boot[-1].endswith("-m ec2.remote.boot --root s3://b/runs/x-spotrun-job")
@@ -322,3 +322,68 @@ def test_terminate_all_removes_detached_groups_first(cloud, capsys):
         if i["State"]["Name"] in ("pending", "running")
     ]
     assert live == []
+
+
+def test_instance_role_statements_are_scoped_to_the_group_and_prefix(aws_env):
+    import json
+
+    statements = asg.instance_role_statements("us-east-1", "123456789012", "job", "s3://b/runs/x-spotrun-job")
+    by_action = {a: st for st in statements for a in st["Action"]}
+    assert set(by_action) == {
+        "autoscaling:SetDesiredCapacity",
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:ListBucket",
+    }
+    assert by_action["autoscaling:SetDesiredCapacity"]["Resource"] == [
+        "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:*:autoScalingGroupName/spotrun-job"
+    ]
+    assert by_action["s3:PutObject"]["Resource"] == ["arn:aws:s3:::b/runs/x-spotrun-job/*"]
+    assert by_action["s3:ListBucket"]["Condition"] == {"StringLike": {"s3:prefix": ["runs/x-spotrun-job/*"]}}
+    # A valid policy document as IAM parses it (moto's IAM validates the grammar).
+    iam = boto3.client("iam")
+    iam.create_role(
+        RoleName="r", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []})
+    )
+    iam.put_role_policy(
+        RoleName="r",
+        PolicyName="p",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": statements}),
+    )
+
+
+def test_detached_boot_lines_run_in_bash_with_stand_ins(tmp_path):
+    """The user data's boot lines run for real in bash, with stand-ins for what only an instance
+    has: `aws` (copies the bundle), `runuser` (runs as this user), `systemd-run` (records its
+    argv), and a `python3` that has boto3 (the AMI's pythons are absent here)."""
+    import os
+    import subprocess
+
+    from ec2.cloud.userdata import boot_lines
+
+    bins = tmp_path / "bin"
+    bins.mkdir()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "hello.py").write_text("print('hi')\n")
+    made = bundle.build(tmp_path / "src")
+    (tmp_path / "bundle.tar.gz").write_bytes(made.data)
+    stand_ins = {
+        "aws": f'#!/bin/bash\n[ "$1 $2" = "s3 cp" ] && cp {tmp_path}/bundle.tar.gz "${{@: -1}}"\n',
+        "runuser": '#!/bin/bash\nshift 3\nexec "$@"\n',  # runuser -u USER -- CMD...
+        "systemd-run": f'#!/bin/bash\nprintf "%s\\n" "$@" > {tmp_path}/systemd-run.args\n',
+        "python3": f'#!/bin/sh\nexec {REPO_PYTHON} "$@"\n',
+    }
+    for name, text in stand_ins.items():
+        (bins / name).write_text(text)
+        (bins / name).chmod(0o755)
+    home = tmp_path / "home"
+    home.mkdir()
+    script = "\n".join(boot_lines("s3://b/r", "s3://b/r/bundle-x.tar.gz", "~/spotrun", "ubuntu")) + "\n"
+    env = {**os.environ, "PATH": f"{bins}:/usr/bin:/bin", "HOME": str(home)}
+    result = subprocess.run(["bash", "-euc", script], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (home / "spotrun" / "code" / "hello.py").read_text() == "print('hi')\n"
+    args = (tmp_path / "systemd-run.args").read_text().splitlines()
+    assert args[:2] == ["--unit=spotrun-boot", "--collect"]
+    assert f"--working-directory={home}/spotrun/code" in args
+    assert args[-5:] == [str(bins / "python3"), "-m", "ec2.remote.boot", "--root", "s3://b/r"]
