@@ -311,6 +311,8 @@ def watch(
                     for t in text.rstrip("\n").splitlines()[-lines:]:
                         out(f"  | {t}")
             out(d.summary(s))
+            if s.output_dir and not is_s3(s.output_dir):
+                out(f"outputs: aws s3 sync {detached.outputs_uri(s.root)} outputs/{d.name}")
             return s
         if once:
             return s

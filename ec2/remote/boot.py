@@ -37,14 +37,18 @@ from pathlib import Path
 import botocore.exceptions
 
 from common import aws
-from ec2.remote import detached, runs
+from common.s3uri import is_s3
+from ec2.remote import detached, runs, s3copy
 from ec2.remote.detached import BootAttempt, DetachedRun
 from ec2.remote.imds import Identity, Imds, ImdsUnreachable
+from ec2.remote.runs import code_dir
+from ec2.remote.ssh import join_path
 from ec2.remote.trainrun import setup_command, train_env
 
 # The trainer's "stopped, resumable" exit (ml.errors.STOPPED_RESUMABLE).
 RESUMABLE_EXIT = 75
 DEFAULT_SHUTDOWN = "shutdown -h"
+START_TRIES = 3
 
 
 def log(msg: str) -> None:
@@ -183,7 +187,7 @@ class Boot:
         log(f"setup failed (exit {result.returncode}): {' | '.join(tail)}")
         return False
 
-    def start(self) -> Path:
+    def start(self) -> Path | None:
         s = self.state
         line = runs.start_command(
             s.remote_dir,
@@ -195,9 +199,16 @@ class Boot:
             watcher_args=s.watcher_args,
             output_dir=s.output_dir,
         )
-        subprocess.run(as_user(s.login_user, line), check=True)
-        log(f"started run {s.run!r} in tmux ({runs.session_name(s.run)})")
-        return local_path(runs.run_dir(s.remote_dir, s.run), s.login_user)
+        for attempt in range(START_TRIES):
+            result = subprocess.run(as_user(s.login_user, line), capture_output=True, text=True)
+            if result.returncode == 0:
+                log(f"started run {s.run!r} in tmux ({runs.session_name(s.run)})")
+                return local_path(runs.run_dir(s.remote_dir, s.run), s.login_user)
+            # tmux can lose a race with a server that is still exiting ("server exited
+            # unexpectedly"): a moment later a new server starts.
+            log(f"starting the run failed (exit {result.returncode}): {result.stderr.strip()[-300:]}")
+            time.sleep(1 + attempt)
+        return None
 
     def wait(self, run_dir: Path) -> int:
         """Until the run's exit code is written; on the deadline, the trainer is told to stop."""
@@ -225,6 +236,27 @@ class Boot:
                 self.s3, self.root, f"logs/attempt-{self.attempt.number}.log", text
             )
 
+    def keep_outputs(self) -> None:
+        """The trainer's local output_dir (train.log, metrics.csv, plots) outlives the instance in
+        <root>/outputs/: only files S3 lacks are sent (s3copy, as the notice watcher does)."""
+        s = self.state
+        if not s.output_dir or is_s3(s.output_dir):
+            return
+        path = (
+            s.output_dir
+            if s.output_dir.startswith(("/", "~"))
+            else join_path(code_dir(s.remote_dir), s.output_dir)
+        )
+        folder = local_path(path, s.login_user)
+        if not folder.is_dir():
+            return
+        try:
+            stats = s3copy.copy_folder(self.s3, folder, detached.outputs_uri(self.root))
+        except s3copy.CopyError as e:
+            log(str(e))
+            return
+        log(f"outputs: {len(stats.uploaded)} file(s) copied to {detached.outputs_uri(self.root)}")
+
     # --- the whole boot -----------------------------------------------------------------------------
     def run(self) -> int:
         self.state = detached.load(self.s3, self.root)
@@ -244,7 +276,9 @@ class Boot:
         self.save()
         log(f"attempt {self.attempt.number} of {self.state.max_attempts} on {self.me.instance_id}")
 
-        if not self.setup():
+        run_dir = self.start() if self.setup() else None
+        if run_dir is None:
+            # Setup, or starting the run on this machine, failed.
             before = self.state.attempts[-2] if len(self.state.attempts) > 1 else None
             if before is not None and before.outcome == "setup-failed":
                 return self.end(
@@ -259,10 +293,10 @@ class Boot:
 
         self.attempt.outcome = "running"
         self.save()
-        run_dir = self.start()
         code = self.wait(run_dir)
         self.attempt.exit_code = code
         self.keep_log(run_dir)
+        self.keep_outputs()
         noticed = (run_dir / "notice").exists()
         deadline_hit = self.state.status == "deadline"
         self.refresh_stop()

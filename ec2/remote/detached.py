@@ -5,6 +5,7 @@ entry per attempt. It lives under the run's root prefix, beside the checkpoints:
     <root>/state.json             this record (the boot reads it at every launch)
     <root>/bundle-<sha256>.tar.gz the code, exactly what `fab sync` sends (ec2.cloud.bundle)
     <root>/logs/attempt-<n>.log   each attempt's run log, copied when the attempt ends
+    <root>/outputs/               the trainer's local output_dir (logs, metrics), likewise
 
 Only one instance of the group runs at a time (max 1, Capacity Rebalance off), so the boot's
 read-modify-write of state.json has no concurrent writer but a user's `fab stop`, which only sets
@@ -108,6 +109,11 @@ class DetachedRun:
         data = {k: v for k, v in data.items() if k in known}
         data["attempts"] = [BootAttempt(**a) for a in data.get("attempts", [])]
         return cls(**data)
+
+
+def outputs_uri(root: str) -> str:
+    """Where each boot copies the trainer's local output_dir when its attempt ends."""
+    return f"{root.rstrip('/')}/outputs"
 
 
 def state_uri(root: str) -> str:

@@ -29,7 +29,10 @@ class Instance:
 
     def __init__(self, spot_host, imds, state: detached.DetachedRun, instance_id: str, tmp_path: Path):
         self.remote = spot_host.root / "remote"
-        shutil.rmtree(self.remote, ignore_errors=True)  # a new instance's disk is empty
+        # A new instance: an empty disk and no tmux server (the previous one's is this host's).
+        for sock in spot_host.tmux_tmpdir.glob("tmux-*/*"):
+            subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True)
+        shutil.rmtree(self.remote, ignore_errors=True)
         code = self.remote / "code"
         code.mkdir(parents=True)
         bucket, key = split_s3(state.bundle_uri)

@@ -94,6 +94,10 @@ def test_detached_run_survives_an_interruption_with_no_laptop(
     ]
     assert group(autoscaling)["DesiredCapacity"] == 0
     assert live(ec2) == []
+    # The trainer's local outputs were kept in S3 when the last attempt ended.
+    assert f"aws s3 sync {detached.outputs_uri(d.root())} outputs/dj" in seen
+    kept = boto3.client("s3").list_objects_v2(Bucket="spot-ckpt", Prefix="dj/checkpoint-spotrun-dj/outputs/")
+    assert kept.get("KeyCount", 0) > 0
     # `fab terminate` removes the group and its template: nothing of the run is left in AWS.
     lifecycle.terminate(Context(), name="dj", yes=True, config=str(config))
     assert autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"] == []

@@ -122,7 +122,12 @@ class Machine:
 
 
 def test_first_boot_starts_the_run_and_exit_0_finishes_and_stops_the_group(machine):
-    machine.submit("echo trained fine; exit 0", max_hours=2)
+    outputs = machine.tmp / "outputs"
+    machine.submit(
+        f"mkdir -p {outputs} && echo metrics > {outputs}/metrics.csv; echo trained fine; exit 0",
+        max_hours=2,
+        output_dir=str(outputs),
+    )
     out = machine.boot_to_end()
     state = machine.state()
     assert state.status == "finished", out
@@ -139,7 +144,9 @@ def test_first_boot_starts_the_run_and_exit_0_finishes_and_stops_the_group(machi
     assert (machine.remote / "venv" / ".spotrun-setup").exists()
     log = (machine.run_dir() / "log").read_text()
     assert "trained fine" in log and "spot_watch: watching" in log
-    assert (machine.run_dir() / "command").read_text().strip() == "echo trained fine; exit 0"
+    assert (machine.run_dir() / "command").read_text().strip().endswith("echo trained fine; exit 0")
+    # The trainer's outputs outlive the instance too.
+    assert detached.get_text(machine.s3, f"{detached.outputs_uri(machine.root)}/metrics.csv") == "metrics\n"
     # The log outlives the instance, in S3.
     assert "trained fine" in detached.get_text(machine.s3, a.log_uri)
     # The instance's own shutdown is scheduled at the time left (2 h, less what has passed).
