@@ -9,6 +9,7 @@ from pathlib import Path
 from invoke import task
 
 from common.errors import ToolkitError
+from ec2.cloud import s3scope
 from ec2.journey import Journey, Plan, report, stdin_asker
 from tasks.edge import aws_config, edge, machine_name
 from tasks.remote import DEFAULT_TRAIN_CONFIG, TRAINER_SIGNAL, train_command, train_env
@@ -71,6 +72,11 @@ def run(
         keep=bool(keep),
         setup_python=setup_python,
         require_gpu=not no_gpu,
+        s3=tuple(
+            s3scope.for_run(
+                train_cfg.dataset.dataset_dir, train_cfg.checkpoint_dir, cfg.checkpoint_backup_uri
+            )
+        ),
     )
     journey = Journey(cfg, name, plan, out=_say, ask=stdin_asker(), outputs=Path(dest) if dest else None)
     try:

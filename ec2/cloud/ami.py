@@ -94,7 +94,7 @@ def choose(flavours: Iterable[Flavour]) -> Flavour | None:
 def why(chosen: Flavour, among: int, source: str) -> str:
     return (
         f"auto: {chosen.describe()}, the highest PyTorch on the newest Ubuntu LTS of {among} "
-        f"OSS-driver PyTorch DLAMI flavours ({source})"
+        f"OSS-driver PyTorch DLAMI flavours, from {source}"
     )
 
 
@@ -214,7 +214,7 @@ def _from_ssm(cfg, ssm) -> tuple[str, str]:
     flavours = listed_flavours(ssm, cfg.architecture)
     chosen = choose(flavours)
     if chosen is None:
-        raise LookupError(f"no OSS-driver PyTorch flavour under {SSM_ROOT.format(arch=cfg.architecture)}")
+        raise LookupError("no OSS-driver PyTorch flavour listed")
     return flavours[chosen], why(chosen, len(flavours), f"SSM {SSM_ROOT.format(arch=cfg.architecture)}")
 
 
@@ -237,9 +237,9 @@ def resolve_ami(cfg, ec2, ssm, now: datetime | None = None) -> Ami:
         image_id, reason = _from_ssm(cfg, ssm)
         image = _describe(ec2, image_id)
     except (*AWS_FAILURES, LookupError) as e:
-        code = error_code(e) if hasattr(e, "response") else type(e).__name__
+        code = error_code(e) if hasattr(e, "response") else (str(e) or type(e).__name__)
         image, chosen = _newest_by_name(ec2, cfg)
-        reason = f"{chosen} (SSM unavailable: {code})"
+        reason = f"{chosen}; SSM unavailable: {code}"
     warning = None
     if cfg.ami_flavour != AUTO:
         warning = stale_warning(cfg.ami_flavour, image.get("CreationDate", ""), now)

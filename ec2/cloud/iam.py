@@ -367,3 +367,28 @@ def delete_role(iam, managed: ManagedRole) -> None:
         for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]:
             iam.delete_role_policy(RoleName=name, PolicyName=policy)
         iam.delete_role(RoleName=name)
+
+
+def widen_for_instance(
+    ec2, iam, instance_id: str, want: Iterable[Grant], caller_arn: str, out: Callable[[str], None] = print
+) -> list[Grant]:
+    """Before a run starts on ``instance_id``: make its spotrun role reach ``want`` (what was
+    added). A profile spotrun did not make is the user's to manage; no profile at all is said."""
+    want = s3scope.minimal(want)
+    if not want:
+        return []
+    with aws_errors(f"reading {instance_id}'s instance profile", tolerate={"InvalidInstanceID.NotFound"}):
+        reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        raw = [i for r in reservations for i in r["Instances"]]
+    profile_arn = raw[0].get("IamInstanceProfile", {}).get("Arn") if raw else None
+    if not profile_arn:
+        if raw:
+            out(
+                f"note: {instance_id} has no instance profile, so the run cannot reach "
+                f"{', '.join(g.uri for g in want)}; relaunch with `iam_instance_profile: auto`"
+            )
+        return []
+    role = managed_role_of(iam, profile_arn, caller_arn)
+    if role is None:
+        return []
+    return widen(iam, role, want, caller_arn, out)
