@@ -29,7 +29,7 @@ _RETRY = botocore.config.Config(
 )
 _lock = threading.Lock()
 _sessions: dict[tuple[str | None, str | None], boto3.Session] = {}
-_clients: dict[tuple[str, str | None, str | None], object] = {}
+_clients: dict[tuple, object] = {}
 
 
 def session(region: str | None = None, profile: str | None = None) -> boto3.Session:
@@ -60,17 +60,25 @@ def region_of(region: str | None = None, profile: str | None = None) -> str:
     return resolved
 
 
-def client(service: str, region: str | None = None, profile: str | None = None):
-    """A cached, thread-safe boto3 client with standard retries."""
-    key = (service, region, profile)
+def client(
+    service: str, region: str | None = None, profile: str | None = None, *, attempts: int | None = None
+):
+    """A cached, thread-safe boto3 client with standard retries (``attempts``: fewer tries, for an
+    optional call with a fallback, such as the Pricing API)."""
+    key = (service, region, profile) if attempts is None else (service, region, profile, attempts)
     with _lock:
         cached = _clients.get(key)
     if cached is not None:
         return cached
     sess = session(region, profile)
+    config = (
+        _RETRY
+        if attempts is None
+        else _RETRY.merge(botocore.config.Config(retries={"mode": "standard", "max_attempts": attempts}))
+    )
     with _lock:
         if key not in _clients:
-            _clients[key] = sess.client(service, config=_RETRY)
+            _clients[key] = sess.client(service, config=config)
         return _clients[key]
 
 

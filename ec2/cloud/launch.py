@@ -152,7 +152,9 @@ def choices_for(ec2, cfg: AwsConfig, region: str, exclude=frozenset(), out=print
     prices = {}
     if cfg.market != "on-demand":
         prices = pricing.current_prices(pricing.spot_history(ec2, cfg.instance_types, zones=zones or None))
-    on_demand = {t: pricing.on_demand_price(t) for t in cfg.instance_types}
+    on_demand = {}
+    if cfg.market != "spot":
+        on_demand = {t: pricing.on_demand_price(t, region, cfg.profile) for t in cfg.instance_types}
     choices = plan(cfg.instance_types, offered, prices, on_demand, cfg.market, exclude)
     if not choices:
         raise CapacityError(
