@@ -71,7 +71,11 @@ aws-gpu: ## one-screen GPU summary
 	$(FAB) gpu $(FABARGS)
 aws-terminate: ## terminate the instance (asks first; YES=1 for scripts)
 	$(FAB) terminate $(FABARGS) $(if $(YES),--yes)
-aws-cleanup: ## remove spotrun's security group and key pair when unused
+aws-cleanup: ## remove spotrun's IAM roles, security group and key pair when unused
 	$(FAB) cleanup --config $(CONFIG)
 aws-run: ## the managed journey: launch, setup, sync, train, recover from interruptions, download, terminate
 	$(FAB) run $(FABARGS) --train-config $(TRAIN_CONFIG) $(if $(ARGS),--args "$(ARGS)")
+aws-doctor: ## check credentials, AMI, vCPU quota, S3 role and prefixes, key, SSH rule and local tools
+	$(FAB) doctor $(FABARGS) $(if $(ARGS),--train-config $(TRAIN_CONFIG) --args "$(ARGS)")
+aws-prices: ## spot and on-demand $/h, GPUs and placement score per configured type and zone (HOURS=)
+	$(FAB) prices --config $(CONFIG) $(if $(HOURS),--hours $(HOURS))

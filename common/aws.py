@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.parsers
 
 from common.errors import AwsError, ConfigError
 
@@ -187,7 +188,13 @@ def translate(error: Exception, doing: str) -> AwsError:
 
 # ---------------------------------------------------------------- stage boundaries
 
-AWS_FAILURES = (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)
+# ResponseParserError: an answer botocore could not read (an HTML error page from a proxy or a
+# stand-in without the API); not a BotoCoreError, but as much an AWS failure.
+AWS_FAILURES = (
+    botocore.exceptions.ClientError,
+    botocore.exceptions.BotoCoreError,
+    botocore.parsers.ResponseParserError,
+)
 
 
 def error_code(error: botocore.exceptions.ClientError) -> str:

@@ -13,7 +13,7 @@ from invoke import task
 
 from common import aws
 from common.aws import aws_errors
-from ec2 import paths, registry
+from ec2 import doctor, paths, registry
 from ec2 import status as status_mod
 from ec2.cloud import account, iam, instances, keys, network
 from ec2.cloud import launch as launching
@@ -39,12 +39,13 @@ def confirm(question: str, yes: bool) -> None:
 
 @task(iterable=["set_"])
 @edge
-def launch(c, name=None, no_wait=False, keep_on_failure=False, config=None, set_=None):
+def launch(c, name=None, no_wait=False, keep_on_failure=False, no_preflight=False, config=None, set_=None):
     """Launch a spot GPU instance (cheapest type and zone with capacity) and wait for SSH."""
     cfg = aws_config(config, set_)
-    record = launching.launch(
-        cfg, machine_name(name, cfg), wait_ssh=not no_wait, keep_on_failure=keep_on_failure
-    )
+    name = machine_name(name, cfg)
+    if not no_preflight:
+        doctor.preflight(cfg, name, doctor.needs_for(cfg))
+    record = launching.launch(cfg, name, wait_ssh=not no_wait, keep_on_failure=keep_on_failure)
     if no_wait:
         # Running is not reachable: sshd comes up a minute or so after boot.
         print(f"running (SSH not waited for): in a minute, `fab setup --name {record.name}`")

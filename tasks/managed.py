@@ -9,6 +9,7 @@ from pathlib import Path
 from invoke import task
 
 from common.errors import ToolkitError
+from ec2 import doctor
 from ec2.cloud import s3scope
 from ec2.journey import Journey, Plan, report, stdin_asker
 from ec2.remote.trainrun import TRAINER_SIGNAL, train_command, train_env
@@ -37,6 +38,7 @@ def run(
     setup_python=None,
     no_gpu=False,
     dest=None,
+    no_preflight=False,
     config=None,
     set_=None,
 ):
@@ -79,6 +81,9 @@ def run(
             )
         ),
     )
+    if not no_preflight:
+        needs = doctor.needs_for(cfg, train_cfg.dataset.dataset_dir, train_cfg.checkpoint_dir)
+        doctor.preflight(cfg, name, needs, out=_say)
     journey = Journey(cfg, name, plan, out=_say, ask=stdin_asker(), outputs=Path(dest) if dest else None)
     try:
         journey.run()

@@ -126,18 +126,25 @@ def caller_policy_file() -> str:
     return str(paths.spotrun_home() / "iam-policy-for-spotrun.json")
 
 
+def ask_an_admin(caller_arn: str) -> str:
+    """Write the policy a caller needs to a file; the advice naming it and the alternative."""
+    path = caller_policy_file()
+    atomic_write_text(path, json.dumps(caller_policy(caller_arn), indent=2) + "\n")
+    return (
+        f"ask an admin to attach the policy in {path}, or set `iam_instance_profile: NAME` to an "
+        "existing instance profile that reaches your buckets"
+    )
+
+
 def permission_error(error: botocore.exceptions.ClientError, caller_arn: str) -> IamPermissionError:
     """One line for a refused IAM call (or RunInstances refused iam:PassRole), with the policy an
     admin can attach written to a file."""
     operation = getattr(error, "operation_name", "") or "an IAM call"
     message = error.response.get("Error", {}).get("Message", "")
     action = "iam:PassRole" if "iam:PassRole" in message else f"iam:{operation}"
-    path = caller_policy_file()
-    atomic_write_text(path, json.dumps(caller_policy(caller_arn), indent=2) + "\n")
     return IamPermissionError(
         f"{caller_arn} may not {action}, which `iam_instance_profile: auto` needs to give the instance "
-        f"its S3 role; ask an admin to attach the policy in {path}, or set `iam_instance_profile: NAME` "
-        "to an existing instance profile that reaches your buckets",
+        f"its S3 role; {ask_an_admin(caller_arn)}",
         error_code(error),
     )
 

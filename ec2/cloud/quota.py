@@ -107,10 +107,11 @@ def value(sq, code: str) -> float:
         raise QuotaUnknown(f"Service Quotas unreachable ({type(e).__name__})") from None
     try:
         return float(sq.get_aws_default_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"])
-    except botocore.exceptions.ClientError as e:
-        raise QuotaUnknown(f"Service Quotas has no value for {code} ({error_code(e)})") from None
     except AWS_FAILURES as e:
-        raise QuotaUnknown(f"Service Quotas unreachable ({type(e).__name__})") from None
+        why = error_code(e) if isinstance(e, botocore.exceptions.ClientError) else type(e).__name__
+        raise QuotaUnknown(
+            f"Service Quotas has no value (NoSuchResourceException; its default: {why})"
+        ) from None
 
 
 def request_command(code: str, desired: int, region: str) -> str:
