@@ -155,7 +155,12 @@ def _cleanup_roles(cfg, region: str, ec2) -> None:
     """spotrun's roles for this region whose instance profiles no live instance holds."""
     client = aws.client("iam", region, cfg.profile)
     used = iam.profiles_in_use(ec2)
-    for managed in iam.managed_roles(client):
+    try:
+        roles = iam.managed_roles(client)
+    except ToolkitError as e:  # no IAM rights: the group and key pair can still go
+        print(f"kept spotrun's IAM roles: {e}")
+        return
+    for managed in roles:
         if managed.region != region:
             continue  # another region's instances may hold it: `fab cleanup` there
         holders = [arn for _, arn in managed.profiles if arn in used]

@@ -226,3 +226,19 @@ def test_launch_preflight_stops_before_anything_is_made(home, ec2_client, dlami,
 def test_preflight_lets_a_bad_region_speak_for_itself(home, aws_env):
     with pytest.raises(ToolkitError, match="unknown AWS region"):
         doctor.preflight(load_aws_config(None, ["region=us-east-9"]), "x", [])
+
+
+def test_make_targets_and_fab_list():
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def make_n(*args):
+        got = subprocess.run(["make", "-n", *args], cwd=repo, capture_output=True, text=True, check=True)
+        return got.stdout.strip().splitlines()
+
+    assert make_n("aws-doctor", "NAME=exp1", "CONFIG=my.yaml", "ARGS=dataset.dataset_dir=s3://b/d") == [
+        ".venv/bin/fab doctor --name exp1 --config my.yaml --train-config configs/demo.yaml "
+        '--args "dataset.dataset_dir=s3://b/d"'
+    ]
+    assert make_n("aws-prices", "HOURS=5") == [".venv/bin/fab prices --config configs/aws.yaml --hours 5"]
+    listing = subprocess.run([".venv/bin/fab", "--list"], cwd=repo, capture_output=True, text=True).stdout
+    assert "\n  doctor " in listing and "\n  prices " in listing
