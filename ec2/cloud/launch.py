@@ -291,14 +291,22 @@ def _bring_up(
 
 
 def instance_profile(
-    cfg: AwsConfig, name: str, region: str, owner: str, s3: Iterable[s3scope.Grant], out=print
+    cfg: AwsConfig,
+    name: str,
+    region: str,
+    owner: str,
+    s3: Iterable[s3scope.Grant],
+    out=print,
+    extra: Iterable[dict] = (),
 ) -> iam.Profile | None:
     """With `iam_instance_profile: auto`, the role and profile for this machine, reaching exactly
-    `s3_access` and the run's ``s3`` prefixes."""
+    `s3_access` and the run's ``s3`` prefixes (plus ``extra`` policy statements, e.g. the one
+    Auto Scaling group a detached run may resize)."""
     if cfg.iam_instance_profile != "auto":
         return None
     grants = [*s3scope.from_config(cfg.s3_access), *s3]
-    return iam.ensure_profile(aws.client("iam", region, cfg.profile), name, region, owner, grants, out=out)
+    client = aws.client("iam", region, cfg.profile)
+    return iam.ensure_profile(client, name, region, owner, grants, extra, out=out)
 
 
 def launch(
