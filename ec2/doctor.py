@@ -7,8 +7,6 @@ same checks first (`preflight`), less the ones launch repairs itself (the SSH ru
 
 from __future__ import annotations
 
-import re
-import shutil
 import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from ec2.cloud.ami import resolve_ami
 from ec2.cloud.s3scope import Grant
 from ec2.config import AwsConfig
 from ec2.errors import ToolkitError
+from ec2.remote import tools
 
 OK, FAIL, UNKNOWN = s3check.OK, s3check.FAIL, s3check.UNKNOWN
 MARK = {OK: "✓", FAIL: "✗", UNKNOWN: "unknown"}
@@ -359,44 +358,6 @@ def ssh_rule(ctx: Context) -> list[Check]:
     return [Check("security group", OK, f"{group['GroupId']} admits SSH (port {cfg.ssh_port}) from {cidr}")]
 
 
-def _version(text: str, pattern: str) -> tuple[int, ...] | None:
-    m = re.search(pattern, text)
-    return tuple(int(x) for x in m.group(1).split(".")) if m else None
-
-
-def local_tools() -> list[Check]:
-    """ssh (7.6+ for accept-new host keys) and rsync (3.1+; macOS's 2.6.9 and openrsync lack
-    options spotrun uses)."""
-    rows = []
-    if shutil.which("ssh") is None:
-        rows.append(Check("ssh", FAIL, "not found", "install OpenSSH (apt install openssh-client)"))
-    else:
-        got = subprocess.run(["ssh", "-V"], capture_output=True, text=True)
-        text = (got.stderr or got.stdout).strip()
-        version = _version(text, r"OpenSSH_(\d+\.\d+)")
-        if version is None or version >= (7, 6):
-            rows.append(Check("ssh", OK, text.splitlines()[0] if text else "present"))
-        else:
-            rows.append(
-                Check("ssh", FAIL, f"{text}: older than 7.6", "upgrade OpenSSH (brew install openssh)")
-            )
-    if shutil.which("rsync") is None:
-        rows.append(
-            Check("rsync", FAIL, "not found", "install rsync 3.1+ (brew install rsync, apt install rsync)")
-        )
-        return rows
-    got = subprocess.run(["rsync", "--version"], capture_output=True, text=True)
-    first = (got.stdout or got.stderr).strip().splitlines()[0] if (got.stdout or got.stderr).strip() else ""
-    version = _version(first, r"version (\d+\.\d+(?:\.\d+)?)")
-    if "openrsync" in first or version is None or version < (3, 1):
-        rows.append(
-            Check("rsync", FAIL, f"{first or 'unknown version'}: rsync 3.1+ needed", "brew install rsync")
-        )
-    else:
-        rows.append(Check("rsync", OK, first))
-    return rows
-
-
 # ---------------------------------------------------------------- running them
 
 AWS_CHECKS = (image, quotas, profile, s3_prefixes, key_pair)
@@ -416,7 +377,7 @@ def run(ctx: Context, *, for_launch: bool = False) -> list[Check]:
                 rows += check(ctx)
             except ToolkitError as e:  # an unexpected AWS refusal: say it, keep checking
                 rows.append(Check(check.__name__.replace("_", " "), UNKNOWN, str(e)))
-    return rows + local_tools()
+    return rows + [Check(*row) for row in tools.local_tools()]
 
 
 def table(rows: list[Check]) -> str:

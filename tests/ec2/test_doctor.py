@@ -22,6 +22,7 @@ from ec2 import doctor, paths
 from ec2.cloud import keys
 from ec2.config import load_aws_config
 from ec2.errors import ToolkitError
+from ec2.remote import tools
 from tasks import lifecycle
 from tasks import preflight as t
 from tests.ec2.conftest import CALLER_IP
@@ -203,7 +204,7 @@ def test_local_rsync_version(tmp_path, monkeypatch, version_line, ok):
     fake.write_text(f"#!/bin/sh\necho '{version_line}'\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    (rsync,) = [r for r in doctor.local_tools() if r.name == "rsync"]
+    (rsync,) = [doctor.Check(*r) for r in tools.local_tools() if r[0] == "rsync"]
     assert rsync.status == (doctor.OK if ok else doctor.FAIL), rsync
     if not ok:
         assert rsync.fix == "brew install rsync" and "rsync 3.1+ needed" in rsync.detail
