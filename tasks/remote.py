@@ -178,6 +178,11 @@ def train(
     set_=None,
 ):
     """Start training (or --cmd) in tmux on the machine; output teed to runs/RUN/log."""
+    if cmd and data_uri:
+        raise ToolkitError(
+            "--data-uri sets the trainer's dataset.dataset_dir; a --cmd command takes its data "
+            "location in its own arguments"
+        )
     m = _machine(name, config, set_)
     overrides = shlex.split(args or "")
     if data_uri:
@@ -192,7 +197,7 @@ def train(
     region = _region(m, config, set_)
     if not cmd:
         _reach_s3(m, region, aws_config(config, set_), train_config, overrides)
-    env = train_env(region, data_uri)
+    env = train_env(region)
     rdir = runs.start_run(
         m,
         run,

@@ -9,6 +9,8 @@ import re
 import shutil
 import subprocess
 
+from ec2.remote import rsync_version
+
 OK, FAIL = "ok", "fail"
 
 
@@ -18,8 +20,8 @@ def _version(text: str, pattern: str) -> tuple[int, ...] | None:
 
 
 def local_tools() -> list[tuple[str, str, str, str]]:
-    """ssh (7.6+ for accept-new host keys) and rsync (3.1+; macOS's 2.6.9 and openrsync lack
-    options spotrun uses)."""
+    """ssh (7.6+ for accept-new host keys) and rsync (what ec2.remote.rsync_version says: an
+    older rsync that can still sync passes, with the upgrade named)."""
     rows = []
     if shutil.which("ssh") is None:
         rows.append(("ssh", FAIL, "not found", "install OpenSSH (apt install openssh-client)"))
@@ -31,16 +33,6 @@ def local_tools() -> list[tuple[str, str, str, str]]:
             rows.append(("ssh", OK, text.splitlines()[0] if text else "present", ""))
         else:
             rows.append(("ssh", FAIL, f"{text}: older than 7.6", "upgrade OpenSSH (brew install openssh)"))
-    if shutil.which("rsync") is None:
-        rows.append(
-            ("rsync", FAIL, "not found", "install rsync 3.1+ (brew install rsync, apt install rsync)")
-        )
-        return rows
-    got = subprocess.run(["rsync", "--version"], capture_output=True, text=True)
-    first = (got.stdout or got.stderr).strip().splitlines()[0] if (got.stdout or got.stderr).strip() else ""
-    version = _version(first, r"version (\d+\.\d+(?:\.\d+)?)")
-    if "openrsync" in first or version is None or version < (3, 1):
-        rows.append(("rsync", FAIL, f"{first or 'unknown version'}: rsync 3.1+ needed", "brew install rsync"))
-    else:
-        rows.append(("rsync", OK, first, ""))
+    ok, description, fix = rsync_version.doctor_check()
+    rows.append(("rsync", OK if ok else FAIL, description, fix))
     return rows
