@@ -64,8 +64,8 @@ def region_of(region: str | None = None, profile: str | None = None) -> str:
 def client(
     service: str, region: str | None = None, profile: str | None = None, *, attempts: int | None = None
 ):
-    """A cached, thread-safe boto3 client with standard retries (``attempts``: fewer tries, for an
-    optional call with a fallback, such as the Pricing API)."""
+    """A cached, thread-safe boto3 client with standard retries (``attempts``: tries in all, the
+    first included, for an optional call with a fallback, such as the Pricing API)."""
     key = (service, region, profile) if attempts is None else (service, region, profile, attempts)
     with _lock:
         cached = _clients.get(key)
@@ -75,7 +75,9 @@ def client(
     config = (
         _RETRY
         if attempts is None
-        else _RETRY.merge(botocore.config.Config(retries={"mode": "standard", "max_attempts": attempts}))
+        else _RETRY.merge(
+            botocore.config.Config(retries={"mode": "standard", "total_max_attempts": attempts})
+        )
     )
     with _lock:
         if key not in _clients:
