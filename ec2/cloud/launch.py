@@ -170,13 +170,14 @@ def _profile_not_visible(error: botocore.exceptions.ClientError) -> bool:
     return error_code(error) == "InvalidParameterValue" and "iam instance profile" in message
 
 
-def run_instance(ec2, params: dict, out=print, sleep=time.sleep) -> dict:
-    """run_instances, retried with backoff while EC2 does not see a fresh instance profile yet."""
+def run_instance(ec2, params: dict, out=print, fresh_profile: bool = False, sleep=time.sleep) -> dict:
+    """run_instances; with a ``fresh_profile`` (made just now), retried with backoff while EC2
+    does not see it yet. A configured profile that does not exist fails at once."""
     for delay in (*PROFILE_RETRY_DELAYS_S, None):
         try:
             return ec2.run_instances(**params)
         except botocore.exceptions.ClientError as e:
-            if delay is None or "IamInstanceProfile" not in params or not _profile_not_visible(e):
+            if delay is None or not fresh_profile or not _profile_not_visible(e):
                 raise
             out(f"      EC2 does not see the new instance profile yet (IAM propagates); retry in {delay} s")
             sleep(delay)
@@ -190,6 +191,7 @@ def try_choices(
     params_for: Callable[[Choice], dict],
     out=print,
     caller_arn: str = "",
+    fresh_profile: bool = False,
 ) -> tuple[str, Choice]:
     """run_instances on each choice in order until one launches: (instance id, choice).
 
@@ -202,7 +204,7 @@ def try_choices(
             continue
         out(f"[{i}/{len(choices)}] trying {choice.describe()}")
         try:
-            response = run_instance(ec2, params_for(choice), out)
+            response = run_instance(ec2, params_for(choice), out, fresh_profile)
         except botocore.exceptions.ClientError as e:
             code = error_code(e)
             if code in iam.DENIED and "iam:PassRole" in e.response.get("Error", {}).get("Message", ""):
@@ -345,6 +347,7 @@ def launch(
         lambda c: run_params(cfg, name, owner, ami, group_id, c, created, profile),
         out,
         caller_arn=owner,
+        fresh_profile=profile is not None and profile.created,
     )
     out(f"launched {instance_id}: {choice.describe()}")
     try:

@@ -16,7 +16,7 @@ from ec2.cloud import iam, s3scope
 from ec2.cloud import launch as launching
 from ec2.cloud.launch import launch
 from ec2.cloud.s3scope import READ, WRITE, Grant
-from ec2.errors import ConfigError
+from ec2.errors import AwsError, ConfigError
 from tests.ec2.conftest import config
 from tests.ec2.inject import answer, ec2_error, iam_error
 
@@ -279,3 +279,21 @@ def test_long_names_fit_iam_limits():
     assert len(name) == 64 and name.startswith("spotrun-ap-southeast-2-xxx")
     assert name != iam.role_name("x" * 62 + "y", "ap-southeast-2")
     assert iam.partition_of("arn:aws-cn:sts::1:assumed-role/a/b") == "aws-cn"
+
+
+def test_a_configured_profile_ec2_refuses_fails_at_once(home, ec2_client, dlami, monkeypatch):
+    monkeypatch.setattr(launching, "PROFILE_RETRY_DELAYS_S", (0, 0, 0))
+    boto3.client("iam", region_name="us-east-1").create_instance_profile(InstanceProfileName="team-s3")
+    seen = answer(
+        aws.client("ec2", "us-east-1"),
+        "RunInstances",
+        lambda request: ec2_error(
+            "InvalidParameterValue",
+            "Value (team-s3) for parameter iamInstanceProfile.name is invalid. "
+            "Invalid IAM Instance Profile name",
+        ),
+    )
+    cfg = config("instance_types=[g5.xlarge]", "zones=[us-east-1a]", "iam_instance_profile=team-s3")
+    with pytest.raises(AwsError, match="InvalidParameterValue"):
+        launch(cfg, "exp1", wait_ssh=False)
+    assert len(seen) == 1  # not the user's typo retried for a minute
