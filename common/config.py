@@ -24,6 +24,7 @@ from common.checks import FieldError
 from common.errors import ConfigError
 
 T = TypeVar("T")
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -243,6 +244,8 @@ def _coerce(tp: Any, value: Any, source: str | Blame, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         raise ConfigError(f"{_where(source, key)}: {key} must be a number, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import random
 import sys
@@ -321,6 +322,8 @@ def validate_and_checkpoint(run: Run, state: RunState, step: int) -> bool:
     if result is None:  # a signal arrived during validation: no best from part of the data
         state.stopped_by = run.stop.signal_name or "signal"
         return False
+    if not math.isfinite(result.loss):  # the weights are broken: no best, no last from them
+        stop_nonfinite(run, state, f"in the validation after step {step}: loss {result.loss:g}")
     state.per = result.per
     per_day = result.per_day if cfg.log_individual_day_val_PER else None
     log.val(step, result.per, result.loss, run.lr(), per_day)
@@ -346,8 +349,7 @@ def validate_and_checkpoint(run: Run, state: RunState, step: int) -> bool:
 
 def skip_or_stop(run: Run, state: RunState, step: int, loss: float, grad_norm: float) -> None:
     """A step whose loss or gradient norm is not finite (its optimizer step was skipped): count it,
-    or stop with one line when more than max_nonfinite_batches (default 0) have been seen. On a
-    stop nothing is saved: last.pt and best.pt stay the last good ones (queued S3 copies finish)."""
+    or stop when more than max_nonfinite_batches (default 0) have been seen."""
     state.nonfinite_batches += 1
     limit = run.cfg.max_nonfinite_batches
     what = f"loss {loss:g}, grad norm {grad_norm:g}"
@@ -357,11 +359,19 @@ def skip_or_stop(run: Run, state: RunState, step: int, loss: float, grad_norm: f
             f"({state.nonfinite_batches} of max_nonfinite_batches={limit})"
         )
         return
-    kept = f"last.pt (step {state.last_saved})" if state.last_saved else "no last.pt yet"
+    stop_nonfinite(run, state, f"at step {step}: {what}; stopped before the optimizer step")
+
+
+def stop_nonfinite(run: Run, state: RunState, what: str) -> None:
+    """Stop with one line, saving nothing: last.pt and best.pt stay the last good ones (queued S3
+    copies of them finish first)."""
+    saved = ([f"last.pt (step {state.last_saved})"] if state.last_saved else []) + (
+        ["best.pt"] if run.store.path(BEST).is_file() else []
+    )
+    kept = f"{' and '.join(saved)} in {run.store.uri} untouched" if saved else "no checkpoint saved yet"
     message = (
-        f"training diverged at step {step}: {what}; stopped before the optimizer step and saved "
-        f"nothing, so {kept} and best.pt in {run.store.uri} are the last good ones; check the data "
-        f"of that batch, lower lr_max, or set max_nonfinite_batches=N to skip a few such batches"
+        f"training diverged {what}; saved nothing from it ({kept}); check the data, lower lr_max, or "
+        "set max_nonfinite_batches=N to skip a few bad batches"
     )
     run.log.record(f"error: {message}")
     if run.d.is_main:
@@ -412,7 +422,10 @@ def end_of_run_line(state: RunState) -> str:
 
 
 def save_last(run: Run, state: RunState) -> None:
-    """last.pt at ``state.done`` with every rank's RNG streams (a collective: all ranks call it)."""
+    """last.pt at ``state.done`` with every rank's RNG streams (a collective: all ranks call it).
+    Weights that are no longer finite (a finite but overflowing update) are never saved."""
+    if not all(bool(torch.isfinite(p).all()) for p in run.raw_model.parameters()):
+        stop_nonfinite(run, state, f"by step {state.done}: the weights hold NaN or inf")
     rngs = distributed.gather(checkpoint.rng_state(), run.d)  # every rank's stream, for exact resume
     if run.d.is_main:
         ckpt = {

@@ -50,17 +50,27 @@ def check_labels(
     # CTC needs one output step per label, plus one between two equal neighbours (a blank).
     repeats = ((ids[:, 1:] == ids[:, :-1]) & inside[:, 1:]).sum(axis=1)
     steps = ctc_lengths(index.rows[t] - max_cut, patch_size, patch_stride)
+    n_ids = (ids != 0).sum(axis=1)
     problems = [
-        (seq_len <= 0, lambda i: "has no labels (seq_len 0 or missing; no seq_class_ids?); is it a test file?"),
+        (
+            (seq_len <= 0) & (n_ids == 0),
+            lambda i: "has no labels (no seq_class_ids, seq_len 0 or missing); is it a test file?",
+        ),
+        ((seq_len <= 0) & (n_ids > 0), lambda i: f"has seq_class_ids but seq_len {seq_len[i]}"),
+        (
+            (seq_len > 0) & (n_ids == 0),
+            lambda i: f"has seq_len {seq_len[i]} but no seq_class_ids (no phoneme ids)",
+        ),
         (seq_len > LABEL_LEN, lambda i: f"has seq_len {seq_len[i]}, more than the {LABEL_LEN} label slots"),
         (
             ((ids == 0) & inside).any(axis=1),
-            lambda i: f"has seq_len {seq_len[i]} but only {int((ids[i] != 0).sum())} phoneme ids "
+            lambda i: f"has seq_len {seq_len[i]} but only {n_ids[i]} phoneme ids in seq_class_ids "
             "(blank 0 inside the label)",
         ),
         (
             ((ids < 0) | (ids >= n_classes)).any(axis=1),
-            lambda i: f"has phoneme ids outside 0..{n_classes - 1} (dataset.n_classes is {n_classes})",
+            lambda i: f"has phoneme ids outside 0..{n_classes - 1} in seq_class_ids (dataset.n_classes is "
+            f"{n_classes})",
         ),
         (
             steps < seq_len + repeats,
@@ -85,8 +95,8 @@ def check_finite(features: list[np.ndarray], plan: list[tuple[int, int]], indice
         if not np.isfinite(x.sum()) and not np.isfinite(x).all():
             bad = int((~np.isfinite(x)).any(axis=1).sum())
             raise DataError(
-                f"{indices[f].uri}: {trial_name(indices[f], i)} input_features holds NaN or inf "
-                f"values in {bad} of {x.shape[0]} time bins; {_FIX}"
+                f"{indices[f].uri}: {trial_name(indices[f], i)} input_features holds non-finite "
+                f"values (NaN or inf) in {bad} of {x.shape[0]} time bins; {_FIX}"
             )
 
 
