@@ -43,9 +43,11 @@ def check_labels(
     if len(trials) == 0:
         return
     t = np.asarray(trials, np.int64)
-    ids = index.seq_class_ids[t].astype(np.int64)
     seq_len = index.seq_len[t]
-    pos = np.arange(LABEL_LEN)
+    # Only the label slots some trial uses (CTC reads the first seq_len ids; the rest is padding).
+    width = int(min(LABEL_LEN, max(1, seq_len.max())))
+    ids = index.seq_class_ids[t, :width]
+    pos = np.arange(width)
     inside = pos[None, :] < seq_len[:, None]
     # CTC needs one output step per label, plus one between two equal neighbours (a blank).
     repeats = ((ids[:, 1:] == ids[:, :-1]) & inside[:, 1:]).sum(axis=1)
