@@ -39,7 +39,7 @@ def check_labels(
 ) -> None:
     """Every trial in ``trials`` has labels that agree with its ``seq_len`` and that CTC can align
     in its length (after a random cut of up to ``max_cut`` bins). DataError names the first bad
-    trial and how many more there are."""
+    trial and how many more share its problem."""
     if len(trials) == 0:
         return
     t = np.asarray(trials, np.int64)
@@ -85,7 +85,7 @@ def check_labels(
         hits = np.flatnonzero(bad)
         if len(hits):
             i = int(hits[0])
-            more = f" (and {len(hits) - 1} more trials)" if len(hits) > 1 else ""
+            more = f"; so do {len(hits) - 1} more trials" if len(hits) > 1 else ""
             raise DataError(f"{index.uri}: {trial_name(index, int(t[i]))} {describe(i)}{more}; {_FIX}")
 
 
