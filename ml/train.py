@@ -194,8 +194,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: St
         if not finite:  # never reaches a checkpoint: stop, or skip a few when max_nonfinite_batches
             skip_or_stop(run, state, step, float(loss), float(grad_norm))
 
-        # Log every batches_per_train_log steps.
-        if step % cfg.batches_per_train_log == 0:
+        # Log every batches_per_train_log steps (a skipped batch has said so above).
+        if step % cfg.batches_per_train_log == 0 and finite:
             loss_value, norm_value = float(loss), float(grad_norm)  # waits for the device
             step_time += time.monotonic() - t1
             steps = min(cfg.batches_per_train_log, state.done - state.start_step)
@@ -216,7 +216,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: St
             and state.last_saved != state.done
         ):
             save_last(run, state)
-        run.log.progress(float(loss) if step % cfg.batches_per_train_log == 0 else None, state.per)
+        run.log.progress(float(loss) if step % cfg.batches_per_train_log == 0 and finite else None, state.per)
 
     # ---- exit: save, wait for the copy to S3, say how it ended ----
     return finish(run, state)
@@ -411,11 +411,15 @@ def end_of_run_line(state: RunState) -> str:
     trained = state.done - state.start_step
     elapsed = time.monotonic() - state.t_start
     if state.best_per is None:
-        return f"trained {trained} batches in {elapsed:.1f} s"
-    return (
-        f"trained {trained} batches in {elapsed:.1f} s ({trained / elapsed:.2f} batches/s, "
-        f"data wait {100 * state.data_wait / elapsed:.0f}%); best val PER {state.best_per:.4f}"
-    )
+        line = f"trained {trained} batches in {elapsed:.1f} s"
+    else:
+        line = (
+            f"trained {trained} batches in {elapsed:.1f} s ({trained / elapsed:.2f} batches/s, "
+            f"data wait {100 * state.data_wait / elapsed:.0f}%); best val PER {state.best_per:.4f}"
+        )
+    if state.nonfinite_batches:
+        line += f"; {state.nonfinite_batches} non-finite batches skipped (weights unchanged)"
+    return line
 
 
 # ---- checkpoints: last.pt (exact resume), best.pt + best_checkpoint, reference-layout copies ----
