@@ -302,26 +302,17 @@ def wait_first_instance(
         time.sleep(every_s)
 
 
-def instance_role_statements(region: str, account_id: str, name: str, root: str) -> list[dict]:
-    """What a detached run's instance role needs beyond the trainer's S3 access: set its *own*
-    group's desired capacity (no other group), and read/write its own record, bundle and logs.
-    The group's ARN has a UUID we do not know before it exists: matched by name."""
-    from common.s3uri import split_s3
-
-    bucket, prefix = split_s3(root)
+def instance_role_statements(region: str, account_id: str, name: str) -> list[dict]:
+    """What a detached run's instance role needs beyond S3 (its prefixes are grants, see
+    ec2.journey.detach): set its *own* group's desired capacity, no other group's. The group's ARN
+    has a UUID we do not know before it exists: matched by name."""
     group = group_name(name)
     group_arn = f"arn:aws:autoscaling:{region}:{account_id}:autoScalingGroup:*:autoScalingGroupName/{group}"
     return [
-        {"Effect": "Allow", "Action": ["autoscaling:SetDesiredCapacity"], "Resource": [group_arn]},
         {
+            "Sid": "SpotrunOwnGroup",
             "Effect": "Allow",
-            "Action": ["s3:GetObject", "s3:PutObject"],
-            "Resource": [f"arn:aws:s3:::{bucket}/{prefix}/*"],
-        },
-        {
-            "Effect": "Allow",
-            "Action": ["s3:ListBucket"],
-            "Resource": [f"arn:aws:s3:::{bucket}"],
-            "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}},
-        },
+            "Action": ["autoscaling:SetDesiredCapacity"],
+            "Resource": [group_arn],
+        }
     ]

@@ -10,6 +10,7 @@ run, since the laptop may go away right after.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pathlib import Path
 from common import aws
 from common.s3uri import is_s3
 from ec2 import registry
-from ec2.cloud import asg, bundle, instances, keys, launch, network
+from ec2.cloud import asg, bundle, instances, keys, launch, network, s3scope
 from ec2.cloud.userdata import build_detached_user_data
 from ec2.config import AwsConfig
 from ec2.errors import ConfigError, ToolkitError
@@ -40,6 +41,19 @@ def require_s3(plan: Plan) -> str:
     if not plan.checkpoint_dir or not is_s3(plan.checkpoint_dir):
         raise ConfigError(NEED_S3)
     return plan.checkpoint_dir
+
+
+def grants(plan: Plan, root: str, bundle_uri: str | None) -> list[s3scope.Grant]:
+    """The S3 the instance role reaches (iam_instance_profile: auto): the run's own prefixes (data
+    read, checkpoints written), its root (record, bundle, logs, outputs) and a separate bundle_uri."""
+    out = [
+        *plan.s3,
+        *s3scope.for_run(None, plan.checkpoint_dir, None),
+        s3scope.grant(root, s3scope.WRITE, "checkpoint_dir"),
+    ]
+    if bundle_uri:
+        out.append(s3scope.grant(bundle_uri, s3scope.READ, "bundle_uri"))
+    return out
 
 
 def _unique(items) -> list:
@@ -63,7 +77,16 @@ def submit(
     poll_s: float = 5.0,
 ) -> Submitted:
     checkpoint_dir = require_s3(plan)
-    p = launch.prepare(cfg, name, out=out)
+    root = detached.root_for(checkpoint_dir, name)
+    if instance_profile:
+        cfg = dataclasses.replace(cfg, iam_instance_profile=instance_profile)
+    p = launch.prepare(
+        cfg,
+        name,
+        s3=grants(plan, root, cfg.bundle_uri),
+        extra=lambda region, account: asg.instance_role_statements(region, account, name),
+        out=out,
+    )
     autoscaling = aws.client("autoscaling", p.region, cfg.profile)
     if (existing := asg.describe_group(autoscaling, name)) is not None:
         raise ToolkitError(
@@ -71,7 +94,6 @@ def submit(
             f"`fab watch --name {name}`, or remove it with `fab terminate --name {name}`"
         )
     s3 = aws.client("s3", p.region, cfg.profile)
-    root = detached.root_for(checkpoint_dir, name)
     code = bundle.build(local_root)
     bundle_uri, uploaded = bundle.upload(s3, cfg.bundle_uri or root, code)
     out(f"code bundle: {bundle_uri} ({code.files} files{'' if uploaded else ', already there'})")
@@ -122,9 +144,7 @@ def submit(
             remote_dir=cfg.remote_dir,
             login_user=cfg.ssh_user,
         )
-        if instance_profile:
-            cfg = _with_profile(cfg, instance_profile)
-        settings = launch.instance_settings(cfg, name, p.owner, p.ami, p.created, user_data)
+        settings = launch.instance_settings(cfg, name, p.owner, p.ami, p.created, p.profile, user_data)
         tags = launch.instance_tags(cfg, name, p.owner, p.created)
         asg.create_template(p.ec2, name, asg.template_data(settings, p.group_id), tags)
         created.append("template")
@@ -161,12 +181,6 @@ def submit(
 
 def _text(activity: dict) -> str:
     return " ".join(str(activity.get(k, "")) for k in ("StatusMessage", "Description", "Cause"))
-
-
-def _with_profile(cfg: AwsConfig, profile: str) -> AwsConfig:
-    import dataclasses
-
-    return dataclasses.replace(cfg, iam_instance_profile=profile)
 
 
 # --- the laptop side --------------------------------------------------------------------------------

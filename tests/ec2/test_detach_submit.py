@@ -180,8 +180,8 @@ class DenyingAutoScaling:
 def test_refused_group_names_the_permission_and_takes_everything_back(cloud, monkeypatch, action):
     real = aws.client
 
-    def client(service, region=None, profile=None):
-        c = real(service, region, profile)
+    def client(service, region=None, profile=None, **kw):
+        c = real(service, region, profile, **kw)
         return DenyingAutoScaling(c, action) if service == "autoscaling" else c
 
     monkeypatch.setattr(aws, "client", client)
@@ -241,8 +241,8 @@ def test_spot_then_on_demand_switches_the_group_when_spot_fails(cloud, monkeypat
     real = aws.client
     starved = {}
 
-    def client(service, region=None, profile=None):
-        c = real(service, region, profile)
+    def client(service, region=None, profile=None, **kw):
+        c = real(service, region, profile, **kw)
         if service != "autoscaling":
             return c
         return starved.setdefault("asg", SpotStarvedAutoScaling(c))
@@ -261,8 +261,8 @@ def test_spot_only_does_not_switch(cloud, monkeypatch):
     real = aws.client
     starved = {}
 
-    def client(service, region=None, profile=None):
-        c = real(service, region, profile)
+    def client(service, region=None, profile=None, **kw):
+        c = real(service, region, profile, **kw)
         return starved.setdefault("asg", SpotStarvedAutoScaling(c)) if service == "autoscaling" else c
 
     monkeypatch.setattr(aws, "client", client)
@@ -324,22 +324,18 @@ def test_terminate_all_removes_detached_groups_first(cloud, capsys):
     assert live == []
 
 
-def test_instance_role_statements_are_scoped_to_the_group_and_prefix(aws_env):
+def test_instance_role_statements_are_scoped_to_the_group(aws_env):
     import json
 
-    statements = asg.instance_role_statements("us-east-1", "123456789012", "job", "s3://b/runs/x-spotrun-job")
-    by_action = {a: st for st in statements for a in st["Action"]}
-    assert set(by_action) == {
-        "autoscaling:SetDesiredCapacity",
-        "s3:GetObject",
-        "s3:PutObject",
-        "s3:ListBucket",
-    }
-    assert by_action["autoscaling:SetDesiredCapacity"]["Resource"] == [
-        "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:*:autoScalingGroupName/spotrun-job"
+    statements = asg.instance_role_statements("us-east-1", "123456789012", "job")
+    assert [(st["Action"], st["Resource"]) for st in statements] == [
+        (
+            ["autoscaling:SetDesiredCapacity"],
+            [
+                "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:*:autoScalingGroupName/spotrun-job"
+            ],
+        )
     ]
-    assert by_action["s3:PutObject"]["Resource"] == ["arn:aws:s3:::b/runs/x-spotrun-job/*"]
-    assert by_action["s3:ListBucket"]["Condition"] == {"StringLike": {"s3:prefix": ["runs/x-spotrun-job/*"]}}
     # A valid policy document as IAM parses it (moto's IAM validates the grammar).
     iam = boto3.client("iam")
     iam.create_role(
@@ -387,3 +383,28 @@ def test_detached_boot_lines_run_in_bash_with_stand_ins(tmp_path):
     assert args[:2] == ["--unit=spotrun-boot", "--collect"]
     assert f"--working-directory={home}/spotrun/code" in args
     assert args[-5:] == [str(bins / "python3"), "-m", "ec2.remote.boot", "--root", "s3://b/r"]
+
+
+def test_auto_profile_reaches_the_runs_prefixes_and_its_own_group(cloud):
+    """iam_instance_profile: auto (h-iam's role per machine) carries the detached run's extra
+    statement and its root prefix; read back from moto's IAM and the launch template."""
+    import json
+
+    from ec2.cloud import iam as iam_mod
+
+    detach.submit(cfg("iam_instance_profile=auto"), "job", plan(), poll_s=0.2)
+    iam = boto3.client("iam")
+    role = iam_mod.role_name("job", "us-east-1")
+    document = iam.get_role_policy(RoleName=role, PolicyName=iam_mod.POLICY_NAME)["PolicyDocument"]
+    document = json.loads(document) if isinstance(document, str) else document
+    resources = json.dumps(document["Statement"])
+    assert "autoScalingGroupName/spotrun-job" in resources
+    assert [
+        st for st in document["Statement"] if "autoscaling:SetDesiredCapacity" in json.dumps(st["Action"])
+    ]
+    root = detached.root_for(CKPT, "job")
+    assert f"arn:aws:s3:::{BUCKET}/{root.split(BUCKET + '/')[1]}/*" in resources
+    assert f"arn:aws:s3:::{BUCKET}/runs/job/checkpoint/*" in resources
+    assert "autoscaling:*" not in resources and '"*"' not in resources
+    [profile] = iam.list_instance_profiles_for_role(RoleName=role)["InstanceProfiles"]
+    assert template_data(boto3.client("ec2"))["IamInstanceProfile"] == {"Arn": profile["Arn"]}
