@@ -22,7 +22,9 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-@task(iterable=["set_"])
+# No automatic one-letter flags: with --detach, invoke would make `-h` mean detach, and
+# `fab run -h` would submit a run instead of showing help.
+@task(iterable=["set_"], auto_shortflags=False)
 @edge
 def run(
     c,

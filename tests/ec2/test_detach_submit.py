@@ -408,3 +408,12 @@ def test_auto_profile_reaches_the_runs_prefixes_and_its_own_group(cloud):
     assert "autoscaling:*" not in resources and '"*"' not in resources
     [profile] = iam.list_instance_profiles_for_role(RoleName=role)["InstanceProfiles"]
     assert template_data(boto3.client("ec2"))["IamInstanceProfile"] == {"Arn": profile["Arn"]}
+
+
+def test_fab_run_has_no_one_letter_flags():
+    """`--detach` spends money: invoke's automatic short flags gave it `-h`, so `fab run -h` would
+    have submitted a run instead of showing help."""
+    from tasks import managed
+
+    names = [n for a in managed.run.get_arguments() for n in a.names]
+    assert "detach" in names and all(len(n) > 1 for n in names)
