@@ -252,11 +252,26 @@ def ssh(c, name=None, config=None, set_=None):
     _reached(_machine(name, config, set_)).exec_interactive()
 
 
+def in_dir_command(remote_dir: str, cmd: str, cwd: str | None = None) -> str:
+    """`cmd` run in the code folder (where `fab sync` puts the code), or in `cwd` (relative: inside
+    the code folder). A missing code folder (nothing synced yet) falls back to the home folder with
+    a note; a missing `cwd` is an error (exit 1) before the command runs."""
+    code = quote_path(runs.code_dir(remote_dir))
+    if cwd is None:
+        note = f"note: {runs.code_dir(remote_dir)} does not exist yet (fab sync); running in the home folder"
+        enter = f"cd {code} 2>/dev/null || echo {shlex.quote(note)} >&2"
+    else:
+        target = cwd if cwd.startswith(("/", "~")) else f"{runs.code_dir(remote_dir)}/{cwd}"
+        enter = f"cd {quote_path(target)} || exit 1"
+    return f"{enter}\n{cmd}"
+
+
 @task(iterable=["set_"])
 @edge
-def run_cmd(c, cmd, name=None, config=None, set_=None):
-    """Run any command on the machine; exits with its exit code."""
-    code = _reached(_machine(name, config, set_)).stream(cmd)
+def run_cmd(c, cmd, name=None, cwd=None, config=None, set_=None):
+    """Run any command on the machine, in the code folder (--cwd elsewhere); exits with its exit code."""
+    m = _reached(_machine(name, config, set_))
+    code = m.stream(in_dir_command(m.record.remote_dir, cmd, cwd))
     if code:
         raise Exit(code=code)
 
