@@ -115,6 +115,9 @@ def jupyter_command(remote_dir: str, port: int) -> tuple[str, str]:
         f"{quote_path(venv_python(remote_dir))} -m jupyterlab --no-browser --ip=127.0.0.1 "
         f"--port={int(port)} --ServerApp.port_retries=0 "
         f"--ServerApp.root_dir={quote_path(code_dir(remote_dir))}"
+        # The DLAMI user is ubuntu; an adopted machine may log in as root, where Jupyter refuses
+        # to start without this (the server is still loopback-only and token-protected).
+        " --allow-root"
     )
     return command, f'JUPYTER_TOKEN="$(cat {token})" '
 

@@ -101,8 +101,11 @@ def tunnel_argv(record: MachineRecord, forward: Forward) -> list[str]:
 
 
 def local_port_busy(port: int) -> bool:
-    """Is something already listening on 127.0.0.1:port? (Binding is the question ssh will ask.)"""
+    """Is something already listening on 127.0.0.1:port? (Binding is the question ssh will ask.)
+    SO_REUSEADDR as ssh sets it: connections of a closed tunnel lingering in TIME_WAIT do not
+    count, only a listener does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((LOOPBACK, port))
         except OSError as e:
