@@ -75,3 +75,13 @@ aws-cleanup: ## remove spotrun's security group and key pair when unused
 	$(FAB) cleanup --config $(CONFIG)
 aws-run: ## the managed journey: launch, setup, sync, train, recover from interruptions, download, terminate
 	$(FAB) run $(FABARGS) --train-config $(TRAIN_CONFIG) $(if $(ARGS),--args "$(ARGS)")
+
+.PHONY: evaluate aws-tunnel aws-tensorboard aws-jupyter
+evaluate: ## score a checkpoint on val or test: PER, per-trial CSV, chart (CKPT=, SPLIT=val|test, TRAIN_CONFIG=, ARGS=)
+	$(BIN)/python -m ml.evaluate --checkpoint $(CKPT) --split $(or $(SPLIT),val) --config $(TRAIN_CONFIG) $(ARGS)
+aws-tunnel: ## forward a port of the instance to this machine until Ctrl-C (PORT=, LOCAL_PORT=)
+	$(FAB) tunnel $(FABARGS) --port $(PORT) $(if $(LOCAL_PORT),--local-port $(LOCAL_PORT))
+aws-tensorboard: ## TensorBoard on the run's outputs, forwarded (RUN=, LOCAL_PORT=)
+	$(FAB) tensorboard $(FABARGS) $(if $(RUN),--run $(RUN)) $(if $(LOCAL_PORT),--local-port $(LOCAL_PORT))
+aws-jupyter: ## JupyterLab in the code folder with the run venv, forwarded (LOCAL_PORT=)
+	$(FAB) jupyter $(FABARGS) $(if $(LOCAL_PORT),--local-port $(LOCAL_PORT))

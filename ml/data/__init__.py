@@ -3,6 +3,6 @@
     from ml.data import build_train_loader, build_val_loader
 """
 
-from ml.data.loader import build_train_loader, build_val_loader
+from ml.data.loader import build_eval_loader, build_train_loader, build_val_loader
 
-__all__ = ["build_train_loader", "build_val_loader"]
+__all__ = ["build_eval_loader", "build_train_loader", "build_val_loader"]

@@ -43,7 +43,14 @@ class DataSource:
         return collate(feats, rows, self.feature_subset)
 
 
-def open_source(cfg: TrainConfig) -> DataSource:
+# The held-out split files a session may have beside data_train.hdf5.
+SPLIT_FILES = {"val": "data_val.hdf5", "test": "data_test.hdf5"}
+
+
+def open_source(cfg: TrainConfig, split: str = "val", with_train: bool = True) -> DataSource:
+    """The configured sessions' files, indexed: train (unless ``with_train`` is off: evaluation)
+    and the held-out ``split`` (val: sessions whose dataset_probability_val is 0 are skipped, as
+    the trainer's validation does; test: every session with a test file)."""
     ds = cfg.dataset
     if not ds.sessions:
         raise DataError("dataset.sessions is empty; list the session folders to train on")
@@ -68,19 +75,21 @@ def open_source(cfg: TrainConfig) -> DataSource:
         src.file_day.append(day)
         return len(src.refs) - 1
 
+    held_out = SPLIT_FILES[split]
     for day, session in enumerate(ds.sessions):
         files = found[session]
-        f = add(day, files["data_train.hdf5"])
-        src.train_files.append(f)
-        src.train_trials.append(usable_trials(src.indices[f], bad.get(session)))
-        if probs[day] > 0 and "data_val.hdf5" in files:
-            v = add(day, files["data_val.hdf5"])
+        if with_train:
+            f = add(day, files["data_train.hdf5"])
+            src.train_files.append(f)
+            src.train_trials.append(usable_trials(src.indices[f], bad.get(session)))
+        if (split != "val" or probs[day] > 0) and held_out in files:
+            v = add(day, files[held_out])
             src.val_files.append(v)
             src.val_trials.append(usable_trials(src.indices[v], bad.get(session)))
         else:
             src.val_files.append(None)
             src.val_trials.append(np.zeros(0, np.int64))
-    if not any(len(t) for t in src.train_trials):
+    if with_train and not any(len(t) for t in src.train_trials):
         raise DataError(f"{ds.dataset_dir}: no usable train trials; check dataset.bad_trials_dict")
     return src
 
@@ -142,3 +151,15 @@ def build_val_loader(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> It
     src = open_source(cfg)
     return _loader(ValBatches(src, cfg.dataset.batch_size, rank, world_size),
                    cfg.dataset.num_dataloader_workers)
+
+
+def build_eval_loader(cfg: TrainConfig, split: str) -> Iterable[dict]:
+    """Every trial of the held-out ``split`` once, in the validation batches (for val: exactly the
+    trainer's validation batches); a split no session has is a DataError."""
+    src = open_source(cfg, split, with_train=False)
+    if all(f is None for f in src.val_files):
+        skipped = " with dataset_probability_val > 0" if split == "val" else ""
+        raise DataError(f"{cfg.dataset.dataset_dir}: no {SPLIT_FILES[split]} in any of the "
+                        f"{len(cfg.dataset.sessions)} configured sessions{skipped}; check "
+                        "dataset.dataset_dir and dataset.sessions, or choose the other --split")
+    return _loader(ValBatches(src, cfg.dataset.batch_size, 0, 1), cfg.dataset.num_dataloader_workers)
