@@ -68,6 +68,11 @@ class AwsConfig:
     # replacements it launches after interruptions before giving up.
     checkpoint_backup_uri: str | None = None
     max_recoveries: int = 3
+    # A workspace volume that outlives spot instances (ec2/cloud/volumes.py): its name (null: none),
+    # size for its creation, and where it is mounted on the machine.
+    volume_name: str | None = None
+    volume_gb: int = 100
+    volume_mount: str = "~/work"
 
     def __post_init__(self) -> None:
         if not self.instance_types:
@@ -78,6 +83,8 @@ class AwsConfig:
             raise ConfigError(f"market {self.market!r}: use spot, on-demand or spot-then-on-demand")
         if self.max_price is not None and self.max_price <= 0:
             raise ConfigError("max_price must be positive, or unset (recommended by AWS)")
+        if not 1 <= self.volume_gb <= 16384:
+            raise ConfigError("volume_gb must be between 1 and 16384 (the gp3 limits, in GiB)")
         if self.root_volume_gb < 8:
             raise ConfigError("root_volume_gb must be at least 8 (the Deep Learning AMI needs ~100)")
 

@@ -151,11 +151,41 @@ def setup(c, name=None, python=None, no_gpu=False, config=None, set_=None):
         )
 
 
+def _sync_to_volume(m: Machine, cfg, path: str | None) -> None:
+    """The project (or `path`) to the workspace volume: VOLUME_MOUNT/code (or /<path's name>)."""
+    from ec2.remote.mount import check_mounted_command
+
+    mount_point = cfg.volume_mount
+    if m.run(check_mounted_command(mount_point), check=False).code != 0:
+        raise ToolkitError(
+            f"no volume is mounted at {mount_point} on {m.name}; set volume_name in configs/aws.yaml and "
+            f"launch, or mount it with `fab volume-mount --name {m.name}`"
+        )
+    local = Path(path or ".")
+    dest = f"{mount_point.rstrip('/')}/{'code' if path is None else local.resolve().name}"
+    stats = sync_code(m, local, echo=True, dest=dest)
+    print(f"synced to {m.name}:{dest} (the volume; nothing deleted there): {stats.files_transferred} file(s)")
+
+
 @task(iterable=["set_"])
 @edge
-def sync(c, name=None, train_config=DEFAULT_TRAIN_CONFIG, args="", config=None, set_=None):
-    """Push the code (incremental, honours ignore files); a fresh machine also gets the saved checkpoint."""
+def sync(
+    c,
+    name=None,
+    train_config=DEFAULT_TRAIN_CONFIG,
+    args="",
+    to_volume=False,
+    path=None,
+    config=None,
+    set_=None,
+):
+    """Push the code (incremental, honours ignore files); a fresh machine also gets the saved checkpoint.
+    --to-volume: to the workspace volume instead (the project, or --path FOLDER), kept across instances."""
     m = _machine(name, config, set_)
+    if to_volume:
+        return _sync_to_volume(m, aws_config(config, set_), path)
+    if path:
+        raise ToolkitError("--path goes with --to-volume (the code folder always gets the whole project)")
     trainer = None
     if Path(train_config).is_file():
         trainer = load_train_config(train_config, shlex.split(args or ""))

@@ -81,26 +81,34 @@ def protect_filters(paths: tuple[str, ...] | list[str]) -> list[str]:
 
 
 def sync_argv(
-    machine: Machine, local_root: Path, *, tty: bool = False, protect: tuple[str, ...] | list[str] = ()
+    machine: Machine,
+    local_root: Path,
+    *,
+    tty: bool = False,
+    protect: tuple[str, ...] | list[str] = (),
+    dest: str | None = None,
+    delete: bool = True,
 ) -> list[str]:
+    """To REMOTE_DIR/code/, or to `dest` (the workspace volume: `delete` off, files made there stay)."""
     r = machine.record
     excludes = [f"--exclude={p}" for p in ALWAYS_EXCLUDED]
+    dest = dest or code_dir(r.remote_dir)
     return [
         RSYNC_BIN,
         "-az",
-        "--delete",
+        *(["--delete"] if delete else []),
         f"--partial-dir={PARTIAL_DIR}",
         *protect_filters(protect),
         *excludes,
         "--filter=:- .gitignore",
         "--filter=:- .spotrunignore",
         # Make the remote folder in the same connection (older rsyncs lack --mkpath).
-        f"--rsync-path=mkdir -p {quote_path(code_dir(r.remote_dir))} && rsync",
+        f"--rsync-path=mkdir -p {quote_path(dest)} && rsync",
         *_progress_flags(tty),
         "-e",
         rsync_rsh(r, control=machine.control),
         f"{local_root.resolve()}/",
-        rsync_target(r.host, code_dir(r.remote_dir) + "/"),
+        rsync_target(r.host, dest.rstrip("/") + "/"),
     ]
 
 
@@ -177,14 +185,15 @@ def sync_code(
     *,
     echo: bool = False,
     protect: tuple[str, ...] | list[str] = (),
+    dest: str | None = None,
 ) -> TransferStats:
     """Push the project to REMOTE_DIR/code/ (incremental; deletions limited to code/, sparing the
-    `protect`ed folders)."""
+    `protect`ed folders), or to `dest` on the workspace volume (same filters, nothing deleted)."""
     local_root = Path(local_root)
     if not local_root.is_dir():
         raise ToolkitError(f"{local_root} is not a folder; run `fab sync` from the project root")
     tty = echo and sys.stdout.isatty()
-    argv = sync_argv(machine, local_root, tty=tty, protect=protect)
+    argv = sync_argv(machine, local_root, tty=tty, protect=protect, dest=dest, delete=dest is None)
     return rsync_with_retries(machine, argv, "sync", echo=echo)
 
 
