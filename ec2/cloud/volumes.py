@@ -99,11 +99,6 @@ def list_volumes(ec2) -> list[VolumeInfo]:
     return live + retired
 
 
-def regions_holding(client_for, name: str, regions: list[str]) -> list[str]:
-    """Regions (of `regions`) where a volume of that name exists: `client_for(region)` gives EC2."""
-    return [r for r in regions if find_volume(client_for(r), name) is not None]
-
-
 def check_name(name: str) -> str:
     from ec2.cloud.launch import NAME
 
@@ -215,6 +210,7 @@ def create_volume(
     with aws_errors(f"creating volume {name} in {zone}"):
         raw = ec2.create_volume(**params)
     wait_volumes(ec2, "volume_available", [raw["VolumeId"]])
+    remember(name, ec2.meta.region_name)
     return dataclasses.replace(from_boto(raw), state="available")
 
 
@@ -275,6 +271,7 @@ def delete(ec2, name: str, region: str) -> VolumeInfo:
     _free(ec2, vol, "delete")
     with aws_errors(f"deleting volume {name} ({vol.volume_id})"):
         ec2.delete_volume(VolumeId=vol.volume_id)
+    remember(name, None)
     return vol
 
 
@@ -399,21 +396,47 @@ def prepare(ec2, cfg: AwsConfig, region: str, out=print) -> VolumeInfo | None:
 
 
 def _regions_holding_elsewhere(cfg: AwsConfig, name: str, region: str) -> list[str]:
-    """Only when the name is unknown here (a first launch, or the wrong region): one look per region."""
+    """Where this laptop created a volume of that name, if not here, and AWS confirms it is still
+    there (one call). Not a scan of every region: on moto's server that costs a minute, and on AWS
+    it is a call per region for every first launch."""
     from common import aws
 
-    with aws_errors("listing the account's regions"):
-        regions = [
-            r["RegionName"] for r in aws.client("ec2", region, cfg.profile).describe_regions()["Regions"]
-        ]
-    found = []
-    for other in sorted(set(regions) - {region}):
-        try:
-            if find_volume(aws.client("ec2", other, cfg.profile), name) is not None:
-                found.append(other)
-        except AwsError:
-            continue  # a region this account cannot read cannot hold a volume it can use
-    return found
+    other = remembered_regions().get(name)
+    if not other or other == region:
+        return []
+    try:
+        return [other] if find_volume(aws.client("ec2", other, cfg.profile), name) else []
+    except AwsError:
+        return []  # a region this account cannot read now cannot hold a volume it can use
+
+
+def _memory_file():
+    from ec2 import paths
+
+    return paths.spotrun_home() / "volumes.json"
+
+
+def remembered_regions() -> dict[str, str]:
+    import json
+
+    try:
+        data = json.loads(_memory_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def remember(name: str, region: str | None) -> None:
+    """Note (or with None, forget) the region of a volume this laptop created: a local cache."""
+    from common.atomic import atomic_write_json
+
+    known = remembered_regions()
+    if region:
+        known[name] = region
+    else:
+        known.pop(name, None)
+    _memory_file().parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(_memory_file(), known)
 
 
 def bring_up(ec2, cfg: AwsConfig, vol: VolumeInfo | None, instance_id: str, zone: str, owner: str, out=print):
