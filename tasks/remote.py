@@ -19,7 +19,7 @@ from ec2 import paths, registry
 from ec2.remote import gpu as gpu_summary
 from ec2.remote import runs
 from ec2.remote.carry import laptop_checkpoint, restore_checkpoint
-from ec2.remote.ssh import Machine, close_master
+from ec2.remote.ssh import Machine, close_master, quote_path
 from ec2.remote.sync import download_outputs, sync_code
 from ec2.remote.trainrun import TRAINER_SIGNAL, setup_command, train_command, train_env
 from ec2.remote.trainrun import watcher_args as watcher_args_for
