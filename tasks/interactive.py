@@ -14,7 +14,7 @@ from common.errors import ToolkitError
 from ec2.remote import services
 from ec2.remote.ssh import Machine
 from ec2.remote.sync import remote_output_dir
-from ec2.remote.tunnel import Forward, Tunnel, TunnelError, local_port_busy, plan_forwards
+from ec2.remote.tunnel import Forward, Tunnel, TunnelError, busy_message, local_port_busy, plan_forwards
 from tasks.edge import edge
 from tasks.remote import _machine, _reached
 
@@ -43,8 +43,6 @@ def _one_forward(port, local_port) -> Forward:
 def _check_free(forward: Forward) -> None:
     """Before starting a server: a busy local port would only fail after it."""
     if local_port_busy(forward.local_port):
-        from ec2.remote.tunnel import busy_message
-
         raise TunnelError(busy_message(forward.local_port))
 
 

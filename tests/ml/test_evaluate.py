@@ -225,6 +225,33 @@ def test_checkpoint_from_s3(trained, tmp_path, aws_env, capsys):
         assert "checkpoint: s3://ckpts/exp1/best.pt" in out and f"val PER {best['val_PER']:.4f}" in out
 
 
+def test_data_from_s3(trained, tmp_path, aws_env, capsys):
+    """The split read from S3 by the trainer's reader (ranged GETs through the trial index)."""
+    data, run, overrides = trained
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="brain")
+    for f in data.glob("*/data_*.hdf5"):
+        s3.upload_file(str(f), "brain", f"hdf5/{f.parent.name}/{f.name}")
+    best = checkpoint.load(run / "checkpoint" / "best.pt")
+    remote = [
+        *overrides,
+        "dataset.dataset_dir=s3://brain/hdf5",
+        f"dataset.index_cache_dir={tmp_path / 'index'}",
+    ]
+    code, out, err = run_eval(
+        capsys,
+        "--checkpoint",
+        str(run / "checkpoint" / "best.pt"),
+        "--config",
+        DEMO,
+        "--out",
+        str(tmp_path / "s3data.csv"),
+        *remote,
+    )
+    assert code == 0, err
+    assert "data: s3://brain/hdf5 (val)" in out and f"val PER {best['val_PER']:.4f} over 8 trials" in out
+
+
 def test_command_line_entry_point(trained, tmp_path):
     data, run, overrides = trained
     proc = subprocess.run(

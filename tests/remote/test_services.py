@@ -101,6 +101,7 @@ def stop_fab(proc) -> str:
     return proc.stderr.read()
 
 
+@pytest.mark.slow  # JupyterLab's first start: ~30 s on a loaded 2-core machine
 def test_fab_jupyter_starts_jupyterlab_and_answers_through_the_tunnel(sshd, jupyter_layer, tmp_path):
     record = sshd.record(name="box")
     remote = Path(record.remote_dir)
@@ -144,6 +145,7 @@ def test_fab_jupyter_starts_jupyterlab_and_answers_through_the_tunnel(sshd, jupy
     Machine(record).run(services.stop_command("jupyter"))
 
 
+@pytest.mark.slow  # sync, a 3-step run and TensorBoard's start: ~60 s on a loaded 2-core machine
 def test_fab_tensorboard_serves_the_runs_output_folder(sshd, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # `fab sync` sends the current project
     record = sshd.record(name="box")
