@@ -107,16 +107,22 @@ def check_name(name: str) -> str:
     return name
 
 
-def check_reusable(ec2, cfg: AwsConfig, vol: VolumeInfo, out=print) -> None:
-    """A volume the next launch may attach: not attached to a live instance, no smaller than asked."""
+def check_reusable(ec2, cfg: AwsConfig, vol: VolumeInfo, out=print) -> VolumeInfo:
+    """A volume the next launch may attach: not attached to a live instance, no smaller than asked.
+    One still held by an instance on its way out (`fab terminate --no-wait`, a spot interruption)
+    is waited for."""
     if vol.attached_to:
         other = instances.describe_instance(ec2, vol.attached_to)
-        who = f"{vol.attached_to}" + (f" ({other.name})" if other and other.name else "")
-        raise ToolkitError(
-            f"volume {vol.name} ({vol.volume_id}) is attached to {who}; terminate that instance "
-            f"(`fab terminate --name {other.name if other and other.name else '...'}`) "
-            "or use another volume_name"
-        )
+        if other is not None and other.state not in ("shutting-down", "terminated"):
+            who = f"{vol.attached_to}" + (f" ({other.name})" if other.name else "")
+            raise ToolkitError(
+                f"volume {vol.name} ({vol.volume_id}) is attached to {who}; terminate that instance "
+                f"(`fab terminate --name {other.name or '...'}`) or use another volume_name"
+            )
+        state = other.state if other else "gone"
+        out(f"volume {vol.name}: waiting for {vol.attached_to} ({state}) to release it")
+        wait_volumes(ec2, "volume_available", [vol.volume_id])
+        vol = dataclasses.replace(vol, state="available", attached_to=None)
     if cfg.volume_gb < vol.size_gb:
         raise ConfigError(
             f"volume_gb {cfg.volume_gb} is smaller than volume {vol.name} ({vol.size_gb} GiB): an EBS volume "
@@ -127,6 +133,7 @@ def check_reusable(ec2, cfg: AwsConfig, vol: VolumeInfo, out=print) -> None:
             f"note: volume {vol.name} is {vol.size_gb} GiB, volume_gb says {cfg.volume_gb}: grow it with "
             f"`fab volume-resize --name {vol.name} --gb {cfg.volume_gb}`"
         )
+    return vol
 
 
 def pin_zone(cfg: AwsConfig, vol: VolumeInfo, subnet_zone: str | None) -> AwsConfig:
@@ -390,7 +397,7 @@ def prepare(ec2, cfg: AwsConfig, region: str, out=print) -> VolumeInfo | None:
             )
         out(f"volume {name}: none yet; this launch creates it ({cfg.volume_gb} GiB gp3, encrypted)")
         return None
-    check_reusable(ec2, cfg, vol, out)
+    vol = check_reusable(ec2, cfg, vol, out)
     out(f"volume {name}: {vol.volume_id} ({vol.size_gb} GiB) in {vol.zone}, so the instance goes there")
     return vol
 

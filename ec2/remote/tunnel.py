@@ -231,6 +231,9 @@ class Tunnel:
         while True:
             for proc, f in zip(self._procs, self.forwards, strict=True):
                 if proc.poll() is not None:
+                    # Ctrl-C at a terminal reaches ssh too (same process group): let our own
+                    # KeyboardInterrupt land first, so a deliberate close is not reported as a loss.
+                    time.sleep(0.3)
                     raise self._failed(proc, f)
             time.sleep(poll_s)
 
