@@ -7,10 +7,12 @@ from __future__ import annotations
 import http.server
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -21,11 +23,12 @@ import pytest
 from invoke import Context
 from invoke.exceptions import Exit
 
-from ec2.cloud.userdata import idle_script
+from ec2.cloud.userdata import build_user_data
 from ec2.remote import services
-from ec2.remote.ssh import Machine, close_masters
+from ec2.remote.ssh import Machine
 from ec2.remote.tunnel import Forward, Tunnel, TunnelError, plan_forwards
 from tasks import interactive, remote
+from tests.ec2.test_userdata import Sandbox
 from tests.peers.imds import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -188,57 +191,46 @@ def test_bad_port_arguments_are_one_line():
     assert plan_forwards(["6006", "8888"], ["16006"]) == [Forward(16006, 6006), Forward(8888, 8888)]
 
 
-def run_idle_watch(sshd, state: Path, now: int, marker: Path) -> None:
-    """One tick of the instance's idle watch (the script user data installs), pointed at this sshd's
-    port and tmux server, with a stand-in shutdown that leaves a marker."""
-    script = state.parent / "idle-watch"
-    script.write_text(idle_script(idle_minutes=1, ssh_port=sshd.port))
-    env = {
-        **os.environ,
-        "SPOTRUN_IDLE_STATE": str(state),
-        "SPOTRUN_SHUTDOWN": f"touch {marker}",
-        "SPOTRUN_NOW": str(now),
-        "SPOTRUN_TMUX_SOCKETS": " ".join(str(s) for s in sshd.tmux_tmpdir.glob("tmux-*/default")),
-    }
-    subprocess.run(["bash", str(script)], env=env, check=True, timeout=30)
+@pytest.fixture
+def boot():
+    """The instance's boot script and idle watch run for real in a private mount namespace (the
+    harness of tests/ec2/test_userdata.py: overlays, own /tmp, stand-in shutdown)."""
+    root = Path(tempfile.mkdtemp(prefix="srboot", dir="/var/tmp"))  # not /tmp: the sandbox has its own
+    box = Sandbox(root)
+    yield box
+    box.tmux("kill-server")
+    shutil.rmtree(root, ignore_errors=True)
 
 
-def test_idle_watch_counts_an_open_tunnel_and_not_a_service_session(sshd, remote_http, tmp_path):
+def test_idle_watch_counts_an_open_tunnel_and_not_a_service_session(boot, sshd, remote_http):
     """A Jupyter/TensorBoard session alone is idle; an open tunnel is activity; once the tunnel
-    closes the machine is idle again and the watch shuts it down."""
-    record = sshd.record(name="box")
-    m = Machine(record)
+    closes the machine is idle again and the watch shuts it down. A run's session still counts."""
+    boot.boot(build_user_data(max_hours=12, idle_minutes=15, ssh_port=sshd.port))
+    state = boot.file("/var/lib/spotrun/idle-since")
     # A server in a service session, as `fab jupyter` leaves it (a live pane).
-    m.run(f"tmux new-session -d -s {services.session_name('jupyter')} 'sleep 600'")
-    close_masters()  # the quick command's shared connection lingers (ControlPersist): not the tunnel
-    wait_until(lambda: not _ssh_established(sshd.port), 15, "no SSH connection")
-    state, marker = tmp_path / "idle-since", tmp_path / "shutdown-called"
+    assert boot.tmux("new-session", "-d", "-s", services.session_name("jupyter"), "sleep 600").returncode == 0
+    boot.tick()
+    assert state.exists()  # idle from now: the service session does not count
 
-    run_idle_watch(sshd, state, 1000, marker)
-    assert state.read_text().strip() == "1000"  # idle from now: the service session does not count
-
+    record = sshd.record(name="box")
     forward = Forward(free_port(), remote_http)
     with Tunnel(record, [forward]):
         assert get(forward.url)[0] == 200
-        run_idle_watch(sshd, state, 1100, marker)
-        assert not state.exists() and not marker.exists()  # busy: the idle clock was reset
-        run_idle_watch(sshd, state, 1200, marker)
-        assert not state.exists() and not marker.exists()
-    wait_until(lambda: not _ssh_established(sshd.port), 15, "no SSH connection")
-    run_idle_watch(sshd, state, 1300, marker)
-    assert state.read_text().strip() == "1300" and not marker.exists()
-    run_idle_watch(sshd, state, 1300 + 60, marker)
-    assert marker.exists()  # a minute idle after the tunnel closed: shutdown
+        boot.idle_since(60 * 60)
+        boot.tick()
+        assert not state.exists()  # busy: the idle clock was reset
+    assert len(boot.calls("shutdown")) == 1  # the max_hours cap only
 
+    wait_until(lambda: not _ssh_established(sshd.port), 15, "the tunnel's connection to close")
+    boot.idle_since(60 * 60)
+    boot.tick()
+    assert boot.calls("shutdown")[1:] == ["shutdown -h now spotrun: idle for 15 minutes"]
 
-def test_a_run_pane_still_counts_as_work(sshd, tmp_path):
-    record = sshd.record(name="box")
-    Machine(record).run("tmux new-session -d -s spotrun-train 'sleep 600'")
-    close_masters()
-    wait_until(lambda: not _ssh_established(sshd.port), 15, "no SSH connection")
-    state, marker = tmp_path / "idle-since", tmp_path / "shutdown-called"
-    run_idle_watch(sshd, state, 1000, marker)
-    assert not state.exists()
+    # A run's session is work.
+    assert boot.tmux("new-session", "-d", "-s", "spotrun-train", "sleep 600").returncode == 0
+    boot.idle_since(60 * 60)
+    boot.tick()
+    assert not state.exists() and len(boot.calls("shutdown")) == 2
 
 
 def _ssh_established(port: int) -> bool:
