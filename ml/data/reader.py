@@ -1,11 +1,13 @@
-"""Fetch trials' features: one positional read (local) or one ranged GET (S3) per trial, from the
-trial index; a batch's S3 reads run concurrently. Files whose features are chunked or compressed
-fall back to h5py (over s3fs with a block cache for S3)."""
+"""Fetch trials' features: one positional read (local, or an S3 file's complete copy in the dataset
+cache) or one ranged GET (S3) per trial, from the trial index; a batch's S3 reads run concurrently.
+Files whose features are chunked or compressed fall back to h5py (over s3fs with a block cache for
+S3)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from ml.data.cache import DataCache
 from ml.data.index import TrialIndex
 from ml.data.storage import S3_ERRORS, FileRef, cached_h5, read_failure, read_range, thread_pool
 
@@ -25,15 +27,29 @@ def read_trial(ref: FileRef, index: TrialIndex, i: int) -> np.ndarray:
 
 
 def read_trials(
-    refs: list[FileRef], indices: list[TrialIndex], wanted: list[tuple[int, int]], max_concurrency: int
+    refs: list[FileRef],
+    indices: list[TrialIndex],
+    wanted: list[tuple[int, int]],
+    max_concurrency: int,
+    cache: DataCache | None = None,
 ) -> list[np.ndarray]:
-    """Features for each ``(file id, trial)`` in ``wanted``, in order."""
+    """Features for each ``(file id, trial)`` in ``wanted``, in order. S3 files already complete in
+    ``cache`` are read from the local copy."""
+    if cache is not None:
+        refs = list(refs)
+        for f in {f for f, _ in wanted}:
+            if refs[f].is_s3:
+                local = cache.ready(refs[f])
+                if local:
+                    refs[f] = FileRef(local, refs[f].size, refs[f].version)
     ranged_s3 = [k for k, (f, i) in enumerate(wanted) if refs[f].is_s3 and indices[f].offsets[i] >= 0]
     out: list[np.ndarray | None] = [None] * len(wanted)
     if len(ranged_s3) > 1 and max_concurrency > 1:
         pool = thread_pool(max_concurrency)
-        futures = {k: pool.submit(read_trial, refs[wanted[k][0]], indices[wanted[k][0]], wanted[k][1])
-                   for k in ranged_s3}
+        futures = {
+            k: pool.submit(read_trial, refs[wanted[k][0]], indices[wanted[k][0]], wanted[k][1])
+            for k in ranged_s3
+        }
         for k, fut in futures.items():
             out[k] = fut.result()
     # h5py serialises all calls behind one lock, so the fallback (and local preads) run in order.
