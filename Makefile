@@ -75,3 +75,9 @@ aws-cleanup: ## remove spotrun's security group and key pair when unused
 	$(FAB) cleanup --config $(CONFIG)
 aws-run: ## the managed journey: launch, setup, sync, train, recover from interruptions, download, terminate
 	$(FAB) run $(FABARGS) --train-config $(TRAIN_CONFIG) $(if $(ARGS),--args "$(ARGS)")
+
+.PHONY: aws-data-push aws-data-ls
+aws-data-push: ## upload a dataset folder to S3, skipping what is there (SRC=DIR DEST=s3://bucket/prefix)
+	$(FAB) data-push --src $(SRC) --dest $(DEST) --config $(CONFIG)
+aws-data-ls: ## show a dataset in S3: sessions, files, sizes, what is missing (DEST=s3://bucket/prefix)
+	$(FAB) data-ls $(DEST) --config $(CONFIG)
