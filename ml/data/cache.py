@@ -149,16 +149,9 @@ class DataCache:
     def _download(self, ref: FileRef, tmp: Path, on_bytes) -> None:
         bucket, key = ref.bucket_key
         with open(tmp, "wb") as f:
-            # IfMatch pins the version listed: an object replaced meanwhile fails (412) instead of
-            # mixing two versions' parts.
-            s3_client().download_fileobj(
-                bucket,
-                key,
-                f,
-                ExtraArgs={"IfMatch": f'"{ref.version}"'},
-                Config=s3parts.transfer_config(),
-                Callback=on_bytes,
-            )
+            # A file replaced in S3 meanwhile fails the ETag check after the download (recent
+            # s3transfer versions also pin each part to the first part's ETag with IfMatch).
+            s3_client().download_fileobj(bucket, key, f, Config=s3parts.transfer_config(), Callback=on_bytes)
 
 
 class _Mismatch(Exception):

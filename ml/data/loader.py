@@ -217,9 +217,10 @@ def build_train_loader(
     dataset with the cache on, a background thread starts copying the run's files to local disk."""
     src = open_source(cfg, say)
     batches = TrainBatches(src, cfg, start_step, rank)
-    if src.cache is not None:
-        start_prefetch(src, batches, say)
-    return _loader(batches, cfg)
+    loader = _loader(batches, cfg)
+    # The background copy into the cache (None without one): the trainer reports it at the end.
+    loader.prefetcher = start_prefetch(src, batches, say) if src.cache is not None else None
+    return loader
 
 
 def build_val_loader(
