@@ -9,6 +9,7 @@ dataset maps a global step to its batch, the val dataset an ordinal to a val bat
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -151,10 +152,22 @@ def _load_indices(
                     local = None  # the build over S3 below reports the S3 error, if it persists
         return load_index(ref, index_dir, local)
 
+    start = time.monotonic()
     if len(refs) < 2:
-        return [one(k) for k in range(len(refs))]
-    with ThreadPoolExecutor(min(16, len(refs)), thread_name_prefix="index") as pool:
-        return list(pool.map(one, range(len(refs))))
+        indices = [one(k) for k in range(len(refs))]
+    else:
+        with ThreadPoolExecutor(min(16, len(refs)), thread_name_prefix="index") as pool:
+            indices = list(pool.map(one, range(len(refs))))
+    fetched = [refs[k] for k in fetch_first if cache is not None and cache.ready(refs[k])]
+    if fetched:
+        took = time.monotonic() - start
+        gb = sum(r.size for r in fetched) / 1e9
+        say(
+            f"data cache: fetched {len(fetched)} files, {gb:.2f} GB from S3 in {took:.1f} s "
+            f"({gb * 1e3 / max(took, 1e-9):.0f} MB/s) into {cache.root}, indexed locally "
+            "(`fab data-push` stores indexes so training starts without waiting)"
+        )
+    return indices
 
 
 class TrainBatches(Dataset):

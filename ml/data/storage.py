@@ -120,7 +120,7 @@ class S3Traffic:
         """e.g. 'read from S3: 1,234 GETs, 10.52 GB, $0.0005 in requests' (parsed by `fab run`)."""
         return (
             f"read from S3: {self.gets:,} GETs, {self.bytes / 1e9:.2f} GB, "
-            f"${self.request_usd:.4f} in requests"
+            f"${self.request_usd:.6f} in requests"
         )
 
 

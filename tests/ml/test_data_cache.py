@@ -307,3 +307,33 @@ def test_default_dir_moves_to_the_nvme_store(tmp_path):
     )
     # A mount point (what the DLAMI mounts at /opt/dlami/nvme): the cache goes there.
     assert cache.resolve_dir(cache.DATA_CACHE_DEFAULT, "/") == Path("/spotrun/data")
+
+
+def test_training_from_s3_reports_what_it_read_and_fab_run_sums_it(s3_proxy, aws_env, tmp_path, capsys):
+    """The trainer's end-of-run line carries GETs, GB and request cost; `fab run`'s summary adds
+    them up over the attempts."""
+    from ec2.journey import decide, history, report
+    from ml.train import main
+    from tests.ml.trainkit import DEMO, make_data, tiny
+
+    data = make_data(tmp_path / "syn")
+    upload(aws_env, data)
+    run = tmp_path / "run"
+    args = tiny(f"s3://{BUCKET}/ds", run, 3, f"dataset.index_cache_dir={tmp_path / 'idx'}")
+    s3_proxy.reset()
+    assert main(["--config", DEMO, *args, f"dataset.cache_dir={tmp_path / 'cache'}"]) == 0
+    out = capsys.readouterr().out
+    assert "data cache: fetched 3 files" in out  # no stored index: fetched whole, indexed locally
+    gets, gb, usd = decide.s3_read(out)
+    # One GET per file (each is under one part), and the train and val loaders' LISTs.
+    assert gets == 3 == s3_proxy.gets - 2
+    assert abs(gb - s3_proxy.bytes_out / 1e9) < 0.01 and usd > 0
+
+    h = history.RunHistory("job")
+    h.attempts = [
+        history.Attempt(1, s3_gets=gets, s3_gb=gb, s3_request_usd=usd),
+        history.Attempt(2, s3_gets=10),
+    ]
+    assert report.summary(h).splitlines()[-1] == (
+        f"  data read from S3: {gets + 10:,} GETs, {gb:.2f} GB, ${usd:.6f} in requests"
+    )
