@@ -64,7 +64,9 @@ class DataCache:
     def path(self, ref: FileRef) -> Path:
         bucket, key = ref.bucket_key
         safe_etag = re.sub(r"[^A-Za-z0-9-]", "", ref.version)
-        return Path(self.root) / bucket / f"{key}.{safe_etag}-{ref.size}"
+        # S3 keys may hold "..", "." or empty segments: never let one climb out of the cache.
+        parts = [p if p not in ("", ".", "..") else "_" for p in key.split("/")]
+        return Path(self.root, bucket, *parts[:-1], f"{parts[-1]}.{safe_etag}-{ref.size}")
 
     @staticmethod
     def _ok(path: Path) -> Path:
