@@ -6,11 +6,12 @@ used only when its ``.ok`` still describes it; anything else (edited, truncated,
 is checked against the ETag again and discarded when it does not match, never read.
 
 A file is downloaded by one process only: the downloader holds an flock on its ``.lock`` file, so
-DataLoader workers and DDP ranks on one machine share one copy. It is written under a temporary
-name and renamed when complete and checked, so a reader sees the whole file or none.
+DataLoader workers and DDP ranks on one machine share one copy. It is filled as ``.partial``
+(ml.data.partial) and renamed when complete and checked, so ``ready`` sees the whole file or none.
 
-Readers (any process, any thread) only ask ``ready(ref)``: the local path of a checked copy, or
-None to keep streaming from S3. Only the prefetcher (ml.data.prefetch) writes.
+Readers (any process, any thread) ask ``ready(ref)``: the local path of a checked copy, or None to
+keep streaming from S3. Until then they share the partial copy: a trial already in it is read
+from it, and a trial they stream is written into it, so the prefetch does not fetch it again.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import s3parts
-from common.atomic import atomic_path, atomic_write_text
+from common.atomic import atomic_write_text
 from ml.config import DATA_CACHE_DEFAULT
+from ml.data import partial
 from ml.data.storage import FileRef, s3_client
 
 # The Deep Learning AMI mounts the instance store here on instances that have one: hundreds of GB
@@ -110,9 +112,11 @@ class DataCache:
         """Make sure a checked copy of ``ref`` is in the cache: (its path, bytes downloaded now).
 
         Under the file's lock: a copy another process finished meanwhile is used as it is; a copy
-        that does not match its ETag is discarded; otherwise the object is downloaded whole
-        (parallel ranged GETs of s3parts.PART_SIZE), checked, and renamed into place.
-        Raises DiskFull when the disk cannot take it, and S3's errors for the caller to retry.
+        that does not match its ETag is discarded; otherwise the partial file (ml.data.partial) is
+        filled with parallel ranged GETs of its gaps (what training streamed meanwhile is not
+        fetched again), checked against the ETag, and renamed into place.
+        Raises DiskFull when the disk cannot take it, and S3's errors for the caller to retry (a
+        retry resumes from what is already in).
         """
         path = self.path(ref)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,18 +127,35 @@ class DataCache:
                 return str(path), 0
             _remove_stale_temps(path)
             try:
-                with atomic_path(path) as tmp:
-                    self._download(ref, tmp, on_bytes)
-                    if s3parts.matches_etag(tmp, ref.version, ref.size) is False:
+                partial.start(path, ref.size)
+                fetched = partial.fill(path, ref.size, partial_getter(ref), on_bytes)
+                with partial.fill_lock(path, exclusive=True):
+                    staged = partial.partial_path(path)
+                    if s3parts.matches_etag(staged, ref.version, ref.size) is False:
                         raise _Mismatch
+                    with open(staged, "rb+") as f:
+                        os.fsync(f.fileno())
+                    os.replace(staged, path)
+                    partial.ranges_path(path).unlink(missing_ok=True)
                 self._seal(path, ref)
             except _Mismatch:
+                partial.drop(path)
                 raise OSError(f"{ref.uri}: the download does not match its ETag {ref.version}") from None
             except OSError as e:
                 if e.errno in DISK_FULL:
+                    partial.drop(path)  # a half copy on a full disk helps nobody
                     raise DiskFull(e.errno, f"{self.root}: {e.strerror}") from None
                 raise
-            return str(path), ref.size
+            return str(path), fetched
+
+    # ------------------------------------------------------------------ the partial copy
+    def read_partial(self, ref: FileRef, offset: int, size: int) -> bytes | None:
+        """A range of a file still being fetched, if it is already in the partial copy."""
+        return partial.read(self.path(ref), offset, size)
+
+    def record(self, ref: FileRef, offset: int, data: bytes) -> None:
+        """A range streamed from S3: into the partial copy, so the prefetch need not fetch it."""
+        partial.record(self.path(ref), offset, data)
 
     def _check_or_discard(self, path: Path, ref: FileRef) -> bool:
         """A copy without a valid seal: keep it if its ETag matches, else delete it."""
@@ -148,12 +169,20 @@ class DataCache:
     def _seal(self, path: Path, ref: FileRef) -> None:
         atomic_write_text(self._ok(path), json.dumps(_seal(path.stat(), ref)))
 
-    def _download(self, ref: FileRef, tmp: Path, on_bytes) -> None:
-        bucket, key = ref.bucket_key
-        with open(tmp, "wb") as f:
-            # A file replaced in S3 meanwhile fails the ETag check after the download (recent
-            # s3transfer versions also pin each part to the first part's ETag with IfMatch).
-            s3_client().download_fileobj(bucket, key, f, Config=s3parts.transfer_config(), Callback=on_bytes)
+
+def partial_getter(ref: FileRef):
+    """Ranged GETs of ``ref``, pinned to its listed ETag: an object replaced meanwhile answers 412
+    (PreconditionFailed) instead of mixing two versions in one copy."""
+    bucket, key = ref.bucket_key
+    client = s3_client()
+
+    def get_range(offset: int, length: int) -> bytes:
+        resp = client.get_object(
+            Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}", IfMatch=f'"{ref.version}"'
+        )
+        return resp["Body"].read()
+
+    return get_range
 
 
 class _Mismatch(Exception):

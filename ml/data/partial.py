@@ -1,0 +1,170 @@
+"""A cached file while it is being filled: ``<copy>.partial`` (sparse, the object's size) and
+``<copy>.ranges``, an append-only log of the byte ranges already written into it.
+
+Two writers fill it, so no byte is fetched from S3 twice:
+
+- the prefetcher (holding the file's lock) fetches the gaps, in ranged GETs of at most
+  s3parts.PART_SIZE, several at once;
+- a training process that streams a trial from S3 before the file is complete writes the trial's
+  bytes into the partial file too (``record``), and the prefetcher then skips that range.
+
+And any process reads a range that is already in (``read``) instead of asking S3 again.
+
+Each range is written first and logged after, so a logged range is always whole. Writers of
+trials hold the ``.fill`` lock shared; the prefetcher takes it exclusive to check the ETag and
+rename the partial file into place, so nothing writes into a sealed copy. A partial file left by a
+crash is resumed from its log; the ETag check at the end catches anything wrong.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+from common import s3parts
+
+_RECORD = struct.Struct("<qq")  # (offset, length)
+
+
+def partial_path(copy: Path) -> Path:
+    return copy.with_name(copy.name + ".partial")
+
+
+def ranges_path(copy: Path) -> Path:
+    return copy.with_name(copy.name + ".ranges")
+
+
+@contextmanager
+def fill_lock(copy: Path, exclusive: bool):
+    fd = os.open(copy.with_name(copy.name + ".fill"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def written(copy: Path) -> list[tuple[int, int]]:
+    """The merged (start, end) ranges logged for the partial file; [] when there is none."""
+    try:
+        raw = ranges_path(copy).read_bytes()
+    except FileNotFoundError:
+        return []
+    spans = sorted(
+        (off, off + n) for off, n in _RECORD.iter_unpack(raw[: len(raw) - len(raw) % _RECORD.size])
+    )
+    merged: list[tuple[int, int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def covered(spans: list[tuple[int, int]], offset: int, size: int) -> bool:
+    return any(start <= offset and offset + size <= end for start, end in spans)
+
+
+def gaps(spans: list[tuple[int, int]], size: int, chunk: int) -> list[tuple[int, int]]:
+    """(offset, length) pieces of at most ``chunk`` bytes covering what ``spans`` lack of [0, size)."""
+    out, pos = [], 0
+    for start, end in [*spans, (size, size)]:
+        while pos < min(start, size):
+            n = min(chunk, start - pos)
+            out.append((pos, n))
+            pos += n
+        pos = max(pos, end)
+    return out
+
+
+def read(copy: Path, offset: int, size: int) -> bytes | None:
+    """The range from the partial file if it is already in, else None."""
+    if not covered(written(copy), offset, size):
+        return None
+    try:
+        fd = os.open(partial_path(copy), os.O_RDONLY)
+    except FileNotFoundError:
+        return None  # renamed into place (or dropped) meanwhile: the caller asks again
+    try:
+        data = os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+    return data if len(data) == size else None
+
+
+def record(copy: Path, offset: int, data: bytes) -> None:
+    """Write a range fetched by a training process into the partial file, if one is being filled.
+    Best effort: a full disk or a file renamed meanwhile only means the prefetcher fetches it."""
+    partial = partial_path(copy)
+    if not partial.exists():
+        return
+    try:
+        with fill_lock(copy, exclusive=False):
+            fd = os.open(partial, os.O_WRONLY)  # after the lock: never into a sealed copy
+            try:
+                os.pwrite(fd, data, offset)
+            finally:
+                os.close(fd)
+            _log(copy, offset, len(data))
+    except OSError:
+        pass
+
+
+def _log(copy: Path, offset: int, length: int) -> None:
+    fd = os.open(ranges_path(copy), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, _RECORD.pack(offset, length))  # 16 bytes with O_APPEND: one atomic append
+    finally:
+        os.close(fd)
+
+
+def start(copy: Path, size: int) -> None:
+    """Create the sparse partial file (or keep a crash's leftover of the right size, to resume it)."""
+    partial = partial_path(copy)
+    if partial.exists() and partial.stat().st_size == size and ranges_path(copy).exists():
+        return
+    with open(partial, "wb") as f:
+        f.truncate(size)
+    ranges_path(copy).write_bytes(b"")
+
+
+def drop(copy: Path) -> None:
+    with fill_lock(copy, exclusive=True):
+        partial_path(copy).unlink(missing_ok=True)
+        ranges_path(copy).unlink(missing_ok=True)
+
+
+def fill(
+    copy: Path,
+    size: int,
+    get_range: Callable[[int, int], bytes],
+    on_bytes: Callable[[int], None] | None = None,
+    concurrency: int = s3parts.CONCURRENCY,
+) -> int:
+    """Fetch every gap of the partial file with ``get_range(offset, length)``; the bytes fetched."""
+    fd = os.open(partial_path(copy), os.O_WRONLY)
+
+    def one(piece: tuple[int, int]) -> int:
+        offset, length = piece
+        if covered(written(copy), offset, length):
+            return 0  # a training process streamed it meanwhile
+        data = get_range(offset, length)
+        if len(data) != length:
+            raise OSError(f"short read at byte {offset}: {len(data)} of {length}")
+        os.pwrite(fd, data, offset)
+        _log(copy, offset, length)
+        if on_bytes:
+            on_bytes(length)
+        return length
+
+    try:
+        with ThreadPoolExecutor(concurrency, thread_name_prefix="prefetch") as pool:
+            return sum(pool.map(one, gaps(written(copy), size, s3parts.PART_SIZE)))
+    finally:
+        os.close(fd)
