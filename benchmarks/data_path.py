@@ -37,7 +37,7 @@ LATENCY_S = 0.03
 SESSIONS = 4
 TRIALS_PER_FILE = 70  # ~85 MB train files
 BATCH, DAYS = 64, 4
-STREAM_BATCHES = 2  # the slow cases
+STREAM_BATCHES = 1  # the slow cases (one batch: 64 trials)
 FIRST_PASS_BATCHES = 8
 STEADY_BATCHES = 16
 
