@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from invoke import task
+from invoke.exceptions import Exit
 
 from common import aws
 from tasks.edge import aws_config, edge
@@ -16,11 +17,23 @@ def _s3(config, set_):
     return aws.client("s3", cfg.region, cfg.profile)
 
 
-def _byte_bar(total: int, initial: int):
-    from tqdm import tqdm
+class _ByteBar:
+    """The upload's tqdm bar in bytes, made when push knows the total, closed at the end."""
 
-    bar = tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc="upload")
-    return bar.update
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, total: int, initial: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc="upload"
+        )
+        return self.bar.update
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @task(name="data-push", iterable=["set_"])
@@ -30,15 +43,19 @@ def data_push(c, src, dest, config=None, set_=None):
     from ec2.cloud import datasets
 
     s3 = _s3(config, set_)
+    bar = _ByteBar()
     try:
-        result = datasets.push(s3, src, dest, progress=_byte_bar)
+        result = datasets.push(s3, src, dest, progress=bar)
     except KeyboardInterrupt:
+        bar.close()
         print(
             "interrupted: no partial object was left; run the same command again to resume "
             "(files already uploaded are skipped)",
             file=sys.stderr,
         )
-        raise
+        raise Exit(code=130) from None
+    finally:
+        bar.close()
     print(result.line())
     if result.indexes_written:
         print(
