@@ -6,7 +6,7 @@ tests/peers/proxy.py adding LATENCY_S per request (moto itself answers instantly
 bandwidth is the "stand-in ceiling" line, so every S3 figure can be read against it. One run, one
 line per case; ratios are within the run.
 
-    .venv/bin/python benchmarks/data_path.py
+    .venv/bin/python benchmarks/data_path.py [--no-baselines]
 
 Cases:
 - local: the local index path (pread), indexes cached.
@@ -174,36 +174,38 @@ def main() -> None:
         flush=True,
     )
 
-    # ---- the seed pattern: s3fs.open + h5py per session per batch
-    plain = cfg("s3://bench-data/plain", "index-plain")
-    src = open_source(plain, say=lambda _: None)  # (index build not timed here)
-    plans = [TrainBatches(src, plain, 0, 0).plan(s) for s in range(STREAM_BATCHES)]
-    fresh_machine()
-    fs = storage.s3_filesystem()
-    t = time.perf_counter()
-    n = 0
-    for plan in plans:
-        by_file: dict[int, list[int]] = {}
-        for f, i in plan:
-            by_file.setdefault(f, []).append(i)
-        for f, wanted in by_file.items():
-            with fs.open(src.refs[f].uri[len("s3://") :], "rb") as raw, h5py.File(raw, "r") as h:
-                for i in wanted:
-                    np.asarray(h[f"trial_{i:04d}/input_features"][()])
-                    n += 1
-    seed = s3_line("seed pattern (s3fs + h5py per session/batch)", n, time.perf_counter() - t)
+    seed = today = float("nan")
+    if "--no-baselines" not in sys.argv:  # the slow cases (minutes on a loaded machine)
+        # ---- the seed pattern: s3fs.open + h5py per session per batch
+        plain = cfg("s3://bench-data/plain", "index-plain")
+        src = open_source(plain, say=lambda _: None)  # (index build not timed here)
+        plans = [TrainBatches(src, plain, 0, 0).plan(s) for s in range(STREAM_BATCHES)]
+        fresh_machine()
+        fs = storage.s3_filesystem()
+        t = time.perf_counter()
+        n = 0
+        for plan in plans:
+            by_file: dict[int, list[int]] = {}
+            for f, i in plan:
+                by_file.setdefault(f, []).append(i)
+            for f, wanted in by_file.items():
+                with fs.open(src.refs[f].uri[len("s3://") :], "rb") as raw, h5py.File(raw, "r") as h:
+                    for i in wanted:
+                        np.asarray(h[f"trial_{i:04d}/input_features"][()])
+                        n += 1
+        seed = s3_line("seed pattern (s3fs + h5py per session/batch)", n, time.perf_counter() - t)
 
-    # ---- streaming, no cache (the path before this change)
-    fresh_machine()
-    n, dt = read(build_train_loader(plain), STREAM_BATCHES)
-    s3_line("S3 streaming, no cache (1 ranged GET/trial)", n, dt)
+        # ---- streaming, no cache (the path before this change)
+        fresh_machine()
+        n, dt = read(build_train_loader(plain), STREAM_BATCHES)
+        s3_line("S3 streaming, no cache (1 ranged GET/trial)", n, dt)
 
-    # ---- cold starts: fresh machine, empty caches, until the sources are open
-    fresh_machine()
-    t = time.perf_counter()
-    open_source(cfg("s3://bench-data/plain", "index-cold-1"), say=lambda _: None)
-    today = time.perf_counter() - t
-    print(f"{'cold start: index over S3 (before)':<44} {today:8.1f} s  {proxy.gets} GETs", flush=True)
+        # ---- cold starts: fresh machine, empty caches, until the sources are open
+        fresh_machine()
+        t = time.perf_counter()
+        open_source(cfg("s3://bench-data/plain", "index-cold-1"), say=lambda _: None)
+        today = time.perf_counter() - t
+        print(f"{'cold start: index over S3 (before)':<44} {today:8.1f} s  {proxy.gets} GETs", flush=True)
     fresh_machine()
     t = time.perf_counter()
     open_source(cfg("s3://bench-data/plain", "index-cold-2", str(tmp / "cache-cold")), say=lambda _: None)

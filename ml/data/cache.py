@@ -149,6 +149,21 @@ class DataCache:
             return str(path), fetched
 
     # ------------------------------------------------------------------ the partial copy
+    def open_partial(self, ref: FileRef) -> None:
+        """Start the (sparse, empty) partial copy now, before the prefetch reaches the file, so
+        the trials training streams meanwhile are kept and not fetched again."""
+        path = self.path(ref)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _flock(path.with_name(path.name + ".lock")):
+            if not self._trusted(path, ref) and not path.exists():
+                partial.start(path, ref.size)
+
+    def drop_partial(self, ref: FileRef) -> None:
+        try:
+            partial.drop(self.path(ref))
+        except OSError:
+            pass  # best effort: the next fetch of the file starts it afresh
+
     def read_partial(self, ref: FileRef, offset: int, size: int) -> bytes | None:
         """A range of a file still being fetched, if it is already in the partial copy."""
         return partial.read(self.path(ref), offset, size)

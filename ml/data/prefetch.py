@@ -111,6 +111,12 @@ class Prefetcher:
                 "streaming from S3"
             )
             return
+        try:
+            for ref in todo:
+                self.cache.open_partial(ref)
+        except OSError as e:
+            self.say(f"warning: data cache {self.cache.root} unusable ({e}); streaming from S3")
+            return
         for ref in todo:
             if self._stop.is_set() or not self._fetch(ref):
                 break
@@ -131,6 +137,9 @@ class Prefetcher:
                 _, nbytes = self.cache.fetch(ref)
             except DiskFull as e:
                 self.disk_full = True
+                for other in self.refs:  # the cache is off: no partial copies left to grow
+                    if self.cache.ready(other) is None:
+                        self.cache.drop_partial(other)
                 self.say(
                     f"warning: data cache disk full ({e.strerror}); cache off for this run, "
                     "streaming from S3 (free space or set dataset.cache_dir)"
