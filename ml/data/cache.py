@@ -137,6 +137,7 @@ class DataCache:
                         os.fsync(f.fileno())
                     os.replace(staged, path)
                     partial.ranges_path(path).unlink(missing_ok=True)
+                    partial.claims_path(path).unlink(missing_ok=True)
                 self._seal(path, ref)
             except _Mismatch:
                 partial.drop(path)

@@ -8,7 +8,8 @@ Two writers fill it, so no byte is fetched from S3 twice:
 - a training process that streams a trial from S3 before the file is complete writes the trial's
   bytes into the partial file too (``record``), and the prefetcher then skips that range.
 
-And any process reads a range that is already in (``read``) instead of asking S3 again.
+And any process reads a range that is already in (``read``) instead of asking S3 again, or waits
+a little for one the prefetcher has claimed (``.claims``) and is fetching right now.
 
 Each range is written first and logged after, so a logged range is always whole. Writers of
 trials hold the ``.fill`` lock shared; the prefetcher takes it exclusive to check the ETag and
@@ -21,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -39,6 +41,16 @@ def ranges_path(copy: Path) -> Path:
     return copy.with_name(copy.name + ".ranges")
 
 
+def claims_path(copy: Path) -> Path:
+    """The pieces the prefetcher is fetching right now (logged before each GET)."""
+    return copy.with_name(copy.name + ".claims")
+
+
+# How long a reader waits for a piece the prefetcher is already fetching, rather than fetching the
+# same bytes again. A 16 MiB piece takes well under a second at instance bandwidth.
+WAIT_S = 10.0
+
+
 @contextmanager
 def fill_lock(copy: Path, exclusive: bool):
     fd = os.open(copy.with_name(copy.name + ".fill"), os.O_RDWR | os.O_CREAT, 0o644)
@@ -49,10 +61,11 @@ def fill_lock(copy: Path, exclusive: bool):
         os.close(fd)
 
 
-def written(copy: Path) -> list[tuple[int, int]]:
-    """The merged (start, end) ranges logged for the partial file; [] when there is none."""
+def written(copy: Path, log: Callable[[Path], Path] = ranges_path) -> list[tuple[int, int]]:
+    """The merged (start, end) ranges logged for the partial file (or claimed, with
+    ``log=claims_path``); [] when there is none."""
     try:
-        raw = ranges_path(copy).read_bytes()
+        raw = log(copy).read_bytes()
     except FileNotFoundError:
         return []
     spans = sorted(
@@ -83,10 +96,17 @@ def gaps(spans: list[tuple[int, int]], size: int, chunk: int) -> list[tuple[int,
     return out
 
 
-def read(copy: Path, offset: int, size: int) -> bytes | None:
-    """The range from the partial file if it is already in, else None."""
+def read(copy: Path, offset: int, size: int, wait_s: float = WAIT_S) -> bytes | None:
+    """The range from the partial file if it is already in, or arrives within ``wait_s`` because
+    the prefetcher is fetching it; else None (the caller streams it)."""
     if not covered(written(copy), offset, size):
-        return None
+        if not covered(written(copy, claims_path), offset, size):
+            return None
+        deadline = time.monotonic() + wait_s
+        while not covered(written(copy), offset, size):
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.02)
     try:
         fd = os.open(partial_path(copy), os.O_RDONLY)
     except FileNotFoundError:
@@ -116,8 +136,8 @@ def record(copy: Path, offset: int, data: bytes) -> None:
         pass
 
 
-def _log(copy: Path, offset: int, length: int) -> None:
-    fd = os.open(ranges_path(copy), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+def _log(copy: Path, offset: int, length: int, log: Callable[[Path], Path] = ranges_path) -> None:
+    fd = os.open(log(copy), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, _RECORD.pack(offset, length))  # 16 bytes with O_APPEND: one atomic append
     finally:
@@ -127,6 +147,7 @@ def _log(copy: Path, offset: int, length: int) -> None:
 def start(copy: Path, size: int) -> None:
     """Create the sparse partial file (or keep a crash's leftover of the right size, to resume it)."""
     partial = partial_path(copy)
+    claims_path(copy).write_bytes(b"")  # whoever claimed pieces before is gone: we hold the lock
     if partial.exists() and partial.stat().st_size == size and ranges_path(copy).exists():
         return
     with open(partial, "wb") as f:
@@ -136,8 +157,8 @@ def start(copy: Path, size: int) -> None:
 
 def drop(copy: Path) -> None:
     with fill_lock(copy, exclusive=True):
-        partial_path(copy).unlink(missing_ok=True)
-        ranges_path(copy).unlink(missing_ok=True)
+        for path in (partial_path(copy), ranges_path(copy), claims_path(copy)):
+            path.unlink(missing_ok=True)
 
 
 def fill(
@@ -154,6 +175,7 @@ def fill(
         offset, length = piece
         if covered(written(copy), offset, length):
             return 0  # a training process streamed it meanwhile
+        _log(copy, offset, length, claims_path)  # readers wait for it instead of fetching it too
         data = get_range(offset, length)
         if len(data) != length:
             raise OSError(f"short read at byte {offset}: {len(data)} of {length}")
@@ -166,5 +188,8 @@ def fill(
     try:
         with ThreadPoolExecutor(concurrency, thread_name_prefix="prefetch") as pool:
             return sum(pool.map(one, gaps(written(copy), size, s3parts.PART_SIZE)))
+    except BaseException:
+        claims_path(copy).write_bytes(b"")  # nobody is fetching them now: readers stream again
+        raise
     finally:
         os.close(fd)
