@@ -84,9 +84,10 @@ def covered(spans: list[tuple[int, int]], offset: int, size: int) -> bool:
     return any(start <= offset and offset + size <= end for start, end in spans)
 
 
-def gaps(spans: list[tuple[int, int]], size: int, chunk: int) -> list[tuple[int, int]]:
-    """(offset, length) pieces of at most ``chunk`` bytes covering what ``spans`` lack of [0, size)."""
-    out, pos = [], 0
+def gaps(spans: list[tuple[int, int]], size: int, chunk: int, begin: int = 0) -> list[tuple[int, int]]:
+    """(offset, length) pieces of at most ``chunk`` bytes covering what ``spans`` lack of
+    [begin, size)."""
+    out, pos = [], begin
     for start, end in [*spans, (size, size)]:
         while pos < min(start, size):
             n = min(chunk, start - pos)
@@ -172,18 +173,20 @@ def fill(
     fd = os.open(partial_path(copy), os.O_WRONLY)
 
     def one(piece: tuple[int, int]) -> int:
-        offset, length = piece
-        if covered(written(copy), offset, length):
-            return 0  # a training process streamed it meanwhile
-        _log(copy, offset, length, claims_path)  # readers wait for it instead of fetching it too
-        data = get_range(offset, length)
-        if len(data) != length:
-            raise OSError(f"short read at byte {offset}: {len(data)} of {length}")
-        os.pwrite(fd, data, offset)
-        _log(copy, offset, length)
-        if on_bytes:
-            on_bytes(length)
-        return length
+        # Only what training has not streamed into the piece meanwhile (often all of it).
+        begin, end = piece[0], piece[0] + piece[1]
+        fetched = 0
+        for offset, length in gaps(written(copy), end, end - begin, begin):
+            _log(copy, offset, length, claims_path)  # readers wait for it instead of fetching it too
+            data = get_range(offset, length)
+            if len(data) != length:
+                raise OSError(f"short read at byte {offset}: {len(data)} of {length}")
+            os.pwrite(fd, data, offset)
+            _log(copy, offset, length)
+            if on_bytes:
+                on_bytes(length)
+            fetched += length
+        return fetched
 
     try:
         with ThreadPoolExecutor(concurrency, thread_name_prefix="prefetch") as pool:

@@ -376,6 +376,7 @@ def test_gaps_and_coverage():
     spans = [(0, 10), (30, 40)]
     assert partial.gaps(spans, 50, 8) == [(10, 8), (18, 8), (26, 4), (40, 8), (48, 2)]
     assert partial.gaps([], 5, 8) == [(0, 5)] and partial.gaps([(0, 5)], 5, 8) == []
+    assert partial.gaps(spans, 36, 100, begin=5) == [(10, 20)]  # within one piece
     assert partial.covered(spans, 2, 8) and not partial.covered(spans, 8, 4)
 
 
