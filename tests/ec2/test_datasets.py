@@ -133,16 +133,6 @@ def fab(*args: str, env: dict) -> subprocess.CompletedProcess:
     )
 
 
-def test_missing_bucket_is_one_line_with_the_fix(synthetic_data, aws_env):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = fab("data-push", "--src", str(synthetic_data), "--dest", "s3://no-such-bucket/ds", env=env)
-    assert done.returncode != 0
-    assert done.stderr.strip() == (
-        "error: s3://no-such-bucket: S3 NoSuchBucket; create it (aws s3 mb s3://no-such-bucket "
-        "--region <your region>) or fix --dest"
-    )
-
-
 def test_ctrl_c_leaves_no_half_object_and_the_next_push_resumes(
     synthetic_data, s3, aws_env, s3_proxy, tmp_path
 ):
@@ -201,8 +191,17 @@ def test_data_ls_shows_sessions_sizes_and_what_is_missing(synthetic_data, s3, tm
     assert lines[-1] == "1 sessions have no data_train.hdf5: training on them will fail"
 
 
-def test_fab_data_ls_runs(synthetic_data, s3, aws_env):
+def test_fab_data_ls_and_a_missing_bucket(synthetic_data, s3, aws_env):
+    """Through `fab` itself: data-ls prints the listing; a push to a missing bucket is one line
+    with the fix and a non-zero exit."""
     datasets.push(pushing_client(), synthetic_data, f"s3://{BUCKET}/ds", say=lambda _: None)
-    done = fab("data-ls", f"s3://{BUCKET}/ds", env={**os.environ, "PYTHONPATH": str(REPO)})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = fab("data-ls", f"s3://{BUCKET}/ds", env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"s3://{BUCKET}/ds: 4 sessions") and "total " in done.stdout
+    done = fab("data-push", "--src", str(synthetic_data), "--dest", "s3://no-such-bucket/ds", env=env)
+    assert done.returncode != 0
+    assert done.stderr.strip() == (
+        "error: s3://no-such-bucket: S3 NoSuchBucket; create it (aws s3 mb s3://no-such-bucket "
+        "--region <your region>) or fix --dest"
+    )
