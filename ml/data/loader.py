@@ -23,11 +23,12 @@ from common.s3uri import is_s3
 from ml.config import TrainConfig
 from ml.data.batches import collate, train_plan, usable_trials, val_plans
 from ml.data.cache import DataCache, DiskFull, resolve_dir
+from ml.data.checks import check_finite, check_labels
 from ml.data.index import TrialIndex, cache_path, load_index
 from ml.data.prefetch import Prefetcher, first_use_order
 from ml.data.reader import read_trials
 from ml.data.storage import FileRef, list_sessions
-from ml.errors import DataError
+from ml.errors import DataError, ToolkitError
 
 
 @dataclass
@@ -47,6 +48,7 @@ class DataSource:
 
     def batch(self, plan: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
         feats = read_trials(self.refs, self.indices, plan, self.max_concurrency, self.cache)
+        check_finite(feats, plan, self.indices)
         rows = [(self.indices[f], i, self.file_day[f]) for f, i in plan]
         return collate(feats, rows, self.feature_subset)
 
@@ -75,6 +77,8 @@ def open_source(cfg: TrainConfig, say: Callable[[str], None] = print) -> DataSou
             wanted.append((day, "data_val.hdf5"))
     refs = [found[ds.sessions[day]][name] for day, name in wanted]
     indices = _load_indices(refs, ds.index_cache_dir, cache, say)
+    m = cfg.model
+    cut = max(0, ds.data_transforms.random_cut - 1)  # the longest random cut a train batch may get
 
     for (day, name), ref, index in zip(wanted, refs, indices, strict=True):
         if index.n_features != n_in:
@@ -86,8 +90,17 @@ def open_source(cfg: TrainConfig, say: Callable[[str], None] = print) -> DataSou
         src.indices.append(index)
         src.file_day.append(day)
         f = len(src.refs) - 1
+        is_train = name == "data_train.hdf5"
         trials = usable_trials(index, bad.get(ds.sessions[day]))
-        if name == "data_train.hdf5":
+        check_labels(
+            index,
+            trials,
+            n_classes=ds.n_classes,
+            patch_size=m.patch_size,
+            patch_stride=m.patch_stride,
+            max_cut=cut if is_train else 0,
+        )
+        if is_train:
             src.train_files.append(f)
             src.train_trials.append(trials)
         else:
@@ -191,10 +204,10 @@ class TrainBatches(Dataset):
             rng, self.src.train_files, self.src.train_trials, self.days, self.batch_size, self.must
         )
 
-    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor] | Failed:
         if not 0 <= k < len(self):
             raise IndexError(k)
-        return self.src.batch(self.plan(self.start + k))
+        return _batch_or_failure(self.src, self.plan(self.start + k))
 
 
 class ValBatches(Dataset):
@@ -207,16 +220,53 @@ class ValBatches(Dataset):
     def __len__(self) -> int:
         return len(self.plans)
 
-    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        return self.src.batch(self.plans[k])
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor] | Failed:
+        return _batch_or_failure(self.src, self.plans[k])
 
 
-def _loader(dataset: Dataset, cfg: TrainConfig) -> DataLoader:
+@dataclass
+class Failed:
+    """An expected failure reading a batch, carried out of the DataLoader worker as a value:
+    raised there, torch would re-raise it in the trainer as a message holding the worker's
+    traceback, and the user would see a traceback instead of one line."""
+
+    error: ToolkitError
+
+
+def _batch_or_failure(src: DataSource, plan: list[tuple[int, int]]) -> dict[str, torch.Tensor] | Failed:
+    try:
+        return src.batch(plan)
+    except ToolkitError as e:
+        return Failed(e)
+
+
+class Batches:
+    """The DataLoader, re-raising a worker's expected failure as itself (one line)."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        # iter(loader) now, not at the first next(): starting the loader draws a seed from torch's
+        # RNG, which the trainer keeps off its stream (fork_rng around this call) for exact resume.
+        return (_raise_failed(item) for item in iter(self.loader))
+
+
+def _raise_failed(item):
+    if isinstance(item, Failed):
+        raise item.error
+    return item
+
+
+def _loader(dataset: Dataset, cfg: TrainConfig) -> Batches:
     # Pinned (page-locked) batches on CUDA: the trainer's non_blocking copies to the GPU then
     # really run asynchronously; from pageable memory they are synchronous.
     pin = cfg.device != "cpu" and torch.cuda.is_available()
     workers = max(0, cfg.dataset.num_dataloader_workers)
-    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin)
+    return Batches(DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin))
 
 
 def build_train_loader(

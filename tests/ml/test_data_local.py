@@ -169,9 +169,9 @@ def test_loader_pins_batches_only_on_cuda(synthetic_data, tmp_path):
     there is nothing to pin for."""
     cpu = data_cfg(synthetic_data, tmp_path / "idx")
     cpu.device = "cpu"
-    assert build_train_loader(cpu).pin_memory is False
+    assert build_train_loader(cpu).loader.pin_memory is False
     auto = data_cfg(synthetic_data, tmp_path / "idx")
-    assert build_train_loader(auto).pin_memory is torch.cuda.is_available()
+    assert build_train_loader(auto).loader.pin_memory is torch.cuda.is_available()
 
 
 @pytest.mark.gpu
