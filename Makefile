@@ -96,3 +96,8 @@ aws-tensorboard: ## TensorBoard on the run's outputs, forwarded (RUN=, LOCAL_POR
 	$(FAB) tensorboard $(FABARGS) $(if $(RUN),--run $(RUN)) $(if $(LOCAL_PORT),--local-port $(LOCAL_PORT))
 aws-jupyter: ## JupyterLab in the code folder with the run venv, forwarded (LOCAL_PORT=)
 	$(FAB) jupyter $(FABARGS) $(if $(LOCAL_PORT),--local-port $(LOCAL_PORT))
+.PHONY: aws-data-push aws-data-ls
+aws-data-push: ## upload a dataset folder to S3, skipping what is there (SRC=DIR DEST=s3://bucket/prefix)
+	$(FAB) data-push --src $(SRC) --dest $(DEST) --config $(CONFIG)
+aws-data-ls: ## show a dataset in S3: sessions, files, sizes, what is missing (DEST=s3://bucket/prefix)
+	$(FAB) data-ls $(DEST) --config $(CONFIG)
