@@ -77,6 +77,13 @@ def submit(
     poll_s: float = 5.0,
 ) -> Submitted:
     checkpoint_dir = require_s3(plan)
+    if cfg.volume_name:
+        # A volume lives in one zone and attaches to one instance over SSH from the laptop; the
+        # group's instances come and go in any zone with no laptop.
+        raise ConfigError(
+            "detached runs cannot attach a workspace volume; unset volume_name (--set volume_name=null) "
+            "and keep what must outlive the instances in S3"
+        )
     root = detached.root_for(checkpoint_dir, name)
     if instance_profile:
         cfg = dataclasses.replace(cfg, iam_instance_profile=instance_profile)
