@@ -117,6 +117,14 @@ def wrap(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Modu
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
 
+def barrier(d: Dist) -> None:
+    """Wait for every rank (on the private group). Called once at the end of a run, so that no rank
+    exits while rank 0 is still writing or uploading the checkpoint: torchrun's agent stops the
+    remaining workers (SIGTERM, then SIGKILL after its shutdown timeout) as soon as one exits."""
+    if d.enabled:
+        dist.barrier(group=_control)
+
+
 def any_true(flag: bool, d: Dist) -> bool:
     """True on every rank when it is true on any rank (a stop signal seen by one rank)."""
     if not d.enabled:

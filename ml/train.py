@@ -30,7 +30,7 @@ import torch
 from common.config import save_config
 from common.errors import ConfigError, ToolkitError
 from common.s3uri import is_s3
-from ml import checkpoint, distributed
+from ml import checkpoint, distributed, stopping
 from ml.augment import transform_batch
 from ml.checkpoint import ARGS, BEST, LAST, REFERENCE_BEST
 from ml.ckpt_store import CheckpointStore
@@ -103,7 +103,10 @@ def train(cfg: TrainConfig) -> int:
     stop = StopFlag().install()
     distributed.init(d, device)
     try:
-        return _train(cfg, d, device, stop)
+        code = _train(cfg, d, device, stop)
+        stopping.report_exit(code)  # for the notice watcher; see ml/stopping.py
+        distributed.barrier(d)  # no rank leaves before rank 0's checkpoint is written
+        return code
     finally:
         stop.uninstall()
         distributed.shutdown(d)

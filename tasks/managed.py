@@ -12,7 +12,7 @@ from common.errors import ToolkitError
 from ec2.journey import Journey, Plan, report, stdin_asker
 from ec2.remote.trainrun import TRAINER_SIGNAL, train_command, train_env
 from tasks.edge import aws_config, edge, machine_name
-from tasks.remote import DEFAULT_TRAIN_CONFIG
+from tasks.remote import DEFAULT_TRAIN_CONFIG, gpus_option
 
 
 def _say(line: str) -> None:
@@ -35,6 +35,7 @@ def run(
     download_every=600.0,
     setup_python=None,
     no_gpu=False,
+    gpus=None,
     dest=None,
     config=None,
     set_=None,
@@ -72,6 +73,9 @@ def run(
         keep=bool(keep),
         setup_python=setup_python,
         require_gpu=not no_gpu,
+        train_config=train_config,
+        overrides=overrides,
+        gpus=gpus_option(gpus),
     )
     journey = Journey(cfg, name, plan, out=_say, ask=stdin_asker(), outputs=Path(dest) if dest else None)
     try:

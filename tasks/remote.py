@@ -60,6 +60,15 @@ def _local_output_dir(train_config: str, overrides: list[str]) -> str | None:
     return load_train_config(train_config, overrides).output_dir
 
 
+def gpus_option(gpus) -> int | None:
+    if gpus is None:
+        return None
+    try:
+        return int(gpus)
+    except ValueError:
+        raise ToolkitError(f"--gpus {gpus!r} is not a number; give a GPU count such as --gpus 2") from None
+
+
 def _checkpoint_dir(train_config: str, overrides: list[str]) -> str | None:
     if not Path(train_config).exists():
         return None
@@ -153,21 +162,26 @@ def train(
     force=False,
     data_uri=None,
     no_watch=False,
+    gpus=None,
     config=None,
     set_=None,
 ):
-    """Start training (or --cmd) in tmux on the machine; output teed to runs/RUN/log."""
+    """Start training (or --cmd) in tmux, one process per GPU (--gpus N); output teed to runs/RUN/log."""
     m = _machine(name, config, set_)
     overrides = shlex.split(args or "")
     if data_uri:
         overrides.append(f"dataset.dataset_dir={data_uri}")
+    procs = None
     if cmd:
         command, output_dir, watcher_args = cmd, None, []
     else:
-        command = train_command(m.record.remote_dir, train_config, overrides)
+        procs = gpu_summary.processes_for(gpu_summary.count_gpus(m), gpus_option(gpus))
+        command = train_command(m.record.remote_dir, train_config, overrides, procs)
         output_dir = _local_output_dir(train_config, overrides)
         backup_uri = aws_config(config, set_).checkpoint_backup_uri
-        watcher_args = watcher_args_for(TRAINER_SIGNAL, _checkpoint_dir(train_config, overrides), backup_uri)
+        watcher_args = watcher_args_for(
+            TRAINER_SIGNAL, _checkpoint_dir(train_config, overrides), backup_uri, ranks=procs
+        )
     env = train_env(_region(m, config, set_), data_uri)
     rdir = runs.start_run(
         m,
@@ -178,8 +192,10 @@ def train(
         watch=not no_watch,
         watcher_args=watcher_args,
         output_dir=output_dir,
+        gpus=procs,
     )
-    print(f"started run {run!r} on {m.name} (log: {rdir}/log); follow with `fab logs --name {m.name}`")
+    on = f" on {procs} GPUs (torchrun)" if procs and procs > 1 else ""
+    print(f"started run {run!r} on {m.name}{on} (log: {rdir}/log); follow with `fab logs --name {m.name}`")
 
 
 @task(iterable=["set_"])

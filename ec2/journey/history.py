@@ -43,6 +43,7 @@ class Attempt:
     resumed_step: int | None = None  # "resumed from ... at step N" (None: started fresh)
     cost_usd: float | None = None
     seconds_notice_to_safe: float | None = None
+    gpus: int | None = None  # GPUs the trainer ran on (one process each); 0: the CPU
 
     @property
     def seconds(self) -> float | None:

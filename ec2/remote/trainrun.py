@@ -26,10 +26,13 @@ def setup_command(remote_dir: str, python: str | None = None, require_gpu: bool 
     return f"{env}bash {script} {quote_path(remote_dir)}"
 
 
-def train_command(remote_dir: str, train_config: str, overrides: list[str]) -> str:
-    """`python -m ml.train --config CONFIG [overrides]` with the machine's venv python."""
+def train_command(remote_dir: str, train_config: str, overrides: list[str], procs: int = 1) -> str:
+    """`python -m ml.train --config CONFIG [overrides]` with the machine's venv python; with
+    `procs` > 1, the same under torchrun, one rank per GPU (`python -m torch.distributed.run` is
+    torchrun itself, run by the venv's python, which sees the AMI's torch)."""
     python = quote_path(venv_python(remote_dir))
-    return f"{python} -m ml.train --config {shlex.quote(train_config)}" + "".join(
+    launcher = "" if procs <= 1 else f"-m torch.distributed.run --standalone --nproc_per_node {int(procs)} "
+    return f"{python} {launcher}-m ml.train --config {shlex.quote(train_config)}" + "".join(
         f" {shlex.quote(o)}" for o in overrides
     )
 
@@ -46,12 +49,20 @@ def train_env(region: str | None, data_uri: str | None) -> dict[str, str]:
 
 
 def watcher_args(
-    signal: str, checkpoint_dir: str | None, backup_uri: str | None, poll_s: float | None = None
+    signal: str,
+    checkpoint_dir: str | None,
+    backup_uri: str | None,
+    poll_s: float | None = None,
+    ranks: int = 1,
 ) -> list[str]:
     """The notice watcher's arguments: the signal for the command, how often to ask IMDS, where
     the checkpoints go (so its `preempted` record says whether they are in S3) and, for a local
-    checkpoint folder, where to copy it on a notice (checkpoint_backup_uri)."""
+    checkpoint folder, where to copy it on a notice (checkpoint_backup_uri). Under torchrun
+    (`ranks` > 1 on this machine) the watcher signals the ranks themselves, not torchrun's agent,
+    and reads the run's exit from theirs (see ec2/remote/spot_watch.py)."""
     args = ["--signal", signal]
+    if ranks > 1:
+        args += ["--ranks", str(int(ranks))]
     if poll_s is not None:
         args += ["--poll", f"{poll_s:g}"]
     if checkpoint_dir:
