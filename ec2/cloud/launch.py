@@ -144,8 +144,8 @@ def choices_for(ec2, cfg: AwsConfig, region: str, exclude=frozenset(), out=print
 
 def try_choices(
     ec2, cfg: AwsConfig, choices: list[Choice], params_for: Callable[[Choice], dict], out=print
-) -> tuple[str, Choice]:
-    """run_instances on each choice in order until one launches: (instance id, choice).
+) -> tuple[list[str], Choice]:
+    """run_instances on each choice in order until one launches: (instance ids, choice).
 
     Capacity refusals move on; quota and price refusals stop (or, with spot-then-on-demand, skip
     the remaining spot choices); anything else stops with its AWS code."""
@@ -173,7 +173,7 @@ def try_choices(
             raise translate(e, f"launching {choice.describe()}") from None
         except botocore.exceptions.BotoCoreError as e:
             raise translate(e, f"launching {choice.describe()}") from None
-        return response["Instances"][0]["InstanceId"], choice
+        return [i["InstanceId"] for i in response["Instances"]], choice
     codes = ", ".join(sorted(set(refused))) or "none tried"
     raise CapacityError(
         f"no capacity for {', '.join(cfg.instance_types)} after {len(refused)} attempt(s) ({codes}); "
@@ -213,6 +213,7 @@ def make_record(cfg: AwsConfig, info: instances.InstanceInfo, region: str, key_p
         launched_at=info.launched_at.isoformat() if info.launched_at else None,
         proxy_command=cfg.ssh_proxy_command,
         remote_dir=cfg.remote_dir,
+        private_ip=info.private_ip,
     )
 
 
@@ -265,7 +266,7 @@ def launch(
     key_path = keys.ensure_key_pair(ec2, cfg.key_name, owner, cfg.import_public_key)
     group_id = network.ensure_group(ec2, cfg, cidr, owner)
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    instance_id, choice = try_choices(
+    (instance_id,), choice = try_choices(
         ec2, cfg, choices, lambda c: run_params(cfg, name, owner, ami, group_id, c, created), out
     )
     out(f"launched {instance_id}: {choice.describe()}")
