@@ -134,6 +134,12 @@ def any_true(flag: bool, d: Dist) -> bool:
     return bool(t.item())
 
 
+def from_node_leader(obj: Any, d: Dist) -> Any:
+    """The ``obj`` of this machine's first rank (local rank 0), on each of the machine's ranks.
+    torchrun numbers ranks node by node, so that rank is ``rank - local_rank``."""
+    return gather(obj, d)[d.rank - d.local_rank]
+
+
 def gather(obj: Any, d: Dist) -> list[Any]:
     """Every rank's ``obj``, in rank order, on every rank."""
     if not d.enabled:

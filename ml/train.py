@@ -74,17 +74,18 @@ def find_start(cfg: TrainConfig, store: CheckpointStore, d: distributed.Dist) ->
             )
         return None, ""
     if cfg.resume == "auto":
-        # Rank 0 fetches (it may download from S3); the others read the same local file.
-        local = store.fetch_last() if d.is_main else None
-        local = distributed.gather(str(local) if local else None, d)[0]
+        # The first rank of each machine fetches (it may download from S3); the machine's other
+        # ranks read the same local file (a path on another node would not exist here).
+        local = store.fetch_last() if d.local_rank == 0 else None
+        local = distributed.from_node_leader(str(local) if local else None, d)
         source = store.where(LAST)
     else:
         source = cfg.resume
         if is_s3(source):
             parent, _, name = source.rpartition("/")
             side = CheckpointStore(parent, Path(cfg.output_dir) / ".checkpoint_staging")
-            local = str(side.fetch(name)) if d.is_main else None
-            local = distributed.gather(local, d)[0]
+            local = str(side.fetch(name)) if d.local_rank == 0 else None
+            local = distributed.from_node_leader(local, d)
         else:
             local = source
     if local is None:

@@ -61,7 +61,8 @@ class Plan:
 
 
 def watcher_args(plan: Plan, backup_uri: str | None, procs: int = 1) -> list[str]:
-    return trainrun.watcher_args(plan.signal, plan.checkpoint_dir, backup_uri, plan.imds_poll_s, ranks=procs)
+    ranks = procs if trainrun.uses_torchrun(procs) else 0
+    return trainrun.watcher_args(plan.signal, plan.checkpoint_dir, backup_uri, plan.imds_poll_s, ranks=ranks)
 
 
 def provision(

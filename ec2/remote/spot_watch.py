@@ -81,7 +81,7 @@ class Watcher:
         self.child: subprocess.Popen | None = None
         self.imds_down = False
         self.rebalance_seen = False
-        self.ranks_dir = self.run_dir / "ranks" if args.ranks > 1 else None
+        self.ranks_dir = self.run_dir / "ranks" if args.ranks > 0 else None
         self.signalled: dict[int, int] = {}  # rank -> pid, the ranks sent the stop signal
 
     # --- the child -------------------------------------------------------------------------------
@@ -329,7 +329,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--ranks",
         type=int,
-        default=1,
+        default=0,
         help="the command is torchrun with N ranks on this machine: signal the ranks, read their exit",
     )
     p.add_argument("--imds-url", default=None, help="metadata address (default $SPOTRUN_IMDS_URL)")

@@ -70,3 +70,17 @@ def test_summary_shows_each_attempts_gpus():
     b = history.Attempt(2, "i-2", "c5.large", "us-east-1a", "spot", outcome="finished", gpus=0)
     lines = report.summary(history.RunHistory(name="job", status="finished", attempts=[a, b])).splitlines()
     assert "g5.12xlarge (4 GPUs)" in lines[1] and "c5.large (CPU)" in lines[2]
+
+
+def test_torchrun_across_nodes_meets_at_node_0():
+    from ec2.remote.trainrun import Rendezvous
+
+    rdzv = Rendezvous(nodes=2, host="10.0.1.5", run_id="job-train", node=1)
+    cmd = train_command("~/spotrun", "configs/demo.yaml", ["seed=1"], 4, rdzv)
+    assert cmd == (
+        '"$HOME"/spotrun/venv/bin/python -m torch.distributed.run --nnodes 2 --nproc_per_node 4 '
+        "--rdzv_backend c10d --rdzv_endpoint 10.0.1.5:29400 --rdzv_id job-train --rdzv_conf is_host=0 "
+        "--max_restarts 0 -m ml.train --config configs/demo.yaml seed=1"
+    )
+    node0 = train_command("~/spotrun", "c.yaml", [], 1, Rendezvous(2, "10.0.1.5", "job-train", 0))
+    assert "--nproc_per_node 1" in node0 and "is_host=1" in node0
