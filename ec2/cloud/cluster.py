@@ -23,6 +23,7 @@ from common import aws
 from common.aws import aws_errors
 from ec2.cloud import account, instances, keys, network
 from ec2.cloud.ami import resolve_ami
+from ec2.cloud.capacity import Choice
 from ec2.cloud.launch import (
     RUNNING_DELAY_S,
     check_name,
@@ -215,10 +216,13 @@ class Made:
                 self.ec2.delete_security_group(GroupId=self.members_group)
         if problems:
             raise ToolkitError("; ".join(problems) + ": terminate them in the EC2 console")
-        self.out("terminated the cluster's instances and removed its placement group and security group")
+        removed = " and removed its placement group and members' group" if self.placement else ""
+        self.out(f"terminated {', '.join(self.ids) or 'nothing (none had started)'}{removed}")
 
 
-def _bring_up(cfg: AwsConfig, made: Made, region: str, key_path: str, wait_ssh: bool) -> list[MachineRecord]:
+def _bring_up(
+    cfg: AwsConfig, made: Made, region: str, key_path: str, wait_ssh: bool, first_node: int = 0
+) -> list[MachineRecord]:
     """All members running, named NAME-K by launch order, registered, and (wait_ssh) answering SSH."""
     ec2, out = made.ec2, made.out
     out(f"waiting for {len(made.ids)} instances to be running (up to {cfg.running_timeout_s:g} s)")
@@ -226,7 +230,7 @@ def _bring_up(cfg: AwsConfig, made: Made, region: str, key_path: str, wait_ssh: 
         ec2, "instance_running", made.ids, delay_s=RUNNING_DELAY_S, budget_s=cfg.running_timeout_s
     )
     records = []
-    for node, (iid, member) in enumerate(zip(made.ids, made.names, strict=True)):
+    for node, (iid, member) in enumerate(zip(made.ids, made.names, strict=True), first_node):
         with aws_errors(f"naming {iid} {member}"):
             ec2.create_tags(
                 Resources=[iid],
@@ -247,7 +251,7 @@ def _bring_up(cfg: AwsConfig, made: Made, region: str, key_path: str, wait_ssh: 
         sshconfig.write_entry(record)
         records.append(record)
     zones = {r.zone for r in records}
-    if len(zones) != 1:
+    if len(zones) > 1:
         raise AwsError(
             f"the cluster's members landed in {', '.join(sorted(zones))}, not one zone", "SplitZones"
         )
@@ -274,3 +278,49 @@ def remove_shared(ec2, cfg: AwsConfig, name: str) -> None:
     if group is not None:
         with aws_errors(f"deleting security group {group['GroupId']}", tolerate={"InvalidGroup.NotFound"}):
             ec2.delete_security_group(GroupId=group["GroupId"])
+
+
+def launch_replacement(
+    cfg: AwsConfig, name: str, node: int, survivor: MachineRecord, out=print
+) -> MachineRecord:
+    """One new member for node `node` of cluster `name` after a spot interruption: the survivors'
+    type and zone, the same placement group and members' group, so the cluster keeps its fast
+    network. No capacity there raises CapacityError: the caller then relaunches the whole cluster
+    elsewhere (a cluster placement group cannot span zones). A replacement that never runs or never
+    answers SSH is terminated before the error is shown."""
+    region = survivor.region or account.resolve_region(cfg)
+    owner = account.caller_arn(region, cfg.profile)
+    ec2 = aws.client("ec2", region, cfg.profile)
+    member = member_names(name, node + 1)[node]
+    ami = resolve_ami(cfg, ec2, aws.client("ssm", region, cfg.profile))
+    ssh_group = network.ensure_group(ec2, cfg, network.ssh_cidr(cfg), owner)
+    group = network.find_group(ec2, members_group_name(cfg, name), network.vpc_id(ec2, cfg))
+    if group is None:
+        raise ToolkitError(
+            f"cluster {name} has no members' security group; relaunch it with `fab launch --nodes`"
+        )
+    choice = Choice(survivor.instance_type, survivor.zone, survivor.market or "spot", None)
+    created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    base = run_params(cfg, member, owner, ami, ssh_group, choice, created)
+    base["TagSpecifications"] = [
+        {
+            **spec,
+            "Tags": [
+                *spec["Tags"],
+                {"Key": CLUSTER_TAG, "Value": name},
+                {"Key": NODE_TAG, "Value": str(node)},
+            ],
+        }
+        for spec in base["TagSpecifications"]
+    ]
+    efa = efa_supported(ec2, choice.instance_type)
+    params = cluster_params(base, 1, placement_group_name(name), group["GroupId"], efa)
+    out(f"replacing node {node} of {name}: {choice.describe()}, placement group {placement_group_name(name)}")
+    made = Made(ec2, name, [member], out)
+    made.ids, _ = try_choices(ec2, cfg, [choice], lambda c: params, out)
+    try:
+        records = _bring_up(cfg, made, region, survivor.key_path, wait_ssh=True, first_node=node)
+    except (ToolkitError, KeyboardInterrupt):
+        made.undo()  # only the replacement: the placement group and members' group are the cluster's
+        raise
+    return records[0]

@@ -250,3 +250,37 @@ def test_fab_launch_nodes_then_fab_terminate_leaves_nothing(
     lifecycle.terminate(c, name="job", yes=True, set_=sets)
     assert "removed cluster job's placement group" in capsys.readouterr().out
     _nothing_left(ec2_client, placement_groups)
+
+
+def test_a_lost_node_is_replaced_in_the_same_zone_and_placement_group(
+    home, ec2_client, placement_groups, dlami, refusing, capsys
+):
+    cfg = config("instance_types=[g5.12xlarge]", "zones=[us-east-1a, us-east-1b]", "ssh_ready_timeout_s=1")
+    records = cluster.launch_cluster(cfg, "job", 2, wait_ssh=False)
+    lost = records[1]
+    instances.terminate_instances(ec2_client, [lost.instance_id])  # the spot interruption
+    # No capacity in that zone for the replacement: CapacityError, nothing new left running, the
+    # cluster's shared parts kept for the caller's decision (relaunch all elsewhere).
+    refuse = ["InsufficientInstanceCapacity"]
+    refusing(lambda a: refuse[0])
+    with pytest.raises(CapacityError):
+        cluster.launch_replacement(cfg, "job", 1, records[0])
+    assert [i["InstanceId"] for i in _live(ec2_client)] == [records[0].instance_id]
+    assert "spotrun-job" in placement_groups.groups
+    # With capacity: same type, zone and placement group, named and tagged as node 1. (moto's
+    # instances answer no SSH, so the wait fails and the replacement is terminated: that path too.)
+    refuse[0] = None
+    with pytest.raises(ConnectionLost):
+        cluster.launch_replacement(
+            config("instance_types=[g5.12xlarge]", "ssh_proxy_command='true %h %p'", "ssh_ready_timeout_s=1"),
+            "job",
+            1,
+            records[0],
+        )
+    sent = placement_groups.run_requests[-1]
+    assert (sent["MinCount"], sent["Placement.GroupName"], sent["Placement.AvailabilityZone"]) == (
+        1,
+        "spotrun-job",
+        records[0].zone,
+    )
+    assert [i["InstanceId"] for i in _live(ec2_client)] == [records[0].instance_id]
