@@ -84,3 +84,23 @@ def test_torchrun_across_nodes_meets_at_node_0():
     )
     node0 = train_command("~/spotrun", "c.yaml", [], 1, Rendezvous(2, "10.0.1.5", "job-train", 0))
     assert "--nproc_per_node 1" in node0 and "is_host=1" in node0
+
+
+def test_a_multi_node_run_needs_s3_checkpoints_and_its_members(monkeypatch, capfd, tmp_path):
+    from pathlib import Path
+
+    from invoke import Context
+    from invoke.exceptions import Exit
+
+    from tasks import remote as t
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    monkeypatch.setenv("SPOTRUN_HOME", str(tmp_path))
+    c = Context()
+    with pytest.raises(Exit):
+        t.train(c, name="job", nodes=2, train_config="configs/demo.yaml", args="checkpoint_dir=ckpt")
+    assert capfd.readouterr().err.startswith("error: a multi-node run keeps its checkpoints in S3")
+    with pytest.raises(Exit):
+        t.train(c, name="job", nodes=2, train_config="configs/demo.yaml", args="checkpoint_dir=s3://b/c")
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no machine named job-0, job-1 in the registry")
