@@ -22,7 +22,7 @@ from ec2.remote import nodes, runs
 from ec2.remote.carry import laptop_checkpoint, restore_checkpoint
 from ec2.remote.ssh import Machine, close_master
 from ec2.remote.sync import download_outputs, sync_code
-from ec2.remote.trainrun import RDZV_PORT, TRAINER_SIGNAL, Rendezvous, setup_command, train_command, train_env
+from ec2.remote.trainrun import RDZV_PORT, TRAINER_SIGNAL, setup_command, train_command, train_env
 from ec2.remote.trainrun import watcher_args as watcher_args_for
 from ml.config import load_train_config
 from tasks.edge import aws_config, edge, machine_name
@@ -241,31 +241,20 @@ def _train_nodes(
             f"them); set checkpoint_dir=s3://bucket/prefix (now {ckpt or 'unknown'})"
         )
     machines = [Machine(r) for r in nodes.members(name, count)]
-    counts = nodes.on_each(machines, gpu_summary.count_gpus)
-    if len(set(counts)) != 1:
-        listing = ", ".join(f"{m.name} {n}" for m, n in zip(machines, counts, strict=True))
-        raise ToolkitError(f"the nodes have different GPU counts ({listing}); use one instance type for all")
-    procs = gpu_summary.processes_for(counts[0], gpus_option(gpus))
+    procs = nodes.start_training(
+        machines,
+        run,
+        train_config,
+        overrides,
+        gpus=gpus_option(gpus),
+        rendezvous_id=f"{name}-{run}",
+        port=int(port),
+        env=train_env(_region(machines[0], config, set_), data_uri),
+        watcher_args=lambda procs: watcher_args_for(TRAINER_SIGNAL, ckpt, None, ranks=procs),
+        output_dir=_local_output_dir(train_config, overrides),
+        force=force,
+    )
     host = nodes.rendezvous_host(machines[0].record)
-    output_dir = _local_output_dir(train_config, overrides)
-    watcher_args = watcher_args_for(TRAINER_SIGNAL, ckpt, None, ranks=procs)
-    env = train_env(_region(machines[0], config, set_), data_uri)
-
-    def start(m: Machine) -> str:
-        rdzv = Rendezvous(count, host, f"{name}-{run}", machines.index(m), int(port))
-        command = train_command(m.record.remote_dir, train_config, overrides, procs, rdzv)
-        return runs.start_run(
-            m,
-            run,
-            command,
-            force=force,
-            env=env,
-            watcher_args=watcher_args,
-            output_dir=output_dir,
-            gpus=procs,
-        )
-
-    nodes.on_each(machines, start)
     print(
         f"started run {run!r} on {count} nodes x {procs} process(es) ({', '.join(m.name for m in machines)}; "
         f"rendezvous {host}:{port}); follow with `fab logs --name {name} --node K`"

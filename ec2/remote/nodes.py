@@ -14,7 +14,9 @@ from typing import TypeVar
 from ec2 import registry
 from ec2.errors import ToolkitError
 from ec2.registry import MachineRecord
+from ec2.remote import gpu, runs
 from ec2.remote.ssh import Machine
+from ec2.remote.trainrun import Rendezvous, train_command
 
 T = TypeVar("T")
 
@@ -53,3 +55,55 @@ def on_each(machines: list[Machine], work: Callable[[Machine], T]) -> list[T]:
                 raise ToolkitError(f"{m.name}: {e}") from None
             raise e
         return [f.result() for f in futures]
+
+
+def start_training(
+    machines: list[Machine],
+    run: str,
+    train_config: str,
+    overrides: list[str],
+    *,
+    gpus: int | None,
+    rendezvous_id: str,
+    port: int,
+    env: dict[str, str],
+    watcher_args: Callable[[int], list[str]],
+    output_dir: str | None,
+    force: bool,
+) -> int:
+    """torchrun on every node (c10d rendezvous at node 0), each in its own notice watcher; the
+    processes per node. When a node cannot start, the runs already started are stopped: they would
+    wait for it in the rendezvous until its timeout."""
+    counts = on_each(machines, gpu.count_gpus)
+    if len(set(counts)) != 1:
+        listing = ", ".join(f"{m.name} {n}" for m, n in zip(machines, counts, strict=True))
+        raise ToolkitError(f"the nodes have different GPU counts ({listing}); use one instance type for all")
+    procs = gpu.processes_for(counts[0], gpus)
+    host = rendezvous_host(machines[0].record)
+    started: list[Machine] = []
+
+    def start(m: Machine) -> None:
+        rdzv = Rendezvous(len(machines), host, rendezvous_id, machines.index(m), port)
+        command = train_command(m.record.remote_dir, train_config, overrides, procs, rdzv)
+        runs.start_run(
+            m,
+            run,
+            command,
+            force=force,
+            env=env,
+            watcher_args=watcher_args(procs),
+            output_dir=output_dir,
+            gpus=procs,
+        )
+        started.append(m)
+
+    try:
+        on_each(machines, start)
+    except ToolkitError:
+        for m in started:
+            try:
+                m.run(runs.stop_command(run), check=False, retry=False)
+            except ToolkitError:
+                pass  # unreachable too: its run ends at the rendezvous timeout
+        raise
+    return procs
