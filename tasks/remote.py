@@ -187,6 +187,11 @@ def train(
     set_=None,
 ):
     """Start training (or --cmd) in tmux, one process per GPU (--gpus N); output teed to runs/RUN/log."""
+    if cmd and data_uri:
+        raise ToolkitError(
+            "--data-uri sets the trainer's dataset.dataset_dir; a --cmd command takes its data "
+            "location in its own arguments"
+        )
     overrides = shlex.split(args or "")
     if data_uri:
         overrides.append(f"dataset.dataset_dir={data_uri}")
@@ -211,7 +216,7 @@ def train(
             backup_uri,
             ranks=procs if procs > 1 else 0,
         )
-    env = train_env(_region(m, config, set_), data_uri)
+    env = train_env(_region(m, config, set_))
     rdir = runs.start_run(
         m,
         run,
@@ -249,7 +254,7 @@ def _train_nodes(
         gpus=gpus_option(gpus),
         rendezvous_id=f"{name}-{run}",
         port=int(port),
-        env=train_env(_region(machines[0], config, set_), data_uri),
+        env=train_env(_region(machines[0], config, set_)),
         watcher_args=lambda procs: watcher_args_for(TRAINER_SIGNAL, ckpt, None, ranks=procs),
         output_dir=_local_output_dir(train_config, overrides),
         force=force,
