@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from common.config import ConfigError, load_config
+from ec2.cloud import s3scope
 
 DEFAULT_CONFIG = Path("configs/aws.yaml")
 
@@ -27,7 +28,9 @@ class AwsConfig:
     max_price: float | None = None
     # "auto": the latest Deep Learning AMI of `ami_flavour`; or an ami-... id.
     ami: str = "auto"
-    ami_flavour: str = "oss-nvidia-driver-gpu-pytorch-2.7-ubuntu-22.04"
+    # "auto": the OSS-driver PyTorch DLAMI with the highest PyTorch on the newest Ubuntu LTS (a
+    # pinned flavour such as oss-nvidia-driver-gpu-pytorch-2.9-ubuntu-24.04 goes stale in months).
+    ami_flavour: str = "auto"
     architecture: Literal["x86_64", "arm64"] = "x86_64"
     # Who may own the image the describe_images fallback picks: "amazon", or "self" / an account id
     # for an organisation's own copies of the DLAMI.
@@ -50,8 +53,13 @@ class AwsConfig:
     security_group_name: str = "spotrun-ssh"
     vpc_id: str | None = None
     subnet_id: str | None = None
-    # Name of an IAM instance profile that grants S3 access (no credentials travel).
-    iam_instance_profile: str | None = None
+    # "auto": spotrun makes a role + instance profile per instance reaching only `s3_access` and
+    # the run's prefixes (ec2.cloud.iam); a name or ARN: use that profile; None: no profile.
+    iam_instance_profile: str | None = "auto"
+    # Prefixes the instance may reach: s3://bucket/prefix (read) or rw:s3://bucket/prefix
+    # (read/write). `fab run` / `fab train` add the run's dataset_dir, checkpoint_dir and
+    # checkpoint_backup_uri themselves.
+    s3_access: list[str] = field(default_factory=list)
     # Hard cost cap: the instance shuts itself down (and so terminates) after this many hours.
     max_hours: float = 12.0
     # Shut down after this many minutes with no tmux session and no SSH login; 0 turns it off.
@@ -78,6 +86,9 @@ class AwsConfig:
             raise ConfigError(f"market {self.market!r}: use spot, on-demand or spot-then-on-demand")
         if self.max_price is not None and self.max_price <= 0:
             raise ConfigError("max_price must be positive, or unset (recommended by AWS)")
+        if self.iam_instance_profile == "":
+            raise ConfigError("iam_instance_profile is empty; use auto, a profile name or ARN, or null")
+        s3scope.from_config(self.s3_access)  # a malformed entry fails now, not at launch
         if self.root_volume_gb < 8:
             raise ConfigError("root_volume_gb must be at least 8 (the Deep Learning AMI needs ~100)")
 

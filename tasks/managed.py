@@ -9,6 +9,8 @@ from pathlib import Path
 from invoke import task
 
 from common.errors import ToolkitError
+from ec2 import doctor
+from ec2.cloud import s3scope
 from ec2.journey import Journey, Plan, report, stdin_asker
 from ec2.remote.rsync_version import local_rsync
 from ec2.remote.trainrun import TRAINER_SIGNAL, train_command
@@ -38,6 +40,7 @@ def run(
     no_gpu=False,
     gpus=None,
     dest=None,
+    no_preflight=False,
     config=None,
     set_=None,
 ):
@@ -77,7 +80,15 @@ def run(
         train_config=train_config,
         overrides=overrides,
         gpus=gpus_option(gpus),
+        s3=tuple(
+            s3scope.for_run(
+                train_cfg.dataset.dataset_dir, train_cfg.checkpoint_dir, cfg.checkpoint_backup_uri
+            )
+        ),
     )
+    if not no_preflight:
+        needs = doctor.needs_for(cfg, train_cfg.dataset.dataset_dir, train_cfg.checkpoint_dir)
+        doctor.preflight(cfg, name, needs, out=_say)
     journey = Journey(cfg, name, plan, out=_say, ask=stdin_asker(), outputs=Path(dest) if dest else None)
     try:
         journey.run()

@@ -28,6 +28,7 @@ from ec2.cloud.launch import (
     RUNNING_DELAY_S,
     check_name,
     choices_for,
+    instance_profile,
     make_record,
     refuse_duplicate,
     run_params,
@@ -133,6 +134,7 @@ def launch_cluster(
     *,
     wait_ssh: bool = True,
     exclude=frozenset(),
+    s3=(),
     out=print,
 ) -> list[MachineRecord]:
     """Launch the N members of cluster `name`; their registry records, node 0 first."""
@@ -150,6 +152,7 @@ def launch_cluster(
     choices = choices_for(ec2, cfg, region, exclude, out)
     cidr = network.ssh_cidr(cfg)
     key_path = keys.ensure_key_pair(ec2, cfg.key_name, owner, cfg.import_public_key)
+    profile = instance_profile(cfg, name, region, owner, s3, out)  # one role for every member
     ssh_group = network.ensure_group(ec2, cfg, cidr, owner)
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     made = Made(ec2, name, names, out)
@@ -164,7 +167,7 @@ def launch_cluster(
                 )
 
         def params_for(choice):
-            base = run_params(cfg, name, owner, ami, ssh_group, choice, created)
+            base = run_params(cfg, name, owner, ami, ssh_group, choice, created, profile)
             base["TagSpecifications"] = [
                 {**spec, "Tags": [*spec["Tags"], {"Key": CLUSTER_TAG, "Value": name}]}
                 for spec in base["TagSpecifications"]
@@ -173,7 +176,15 @@ def launch_cluster(
             return cluster_params(base, nodes, made.placement, made.members_group, efa_here)
 
         out(f"launching {nodes} instances in one zone, in placement group {placement_group_name(name)}")
-        made.ids, choice = try_choices(ec2, cfg, choices, params_for, out)
+        made.ids, choice = try_choices(
+            ec2,
+            cfg,
+            choices,
+            params_for,
+            out,
+            caller_arn=owner,
+            fresh_profile=bool(profile and profile.created),
+        )
         out(
             f"launched {', '.join(made.ids)}: {choice.describe()}"
             + (" with EFA" if efa[choice.instance_type] else "")
@@ -301,7 +312,8 @@ def launch_replacement(
         )
     choice = Choice(survivor.instance_type, survivor.zone, survivor.market or "spot", None)
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    base = run_params(cfg, member, owner, ami, ssh_group, choice, created)
+    profile = instance_profile(cfg, name, region, owner, (), out)  # the cluster's role
+    base = run_params(cfg, member, owner, ami, ssh_group, choice, created, profile)
     base["TagSpecifications"] = [
         {
             **spec,
@@ -317,7 +329,7 @@ def launch_replacement(
     params = cluster_params(base, 1, placement_group_name(name), group["GroupId"], efa)
     out(f"replacing node {node} of {name}: {choice.describe()}, placement group {placement_group_name(name)}")
     made = Made(ec2, name, [member], out)
-    made.ids, _ = try_choices(ec2, cfg, [choice], lambda c: params, out)
+    made.ids, _ = try_choices(ec2, cfg, [choice], lambda c: params, out, caller_arn=owner)
     try:
         records = _bring_up(cfg, made, region, survivor.key_path, wait_ssh=True, first_node=node)
     except (ToolkitError, KeyboardInterrupt):
