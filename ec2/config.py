@@ -76,6 +76,11 @@ class AwsConfig:
     # replacements it launches after interruptions before giving up.
     checkpoint_backup_uri: str | None = None
     max_recoveries: int = 3
+    # A workspace volume that outlives spot instances (ec2/cloud/volumes.py): its name (null: none),
+    # size for its creation, and where it is mounted on the machine.
+    volume_name: str | None = None
+    volume_gb: int = 100
+    volume_mount: str = "~/work"
 
     def __post_init__(self) -> None:
         if not self.instance_types:
@@ -89,6 +94,8 @@ class AwsConfig:
         if self.iam_instance_profile == "":
             raise ConfigError("iam_instance_profile is empty; use auto, a profile name or ARN, or null")
         s3scope.from_config(self.s3_access)  # a malformed entry fails now, not at launch
+        if not 1 <= self.volume_gb <= 16384:
+            raise ConfigError("volume_gb must be between 1 and 16384 (the gp3 limits, in GiB)")
         if self.root_volume_gb < 8:
             raise ConfigError("root_volume_gb must be at least 8 (the Deep Learning AMI needs ~100)")
 

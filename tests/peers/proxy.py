@@ -59,6 +59,20 @@ class CountingProxy:
 
             def _forward(self) -> None:
                 body = self._body()
+                fault = proxy._take_fault(self.command, self.path)
+                if fault is not None:
+                    status, code = fault
+                    xml = (
+                        f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+                        f"<Message>injected by the test proxy</Message></Error>"
+                    ).encode()
+                    proxy._count(f"{self.command} {status}", False, 0)
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(xml)))
+                    self.end_headers()
+                    self.wfile.write(xml)
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 if body or self.command in ("PUT", "POST"):
                     headers["Content-Length"] = str(len(body))
@@ -98,11 +112,29 @@ class CountingProxy:
             self.bytes_out += nbytes
 
     def reset(self) -> None:
-        """Zero the counters."""
+        """Zero the counters (and drop pending faults)."""
         with self._lock:
             self.counts: Counter[str] = Counter()
             self.ranged_gets = 0
             self.bytes_out = 0
+            self._faults: list[tuple[str, int, str]] = []
+
+    def fail_next(
+        self, n: int, status: int = 503, code: str = "SlowDown", method: str = "GET", path_part: str = ""
+    ) -> None:
+        """Answer the next ``n`` ``method`` requests whose path contains ``path_part`` with S3's
+        error document (``status``, ``code``), as S3 does when it throttles; they are counted as
+        e.g. ``counts["GET 503"]``."""
+        with self._lock:
+            self._faults += [(method, path_part, status, code)] * n
+
+    def _take_fault(self, method: str, path: str) -> tuple[int, str] | None:
+        with self._lock:
+            for k, (m, part, status, code) in enumerate(self._faults):
+                if m == method and part in path:
+                    del self._faults[k]
+                    return status, code
+        return None
 
     @property
     def gets(self) -> int:
