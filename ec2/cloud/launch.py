@@ -7,7 +7,6 @@ failure terminates it (unless keep_on_failure) and says so: a failed launch leav
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Set
 from datetime import UTC, datetime
 
@@ -15,26 +14,17 @@ import botocore.exceptions
 
 from common import aws
 from common.aws import aws_errors, error_code, translate
-from ec2 import registry
+from ec2 import names, registry
 from ec2.cloud import account, instances, keys, network, pricing
 from ec2.cloud.ami import Ami, resolve_ami
 from ec2.cloud.capacity import CAPACITY_CODES, QUOTA_NEXT_STEP, Choice, offered_zones, plan
 from ec2.cloud.userdata import build_user_data
 from ec2.config import AwsConfig
-from ec2.errors import AwsError, CapacityError, ConfigError, QuotaError, ToolkitError
+from ec2.errors import AwsError, CapacityError, QuotaError, ToolkitError
 from ec2.registry import MachineRecord
 from ec2.remote import ready, sshconfig
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 RUNNING_DELAY_S = 3
-
-
-def check_name(name: str) -> str:
-    if not NAME.match(name or ""):
-        raise ConfigError(
-            f"instance name {name!r} is not usable; use letters, digits, '.', '_' or '-' (e.g. --name exp1)"
-        )
-    return name
 
 
 def instance_tags(cfg: AwsConfig, name: str, owner: str, created: str) -> list[dict]:
@@ -252,7 +242,7 @@ def launch(
     out=print,
 ) -> MachineRecord:
     """Launch the instance ``name`` and return its registry record (see the module docstring)."""
-    check_name(name)
+    names.instance_name(name)
     region = account.resolve_region(cfg)
     owner = account.caller_arn(region, cfg.profile)  # first: bad credentials fail before anything exists
     ec2 = aws.client("ec2", region, cfg.profile)
