@@ -8,7 +8,7 @@ from pathlib import Path
 
 from invoke import task
 
-from common.errors import ToolkitError
+from common.errors import ConfigError
 from ec2.journey import Journey, Plan, report, stdin_asker
 from tasks.edge import aws_config, edge, machine_name
 from tasks.remote import DEFAULT_TRAIN_CONFIG, TRAINER_SIGNAL, train_command, train_env
@@ -48,7 +48,7 @@ def run(
         overrides.append(f"dataset.dataset_dir={data_uri}")
     train_cfg = load_train_config(train_config, overrides)  # a bad key fails here, not on the instance
     if train_cfg.resume not in ("auto",):
-        raise ToolkitError(
+        raise ConfigError(
             f"fab run resumes after interruptions and needs resume=auto, not "
             f"{train_cfg.resume!r}; drop the resume override"
         )
