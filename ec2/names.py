@@ -91,7 +91,7 @@ SSH_USER = NameRule(
 # A host name or address (IPv4, IPv6, DNS name): the SSH config `HostName` line.
 HOST = NameRule(
     "host",
-    re.compile(r"[A-Za-z0-9][A-Za-z0-9.:_-]{0,252}"),
+    re.compile(r"[A-Za-z0-9:][A-Za-z0-9.:_-]{0,252}"),
     "a DNS name or an IP address",
     "--host 203.0.113.7",
 )
