@@ -7,14 +7,16 @@ terminate logic works on small values that tests can build by hand.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 import botocore.exceptions
 
+from common import aws
 from common.aws import aws_errors
 from ec2 import paths, registry
-from ec2.errors import AwsError
+from ec2.errors import AwsError, InstanceGone
 
 NAME_TAG = "spotrun:name"
 OWNER_TAG = "spotrun:owner"
@@ -117,6 +119,30 @@ def describe_instance(ec2, instance_id: str) -> InstanceInfo | None:
         found = [raw for r in pages for raw in r["Instances"]]
         return from_boto(found[0]) if found else None
     return None
+
+
+def gone_check(record, profile: str | None = None) -> Callable[[], None]:
+    """For Machine(still_there=...): after a dropped connection, ask AWS whether a launched
+    instance still runs; if it is shutting down, terminated or unknown (a spot interruption, the
+    max_hours cap, someone else), drop its local entries and raise InstanceGone: one line instead of
+    a minute of retries ending in "cannot reach". Adopted machines are never asked about."""
+
+    def check() -> None:
+        if record.adopted or not record.region:
+            return
+        info = describe_instance(aws.client("ec2", record.region, profile), record.instance_id)
+        if info is not None and info.state in ("pending", "running"):
+            return
+        state = info.state if info is not None else "gone"
+        forget_local(record.name)
+        raise InstanceGone(
+            f"{record.name} ({record.instance_id}) is {state}: AWS ended it (a spot interruption, the "
+            f"max_hours cap, or someone terminated it); its registry and ssh config entries are removed. "
+            f"`fab launch --name {record.name}` for a new one (`fab sync` then brings back the last "
+            "downloaded checkpoint)"
+        )
+
+    return check
 
 
 def wait_for(ec2, waiter_name: str, instance_ids: list[str], *, delay_s: float, budget_s: float) -> None:

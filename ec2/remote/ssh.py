@@ -18,6 +18,7 @@ import os
 import shlex
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ec2 import paths
@@ -155,11 +156,20 @@ class Machine:
         attempts: int | None = None,
         backoff_s: float | None = None,
         control: bool = True,
+        still_there: Callable[[], None] | None = None,
     ):
         self.record = record
         self.attempts = attempts if attempts is not None else _default_attempts()
         self.backoff_s = backoff_s if backoff_s is not None else _default_backoff()
         self.control = control
+        # Asked after a dropped connection, before retrying: raises (e.g. InstanceGone) when the
+        # machine is known to be gone, so a terminated instance is not retried for a minute and
+        # then blamed on the network. The SSH layer knows nothing of AWS; tasks supply it.
+        self.still_there = still_there
+
+    def check_still_there(self) -> None:
+        if self.still_there is not None:
+            self.still_there()
 
     @property
     def name(self) -> str:
@@ -207,6 +217,7 @@ class Machine:
                     raise RemoteCommandFailed(proc.returncode, command[:200], proc.stderr)
                 return Result(proc.returncode, proc.stdout, proc.stderr)
             stderr = proc.stderr
+            self.check_still_there()
             if attempt < len(delays):
                 time.sleep(delays[attempt])
         raise self.lost("a command", stderr)
@@ -214,7 +225,10 @@ class Machine:
     def stream(self, command: str, *, tty: bool = False) -> int:
         """Run with the terminal attached (stdout/stderr pass straight through); its exit code."""
         prepare_local(self.record)
-        return subprocess.run(self.argv(command, tty=tty)).returncode
+        code = subprocess.run(self.argv(command, tty=tty)).returncode
+        if code == SSH_CONNECTION_ERROR:
+            self.check_still_there()
+        return code
 
     def exec_interactive(self, command: str | None = None) -> None:
         """Replace this process with an interactive `ssh -t` (a shell, or tmux attach)."""

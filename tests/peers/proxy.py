@@ -10,6 +10,10 @@ answers instantly). It forwards the Host header untouched, so SigV4 signatures s
         ...
         proxy.counts["GET"], proxy.ranged_gets, proxy.bytes_out
 
+It can also answer like an S3 that is struggling, for a while: ``proxy.inject(6, 503, "SlowDown")``
+makes the next 6 requests (or every ``every``-th request until 6 were served) get S3's documented
+XML error body with that status and code instead of reaching moto; ``proxy.injected`` counts them.
+
 Fixture: ``s3_proxy`` (needs ``aws_env``): a proxy in front of the test's moto server with
 AWS_ENDPOINT_URL pointed at it.
 """
@@ -59,6 +63,10 @@ class CountingProxy:
 
             def _forward(self) -> None:
                 body = self._body()
+                failure = proxy._take_failure()
+                if failure is not None:
+                    self._fail(*failure)
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 if body or self.command in ("PUT", "POST"):
                     headers["Content-Length"] = str(len(body))
@@ -83,6 +91,20 @@ class CountingProxy:
                 if self.command != "HEAD":
                     self.wfile.write(data)
 
+            def _fail(self, status: int, code: str) -> None:
+                # S3's error response (RESTErrorResponses): XML with Code and Message.
+                data = (
+                    '<?xml version="1.0" encoding="UTF-8"?>\n'
+                    f"<Error><Code>{code}</Code><Message>injected by the test proxy</Message>"
+                    f"<RequestId>{proxy.injected}</RequestId></Error>"
+                ).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -98,11 +120,32 @@ class CountingProxy:
             self.bytes_out += nbytes
 
     def reset(self) -> None:
-        """Zero the counters."""
+        """Zero the counters (and drop pending injected failures)."""
         with self._lock:
             self.counts: Counter[str] = Counter()
             self.ranged_gets = 0
             self.bytes_out = 0
+            self.injected = 0
+            self._failures_left = 0
+            self._failure: tuple[int, str] = (503, "SlowDown")
+            self._every = 1
+            self._seen = 0
+
+    def inject(self, count: int, status: int = 503, code: str = "SlowDown", every: int = 1) -> None:
+        """Answer ``count`` requests (every ``every``-th one from now) with ``status``/``code``."""
+        with self._lock:
+            self._failures_left, self._failure, self._every, self._seen = count, (status, code), every, 0
+
+    def _take_failure(self) -> tuple[int, str] | None:
+        with self._lock:
+            if self._failures_left <= 0:
+                return None
+            self._seen += 1
+            if self._seen % self._every:
+                return None
+            self._failures_left -= 1
+            self.injected += 1
+            return self._failure
 
     @property
     def gets(self) -> int:
