@@ -39,7 +39,7 @@ from tests.ec2.conftest import DLAMI_NAME, make_image
 
 REPO = Path(__file__).resolve().parents[2]
 RATE = 1_000_000  # bytes per second through the slow link
-BIG = 4_000_000  # a file that takes ~4 s through it
+BIG = 2_000_000  # a file that takes ~2 s through it
 
 
 def wait_until(predicate, timeout_s: float = 60, what: str = "") -> None:
@@ -148,15 +148,15 @@ def test_s3_slowdown_and_500s_are_retried_and_the_run_goes_on(aws_env, s3_proxy,
     aws.reset_clients()
     storage.reset_clients()
     try:
-        # A struggling S3 for a while: every 3rd request fails, 6 SlowDowns then 4 InternalErrors.
-        s3_proxy.inject(6, 503, "SlowDown", every=3)
+        # A struggling S3 for a while: every 3rd request fails, 4 SlowDowns then 2 InternalErrors.
+        s3_proxy.inject(4, 503, "SlowDown", every=3)
         args = tiny(data, tmp_path / "run", 6, "dataset.dataset_dir=s3://spotrun-faults/ds")
         args.append("checkpoint_dir=s3://spotrun-faults/ckpt")
         done = []
 
         def then_500s():
-            wait_until(lambda: s3_proxy.injected >= 6 or done, what="the SlowDowns to be served")
-            s3_proxy.inject(4, 500, "InternalError", every=3)
+            wait_until(lambda: s3_proxy.injected >= 4 or done, what="the SlowDowns to be served")
+            s3_proxy.inject(2, 500, "InternalError", every=3)
 
         thread, _ = in_thread(then_500s)
         code = main(["--config", DEMO, *args])
@@ -164,7 +164,7 @@ def test_s3_slowdown_and_500s_are_retried_and_the_run_goes_on(aws_env, s3_proxy,
         thread.join(30)
         out = capsys.readouterr()
         assert code == 0, out.err
-        assert s3_proxy.injected == 10, "the faults were not all served while the run went on"
+        assert s3_proxy.injected == 6, "the faults were not all served while the run went on"
         local = tmp_path / "last.pt"
         s3.download_file("spotrun-faults", "ckpt/last.pt", str(local))
         assert checkpoint.load(local)["step"] == 6
