@@ -22,7 +22,9 @@ import dataclasses
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,11 +111,105 @@ def train(cfg: TrainConfig) -> int:
         distributed.shutdown(d)
 
 
+@dataclass
+class Run:
+    """The run's fixed parts, built once before the loop (nothing here changes while it trains)."""
+
+    cfg: TrainConfig
+    d: distributed.Dist
+    device: torch.device
+    stop: StopFlag
+    log: RunLog
+    store: CheckpointStore
+    raw_model: torch.nn.Module  # the weights (saved without wrapper prefixes)
+    eval_model: torch.nn.Module  # raw_model, compiled when cfg.compile
+    model: torch.nn.Module  # eval_model, wrapped in DDP when data-parallel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    val_loader: Any
+    resumed_from: str  # the checkpoint this run continues ("" for a fresh start)
+    exact: bool  # resumed from our last.pt (every RNG stream restored), not a reference file
+
+    def lr(self) -> float:
+        return next(g["lr"] for g in self.optimizer.param_groups if g.get("name", "other") == "other")
+
+
+@dataclass
+class RunState:
+    """What the loop changes as it goes: one object, passed to the functions that change it."""
+
+    start_step: int = 0  # the step this process started (or resumed) at
+    done: int = 0  # batches trained: the next step to train
+    best_per: float | None = None
+    best_loss: float | None = None
+    bad_val_steps: int = 0  # validations since the best (early stopping)
+    last_saved: int | None = None  # `done` when last.pt was last written
+    per: float | None = None  # the latest validation PER (progress bar, final checkpoint)
+    stopped_by: str | None = None  # the signal's name when a signal ended the run
+    t_start: float = 0.0
+    data_wait: float = 0.0  # seconds spent waiting for batches
+
+
 def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: StopFlag) -> int:
+    # ---- check everything before writing anything: checkpoint, model, data ----
+    run, state, train_loader = prepare(cfg, d, device, stop)
+    total = cfg.num_training_batches
+
+    # ---- from here on the run writes: logs, metrics, checkpoints ----
+    announce(run, state)
+
+    # ---- the loop ----
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        batches = iter(train_loader)  # starting DataLoader workers draws a seed: keep it off our stream
+    state.t_start = time.monotonic()
+    step_time = 0.0  # train-step seconds since the last train log line
+    for step in range(state.start_step, total):
+        # A signal on any rank (spot notice, Ctrl-C): stop here; finish() saves.
+        if distributed.any_true(stop.requested, d):
+            state.stopped_by = stop.signal_name or "signal"
+            break
+
+        # Draw this step's batch and train on it.
+        t0 = time.monotonic()
+        batch = next(batches)
+        t1 = time.monotonic()
+        state.data_wait += t1 - t0
+        loss, grad_norm = train_step(run.model, batch, run.optimizer, run.scheduler, cfg, device)
+        state.done = step + 1
+
+        # Log every batches_per_train_log steps (the only per-step device sync).
+        if step % cfg.batches_per_train_log == 0:
+            loss_value, norm_value = float(loss), float(grad_norm)  # waits for the device
+            step_time += time.monotonic() - t1
+            steps = min(cfg.batches_per_train_log, state.done - state.start_step)
+            run.log.train(step, loss_value, norm_value, run.lr(), step_time / steps)
+            step_time = 0.0
+        else:
+            step_time += time.monotonic() - t1
+
+        # Validate (and keep the best) every batches_per_val_step steps and at the last one.
+        if step % cfg.batches_per_val_step == 0 or step == total - 1:
+            if not validate_and_checkpoint(run, state, step):
+                break
+
+        # Save last.pt every batches_per_save steps (0: at each validation, above).
+        if (
+            cfg.batches_per_save > 0
+            and state.done % cfg.batches_per_save == 0
+            and state.last_saved != state.done
+        ):
+            save_last(run, state)
+        run.log.progress(float(loss) if step % cfg.batches_per_train_log == 0 else None, state.per)
+
+    # ---- exit: save, wait for the copy to S3, say how it ended ----
+    return finish(run, state)
+
+
+def prepare(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: StopFlag):
+    """Read the checkpoint, build model, optimizer, schedule and loaders; write nothing.
+    Returns (run, state, train_loader)."""
     log = RunLog(cfg.output_dir, enabled=d.is_main)
     store = CheckpointStore(cfg.checkpoint_dir, Path(cfg.output_dir) / ".checkpoint_staging", warn=log.info)
-
-    # ---- check everything before writing anything: checkpoint, model, data ----
     ckpt, resumed_from = find_start(cfg, store, d)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -121,11 +217,13 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: St
     raw_model = build_model(cfg).to(device)
     optimizer = build_optimizer(raw_model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    start_step, best_per, best_loss, bad_val_steps, exact = 0, None, None, 0, True
+    state, exact = RunState(), True
     if ckpt is not None:
         point = checkpoint.restore(ckpt, resumed_from, raw_model, optimizer, scheduler, d.rank, cfg.seed)
-        start_step, best_per, best_loss = point.step, point.best_per, point.best_loss
-        bad_val_steps, exact = point.bad_val_steps, point.exact
+        state.start_step, state.best_per, state.best_loss = point.step, point.best_per, point.best_loss
+        state.bad_val_steps, exact = point.bad_val_steps, point.exact
+        state.last_saved = point.step or None
+        del ckpt  # its tensors were copied into the model and optimizer
     else:
         if cfg.init_from_checkpoint:
             if not cfg.init_checkpoint_path:
@@ -133,173 +231,177 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: St
             checkpoint.load_weights(raw_model, cfg.init_checkpoint_path)
         if d.rank > 0:  # different augmentation noise per rank; rank 0 matches a one-process run
             torch.manual_seed(cfg.seed + d.rank)
-    train_loader = build_train_loader(cfg, start_step, d.rank, d.world_size)
+    state.done, state.per = state.start_step, state.best_per
+    train_loader = build_train_loader(cfg, state.start_step, d.rank, d.world_size)
     val_loader = build_val_loader(cfg, d.rank, d.world_size)
 
     eval_model = torch.compile(raw_model) if cfg.compile else raw_model
     # Validation runs outside DDP: ranks see different numbers of val batches, and a DDP forward
     # may hold collectives that every rank must join.
     model = distributed.wrap(eval_model, d, device)
-    total = cfg.num_training_batches
+    run = Run(
+        cfg,
+        d,
+        device,
+        stop,
+        log,
+        store,
+        raw_model,
+        eval_model,
+        model,
+        optimizer,
+        scheduler,
+        val_loader,
+        resumed_from,
+        exact,
+    )
+    return run, state, train_loader
 
-    # ---- from here on the run writes: logs, metrics, checkpoints ----
-    log.open(start_step, total, cfg.progress_bar)
+
+def announce(run: Run, state: RunState) -> None:
+    """Open the run's outputs and say what is about to train, on what, from where."""
+    cfg, log, store, d = run.cfg, run.log, run.store, run.d
+    log.open(state.start_step, cfg.num_training_batches, cfg.progress_bar)
     if d.is_main:
         store.local_dir.mkdir(parents=True, exist_ok=True)
         store.clean_partial()
-    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
-    log.info(f"model: {count_parameters(raw_model):,} parameters")
+    threads = f", {torch.get_num_threads()} threads" if run.device.type == "cpu" else ""
+    log.info(f"model: {count_parameters(run.raw_model):,} parameters")
     ddp = f"; data-parallel over {d.world_size} processes" if d.enabled else ""
-    log.info(f"device: {device}{threads}{ddp}")
+    log.info(f"device: {run.device}{threads}{ddp}")
     log.info(f"data: {cfg.dataset.dataset_dir} ({len(cfg.dataset.sessions)} sessions)")
     log.info(f"checkpoints: {store.uri}" + (f" (staged in {store.local_dir})" if store.remote else ""))
-    if ckpt is not None:
+    if run.resumed_from:
+        reference = " (a reference checkpoint: no RNG states saved, so augmentation noise restarts)"
         log.info(
-            f"resumed from {resumed_from} at step {start_step}"
-            + (
-                ""
-                if exact
-                else " (a reference checkpoint: no RNG states saved, so augmentation noise restarts)"
-            )
+            f"resumed from {run.resumed_from} at step {state.start_step}" + ("" if run.exact else reference)
         )
-        if start_step >= total:
+        if state.start_step >= cfg.num_training_batches:
             log.info(
-                f"nothing to train: checkpoint at step {start_step} of num_training_batches={total} "
+                f"nothing to train: checkpoint at step {state.start_step} of "
+                f"num_training_batches={cfg.num_training_batches} "
                 f"(raise num_training_batches, or remove {store.uri} to start over)"
             )
     elif cfg.init_from_checkpoint:
         log.info(f"initialised weights from {cfg.init_checkpoint_path}")
-    del ckpt  # its tensors were copied into the model and optimizer
 
-    def state_for_saving(step: int) -> dict:
-        return {
-            "format": checkpoint.FORMAT,
-            "step": step,
-            "model_state_dict": raw_model.state_dict(),
-            "optimizer_state_dict": optimizer.state_dict(),
-            "scheduler_state_dict": scheduler.state_dict(),
-            "best_per": best_per,
-            "best_loss": best_loss,
-            "bad_val_steps": bad_val_steps,
-            "config": dataclasses.asdict(cfg),
-            "world_size": d.world_size,
-        }
 
-    def save_last(step: int) -> None:
-        rngs = distributed.gather(checkpoint.rng_state(), d)  # every rank's stream, for exact resume
-        if d.is_main:
-            checkpoint.save({**state_for_saving(step), "rng": rngs}, store.path(LAST))
-            save_config(cfg, store.path(ARGS))
-            store.publish([ARGS, LAST])
+def validate_and_checkpoint(run: Run, state: RunState, step: int) -> bool:
+    """Validate after ``step``; keep the best; save last.pt when batches_per_save is 0.
+    Returns False when training must stop (a signal during validation, or early stopping)."""
+    cfg, log, d = run.cfg, run.log, run.d
+    result = validate(run.eval_model, run.val_loader, cfg, run.device, run.stop, d)
+    if result is None:  # a signal arrived during validation: no best from part of the data
+        state.stopped_by = run.stop.signal_name or "signal"
+        return False
+    state.per = result.per
+    per_day = result.per_day if cfg.log_individual_day_val_PER else None
+    log.val(step, result.per, result.loss, run.lr(), per_day)
+    if state.best_per is None or (result.per, result.loss) < (state.best_per, state.best_loss):
+        if d.is_main and state.best_per is not None:
+            log.info(f"New best test PER {state.best_per:.4f} --> {result.per:.4f}")
+        state.best_per, state.best_loss, state.bad_val_steps = result.per, result.loss, 0
+        if d.is_main and cfg.save_best_checkpoint:
+            log.info("Checkpointing model")
+            save_best(run, state.done, result.per, result.loss)
+    else:
+        state.bad_val_steps += 1
+    if d.is_main and cfg.save_all_val_steps:
+        save_reference(run, f"checkpoint_batch_{step}", result.per, result.loss)
+        run.store.publish([f"checkpoint_batch_{step}"])
+    if cfg.batches_per_save == 0:
+        save_last(run, state)
+    if cfg.early_stopping and state.bad_val_steps >= cfg.early_stopping_val_steps:
+        log.info(f"Early stopping: no better PER in {state.bad_val_steps} validation steps (batch {step})")
+        return False
+    return True
 
-    def save_reference(name: str, per: float, loss: float) -> None:
-        layout = checkpoint.reference_layout(
-            raw_model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), per, loss
-        )
-        checkpoint.save(layout, store.path(name))
 
-    def save_best(step: int, per: float, loss: float) -> None:
-        # best.pt: weights and metrics only; best_checkpoint (reference layout) has the optimizer too.
-        best = {
-            "format": checkpoint.FORMAT,
-            "step": step,
-            "model_state_dict": raw_model.state_dict(),
-            "val_PER": per,
-            "val_loss": loss,
-            "config": dataclasses.asdict(cfg),
-        }
-        checkpoint.save(best, store.path(BEST))
-        save_reference(REFERENCE_BEST, per, loss)
-        save_config(cfg, store.path(ARGS))
-        store.publish([ARGS, BEST, REFERENCE_BEST])
-
-    def lr_now() -> float:
-        return next(g["lr"] for g in optimizer.param_groups if g.get("name", "other") == "other")
-
-    # ---- the loop ----
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        batches = iter(train_loader)  # starting DataLoader workers draws a seed: keep it off our stream
-    done, last_saved, stopped_by, per = start_step, start_step if start_step else None, None, best_per
-    t_start = time.monotonic()
-    data_wait = step_time = 0.0  # step_time: train-step seconds since the last train log line
-    for step in range(start_step, total):
-        if distributed.any_true(stop.requested, d):
-            stopped_by = stop.signal_name or "signal"
-            break
-        t0 = time.monotonic()
-        batch = next(batches)
-        t1 = time.monotonic()
-        data_wait += t1 - t0
-        loss, grad_norm = train_step(model, batch, optimizer, scheduler, cfg, device)
-        done = step + 1
-
-        if step % cfg.batches_per_train_log == 0:
-            loss_value, norm_value = float(loss), float(grad_norm)  # waits for the device
-            step_time += time.monotonic() - t1
-            steps = min(cfg.batches_per_train_log, done - start_step)
-            log.train(step, loss_value, norm_value, lr_now(), step_time / steps)
-            step_time = 0.0
-        else:
-            step_time += time.monotonic() - t1
-
-        if step % cfg.batches_per_val_step == 0 or step == total - 1:
-            result = validate(eval_model, val_loader, cfg, device, stop, d)
-            if result is None:  # a signal arrived during validation: no best from part of the data
-                stopped_by = stop.signal_name or "signal"
-                break
-            per = result.per
-            per_day = result.per_day if cfg.log_individual_day_val_PER else None
-            log.val(step, result.per, result.loss, lr_now(), per_day)
-            if best_per is None or (result.per, result.loss) < (best_per, best_loss):
-                if d.is_main and best_per is not None:
-                    log.info(f"New best test PER {best_per:.4f} --> {result.per:.4f}")
-                best_per, best_loss, bad_val_steps = result.per, result.loss, 0
-                if d.is_main and cfg.save_best_checkpoint:
-                    log.info("Checkpointing model")
-                    save_best(done, result.per, result.loss)
-            else:
-                bad_val_steps += 1
-            if d.is_main and cfg.save_all_val_steps:
-                save_reference(f"checkpoint_batch_{step}", result.per, result.loss)
-                store.publish([f"checkpoint_batch_{step}"])
-            if cfg.batches_per_save == 0:
-                save_last(done)
-                last_saved = done
-            if cfg.early_stopping and bad_val_steps >= cfg.early_stopping_val_steps:
-                log.info(f"Early stopping: no better PER in {bad_val_steps} validation steps (batch {step})")
-                break
-
-        if cfg.batches_per_save > 0 and done % cfg.batches_per_save == 0 and last_saved != done:
-            save_last(done)
-            last_saved = done
-        log.progress(float(loss) if step % cfg.batches_per_train_log == 0 else None, per)
-
-    # ---- exit: save, wait for the copy to S3, say how it ended ----
-    if last_saved != done:
-        save_last(done)
-    if d.is_main and stopped_by is None and cfg.save_final_model:
-        save_reference(f"final_checkpoint_batch_{done - 1}", per or float("nan"), best_loss or float("nan"))
-        store.publish([f"final_checkpoint_batch_{done - 1}"])
+def finish(run: Run, state: RunState) -> int:
+    """Save last.pt (and the final reference checkpoint), wait for the S3 copy, report the run and
+    return the exit code."""
+    cfg, log, d = run.cfg, run.log, run.d
+    done = state.done
+    if state.last_saved != done:
+        save_last(run, state)
+    if d.is_main and state.stopped_by is None and cfg.save_final_model:
+        name = f"final_checkpoint_batch_{done - 1}"
+        save_reference(run, name, state.per or float("nan"), state.best_loss or float("nan"))
+        run.store.publish([name])
     if d.is_main:
-        store.flush()
-    trained = done - start_step
-    elapsed = time.monotonic() - t_start
-    if trained:
-        log.info(
-            f"trained {trained} batches in {elapsed:.1f} s ({trained / elapsed:.2f} batches/s, "
-            f"data wait {100 * data_wait / elapsed:.0f}%); best val PER {best_per:.4f}"
-            if best_per is not None
-            else f"trained {trained} batches in {elapsed:.1f} s"
-        )
+        run.store.flush()
+    if done > state.start_step:
+        log.info(end_of_run_line(state))
     log.close()
-    if stopped_by is not None:
+    if state.stopped_by is not None:
         if d.is_main:
             print(
-                f"stopped by {stopped_by} at step {done}; checkpoint saved (resume with resume=auto)",
+                f"stopped by {state.stopped_by} at step {done}; checkpoint saved (resume with resume=auto)",
                 flush=True,
             )
         return STOPPED_RESUMABLE
     return 0
+
+
+def end_of_run_line(state: RunState) -> str:
+    """How much was trained, how fast, and the best PER (one line; add run figures here)."""
+    trained = state.done - state.start_step
+    elapsed = time.monotonic() - state.t_start
+    if state.best_per is None:
+        return f"trained {trained} batches in {elapsed:.1f} s"
+    return (
+        f"trained {trained} batches in {elapsed:.1f} s ({trained / elapsed:.2f} batches/s, "
+        f"data wait {100 * state.data_wait / elapsed:.0f}%); best val PER {state.best_per:.4f}"
+    )
+
+
+# ---- checkpoints: last.pt (exact resume), best.pt + best_checkpoint, reference-layout copies ----
+
+
+def save_last(run: Run, state: RunState) -> None:
+    """last.pt at ``state.done`` with every rank's RNG streams (a collective: all ranks call it)."""
+    rngs = distributed.gather(checkpoint.rng_state(), run.d)  # every rank's stream, for exact resume
+    if run.d.is_main:
+        ckpt = {
+            "format": checkpoint.FORMAT,
+            "step": state.done,
+            "model_state_dict": run.raw_model.state_dict(),
+            "optimizer_state_dict": run.optimizer.state_dict(),
+            "scheduler_state_dict": run.scheduler.state_dict(),
+            "best_per": state.best_per,
+            "best_loss": state.best_loss,
+            "bad_val_steps": state.bad_val_steps,
+            "config": dataclasses.asdict(run.cfg),
+            "world_size": run.d.world_size,
+            "rng": rngs,
+        }
+        checkpoint.save(ckpt, run.store.path(LAST))
+        save_config(run.cfg, run.store.path(ARGS))
+        run.store.publish([ARGS, LAST])
+    state.last_saved = state.done
+
+
+def save_best(run: Run, step: int, per: float, loss: float) -> None:
+    # best.pt: weights and metrics only; best_checkpoint (reference layout) has the optimizer too.
+    best = {
+        "format": checkpoint.FORMAT,
+        "step": step,
+        "model_state_dict": run.raw_model.state_dict(),
+        "val_PER": per,
+        "val_loss": loss,
+        "config": dataclasses.asdict(run.cfg),
+    }
+    checkpoint.save(best, run.store.path(BEST))
+    save_reference(run, REFERENCE_BEST, per, loss)
+    save_config(run.cfg, run.store.path(ARGS))
+    run.store.publish([ARGS, BEST, REFERENCE_BEST])
+
+
+def save_reference(run: Run, name: str, per: float, loss: float) -> None:
+    layout = checkpoint.reference_layout(
+        run.raw_model.state_dict(), run.optimizer.state_dict(), run.scheduler.state_dict(), per, loss
+    )
+    checkpoint.save(layout, run.store.path(name))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -10,8 +10,9 @@ from invoke import task
 
 from common.errors import ConfigError
 from ec2.journey import Journey, Plan, report, stdin_asker
+from ec2.remote.trainrun import TRAINER_SIGNAL, train_command, train_env
 from tasks.edge import aws_config, edge, machine_name
-from tasks.remote import DEFAULT_TRAIN_CONFIG, TRAINER_SIGNAL, train_command, train_env
+from tasks.remote import DEFAULT_TRAIN_CONFIG
 
 
 def _say(line: str) -> None:

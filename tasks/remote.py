@@ -20,15 +20,14 @@ from ec2.cloud import instances
 from ec2.remote import gpu as gpu_summary
 from ec2.remote import runs
 from ec2.remote.carry import laptop_checkpoint, restore_checkpoint
-from ec2.remote.ssh import Machine, close_master, quote_path
+from ec2.remote.ssh import Machine, close_master
 from ec2.remote.sync import download_outputs, sync_code
+from ec2.remote.trainrun import TRAINER_SIGNAL, setup_command, train_command, train_env
+from ec2.remote.trainrun import watcher_args as watcher_args_for
 from ml.config import load_train_config
 from tasks.edge import aws_config, edge, machine_name
 
-SETUP_SCRIPT = "scripts/setup_instance.sh"
 DEFAULT_TRAIN_CONFIG = "configs/rnn_args.yaml"
-# The trainer checkpoints and exits 75 on SIGUSR1 (see ml.errors.STOPPED_RESUMABLE).
-TRAINER_SIGNAL = "USR1"
 
 
 def _machine(name: str | None, config: str | None, set_: list[str] | None) -> Machine:
@@ -57,25 +56,6 @@ def _region(machine: Machine, config: str | None, set_: list[str] | None) -> str
     )
 
 
-def train_command(remote_dir: str, train_config: str, overrides: list[str]) -> str:
-    """`python -m ml.train --config CONFIG [overrides]` with the machine's venv python."""
-    python = quote_path(runs.venv_python(remote_dir))
-    return f"{python} -m ml.train --config {shlex.quote(train_config)}" + "".join(
-        f" {shlex.quote(o)}" for o in overrides
-    )
-
-
-def train_env(region: str | None, data_uri: str | None) -> dict[str, str]:
-    """What a run needs to know about AWS: the region and the data URI. Never credentials: the
-    instance reads S3 through its IAM instance profile."""
-    env = {}
-    if region:
-        env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = region
-    if data_uri:
-        env["SPOTRUN_DATA_URI"] = data_uri
-    return env
-
-
 def _local_output_dir(train_config: str, overrides: list[str]) -> str | None:
     """The trainer's output_dir for this config + overrides, so `download` knows what to pull."""
     if not Path(train_config).exists():
@@ -83,16 +63,10 @@ def _local_output_dir(train_config: str, overrides: list[str]) -> str | None:
     return load_train_config(train_config, overrides).output_dir
 
 
-def checkpoint_watch_args(train_config: str, overrides: list[str], cfg) -> list[str]:
-    """Tell the notice watcher where the checkpoints go (so its preempted record says whether they
-    are in S3) and, for a local folder, where to copy it on a notice (checkpoint_backup_uri)."""
+def _checkpoint_dir(train_config: str, overrides: list[str]) -> str | None:
     if not Path(train_config).exists():
-        return []
-    ckpt = load_train_config(train_config, overrides).checkpoint_dir
-    args = ["--checkpoint-dir", ckpt]
-    if cfg.checkpoint_backup_uri and not ckpt.startswith("s3://"):
-        args += ["--upload-to", cfg.checkpoint_backup_uri]
-    return args
+        return None
+    return load_train_config(train_config, overrides).checkpoint_dir
 
 
 @task(iterable=["set_"])
@@ -140,14 +114,7 @@ def setup(c, name=None, python=None, no_gpu=False, config=None, set_=None):
     """Bootstrap the machine (sync code, venv over the AMI's PyTorch, CUDA check); idempotent."""
     m = _machine(name, config, set_)
     sync_code(m, ".")
-    remote_dir = m.record.remote_dir
-    env = ""
-    if python:
-        env += f"SPOTRUN_SETUP_PYTHON={shlex.quote(python)} "
-    if no_gpu:
-        env += "SPOTRUN_REQUIRE_GPU=0 "
-    script = quote_path(f"{runs.code_dir(remote_dir)}/{SETUP_SCRIPT}")
-    code = m.stream(f"{env}bash {script} {quote_path(remote_dir)}")
+    code = m.stream(setup_command(m.record.remote_dir, python, require_gpu=not no_gpu))
     if code:
         raise ToolkitError(
             f"setup failed on {m.name} (exit {code}); see the lines above, fix, and rerun `fab setup`"
@@ -202,11 +169,8 @@ def train(
     else:
         command = train_command(m.record.remote_dir, train_config, overrides)
         output_dir = _local_output_dir(train_config, overrides)
-        watcher_args = [
-            "--signal",
-            TRAINER_SIGNAL,
-            *checkpoint_watch_args(train_config, overrides, aws_config(config, set_)),
-        ]
+        backup_uri = aws_config(config, set_).checkpoint_backup_uri
+        watcher_args = watcher_args_for(TRAINER_SIGNAL, _checkpoint_dir(train_config, overrides), backup_uri)
     env = train_env(_region(m, config, set_), data_uri)
     rdir = runs.start_run(
         m,

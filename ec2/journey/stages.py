@@ -16,12 +16,11 @@ from ec2.cloud import instances
 from ec2.config import AwsConfig
 from ec2.errors import ConnectionLost, ToolkitError
 from ec2.registry import MachineRecord
-from ec2.remote import runs
+from ec2.remote import runs, trainrun
 from ec2.remote.carry import laptop_checkpoint, remote_checkpoint, restore_checkpoint
-from ec2.remote.ssh import Machine, join_path, quote_path
+from ec2.remote.ssh import Machine
 from ec2.remote.sync import download_argv, download_outputs, rsync_with_retries, sync_code
-
-SETUP_SCRIPT = "scripts/setup_instance.sh"
+from ec2.remote.trainrun import setup_command
 
 Say = Callable[[str], None]
 
@@ -33,7 +32,7 @@ class Plan:
     env: dict[str, str] = field(default_factory=dict)
     output_dir: str | None = None  # the trainer's (relative to code/, or absolute, or s3://)
     checkpoint_dir: str | None = None
-    signal: str = "USR1"
+    signal: str = trainrun.TRAINER_SIGNAL
     poll_s: float = 30.0  # how often the laptop looks at the instance and the run
     imds_poll_s: float = 5.0  # how often the watcher on the instance asks for notices
     download_every_s: float = 600.0  # pull local checkpoints to the laptop this often
@@ -57,19 +56,7 @@ class Plan:
 
 
 def watcher_args(plan: Plan, backup_uri: str | None) -> list[str]:
-    args = ["--signal", plan.signal, "--poll", f"{plan.imds_poll_s:g}"]
-    if plan.checkpoint_dir:
-        args += ["--checkpoint-dir", plan.checkpoint_dir]
-        if backup_uri and not plan.checkpoint_dir.startswith("s3://"):
-            args += ["--upload-to", backup_uri]
-    return args
-
-
-def setup_command(remote_dir: str, python: str | None, require_gpu: bool) -> str:
-    env = f"SPOTRUN_SETUP_PYTHON={quote_path(python)} " if python else ""
-    env += "" if require_gpu else "SPOTRUN_REQUIRE_GPU=0 "
-    script = quote_path(join_path(runs.code_dir(remote_dir), SETUP_SCRIPT))
-    return f"{env}bash {script} {quote_path(remote_dir)}"
+    return trainrun.watcher_args(plan.signal, plan.checkpoint_dir, backup_uri, plan.imds_poll_s)
 
 
 def provision(

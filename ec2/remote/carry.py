@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.s3uri import is_s3
 from ec2.remote.runs import code_dir
 from ec2.remote.ssh import Machine, join_path, quote_path
 from ec2.remote.sync import upload_dir
@@ -22,7 +23,7 @@ def laptop_checkpoint(outputs: Path, output_dir: str | None, checkpoint_dir: str
     """Where downloads put the checkpoint folder on the laptop: its place under outputs/NAME/ when
     checkpoint_dir lies inside output_dir (downloads mirror output_dir), else outputs/NAME/checkpoint.
     None when the checkpoints live in S3."""
-    if not checkpoint_dir or checkpoint_dir.startswith("s3://"):
+    if not checkpoint_dir or is_s3(checkpoint_dir):
         return None
     if output_dir:
         base = output_dir.rstrip("/") + "/"

@@ -33,6 +33,7 @@ from pathlib import Path
 import botocore.exceptions
 
 from common.atomic import atomic_write_json
+from common.s3uri import is_s3
 from ec2.remote.imds import Imds, ImdsUnreachable, Notice
 
 # Kept back from the notice's deadline for the S3 copy and the status file.
@@ -183,7 +184,7 @@ class Watcher:
             return {"state": "unknown", "why": "no --checkpoint-dir given"}
         from ec2.remote import s3copy
 
-        if ckpt.startswith("s3://"):
+        if is_s3(ckpt):
             # The trainer copied it up itself before exiting; record what S3 holds.
             try:
                 bucket, prefix = s3copy.split_uri(ckpt)
@@ -255,7 +256,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.command = args.command[1:]
     if not args.command:
         p.error("give the command after --, e.g. -- bash -c 'python -m ml.train ...'")
-    if args.upload_to and not args.upload_to.startswith("s3://"):
+    if args.upload_to and not is_s3(args.upload_to):
         p.error(f"--upload-to must be an s3:// URI, not {args.upload_to!r}")
     return args
 

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.s3uri import is_s3
 from ec2.errors import ConnectionLost, ToolkitError
 from ec2.remote.runs import code_dir, run_dir
 from ec2.remote.ssh import Machine, backoff_delays, join_path, prepare_local, quote_path, rsync_rsh
@@ -77,40 +78,51 @@ def protect_filters(paths: tuple[str, ...] | list[str]) -> list[str]:
     return [
         f"--filter=P /{p.strip('/')}/"
         for p in paths
-        if p and not p.startswith(("/", "~", "s3://")) and p.strip("/") not in ("", ".")
+        if p and not is_s3(p) and not p.startswith(("/", "~")) and p.strip("/") not in ("", ".")
     ]
+
+
+def rsync_argv(
+    machine: Machine, options: list[str], source: str, target: str, *, tty: bool = False
+) -> list[str]:
+    """The one rsync command line: archive + compression, the same SSH options as every other
+    connection, progress (or itemized changes to parse), then the options of this transfer."""
+    return [
+        RSYNC_BIN,
+        "-az",
+        f"--partial-dir={PARTIAL_DIR}",
+        *options,
+        *_progress_flags(tty),
+        "-e",
+        rsync_rsh(machine.record, control=machine.control),
+        source,
+        target,
+    ]
+
+
+def _make_remote_dir(path: str) -> str:
+    # Make the remote folder in the same connection (older rsyncs lack --mkpath).
+    return f"--rsync-path=mkdir -p {quote_path(path)} && rsync"
 
 
 def sync_argv(
     machine: Machine, local_root: Path, *, tty: bool = False, protect: tuple[str, ...] | list[str] = ()
 ) -> list[str]:
-    r = machine.record
-    excludes = [f"--exclude={p}" for p in ALWAYS_EXCLUDED]
-    return [
-        RSYNC_BIN,
-        "-az",
+    code = code_dir(machine.record.remote_dir)
+    options = [
         "--delete",
-        f"--partial-dir={PARTIAL_DIR}",
         *protect_filters(protect),
-        *excludes,
+        *(f"--exclude={p}" for p in ALWAYS_EXCLUDED),
         "--filter=:- .gitignore",
         "--filter=:- .spotrunignore",
-        # Make the remote folder in the same connection (older rsyncs lack --mkpath).
-        f"--rsync-path=mkdir -p {quote_path(code_dir(r.remote_dir))} && rsync",
-        *_progress_flags(tty),
-        "-e",
-        rsync_rsh(r, control=machine.control),
-        f"{local_root.resolve()}/",
-        rsync_target(r.host, code_dir(r.remote_dir) + "/"),
+        _make_remote_dir(code),
     ]
+    target = rsync_target(machine.record.host, code + "/")
+    return rsync_argv(machine, options, f"{local_root.resolve()}/", target, tty=tty)
 
 
 def download_argv(machine: Machine, remote_path: str, dest: Path, *, tty: bool = False) -> list[str]:
-    r = machine.record
-    return [
-        RSYNC_BIN,
-        "-az",
-        f"--partial-dir={PARTIAL_DIR}",
+    options = [
         # Files being received are written in DEST/.rsync-partial/ (made by download_outputs), not
         # beside the checkpoints: a download killed outright (SIGKILL, a closed laptop) leaves its
         # temporary file there, where nothing takes it for part of the run (upload_dir skips it).
@@ -118,12 +130,15 @@ def download_argv(machine: Machine, remote_path: str, dest: Path, *, tty: bool =
         f"--exclude={PARTIAL_DIR}/",
         # A checkpoint being written (common.atomic's temporary file) is not a checkpoint yet.
         f"--exclude={ATOMIC_TEMP}",
-        *_progress_flags(tty),
-        "-e",
-        rsync_rsh(r, control=machine.control),
-        rsync_target(r.host, remote_path.rstrip("/") + "/"),
-        f"{dest}/",
     ]
+    source = rsync_target(machine.record.host, remote_path.rstrip("/") + "/")
+    return rsync_argv(machine, options, source, f"{dest}/", tty=tty)
+
+
+def upload_argv(machine: Machine, local_dir: Path, remote_path: str, *, tty: bool = False) -> list[str]:
+    options = [f"--exclude={PARTIAL_DIR}/", _make_remote_dir(remote_path)]
+    target = rsync_target(machine.record.host, remote_path.rstrip("/") + "/")
+    return rsync_argv(machine, options, f"{Path(local_dir).resolve()}/", target, tty=tty)
 
 
 _STAT_LINES = {
@@ -194,22 +209,6 @@ def sync_code(
     return rsync_with_retries(machine, argv, "sync", echo=echo)
 
 
-def upload_argv(machine: Machine, local_dir: Path, remote_path: str, *, tty: bool = False) -> list[str]:
-    r = machine.record
-    return [
-        RSYNC_BIN,
-        "-az",
-        f"--partial-dir={PARTIAL_DIR}",
-        f"--exclude={PARTIAL_DIR}/",
-        f"--rsync-path=mkdir -p {quote_path(remote_path)} && rsync",
-        *_progress_flags(tty),
-        "-e",
-        rsync_rsh(r, control=machine.control),
-        f"{Path(local_dir).resolve()}/",
-        rsync_target(r.host, remote_path.rstrip("/") + "/"),
-    ]
-
-
 def upload_dir(
     machine: Machine, local_dir: Path | str, remote_path: str, *, echo: bool = False
 ) -> TransferStats:
@@ -251,7 +250,7 @@ def download_outputs(
     out_dir = output_dir or remote_output_dir(machine, run)
     tty = echo and sys.stdout.isatty()
     stats: dict[str, TransferStats] = {}
-    if out_dir and out_dir.startswith("s3://"):
+    if out_dir and is_s3(out_dir):
         print(f"outputs are in {out_dir}; copy them with `aws s3 sync {out_dir} {dest}`", file=sys.stderr)
     elif out_dir:
         (dest / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)

@@ -49,8 +49,7 @@ class FileRef:
 
     @property
     def bucket_key(self) -> tuple[str, str]:
-        bucket, _, key = self.uri[len("s3://"):].partition("/")
-        return bucket, key
+        return split_s3(self.uri)
 
 
 # ---------------------------------------------------------------- per-process clients and handles

@@ -10,8 +10,9 @@ import pytest
 
 from ec2.journey import history, report
 from ec2.journey.decide import WATCH, Poll, Verdict, decide, last_step, parse_poll, poll_command, resumed_step
-from ec2.journey.stages import Plan, setup_command, watcher_args
+from ec2.journey.stages import Plan, watcher_args
 from ec2.remote import runs
+from ec2.remote.trainrun import setup_command
 
 
 def test_poll_is_one_command_and_parses_each_part():

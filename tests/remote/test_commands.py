@@ -12,7 +12,7 @@ from ec2.registry import MachineRecord
 from ec2.remote import gpu, runs
 from ec2.remote.ssh import Machine, backoff_delays, quote_path, rsync_rsh, ssh_argv, ssh_options
 from ec2.remote.sync import download_argv, parse_stats, rsync_target, sync_argv
-from tasks.remote import train_command, train_env
+from ec2.remote.trainrun import train_command, train_env
 
 
 @pytest.fixture

@@ -1,0 +1,61 @@
+"""What a training run on the instance is made of, built once for every way of starting one
+(`fab setup`/`fab train` in tasks/remote.py, `fab run` in ec2/journey/stages.py): the setup
+command, the trainer's command line, its environment and the notice watcher's arguments.
+
+Pure functions returning strings and lists, tested as such.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from common.s3uri import is_s3
+from ec2.remote.runs import code_dir, venv_python
+from ec2.remote.ssh import join_path, quote_path
+
+SETUP_SCRIPT = "scripts/setup_instance.sh"
+# The trainer checkpoints and exits 75 on SIGUSR1 (see ml.errors.STOPPED_RESUMABLE).
+TRAINER_SIGNAL = "USR1"
+
+
+def setup_command(remote_dir: str, python: str | None = None, require_gpu: bool = True) -> str:
+    """`bash code/scripts/setup_instance.sh REMOTE_DIR`, with a stand-in python or no GPU check."""
+    env = f"SPOTRUN_SETUP_PYTHON={quote_path(python)} " if python else ""
+    env += "" if require_gpu else "SPOTRUN_REQUIRE_GPU=0 "
+    script = quote_path(join_path(code_dir(remote_dir), SETUP_SCRIPT))
+    return f"{env}bash {script} {quote_path(remote_dir)}"
+
+
+def train_command(remote_dir: str, train_config: str, overrides: list[str]) -> str:
+    """`python -m ml.train --config CONFIG [overrides]` with the machine's venv python."""
+    python = quote_path(venv_python(remote_dir))
+    return f"{python} -m ml.train --config {shlex.quote(train_config)}" + "".join(
+        f" {shlex.quote(o)}" for o in overrides
+    )
+
+
+def train_env(region: str | None, data_uri: str | None) -> dict[str, str]:
+    """What a run needs to know about AWS: the region and the data URI. Never credentials: the
+    instance reads S3 through its IAM instance profile."""
+    env = {}
+    if region:
+        env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = region
+    if data_uri:
+        env["SPOTRUN_DATA_URI"] = data_uri
+    return env
+
+
+def watcher_args(
+    signal: str, checkpoint_dir: str | None, backup_uri: str | None, poll_s: float | None = None
+) -> list[str]:
+    """The notice watcher's arguments: the signal for the command, how often to ask IMDS, where
+    the checkpoints go (so its `preempted` record says whether they are in S3) and, for a local
+    checkpoint folder, where to copy it on a notice (checkpoint_backup_uri)."""
+    args = ["--signal", signal]
+    if poll_s is not None:
+        args += ["--poll", f"{poll_s:g}"]
+    if checkpoint_dir:
+        args += ["--checkpoint-dir", checkpoint_dir]
+        if backup_uri and not is_s3(checkpoint_dir):
+            args += ["--upload-to", backup_uri]
+    return args
