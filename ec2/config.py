@@ -15,9 +15,7 @@ DEFAULT_CONFIG = Path("configs/aws.yaml")
 
 
 # AWS's own shapes for ids and names (a value that cannot match is refused before any call).
-_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
-_ZONE = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+[a-z]")
-_INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9-]+")
+_REGION, _ZONE, _INSTANCE_TYPE = names.REGION, names.ZONE, names.INSTANCE_TYPE
 _AMI = re.compile(r"ami-[0-9a-f]{8,17}")
 _VPC = re.compile(r"vpc-[0-9a-f]{8,17}")
 _SUBNET = re.compile(r"subnet-[0-9a-f]{8,17}")

@@ -110,6 +110,19 @@ TAG_KEY = NameRule(
 TAG_VALUE_PATTERN = re.compile(_TAG_CHARS + r"{0,256}")
 
 
+# AWS's own shapes for a region, a zone and an instance type (checked before any call is made).
+REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
+ZONE = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+[a-z]")
+INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9-]+")
+
+
+def aws_shape(pattern: re.Pattern[str], value: object, label: str, example: str) -> str:
+    """``value`` if it has the shape AWS gives ``pattern``'s kind of id, else BadName."""
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise BadName(f"{label} {value!r} is not of the form AWS uses; e.g. {example}")
+    return value
+
+
 def instance_name(value: object, label: str = "--name") -> str:
     return INSTANCE.check(value, label)
 

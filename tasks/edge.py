@@ -100,6 +100,10 @@ def name(rule: names.NameRule) -> ArgCheck:
     return lambda value, label: rule.check(value, label)
 
 
+def aws_shape(pattern, example: str) -> ArgCheck:
+    return lambda value, label: names.aws_shape(pattern, value, label, example)
+
+
 def shell_words(value: Any, label: str) -> str:
     """Words split like a shell (`--args "a=1 b='x y'"`): an unclosed quote is refused here."""
     try:
@@ -137,11 +141,18 @@ ARGUMENTS: dict[str, ArgCheck] = {
     "host": name(names.HOST),
     "user": name(names.SSH_USER),
     "port": integer(Range(1, 65535, why="a TCP port"), 22),
+    "local_port": integer(Range(1, 65535, why="a TCP port"), 8888),
     "lines": integer(Range(1, 1_000_000), 200),
     "max_recoveries": integer(Range(0, 100, why="replacement instances"), 3),
     "poll": number(Range(above=0, high=86400, why="seconds"), 30),
     "imds_poll": number(Range(above=0, high=3600, why="seconds"), 5),
     "download_every": number(Range(above=0, why="seconds"), 600),
+    "hours": number(Range(above=0, high=24 * 366, why="hours"), 1),
+    "gb": integer(Range(1, 16384, why="GiB of gp3"), 100),
+    "request_quota": integer(Range(1, 100_000, why="vCPUs"), 8),
+    "region": aws_shape(names.REGION, "us-east-1"),
+    "zone": aws_shape(names.ZONE, "us-east-1a"),
+    "types": aws_shape(names.INSTANCE_TYPE, "g5.xlarge"),
     "args": shell_words,
     "train_config": existing_file,
     "key": existing_file,
@@ -153,6 +164,9 @@ ARGUMENTS: dict[str, ArgCheck] = {
     "data_uri": one_line,
     "python": one_line,
     "setup_python": one_line,
+    "src": one_line,
+    "uri": one_line,
+    "logdir": one_line,
 }
 
 
@@ -190,7 +204,11 @@ def check_arguments(func: Callable, bound: inspect.BoundArguments, checks: dict[
             bound.arguments[pname] = param.default
             continue
         check = checks.get(pname) or ARGUMENTS.get(pname) or _fallback(param.default)
-        if check is not None:
+        if check is None:
+            continue
+        if isinstance(value, (list, tuple)):  # a repeatable flag (@task(iterable=[...])): each one
+            bound.arguments[pname] = [check(v, flag(pname)) for v in value]
+        else:
             bound.arguments[pname] = check(value, flag(pname))
 
 

@@ -164,3 +164,14 @@ def test_debug_shows_the_hidden_cause_of_an_expected_error(capsys, monkeypatch):
         err = capsys.readouterr().err
         assert e.value.code == 1 and err.rstrip().splitlines()[-1] == "error: could not read x; fix it"
         assert ("invalid literal for int()" in err) is shows and ("Traceback" in err) is shows
+
+
+def test_a_repeatable_flag_is_checked_one_value_at_a_time(capsys):
+    @edge.edge
+    def forwards(c, local_port=None):
+        return local_port
+
+    assert forwards(Context(), local_port=["8888", "6006"]) == [8888, 6006]
+    with pytest.raises(Exit):
+        forwards(Context(), local_port=["8888", "70000"])
+    assert capsys.readouterr().err.startswith("error: --local-port must be from 1 to 65535 (a TCP port), got 70000")
