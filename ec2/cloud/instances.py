@@ -15,7 +15,7 @@ import botocore.exceptions
 
 from common import aws
 from common.aws import aws_errors
-from ec2 import paths, registry
+from ec2 import names, paths, registry
 from ec2.errors import AwsError, InstanceGone
 
 NAME_TAG = "spotrun:name"
@@ -201,4 +201,5 @@ def forget_local(name: str) -> None:
             pass  # no ssh binary, or a master that does not answer: nothing more to do
     registry.remove(name)
     sshconfig.remove_entry(name)
-    paths.known_hosts_file(name).unlink(missing_ok=True)
+    if names.INSTANCE.problem(name) is None:  # a tag someone else wrote may not be a usable name
+        paths.known_hosts_file(name).unlink(missing_ok=True)
