@@ -144,9 +144,10 @@ ARGUMENTS: dict[str, ArgCheck] = {
     "local_port": integer(Range(1, 65535, why="a TCP port"), 8888),
     "lines": integer(Range(1, 1_000_000), 200),
     "max_recoveries": integer(Range(0, 100, why="replacement instances"), 3),
-    "poll": number(Range(above=0, high=86400, why="seconds"), 30),
-    "imds_poll": number(Range(above=0, high=3600, why="seconds"), 5),
-    "download_every": number(Range(above=0, why="seconds"), 600),
+    # Floors keep a typo (1e-9) from polling AWS, the instance or IMDS in a tight loop.
+    "poll": number(Range(0.1, 86400, why="seconds between looks at the instance"), 30),
+    "imds_poll": number(Range(0.1, 3600, why="seconds between IMDS questions"), 5),
+    "download_every": number(Range(1, why="seconds between checkpoint downloads"), 600),
     "hours": number(Range(above=0, high=24 * 366, why="hours"), 1),
     "gb": integer(Range(1, 16384, why="GiB of gp3"), 100),
     "request_quota": integer(Range(1, 100_000, why="vCPUs"), 8),

@@ -80,10 +80,9 @@ CASES = [
     fab("logs-lines-zero", "logs", "--name", "box", "--lines", "0", says=("--lines", "1 to")),
     fab("run-max-recoveries-negative", "run", "--max-recoveries=-1", says=("--max-recoveries", "0 to 100")),
     fab("run-max-recoveries-huge", "run", "--max-recoveries", "5000", says=("--max-recoveries", "got 5000")),
-    fab(
-        "run-download-every-zero", "run", "--download-every", "0", says=("--download-every", "greater than 0")
-    ),
-    fab("run-poll-negative", "run", "--poll=-3", says=("--poll", "greater than 0")),
+    fab("run-download-every-zero", "run", "--download-every", "0", says=("--download-every", "1 or more")),
+    fab("run-poll-negative", "run", "--poll=-3", says=("--poll", "from 0.1 to 86400")),
+    fab("run-poll-tiny", "run", "--poll", "1e-9", says=("--poll", "got 1e-09")),
     fab("run-imds-poll-nan", "run", "--imds-poll", "nan", says=("--imds-poll", "finite")),
     fab("run-poll-inf", "run", "--poll", "inf", says=("--poll", "finite")),
     fab(
