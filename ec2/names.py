@@ -92,7 +92,7 @@ SSH_USER = NameRule(
 HOST = NameRule(
     "host",
     re.compile(r"[A-Za-z0-9:][A-Za-z0-9.:_-]{0,252}"),
-    "a DNS name or an IP address",
+    "a DNS name or an IP address (a user goes in --user)",
     "--host 203.0.113.7",
 )
 

@@ -342,7 +342,6 @@ CASES = [
         "{tiny}",
         "dataset.num_dataloader_workers=-1",
         says=("num_dataloader_workers",),
-        cli=True,
     ),
     train(
         "train-input-features-zero",
@@ -645,7 +644,7 @@ def check(case: Case, world: World, *, cli: bool) -> None:
 
 def test_the_battery_is_big_enough():
     assert len(CASES) >= 60 and len({c.id for c in CASES}) == len(CASES)
-    assert sum(c.cli for c in CASES) >= 8
+    assert sum(c.cli for c in CASES) >= 8 and {c.tool for c in CASES if c.cli} == {"fab", "train", "synth"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
