@@ -174,4 +174,5 @@ def test_a_repeatable_flag_is_checked_one_value_at_a_time(capsys):
     assert forwards(Context(), local_port=["8888", "6006"]) == [8888, 6006]
     with pytest.raises(Exit):
         forwards(Context(), local_port=["8888", "70000"])
-    assert capsys.readouterr().err.startswith("error: --local-port must be from 1 to 65535 (a TCP port), got 70000")
+    err = capsys.readouterr().err
+    assert err.startswith("error: --local-port must be from 1 to 65535 (a TCP port), got 70000")
