@@ -48,21 +48,25 @@ class Case:
     tool: str = "fab"  # fab | train | synth
     cli: bool = False  # also through the real executable
     owner: str = "reliab"  # "train": the fix is h-train's (trainer side)
+    # A defect found only when a batch reads it (non-finite features: checked per batch, as the
+    # features are read lazily, also from S3): the run has started, so its new log files exist;
+    # still no checkpoint is written and no file that existed before changes.
+    run_started: bool = False
 
 
 def fab(id, *argv, code=2, says=(), cli=False):
     return Case(id, tuple(argv), code, tuple(says), "fab", cli)
 
 
-def train(id, *argv, code=2, says=(), cli=False, owner="train"):
-    return Case(id, tuple(argv), code, tuple(says), "train", cli, owner)
+def train(id, *argv, code=2, says=(), cli=False, owner="train", run_started=False):
+    return Case(id, tuple(argv), code, tuple(says), "train", cli, owner, run_started)
 
 
 def synth(id, *argv, code=2, says=(), cli=False):
     return Case(id, tuple(argv), code, tuple(says), "synth", cli)
 
 
-# {data}, {run}, {ro}, {broken:...} in trainer arguments are filled in by the world fixture.
+# {demo} {tiny} {tmp} {file} {malformed} {broken:...} in trainer arguments: filled in by the world fixture.
 CASES = [
     # -- class 3: numbers out of range, on the command line and in configs/aws.yaml -------------------
     fab(
@@ -365,13 +369,25 @@ CASES = [
         owner="reliab",
     ),
     train(
-        "train-output-dir-read-only",
+        "train-output-dir-under-a-file",
         "--config",
         "{demo}",
         "{tiny}",
-        "output_dir={ro}/run",
-        "checkpoint_dir={ro}/run/checkpoint",
-        says=("{ro}",),
+        "output_dir={file}/run",
+        "checkpoint_dir={file}/run/checkpoint",
+        code=6,
+        says=("{file}", "choose another output_dir"),
+    ),
+    train(
+        # /proc takes no new folders, even from root (a chmod'ed folder would not stop root).
+        "train-output-dir-not-writable",
+        "--config",
+        "{demo}",
+        "{tiny}",
+        "output_dir=/proc/spotrun-run",
+        "checkpoint_dir=/proc/spotrun-run/checkpoint",
+        code=6,
+        says=("/proc/spotrun-run", "writable output_dir"),
     ),
     train(
         "train-labels-missing",
@@ -390,6 +406,7 @@ CASES = [
         "dataset.dataset_dir={broken:nan}",
         code=3,
         says=("finite",),
+        run_started=True,
     ),
     train(
         "train-seq-len-disagrees",
@@ -413,10 +430,14 @@ CASES = [
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
-    """relative path → sha256 of every regular file under the roots (symlinks by their target)."""
+    """path → sha256 of every regular file under the roots (symlinks by their target), leaving out
+    ~/.cache/spotrun: a cache (the trial index of a data file, kept by its ETag/mtime) may fill
+    while a run fails, and losing it loses nothing."""
     out = {}
     for root in roots:
         for dirpath, _, files in os.walk(root):
+            if Path(dirpath).is_relative_to(root / ".cache" / "spotrun"):
+                continue
             for f in files:
                 p = Path(dirpath) / f
                 if p.is_symlink():
@@ -466,10 +487,11 @@ def _broken_copies(data: Path, root: Path) -> dict[str, str]:
             trial = f[sorted(f.keys())[0]]
             if defect == "no_labels":
                 del trial["seq_class_ids"]
-            elif defect == "nan":
-                feats = trial["input_features"][()]
-                feats[0, 0] = np.nan
-                trial["input_features"][...] = feats
+            elif defect == "nan":  # in every trial: a tiny run's two batches meet one for sure
+                for name in f:
+                    feats = f[name]["input_features"][()]
+                    feats[0, 0] = np.nan
+                    f[name]["input_features"][...] = feats
             else:
                 trial.attrs["seq_len"] = np.int64(trial["seq_class_ids"].shape[0] + 50)
         out[f"broken:{defect}"] = str(dest)
@@ -520,8 +542,6 @@ def world(moto_server):
     ckpt.mkdir(parents=True)
     (ckpt / "last.pt").write_bytes(os.urandom(2048))  # what `fab download` kept: never to be lost
     data = make_data(root / "data")
-    ro = root / "ro"
-    ro.mkdir()
     run = root / "t" / "run"
     malformed = root / "malformed.yaml"
     malformed.write_text("model:\n  n_units: [128\n")
@@ -542,12 +562,10 @@ def world(moto_server):
         ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_server)
         # (one of moto's stock AMIs by id: listing them all costs seconds)
         ec2.run_instances(ImageId="ami-03cf127a", MinCount=1, MaxCount=1)
-        ro.chmod(0o500)
         world = World(root, home, project, data, env)
         world.fills = {
             "demo": str(project / "configs" / "demo.yaml"),
             "tiny": "\0".join(tiny(data, run, 2)),
-            "ro": str(ro),
             "tmp": str(root / "t"),
             "file": str(a_file),
             "malformed": str(malformed),
@@ -555,7 +573,6 @@ def world(moto_server):
         }
         yield world
     finally:
-        ro.chmod(0o700)
         server.__exit__(None, None, None)
         mp.undo()
         aws.reset_clients()
@@ -638,7 +655,14 @@ def check(case: Case, world: World, *, cli: bool) -> None:
     for fragment in world.fill(case.says):
         assert fragment in line, f"{fragment!r} missing from {line!r}"
     assert code == case.code, f"exit {code}, expected {case.code}: {output}"
-    assert snapshot(world.home, world.project, world.root / "data", world.root / "t") == before_files
+    after_files = snapshot(world.home, world.project, world.root / "data", world.root / "t")
+    if case.run_started:
+        new = {p: h for p, h in after_files.items() if p not in before_files}
+        assert not [p for p in new if p.endswith(".pt") or "checkpoint" in p], new
+        assert all(p.startswith(world.fills["tmp"] + "/run/") for p in new), new
+        after_files = {p: h for p, h in after_files.items() if p in before_files}
+        shutil.rmtree(world.fills["tmp"] + "/run", ignore_errors=True)
+    assert after_files == before_files
     assert world.live_instances() == before_instances
 
 
