@@ -1,7 +1,8 @@
 """The fault battery: things that go wrong in the middle, each ending with 0 lost checkpoints and 0
 leaked instances.
 
-- sshd killed in the middle of an rsync: the retry completes (and resumes the partial file);
+- sshd killed in the middle of an rsync (a sync, a download): the retry completes (a sync resumes
+  the partial file; the laptop's old checkpoint stays whole until the new one has arrived);
 - the laptop's `fab download` killed (SIGKILL, the whole process group) mid-transfer: the old
   local checkpoint is intact and the next download completes;
 - S3 answering 503 SlowDown / 500 InternalError for a while (the counting proxy injects S3's
@@ -104,16 +105,49 @@ def test_sshd_killed_mid_rsync_the_retry_completes(sshd, project, quick_retries,
     assert result["value"].bytes_sent < BIG
 
 
-def test_fab_download_killed_keeps_the_old_checkpoint_and_the_next_download_completes(sshd, project):
+def _remote_run_with_checkpoint(sshd) -> tuple[Path, bytes]:
+    """A run's output folder on the machine holding a new, big last.pt, and its run folder."""
     remote_out = sshd.root / "remote" / "code" / "out"
     (remote_out / "checkpoint").mkdir(parents=True)
     new = os.urandom(BIG)
     (remote_out / "checkpoint" / "last.pt").write_bytes(new)
     (sshd.root / "remote" / "runs" / "train").mkdir(parents=True)
     (sshd.root / "remote" / "runs" / "train" / "log").write_text("step 90\n")
+    return remote_out, new
+
+
+OLD = b"step 40: the checkpoint the last download kept"
+
+
+def _laptop_checkpoint(project: Path) -> Path:
     local = project / "outputs" / "box" / "checkpoint"
     local.mkdir(parents=True)
-    (local / "last.pt").write_bytes(b"step 40: the checkpoint the last download kept")
+    (local / "last.pt").write_bytes(OLD)
+    return local
+
+
+def test_sshd_killed_mid_download_keeps_the_old_checkpoint_and_the_retry_completes(
+    sshd, project, quick_retries, capfd
+):
+    remote_out, new = _remote_run_with_checkpoint(sshd)
+    local = _laptop_checkpoint(project)
+    sshd.record(name="box", proxy_command=sshd.throttled(RATE))
+    thread, result = in_thread(remote.download, Context(), name="box", output_dir=str(remote_out))
+    temp_dir = project / "outputs" / "box" / ".rsync-partial"
+    wait_until(lambda: partial_in(temp_dir, "last.pt"), what="the download to be mid-file")
+    sshd.stop()
+    assert (local / "last.pt").read_bytes() == OLD  # never a half-written checkpoint
+    time.sleep(1)
+    sshd.restart()
+    thread.join(120)
+    assert "error" not in result, result.get("error")
+    assert (local / "last.pt").read_bytes() == new
+    assert "download: connection lost" in capfd.readouterr().err
+
+
+def test_fab_download_killed_keeps_the_old_checkpoint_and_the_next_download_completes(sshd, project):
+    remote_out, new = _remote_run_with_checkpoint(sshd)
+    local = _laptop_checkpoint(project)
     sshd.record(name="box", proxy_command=sshd.throttled(RATE))
 
     argv = [str(Path(sys.executable).parent / "fab"), "-r", str(REPO), "download", "--name", "box"]
@@ -125,7 +159,7 @@ def test_fab_download_killed_keeps_the_old_checkpoint_and_the_next_download_comp
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the laptop process and its rsync/ssh children
         proc.wait(10)
-    assert (local / "last.pt").read_bytes() == b"step 40: the checkpoint the last download kept"
+    assert (local / "last.pt").read_bytes() == OLD
 
     remote.download(Context(), name="box", output_dir=str(remote_out))
     assert (local / "last.pt").read_bytes() == new
