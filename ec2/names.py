@@ -37,6 +37,7 @@ class NameRule:
     # on top of the pattern, which already lacks `/`).
     path_like: bool = True
     forbidden_prefix: str | None = None
+    why_no_slash: str = "it becomes a file name"
 
     def problem(self, value: object) -> str | None:
         if not isinstance(value, str):
@@ -44,7 +45,7 @@ class NameRule:
         if not value:
             return "is empty"
         if self.path_like and ("/" in value or ".." in value or "\\" in value):
-            return "must not contain '/', '\\' or '..' (it becomes a file name)"
+            return f"must not contain '/', '\\' or '..' ({self.why_no_slash})"
         if self.forbidden_prefix and value.lower().startswith(self.forbidden_prefix):
             return f"must not start with {self.forbidden_prefix!r}"
         if not self.pattern.fullmatch(value):
@@ -83,6 +84,7 @@ SECURITY_GROUP = NameRule(
     "up to 255 of a-z A-Z 0-9, spaces and ._-:()#,@[]+=&;{}!$*",
     "spotrun-ssh",
     forbidden_prefix="sg-",
+    why_no_slash="spotrun refuses them in every name",
 )
 # The login user: the SSH config `User` line and rsync's target (POSIX portable user names).
 SSH_USER = NameRule(
@@ -94,6 +96,7 @@ HOST = NameRule(
     re.compile(r"[A-Za-z0-9:][A-Za-z0-9.:_-]{0,252}"),
     "a DNS name or an IP address (a user goes in --user)",
     "--host 203.0.113.7",
+    why_no_slash="a host name has none",
 )
 
 # Tags (EC2 "Tag restrictions"): key 1-128, value 0-256 characters, letters, digits, spaces and
