@@ -11,12 +11,13 @@ FABARGS := $(if $(NAME),--name $(NAME)) --config $(CONFIG)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test lint format demo data train bench aws-launch aws-status aws-setup aws-upload \
-        aws-train aws-logs aws-attach aws-ssh aws-download aws-gpu aws-terminate aws-run aws-cleanup
+        aws-train aws-logs aws-attach aws-ssh aws-download aws-gpu aws-terminate aws-run aws-cleanup \
+        python-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-setup: ## make .venv and install the project, pinned dependencies and dev tools
+setup: python-check ## make .venv and install the project, pinned dependencies and dev tools
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
@@ -40,7 +41,7 @@ format: ## format the tree with ruff format and apply ruff's safe fixes
 data: ## write the synthetic dataset the demo trains on (data/synthetic)
 	$(BIN)/python scripts/make_synthetic_data.py --out data/synthetic
 
-demo: data ## train configs/demo.yaml on synthetic data, on the CPU
+demo: data ## train configs/demo.yaml on synthetic data (device auto: CUDA, Apple GPU or CPU)
 	$(BIN)/python -m ml.train --config configs/demo.yaml $(ARGS)
 
 train: ## train TRAIN_CONFIG locally (ARGS='dotted.key=value ...')
@@ -75,3 +76,9 @@ aws-cleanup: ## remove spotrun's security group and key pair when unused
 	$(FAB) cleanup --config $(CONFIG)
 aws-run: ## the managed journey: launch, setup, sync, train, recover from interruptions, download, terminate
 	$(FAB) run $(FABARGS) --train-config $(TRAIN_CONFIG) $(if $(ARGS),--args "$(ARGS)")
+
+# macOS's stock python3 can be 3.9 (and `python` 2.7): refuse it with the fix before making a venv.
+# Written for any Python (no f-strings) so an old one gets the message, not a SyntaxError.
+python-check: ## check that PY (default python3) is Python 3.10 or later
+	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found: \`brew install python@3.12\`, then \`make setup PY=python3.12\`" >&2; exit 1; }
+	@$(PY) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 10) else "error: spotrun needs Python 3.10 or later, and $(PY) is %d.%d: `brew install python@3.12`, then `make setup PY=python3.12`" % (v[0], v[1]))'

@@ -121,7 +121,7 @@ class TrainConfig:
     # "auto": continue from the newest checkpoint in checkpoint_dir if there is one;
     # "never": start fresh (refuses to overwrite existing checkpoints); or a checkpoint path.
     resume: str = "auto"
-    # "auto" picks cuda when available (honouring gpu_number), else cpu.
+    # "auto": cuda when available (honouring gpu_number), else Apple's GPU (mps), else cpu (ml/device.py).
     device: str = "auto"
     compile: bool = False
     progress_bar: bool = True

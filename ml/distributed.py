@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun, and the device choice.
+"""Data-parallel training under torchrun.
 
 Under ``torchrun --nproc_per_node N -m ml.train ...`` torchrun sets RANK/WORLD_SIZE/LOCAL_RANK
 and the rendezvous address; we join the group (NCCL on GPU, gloo on CPU) and wrap the model in
@@ -30,7 +30,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from common.errors import ConfigError
+# The device choice lives in ml/device.py; train.py still asks for it here.
+from ml.device import pick_device as pick_device
 
 
 @dataclass(frozen=True)
@@ -53,29 +54,6 @@ def from_env() -> Dist:
     if world <= 1:
         return Dist()
     return Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def pick_device(setting: str, gpu_number: str, d: Dist) -> torch.device:
-    """``auto``: CUDA when present (the local rank's GPU under torchrun, else gpu_number when that
-    GPU exists, else GPU 0), otherwise the CPU. Any other value is used as written."""
-    if setting != "auto":
-        try:
-            device = torch.device(setting)
-        except RuntimeError:
-            raise ConfigError(f"device {setting!r} is not a torch device; use auto, cpu or cuda:N") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device {setting!r} asked for, but torch sees no CUDA GPU; use device=auto")
-        return device
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    if d.enabled:
-        return torch.device("cuda", d.local_rank)
-    try:
-        index = int(gpu_number)
-    except ValueError:
-        index = 0
-    # The reference file says gpu_number '1' (a two-GPU workstation); one-GPU instances have only 0.
-    return torch.device("cuda", index if 0 <= index < torch.cuda.device_count() else 0)
 
 
 # The private gloo group for any_true/gather (see the module docstring); None in one process.

@@ -10,7 +10,8 @@ from invoke import task
 
 from common.errors import ConfigError
 from ec2.journey import Journey, Plan, report, stdin_asker
-from ec2.remote.trainrun import TRAINER_SIGNAL, train_command, train_env
+from ec2.remote.rsync_version import local_rsync
+from ec2.remote.trainrun import TRAINER_SIGNAL, train_command
 from tasks.edge import aws_config, edge, machine_name
 from tasks.remote import DEFAULT_TRAIN_CONFIG
 
@@ -42,6 +43,7 @@ def run(
     """Managed run: launch, setup, sync, train; on interruption relaunch elsewhere and resume; summary."""
     from ml.config import load_train_config
 
+    local_rsync().require()  # before an instance is paid for, not at its first sync
     cfg = aws_config(config, set_)
     name = machine_name(name, cfg)
     overrides = shlex.split(args or "")
@@ -57,7 +59,6 @@ def run(
     plan = Plan(
         command=train_command(cfg.remote_dir, train_config, overrides),
         run=run_name,
-        env=train_env(cfg.region, data_uri),
         output_dir=train_cfg.output_dir,
         checkpoint_dir=train_cfg.checkpoint_dir,
         signal=TRAINER_SIGNAL,

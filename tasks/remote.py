@@ -160,6 +160,11 @@ def train(
     set_=None,
 ):
     """Start training (or --cmd) in tmux on the machine; output teed to runs/RUN/log."""
+    if cmd and data_uri:
+        raise ToolkitError(
+            "--data-uri sets the trainer's dataset.dataset_dir; a --cmd command takes its data "
+            "location in its own arguments"
+        )
     m = _machine(name, config, set_)
     overrides = shlex.split(args or "")
     if data_uri:
@@ -171,7 +176,7 @@ def train(
         output_dir = _local_output_dir(train_config, overrides)
         backup_uri = aws_config(config, set_).checkpoint_backup_uri
         watcher_args = watcher_args_for(TRAINER_SIGNAL, _checkpoint_dir(train_config, overrides), backup_uri)
-    env = train_env(_region(m, config, set_), data_uri)
+    env = train_env(_region(m, config, set_))
     rdir = runs.start_run(
         m,
         run,

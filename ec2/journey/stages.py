@@ -20,7 +20,7 @@ from ec2.remote import runs, trainrun
 from ec2.remote.carry import laptop_checkpoint, remote_checkpoint, restore_checkpoint
 from ec2.remote.ssh import Machine
 from ec2.remote.sync import download_argv, download_outputs, rsync_with_retries, sync_code
-from ec2.remote.trainrun import setup_command
+from ec2.remote.trainrun import setup_command, train_env
 
 Say = Callable[[str], None]
 
@@ -29,7 +29,7 @@ Say = Callable[[str], None]
 class Plan:
     command: str  # the remote command line (python -m ml.train ...)
     run: str = "train"
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # besides AWS_REGION (see run_env)
     output_dir: str | None = None  # the trainer's (relative to code/, or absolute, or s3://)
     checkpoint_dir: str | None = None
     signal: str = trainrun.TRAINER_SIGNAL
@@ -93,13 +93,19 @@ def restore(m: Machine, plan: Plan, outputs: Path, out: Say) -> int | None:
     return files
 
 
+def run_env(m: Machine, plan: Plan) -> dict[str, str]:
+    """The run's environment on this instance: the plan's, with the region the instance was
+    launched in (which may have come from AWS_REGION on the laptop, not from the config)."""
+    return {**plan.env, **train_env(m.record.region)}
+
+
 def start(m: Machine, plan: Plan, backup_uri: str | None, out: Say) -> None:
     runs.start_run(
         m,
         plan.run,
         plan.command,
         force=True,
-        env=plan.env,
+        env=run_env(m, plan),
         watcher_args=watcher_args(plan, backup_uri),
         output_dir=plan.output_dir,
     )

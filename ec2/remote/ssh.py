@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ec2 import paths
-from ec2.errors import ConnectionLost, RemoteCommandFailed
+from ec2.errors import ConnectionLost, RemoteCommandFailed, ToolkitError
 from ec2.registry import MachineRecord
 
 SSH_BIN = "ssh"
@@ -63,7 +65,7 @@ def ssh_options(
     if record.proxy_command:
         opts += ["-o", f"ProxyCommand={record.proxy_command}"]
     if control:
-        # %C: a hash of host, port and user, so the socket path stays short (sun_path ~104 bytes).
+        # %C: a hash of host, port and user, so the socket path stays short (see paths.control_dir).
         opts += [
             "-o",
             "ControlMaster=auto",
@@ -104,7 +106,21 @@ def rsync_rsh(record: MachineRecord, *, control: bool = True) -> str:
 def prepare_local(record: MachineRecord) -> None:
     """Folders the options name must exist: known_hosts' parent and the control socket dir."""
     record.known_hosts.parent.mkdir(parents=True, exist_ok=True)
-    paths.control_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(paths.control_dir())
+
+
+def private_dir(folder: Path) -> None:
+    """Make `folder` (mode 0700) or check that the one there is the user's own: a control socket
+    lets whoever can reach it run commands on the machine, and the folder may be in shared /tmp."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = folder.lstat()
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise ToolkitError(
+            f"{folder} (for SSH control sockets) is not a folder of yours; remove it, or set "
+            "SPOTRUN_HOME to a short path of your own"
+        )
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        folder.chmod(0o700)
 
 
 def close_masters() -> None:

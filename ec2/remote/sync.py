@@ -19,10 +19,10 @@ from pathlib import Path
 
 from common.s3uri import is_s3
 from ec2.errors import ConnectionLost, ToolkitError
+from ec2.remote.rsync_version import RSYNC_BIN, RsyncInfo, local_rsync
 from ec2.remote.runs import code_dir, run_dir
 from ec2.remote.ssh import Machine, backoff_delays, join_path, prepare_local, quote_path, rsync_rsh
 
-RSYNC_BIN = "rsync"
 # rsync exits that mean the connection went away (10 socket I/O, 12 protocol stream, 30 timeout
 # in data send/receive, 35 timeout waiting for daemon connection, 255 ssh itself). 10 is what rsync
 # reports when the machine's sshd dies mid-transfer about as often as 12 (the fault battery).
@@ -67,8 +67,12 @@ def rsync_target(host: str, path: str) -> str:
     return f"{host}:{path}"
 
 
-def _progress_flags(tty: bool) -> list[str]:
-    return ["--info=progress2", "--stats"] if tty else ["--itemize-changes", "--stats"]
+def _progress_flags(tty: bool, rsync: RsyncInfo) -> list[str]:
+    """One progress line for the whole transfer at a terminal (a line per file before rsync
+    3.1), else the changes listed for parse_stats; --stats for the counts either way."""
+    if tty:
+        return ["--info=progress2" if rsync.progress2 else "--progress", "--stats"]
+    return ["--itemize-changes", "--stats"] if rsync.itemize else ["--stats"]
 
 
 def protect_filters(paths: tuple[str, ...] | list[str]) -> list[str]:
@@ -83,16 +87,25 @@ def protect_filters(paths: tuple[str, ...] | list[str]) -> list[str]:
 
 
 def rsync_argv(
-    machine: Machine, options: list[str], source: str, target: str, *, tty: bool = False
+    machine: Machine,
+    options: list[str],
+    source: str,
+    target: str,
+    *,
+    tty: bool = False,
+    rsync: RsyncInfo | None = None,
 ) -> list[str]:
     """The one rsync command line: archive + compression, the same SSH options as every other
-    connection, progress (or itemized changes to parse), then the options of this transfer."""
+    connection, progress (or itemized changes to parse), then the options of this transfer.
+    Only options the local rsync (`rsync`, default: the one on PATH) accepts; ToolkitError
+    before anything runs when it cannot sync correctly (see ec2/remote/rsync_version.py)."""
+    rsync = (rsync or local_rsync()).require()
     return [
         RSYNC_BIN,
         "-az",
         f"--partial-dir={PARTIAL_DIR}",
         *options,
-        *_progress_flags(tty),
+        *_progress_flags(tty, rsync),
         "-e",
         rsync_rsh(machine.record, control=machine.control),
         source,
@@ -141,10 +154,12 @@ def upload_argv(machine: Machine, local_dir: Path, remote_path: str, *, tty: boo
     return rsync_argv(machine, options, f"{Path(local_dir).resolve()}/", target, tty=tty)
 
 
+# The --stats wording of rsync 3.x ("regular files", numbers with commas), 2.6.9 ("Number of
+# files transferred") and openrsync ("Total sent: 1234 B").
 _STAT_LINES = {
-    "files_transferred": re.compile(r"Number of regular files transferred: ([\d,]+)"),
+    "files_transferred": re.compile(r"Number of (?:regular )?files transferred: ([\d,]+)"),
     "bytes_transferred": re.compile(r"Total transferred file size: ([\d,]+)"),
-    "bytes_sent": re.compile(r"Total bytes sent: ([\d,]+)"),
+    "bytes_sent": re.compile(r"Total (?:bytes )?sent: ([\d,]+)"),
 }
 
 

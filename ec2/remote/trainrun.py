@@ -34,15 +34,11 @@ def train_command(remote_dir: str, train_config: str, overrides: list[str]) -> s
     )
 
 
-def train_env(region: str | None, data_uri: str | None) -> dict[str, str]:
-    """What a run needs to know about AWS: the region and the data URI. Never credentials: the
-    instance reads S3 through its IAM instance profile."""
-    env = {}
-    if region:
-        env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = region
-    if data_uri:
-        env["SPOTRUN_DATA_URI"] = data_uri
-    return env
+def train_env(region: str | None) -> dict[str, str]:
+    """What a run needs to know about AWS: the region. Never credentials: the instance reads S3
+    through its IAM instance profile. (The data location travels as the trainer's own
+    `dataset.dataset_dir`, which it checks and saves with each checkpoint.)"""
+    return {"AWS_REGION": region, "AWS_DEFAULT_REGION": region} if region else {}
 
 
 def watcher_args(

@@ -75,7 +75,7 @@ def test_happy_path_sets_everything(home, ec2_client, dlami, capsys):
         "Value"
     ]
     script = base64.b64decode(user_data).decode()
-    assert "shutdown -h +120 " in script and 'IDLE_MINUTES="${SPOTRUN_IDLE_MINUTES:-15}"' in script
+    assert "shutdown -h +120 " in script and "\nIDLE_MINUTES=15\n" in script
 
     volumes = ec2_client.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [iid]}])[
         "Volumes"
@@ -200,7 +200,7 @@ def test_ssh_port_is_the_one_opened_and_watched(home, ec2_client, dlami):
     ).decode()
     # sshd is moved to the port, and the idle watch counts sessions on it (not on 22).
     assert "echo 'Port 2222' > /etc/ssh/sshd_config.d/" in script
-    assert 'SSH_PORT="${SPOTRUN_SSH_PORT:-2222}"' in script and "sport = :$SSH_PORT" in script
+    assert "\nSSH_PORT=2222\n" in script and "sport = :$SSH_PORT" in script
 
 
 def test_unoffered_type_creates_nothing(home, ec2_client, dlami):

@@ -115,16 +115,17 @@ def test_start_command_runs_in_tmux_with_log_exit_code_and_watcher():
     assert "kill-session" in forced and f"exit {runs.EXISTS_CODE}" not in forced
 
 
-def test_train_command_and_env_carry_region_and_data_uri_never_credentials(monkeypatch):
+def test_train_command_and_env_carry_the_region_never_credentials(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     cmd = train_command("~/spotrun", "configs/demo.yaml", ["train.num_training_batches=5"])
     assert cmd == (
         '"$HOME"/spotrun/venv/bin/python -m ml.train --config configs/demo.yaml train.num_training_batches=5'
     )
-    env = train_env("eu-west-1", "s3://bucket/data")
+    env = train_env("eu-west-1")
+    assert env == {"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "eu-west-1"} and train_env(None) == {}
     line = runs.start_command("~/spotrun", "exp", cmd, env=env)
-    assert "export AWS_REGION=eu-west-1" in line and "SPOTRUN_DATA_URI=s3://bucket/data" in line
+    assert "export AWS_REGION=eu-west-1" in line and "SPOTRUN" not in line
     assert "AWS_ACCESS_KEY_ID" not in line and "AWS_SECRET" not in line and "AKIAEXAMPLE" not in line
     with pytest.raises(ToolkitError, match="IAM instance profile"):
         runs.start_command("~/spotrun", "exp", cmd, env={"AWS_SECRET_ACCESS_KEY": "x"})
