@@ -16,7 +16,7 @@ import botocore.exceptions
 from common import aws
 from common.aws import aws_errors
 from ec2 import names, paths, registry
-from ec2.errors import AwsError, InstanceGone
+from ec2.errors import AwsError, InstanceGone, ToolkitError
 
 NAME_TAG = "spotrun:name"
 OWNER_TAG = "spotrun:owner"
@@ -130,7 +130,10 @@ def gone_check(record, profile: str | None = None) -> Callable[[], None]:
     def check() -> None:
         if record.adopted or not record.region:
             return
-        info = describe_instance(aws.client("ec2", record.region, profile), record.instance_id)
+        try:
+            info = describe_instance(aws.client("ec2", record.region, profile), record.instance_id)
+        except (ToolkitError, botocore.exceptions.BotoCoreError):
+            return  # AWS cannot be asked either (the laptop is offline): go on retrying SSH
         if info is not None and info.state in ("pending", "running"):
             return
         state = info.state if info is not None else "gone"

@@ -182,10 +182,16 @@ class Machine:
         # machine is known to be gone, so a terminated instance is not retried for a minute and
         # then blamed on the network. The SSH layer knows nothing of AWS; tasks supply it.
         self.still_there = still_there
+        self._asked = False
 
-    def check_still_there(self) -> None:
-        if self.still_there is not None:
-            self.still_there()
+    def check_still_there(self, *, last: bool = False) -> None:
+        """Ask `still_there` at the first dropped connection, and again when giving up (the machine
+        may have ended meanwhile); not at every retry: asking AWS from an offline laptop costs
+        botocore's own retries each time."""
+        if self.still_there is None or (self._asked and not last):
+            return
+        self._asked = True
+        self.still_there()
 
     @property
     def name(self) -> str:
@@ -233,7 +239,7 @@ class Machine:
                     raise RemoteCommandFailed(proc.returncode, command[:200], proc.stderr)
                 return Result(proc.returncode, proc.stdout, proc.stderr)
             stderr = proc.stderr
-            self.check_still_there()
+            self.check_still_there(last=attempt == len(delays))
             if attempt < len(delays):
                 time.sleep(delays[attempt])
         raise self.lost("a command", stderr)
@@ -243,7 +249,7 @@ class Machine:
         prepare_local(self.record)
         code = subprocess.run(self.argv(command, tty=tty)).returncode
         if code == SSH_CONNECTION_ERROR:
-            self.check_still_there()
+            self.check_still_there(last=True)
         return code
 
     def exec_interactive(self, command: str | None = None) -> None:

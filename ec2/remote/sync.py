@@ -197,7 +197,7 @@ def rsync_with_retries(machine: Machine, argv: list[str], what: str, *, echo: bo
         if code not in RETRYABLE:
             tail = stderr.strip().splitlines()[-1] if stderr.strip() else ""
             raise ToolkitError(f"{what} failed (rsync exit {code}): {tail}; fix the cause above and rerun")
-        machine.check_still_there()
+        machine.check_still_there(last=attempt == len(delays))
         if attempt < len(delays):
             print(
                 f"{what}: connection lost (rsync exit {code}); retrying in {delays[attempt]:g} s",
