@@ -61,7 +61,7 @@ def bench(name: str, cfg, steps: int, warmup: int, bins: int | None = None) -> N
         if bins:
             batch = stretch(batch, bins)
         t1 = time.perf_counter()
-        loss, _ = train_step(model, batch, optimizer, scheduler, cfg, device)
+        loss, _, _ = train_step(model, batch, optimizer, scheduler, cfg, device)
         float(loss)
         t2 = time.perf_counter()
         if i >= warmup:

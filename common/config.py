@@ -2,12 +2,16 @@
 
     cfg = load_config(TrainConfig, "configs/demo.yaml", ["dataset.batch_size=32"])
 
-Every error names the file and the dotted key, so the user knows exactly what to fix.
+Every error names the dotted key and where its value came from: the override as typed (a
+command-line ``key=value`` or a ``--set``) when one set it, else the file, so the user knows
+exactly what to fix. Range checks declared per field (common/checks.py) raise ``FieldError``;
+``blame_field`` says where such a value came from in the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -16,9 +20,11 @@ from typing import Any, TypeVar
 import yaml
 
 from common.atomic import atomic_write_text
+from common.checks import FieldError
 from common.errors import ConfigError
 
 T = TypeVar("T")
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -80,17 +86,66 @@ def _deep_copy(data: Any) -> Any:
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
-    """Load ``path`` (or only defaults when None) into dataclass ``cls`` with overrides applied."""
+def load_config(
+    cls: type[T],
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    override_label: str = "override",
+) -> T:
+    """Load ``path`` (or only defaults when None) into dataclass ``cls`` with overrides applied.
+
+    ``override_label`` names the overrides in errors: "override" for a command line's
+    ``key=value``, "--set" for a fab flag."""
     data = read_yaml(path) if path is not None else {}
     for text in overrides or []:
-        check_override_key(cls, text)
+        check_override_key(cls, text, override_label)
     data = apply_overrides(data, overrides)
-    source = str(path) if path is not None else "defaults"
+    source = Blame(str(path) if path is not None else "defaults", overrides, override_label)
     return from_dict(cls, data, source=source)
 
 
-def check_override_key(cls: type, text: str) -> None:
+class Blame:
+    """Where the value of a dotted key came from: the last override that set it (or a section
+    above it), else the file."""
+
+    def __init__(self, file: str, overrides: list[str] | None, label: str = "override"):
+        self.file = file
+        self.label = label
+        self.overrides = [(parse_override(text)[0], text) for text in overrides or []]
+
+    def override_for(self, key: str) -> str | None:
+        """The override (as typed) that set ``key``, or None when the file did."""
+        key = re.sub(r"\[\d+\]", "", key)
+        for okey, text in reversed(self.overrides):
+            if key == okey or key.startswith(okey + ".") or okey.startswith(key + "."):
+                return text
+        return None
+
+    def where(self, key: str) -> str:
+        text = self.override_for(key)
+        return self.file if text is None else f"{self.label} {text!r}"
+
+    def __str__(self) -> str:
+        return self.file
+
+
+def _where(source: str | Blame, key: str) -> str:
+    return source.where(key) if isinstance(source, Blame) else source
+
+
+def blame_field(
+    e: FieldError, path: str | Path | None, overrides: list[str] | None, override_label: str = "override"
+) -> ConfigError:
+    """A range (or declared-check) failure as one line naming where the value came from."""
+    text = Blame("", overrides, override_label).override_for(e.key)
+    if text is not None:
+        return ConfigError(f"{override_label} {text!r}: {e}; change that value")
+    if path is None:
+        return ConfigError(f"built-in default: {e}; set {e.key} in the config file")
+    return ConfigError(f"{path}: {e}; edit {e.key} in {path}")
+
+
+def check_override_key(cls: type, text: str, label: str = "override") -> None:
     """An override naming a key the schema lacks is the command line's mistake, not the file's:
     say so, naming the override as typed."""
     key, _ = parse_override(text)
@@ -102,7 +157,7 @@ def check_override_key(cls: type, text: str) -> None:
         hints = typing.get_type_hints(tp)
         if part not in {f.name for f in dataclasses.fields(tp) if f.init}:
             raise ConfigError(
-                f"override {text!r}: unknown key {'.'.join(key.split('.')[: i + 1])}; "
+                f"{label} {text!r}: unknown key {'.'.join(key.split('.')[: i + 1])}; "
                 "remove it or check its spelling"
             )
         tp = hints[part]
@@ -118,16 +173,20 @@ def _dataclass_of(tp: Any) -> type | None:
     return None
 
 
-def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping, checking every key and type."""
+def from_dict(cls: type[T], data: dict[str, Any], source: str | Blame = "config", prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, checking every key and type. ``source`` names where
+    the values came from: a string, or a Blame telling the file from each override."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: {prefix or 'top level'} must be a mapping, got {data!r}")
+        raise ConfigError(
+            f"{_where(source, prefix.rstrip('.'))}: {prefix or 'top level'} must be a mapping, got {data!r}"
+        )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         names = ", ".join(prefix + str(k) for k in unknown)
-        raise ConfigError(f"{source}: unknown key {names}; remove it or check its spelling")
+        where = _where(source, prefix + str(unknown[0]))
+        raise ConfigError(f"{where}: unknown key {names}; remove it or check its spelling")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, source, prefix + name)
@@ -139,7 +198,7 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", prefix
         raise ConfigError(f"{source}: {prefix or ''}{e}") from None
 
 
-def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
+def _coerce(tp: Any, value: Any, source: str | Blame, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -159,37 +218,39 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
     if origin is typing.Literal:
         if value not in args:
             choices = ", ".join(repr(a) for a in args)
-            raise ConfigError(f"{source}: {key} must be one of {choices}, got {value!r}")
+            raise ConfigError(f"{_where(source, key)}: {key} must be one of {choices}, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value if value is not None else {}, source, key + ".")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+            raise ConfigError(f"{_where(source, key)}: {key} must be a list, got {value!r}")
         inner = args[0] if args else Any
         return [_coerce(inner, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+            raise ConfigError(f"{_where(source, key)}: {key} must be a mapping, got {value!r}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        raise ConfigError(f"{_where(source, key)}: {key} must be true or false, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+        raise ConfigError(f"{_where(source, key)}: {key} must be an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        raise ConfigError(f"{_where(source, key)}: {key} must be a number, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+        raise ConfigError(f"{_where(source, key)}: {key} must be a string, got {value!r}")
     return value
 
 

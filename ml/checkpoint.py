@@ -40,9 +40,26 @@ _PREFIXES = ("_orig_mod.", "module.")
 
 
 def save(obj: dict[str, Any], path: str | Path) -> None:
-    """torch.save ``obj`` to ``path`` atomically (temp file, fsync, rename)."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save ``obj`` to ``path`` atomically (temp file, fsync, rename).
+
+    A failed write (disk full, quota, read-only) leaves the previous file whole and is a
+    CheckpointError saying so. torch.save gets an open file, not a path: writing to a path, torch
+    reports a full disk as "enforce fail ... unexpected pos", while through a Python file the
+    OSError (ENOSPC, EFBIG ...) stays attached as the error's context.
+    """
+    p = Path(path)
+    try:
+        with atomic_path(p) as tmp, open(tmp, "wb") as f:
+            torch.save(obj, f)
+    except (OSError, RuntimeError) as e:
+        cause = e if isinstance(e, OSError) else e.__context__
+        if not isinstance(cause, OSError):
+            raise
+        kept = f"the previous {p.name} is intact" if p.is_file() else f"no {p.name} was written"
+        raise CheckpointError(
+            f"saving {p} failed ({cause.strerror or cause}); {kept}; free space in {p.parent} (or "
+            "choose another checkpoint_dir/output_dir), then run again with resume=auto"
+        ) from e
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -162,6 +179,7 @@ class ResumePoint:
     best_loss: float | None
     bad_val_steps: int
     exact: bool  # our last.pt (every RNG stream restored) vs a reference file (fresh noise streams)
+    nonfinite_batches: int = 0  # batches skipped so far for a non-finite loss (max_nonfinite_batches)
 
 
 def restore(
@@ -213,6 +231,7 @@ def restore(
             ckpt.get("best_loss"),
             int(ckpt.get("bad_val_steps", 0)),
             True,
+            int(ckpt.get("nonfinite_batches", 0)),
         )
     step = int(sched["last_epoch"])
     torch.manual_seed(seed + rank + step)

@@ -12,67 +12,92 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from common.config import ConfigError, load_config
+from common.checks import FieldError, Range, check_fields, checked
+from common.config import ConfigError, blame_field, load_config
+
+# Every number below declares its valid range (a test checks none is missing); TrainConfig checks
+# them all when it is built, before anything runs, and the loader names where a bad value came from.
+FRACTION = Range(0, 1)
+SEED = Range(0, 2**32 - 1, why="numpy's seed range")
+
+
+def each(check: Range):
+    """The check of a list: ``check`` on every element, naming ``key[i]``."""
+
+    def run(values: list, key: str) -> None:
+        for i, value in enumerate(values):
+            problem = check.problem(value)
+            if problem:
+                raise FieldError(f"{key}[{i}]", problem)
+
+    return run
+
+
+def below_one(value: float, key: str) -> None:
+    """0 <= value < 1 (AdamW's betas)."""
+    problem = Range(0, 1).problem(value)
+    if problem or value >= 1:
+        raise FieldError(key, f"must be from 0 to less than 1, got {value}")
 
 
 @dataclass
 class InputNetworkConfig:
-    n_input_layers: int = 1
-    input_layer_sizes: list[int] = field(default_factory=lambda: [512])
+    n_input_layers: int = checked(1, Range(0))
+    input_layer_sizes: list[int] = checked(default_factory=lambda: [512], check=each(Range(1)))
     input_trainable: bool = True
-    input_layer_dropout: float = 0.2
+    input_layer_dropout: float = checked(0.2, FRACTION)
 
 
 @dataclass
 class ModelConfig:
-    n_input_features: int = 512
-    n_units: int = 768
-    rnn_dropout: float = 0.4
+    n_input_features: int = checked(512, Range(1, why="channels per time bin"))
+    n_units: int = checked(768, Range(1))
+    rnn_dropout: float = checked(0.4, FRACTION)
     rnn_trainable: bool = True
-    n_layers: int = 5
-    patch_size: int = 14
-    patch_stride: int = 4
+    n_layers: int = checked(5, Range(1))
+    patch_size: int = checked(14, Range(0, why="0 turns patching off"))
+    patch_stride: int = checked(4, Range(1))
     input_network: InputNetworkConfig = field(default_factory=InputNetworkConfig)
 
 
 @dataclass
 class TransformsConfig:
-    white_noise_std: float = 1.0
-    constant_offset_std: float = 0.2
-    random_walk_std: float = 0.0
-    random_walk_axis: int = -1
-    static_gain_std: float = 0.0
-    random_cut: int = 3
-    smooth_kernel_size: int = 100
+    white_noise_std: float = checked(1.0, Range(0))
+    constant_offset_std: float = checked(0.2, Range(0))
+    random_walk_std: float = checked(0.0, Range(0))
+    random_walk_axis: int = checked(-1, Range(-3, 2, why="an axis of (batch, time, channel)"))
+    static_gain_std: float = checked(0.0, Range(0))
+    random_cut: int = checked(3, Range(0, why="cuts of 0..random_cut-1 bins; 0 or 1: off"))
+    smooth_kernel_size: int = checked(100, Range(1))
     smooth_data: bool = True
-    smooth_kernel_std: float = 2.0
+    smooth_kernel_std: float = checked(2.0, Range(above=0))
 
 
 @dataclass
 class DatasetConfig:
     data_transforms: TransformsConfig = field(default_factory=TransformsConfig)
-    neural_dim: int = 512
-    batch_size: int = 64
-    n_classes: int = 41
-    max_seq_elements: int = 500
-    days_per_batch: int = 4
-    seed: int = 1
-    num_dataloader_workers: int = 4
+    neural_dim: int = checked(512, Range(1))
+    batch_size: int = checked(64, Range(1))
+    n_classes: int = checked(41, Range(2, why="the CTC blank and at least one phoneme"))
+    max_seq_elements: int = checked(500, Range(1))
+    days_per_batch: int = checked(4, Range(1))
+    seed: int = checked(1, SEED)
+    num_dataloader_workers: int = checked(4, Range(0, 256, why="0 reads in the training process"))
     loader_shuffle: bool = False
-    must_include_days: list[int] | None = None
-    test_percentage: float = 0.1
-    feature_subset: list[int] | None = None
+    must_include_days: list[int] | None = None  # session indices: checked against sessions
+    test_percentage: float = checked(0.1, Range(0, 1))
+    feature_subset: list[int] | None = checked(None, each(Range(0)))
     # A local folder or s3://bucket/prefix holding one subfolder per session.
     dataset_dir: str = "../data/hdf5_data_final"
     # {session: {block_num: [trial_num, ...]}} trials to leave out.
     bad_trials_dict: dict[str, Any] | None = None
     sessions: list[str] = field(default_factory=list)
-    dataset_probability_val: list[float] = field(default_factory=list)
+    dataset_probability_val: list[float] = checked(default_factory=list, check=each(Range(0, 1)))
     # --- spotrun additions ---
     # Where the S3 trial index is cached (keyed by ETag and size); ~ is expanded.
     index_cache_dir: str = "~/.cache/spotrun/trial_index"
     # Concurrent ranged GETs per batch on the S3 index path.
-    s3_max_concurrency: int = 16
+    s3_max_concurrency: int = checked(16, Range(1, 256))
 
 
 @dataclass
@@ -90,28 +115,28 @@ class TrainConfig:
     save_final_model: bool = False
     save_val_metrics: bool = True
     early_stopping: bool = False
-    early_stopping_val_steps: int = 20
-    num_training_batches: int = 120_000
+    early_stopping_val_steps: int = checked(20, Range(1))
+    num_training_batches: int = checked(120_000, Range(1))
     lr_scheduler_type: Literal["cosine", "linear"] = "cosine"
-    lr_max: float = 0.005
-    lr_min: float = 0.0001
-    lr_decay_steps: int = 120_000
-    lr_warmup_steps: int = 1000
-    lr_max_day: float = 0.005
-    lr_min_day: float = 0.0001
-    lr_decay_steps_day: int = 120_000
-    lr_warmup_steps_day: int = 1000
-    beta0: float = 0.9
-    beta1: float = 0.999
-    epsilon: float = 0.1
-    weight_decay: float = 0.001
-    weight_decay_day: float = 0.0
-    seed: int = 10
-    grad_norm_clip_value: float = 10.0
-    batches_per_train_log: int = 200
-    batches_per_val_step: int = 2000
+    lr_max: float = checked(0.005, Range(0))
+    lr_min: float = checked(0.0001, Range(0))
+    lr_decay_steps: int = checked(120_000, Range(0))
+    lr_warmup_steps: int = checked(1000, Range(0))
+    lr_max_day: float = checked(0.005, Range(0))
+    lr_min_day: float = checked(0.0001, Range(0))
+    lr_decay_steps_day: int = checked(120_000, Range(0))
+    lr_warmup_steps_day: int = checked(1000, Range(0))
+    beta0: float = checked(0.9, below_one)
+    beta1: float = checked(0.999, below_one)
+    epsilon: float = checked(0.1, Range(0))
+    weight_decay: float = checked(0.001, Range(0))
+    weight_decay_day: float = checked(0.0, Range(0))
+    seed: int = checked(10, SEED)
+    grad_norm_clip_value: float = checked(10.0, Range(0, why="0 turns clipping off"))
+    batches_per_train_log: int = checked(200, Range(1))
+    batches_per_val_step: int = checked(2000, Range(1))
     # 0 (the reference value): save `last` at each validation step and at exit only.
-    batches_per_save: int = 0
+    batches_per_save: int = checked(0, Range(0, why="0 saves at each validation"))
     log_individual_day_val_PER: bool = True
     log_val_skip_logs: bool = False
     save_val_logits: bool = True
@@ -126,17 +151,19 @@ class TrainConfig:
     compile: bool = False
     progress_bar: bool = True
     # Torch CPU threads; 0 leaves torch's default.
-    num_threads: int = 0
+    num_threads: int = checked(0, Range(0, 1024, why="0 leaves torch's default"))
+    # Batches with a non-finite loss or gradient norm that may be skipped (weights unchanged) before
+    # the run stops; 0: stop at the first one, saving nothing from it.
+    max_nonfinite_batches: int = checked(0, Range(0))
 
     def __post_init__(self) -> None:
+        check_fields(self)
         ds = self.dataset
         if ds.dataset_probability_val and len(ds.dataset_probability_val) != len(ds.sessions):
             raise ConfigError(
                 f"dataset.dataset_probability_val has {len(ds.dataset_probability_val)} entries "
                 f"but dataset.sessions has {len(ds.sessions)}; give one per session"
             )
-        if ds.days_per_batch < 1 or ds.batch_size < 1:
-            raise ConfigError("dataset.days_per_batch and dataset.batch_size must be at least 1")
         if self.init_checkpoint_path in ("None", "none", ""):
             # The reference file writes the string None.
             self.init_checkpoint_path = None
@@ -149,4 +176,7 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    return load_config(TrainConfig, path, overrides)
+    try:
+        return load_config(TrainConfig, path, overrides)
+    except FieldError as e:
+        raise blame_field(e, path, overrides) from e

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from common.errors import ConfigError, ToolkitError
 
-__all__ = ["ToolkitError", "ConfigError", "DataError", "CheckpointError", "STOPPED_RESUMABLE"]
+__all__ = [
+    "ToolkitError",
+    "ConfigError",
+    "DataError",
+    "CheckpointError",
+    "NonFiniteError",
+    "OutputError",
+    "STOPPED_RESUMABLE",
+    "UNEXPECTED_EXIT",
+]
 
 # Exit code of `python -m ml.train` after SIGTERM/SIGUSR1: the checkpoint is saved (and copied
 # up) and `resume: auto` continues from it. Distinct from 0 (finished) and 1/2 (failed).
 STOPPED_RESUMABLE = 75
+# A bug (not an expected failure): the traceback is printed with a request to report it. 70 is
+# EX_SOFTWARE, as in tasks/edge.py.
+UNEXPECTED_EXIT = 70
 
 
 class DataError(ToolkitError):
@@ -21,3 +33,15 @@ class CheckpointError(ToolkitError):
     """A checkpoint cannot be read, written or resumed from."""
 
     exit_code = 4
+
+
+class NonFiniteError(ToolkitError):
+    """Training produced a non-finite loss or gradient norm; nothing from that step was saved."""
+
+    exit_code = 5
+
+
+class OutputError(ToolkitError):
+    """output_dir or checkpoint_dir cannot be written (read-only, not a folder, disk full)."""
+
+    exit_code = 6

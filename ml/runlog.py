@@ -8,6 +8,15 @@
 - TensorBoard scalars in ``output_dir/tensorboard``.
 - A tqdm bar with loss, PER and batches/s.
 
+Two runs never share these files. ``output_dir/.spotrun_run`` names the run that owns them (its
+checkpoint_dir). A run that does not continue that one (a fresh start, resume=never, a new
+checkpoint_dir, a resume from another run's file) first moves the old training_log, metrics.csv
+and tensorboard/ to ``output_dir/previous_runs/<UTC time>/`` and says so: nothing is overwritten,
+and TensorBoard never shows two runs' events as one curve.
+
+A folder that cannot be written (read-only, a file in the way, a full disk) is an OutputError
+naming it, checked before training starts (``check_writable``) and on every write.
+
 Only rank 0 reports; on other ranks every method is a no-op.
 """
 
@@ -15,15 +24,42 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
 from common.atomic import atomic_write_text
+from ml.errors import OutputError
 
 CSV_HEADER = ["step", "split", "loss", "per", "lr", "seconds"]
+RUN_MARKER = ".spotrun_run"
+RUN_FILES = ("training_log", "metrics.csv", "tensorboard")
+PREVIOUS_RUNS = "previous_runs"
+
+
+def check_writable(folder: str | Path, key: str) -> None:
+    """OutputError unless files can be created in ``folder`` (or, when it does not exist yet, in
+    its nearest existing parent). It tries, rather than reading mode bits: root ignores those,
+    while a read-only filesystem or a file in the way stops root too. Leaves nothing behind."""
+    target = Path(folder).expanduser().absolute()
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{key} {folder}: {existing} is a file, not a folder; choose another {key}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".spotrun-write-test.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(
+            f"{key} {folder} cannot be written ({e.strerror} in {existing}); choose a writable {key} "
+            "or fix the folder's permissions or mount"
+        ) from e
 
 
 class RunLog:
@@ -36,14 +72,22 @@ class RunLog:
         self._tb = None
         self._bar = None
 
-    def open(self, start_step: int, total_steps: int, progress_bar: bool) -> None:
+    def open(
+        self, start_step: int, total_steps: int, progress_bar: bool, run: str = "", continuing: bool = True
+    ) -> Path | None:
         """Open the files (called once the config, checkpoint and data all checked out, so a bad
-        input never leaves a half-written run folder behind)."""
+        input never leaves a half-written run folder behind). ``run`` names this run (its
+        checkpoint_dir); ``continuing``: it resumes from its own last.pt. Another run's files are
+        moved aside first; returns where to, or None."""
         if not self.enabled:
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.out / "training_log", "a", buffering=1)
-        self._csv = self._open_csv(self.out / "metrics.csv", start_step)
+            return None
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            moved = self._set_aside_another_run(run, continuing)
+            self._file = open(self.out / "training_log", "a", buffering=1)
+            self._csv = self._open_csv(self.out / "metrics.csv", start_step)
+        except OSError as e:
+            raise self._error(e, "opening the run's logs") from e
         from torch.utils.tensorboard import SummaryWriter  # slow import: only when a run starts
 
         self._tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=start_step or None)
@@ -57,6 +101,32 @@ class RunLog:
                 mininterval=1.0,
             )
         self.started = time.monotonic()
+        return moved
+
+    def _set_aside_another_run(self, run: str, continuing: bool) -> Path | None:
+        marker = self.out / RUN_MARKER
+        owner = marker.read_text().strip() if marker.is_file() else None
+        found = [name for name in RUN_FILES if (self.out / name).exists()]
+        moved = None
+        if found and not (continuing and owner in (None, run)):
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            moved = self.out / PREVIOUS_RUNS / stamp
+            n = 1
+            while moved.exists():
+                n += 1
+                moved = self.out / PREVIOUS_RUNS / f"{stamp}-{n}"
+            moved.mkdir(parents=True)
+            for name in [*found, RUN_MARKER] if owner is not None else found:
+                os.replace(self.out / name, moved / name)
+        if owner != run:
+            atomic_write_text(marker, run + "\n")
+        return moved
+
+    def _error(self, e: OSError, doing: str) -> OutputError:
+        return OutputError(
+            f"output_dir {self.out}: {doing} failed ({e.strerror or e}); free space or fix the folder, "
+            "then run again with resume=auto"
+        )
 
     @staticmethod
     def _open_csv(path: Path, start_step: int):
@@ -80,8 +150,19 @@ class RunLog:
             self._bar.write(line, file=sys.stdout)
         else:
             print(line, flush=True)
-        if self._file is not None:
-            self._file.write(line + "\n")
+        self._write(self._file, line + "\n")
+
+    def _write(self, handle, text: str) -> None:
+        if handle is not None:
+            try:
+                handle.write(text)
+            except OSError as e:
+                raise self._error(e, f"writing {Path(handle.name).name}") from e
+
+    def record(self, line: str) -> None:
+        """A line for training_log only (the error that ended the run, printed once by the caller)."""
+        if self.enabled:
+            self._write(self._file, line + "\n")
 
     def train(self, step: int, loss: float, grad_norm: float, lr: float, batch_seconds: float) -> None:
         if not self.enabled:
@@ -121,7 +202,7 @@ class RunLog:
         if self._csv is not None:
             seconds = time.monotonic() - self.started
             per_text = "" if per is None else f"{per:.6f}"
-            self._csv.write(f"{step},{split},{loss:.6f},{per_text},{lr:.8g},{seconds:.2f}\n")
+            self._write(self._csv, f"{step},{split},{loss:.6f},{per_text},{lr:.8g},{seconds:.2f}\n")
 
     def close(self) -> None:
         if self._bar is not None:

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 import random
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,16 +41,23 @@ from ml.checkpoint import ARGS, BEST, LAST, REFERENCE_BEST
 from ml.ckpt_store import CheckpointStore
 from ml.config import TrainConfig, load_train_config
 from ml.data import build_train_loader, build_val_loader
-from ml.errors import STOPPED_RESUMABLE, CheckpointError
+from ml.errors import STOPPED_RESUMABLE, UNEXPECTED_EXIT, CheckpointError, NonFiniteError
 from ml.model import build_model, count_parameters
-from ml.runlog import RunLog
+from ml.runlog import RunLog, check_writable
 from ml.schedule import build_optimizer, build_scheduler
 from ml.stopping import StopFlag
 from ml.validation import autocast, ctc_loss, to_device, validate
 
 
-def train_step(model, batch, optimizer, scheduler, cfg: TrainConfig, device: torch.device):
-    """One optimizer step on a CPU batch. Returns (loss, grad_norm) as tensors (no device sync)."""
+def train_step(model, batch, optimizer, scheduler, cfg: TrainConfig, device: torch.device, d=None):
+    """One optimizer step on a CPU batch. Returns (loss, grad_norm, finite).
+
+    ``finite`` is False when the loss or the gradient norm is NaN or inf: the reference clips with
+    ``error_if_nonfinite=True``; here the optimizer step is skipped instead (the weights and
+    AdamW's moments stay as they were), and the caller decides to stop or skip the batch. The
+    check costs one device sync per step, as the reference's does. The scheduler steps either way,
+    so the schedule stays a function of the step.
+    """
     batch = to_device(batch, device)
     # Augmentation draws from torch's global RNG on the batch's device: saved in every checkpoint.
     x, n = transform_batch(batch["input_features"], batch["n_time_steps"], cfg.dataset.data_transforms, True)
@@ -58,9 +68,13 @@ def train_step(model, batch, optimizer, scheduler, cfg: TrainConfig, device: tor
     loss.backward()
     clip = cfg.grad_norm_clip_value if cfg.grad_norm_clip_value > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    optimizer.step()
+    finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))  # waits for the device
+    if d is not None:
+        finite = not distributed.any_true(not finite, d)  # every rank skips or stops together
+    if finite:
+        optimizer.step()
     scheduler.step()
-    return loss.detach(), grad_norm.detach()
+    return loss.detach(), grad_norm.detach(), finite
 
 
 def find_start(cfg: TrainConfig, store: CheckpointStore, d: distributed.Dist) -> tuple[dict | None, str]:
@@ -148,6 +162,7 @@ class RunState:
     stopped_by: str | None = None  # the signal's name when a signal ended the run
     t_start: float = 0.0
     data_wait: float = 0.0  # seconds spent waiting for batches
+    nonfinite_batches: int = 0  # batches skipped for a non-finite loss or gradient norm
 
 
 def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: StopFlag) -> int:
@@ -174,11 +189,13 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: St
         batch = next(batches)
         t1 = time.monotonic()
         state.data_wait += t1 - t0
-        loss, grad_norm = train_step(run.model, batch, run.optimizer, run.scheduler, cfg, device)
+        loss, grad_norm, finite = train_step(run.model, batch, run.optimizer, run.scheduler, cfg, device, d)
         state.done = step + 1
+        if not finite:  # never reaches a checkpoint: stop, or skip a few when max_nonfinite_batches
+            skip_or_stop(run, state, step, float(loss), float(grad_norm))
 
-        # Log every batches_per_train_log steps (the only per-step device sync).
-        if step % cfg.batches_per_train_log == 0:
+        # Log every batches_per_train_log steps (a skipped batch has said so above).
+        if step % cfg.batches_per_train_log == 0 and finite:
             loss_value, norm_value = float(loss), float(grad_norm)  # waits for the device
             step_time += time.monotonic() - t1
             steps = min(cfg.batches_per_train_log, state.done - state.start_step)
@@ -199,7 +216,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: St
             and state.last_saved != state.done
         ):
             save_last(run, state)
-        run.log.progress(float(loss) if step % cfg.batches_per_train_log == 0 else None, state.per)
+        run.log.progress(float(loss) if step % cfg.batches_per_train_log == 0 and finite else None, state.per)
 
     # ---- exit: save, wait for the copy to S3, say how it ended ----
     return finish(run, state)
@@ -210,6 +227,10 @@ def prepare(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: S
     Returns (run, state, train_loader)."""
     log = RunLog(cfg.output_dir, enabled=d.is_main)
     store = CheckpointStore(cfg.checkpoint_dir, Path(cfg.output_dir) / ".checkpoint_staging", warn=log.info)
+    if d.is_main:  # only rank 0 writes
+        check_writable(cfg.output_dir, "output_dir")
+        if not store.remote:
+            check_writable(cfg.checkpoint_dir, "checkpoint_dir")
     ckpt, resumed_from = find_start(cfg, store, d)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -222,6 +243,7 @@ def prepare(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: S
         point = checkpoint.restore(ckpt, resumed_from, raw_model, optimizer, scheduler, d.rank, cfg.seed)
         state.start_step, state.best_per, state.best_loss = point.step, point.best_per, point.best_loss
         state.bad_val_steps, exact = point.bad_val_steps, point.exact
+        state.nonfinite_batches = point.nonfinite_batches
         state.last_saved = point.step or None
         del ckpt  # its tensors were copied into the model and optimizer
     else:
@@ -261,7 +283,9 @@ def prepare(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: S
 def announce(run: Run, state: RunState) -> None:
     """Open the run's outputs and say what is about to train, on what, from where."""
     cfg, log, store, d = run.cfg, run.log, run.store, run.d
-    log.open(state.start_step, cfg.num_training_batches, cfg.progress_bar)
+    owner = store.uri if store.remote else str(Path(store.uri).expanduser().resolve())
+    continuing = bool(run.resumed_from) and run.resumed_from == store.where(LAST)
+    moved = log.open(state.start_step, cfg.num_training_batches, cfg.progress_bar, owner, continuing)
     if d.is_main:
         store.local_dir.mkdir(parents=True, exist_ok=True)
         store.clean_partial()
@@ -271,6 +295,10 @@ def announce(run: Run, state: RunState) -> None:
     log.info(f"device: {run.device}{threads}{ddp}")
     log.info(f"data: {cfg.dataset.dataset_dir} ({len(cfg.dataset.sessions)} sessions)")
     log.info(f"checkpoints: {store.uri}" + (f" (staged in {store.local_dir})" if store.remote else ""))
+    if moved is not None:
+        log.info(
+            f"output_dir held another run's logs and metrics: moved them to {moved} (nothing overwritten)"
+        )
     if run.resumed_from:
         reference = " (a reference checkpoint: no RNG states saved, so augmentation noise restarts)"
         log.info(
@@ -294,6 +322,8 @@ def validate_and_checkpoint(run: Run, state: RunState, step: int) -> bool:
     if result is None:  # a signal arrived during validation: no best from part of the data
         state.stopped_by = run.stop.signal_name or "signal"
         return False
+    if not math.isfinite(result.loss):  # the weights are broken: no best, no last from them
+        stop_nonfinite(run, state, f"in the validation after step {step}: loss {result.loss:g}")
     state.per = result.per
     per_day = result.per_day if cfg.log_individual_day_val_PER else None
     log.val(step, result.per, result.loss, run.lr(), per_day)
@@ -315,6 +345,39 @@ def validate_and_checkpoint(run: Run, state: RunState, step: int) -> bool:
         log.info(f"Early stopping: no better PER in {state.bad_val_steps} validation steps (batch {step})")
         return False
     return True
+
+
+def skip_or_stop(run: Run, state: RunState, step: int, loss: float, grad_norm: float) -> None:
+    """A step whose loss or gradient norm is not finite (its optimizer step was skipped): count it,
+    or stop when more than max_nonfinite_batches (default 0) have been seen."""
+    state.nonfinite_batches += 1
+    limit = run.cfg.max_nonfinite_batches
+    what = f"loss {loss:g}, grad norm {grad_norm:g}"
+    if state.nonfinite_batches <= limit:
+        run.log.info(
+            f"Train batch {step}: non-finite ({what}); batch skipped, weights unchanged "
+            f"({state.nonfinite_batches} of max_nonfinite_batches={limit})"
+        )
+        return
+    stop_nonfinite(run, state, f"at step {step}: {what}; stopped before the optimizer step")
+
+
+def stop_nonfinite(run: Run, state: RunState, what: str) -> None:
+    """Stop with one line, saving nothing: last.pt and best.pt stay the last good ones (queued S3
+    copies of them finish first)."""
+    saved = ([f"last.pt (step {state.last_saved})"] if state.last_saved else []) + (
+        ["best.pt"] if run.store.path(BEST).is_file() else []
+    )
+    kept = f"{' and '.join(saved)} in {run.store.uri} untouched" if saved else "no checkpoint saved yet"
+    message = (
+        f"training diverged {what}; saved nothing from it ({kept}); check the data, lower lr_max, or "
+        "set max_nonfinite_batches=N to skip a few bad batches"
+    )
+    run.log.record(f"error: {message}")
+    if run.d.is_main:
+        run.store.flush()
+    run.log.close()
+    raise NonFiniteError(message)
 
 
 def finish(run: Run, state: RunState) -> int:
@@ -348,18 +411,25 @@ def end_of_run_line(state: RunState) -> str:
     trained = state.done - state.start_step
     elapsed = time.monotonic() - state.t_start
     if state.best_per is None:
-        return f"trained {trained} batches in {elapsed:.1f} s"
-    return (
-        f"trained {trained} batches in {elapsed:.1f} s ({trained / elapsed:.2f} batches/s, "
-        f"data wait {100 * state.data_wait / elapsed:.0f}%); best val PER {state.best_per:.4f}"
-    )
+        line = f"trained {trained} batches in {elapsed:.1f} s"
+    else:
+        line = (
+            f"trained {trained} batches in {elapsed:.1f} s ({trained / elapsed:.2f} batches/s, "
+            f"data wait {100 * state.data_wait / elapsed:.0f}%); best val PER {state.best_per:.4f}"
+        )
+    if state.nonfinite_batches:
+        line += f"; {state.nonfinite_batches} non-finite batches skipped (weights unchanged)"
+    return line
 
 
 # ---- checkpoints: last.pt (exact resume), best.pt + best_checkpoint, reference-layout copies ----
 
 
 def save_last(run: Run, state: RunState) -> None:
-    """last.pt at ``state.done`` with every rank's RNG streams (a collective: all ranks call it)."""
+    """last.pt at ``state.done`` with every rank's RNG streams (a collective: all ranks call it).
+    Weights that are no longer finite (a finite but overflowing update) are never saved."""
+    if not all(bool(torch.isfinite(p).all()) for p in run.raw_model.parameters()):
+        stop_nonfinite(run, state, f"by step {state.done}: the weights hold NaN or inf")
     rngs = distributed.gather(checkpoint.rng_state(), run.d)  # every rank's stream, for exact resume
     if run.d.is_main:
         ckpt = {
@@ -371,12 +441,13 @@ def save_last(run: Run, state: RunState) -> None:
             "best_per": state.best_per,
             "best_loss": state.best_loss,
             "bad_val_steps": state.bad_val_steps,
+            "nonfinite_batches": state.nonfinite_batches,
             "config": dataclasses.asdict(run.cfg),
             "world_size": run.d.world_size,
             "rng": rngs,
         }
         checkpoint.save(ckpt, run.store.path(LAST))
-        save_config(run.cfg, run.store.path(ARGS))
+        save_args(run)
         run.store.publish([ARGS, LAST])
     state.last_saved = state.done
 
@@ -393,8 +464,20 @@ def save_best(run: Run, step: int, per: float, loss: float) -> None:
     }
     checkpoint.save(best, run.store.path(BEST))
     save_reference(run, REFERENCE_BEST, per, loss)
-    save_config(run.cfg, run.store.path(ARGS))
+    save_args(run)
     run.store.publish([ARGS, BEST, REFERENCE_BEST])
+
+
+def save_args(run: Run) -> None:
+    """The resolved config beside the checkpoints (args.yaml, as the reference)."""
+    path = run.store.path(ARGS)
+    try:
+        save_config(run.cfg, path)
+    except OSError as e:
+        raise CheckpointError(
+            f"saving {path} failed ({e.strerror or e}); the previous {ARGS} is intact; free space in "
+            f"{path.parent}, then run again with resume=auto"
+        ) from e
 
 
 def save_reference(run: Run, name: str, per: float, loss: float) -> None:
@@ -412,15 +495,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Expected failures: one ``error:`` line and their exit code (SPOTRUN_DEBUG=1 prints their
+    chained causes above it); a bug: its traceback and a request to report it (exit 70)."""
     args = parse_args(argv)
     try:
         return train(load_train_config(args.config, args.overrides))
     except ToolkitError as e:
+        if os.environ.get("SPOTRUN_DEBUG", "") not in ("", "0"):
+            print_causes(e)
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:  # a second Ctrl-C: the first one asked for a graceful stop
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception:  # the edge of the program: anything else is a bug, shown whole
+        traceback.print_exc()
+        print("unexpected error: please report it with the traceback above", file=sys.stderr)
+        return UNEXPECTED_EXIT
+
+
+def print_causes(error: BaseException) -> None:
+    """The expected error's traceback and each cause under it, also those hidden by ``from None``."""
+    seen = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        print(
+            "".join(traceback.format_exception(type(current), current, current.__traceback__, chain=False)),
+            end="",
+            file=sys.stderr,
+        )
+        current = current.__cause__ or current.__context__
+        if current is not None:
+            print("caused by:", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from ml.config import TrainConfig
 from ml.data.batches import collate, train_plan, usable_trials, val_plans
+from ml.data.checks import check_finite, check_labels
 from ml.data.index import TrialIndex, load_index
 from ml.data.reader import read_trials
 from ml.data.storage import FileRef, list_sessions
-from ml.errors import DataError
+from ml.errors import DataError, ToolkitError
 
 
 @dataclass
@@ -39,6 +40,7 @@ class DataSource:
 
     def batch(self, plan: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
         feats = read_trials(self.refs, self.indices, plan, self.max_concurrency)
+        check_finite(feats, plan, self.indices)
         rows = [(self.indices[f], i, self.file_day[f]) for f, i in plan]
         return collate(feats, rows, self.feature_subset)
 
@@ -68,15 +70,24 @@ def open_source(cfg: TrainConfig) -> DataSource:
         src.file_day.append(day)
         return len(src.refs) - 1
 
+    m = cfg.model
+    cut = max(0, ds.data_transforms.random_cut - 1)  # the longest random cut a train batch may get
+
+    def usable(f: int, session: str, max_cut: int) -> np.ndarray:
+        trials = usable_trials(src.indices[f], bad.get(session))
+        check_labels(src.indices[f], trials, n_classes=ds.n_classes, patch_size=m.patch_size,
+                     patch_stride=m.patch_stride, max_cut=max_cut)
+        return trials
+
     for day, session in enumerate(ds.sessions):
         files = found[session]
         f = add(day, files["data_train.hdf5"])
         src.train_files.append(f)
-        src.train_trials.append(usable_trials(src.indices[f], bad.get(session)))
+        src.train_trials.append(usable(f, session, cut))
         if probs[day] > 0 and "data_val.hdf5" in files:
             v = add(day, files["data_val.hdf5"])
             src.val_files.append(v)
-            src.val_trials.append(usable_trials(src.indices[v], bad.get(session)))
+            src.val_trials.append(usable(v, session, 0))
         else:
             src.val_files.append(None)
             src.val_trials.append(np.zeros(0, np.int64))
@@ -105,10 +116,10 @@ class TrainBatches(Dataset):
         return train_plan(rng, self.src.train_files, self.src.train_trials, self.days, self.batch_size,
                           self.must)
 
-    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor] | Failed:
         if not 0 <= k < len(self):
             raise IndexError(k)
-        return self.src.batch(self.plan(self.start + k))
+        return _batch_or_failure(self.src, self.plan(self.start + k))
 
 
 class ValBatches(Dataset):
@@ -121,12 +132,49 @@ class ValBatches(Dataset):
     def __len__(self) -> int:
         return len(self.plans)
 
-    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        return self.src.batch(self.plans[k])
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor] | Failed:
+        return _batch_or_failure(self.src, self.plans[k])
 
 
-def _loader(dataset: Dataset, workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=max(0, workers))
+@dataclass
+class Failed:
+    """An expected failure reading a batch, carried out of the DataLoader worker as a value:
+    raised there, torch would re-raise it in the trainer as a message holding the worker's
+    traceback, and the user would see a traceback instead of one line."""
+
+    error: ToolkitError
+
+
+def _batch_or_failure(src: DataSource, plan: list[tuple[int, int]]) -> dict[str, torch.Tensor] | Failed:
+    try:
+        return src.batch(plan)
+    except ToolkitError as e:
+        return Failed(e)
+
+
+class Batches:
+    """The DataLoader, re-raising a worker's expected failure as itself (one line)."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        # iter(loader) now, not at the first next(): starting the loader draws a seed from torch's
+        # RNG, which the trainer keeps off its stream (fork_rng around this call) for exact resume.
+        return (_raise_failed(item) for item in iter(self.loader))
+
+
+def _raise_failed(item):
+    if isinstance(item, Failed):
+        raise item.error
+    return item
+
+
+def _loader(dataset: Dataset, workers: int) -> Batches:
+    return Batches(DataLoader(dataset, batch_size=None, shuffle=False, num_workers=max(0, workers)))
 
 
 def build_train_loader(
