@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from common.checks import FieldError, Range, check_fields, checked
-from common.config import ConfigError, load_config, parse_override
+from common.config import ConfigError, blame_field, load_config
 from ec2 import names
 
 DEFAULT_CONFIG = Path("configs/aws.yaml")
@@ -125,17 +125,6 @@ def load_aws_config(
     if path is not None and Path(path) == DEFAULT_CONFIG and not Path(path).exists():
         path = None
     try:
-        return load_config(AwsConfig, path, overrides)
+        return load_config(AwsConfig, path, overrides, override_label="--set")
     except FieldError as e:
-        raise ConfigError(_blame(e, path, overrides)) from e
-
-
-def _blame(e: FieldError, path: str | Path | None, overrides: list[str] | None) -> str:
-    """Name where a bad value came from: the last `--set` that named the key, else the file."""
-    top = e.key.split(".")[0].split("[")[0]
-    for text in reversed(overrides or []):
-        if parse_override(text)[0].split(".")[0] == top:
-            return f"--set {text}: {e}; change that --set value"
-    if path is None:
-        return f"built-in default: {e}; set {top} in configs/aws.yaml"
-    return f"{path}: {e}; edit {top} in {path}"
+        raise blame_field(e, path, overrides, "--set") from e

@@ -94,7 +94,7 @@ CASES = [
         "launch",
         "--set",
         "ssh_port=99999",
-        says=("--set ssh_port=99999", "1 to 65535", "change that --set value"),
+        says=("--set 'ssh_port=99999'", "1 to 65535", "change that value"),
         cli=True,
     ),
     fab(

@@ -56,7 +56,7 @@ def test_every_number_in_aws_yaml_has_a_range():
 def test_config_ranges_name_the_override(override, where):
     with pytest.raises(edge.ConfigError) as e:
         load_aws_config(None, [override])
-    assert str(e.value).startswith(f"--set {override}: {where} must be")
+    assert str(e.value).startswith(f"--set '{override}': {where} must be")
 
 
 def test_config_range_blames_the_file(tmp_path):
