@@ -72,7 +72,7 @@ aws-gpu: ## one-screen GPU summary
 	$(FAB) gpu $(FABARGS)
 aws-terminate: ## terminate the instance (asks first; YES=1 for scripts)
 	$(FAB) terminate $(FABARGS) $(if $(YES),--yes)
-aws-cleanup: ## remove spotrun's security group and key pair when unused
+aws-cleanup: ## remove spotrun's IAM roles, security group and key pair when unused
 	$(FAB) cleanup --config $(CONFIG)
 aws-run: ## the managed journey: launch, setup, sync, train, recover from interruptions, download, terminate
 	$(FAB) run $(FABARGS) --train-config $(TRAIN_CONFIG) $(if $(ARGS),--args "$(ARGS)")
@@ -82,3 +82,7 @@ aws-run: ## the managed journey: launch, setup, sync, train, recover from interr
 python-check: ## check that PY (default python3) is Python 3.10 or later
 	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found: \`brew install python@3.12\`, then \`make setup PY=python3.12\`" >&2; exit 1; }
 	@$(PY) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 10) else "error: spotrun needs Python 3.10 or later, and $(PY) is %d.%d: `brew install python@3.12`, then `make setup PY=python3.12`" % (v[0], v[1]))'
+aws-doctor: ## check credentials, AMI, vCPU quota, S3 role and prefixes, key, SSH rule and local tools
+	$(FAB) doctor $(FABARGS) $(if $(ARGS),--train-config $(TRAIN_CONFIG) --args "$(ARGS)")
+aws-prices: ## spot and on-demand $/h, GPUs and placement score per configured type and zone (HOURS=)
+	$(FAB) prices --config $(CONFIG) $(if $(HOURS),--hours $(HOURS))

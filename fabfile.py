@@ -6,4 +6,5 @@ managed run) and are gathered here so `fab` sees one flat list.
 
 from tasks.lifecycle import allow_my_ip, cleanup, launch, status, terminate  # noqa: F401
 from tasks.managed import run  # noqa: F401
+from tasks.preflight import doctor, prices  # noqa: F401
 from tasks.remote import adopt, attach, download, forget, gpu, logs, run_cmd, setup, ssh, sync, train  # noqa: F401

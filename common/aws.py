@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.parsers
 
 from common.errors import AwsError, ConfigError
 
@@ -29,7 +30,7 @@ _RETRY = botocore.config.Config(
 )
 _lock = threading.Lock()
 _sessions: dict[tuple[str | None, str | None], boto3.Session] = {}
-_clients: dict[tuple[str, str | None, str | None], object] = {}
+_clients: dict[tuple, object] = {}
 
 
 def session(region: str | None = None, profile: str | None = None) -> boto3.Session:
@@ -60,17 +61,27 @@ def region_of(region: str | None = None, profile: str | None = None) -> str:
     return resolved
 
 
-def client(service: str, region: str | None = None, profile: str | None = None):
-    """A cached, thread-safe boto3 client with standard retries."""
-    key = (service, region, profile)
+def client(
+    service: str, region: str | None = None, profile: str | None = None, *, attempts: int | None = None
+):
+    """A cached, thread-safe boto3 client with standard retries (``attempts``: tries in all, the
+    first included, for an optional call with a fallback, such as the Pricing API)."""
+    key = (service, region, profile) if attempts is None else (service, region, profile, attempts)
     with _lock:
         cached = _clients.get(key)
     if cached is not None:
         return cached
     sess = session(region, profile)
+    config = (
+        _RETRY
+        if attempts is None
+        else _RETRY.merge(
+            botocore.config.Config(retries={"mode": "standard", "total_max_attempts": attempts})
+        )
+    )
     with _lock:
         if key not in _clients:
-            _clients[key] = sess.client(service, config=_RETRY)
+            _clients[key] = sess.client(service, config=config)
         return _clients[key]
 
 
@@ -179,7 +190,13 @@ def translate(error: Exception, doing: str) -> AwsError:
 
 # ---------------------------------------------------------------- stage boundaries
 
-AWS_FAILURES = (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)
+# ResponseParserError: an answer botocore could not read (an HTML error page from a proxy or a
+# stand-in without the API); not a BotoCoreError, but as much an AWS failure.
+AWS_FAILURES = (
+    botocore.exceptions.ClientError,
+    botocore.exceptions.BotoCoreError,
+    botocore.parsers.ResponseParserError,
+)
 
 
 def error_code(error: botocore.exceptions.ClientError) -> str:

@@ -10,6 +10,7 @@ from typing import Literal
 from common.checks import FieldError, Range, check_fields, checked
 from common.config import ConfigError, blame_field, load_config
 from ec2 import names
+from ec2.cloud import s3scope
 
 DEFAULT_CONFIG = Path("configs/aws.yaml")
 
@@ -57,9 +58,10 @@ class AwsConfig:
     max_price: float | None = checked(None, Range(above=0, why="USD per hour; unset: the spot price"))
     # "auto": the latest Deep Learning AMI of `ami_flavour`; or an ami-... id.
     ami: str = checked("auto", lambda v, k: v == "auto" or _pattern(_AMI, v, k, "ami-0123456789abcdef0"))
+    # "auto": the OSS-driver PyTorch DLAMI with the highest PyTorch on the newest Ubuntu LTS (a
+    # pinned flavour such as oss-nvidia-driver-gpu-pytorch-2.9-ubuntu-24.04 goes stale in months).
     ami_flavour: str = checked(
-        "oss-nvidia-driver-gpu-pytorch-2.7-ubuntu-22.04",
-        lambda v, k: _pattern(_FLAVOUR, v, k, "oss-nvidia-driver-gpu-pytorch-2.7-ubuntu-22.04"),
+        "auto", lambda v, k: _pattern(_FLAVOUR, v, k, "oss-nvidia-driver-gpu-pytorch-2.9-ubuntu-24.04")
     )
     architecture: Literal["x86_64", "arm64"] = "x86_64"
     # Who may own the image the describe_images fallback picks: "amazon", or "self" / an account id
@@ -87,10 +89,15 @@ class AwsConfig:
     security_group_name: str = checked("spotrun-ssh", names.SECURITY_GROUP.check)
     vpc_id: str | None = checked(None, lambda v, k: _pattern(_VPC, v, k, "vpc-0123456789abcdef0"))
     subnet_id: str | None = checked(None, lambda v, k: _pattern(_SUBNET, v, k, "subnet-0123456789abcdef0"))
-    # Name of an IAM instance profile that grants S3 access (no credentials travel).
+    # "auto": spotrun makes a role + instance profile per instance reaching only `s3_access` and
+    # the run's prefixes (ec2.cloud.iam); a name or ARN: use that profile; None: no profile.
     iam_instance_profile: str | None = checked(
-        None, lambda v, k: _pattern(_PROFILE, v, k, "spotrun-s3 (a name, or its ARN)")
+        "auto", lambda v, k: _pattern(_PROFILE, v, k, "auto, spotrun-s3 (a name) or its ARN")
     )
+    # Prefixes the instance may reach: s3://bucket/prefix (read) or rw:s3://bucket/prefix
+    # (read/write). `fab run` / `fab train` add the run's dataset_dir, checkpoint_dir and
+    # checkpoint_backup_uri themselves.
+    s3_access: list[str] = checked(default_factory=list, check=lambda v, k: s3scope.from_config(v))
     # Hard cost cap: the instance shuts itself down (and so terminates) after this many hours.
     max_hours: float = checked(12.0, Range(above=0, why="the instance's hard cost cap"))
     # Shut down after this many minutes with no tmux session and no SSH login; 0 turns it off.
@@ -116,6 +123,8 @@ class AwsConfig:
             raise ConfigError("instance_types is empty; list at least one, e.g. [g5.xlarge]")
         if self.market not in ("spot", "on-demand", "spot-then-on-demand"):
             raise ConfigError(f"market {self.market!r}: use spot, on-demand or spot-then-on-demand")
+        if self.iam_instance_profile == "":
+            raise ConfigError("iam_instance_profile is empty; use auto, a profile name or ARN, or null")
 
 
 def load_aws_config(

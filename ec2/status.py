@@ -47,8 +47,11 @@ def uptime(info: InstanceInfo, now: datetime) -> timedelta:
     return max(now - info.launched_at, timedelta(0))
 
 
-def cost_row(info: InstanceInfo, history: dict, now: datetime) -> tuple[float | None, float | None, bool]:
-    """(price now, cost so far, estimate?) from the spot history or the on-demand table."""
+def cost_row(
+    info: InstanceInfo, history: dict, now: datetime, region: str | None = None
+) -> tuple[float | None, float | None, bool]:
+    """(price now, cost so far, estimate?) from the spot history, or the on-demand price (the
+    Pricing API for ``region``; the table, an estimate, without one or offline)."""
     if info.market == "spot":
         points = history.get((info.instance_type, info.zone), [])
         if points:
@@ -56,10 +59,11 @@ def cost_row(info: InstanceInfo, history: dict, now: datetime) -> tuple[float | 
             end = start + uptime(info, now)
             return points[-1][1], pricing.cost_over(points, start, end), False
         return None, None, False
-    price = pricing.on_demand_price(info.instance_type)
+    quote = pricing.on_demand(info.instance_type, region)
+    price = quote.usd_per_hour
     if price is None:
         return None, None, True
-    return price, price * uptime(info, now).total_seconds() / 3600, True
+    return price, price * uptime(info, now).total_seconds() / 3600, quote.estimate
 
 
 def build_rows(
@@ -67,7 +71,7 @@ def build_rows(
 ) -> list[Row]:
     rows = []
     for info in found:
-        price, cost, estimate = cost_row(info, history, now)
+        price, cost, estimate = cost_row(info, history, now, region)
         record = known.get(info.name)
         note = "" if record is not None and record.instance_id == info.instance_id else NOT_REGISTERED
         rows.append(Row(info, region, price, cost, estimate, note=note))

@@ -77,7 +77,9 @@ class CheckpointStore:
         if not self.remote:
             return
         try:
-            self._client().head_bucket(Bucket=self.bucket)
+            # A LIST under our own prefix, not HeadBucket: HeadBucket needs s3:ListBucket with no
+            # prefix, which a role scoped to this prefix (iam_instance_profile: auto) lacks.
+            self._client().list_objects_v2(Bucket=self.bucket, Prefix=self.key(""), MaxKeys=1)
         except botocore.exceptions.ClientError as e:
             code = e.response.get("Error", {}).get("Code")
             if code in ("404", "NoSuchBucket", "NotFound"):

@@ -13,9 +13,9 @@ from invoke import task
 
 from common import aws
 from common.aws import aws_errors
-from ec2 import paths, registry
+from ec2 import doctor, paths, registry
 from ec2 import status as status_mod
-from ec2.cloud import account, instances, keys, network
+from ec2.cloud import account, iam, instances, keys, network
 from ec2.cloud import launch as launching
 from ec2.errors import InstanceNotFound, ToolkitError
 from ec2.remote import sshconfig
@@ -39,12 +39,13 @@ def confirm(question: str, yes: bool) -> None:
 
 @task(iterable=["set_"])
 @edge
-def launch(c, name=None, no_wait=False, keep_on_failure=False, config=None, set_=None):
+def launch(c, name=None, no_wait=False, keep_on_failure=False, no_preflight=False, config=None, set_=None):
     """Launch a spot GPU instance (cheapest type and zone with capacity) and wait for SSH."""
     cfg = aws_config(config, set_)
-    record = launching.launch(
-        cfg, machine_name(name, cfg), wait_ssh=not no_wait, keep_on_failure=keep_on_failure
-    )
+    name = machine_name(name, cfg)
+    if not no_preflight:
+        doctor.preflight(cfg, name, doctor.needs_for(cfg))
+    record = launching.launch(cfg, name, wait_ssh=not no_wait, keep_on_failure=keep_on_failure)
     if no_wait:
         # Running is not reachable: sshd comes up a minute or so after boot.
         print(f"running (SSH not waited for): in a minute, `fab setup --name {record.name}`")
@@ -150,12 +151,33 @@ def _delete(what: str, call, **kwargs) -> bool:
     return True
 
 
+def _cleanup_roles(cfg, region: str, ec2) -> None:
+    """spotrun's roles for this region whose instance profiles no live instance holds."""
+    client = aws.client("iam", region, cfg.profile)
+    used = iam.profiles_in_use(ec2)
+    try:
+        roles = iam.managed_roles(client)
+    except ToolkitError as e:  # no IAM rights: the group and key pair can still go
+        print(f"kept spotrun's IAM roles: {e}")
+        return
+    for managed in roles:
+        if managed.region != region:
+            continue  # another region's instances may hold it: `fab cleanup` there
+        holders = [arn for _, arn in managed.profiles if arn in used]
+        if holders:
+            print(f"kept IAM role {managed.role}: its instance profile is in use")
+            continue
+        iam.delete_role(client, managed)
+        print(f"deleted IAM role and instance profile {managed.role}")
+
+
 @task(iterable=["set_"])
 @edge
 def cleanup(c, yes=False, config=None, set_=None):
-    """Delete spotrun's security group and key pair when no instance uses them (--yes: the .pem too)."""
+    """Delete spotrun's IAM roles, security group and key pair once unused (--yes: the .pem too)."""
     cfg = aws_config(config, set_)
     region, ec2 = _ec2(cfg)
+    _cleanup_roles(cfg, region, ec2)
     group = network.find_group(ec2, cfg.security_group_name, network.vpc_id(ec2, cfg))
     if group is None:
         print(f"no security group {cfg.security_group_name!r} in {region}")

@@ -9,6 +9,8 @@ from pathlib import Path
 from invoke import task
 
 from common.errors import ConfigError
+from ec2 import doctor
+from ec2.cloud import s3scope
 from ec2.journey import Journey, Plan, report, stdin_asker
 from ec2.remote.rsync_version import local_rsync
 from ec2.remote.trainrun import TRAINER_SIGNAL, train_command
@@ -37,6 +39,7 @@ def run(
     setup_python=None,
     no_gpu=False,
     dest=None,
+    no_preflight=False,
     config=None,
     set_=None,
 ):
@@ -69,7 +72,15 @@ def run(
         keep=bool(keep),
         setup_python=setup_python,
         require_gpu=not no_gpu,
+        s3=tuple(
+            s3scope.for_run(
+                train_cfg.dataset.dataset_dir, train_cfg.checkpoint_dir, cfg.checkpoint_backup_uri
+            )
+        ),
     )
+    if not no_preflight:
+        needs = doctor.needs_for(cfg, train_cfg.dataset.dataset_dir, train_cfg.checkpoint_dir)
+        doctor.preflight(cfg, name, needs, out=_say)
     journey = Journey(cfg, name, plan, out=_say, ask=stdin_asker(), outputs=Path(dest) if dest else None)
     try:
         journey.run()

@@ -69,6 +69,27 @@ def _checkpoint_dir(train_config: str, overrides: list[str]) -> str | None:
     return load_train_config(train_config, overrides).checkpoint_dir
 
 
+def _reach_s3(m: Machine, region: str | None, cfg, train_config: str, overrides: list[str]) -> None:
+    """Widen the instance's spotrun role to the run's S3 prefixes before the run needs them."""
+    if not m.record.instance_id or not region or not Path(train_config).is_file():
+        return  # an adopted machine, or no config to read the prefixes from
+    from common import aws
+    from ec2.cloud import account, iam, s3scope
+
+    trainer = load_train_config(train_config, overrides)
+    want = s3scope.for_run(trainer.dataset.dataset_dir, trainer.checkpoint_dir, cfg.checkpoint_backup_uri)
+    if not want:
+        return
+    owner = account.caller_arn(region, cfg.profile)
+    iam.widen_for_instance(
+        aws.client("ec2", region, cfg.profile),
+        aws.client("iam", region, cfg.profile),
+        m.record.instance_id,
+        want,
+        owner,
+    )
+
+
 @task(iterable=["set_"])
 @edge
 def adopt(c, name, host, port=22, user="ubuntu", key=None, remote_dir="~/spotrun", config=None, set_=None):
@@ -176,7 +197,10 @@ def train(
         output_dir = _local_output_dir(train_config, overrides)
         backup_uri = aws_config(config, set_).checkpoint_backup_uri
         watcher_args = watcher_args_for(TRAINER_SIGNAL, _checkpoint_dir(train_config, overrides), backup_uri)
-    env = train_env(_region(m, config, set_))
+    region = _region(m, config, set_)
+    if not cmd:
+        _reach_s3(m, region, aws_config(config, set_), train_config, overrides)
+    env = train_env(region)
     rdir = runs.start_run(
         m,
         run,

@@ -55,3 +55,21 @@ def synthetic_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic")
     write_synthetic(out, n_sessions=4, n_trials=24, seed=0)
     return out
+
+
+@pytest.fixture
+def no_aws(monkeypatch, tmp_path):
+    """No AWS at all: no credentials, no profile files, no instance metadata, a fresh HOME (so no
+    cached prices). What a laptop offline or without credentials looks like to the toolkit."""
+    from common import aws
+
+    for var in list(os.environ):
+        if var.startswith("AWS_"):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    aws.reset_clients()
+    yield
+    aws.reset_clients()

@@ -7,7 +7,8 @@ failure terminates it (unless keep_on_failure) and says so: a failed launch leav
 
 from __future__ import annotations
 
-from collections.abc import Callable, Set
+import time
+from collections.abc import Callable, Iterable, Set
 from datetime import UTC, datetime
 
 import botocore.exceptions
@@ -15,7 +16,7 @@ import botocore.exceptions
 from common import aws
 from common.aws import aws_errors, error_code, translate
 from ec2 import names, registry
-from ec2.cloud import account, instances, keys, network, pricing
+from ec2.cloud import account, iam, instances, keys, network, pricing, s3scope
 from ec2.cloud.ami import Ami, resolve_ami
 from ec2.cloud.capacity import CAPACITY_CODES, QUOTA_NEXT_STEP, Choice, offered_zones, plan
 from ec2.cloud.userdata import build_user_data
@@ -25,6 +26,9 @@ from ec2.registry import MachineRecord
 from ec2.remote import ready, sshconfig
 
 RUNNING_DELAY_S = 3
+# RunInstances may refuse an instance profile made seconds ago (IAM is eventually consistent:
+# InvalidParameterValue "Invalid IAM Instance Profile name"); wait this long between tries.
+PROFILE_RETRY_DELAYS_S = (2, 4, 8, 15, 15)
 
 
 def instance_tags(cfg: AwsConfig, name: str, owner: str, created: str) -> list[dict]:
@@ -36,8 +40,25 @@ def instance_tags(cfg: AwsConfig, name: str, owner: str, created: str) -> list[d
     return [{"Key": k, "Value": str(v)} for k, v in tags.items()]
 
 
+def profile_spec(configured: str | None, made: iam.Profile | None = None) -> dict | None:
+    """RunInstances' IamInstanceProfile: the profile spotrun made (auto), the configured name or
+    ARN, or none."""
+    if made is not None:
+        return {"Arn": made.arn}
+    if not configured or configured == "auto":
+        return None
+    return {"Arn" if configured.startswith("arn:") else "Name": configured}
+
+
 def run_params(
-    cfg: AwsConfig, name: str, owner: str, ami: Ami, group_id: str, choice: Choice, created: str
+    cfg: AwsConfig,
+    name: str,
+    owner: str,
+    ami: Ami,
+    group_id: str,
+    choice: Choice,
+    created: str,
+    profile: iam.Profile | None = None,
 ) -> dict:
     """The run_instances request for one choice (a pure function: tests read it)."""
     tags = instance_tags(cfg, name, owner, created)
@@ -85,9 +106,9 @@ def run_params(
     else:
         params["SecurityGroupIds"] = [group_id]
         params["Placement"] = {"AvailabilityZone": choice.zone}
-    if cfg.iam_instance_profile:
-        key = "Arn" if cfg.iam_instance_profile.startswith("arn:") else "Name"
-        params["IamInstanceProfile"] = {key: cfg.iam_instance_profile}
+    spec = profile_spec(cfg.iam_instance_profile, profile)
+    if spec:
+        params["IamInstanceProfile"] = spec
     if choice.market == "spot":
         spot = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
         if cfg.max_price is not None:
@@ -121,7 +142,9 @@ def choices_for(ec2, cfg: AwsConfig, region: str, exclude=frozenset(), out=print
     prices = {}
     if cfg.market != "on-demand":
         prices = pricing.current_prices(pricing.spot_history(ec2, cfg.instance_types, zones=zones or None))
-    on_demand = {t: pricing.on_demand_price(t) for t in cfg.instance_types}
+    on_demand = {}
+    if cfg.market != "spot":
+        on_demand = {t: pricing.on_demand_price(t, region, cfg.profile) for t in cfg.instance_types}
     choices = plan(cfg.instance_types, offered, prices, on_demand, cfg.market, exclude)
     if not choices:
         raise CapacityError(
@@ -132,8 +155,33 @@ def choices_for(ec2, cfg: AwsConfig, region: str, exclude=frozenset(), out=print
     return choices
 
 
+def _profile_not_visible(error: botocore.exceptions.ClientError) -> bool:
+    message = error.response.get("Error", {}).get("Message", "").lower()
+    return error_code(error) == "InvalidParameterValue" and "iam instance profile" in message
+
+
+def run_instance(ec2, params: dict, out=print, fresh_profile: bool = False, sleep=time.sleep) -> dict:
+    """run_instances; with a ``fresh_profile`` (made just now), retried with backoff while EC2
+    does not see it yet. A configured profile that does not exist fails at once."""
+    for delay in (*PROFILE_RETRY_DELAYS_S, None):
+        try:
+            return ec2.run_instances(**params)
+        except botocore.exceptions.ClientError as e:
+            if delay is None or not fresh_profile or not _profile_not_visible(e):
+                raise
+            out(f"      EC2 does not see the new instance profile yet (IAM propagates); retry in {delay} s")
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
 def try_choices(
-    ec2, cfg: AwsConfig, choices: list[Choice], params_for: Callable[[Choice], dict], out=print
+    ec2,
+    cfg: AwsConfig,
+    choices: list[Choice],
+    params_for: Callable[[Choice], dict],
+    out=print,
+    caller_arn: str = "",
+    fresh_profile: bool = False,
 ) -> tuple[str, Choice]:
     """run_instances on each choice in order until one launches: (instance id, choice).
 
@@ -146,9 +194,11 @@ def try_choices(
             continue
         out(f"[{i}/{len(choices)}] trying {choice.describe()}")
         try:
-            response = ec2.run_instances(**params_for(choice))
+            response = run_instance(ec2, params_for(choice), out, fresh_profile)
         except botocore.exceptions.ClientError as e:
             code = error_code(e)
+            if code in iam.DENIED and "iam:PassRole" in e.response.get("Error", {}).get("Message", ""):
+                raise iam.permission_error(e, caller_arn) from None
             if code in CAPACITY_CODES:
                 out(f"      {code}: no capacity there; next choice")
                 refused.append(code)
@@ -232,6 +282,25 @@ def _bring_up(
     return record
 
 
+def instance_profile(
+    cfg: AwsConfig,
+    name: str,
+    region: str,
+    owner: str,
+    s3: Iterable[s3scope.Grant],
+    out=print,
+    extra: Iterable[dict] = (),
+) -> iam.Profile | None:
+    """With `iam_instance_profile: auto`, the role and profile for this machine, reaching exactly
+    `s3_access` and the run's ``s3`` prefixes (plus ``extra`` policy statements, e.g. the one
+    Auto Scaling group a detached run may resize)."""
+    if cfg.iam_instance_profile != "auto":
+        return None
+    grants = [*s3scope.from_config(cfg.s3_access), *s3]
+    client = aws.client("iam", region, cfg.profile)
+    return iam.ensure_profile(client, name, region, owner, grants, extra, out=out)
+
+
 def launch(
     cfg: AwsConfig,
     name: str,
@@ -239,9 +308,12 @@ def launch(
     wait_ssh: bool = True,
     keep_on_failure: bool = False,
     exclude: Set[tuple[str, str]] = frozenset(),
+    s3: Iterable[s3scope.Grant] = (),
     out=print,
 ) -> MachineRecord:
-    """Launch the instance ``name`` and return its registry record (see the module docstring)."""
+    """Launch the instance ``name`` and return its registry record (see the module docstring).
+
+    ``s3``: the run's prefixes, granted to the instance's role beside `s3_access` (auto profile)."""
     names.instance_name(name)
     region = account.resolve_region(cfg)
     owner = account.caller_arn(region, cfg.profile)  # first: bad credentials fail before anything exists
@@ -249,14 +321,23 @@ def launch(
     refuse_duplicate(ec2, name)
     ami = resolve_ami(cfg, ec2, aws.client("ssm", region, cfg.profile))
     out(f"AMI: {ami.image_id} {ami.name!r} ({ami.reason})")
+    if ami.warning:
+        out(f"warning: {ami.warning}")
     # Before the key pair and group exist: an unknown type or a bad CIDR then leaves nothing behind.
     choices = choices_for(ec2, cfg, region, exclude, out)
     cidr = network.ssh_cidr(cfg)
+    profile = instance_profile(cfg, name, region, owner, s3, out)
     key_path = keys.ensure_key_pair(ec2, cfg.key_name, owner, cfg.import_public_key)
     group_id = network.ensure_group(ec2, cfg, cidr, owner)
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     instance_id, choice = try_choices(
-        ec2, cfg, choices, lambda c: run_params(cfg, name, owner, ami, group_id, c, created), out
+        ec2,
+        cfg,
+        choices,
+        lambda c: run_params(cfg, name, owner, ami, group_id, c, created, profile),
+        out,
+        caller_arn=owner,
+        fresh_profile=profile is not None and profile.created,
     )
     out(f"launched {instance_id}: {choice.describe()}")
     try:

@@ -1,8 +1,9 @@
 """What an instance costs: the current spot price per type and zone, and the cost over an uptime.
 
 Spot prices change over time, so the cost so far is the integral of the price history over the
-uptime (each price holds until the next change). On-demand prices do not come from an API that
-needs no extra permission, so a small table of common GPU types (us-east-1, Linux) stands in.
+uptime (each price holds until the next change). On-demand prices come from the AWS Pricing API
+(ec2.cloud.ondemand, cached for a day); the small table of common GPU types below (us-east-1,
+Linux) is only the offline fallback, and everything priced from it is marked as an estimate.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from common.aws import aws_errors
+from ec2.cloud import ondemand
+from ec2.cloud.ondemand import OnDemand
 
-# us-east-1 Linux on-demand list prices, USD per hour (aws.amazon.com/ec2/pricing/on-demand/, 2025).
-# Other regions differ by roughly 10-30%; the status table marks these as estimates.
+# us-east-1 Linux on-demand list prices, USD per hour (aws.amazon.com/ec2/pricing/on-demand/, 2025):
+# the offline fallback only. Other regions differ by roughly 10-30%; shown marked as estimates.
 ON_DEMAND_USD_PER_HOUR = {
     "g4dn.xlarge": 0.526,
     "g4dn.2xlarge": 0.752,
@@ -39,8 +42,27 @@ PRODUCT = "Linux/UNIX"
 PricePoint = tuple[datetime, float]
 
 
-def on_demand_price(instance_type: str) -> float | None:
-    return ON_DEMAND_USD_PER_HOUR.get(instance_type)
+def on_demand(instance_type: str, region: str | None = None, profile: str | None = None) -> OnDemand:
+    """The on-demand $/h in ``region`` from the Pricing API (cached); without a region, or when
+    the API cannot answer, the table's us-east-1 figure, marked as an estimate."""
+    if region is None:
+        usd = ON_DEMAND_USD_PER_HOUR.get(instance_type)
+        return OnDemand(usd, ondemand.TABLE if usd is not None else "")
+    return ondemand.prices([instance_type], region, profile)[instance_type]
+
+
+def on_demand_price(
+    instance_type: str, region: str | None = None, profile: str | None = None
+) -> float | None:
+    return on_demand(instance_type, region, profile).usd_per_hour
+
+
+def region_of_zone(zone: str | None) -> str | None:
+    """``us-east-1a`` → ``us-east-1`` (also for Local Zones such as ``us-east-1-bos-1a``)."""
+    if not zone:
+        return None
+    parts = zone.split("-")
+    return "-".join(parts[:3])[:-1] if len(parts) == 3 else "-".join(parts[:3])
 
 
 def spot_history(

@@ -61,7 +61,9 @@ class Journey:
     # --- one attempt's stages, recorded ------------------------------------------------------------
     def provision(self, attempt: history.Attempt) -> Machine:
         try:
-            record, self.ec2 = stages.provision(self.cfg, self.name, frozenset(self.exclude), self.out)
+            record, self.ec2 = stages.provision(
+                self.cfg, self.name, frozenset(self.exclude), self.out, self.plan.s3
+            )
         except CapacityError as e:
             if e.code != "NoChoices" or not self.exclude:
                 raise
@@ -70,7 +72,7 @@ class Journey:
             # again, cheapest first, rather than fail.
             self.out("every configured type and zone has been interrupted once; trying them all again")
             self.exclude.clear()
-            record, self.ec2 = stages.provision(self.cfg, self.name, frozenset(), self.out)
+            record, self.ec2 = stages.provision(self.cfg, self.name, frozenset(), self.out, self.plan.s3)
         attempt.instance_id, attempt.instance_type = record.instance_id, record.instance_type
         attempt.zone, attempt.market = record.zone, record.market
         attempt.launched_at = record.launched_at or history.now_iso()

@@ -20,7 +20,7 @@ def attempt_cost(a: Attempt, spot_points: list[pricing.PricePoint]) -> float | N
     start, end = datetime.fromisoformat(a.launched_at), datetime.fromisoformat(a.ended_at)
     if a.market == "spot" and spot_points:
         return pricing.cost_over(spot_points, start, end)
-    price = pricing.on_demand_price(a.instance_type)
+    price = pricing.on_demand_price(a.instance_type, pricing.region_of_zone(a.zone))
     return None if price is None else price * max((end - start).total_seconds(), 0) / 3600
 
 

@@ -42,6 +42,8 @@ class Plan:
     setup_python: str | None = None  # a ready python instead of the venv (a prepared machine)
     require_gpu: bool = True
     local_root: str = "."
+    # The run's S3 prefixes, granted to the instance's role (iam_instance_profile: auto).
+    s3: tuple = ()
 
     def local_checkpoint(self, outputs: Path) -> Path | None:
         """Where downloads put the checkpoint folder on the laptop (None when it lives in S3)."""
@@ -60,13 +62,13 @@ def watcher_args(plan: Plan, backup_uri: str | None) -> list[str]:
 
 
 def provision(
-    cfg: AwsConfig, name: str, exclude: frozenset[tuple[str, str]], out: Say
+    cfg: AwsConfig, name: str, exclude: frozenset[tuple[str, str]], out: Say, s3: tuple = ()
 ) -> tuple[MachineRecord, object]:
     """Launch the cheapest type/zone with capacity, `exclude`d pairs left out; the record and the
-    EC2 client of its region."""
+    EC2 client of its region. ``s3``: the run's prefixes for the instance's role."""
     from ec2.cloud.launch import launch
 
-    record = launch(cfg, name, exclude=exclude, out=out)
+    record = launch(cfg, name, exclude=exclude, s3=s3, out=out)
     return record, aws.client("ec2", record.region or cfg.region, cfg.profile)
 
 

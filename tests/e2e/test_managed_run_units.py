@@ -145,7 +145,7 @@ def test_verdicts_on_each_kind_of_end():
     assert decide("shutting-down", _poll("finished", 0), **look).end == "finished"
 
 
-def test_attempt_cost_integrates_a_seeded_spot_history_else_the_on_demand_price():
+def test_attempt_cost_integrates_a_seeded_spot_history_else_the_on_demand_price(no_aws):
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     a = history.Attempt(
         1,
@@ -160,7 +160,8 @@ def test_attempt_cost_integrates_a_seeded_spot_history_else_the_on_demand_price(
     # $0.20/h in effect at launch, $0.30/h from minute 10: 10 min at 0.20 + 20 min at 0.30.
     points = [(t0 - timedelta(hours=1), 0.20), (t0 + timedelta(minutes=10), 0.30)]
     assert report.attempt_cost(a, points) == pytest.approx(0.20 / 6 + 0.30 / 3)
-    # No spot history came back: the on-demand list price is the honest upper bound.
+    # No spot history came back: the on-demand list price is the honest upper bound (here, with no
+    # AWS to ask the Pricing API, the table's figure).
     assert report.attempt_cost(a, []) == pytest.approx(0.526 / 2)
     unknown = history.Attempt(
         2, "i-2", "x9.huge", "us-east-1a", "spot", t0.isoformat(), (t0 + timedelta(minutes=30)).isoformat()

@@ -117,8 +117,8 @@ def refusing(monkeypatch):
         real_client = aws.client
         wrapper = RefusingEc2(real_client("ec2", "us-east-1", None), rule)
 
-        def client(service, region=None, profile=None):
-            return wrapper if service == "ec2" else real_client(service, region, profile)
+        def client(service, region=None, profile=None, **kwargs):
+            return wrapper if service == "ec2" else real_client(service, region, profile, **kwargs)
 
         monkeypatch.setattr(aws, "client", client)
         return wrapper

@@ -88,7 +88,7 @@ def test_ssh_config_written_and_removed(home):
 def test_ami_ssm_path_with_a_stubbed_client(ec2_client):
     image_id = make_image(ec2_client, DLAMI_NAME)
     ssm = boto3.client("ssm", region_name="us-east-1")
-    cfg = config()
+    cfg = config("ami_flavour=oss-nvidia-driver-gpu-pytorch-2.7-ubuntu-22.04")
     with Stubber(ssm) as stub:
         stub.add_response(
             "get_parameter",
@@ -105,7 +105,8 @@ def test_ami_describe_images_fallback_picks_the_flavour(ec2_client):
     wanted = make_image(ec2_client, DLAMI_NAME)
     make_image(ec2_client, "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20250601")
     # moto has no /aws/service parameters: the real SSM call fails and the fallback answers.
-    ami = resolve_ami(config(), ec2_client, boto3.client("ssm", region_name="us-east-1"))
+    pinned = config("ami_flavour=oss-nvidia-driver-gpu-pytorch-2.7-ubuntu-22.04")
+    ami = resolve_ami(pinned, ec2_client, boto3.client("ssm", region_name="us-east-1"))
     assert ami.image_id == wanted and "newest matching image by describe_images" in ami.reason
     assert "ParameterNotFound" in ami.reason
     fixed = resolve_ami(config(f"ami={wanted}"), ec2_client, None)

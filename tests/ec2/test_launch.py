@@ -44,7 +44,7 @@ def test_happy_path_sets_everything(home, ec2_client, dlami, capsys):
     )
     record = launch(cfg, "exp1", wait_ssh=False)
     out = capsys.readouterr().out
-    assert f"AMI: {dlami}" in out and "newest matching image by describe_images" in out
+    assert f"AMI: {dlami}" in out and "auto: PyTorch 2.7 on Ubuntu 22.04" in out and "describe_images" in out
     assert "[1/1] trying g5.xlarge in us-east-1b (spot" in out
 
     raw = _only_instance(ec2_client)

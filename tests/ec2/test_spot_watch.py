@@ -140,7 +140,9 @@ def test_command_ignoring_the_signal_is_bounded_by_grace(imds, tmp_path):
         "0.5",
         "--checkpoint-dir",
         str(tmp_path / "ckpt"),
-        steps=60,
+        # Long enough (10 s) to outlive the notice and the grace even when the watcher starts
+        # slowly on a loaded machine (60 steps, 3 s, once ran out first).
+        steps=200,
         env={"STANDIN_IGNORE": "1"},
     )
     time.sleep(0.5)
@@ -149,7 +151,7 @@ def test_command_ignoring_the_signal_is_bounded_by_grace(imds, tmp_path):
     record = json.loads((tmp_path / "run" / "preempted").read_text())
     assert record["command_exited_at"] is None and record["checkpoint"]["state"] == "local"
     assert proc.poll() is None  # the command still runs: the watcher does not kill it
-    proc.communicate(timeout=30)
+    proc.communicate(timeout=60)
     assert proc.returncode == 0
 
 

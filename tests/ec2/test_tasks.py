@@ -48,7 +48,7 @@ def test_status_orphans_and_missing_entries(home, ec2_client, dlami, capsys):
     assert "note: exp2 (i-" in out and "note: registry entry old points at i-0123456789abcdef0" in out
 
 
-def test_status_table_and_cost_rows():
+def test_status_table_and_cost_rows(no_aws):
     now = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
     spot = InstanceInfo(
         "i-1",
@@ -76,7 +76,8 @@ def test_status_table_and_cost_rows():
         ("g5.xlarge", "us-east-1a"): [(now - timedelta(hours=3), 0.40), (now - timedelta(hours=1), 0.50)]
     }
     rows = status.build_rows([spot, demand], "us-east-1", history, {}, now)
-    # 1 h at 0.40, then 1 h at 0.50; on-demand: half an hour at the table price.
+    # 1 h at 0.40, then 1 h at 0.50; on-demand: half an hour at the table price (no AWS to ask
+    # the Pricing API: the offline fallback, marked as an estimate).
     assert rows[0].price_now == 0.50 and rows[0].cost_so_far == pytest.approx(0.90)
     assert rows[1].estimate and rows[1].cost_so_far == pytest.approx(0.526 / 2)
     text = status.table(rows, now)

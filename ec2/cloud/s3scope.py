@@ -1,0 +1,168 @@
+"""Which S3 prefixes an instance may touch, and the IAM policy document that grants exactly those.
+
+A grant is (access, bucket, prefix): "read" for data (GetObject, and ListBucket limited to the
+prefix by a condition on ``s3:prefix``), "write" for checkpoints and backups (read plus PutObject,
+DeleteObject, AbortMultipartUpload). Nothing here grants ``s3:*`` or a ``*`` resource: a
+bucket-wide grant is spelled ``arn:aws:s3:::bucket/*`` and only when the user names the bucket
+alone. The document is built deterministically from the grants, so reading it back
+(``grants_in``) tells which prefixes a role already covers.
+
+Pure functions: no AWS calls (ec2.cloud.iam puts the document on the role).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from common.s3uri import is_s3, split_s3
+from ec2.errors import ConfigError
+
+READ, WRITE = "read", "write"
+READ_ACTIONS = ["s3:GetObject"]
+WRITE_ACTIONS = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
+SID_PREFIX = "Spotrun"
+# S3 bucket naming rules (docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html).
+BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+WRITE_MARK = "rw:"
+
+
+@dataclass(frozen=True, order=True)
+class Grant:
+    bucket: str
+    prefix: str  # no leading or trailing slash; "" is the whole bucket
+    access: str = READ
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def covers(self, other: Grant) -> bool:
+        """This grant allows everything ``other`` asks for (same bucket, a parent prefix, at least
+        the same access)."""
+        if self.bucket != other.bucket or (self.access == READ and other.access == WRITE):
+            return False
+        return not self.prefix or other.prefix == self.prefix or other.prefix.startswith(self.prefix + "/")
+
+    def describe(self) -> str:
+        return f"{self.uri} ({'read/write' if self.access == WRITE else 'read'})"
+
+
+def grant(uri: str, access: str, setting: str) -> Grant:
+    """``s3://bucket/prefix`` → a Grant; a malformed URI names the setting that held it."""
+    bucket, prefix = split_s3(uri)
+    if not BUCKET.match(bucket):
+        raise ConfigError(f"{setting}: {uri!r} does not name a valid S3 bucket; use s3://bucket/prefix")
+    if "*" in prefix or "?" in prefix:
+        raise ConfigError(f"{setting}: {uri!r} holds a wildcard; name the prefix itself (s3://bucket/data)")
+    return Grant(bucket, prefix, access)
+
+
+def from_config(entries: Iterable[str]) -> list[Grant]:
+    """The `s3_access` list: ``s3://bucket/prefix`` is read-only, ``rw:s3://bucket/prefix``
+    read/write."""
+    out = []
+    for entry in entries:
+        access = WRITE if entry.startswith(WRITE_MARK) else READ
+        uri = entry.removeprefix(WRITE_MARK)
+        if not is_s3(uri):
+            raise ConfigError(
+                f"s3_access: {entry!r} is not s3://bucket/prefix (read) or rw:s3://bucket/prefix (read/write)"
+            )
+        out.append(grant(uri, access, "s3_access"))
+    return out
+
+
+def for_run(dataset_dir: str | None, checkpoint_dir: str | None, backup_uri: str | None) -> list[Grant]:
+    """What one training run reads (its data) and writes (its checkpoints, the notice backup);
+    local paths need nothing."""
+    out = []
+    if dataset_dir and is_s3(dataset_dir):
+        out.append(grant(dataset_dir, READ, "dataset.dataset_dir"))
+    if checkpoint_dir and is_s3(checkpoint_dir):
+        out.append(grant(checkpoint_dir, WRITE, "checkpoint_dir"))
+    if backup_uri and is_s3(backup_uri):
+        out.append(grant(backup_uri, WRITE, "checkpoint_backup_uri"))
+    return out
+
+
+def minimal(grants: Iterable[Grant]) -> list[Grant]:
+    """Drop grants another one covers (and duplicates); sorted, so the document is stable."""
+    unique = sorted(set(grants))
+    return [g for g in unique if not any(o != g and o.covers(g) for o in unique)]
+
+
+def missing(have: Iterable[Grant], want: Iterable[Grant]) -> list[Grant]:
+    have = list(have)
+    return [w for w in minimal(want) if not any(h.covers(w) for h in have)]
+
+
+def _bucket_arn(partition: str, bucket: str) -> str:
+    return f"arn:{partition}:s3:::{bucket}"
+
+
+def _objects_arn(partition: str, g: Grant) -> str:
+    return f"{_bucket_arn(partition, g.bucket)}/{g.prefix + '/' if g.prefix else ''}*"
+
+
+def statements(grants: Iterable[Grant], partition: str = "aws") -> list[dict]:
+    """One object statement per grant and one ListBucket statement per bucket and access; the
+    list condition admits the prefix itself and everything below it."""
+    grants = minimal(grants)
+    out: list[dict] = []
+    for i, g in enumerate(grants):
+        out.append(
+            {
+                "Sid": f"{SID_PREFIX}{g.access.title()}{i}",
+                "Effect": "Allow",
+                "Action": WRITE_ACTIONS if g.access == WRITE else READ_ACTIONS,
+                "Resource": _objects_arn(partition, g),
+            }
+        )
+    buckets = sorted({g.bucket for g in grants})
+    for j, bucket in enumerate(buckets):
+        prefixes = sorted({g.prefix for g in grants if g.bucket == bucket})
+        listing: dict = {
+            "Sid": f"{SID_PREFIX}List{j}",
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": _bucket_arn(partition, bucket),
+        }
+        if "" not in prefixes:
+            allowed = sorted({p for p in prefixes} | {f"{p}/*" for p in prefixes})
+            listing["Condition"] = {"StringLike": {"s3:prefix": allowed}}
+        out.append(listing)
+    return out
+
+
+def policy_document(grants: Iterable[Grant], partition: str = "aws", extra: Iterable[dict] = ()) -> dict:
+    """The role's inline policy: the S3 statements, then any ``extra`` statements a caller needs
+    (e.g. autoscaling:SetDesiredCapacity on one group), kept as given."""
+    return {"Version": "2012-10-17", "Statement": [*statements(grants, partition), *extra]}
+
+
+def grants_in(document: dict | str) -> list[Grant]:
+    """The grants a document built by ``policy_document`` holds (other statements are ignored)."""
+    if isinstance(document, str):
+        document = json.loads(document)
+    out = []
+    for st in document.get("Statement", []):
+        sid = st.get("Sid", "")
+        if not sid.startswith(SID_PREFIX) or sid.startswith(SID_PREFIX + "List"):
+            continue
+        actions = st.get("Action")
+        access = WRITE if "s3:PutObject" in (actions if isinstance(actions, list) else [actions]) else READ
+        resource = st.get("Resource", "")
+        _, _, path = resource.partition(":::")
+        bucket, _, rest = path.partition("/")
+        out.append(Grant(bucket, rest.removesuffix("*").strip("/"), access))
+    return out
+
+
+def extra_statements(document: dict | str) -> list[dict]:
+    """Statements that are not spotrun's S3 grants (kept when the grants are widened)."""
+    if isinstance(document, str):
+        document = json.loads(document)
+    return [st for st in document.get("Statement", []) if not st.get("Sid", "").startswith(SID_PREFIX)]
