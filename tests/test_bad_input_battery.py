@@ -248,6 +248,13 @@ CASES = [
     ),
     fab("launch-without-dlami", "launch", "--name", "exp9", code=1, says=("AMI",)),
     fab("launch-unknown-region", "launch", "--set", "region=us-east-9", says=("us-east-9",)),
+    # (tasks added by other helpers: the same table of argument checks applies)
+    fab("prices-hours-zero", "prices", "--hours", "0", says=("--hours", "greater than 0")),
+    fab("prices-type-malformed", "prices", "--types", "G5", says=("--types 'G5'", "e.g. g5.xlarge")),
+    fab("doctor-request-quota-not-a-number", "doctor", "--request-quota", "x", says=("--request-quota",)),
+    fab(
+        "set-s3-access-malformed", "doctor", "--set", "s3_access=[x]", says=("--set 's3_access=[x]'", "s3://")
+    ),
     # -- class 4: names that become paths or AWS names --------------------------------------------------
     fab(
         "set-key-name-traversal",
