@@ -86,3 +86,18 @@ aws-doctor: ## check credentials, AMI, vCPU quota, S3 role and prefixes, key, SS
 	$(FAB) doctor $(FABARGS) $(if $(ARGS),--train-config $(TRAIN_CONFIG) --args "$(ARGS)")
 aws-prices: ## spot and on-demand $/h, GPUs and placement score per configured type and zone (HOURS=)
 	$(FAB) prices --config $(CONFIG) $(if $(HOURS),--hours $(HOURS))
+
+.PHONY: evaluate aws-tunnel aws-tensorboard aws-jupyter
+evaluate: ## score a checkpoint on val or test: PER, per-trial CSV, chart (CKPT=, SPLIT=val|test, TRAIN_CONFIG=, ARGS=)
+	$(BIN)/python -m ml.evaluate --checkpoint $(CKPT) --split $(or $(SPLIT),val) --config $(TRAIN_CONFIG) $(ARGS)
+aws-tunnel: ## forward a port of the instance to this machine until Ctrl-C (PORT=, LOCAL_PORT=)
+	$(FAB) tunnel $(FABARGS) --port $(PORT) $(if $(LOCAL_PORT),--local-port $(LOCAL_PORT))
+aws-tensorboard: ## TensorBoard on the run's outputs, forwarded (RUN=, LOCAL_PORT=)
+	$(FAB) tensorboard $(FABARGS) $(if $(RUN),--run $(RUN)) $(if $(LOCAL_PORT),--local-port $(LOCAL_PORT))
+aws-jupyter: ## JupyterLab in the code folder with the run venv, forwarded (LOCAL_PORT=)
+	$(FAB) jupyter $(FABARGS) $(if $(LOCAL_PORT),--local-port $(LOCAL_PORT))
+.PHONY: aws-data-push aws-data-ls
+aws-data-push: ## upload a dataset folder to S3, skipping what is there (SRC=DIR DEST=s3://bucket/prefix)
+	$(FAB) data-push --src $(SRC) --dest $(DEST) --config $(CONFIG)
+aws-data-ls: ## show a dataset in S3: sessions, files, sizes, what is missing (DEST=s3://bucket/prefix)
+	$(FAB) data-ls $(DEST) --config $(CONFIG)

@@ -129,9 +129,10 @@ _S3_NEXT_STEP = {
     "SignatureDoesNotMatch": "check your AWS credentials (aws sts get-caller-identity)",
     "ExpiredToken": "refresh your AWS credentials",
     "PreconditionFailed": "the object changed while training; restart to rebuild its index",
+    "SlowDown": "S3 is throttling requests to this prefix; it passes, retry later",
 }
 # A HEAD or ranged GET answers with a bare HTTP status and no code.
-_S3_STATUS_CODES = {"404": "NoSuchKey", "403": "AccessDenied", "412": "PreconditionFailed"}
+_S3_STATUS_CODES = {"404": "NoSuchKey", "403": "AccessDenied", "412": "PreconditionFailed", "503": "SlowDown"}
 
 S3_FAILURES = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError)
 

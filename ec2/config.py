@@ -116,6 +116,11 @@ class AwsConfig:
         None, lambda v, k: _pattern(_S3_URI, v, k, "s3://my-bucket/checkpoints")
     )
     max_recoveries: int = checked(3, Range(0, 100, why="replacement instances after interruptions"))
+    # A workspace volume that outlives spot instances (ec2/cloud/volumes.py): its name (null: none),
+    # size for its creation, and where it is mounted on the machine.
+    volume_name: str | None = checked(None, lambda v, k: names.VOLUME.check(v, k))
+    volume_gb: int = checked(100, Range(1, 16384, why="GiB of gp3"))
+    volume_mount: str = checked("~/work", names.one_line)
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -67,6 +67,10 @@ _SAFE = "letters, digits, '.', '_' or '-', starting with a letter or digit"
 INSTANCE = NameRule(
     "instance name", re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"), f"{_SAFE}, at most 63", "--name exp1"
 )
+# A workspace volume: its Name tag and its entry in ~/.spotrun/volumes.json (same shape as an instance).
+VOLUME = NameRule(
+    "volume name", re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"), f"{_SAFE}, at most 63", "--name work"
+)
 # EC2 key pair names may be up to 255 ASCII characters (CreateKeyPair); ours also name the file
 # ~/.ssh/<key_name>.pem, so the file-safe subset.
 KEY_PAIR = NameRule(

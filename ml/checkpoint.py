@@ -109,10 +109,39 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
+def shape_mismatch(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> str | None:
+    """The first difference between the model and a (prefix-stripped) state dict, in words that
+    name both shapes; None when every key and shape agrees."""
+    mine = model.state_dict()
+
+    def shape(t) -> str:
+        return "(" + ", ".join(str(d) for d in t.shape) + ")"
+
+    for key, value in state_dict.items():
+        if key in mine and tuple(mine[key].shape) != tuple(value.shape):
+            return f"{key} is {shape(value)} in the checkpoint but {shape(mine[key])} in the model"
+    extra = [k for k in state_dict if k not in mine]
+    missing = [k for k in mine if k not in state_dict]
+    if extra or missing:
+        return (
+            f"the checkpoint has {len(state_dict)} tensors ({len(extra)} unknown to the model, e.g. "
+            f"{(extra or ['-'])[0]}), the model {len(mine)} ({len(missing)} not in the checkpoint, e.g. "
+            f"{(missing or ['-'])[0]})"
+        )
+    return None
+
+
 def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Load weights (prefixes stripped); a shape or key mismatch is a one-line CheckpointError."""
+    state_dict = strip_prefixes(state_dict)
+    differs = shape_mismatch(model, state_dict)
+    if differs:
+        raise CheckpointError(
+            f"checkpoint {source} does not fit this model: {differs}; check that model.* and "
+            "dataset.sessions match the run that wrote it (its args.yaml)"
+        )
     try:
-        model.load_state_dict(strip_prefixes(state_dict), strict=True)
+        model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         detail = " ".join(str(e).split())[:240]
         raise CheckpointError(

@@ -40,6 +40,9 @@ def below_one(value: float, key: str) -> None:
         raise FieldError(key, f"must be from 0 to less than 1, got {value}")
 
 
+DATA_CACHE_DEFAULT = "~/.cache/spotrun/data"
+
+
 @dataclass
 class InputNetworkConfig:
     n_input_layers: int = checked(1, Range(0))
@@ -98,6 +101,12 @@ class DatasetConfig:
     index_cache_dir: str = "~/.cache/spotrun/trial_index"
     # Concurrent ranged GETs per batch on the S3 index path.
     s3_max_concurrency: int = checked(16, Range(1, 256))
+    # S3 datasets: whole copies of the files are kept here (keyed by bucket/key, ETag and size) and
+    # filled in the background, so each byte leaves S3 once per machine. The default moves to the
+    # NVMe instance store (/opt/dlami/nvme) where the AMI mounts one; null turns the cache off.
+    cache_dir: str | None = DATA_CACHE_DEFAULT
+    # Most GB the cache may hold; null: whatever fits leaving 10% of the disk free.
+    cache_max_gb: float | None = None
 
 
 @dataclass

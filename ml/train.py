@@ -41,6 +41,7 @@ from ml.checkpoint import ARGS, BEST, LAST, REFERENCE_BEST
 from ml.ckpt_store import CheckpointStore
 from ml.config import TrainConfig, load_train_config
 from ml.data import build_train_loader, build_val_loader
+from ml.data.storage import s3_traffic
 from ml.errors import STOPPED_RESUMABLE, UNEXPECTED_EXIT, CheckpointError, NonFiniteError
 from ml.model import build_model, count_parameters
 from ml.runlog import RunLog, check_writable
@@ -254,8 +255,8 @@ def prepare(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: S
         if d.rank > 0:  # different augmentation noise per rank; rank 0 matches a one-process run
             torch.manual_seed(cfg.seed + d.rank)
     state.done, state.per = state.start_step, state.best_per
-    train_loader = build_train_loader(cfg, state.start_step, d.rank, d.world_size)
-    val_loader = build_val_loader(cfg, d.rank, d.world_size)
+    train_loader = build_train_loader(cfg, state.start_step, d.rank, d.world_size, say=log.info)
+    val_loader = build_val_loader(cfg, d.rank, d.world_size, say=log.info)
 
     eval_model = torch.compile(raw_model) if cfg.compile else raw_model
     # Validation runs outside DDP: ranks see different numbers of val batches, and a DDP forward
@@ -395,6 +396,8 @@ def finish(run: Run, state: RunState) -> int:
         run.store.flush()
     if done > state.start_step:
         log.info(end_of_run_line(state))
+        if is_s3(cfg.dataset.dataset_dir):
+            log.info(s3_traffic().line())  # GETs, GB and request cost (`fab run` sums these)
     log.close()
     if state.stopped_by is not None:
         if d.is_main:

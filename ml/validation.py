@@ -58,6 +58,21 @@ def autocast(cfg: TrainConfig, device: torch.device):
 
 
 @torch.no_grad()
+def decode_batch(model: torch.nn.Module, cpu_batch: dict, cfg: TrainConfig, device: torch.device):
+    """The evaluation forward pass on one batch: (batch on the device, logits, patched-input
+    lengths, greedy CTC predictions). Validation and `python -m ml.evaluate` share it, so their
+    PER cannot drift apart: smoothing only (no augmentation), the run's bf16 rule, best path."""
+    batch = to_device(cpu_batch, device)
+    x, n = transform_batch(
+        batch["input_features"], batch["n_time_steps"], cfg.dataset.data_transforms, train=False
+    )
+    with autocast(cfg, device):
+        logits = model(x, batch["day_indices"])
+    out_lens = output_lengths(n, cfg.model.patch_size, cfg.model.patch_stride)
+    return batch, logits, n, greedy_decode(logits, out_lens)
+
+
+@torch.no_grad()
 def validate(
     model: torch.nn.Module,
     loader,
@@ -79,17 +94,11 @@ def validate(
             if stop.requested:
                 interrupted = True
                 break
-            batch = to_device(cpu_batch, device)
-            x, n = transform_batch(
-                batch["input_features"], batch["n_time_steps"], cfg.dataset.data_transforms, train=False
-            )
-            with autocast(cfg, device):
-                logits = model(x, batch["day_indices"])
+            batch, logits, n, batch_preds = decode_batch(model, cpu_batch, cfg, device)
             loss = ctc_loss(logits, batch, n, cfg)
             loss_sum += float(loss.sum())
             n_trials += int(loss.numel())
-            out_lens = output_lengths(n, cfg.model.patch_size, cfg.model.patch_stride)
-            preds += greedy_decode(logits, out_lens)
+            preds += batch_preds
             labels += labels_to_lists(batch["seq_class_ids"], batch["phone_seq_lens"])
             days += [int(v) for v in batch["day_indices"].cpu().tolist()]
     model.train(was_training)

@@ -15,11 +15,12 @@ from common import aws
 from common.aws import aws_errors
 from ec2 import doctor, paths, registry
 from ec2 import status as status_mod
-from ec2.cloud import account, iam, instances, keys, network
+from ec2.cloud import account, iam, instances, keys, network, volumes
 from ec2.cloud import launch as launching
 from ec2.errors import InstanceNotFound, ToolkitError
 from ec2.remote import sshconfig
 from tasks.edge import aws_config, edge, machine_name
+from tasks.volumes import kept_volumes_note, print_volumes
 
 
 def _ec2(cfg):
@@ -92,6 +93,7 @@ def status(c, all_regions=False, no_runs=False, config=None, set_=None):
             )
         if any(r.estimate for r in report.rows):
             print("* on-demand list price (us-east-1, from a table): an estimate")
+        shown += print_volumes(aws.client("ec2", region, cfg.profile))
     if not shown:
         print(f"no spotrun instances in {'any region' if all_regions else _regions(cfg, False)[0]}")
 
@@ -116,6 +118,7 @@ def terminate(c, name=None, all_=False, yes=False, no_wait=False, config=None, s
     listing = ", ".join(f"{i.name} ({i.instance_id}, {i.instance_type}, {i.state})" for i in targets)
     confirm(f"terminate {listing} in {region}?", yes)
     ids = [i.instance_id for i in targets]
+    kept = volumes.attached_to_instances(ec2, ids)  # DeleteOnTermination is off: they stay
     print(
         f"terminating {', '.join(ids)}" + ("" if no_wait else "; waiting until AWS reports them terminated")
     )
@@ -123,6 +126,8 @@ def terminate(c, name=None, all_=False, yes=False, no_wait=False, config=None, s
     for info in targets:
         instances.forget_local(info.name)
         print(f"terminated {info.name} ({info.instance_id}); registry and ssh config entries removed")
+    for line in kept_volumes_note(kept):
+        print(line)
 
 
 def _forget_gone(name: str, region: str) -> None:

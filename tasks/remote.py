@@ -20,7 +20,7 @@ from ec2.cloud import instances
 from ec2.remote import gpu as gpu_summary
 from ec2.remote import runs
 from ec2.remote.carry import laptop_checkpoint, restore_checkpoint
-from ec2.remote.ssh import Machine, close_master
+from ec2.remote.ssh import Machine, close_master, quote_path
 from ec2.remote.sync import download_outputs, sync_code
 from ec2.remote.trainrun import TRAINER_SIGNAL, setup_command, train_command, train_env
 from ec2.remote.trainrun import watcher_args as watcher_args_for
@@ -142,11 +142,41 @@ def setup(c, name=None, python=None, no_gpu=False, config=None, set_=None):
         )
 
 
+def _sync_to_volume(m: Machine, cfg, path: str | None) -> None:
+    """The project (or `path`) to the workspace volume: VOLUME_MOUNT/code (or /<path's name>)."""
+    from ec2.remote.mount import check_mounted_command
+
+    mount_point = cfg.volume_mount
+    if m.run(check_mounted_command(mount_point), check=False).code != 0:
+        raise ToolkitError(
+            f"no volume is mounted at {mount_point} on {m.name}; set volume_name in configs/aws.yaml and "
+            f"launch, or mount it with `fab volume-mount --name {m.name}`"
+        )
+    local = Path(path or ".")
+    dest = f"{mount_point.rstrip('/')}/{'code' if path is None else local.resolve().name}"
+    stats = sync_code(m, local, echo=True, dest=dest)
+    print(f"synced to {m.name}:{dest} (the volume; nothing deleted there): {stats.files_transferred} file(s)")
+
+
 @task(iterable=["set_"])
 @edge
-def sync(c, name=None, train_config=DEFAULT_TRAIN_CONFIG, args="", config=None, set_=None):
-    """Push the code (incremental, honours ignore files); a fresh machine also gets the saved checkpoint."""
+def sync(
+    c,
+    name=None,
+    train_config=DEFAULT_TRAIN_CONFIG,
+    args="",
+    to_volume=False,
+    path=None,
+    config=None,
+    set_=None,
+):
+    """Push the code (incremental, honours ignore files); a fresh machine also gets the saved checkpoint.
+    --to-volume: to the workspace volume instead (the project, or --path FOLDER), kept across instances."""
     m = _machine(name, config, set_)
+    if to_volume:
+        return _sync_to_volume(m, aws_config(config, set_), path)
+    if path:
+        raise ToolkitError("--path goes with --to-volume (the code folder always gets the whole project)")
     trainer = None
     if Path(train_config).is_file():
         trainer = load_train_config(train_config, shlex.split(args or ""))
@@ -248,11 +278,26 @@ def ssh(c, name=None, config=None, set_=None):
     _reached(_machine(name, config, set_)).exec_interactive()
 
 
+def in_dir_command(remote_dir: str, cmd: str, cwd: str | None = None) -> str:
+    """`cmd` run in the code folder (where `fab sync` puts the code), or in `cwd` (relative: inside
+    the code folder). A missing code folder (nothing synced yet) falls back to the home folder with
+    a note; a missing `cwd` is an error (exit 1) before the command runs."""
+    code = quote_path(runs.code_dir(remote_dir))
+    if cwd is None:
+        note = f"note: {runs.code_dir(remote_dir)} does not exist yet (fab sync); running in the home folder"
+        enter = f"cd {code} 2>/dev/null || echo {shlex.quote(note)} >&2"
+    else:
+        target = cwd if cwd.startswith(("/", "~")) else f"{runs.code_dir(remote_dir)}/{cwd}"
+        enter = f"cd {quote_path(target)} || exit 1"
+    return f"{enter}\n{cmd}"
+
+
 @task(iterable=["set_"])
 @edge
-def run_cmd(c, cmd, name=None, config=None, set_=None):
-    """Run any command on the machine; exits with its exit code."""
-    code = _reached(_machine(name, config, set_)).stream(cmd)
+def run_cmd(c, cmd, name=None, cwd=None, config=None, set_=None):
+    """Run any command on the machine, in the code folder (--cwd elsewhere); exits with its exit code."""
+    m = _reached(_machine(name, config, set_))
+    code = m.stream(in_dir_command(m.record.remote_dir, cmd, cwd))
     if code:
         raise Exit(code=code)
 

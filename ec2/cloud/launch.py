@@ -16,14 +16,15 @@ import botocore.exceptions
 from common import aws
 from common.aws import aws_errors, error_code, translate
 from ec2 import names, registry
-from ec2.cloud import account, iam, instances, keys, network, pricing, s3scope
+from ec2.cloud import account, iam, instances, keys, network, pricing, s3scope, volumes
 from ec2.cloud.ami import Ami, resolve_ami
 from ec2.cloud.capacity import CAPACITY_CODES, QUOTA_NEXT_STEP, Choice, offered_zones, plan
 from ec2.cloud.userdata import build_user_data
 from ec2.config import AwsConfig
 from ec2.errors import AwsError, CapacityError, QuotaError, ToolkitError
 from ec2.registry import MachineRecord
-from ec2.remote import ready, sshconfig
+from ec2.remote import mount, ready, sshconfig
+from ec2.remote.ssh import Machine
 
 RUNNING_DELAY_S = 3
 # RunInstances may refuse an instance profile made seconds ago (IAM is eventually consistent:
@@ -282,6 +283,18 @@ def _bring_up(
     return record
 
 
+def _bring_up_volume(ec2, cfg: AwsConfig, workspace, record: MachineRecord, owner: str, wait_ssh: bool, out):
+    """Create (first launch) and attach the workspace volume; mount it once SSH answers."""
+    vol = volumes.bring_up(ec2, cfg, workspace, record.instance_id, record.zone, owner, out)
+    if wait_ssh:
+        out(mount.mount_volume(Machine(record), vol.volume_id, cfg.volume_mount))
+    else:
+        out(
+            f"volume {vol.name} attached, not mounted (SSH not waited for): "
+            f"`fab volume-mount --name {record.name}`"
+        )
+
+
 def instance_profile(
     cfg: AwsConfig,
     name: str,
@@ -323,6 +336,10 @@ def launch(
     out(f"AMI: {ami.image_id} {ami.name!r} ({ami.reason})")
     if ami.warning:
         out(f"warning: {ami.warning}")
+    # Workspace volume: checked, and the launch pinned to its zone (a volume cannot cross zones).
+    workspace = volumes.prepare(ec2, cfg, region, out) if cfg.volume_name else None
+    if workspace:
+        cfg = volumes.pin_zone(cfg, workspace, _zones(ec2, cfg)[0] if cfg.subnet_id else None)
     # Before the key pair and group exist: an unknown type or a bad CIDR then leaves nothing behind.
     choices = choices_for(ec2, cfg, region, exclude, out)
     cidr = network.ssh_cidr(cfg)
@@ -330,18 +347,24 @@ def launch(
     key_path = keys.ensure_key_pair(ec2, cfg.key_name, owner, cfg.import_public_key)
     group_id = network.ensure_group(ec2, cfg, cidr, owner)
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    instance_id, choice = try_choices(
-        ec2,
-        cfg,
-        choices,
-        lambda c: run_params(cfg, name, owner, ami, group_id, c, created, profile),
-        out,
-        caller_arn=owner,
-        fresh_profile=profile is not None and profile.created,
-    )
+    try:
+        instance_id, choice = try_choices(
+            ec2,
+            cfg,
+            choices,
+            lambda c: run_params(cfg, name, owner, ami, group_id, c, created, profile),
+            out,
+            caller_arn=owner,
+            fresh_profile=profile is not None and profile.created,
+        )
+    except CapacityError as e:
+        raise (volumes.capacity_hint(e, workspace) if workspace else e) from None
     out(f"launched {instance_id}: {choice.describe()}")
     try:
-        return _bring_up(ec2, cfg, instance_id, region, str(key_path), wait_ssh, out)
+        record = _bring_up(ec2, cfg, instance_id, region, str(key_path), wait_ssh, out)
+        if cfg.volume_name:
+            _bring_up_volume(ec2, cfg, workspace, record, owner, wait_ssh, out)
+        return record
     except (ToolkitError, KeyboardInterrupt) as failure:
         if keep_on_failure:
             out(

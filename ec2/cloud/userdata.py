@@ -4,8 +4,9 @@ Two guards, both ending in a shutdown, which terminates the instance because it 
 InstanceInitiatedShutdownBehavior=terminate:
 - a hard cap: `shutdown -h +N` scheduled at boot for max_hours;
 - an idle watch: a systemd timer runs IDLE_SCRIPT every minute; after idle_minutes with no live
-  tmux pane (a finished run whose pane stays for inspection does not count) and no established
-  SSH connection, it shuts down.
+  tmux pane (a finished run whose pane stays for inspection does not count, nor do the TensorBoard
+  and Jupyter servers of ec2/remote/services.py) and no established SSH connection (an open
+  `fab tunnel` is one), it shuts down.
 
 With an `ssh_port` other than 22 the boot script also moves sshd there, the way the image starts
 it (see `sshd_port_lines`), and checks with `ss -ltn` that something listens on the port.
@@ -36,9 +37,12 @@ busy=0
 # Established TCP connections to sshd: interactive shells, fab commands, ControlMaster sockets.
 if [ -n "$(ss -Htn state established "( sport = :$SSH_PORT )" 2>/dev/null)" ]; then busy=1; fi
 # A live pane in any user's tmux server, default or named (-L) socket: a run, or a shell in tmux.
+# Servers reached through a tunnel (sessions spotsvc-*: TensorBoard, Jupyter) are not work by
+# themselves: the tunnel's SSH connection is, while it is open.
 for sock in /tmp/tmux-*/*; do
   [ -S "$sock" ] || continue
-  if tmux -S "$sock" list-panes -a -F '#{pane_dead}' 2>/dev/null | grep -qx 0; then busy=1; fi
+  if tmux -S "$sock" list-panes -a -F '#{pane_dead} #{session_name}' 2>/dev/null \
+    | grep -v '^[01] spotsvc-' | grep -q '^0 '; then busy=1; fi
 done
 
 mkdir -p "$(dirname "$STATE")"

@@ -25,6 +25,8 @@ GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped", "gone")
 _MARK = "@@spotrun@@"
 _RESUMED = re.compile(r"resumed from (\S+) at step (\d+)")
 _STEP = re.compile(r"\b(?:step|batch)\s*[:=#]?\s*(\d+)", re.IGNORECASE)
+# The trainer's end-of-run line for an S3 dataset (ml.data.storage.S3Traffic.line).
+_S3_READ = re.compile(r"read from S3: ([\d,]+) GETs, ([\d.]+) GB, \$([\d.]+) in requests")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,15 @@ def parse_poll(text: str) -> Poll:
 def last_step(log: str) -> int | None:
     steps = [int(m.group(1)) for m in _STEP.finditer(log)]
     return steps[-1] if steps else None
+
+
+def s3_read(log: str) -> tuple[int, float, float] | None:
+    """(GETs, GB, request USD) from the trainer's last end-of-run S3 line, if the log has one."""
+    found = _S3_READ.findall(log)
+    if not found:
+        return None
+    gets, gb, usd = found[-1]
+    return int(gets.replace(",", "")), float(gb), float(usd)
 
 
 def resumed_step(log: str) -> int | None:

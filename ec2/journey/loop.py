@@ -22,6 +22,7 @@ from ec2.journey.decide import (
     parse_poll,
     poll_command,
     resumed_step,
+    s3_read,
 )
 from ec2.journey.stages import Plan
 from ec2.remote.ssh import Machine
@@ -111,6 +112,9 @@ class Journey:
         step = last_step(log_tail)
         if step is not None and (attempt.last_step is None or step > attempt.last_step):
             attempt.last_step = step
+        read = s3_read(log_tail)
+        if read is not None:
+            attempt.s3_gets, attempt.s3_gb, attempt.s3_request_usd = read
 
     def instance_state(self, m: Machine) -> str:
         return stages.instance_state(self.ec2, m.record.instance_id)

@@ -96,4 +96,9 @@ def summary(h: RunHistory) -> str:
         + (f" ({duration(wall)} wall clock)" if wall is not None else "")
         + f"; {_count(interruptions, 'interruption')}, steps lost to interruptions {sum(lost)}{each}"
     )
+    read = [a for a in h.attempts if a.s3_gets is not None]
+    if read:
+        gets, gb = sum(a.s3_gets for a in read), sum(a.s3_gb or 0 for a in read)
+        usd = sum(a.s3_request_usd or 0 for a in read)
+        lines.append(f"  data read from S3: {gets:,} GETs, {gb:.2f} GB, ${usd:.6f} in requests")
     return "\n".join(lines)

@@ -119,18 +119,25 @@ def _make_remote_dir(path: str) -> str:
 
 
 def sync_argv(
-    machine: Machine, local_root: Path, *, tty: bool = False, protect: tuple[str, ...] | list[str] = ()
+    machine: Machine,
+    local_root: Path,
+    *,
+    tty: bool = False,
+    protect: tuple[str, ...] | list[str] = (),
+    dest: str | None = None,
+    delete: bool = True,
 ) -> list[str]:
-    code = code_dir(machine.record.remote_dir)
+    """To REMOTE_DIR/code/, or to `dest` (the workspace volume: `delete` off, files made there stay)."""
+    dest = dest or code_dir(machine.record.remote_dir)
     options = [
-        "--delete",
+        *(["--delete"] if delete else []),
         *protect_filters(protect),
         *(f"--exclude={p}" for p in ALWAYS_EXCLUDED),
         "--filter=:- .gitignore",
         "--filter=:- .spotrunignore",
-        _make_remote_dir(code),
+        _make_remote_dir(dest),
     ]
-    target = rsync_target(machine.record.host, code + "/")
+    target = rsync_target(machine.record.host, dest.rstrip("/") + "/")
     return rsync_argv(machine, options, f"{local_root.resolve()}/", target, tty=tty)
 
 
@@ -213,14 +220,15 @@ def sync_code(
     *,
     echo: bool = False,
     protect: tuple[str, ...] | list[str] = (),
+    dest: str | None = None,
 ) -> TransferStats:
     """Push the project to REMOTE_DIR/code/ (incremental; deletions limited to code/, sparing the
-    `protect`ed folders)."""
+    `protect`ed folders), or to `dest` on the workspace volume (same filters, nothing deleted)."""
     local_root = Path(local_root)
     if not local_root.is_dir():
         raise ToolkitError(f"{local_root} is not a folder; run `fab sync` from the project root")
     tty = echo and sys.stdout.isatty()
-    argv = sync_argv(machine, local_root, tty=tty, protect=protect)
+    argv = sync_argv(machine, local_root, tty=tty, protect=protect, dest=dest, delete=dest is None)
     return rsync_with_retries(machine, argv, "sync", echo=echo)
 
 

@@ -49,7 +49,7 @@ def val_plans(
         if f is None:
             continue
         for start in range(0, len(t), batch_size):
-            plans.append([(f, int(i)) for i in t[start:start + batch_size]])
+            plans.append([(f, int(i)) for i in t[start : start + batch_size]])
     return plans
 
 

@@ -66,19 +66,25 @@ def check_labels(
         (seq_len > LABEL_LEN, lambda i: f"has seq_len {seq_len[i]}, more than the {LABEL_LEN} label slots"),
         (
             ((ids == 0) & inside).any(axis=1),
-            lambda i: f"has seq_len {seq_len[i]} but only {n_ids[i]} phoneme ids in seq_class_ids "
-            "(blank 0 inside the label)",
+            lambda i: (
+                f"has seq_len {seq_len[i]} but only {n_ids[i]} phoneme ids in seq_class_ids "
+                "(blank 0 inside the label)"
+            ),
         ),
         (
             ((ids < 0) | (ids >= n_classes)).any(axis=1),
-            lambda i: f"has phoneme ids outside 0..{n_classes - 1} in seq_class_ids (dataset.n_classes is "
-            f"{n_classes})",
+            lambda i: (
+                f"has phoneme ids outside 0..{n_classes - 1} in seq_class_ids (dataset.n_classes is "
+                f"{n_classes})"
+            ),
         ),
         (
             steps < seq_len + repeats,
-            lambda i: f"has {seq_len[i]} phonemes but only {steps[i]} output steps ({index.rows[t[i]]} bins"
-            + (f" less a random cut of up to {max_cut}" if max_cut else "")
-            + f", patch {patch_size}/{patch_stride}); CTC cannot align it",
+            lambda i: (
+                f"has {seq_len[i]} phonemes but only {steps[i]} output steps ({index.rows[t[i]]} bins"
+                + (f" less a random cut of up to {max_cut}" if max_cut else "")
+                + f", patch {patch_size}/{patch_stride}); CTC cannot align it"
+            ),
         ),
     ]
     for bad, describe in problems:

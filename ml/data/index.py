@@ -11,6 +11,7 @@ to h5py.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import zipfile
@@ -21,12 +22,14 @@ import h5py
 import numpy as np
 
 from common.atomic import atomic_path
-from ml.data.storage import S3_ERRORS, FileRef, open_h5, read_failure
+from common.s3uri import split_s3
+from ml.data.storage import INDEX_FORMAT, S3_ERRORS, FileRef, open_h5, read_failure, s3_client
 from ml.errors import DataError
 
 LABEL_LEN = 500
-# Bump when the cached layout changes, so old cache files are ignored rather than misread.
-_FORMAT = 1
+# Bump (in ml.data.storage) when the cached layout changes, so old cache files and the indexes stored
+# in S3 are ignored rather than misread.
+_FORMAT = INDEX_FORMAT
 _TRIAL = re.compile(r"^trial_(\d+)$")
 
 
@@ -50,15 +53,19 @@ class TrialIndex:
         return len(self.rows)
 
 
-def load_index(ref: FileRef, cache_dir: str | Path) -> TrialIndex:
-    """The file's index from the local cache, else built from the file and cached."""
+def load_index(ref: FileRef, cache_dir: str | Path, local: str | None = None) -> TrialIndex:
+    """The file's index: from the local index cache; else the copy `fab data-push` stored beside
+    the file in S3 (one small GET); else built from the file (from ``local``, a complete local copy
+    of an S3 file, when given) and cached."""
     path = cache_path(ref, cache_dir)
     if path.is_file():
         try:
             return _load(path, ref.uri)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # a damaged cache file is rebuilt, not fatal
-    index = build_index(ref)
+    index = _stored(ref) if ref.index_uri else None
+    if index is None:
+        index = build_index(ref, local)
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             _save(f, index)
@@ -74,14 +81,34 @@ def cache_path(ref: FileRef, cache_dir: str | Path) -> Path:
     return Path(cache_dir).expanduser() / f"{stem}-{digest}.npz"
 
 
-def build_index(ref: FileRef) -> TrialIndex:
+def build_index(ref: FileRef, local: str | None = None) -> TrialIndex:
+    """Read the index from the file: ``local`` (a complete copy of ``ref``) when given, else
+    ``ref`` itself (h5py over s3fs for S3)."""
+    source = FileRef(local, ref.size, ref.version) if local else ref
     try:
-        with open_h5(ref) as f:
+        with open_h5(source) as f:
             return _build(f, ref.uri)
     except DataError:
         raise
     except S3_ERRORS as e:
         raise read_failure(e, ref, "its trial index") from None
+
+
+def index_bytes(index: TrialIndex) -> bytes:
+    """The index as stored beside its file in S3 (the .npz of the local index cache)."""
+    buf = io.BytesIO()
+    _save(buf, index)
+    return buf.getvalue()
+
+
+def _stored(ref: FileRef) -> TrialIndex | None:
+    """The index stored beside ``ref`` in S3, or None when it cannot be read (then it is built)."""
+    bucket, key = split_s3(ref.index_uri)
+    try:
+        body = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        return _load(io.BytesIO(body), ref.uri)
+    except (*S3_ERRORS, ValueError, KeyError, zipfile.BadZipFile):
+        return None
 
 
 def _trial_names(f: h5py.File, uri: str) -> list[str]:
@@ -95,8 +122,10 @@ def _trial_names(f: h5py.File, uri: str) -> list[str]:
         raise DataError(f"{uri}: no trial_NNNN groups; is this a Brain-to-Text data file?")
     for i, (n, name) in enumerate(numbered):
         if n != i:
-            raise DataError(f"{uri}: trial numbering has a gap (trial_{i:04d} missing, next is {name}); "
-                            "trials must be numbered trial_0000, trial_0001, ... without gaps")
+            raise DataError(
+                f"{uri}: trial numbering has a gap (trial_{i:04d} missing, next is {name}); "
+                "trials must be numbered trial_0000, trial_0001, ... without gaps"
+            )
     return [name for _, name in numbered]
 
 
@@ -129,15 +158,18 @@ def _build(f: h5py.File, uri: str) -> TrialIndex:
         g = f[name]
         dset = g.get("input_features") if isinstance(g, h5py.Group) else None
         if not isinstance(dset, h5py.Dataset):
-            raise DataError(f"{uri}: {name} has no input_features dataset; check the file is a Brain-to-Text "
-                            "data file")
+            raise DataError(
+                f"{uri}: {name} has no input_features dataset; check the file is a Brain-to-Text data file"
+            )
         if dset.ndim != 2:
             raise DataError(f"{uri}: {name}/input_features has shape {dset.shape}, expected (time, features)")
         if n_features is None:
             dtype, n_features = dset.dtype, dset.shape[1]
         elif dset.shape[1] != n_features or dset.dtype != dtype:
-            raise DataError(f"{uri}: {name}/input_features is {dset.shape[1]} x {dset.dtype}, other trials "
-                            f"{n_features} x {dtype}; the file is inconsistent")
+            raise DataError(
+                f"{uri}: {name}/input_features is {dset.shape[1]} x {dset.dtype}, other trials "
+                f"{n_features} x {dtype}; the file is inconsistent"
+            )
         offset = dset.id.get_offset()
         expected = dset.shape[0] * dset.shape[1] * dset.dtype.itemsize
         if dset.chunks is None and offset is not None and dset.id.get_storage_size() == expected:
@@ -154,24 +186,46 @@ def _build(f: h5py.File, uri: str) -> TrialIndex:
         seq[i] = _labels(g, "seq_class_ids")
         text[i] = _labels(g, "transcription")
         sentences.append(_text(attrs.get("sentence_label", "")))
-    return TrialIndex(uri, np.dtype(dtype).str, int(n_features), contiguous, seq_class_ids=seq,
-                      transcription=text, sentence_label=np.array(sentences, dtype=str), **ints)
+    return TrialIndex(
+        uri,
+        np.dtype(dtype).str,
+        int(n_features),
+        contiguous,
+        seq_class_ids=seq,
+        transcription=text,
+        sentence_label=np.array(sentences, dtype=str),
+        **ints,
+    )
 
 
-_ARRAYS = ("offsets", "nbytes", "rows", "seq_len", "block_num", "trial_num", "seq_class_ids",
-           "transcription", "sentence_label")
+_ARRAYS = (
+    "offsets",
+    "nbytes",
+    "rows",
+    "seq_len",
+    "block_num",
+    "trial_num",
+    "seq_class_ids",
+    "transcription",
+    "sentence_label",
+)
 
 
 def _save(f, index: TrialIndex) -> None:
-    meta = {"uri": index.uri, "dtype": index.dtype, "n_features": index.n_features,
-            "contiguous": index.contiguous}
+    meta = {
+        "uri": index.uri,
+        "dtype": index.dtype,
+        "n_features": index.n_features,
+        "contiguous": index.contiguous,
+    }
     np.savez(f, meta=np.array(json.dumps(meta)), **{k: getattr(index, k) for k in _ARRAYS})
 
 
-def _load(path: Path, uri: str) -> TrialIndex:
+def _load(path, uri: str) -> TrialIndex:
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         if meta["uri"] != uri:
             raise ValueError("cache entry for another file")
-        return TrialIndex(uri, meta["dtype"], meta["n_features"], meta["contiguous"],
-                          **{k: z[k] for k in _ARRAYS})
+        return TrialIndex(
+            uri, meta["dtype"], meta["n_features"], meta["contiguous"], **{k: z[k] for k in _ARRAYS}
+        )

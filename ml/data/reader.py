@@ -1,20 +1,29 @@
-"""Fetch trials' features: one positional read (local) or one ranged GET (S3) per trial, from the
-trial index; a batch's S3 reads run concurrently. Files whose features are chunked or compressed
-fall back to h5py (over s3fs with a block cache for S3)."""
+"""Fetch trials' features: one positional read (local, or an S3 file's complete copy in the dataset
+cache) or one ranged GET (S3) per trial, from the trial index; a batch's S3 reads run concurrently.
+Files whose features are chunked or compressed fall back to h5py (over s3fs with a block cache for
+S3)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from ml.data.cache import DataCache
 from ml.data.index import TrialIndex
 from ml.data.storage import S3_ERRORS, FileRef, cached_h5, read_failure, read_range, thread_pool
 
 
-def read_trial(ref: FileRef, index: TrialIndex, i: int) -> np.ndarray:
-    """Trial ``i``'s input_features as a (time, features) float32 array."""
+def read_trial(ref: FileRef, index: TrialIndex, i: int, cache: DataCache | None = None) -> np.ndarray:
+    """Trial ``i``'s input_features as a (time, features) float32 array. For an S3 file still
+    being fetched into ``cache``: from the partial copy when the trial is already in, else one
+    ranged GET whose bytes then go into the partial copy (so they are never fetched twice)."""
     rows, n_features = int(index.rows[i]), index.n_features
     if index.offsets[i] >= 0:
-        raw = read_range(ref, int(index.offsets[i]), int(index.nbytes[i]))
+        offset, size = int(index.offsets[i]), int(index.nbytes[i])
+        raw = cache.read_partial(ref, offset, size) if cache is not None and ref.is_s3 else None
+        if raw is None:
+            raw = read_range(ref, offset, size)
+            if cache is not None and ref.is_s3:
+                cache.record(ref, offset, raw)
         x = np.frombuffer(raw, dtype=np.dtype(index.dtype)).reshape(rows, n_features)
     else:
         try:
@@ -25,19 +34,33 @@ def read_trial(ref: FileRef, index: TrialIndex, i: int) -> np.ndarray:
 
 
 def read_trials(
-    refs: list[FileRef], indices: list[TrialIndex], wanted: list[tuple[int, int]], max_concurrency: int
+    refs: list[FileRef],
+    indices: list[TrialIndex],
+    wanted: list[tuple[int, int]],
+    max_concurrency: int,
+    cache: DataCache | None = None,
 ) -> list[np.ndarray]:
-    """Features for each ``(file id, trial)`` in ``wanted``, in order."""
+    """Features for each ``(file id, trial)`` in ``wanted``, in order. S3 files already complete in
+    ``cache`` are read from the local copy; files still being fetched share their partial copy."""
+    if cache is not None:
+        refs = list(refs)
+        for f in {f for f, _ in wanted}:
+            if refs[f].is_s3:
+                local = cache.ready(refs[f])
+                if local:
+                    refs[f] = FileRef(local, refs[f].size, refs[f].version)
     ranged_s3 = [k for k, (f, i) in enumerate(wanted) if refs[f].is_s3 and indices[f].offsets[i] >= 0]
     out: list[np.ndarray | None] = [None] * len(wanted)
     if len(ranged_s3) > 1 and max_concurrency > 1:
         pool = thread_pool(max_concurrency)
-        futures = {k: pool.submit(read_trial, refs[wanted[k][0]], indices[wanted[k][0]], wanted[k][1])
-                   for k in ranged_s3}
+        futures = {
+            k: pool.submit(read_trial, refs[wanted[k][0]], indices[wanted[k][0]], wanted[k][1], cache)
+            for k in ranged_s3
+        }
         for k, fut in futures.items():
             out[k] = fut.result()
     # h5py serialises all calls behind one lock, so the fallback (and local preads) run in order.
     for k, (f, i) in enumerate(wanted):
         if out[k] is None:
-            out[k] = read_trial(refs[f], indices[f], i)
+            out[k] = read_trial(refs[f], indices[f], i, cache)
     return out  # type: ignore[return-value]

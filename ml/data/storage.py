@@ -12,6 +12,7 @@ endpoint and region from the standard variables (AWS_ENDPOINT_URL[_S3], AWS_REGI
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 from collections.abc import Iterator
@@ -34,7 +35,6 @@ INDEX_BLOCK_SIZE = 64 * 1024
 H5_BLOCK_SIZE = 1024 * 1024
 
 
-
 @dataclass(frozen=True)
 class FileRef:
     """One HDF5 file: a local absolute path or an s3:// URI, with what identifies its version."""
@@ -42,6 +42,8 @@ class FileRef:
     uri: str
     size: int
     version: str  # S3: the ETag; local: mtime in ns
+    # S3: the trial index `fab data-push` stored beside the file for this ETag ("" when none).
+    index_uri: str = ""
 
     @property
     def is_s3(self) -> bool:
@@ -70,7 +72,62 @@ def _proc() -> dict[str, object]:
 
 
 def s3_client():
-    return aws.client("s3")
+    """This process's S3 client, with its GET requests counted (see ``s3_traffic``)."""
+    client = aws.client("s3")
+    st = _proc()
+    if st.get("counted") is not client:
+        client.meta.events.register("after-call.s3.GetObject", _count_get)
+        client.meta.events.register("after-call.s3.ListObjectsV2", _count_list)
+        st["counted"] = client
+    return client
+
+
+# ---------------------------------------------------------------- what the run read from S3
+
+# Shared memory created at import, before any DataLoader worker forks, so the workers' GETs add to
+# the same counters as the main process's (the prefetcher, the index). [GETs, bytes, LISTs]
+_TRAFFIC = multiprocessing.Array("q", 3)
+# S3 Standard request prices (us-east-1 list prices, USD per 1,000 requests). Transfer from S3 to
+# EC2 in the same region is free, so requests are the data path's whole S3 bill.
+GET_USD_PER_1000 = 0.0004
+LIST_USD_PER_1000 = 0.005
+
+
+def _count_get(http_response=None, parsed=None, **_) -> None:
+    if http_response is not None and http_response.status_code < 300:
+        with _TRAFFIC.get_lock():
+            _TRAFFIC[0] += 1
+            _TRAFFIC[1] += int((parsed or {}).get("ContentLength") or 0)
+
+
+def _count_list(http_response=None, **_) -> None:
+    if http_response is not None and http_response.status_code < 300:
+        with _TRAFFIC.get_lock():
+            _TRAFFIC[2] += 1
+
+
+@dataclass(frozen=True)
+class S3Traffic:
+    gets: int
+    bytes: int
+    lists: int
+
+    @property
+    def request_usd(self) -> float:
+        return self.gets * GET_USD_PER_1000 / 1000 + self.lists * LIST_USD_PER_1000 / 1000
+
+    def line(self) -> str:
+        """e.g. 'read from S3: 1,234 GETs, 10.52 GB, $0.0005 in requests' (parsed by `fab run`)."""
+        return (
+            f"read from S3: {self.gets:,} GETs, {self.bytes / 1e9:.2f} GB, "
+            f"${self.request_usd:.6f} in requests"
+        )
+
+
+def s3_traffic() -> S3Traffic:
+    """What this process and its DataLoader workers have read from S3 through the data path."""
+    with _TRAFFIC.get_lock():
+        return S3Traffic(int(_TRAFFIC[0]), int(_TRAFFIC[1]), int(_TRAFFIC[2]))
 
 
 def s3_filesystem():
@@ -96,11 +153,11 @@ S3_ERRORS = aws.S3_FAILURES
 
 # ---------------------------------------------------------------- listing the dataset
 
+
 def list_sessions(dataset_dir: str, sessions: list[str]) -> dict[str, dict[str, FileRef]]:
     """``{session: {file name: FileRef}}`` for each configured session; a missing session folder or
     train file is a DataError naming it."""
-    found = _list_s3(dataset_dir, sessions) if is_s3(dataset_dir) else _list_local(
-        dataset_dir, sessions)
+    found = _list_s3(dataset_dir, sessions) if is_s3(dataset_dir) else _list_local(dataset_dir, sessions)
     for s in sessions:
         where = f"{dataset_dir.rstrip('/')}/{s}"
         if s not in found:
@@ -133,11 +190,13 @@ def _list_s3(dataset_dir: str, sessions: list[str]) -> dict[str, dict[str, FileR
     base = f"{prefix}/" if prefix else ""
     wanted = set(sessions)
     out: dict[str, dict[str, FileRef]] = {}
+    keys: set[str] = set()
     try:
         pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base)
         for page in pages:
             for obj in page.get("Contents", []):
-                session, _, name = obj["Key"][len(base):].partition("/")
+                keys.add(obj["Key"])
+                session, _, name = obj["Key"][len(base) :].partition("/")
                 if session not in wanted:
                     continue
                 files = out.setdefault(session, {})
@@ -146,19 +205,34 @@ def _list_s3(dataset_dir: str, sessions: list[str]) -> dict[str, dict[str, FileR
                     files[name] = FileRef(f"s3://{bucket}/{obj['Key']}", obj["Size"], etag)
     except S3_ERRORS as e:
         raise s3_error(e, dataset_dir) from None
+    # The same LIST shows which files have their trial index stored beside them.
+    for files in out.values():
+        for name, ref in files.items():
+            sidecar = index_key(ref.bucket_key[1], ref.version)
+            if sidecar in keys:
+                files[name] = FileRef(ref.uri, ref.size, ref.version, f"s3://{bucket}/{sidecar}")
     return out
 
 
+# Bump when the index layout changes (ml.data.index), so old stored indexes are ignored.
+INDEX_FORMAT = 1
+
+
+def index_key(key: str, etag: str) -> str:
+    """Where `fab data-push` stores the trial index of the object ``key`` with ``etag``: beside it,
+    named by the ETag, so a replaced file never meets a stale index."""
+    return f"{key}.index-v{INDEX_FORMAT}-{etag.strip(chr(34))}.npz"
+
+
 # ---------------------------------------------------------------- reading bytes
+
 
 def read_range(ref: FileRef, offset: int, size: int) -> bytes:
     """``size`` bytes at ``offset``: one ranged GET on S3, one pread locally."""
     if ref.is_s3:
         bucket, key = ref.bucket_key
         try:
-            resp = s3_client().get_object(
-                Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}"
-            )
+            resp = s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}")
             data = resp["Body"].read()
         except S3_ERRORS as e:
             raise s3_error(e, ref.uri) from None
@@ -172,8 +246,10 @@ def read_range(ref: FileRef, offset: int, size: int) -> bytes:
                 raise DataError(f"{ref.uri}: cannot open ({e.strerror}); check the file") from None
         data = os.pread(fd, size, offset)
     if len(data) != size:
-        raise DataError(f"{ref.uri}: short read at byte {offset} ({len(data)} of {size}); the file "
-                        "changed or is truncated, delete the index cache and retry")
+        raise DataError(
+            f"{ref.uri}: short read at byte {offset} ({len(data)} of {size}); the file "
+            "changed or is truncated, delete the index cache and retry"
+        )
     return data
 
 

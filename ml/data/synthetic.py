@@ -108,8 +108,9 @@ def _session(srng: np.random.Generator, latents: np.ndarray, projection: np.ndar
     shifted = latents + srng.normal(0.0, _SESSION_SHIFT, latents.shape)
     shifted[0] = 0.0
     mix = np.eye(N_FEATURES) + srng.normal(0.0, 0.3 / np.sqrt(N_FEATURES), (N_FEATURES, N_FEATURES))
-    return _Session(shifted, projection @ mix, srng.uniform(0.6, 1.4, N_FEATURES),
-                    srng.normal(0.0, 0.5, N_FEATURES))
+    return _Session(
+        shifted, projection @ mix, srng.uniform(0.6, 1.4, N_FEATURES), srng.normal(0.0, 0.5, N_FEATURES)
+    )
 
 
 def _render(rng: np.random.Generator, ids: list[int], mean_hold: np.ndarray, sess: _Session) -> np.ndarray:
@@ -120,8 +121,9 @@ def _render(rng: np.random.Generator, ids: list[int], mean_hold: np.ndarray, ses
     need = max(_MIN_BINS, 4 * (len(ids) + repeats + 2) + 14)
     tail = max(tail, need - lead - int(holds.sum()))
     utterance = sess.latents[ids] + rng.normal(0.0, _JITTER, (len(ids), _LATENT))
-    latent = np.concatenate([np.zeros((lead, _LATENT)), np.repeat(utterance, holds, axis=0),
-                             np.zeros((tail, _LATENT))])
+    latent = np.concatenate(
+        [np.zeros((lead, _LATENT)), np.repeat(utterance, holds, axis=0), np.zeros((tail, _LATENT))]
+    )
     # Coarticulation: each bin blends into its neighbours.
     kernel = np.array([0.1, 0.2, 0.4, 0.2, 0.1])
     latent = np.stack([np.convolve(latent[:, k], kernel, mode="same") for k in range(_LATENT)], axis=1)
@@ -178,8 +180,9 @@ def write_synthetic(
                 text, ids = _sentence(srng, vocab)
                 feats = _render(srng, ids, mean_hold, sess)
                 # Blocks of 20 trials, trial_num counting from 0 within each block.
-                trials.append({"features": feats, "ids": ids, "text": text,
-                               "block": block + i // 20, "trial": i % 20})
+                trials.append(
+                    {"features": feats, "ids": ids, "text": text, "block": block + i // 20, "trial": i % 20}
+                )
             block += (count + 19) // 20
             _write_file(folder / fname, session, trials, labels)
             written.append((session, fname, count))

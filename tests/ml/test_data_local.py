@@ -8,6 +8,7 @@ import os
 
 import h5py
 import numpy as np
+import pytest
 import torch
 
 from ml.data import build_train_loader, build_val_loader
@@ -161,3 +162,22 @@ def test_relative_dataset_dir_and_workers(synthetic_data, tmp_path, monkeypatch)
     two = data_cfg(synthetic_data.name, tmp_path, steps=4, num_dataloader_workers=2)
     forked = list(build_train_loader(two))
     assert all(same_batch(a, b) for a, b in zip(plain, forked, strict=True))
+
+
+def test_loader_pins_batches_only_on_cuda(synthetic_data, tmp_path):
+    """Pinned batches make the trainer's non_blocking copies to the GPU asynchronous; on the CPU
+    there is nothing to pin for."""
+    cpu = data_cfg(synthetic_data, tmp_path / "idx")
+    cpu.device = "cpu"
+    assert build_train_loader(cpu).loader.pin_memory is False
+    auto = data_cfg(synthetic_data, tmp_path / "idx")
+    assert build_train_loader(auto).loader.pin_memory is torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_batches_arrive_pinned_on_cuda(synthetic_data, tmp_path):
+    batch = next(
+        iter(build_train_loader(data_cfg(synthetic_data, tmp_path / "idx", num_dataloader_workers=2)))
+    )
+    assert all(v.is_pinned() for v in batch.values())

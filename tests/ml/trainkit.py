@@ -82,6 +82,7 @@ def data_cfg(dataset_dir, cache, steps: int = 6, **ds):
         dataset_probability_val=[0, 1, 1, 1],
         num_dataloader_workers=0,
         index_cache_dir=str(cache),
+        cache_dir=None,  # the streaming path; the dataset cache's tests turn it on
         batch_size=16,
         days_per_batch=2,
     )

@@ -10,10 +10,6 @@ answers instantly). It forwards the Host header untouched, so SigV4 signatures s
         ...
         proxy.counts["GET"], proxy.ranged_gets, proxy.bytes_out
 
-It can also answer like an S3 that is struggling, for a while: ``proxy.inject(6, 503, "SlowDown")``
-makes the next 6 requests (or every ``every``-th request until 6 were served) get S3's documented
-XML error body with that status and code instead of reaching moto; ``proxy.injected`` counts them.
-
 Fixture: ``s3_proxy`` (needs ``aws_env``): a proxy in front of the test's moto server with
 AWS_ENDPOINT_URL pointed at it.
 """
@@ -63,9 +59,20 @@ class CountingProxy:
 
             def _forward(self) -> None:
                 body = self._body()
-                failure = proxy._take_failure()
-                if failure is not None:
-                    self._fail(*failure)
+                fault = proxy._take_fault(self.command, self.path) or proxy._take_failure()
+                if fault is not None:
+                    status, code = fault
+                    xml = (
+                        f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+                        f"<Message>injected by the test proxy</Message></Error>"
+                    ).encode()
+                    proxy._count(f"{self.command} {status}", False, 0)
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(xml)))
+                    self.end_headers()
+                    if self.command != "HEAD":  # a HEAD answer has no body
+                        self.wfile.write(xml)
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 if body or self.command in ("PUT", "POST"):
@@ -91,20 +98,6 @@ class CountingProxy:
                 if self.command != "HEAD":
                     self.wfile.write(data)
 
-            def _fail(self, status: int, code: str) -> None:
-                # S3's error response (RESTErrorResponses): XML with Code and Message.
-                data = (
-                    '<?xml version="1.0" encoding="UTF-8"?>\n'
-                    f"<Error><Code>{code}</Code><Message>injected by the test proxy</Message>"
-                    f"<RequestId>{proxy.injected}</RequestId></Error>"
-                ).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/xml")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -120,11 +113,12 @@ class CountingProxy:
             self.bytes_out += nbytes
 
     def reset(self) -> None:
-        """Zero the counters (and drop pending injected failures)."""
+        """Zero the counters (and drop pending faults)."""
         with self._lock:
             self.counts: Counter[str] = Counter()
             self.ranged_gets = 0
             self.bytes_out = 0
+            self._faults: list[tuple[str, int, str]] = []
             self.injected = 0
             self._failures_left = 0
             self._failure: tuple[int, str] = (503, "SlowDown")
@@ -132,7 +126,8 @@ class CountingProxy:
             self._seen = 0
 
     def inject(self, count: int, status: int = 503, code: str = "SlowDown", every: int = 1) -> None:
-        """Answer ``count`` requests (every ``every``-th one from now) with ``status``/``code``."""
+        """An S3 that struggles for a while: answer ``count`` requests of any kind, every
+        ``every``-th one from now, with ``status``/``code``; ``injected`` counts those served."""
         with self._lock:
             self._failures_left, self._failure, self._every, self._seen = count, (status, code), every, 0
 
@@ -146,6 +141,23 @@ class CountingProxy:
             self._failures_left -= 1
             self.injected += 1
             return self._failure
+
+    def fail_next(
+        self, n: int, status: int = 503, code: str = "SlowDown", method: str = "GET", path_part: str = ""
+    ) -> None:
+        """Answer the next ``n`` ``method`` requests whose path contains ``path_part`` with S3's
+        error document (``status``, ``code``), as S3 does when it throttles; they are counted as
+        e.g. ``counts["GET 503"]``."""
+        with self._lock:
+            self._faults += [(method, path_part, status, code)] * n
+
+    def _take_fault(self, method: str, path: str) -> tuple[int, str] | None:
+        with self._lock:
+            for k, (m, part, status, code) in enumerate(self._faults):
+                if m == method and part in path:
+                    del self._faults[k]
+                    return status, code
+        return None
 
     @property
     def gets(self) -> int:
