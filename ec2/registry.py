@@ -33,6 +33,8 @@ class MachineRecord:
     remote_dir: str = "~/spotrun"
     # OpenSSH ProxyCommand used to reach the machine (bastion, SSM), or None for a direct dial.
     proxy_command: str | None = None
+    # The address other machines of a multi-node run reach it at (torchrun's rendezvous).
+    private_ip: str | None = None
 
     @property
     def adopted(self) -> bool:

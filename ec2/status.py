@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from ec2 import registry
 from ec2.cloud import instances, pricing
+from ec2.cloud.cluster import CLUSTER_TAG, NODE_TAG
 from ec2.cloud.instances import InstanceInfo
 from ec2.registry import MachineRecord
 from ec2.remote import runs
@@ -66,11 +67,30 @@ def cost_row(
     return price, price * uptime(info, now).total_seconds() / 3600, quote.estimate
 
 
+def _grouped(found: list[InstanceInfo]) -> list[InstanceInfo]:
+    """A multi-node run's members together, node 0 first; everything else keeps its order."""
+    first = {}
+    for n, info in enumerate(found):
+        first.setdefault(info.tag(CLUSTER_TAG) or info.instance_id, n)
+
+    def key(item: tuple[int, InstanceInfo]):
+        n, info = item
+        group = info.tag(CLUSTER_TAG)
+        return (first[group], int(info.tag(NODE_TAG) or 0)) if group else (n, 0)
+
+    return [info for _, info in sorted(enumerate(found), key=key)]
+
+
+def display_name(info: InstanceInfo) -> str:
+    group, node = info.tag(CLUSTER_TAG), info.tag(NODE_TAG)
+    return f"{info.name} [{group} node {node}]" if group and node is not None else info.name
+
+
 def build_rows(
     found: list[InstanceInfo], region: str, history: dict, known: dict[str, MachineRecord], now: datetime
 ) -> list[Row]:
     rows = []
-    for info in found:
+    for info in _grouped(found):
         price, cost, estimate = cost_row(info, history, now, region)
         record = known.get(info.name)
         note = "" if record is not None and record.instance_id == info.instance_id else NOT_REGISTERED
@@ -167,7 +187,7 @@ def table(rows: list[Row], now: datetime) -> str:
         i = r.info
         lines.append(
             (
-                i.name,
+                display_name(i),
                 i.instance_id,
                 i.instance_type,
                 i.zone,

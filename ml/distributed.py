@@ -95,6 +95,14 @@ def wrap(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Modu
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
 
+def barrier(d: Dist) -> None:
+    """Wait for every rank (on the private group). Called once at the end of a run, so that no rank
+    exits while rank 0 is still writing or uploading the checkpoint: torchrun's agent stops the
+    remaining workers (SIGTERM, then SIGKILL after its shutdown timeout) as soon as one exits."""
+    if d.enabled:
+        dist.barrier(group=_control)
+
+
 def any_true(flag: bool, d: Dist) -> bool:
     """True on every rank when it is true on any rank (a stop signal seen by one rank)."""
     if not d.enabled:
@@ -102,6 +110,12 @@ def any_true(flag: bool, d: Dist) -> bool:
     t = torch.tensor([1 if flag else 0])  # on the CPU: the private group is gloo
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control)
     return bool(t.item())
+
+
+def from_node_leader(obj: Any, d: Dist) -> Any:
+    """The ``obj`` of this machine's first rank (local rank 0), on each of the machine's ranks.
+    torchrun numbers ranks node by node, so that rank is ``rank - local_rank``."""
+    return gather(obj, d)[d.rank - d.local_rank]
 
 
 def gather(obj: Any, d: Dist) -> list[Any]:

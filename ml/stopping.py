@@ -5,14 +5,39 @@ signal lands (a step, a validation batch, a checkpoint write) runs to its end, a
 looks at the flag at its next safe point: it saves `last`, waits for the upload and exits with
 ml.errors.STOPPED_RESUMABLE. A second Ctrl-C interrupts for real (KeyboardInterrupt), so a user
 is never stuck.
+
+Under torchrun the spot-notice watcher (ec2/remote/spot_watch.py --ranks N) must reach the ranks,
+not torchrun's agent (which answers a signal by killing its workers after a timeout), and torchrun
+exits 1 whatever code its workers exit with. So when the watcher names a folder in
+SPOTRUN_RANKS_DIR, each rank writes `rank-R.pid` there once its handlers are in place (from then
+on the watcher may signal it) and `rank-R.exit` with its exit code when it is done.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+from pathlib import Path
+
+from common.atomic import atomic_write_text
 
 GRACEFUL = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+RANKS_DIR_ENV = "SPOTRUN_RANKS_DIR"
+
+
+def _rank_file(suffix: str) -> Path | None:
+    folder = os.environ.get(RANKS_DIR_ENV)
+    if not folder:
+        return None
+    return Path(folder) / f"rank-{int(os.environ.get('RANK', '0'))}.{suffix}"
+
+
+def report_exit(code: int) -> None:
+    """Tell the watcher how this rank ended (75: stopped, checkpoint saved). Call it once the rank's
+    own work is done, before the ranks part: torchrun ends the others when the first one exits."""
+    if (path := _rank_file("exit")) is not None:
+        atomic_write_text(path, f"{code}\n")
 
 
 class StopFlag:
@@ -32,6 +57,8 @@ class StopFlag:
         if threading.current_thread() is threading.main_thread():
             for sig in GRACEFUL:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            if (path := _rank_file("pid")) is not None:
+                atomic_write_text(path, f"{os.getpid()}\n")
         return self
 
     def uninstall(self) -> None:

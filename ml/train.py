@@ -35,7 +35,7 @@ import torch
 from common.config import save_config
 from common.errors import ConfigError, ToolkitError
 from common.s3uri import is_s3
-from ml import checkpoint, distributed
+from ml import checkpoint, distributed, stopping
 from ml.augment import transform_batch
 from ml.checkpoint import ARGS, BEST, LAST, REFERENCE_BEST
 from ml.ckpt_store import CheckpointStore
@@ -89,17 +89,18 @@ def find_start(cfg: TrainConfig, store: CheckpointStore, d: distributed.Dist) ->
             )
         return None, ""
     if cfg.resume == "auto":
-        # Rank 0 fetches (it may download from S3); the others read the same local file.
-        local = store.fetch_last() if d.is_main else None
-        local = distributed.gather(str(local) if local else None, d)[0]
+        # The first rank of each machine fetches (it may download from S3); the machine's other
+        # ranks read the same local file (a path on another node would not exist here).
+        local = store.fetch_last() if d.local_rank == 0 else None
+        local = distributed.from_node_leader(str(local) if local else None, d)
         source = store.where(LAST)
     else:
         source = cfg.resume
         if is_s3(source):
             parent, _, name = source.rpartition("/")
             side = CheckpointStore(parent, Path(cfg.output_dir) / ".checkpoint_staging")
-            local = str(side.fetch(name)) if d.is_main else None
-            local = distributed.gather(local, d)[0]
+            local = str(side.fetch(name)) if d.local_rank == 0 else None
+            local = distributed.from_node_leader(local, d)
         else:
             local = source
     if local is None:
@@ -120,7 +121,10 @@ def train(cfg: TrainConfig) -> int:
     stop = StopFlag().install()
     distributed.init(d, device)
     try:
-        return _train(cfg, d, device, stop)
+        code = _train(cfg, d, device, stop)
+        stopping.report_exit(code)  # for the notice watcher; see ml/stopping.py
+        distributed.barrier(d)  # no rank leaves before rank 0's checkpoint is written
+        return code
     finally:
         stop.uninstall()
         distributed.shutdown(d)

@@ -15,7 +15,7 @@ from common import aws
 from common.aws import aws_errors
 from ec2 import doctor, paths, registry
 from ec2 import status as status_mod
-from ec2.cloud import account, iam, instances, keys, network, volumes
+from ec2.cloud import account, cluster, iam, instances, keys, network, volumes
 from ec2.cloud import launch as launching
 from ec2.errors import InstanceNotFound, ToolkitError
 from ec2.remote import sshconfig
@@ -40,12 +40,21 @@ def confirm(question: str, yes: bool) -> None:
 
 @task(iterable=["set_"])
 @edge
-def launch(c, name=None, no_wait=False, keep_on_failure=False, no_preflight=False, config=None, set_=None):
-    """Launch a spot GPU instance (cheapest type and zone with capacity) and wait for SSH."""
+def launch(
+    c, name=None, no_wait=False, keep_on_failure=False, no_preflight=False, nodes=1, config=None, set_=None
+):
+    """Launch a spot GPU instance (cheapest type/zone with capacity; --nodes N: a cluster), wait for SSH."""
     cfg = aws_config(config, set_)
     name = machine_name(name, cfg)
     if not no_preflight:
         doctor.preflight(cfg, name, doctor.needs_for(cfg))
+    if int(nodes) > 1:
+        records = cluster.launch_cluster(cfg, name, int(nodes), wait_ssh=not no_wait)
+        names = " ".join(r.name for r in records)
+        print(
+            f"ready: {names}; `fab setup --name {name} --nodes {nodes}`, then `fab train ... --nodes {nodes}`"
+        )
+        return
     record = launching.launch(cfg, name, wait_ssh=not no_wait, keep_on_failure=keep_on_failure)
     if no_wait:
         # Running is not reachable: sshd comes up a minute or so after boot.
@@ -104,6 +113,7 @@ def terminate(c, name=None, all_=False, yes=False, no_wait=False, config=None, s
     """Terminate an instance by --name (or --all of them), wait, and drop its local entries."""
     cfg = aws_config(config, set_)
     region, ec2 = _ec2(cfg)
+    cluster_name = None
     if all_:
         targets = instances.find_instances(ec2)
         if not targets:
@@ -112,7 +122,9 @@ def terminate(c, name=None, all_=False, yes=False, no_wait=False, config=None, s
     else:
         name = machine_name(name, cfg)
         targets = instances.find_instances(ec2, name)
-        if not targets:
+        if not targets and (targets := cluster.members(ec2, name)):
+            cluster_name = name
+        elif not targets:
             _forget_gone(name, region)
             return
     listing = ", ".join(f"{i.name} ({i.instance_id}, {i.instance_type}, {i.state})" for i in targets)
@@ -126,6 +138,9 @@ def terminate(c, name=None, all_=False, yes=False, no_wait=False, config=None, s
     for info in targets:
         instances.forget_local(info.name)
         print(f"terminated {info.name} ({info.instance_id}); registry and ssh config entries removed")
+    if cluster_name and not no_wait:  # AWS keeps groups in use until their instances are gone
+        cluster.remove_shared(ec2, cfg, cluster_name)
+        print(f"removed cluster {cluster_name}'s placement group and members' security group")
     for line in kept_volumes_note(kept):
         print(line)
 

@@ -15,7 +15,7 @@ from ec2.journey import Journey, Plan, report, stdin_asker
 from ec2.remote.rsync_version import local_rsync
 from ec2.remote.trainrun import TRAINER_SIGNAL, train_command
 from tasks.edge import aws_config, edge, machine_name
-from tasks.remote import DEFAULT_TRAIN_CONFIG
+from tasks.remote import DEFAULT_TRAIN_CONFIG, gpus_option
 
 
 def _say(line: str) -> None:
@@ -38,6 +38,7 @@ def run(
     download_every=600.0,
     setup_python=None,
     no_gpu=False,
+    gpus=None,
     dest=None,
     no_preflight=False,
     config=None,
@@ -72,6 +73,9 @@ def run(
         keep=bool(keep),
         setup_python=setup_python,
         require_gpu=not no_gpu,
+        train_config=train_config,
+        overrides=overrides,
+        gpus=gpus_option(gpus),
         s3=tuple(
             s3scope.for_run(
                 train_cfg.dataset.dataset_dir, train_cfg.checkpoint_dir, cfg.checkpoint_backup_uri

@@ -15,14 +15,15 @@ from invoke import task
 from invoke.exceptions import Exit
 
 from common.errors import ToolkitError
+from common.s3uri import is_s3
 from ec2 import paths, registry
 from ec2.cloud import instances
 from ec2.remote import gpu as gpu_summary
-from ec2.remote import runs
+from ec2.remote import nodes, runs
 from ec2.remote.carry import laptop_checkpoint, restore_checkpoint
 from ec2.remote.ssh import Machine, close_master, quote_path
 from ec2.remote.sync import download_outputs, sync_code
-from ec2.remote.trainrun import TRAINER_SIGNAL, setup_command, train_command, train_env
+from ec2.remote.trainrun import RDZV_PORT, TRAINER_SIGNAL, setup_command, train_command, train_env
 from ec2.remote.trainrun import watcher_args as watcher_args_for
 from ml.config import load_train_config
 from tasks.edge import aws_config, edge, machine_name
@@ -61,6 +62,15 @@ def _local_output_dir(train_config: str, overrides: list[str]) -> str | None:
     if not Path(train_config).exists():
         return None
     return load_train_config(train_config, overrides).output_dir
+
+
+def gpus_option(gpus) -> int | None:
+    if gpus is None:
+        return None
+    try:
+        return int(gpus)
+    except ValueError:
+        raise ToolkitError(f"--gpus {gpus!r} is not a number; give a GPU count such as --gpus 2") from None
 
 
 def _checkpoint_dir(train_config: str, overrides: list[str]) -> str | None:
@@ -131,8 +141,10 @@ def forget(c, name=None, config=None, set_=None):
 
 @task(iterable=["set_"])
 @edge
-def setup(c, name=None, python=None, no_gpu=False, config=None, set_=None):
-    """Bootstrap the machine (sync code, venv over the AMI's PyTorch, CUDA check); idempotent."""
+def setup(c, name=None, python=None, no_gpu=False, nodes=1, config=None, set_=None):
+    """Bootstrap the machine (sync code, venv over the AMI's PyTorch, CUDA check); --nodes N: all at once."""
+    if int(nodes) > 1:
+        return _setup_nodes(name, python, no_gpu, int(nodes), config, set_)
     m = _machine(name, config, set_)
     sync_code(m, ".")
     code = m.stream(setup_command(m.record.remote_dir, python, require_gpu=not no_gpu))
@@ -140,6 +152,21 @@ def setup(c, name=None, python=None, no_gpu=False, config=None, set_=None):
         raise ToolkitError(
             f"setup failed on {m.name} (exit {code}); see the lines above, fix, and rerun `fab setup`"
         )
+
+
+def _setup_nodes(name, python, no_gpu, count, config, set_) -> None:
+    """Code and setup to every node of a multi-node run in parallel (output kept, shown per node)."""
+    machines = [Machine(r) for r in nodes.members(machine_name(name, aws_config(config, set_)), count)]
+
+    def one(m: Machine) -> None:
+        sync_code(m, ".")
+        result = m.run(setup_command(m.record.remote_dir, python, require_gpu=not no_gpu), check=False)
+        if result.code:
+            tail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
+            raise ToolkitError(f"setup failed (exit {result.code}): {tail}; fix, and rerun `fab setup`")
+        print(f"{m.name}: set up", flush=True)
+
+    nodes.on_each(machines, one)
 
 
 def _sync_to_volume(m: Machine, cfg, path: str | None) -> None:
@@ -207,26 +234,42 @@ def train(
     force=False,
     data_uri=None,
     no_watch=False,
+    gpus=None,
+    nodes=1,
+    rdzv_port=RDZV_PORT,
     config=None,
     set_=None,
 ):
-    """Start training (or --cmd) in tmux on the machine; output teed to runs/RUN/log."""
+    """Start training (or --cmd) in tmux, one process per GPU (--gpus N); output teed to runs/RUN/log."""
     if cmd and data_uri:
         raise ToolkitError(
             "--data-uri sets the trainer's dataset.dataset_dir; a --cmd command takes its data "
             "location in its own arguments"
         )
-    m = _machine(name, config, set_)
     overrides = shlex.split(args or "")
     if data_uri:
         overrides.append(f"dataset.dataset_dir={data_uri}")
+    if int(nodes) > 1:
+        if cmd:
+            raise ToolkitError("--cmd runs on one machine; leave out --nodes (or --cmd)")
+        return _train_nodes(
+            name, train_config, overrides, run, force, data_uri, gpus, int(nodes), rdzv_port, config, set_
+        )
+    m = _machine(name, config, set_)
+    procs = None
     if cmd:
         command, output_dir, watcher_args = cmd, None, []
     else:
-        command = train_command(m.record.remote_dir, train_config, overrides)
+        procs = gpu_summary.processes_for(gpu_summary.count_gpus(m), gpus_option(gpus))
+        command = train_command(m.record.remote_dir, train_config, overrides, procs)
         output_dir = _local_output_dir(train_config, overrides)
         backup_uri = aws_config(config, set_).checkpoint_backup_uri
-        watcher_args = watcher_args_for(TRAINER_SIGNAL, _checkpoint_dir(train_config, overrides), backup_uri)
+        watcher_args = watcher_args_for(
+            TRAINER_SIGNAL,
+            _checkpoint_dir(train_config, overrides),
+            backup_uri,
+            ranks=procs if procs > 1 else 0,
+        )
     region = _region(m, config, set_)
     if not cmd:
         _reach_s3(m, region, aws_config(config, set_), train_config, overrides)
@@ -240,14 +283,55 @@ def train(
         watch=not no_watch,
         watcher_args=watcher_args,
         output_dir=output_dir,
+        gpus=procs,
     )
-    print(f"started run {run!r} on {m.name} (log: {rdir}/log); follow with `fab logs --name {m.name}`")
+    on = f" on {procs} GPUs (torchrun)" if procs and procs > 1 else ""
+    print(f"started run {run!r} on {m.name}{on} (log: {rdir}/log); follow with `fab logs --name {m.name}`")
+
+
+def _train_nodes(
+    name, train_config, overrides, run, force, data_uri, gpus, count, port, config, set_
+) -> None:
+    """torchrun on every node of a multi-node run, meeting at node 0 (c10d rendezvous), each node
+    wrapped in its own notice watcher; checkpoints in S3, written by rank 0."""
+    cfg = aws_config(config, set_)
+    name = machine_name(name, cfg)
+    ckpt = _checkpoint_dir(train_config, overrides)
+    if not (ckpt and is_s3(ckpt)):
+        raise ToolkitError(
+            f"a multi-node run keeps its checkpoints in S3 (rank 0 writes them, any node may resume "
+            f"them); set checkpoint_dir=s3://bucket/prefix (now {ckpt or 'unknown'})"
+        )
+    machines = [Machine(r) for r in nodes.members(name, count)]
+    region = _region(machines[0], config, set_)
+    # The members share one role (ec2/cloud/cluster.py): widening it for node 0 covers them all.
+    _reach_s3(machines[0], region, cfg, train_config, overrides)
+    procs = nodes.start_training(
+        machines,
+        run,
+        train_config,
+        overrides,
+        gpus=gpus_option(gpus),
+        rendezvous_id=f"{name}-{run}",
+        port=int(port),
+        env=train_env(region),
+        watcher_args=lambda procs: watcher_args_for(TRAINER_SIGNAL, ckpt, None, ranks=procs),
+        output_dir=_local_output_dir(train_config, overrides),
+        force=force,
+    )
+    host = nodes.rendezvous_host(machines[0].record)
+    print(
+        f"started run {run!r} on {count} nodes x {procs} process(es) ({', '.join(m.name for m in machines)}; "
+        f"rendezvous {host}:{port}); follow with `fab logs --name {name} --node K`"
+    )
 
 
 @task(iterable=["set_"])
 @edge
-def logs(c, name=None, run="train", lines=50, no_follow=False, config=None, set_=None):
-    """Follow a run's log (Ctrl-C stops following, not the run); --no-follow prints the tail."""
+def logs(c, name=None, run="train", lines=50, no_follow=False, node=None, config=None, set_=None):
+    """Follow a run's log (Ctrl-C stops following, not the run); --no-follow prints the tail; --node K."""
+    if node is not None:
+        name = nodes.member_name(machine_name(name, aws_config(config, set_)), int(node))
     m = _machine(name, config, set_)
     state = runs.run_state(m, run)
     if state.state == "unreachable":

@@ -183,8 +183,8 @@ def try_choices(
     out=print,
     caller_arn: str = "",
     fresh_profile: bool = False,
-) -> tuple[str, Choice]:
-    """run_instances on each choice in order until one launches: (instance id, choice).
+) -> tuple[list[str], Choice]:
+    """run_instances on each choice in order until one launches: (instance ids, choice).
 
     Capacity refusals move on; quota and price refusals stop (or, with spot-then-on-demand, skip
     the remaining spot choices); anything else stops with its AWS code."""
@@ -214,7 +214,7 @@ def try_choices(
             raise translate(e, f"launching {choice.describe()}") from None
         except botocore.exceptions.BotoCoreError as e:
             raise translate(e, f"launching {choice.describe()}") from None
-        return response["Instances"][0]["InstanceId"], choice
+        return [i["InstanceId"] for i in response["Instances"]], choice
     codes = ", ".join(sorted(set(refused))) or "none tried"
     raise CapacityError(
         f"no capacity for {', '.join(cfg.instance_types)} after {len(refused)} attempt(s) ({codes}); "
@@ -254,6 +254,7 @@ def make_record(cfg: AwsConfig, info: instances.InstanceInfo, region: str, key_p
         launched_at=info.launched_at.isoformat() if info.launched_at else None,
         proxy_command=cfg.ssh_proxy_command,
         remote_dir=cfg.remote_dir,
+        private_ip=info.private_ip,
     )
 
 
@@ -348,7 +349,7 @@ def launch(
     group_id = network.ensure_group(ec2, cfg, cidr, owner)
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     try:
-        instance_id, choice = try_choices(
+        (instance_id,), choice = try_choices(
             ec2,
             cfg,
             choices,

@@ -43,6 +43,7 @@ class Attempt:
     resumed_step: int | None = None  # "resumed from ... at step N" (None: started fresh)
     cost_usd: float | None = None
     seconds_notice_to_safe: float | None = None
+    gpus: int | None = None  # GPUs the trainer ran on (one process each); 0: the CPU
     # What the trainer read from S3 for its dataset (its end-of-run line): GETs, GB, request USD.
     s3_gets: int | None = None
     s3_gb: float | None = None

@@ -93,8 +93,8 @@ class Journey:
         self.h.event("setup", instance_id=m.record.instance_id)
         if attempt.number > 1 and (files := stages.restore(m, self.plan, self.outputs, self.out)) is not None:
             self.h.event("checkpoint-restored", files=files)
-        stages.start(m, self.plan, self.cfg.checkpoint_backup_uri, self.out)
-        self.h.event("started", instance_id=m.record.instance_id)
+        attempt.gpus = stages.start(m, self.plan, self.cfg.checkpoint_backup_uri, self.out)
+        self.h.event("started", instance_id=m.record.instance_id, gpus=attempt.gpus)
 
     def pull(self, m: Machine, what: str) -> None:
         got = stages.pull(m, self.plan, self.outputs, what, self.out)
@@ -240,7 +240,15 @@ class Journey:
             except ToolkitError:
                 attempt.outcome = "launch-failed"  # no instance: nothing billed, nothing to clean
                 raise
-            self.prepare(m, attempt)
+            try:
+                self.prepare(m, attempt)
+            except ToolkitError:
+                # Setup failed, or the run cannot start there (--gpus beyond the type's GPUs): the
+                # next instance would fail the same way. Nothing is left billing unless --keep.
+                attempt.outcome = "failed"
+                self.close_attempt(m, attempt, terminate=not p.keep)
+                self.h.status, self.h.finished_at = "failed", history.now_iso()
+                raise
             outcome = self.watch(m, attempt)
             if outcome in ("finished", "failed"):
                 self.pull(m, "results" if outcome == "finished" else "logs")

@@ -58,9 +58,10 @@ def _attempt_row(a: Attempt) -> list[str]:
         what = f"resumed at step {a.resumed_step}, {what}"
     if a.instance_id is None:  # never got an instance: no place, time or cost to show
         return [f"attempt {a.number}", "-", "-", "-", "-", what, "-", "-"]
+    on = "" if a.gpus is None else (" (CPU)" if a.gpus == 0 else f" ({_count(a.gpus, 'GPU')})")
     return [
         f"attempt {a.number}",
-        a.instance_type or "?",
+        (a.instance_type or "?") + on,
         a.zone or "?",
         a.market or "?",
         a.instance_id,

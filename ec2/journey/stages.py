@@ -16,7 +16,7 @@ from ec2.cloud import instances
 from ec2.config import AwsConfig
 from ec2.errors import ConnectionLost, ToolkitError
 from ec2.registry import MachineRecord
-from ec2.remote import runs, trainrun
+from ec2.remote import gpu, runs, trainrun
 from ec2.remote.carry import laptop_checkpoint, remote_checkpoint, restore_checkpoint
 from ec2.remote.ssh import Machine
 from ec2.remote.sync import download_argv, download_outputs, rsync_with_retries, sync_code
@@ -42,6 +42,11 @@ class Plan:
     setup_python: str | None = None  # a ready python instead of the venv (a prepared machine)
     require_gpu: bool = True
     local_root: str = "."
+    # The trainer's config and overrides: the command is then built per machine, one process per
+    # GPU it has (or `gpus` of them). Without them, `command` runs as it is.
+    train_config: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    gpus: int | None = None
     # The run's S3 prefixes, granted to the instance's role (iam_instance_profile: auto).
     s3: tuple = ()
 
@@ -57,8 +62,9 @@ class Plan:
         )
 
 
-def watcher_args(plan: Plan, backup_uri: str | None) -> list[str]:
-    return trainrun.watcher_args(plan.signal, plan.checkpoint_dir, backup_uri, plan.imds_poll_s)
+def watcher_args(plan: Plan, backup_uri: str | None, procs: int = 1) -> list[str]:
+    ranks = procs if trainrun.uses_torchrun(procs) else 0
+    return trainrun.watcher_args(plan.signal, plan.checkpoint_dir, backup_uri, plan.imds_poll_s, ranks=ranks)
 
 
 def provision(
@@ -101,17 +107,27 @@ def run_env(m: Machine, plan: Plan) -> dict[str, str]:
     return {**plan.env, **train_env(m.record.region)}
 
 
-def start(m: Machine, plan: Plan, backup_uri: str | None, out: Say) -> None:
+def start(m: Machine, plan: Plan, backup_uri: str | None, out: Say) -> int | None:
+    """Start the run; the GPUs the trainer uses (0: the CPU; None: a plain command)."""
+    command, procs, gpus = plan.command, 1, None
+    if plan.train_config is not None:
+        present = gpu.count_gpus(m)
+        procs = gpu.processes_for(present, plan.gpus)
+        gpus = procs if present else 0
+        command = trainrun.train_command(m.record.remote_dir, plan.train_config, plan.overrides, procs)
     runs.start_run(
         m,
         plan.run,
-        plan.command,
+        command,
         force=True,
         env=run_env(m, plan),
-        watcher_args=watcher_args(plan, backup_uri),
+        watcher_args=watcher_args(plan, backup_uri, procs),
         output_dir=plan.output_dir,
+        gpus=procs,
     )
-    out(f"started run {plan.run!r} on {m.name}")
+    on = f" on {procs} GPUs (torchrun)" if procs > 1 else ""
+    out(f"started run {plan.run!r} on {m.name}{on}")
+    return gpus
 
 
 def _download(m: Machine, plan: Plan, outputs: Path) -> None:

@@ -86,3 +86,33 @@ def summary(gpus: list[Gpu], apps: list[GpuProcess]) -> str:
     else:
         lines.append("processes: none")
     return "\n".join(lines)
+
+
+# --- how many trainer processes a run starts (one per GPU) ---------------------------------------
+# `nvidia-smi -L` prints one `GPU i: NAME (UUID: ...)` line per GPU; no driver (or no
+# nvidia-smi) prints nothing we count, so a machine without GPUs counts 0 and runs one process.
+COUNT_COMMAND = "nvidia-smi -L 2>/dev/null || true"
+
+
+def parse_count(output: str) -> int:
+    return sum(1 for line in output.splitlines() if line.startswith("GPU "))
+
+
+def count_gpus(machine) -> int:
+    """The machine's GPUs (one SSH round trip)."""
+    return parse_count(machine.run(COUNT_COMMAND, check=False).stdout)
+
+
+def processes_for(present: int, asked: int | None) -> int:
+    """Trainer processes per machine: one per GPU present, or `--gpus N` (at most the GPUs there);
+    one process on a machine without GPUs (the trainer runs on its CPU)."""
+    if asked is None:
+        return max(present, 1)
+    if asked < 1:
+        raise ToolkitError(f"--gpus {asked} is not a GPU count; give 1 or more (or leave it out: all GPUs)")
+    if asked > max(present, 1):
+        raise ToolkitError(
+            f"--gpus {asked} asked for, but the machine has {present} GPU(s) "
+            f"(`nvidia-smi -L`); give --gpus {max(present, 1)} or less, or leave it out"
+        )
+    return asked

@@ -3,7 +3,9 @@ connection, its output teed to `runs/<run>/log`, its exit code written to `runs/
 when it ends, and the pane kept (`remain-on-exit`) so a crash stays visible on `fab attach`.
 
 Layout under the machine's remote_dir (see the contract "On the instance"):
-    code/  venv/  runs/<run>/{command,log,exit_code,preempted}
+    code/  venv/  runs/<run>/{command,log,exit_code,preempted,gpus}
+
+`gpus` holds how many trainer processes (one per GPU) the run started, for `fab status`.
 
 Every remote command line is built here by a pure function and tested as a string.
 """
@@ -97,9 +99,11 @@ def start_command(
     watch: bool = True,
     watcher_args: list[str] | None = None,
     output_dir: str | None = None,
+    gpus: int | None = None,
 ) -> str:
     """The remote shell line that starts a run (or exits EXISTS_CODE when one exists).
-    `output_dir` (the trainer's, relative to code/) is recorded for `fab download`."""
+    `output_dir` (the trainer's, relative to code/) is recorded for `fab download`, `gpus` (the
+    trainer processes) for `fab status`."""
     session = shlex.quote(session_name(run))
     target = shlex.quote(f"={session_name(run)}")
     window = shlex.quote(f"={session_name(run)}:")
@@ -122,6 +126,7 @@ def start_command(
         + f"mkdir -p {rdir} {quote_path(code_dir(remote_dir))}; "
         + f"printf '%s\\n' {shlex.quote(command)} > {rdir}/command; "
         + (f"printf '%s\\n' {shlex.quote(output_dir)} > {rdir}/output_dir; " if output_dir else "")
+        + (f"echo {int(gpus)} > {rdir}/gpus; " if gpus else "")
         # Start an idle shell, set remain-on-exit, then respawn with the command: no race with a
         # command that ends at once.
         + f"tmux new-session -d -s {session} -x 200 -y 50; "
@@ -140,6 +145,7 @@ def start_run(
     watch: bool = True,
     watcher_args: list[str] | None = None,
     output_dir: str | None = None,
+    gpus: int | None = None,
 ) -> str:
     """Start `command` as run `run` on the machine; returns the remote run dir."""
     line = start_command(
@@ -151,6 +157,7 @@ def start_run(
         watch=watch,
         watcher_args=watcher_args,
         output_dir=output_dir,
+        gpus=gpus,
     )
     # Not retried: a dropped connection after the start would make the retry refuse the run.
     result = machine.run(line, check=False, retry=False)
@@ -168,9 +175,11 @@ def start_run(
 class RunState:
     state: str  # running | finished | preempted | none | unreachable
     exit_code: int | None = None
+    gpus: int | None = None  # trainer processes the run started (recorded by start_run)
 
     def __str__(self) -> str:
-        return f"finished({self.exit_code})" if self.state == "finished" else self.state
+        text = f"finished({self.exit_code})" if self.state == "finished" else self.state
+        return f"{text} on {self.gpus} GPUs" if self.gpus and self.gpus > 1 else text
 
 
 def state_command(remote_dir: str, run: str) -> str:
@@ -180,16 +189,20 @@ def state_command(remote_dir: str, run: str) -> str:
         f"if [ -e {rdir}/preempted ]; then echo preempted; "
         f"elif [ -e {rdir}/exit_code ]; then echo finished $(cat {rdir}/exit_code); "
         f"elif tmux has-session -t {target} 2>/dev/null; then echo running; "
-        "else echo none; fi"
+        "else echo none; fi; "
+        f"echo gpus $(cat {rdir}/gpus 2>/dev/null)"
     )
 
 
 def parse_state(text: str) -> RunState:
-    words = text.split()
+    lines = text.strip().splitlines()
+    words = lines[0].split() if lines else []
+    tail = lines[1].split() if len(lines) > 1 else []
+    gpus = int(tail[1]) if tail[:1] == ["gpus"] and len(tail) == 2 and tail[1].isdigit() else None
     if words[:1] == ["finished"] and len(words) == 2 and words[1].lstrip("-").isdigit():
-        return RunState("finished", int(words[1]))
+        return RunState("finished", int(words[1]), gpus)
     if words in (["preempted"], ["running"], ["none"]):
-        return RunState(words[0])
+        return RunState(words[0], gpus=gpus)
     raise ToolkitError(f"unexpected run state answer {text.strip()!r}; check the instance with `fab ssh`")
 
 

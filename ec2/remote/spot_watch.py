@@ -2,7 +2,7 @@
 interruption notice.
 
     python -m ec2.remote.spot_watch --run-dir DIR [--signal USR1] [--checkpoint-dir PATH]
-                             [--upload-to s3://...] [--poll 5] [--grace S] -- CMD ...
+                             [--upload-to s3://...] [--poll 5] [--grace S] [--ranks N] -- CMD ...
 
 It starts CMD as a child in its own process group and exits with CMD's exit code. Every `--poll`
 seconds it asks the metadata service (IMDSv2, address from SPOTRUN_IMDS_URL) for
@@ -15,6 +15,14 @@ seconds it asks the metadata service (IMDSv2, address from SPOTRUN_IMDS_URL) for
 4. copies a local `--checkpoint-dir` to `--upload-to` (only files S3 lacks), or, when the
    checkpoint dir is itself s3://, notes what is there;
 5. writes RUN_DIR/preempted (atomically) with the timings; `fab status` then says "preempted".
+
+With `--ranks N` the command is torchrun with N ranks on this machine. torchrun's agent would answer
+a signal by stopping its workers with SIGTERM and killing them after a timeout, and it exits 1
+whatever its workers exit with. So the watcher gives each rank the folder RUN_DIR/ranks
+(SPOTRUN_RANKS_DIR); each rank writes its pid there once it handles the signal, and its exit code
+when it ends (ml/stopping.py). A notice, or a signal passed on, goes to every rank (not the agent);
+the ranks stop together at the next step (their per-step collective), rank 0 saves, and when all N
+ranks report the same exit code (75) that is the run's exit code rather than torchrun's 1.
 
 No metadata service (not an EC2 machine) → one log line, and CMD runs on unwatched.
 Runs with the instance's Python: standard library and boto3 only.
@@ -35,12 +43,15 @@ import botocore.exceptions
 from common.atomic import atomic_write_json
 from common.s3uri import is_s3
 from ec2.remote.imds import Imds, ImdsUnreachable, Notice
+from ml.stopping import RANKS_DIR_ENV
 
 # Kept back from the notice's deadline for the S3 copy and the status file.
 UPLOAD_RESERVE_S = 30.0
 # When the notice carries no usable time: AWS promises two minutes.
 NOTICE_LEAD_S = 120.0
 MIN_WAIT_S = 5.0
+# While waiting for the command after a notice: how often to look for ranks that started since.
+RANK_LOOK_S = 0.5
 
 
 def log(msg: str) -> None:
@@ -70,11 +81,19 @@ class Watcher:
         self.child: subprocess.Popen | None = None
         self.imds_down = False
         self.rebalance_seen = False
+        self.ranks_dir = self.run_dir / "ranks" if args.ranks > 0 else None
+        self.signalled: dict[int, int] = {}  # rank -> pid, the ranks sent the stop signal
 
     # --- the child -------------------------------------------------------------------------------
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.child = subprocess.Popen(self.args.command, start_new_session=True)
+        env = None
+        if self.ranks_dir is not None:
+            self.ranks_dir.mkdir(exist_ok=True)
+            for old in self.ranks_dir.glob("rank-*"):  # a previous run's ranks (fab train --force)
+                old.unlink()
+            env = {**os.environ, RANKS_DIR_ENV: str(self.ranks_dir)}
+        self.child = subprocess.Popen(self.args.command, start_new_session=True, env=env)
         # A Ctrl-C in `fab attach`, a HUP from tmux or a TERM from shutdown reaches only us (the child
         # has its own group): pass it on, and let the child decide.
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -82,7 +101,56 @@ class Watcher:
 
     def _forward(self, signum, _frame) -> None:
         if self.child and self.child.poll() is None:
-            os.kill(self.child.pid, signum)
+            self.send(signal.Signals(signum), agent_fallback=True)
+
+    # --- the ranks (--ranks N: the command is torchrun) ----------------------------------------------
+    def _rank_files(self, suffix: str) -> dict[int, str]:
+        found = {}
+        for path in self.ranks_dir.glob(f"rank-*.{suffix}"):
+            try:
+                found[int(path.name.split("-", 1)[1].split(".", 1)[0])] = path.read_text().strip()
+            except (ValueError, OSError):
+                continue  # not ours, or being replaced
+        return found
+
+    def rank_pids(self) -> dict[int, int]:
+        return {r: int(p) for r, p in self._rank_files("pid").items() if p.isdigit()}
+
+    def send(self, sig: signal.Signals, only_new: bool = False, agent_fallback: bool = False) -> str:
+        """`sig` to the command: its main process, or under torchrun every rank that has announced
+        itself. With no rank yet, `agent_fallback` (a TERM/INT/HUP passed on, which torchrun's
+        agent handles by stopping its workers) sends it to torchrun; the notice's USR1 never goes
+        there (the agent would die of it and leave its workers running). Says to whom."""
+        if self.ranks_dir is None:
+            os.kill(self.child.pid, sig)
+            return f"pid {self.child.pid}"
+        pids = self.rank_pids()
+        if not pids and agent_fallback:
+            os.kill(self.child.pid, sig)
+            return f"torchrun (pid {self.child.pid}; no rank has started yet)"
+        sent = []
+        for rank, pid in sorted(pids.items()):
+            if only_new and self.signalled.get(rank) == pid:
+                continue
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                continue  # that rank has ended already
+            self.signalled[rank] = pid
+            sent.append(f"{rank}:{pid}")
+        return f"rank(s) {', '.join(sent) or 'none'}"
+
+    def exit_code(self, returncode: int) -> int:
+        """The command's exit status; under torchrun, the ranks' own when all N agree (torchrun
+        itself exits 1 when any worker exits non-zero, 75 included)."""
+        status = exit_status(returncode)
+        if self.ranks_dir is None or status == 0:
+            return status
+        codes = set(self._rank_files("exit").values())
+        reported = len(self._rank_files("exit"))
+        if reported == self.args.ranks and len(codes) == 1 and (code := codes.pop()).isdigit():
+            return int(code)
+        return status
 
     def wait_child(self, timeout: float | None) -> int | None:
         try:
@@ -123,7 +191,7 @@ class Watcher:
                 return self.on_notice(notice)
             code = self.wait_child(self.args.poll)
             if code is not None:
-                return exit_status(code)
+                return self.exit_code(code)
 
     # --- the notice ---------------------------------------------------------------------------------
     def deadline_wait(self, notice: Notice) -> float:
@@ -144,20 +212,16 @@ class Watcher:
         }
         atomic_write_json(self.run_dir / "notice", record)
         sig = self.args.signal
-        log(
-            f"spot interruption notice: {notice.action} at {notice.time or '?'}; "
-            f"sending {sig.name} to pid {self.child.pid}"
-        )
         signalled = time.time()
-        if self.child.poll() is None:
-            os.kill(self.child.pid, sig)
+        to = self.send(sig) if self.child.poll() is None else "nobody (the command had ended)"
+        log(f"spot interruption notice: {notice.action} at {notice.time or '?'}; sent {sig.name} to {to}")
         wait = self.deadline_wait(notice)
-        code = self.wait_child(wait)
+        code = self.wait_after_signal(sig, signalled + wait)
         exited = time.time() if code is not None else None
         if code is None:
             log(f"command still running {wait:.0f} s after {sig.name}; saving what is there")
         else:
-            log(f"command exited {exit_status(code)} {exited - signalled:.1f} s after {sig.name}")
+            log(f"command exited {self.exit_code(code)} {exited - signalled:.1f} s after {sig.name}")
         checkpoint = self.secure_checkpoint()
         done = time.time()
         atomic_write_json(
@@ -167,7 +231,7 @@ class Watcher:
                 "signal": sig.name,
                 "signalled_at": signalled,
                 "command_exited_at": exited,
-                "command_exit_code": exit_status(code) if code is not None else None,
+                "command_exit_code": self.exit_code(code) if code is not None else None,
                 "checkpoint": checkpoint,
                 "done_at": done,
                 "seconds_notice_to_safe": round(done - seen, 3),
@@ -176,7 +240,20 @@ class Watcher:
         log(f"preempted: checkpoint secured {done - seen:.1f} s after the notice")
         if code is None:
             code = self.child.wait()  # the machine goes away around us; keep the pane honest
-        return exit_status(code)
+        return self.exit_code(code)
+
+    def wait_after_signal(self, sig: signal.Signals, deadline: float) -> int | None:
+        """The command's return code, or None at the deadline. Under torchrun, a rank that starts
+        while we wait (the notice came as the run started) gets the signal too."""
+        if self.ranks_dir is None:
+            return self.wait_child(max(deadline - time.time(), 0))
+        while (left := deadline - time.time()) > 0:
+            code = self.wait_child(min(RANK_LOOK_S, left))
+            if code is not None:
+                return code
+            if (late := self.send(sig, only_new=True)) != "rank(s) none":
+                log(f"sent {sig.name} to {late}, started since the notice")
+        return None
 
     def secure_checkpoint(self) -> dict:
         ckpt, dest = self.args.checkpoint_dir, self.args.upload_to
@@ -248,6 +325,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="seconds to wait for the command after the signal (default: until the "
         f"notice's deadline less {UPLOAD_RESERVE_S:g} s)",
+    )
+    p.add_argument(
+        "--ranks",
+        type=int,
+        default=0,
+        help="the command is torchrun with N ranks on this machine: signal the ranks, read their exit",
     )
     p.add_argument("--imds-url", default=None, help="metadata address (default $SPOTRUN_IMDS_URL)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ...")

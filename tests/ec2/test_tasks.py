@@ -286,3 +286,21 @@ def test_status_shows_each_machines_run_state(sshd, ec2_client, dlami, capsys):
         "spot": "preempted",
     }
     assert all(row[cost_col] == "$" for row in rows.values())
+
+
+def test_status_groups_a_clusters_nodes():
+    now = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+
+    def info(iid, name, tags=()):
+        return InstanceInfo(
+            iid, name, "running", "g5.12xlarge", "us-east-1a", "spot", None, None, now, tags=tags
+        )
+
+    found = [
+        info("i-1", "job-1", (("spotrun:cluster", "job"), ("spotrun:node", "1"))),
+        info("i-2", "solo"),
+        info("i-3", "job-0", (("spotrun:cluster", "job"), ("spotrun:node", "0"))),
+    ]
+    rows = status.build_rows(found, "us-east-1", {}, {}, now)
+    names = [line.split("  ")[0] for line in status.table(rows, now).splitlines()[1:]]
+    assert names == ["job-0 [job node 0]", "job-1 [job node 1]", "solo"]
