@@ -142,7 +142,9 @@ ARGUMENTS: dict[str, ArgCheck] = {
     "user": name(names.SSH_USER),
     "port": integer(Range(1, 65535, why="a TCP port"), 22),
     "local_port": integer(Range(1, 65535, why="a TCP port"), 8888),
+    "rdzv_port": integer(Range(1, 65535, why="a TCP port"), 29500),
     "lines": integer(Range(1, 1_000_000), 200),
+    "nodes": integer(Range(1, 64, why="machines in the cluster"), 2),
     "max_recoveries": integer(Range(0, 100, why="replacement instances"), 3),
     # Floors keep a typo (1e-9) from polling AWS, the instance or IMDS in a tight loop.
     "poll": number(Range(0.1, 86400, why="seconds between looks at the instance"), 30),
