@@ -2,105 +2,137 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from common.config import ConfigError, load_config
+from common.checks import FieldError, Range, check_fields, checked
+from common.config import ConfigError, blame_field, load_config
+from ec2 import names
 from ec2.cloud import s3scope
 
 DEFAULT_CONFIG = Path("configs/aws.yaml")
 
 
+# AWS's own shapes for ids and names (a value that cannot match is refused before any call).
+_REGION, _ZONE, _INSTANCE_TYPE = names.REGION, names.ZONE, names.INSTANCE_TYPE
+_AMI = re.compile(r"ami-[0-9a-f]{8,17}")
+_VPC = re.compile(r"vpc-[0-9a-f]{8,17}")
+_SUBNET = re.compile(r"subnet-[0-9a-f]{8,17}")
+_OWNER = re.compile(r"amazon|self|aws-marketplace|\d{12}")
+_FLAVOUR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
+# IAM instance profile names: up to 128 of [\w+=,.@-]; or the profile's ARN.
+_PROFILE = re.compile(r"[\w+=,.@-]{1,128}|arn:aws[a-z-]*:iam::\d{12}:instance-profile/[\w+=,.@/-]{1,512}")
+_S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?")
+
+
+def _pattern(pattern: re.Pattern[str], value: str, key: str, example: str) -> bool:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ConfigError(f"{key} {value!r} is not of the form AWS uses; e.g. {example}")
+    return True
+
+
+def _each(pattern: re.Pattern[str], values: list[str], key: str, example: str) -> bool:
+    for i, value in enumerate(values):
+        _pattern(pattern, value, f"{key}[{i}]", example)
+    return True
+
+
 @dataclass
 class AwsConfig:
     # Default instance name for every task (`--name` overrides).
-    name: str = "spotrun"
+    name: str = checked("spotrun", names.instance_name)
     # None: AWS_REGION / AWS_DEFAULT_REGION / the profile's region.
-    region: str | None = None
-    profile: str | None = None
+    region: str | None = checked(None, lambda v, k: _pattern(_REGION, v, k, "us-east-1"))
+    profile: str | None = checked(None, names.one_line)
     # Tried in order of current spot price, with zones, until one launches.
-    instance_types: list[str] = field(default_factory=lambda: ["g4dn.xlarge", "g5.xlarge", "g6.xlarge"])
+    instance_types: list[str] = checked(
+        default_factory=lambda: ["g4dn.xlarge", "g5.xlarge", "g6.xlarge"],
+        check=lambda v, k: _each(_INSTANCE_TYPE, v, k, "g5.xlarge"),
+    )
     # Empty: every zone of the region.
-    zones: list[str] = field(default_factory=list)
+    zones: list[str] = checked(default_factory=list, check=lambda v, k: _each(_ZONE, v, k, "us-east-1a"))
     market: Literal["spot", "on-demand", "spot-then-on-demand"] = "spot"
     # None (recommended by AWS): pay the current spot price, capped at on-demand.
-    max_price: float | None = None
+    max_price: float | None = checked(None, Range(above=0, why="USD per hour; unset: the spot price"))
     # "auto": the latest Deep Learning AMI of `ami_flavour`; or an ami-... id.
-    ami: str = "auto"
+    ami: str = checked("auto", lambda v, k: v == "auto" or _pattern(_AMI, v, k, "ami-0123456789abcdef0"))
     # "auto": the OSS-driver PyTorch DLAMI with the highest PyTorch on the newest Ubuntu LTS (a
     # pinned flavour such as oss-nvidia-driver-gpu-pytorch-2.9-ubuntu-24.04 goes stale in months).
-    ami_flavour: str = "auto"
+    ami_flavour: str = checked(
+        "auto", lambda v, k: _pattern(_FLAVOUR, v, k, "oss-nvidia-driver-gpu-pytorch-2.9-ubuntu-24.04")
+    )
     architecture: Literal["x86_64", "arm64"] = "x86_64"
     # Who may own the image the describe_images fallback picks: "amazon", or "self" / an account id
     # for an organisation's own copies of the DLAMI.
-    ami_owners: list[str] = field(default_factory=lambda: ["amazon"])
-    root_volume_gb: int = 200
-    ssh_user: str = "ubuntu"
-    ssh_port: int = 22
+    ami_owners: list[str] = checked(
+        default_factory=lambda: ["amazon"],
+        check=lambda v, k: _each(_OWNER, v, k, "amazon, self or 123456789012"),
+    )
+    # gp3: 1 GiB to 16 TiB; the Deep Learning AMI itself needs ~100 GB, its snapshot at least 8.
+    root_volume_gb: int = checked(200, Range(8, 16384, why="GiB of gp3; the DLAMI needs ~100"))
+    ssh_user: str = checked("ubuntu", names.SSH_USER.check)
+    ssh_port: int = checked(22, Range(1, 65535, why="a TCP port"))
     # Which address SSH dials: the public IP, the private IP (VPN, bastion), or the instance id
     # (for an SSM ProxyCommand, where %h must be the instance id).
     ssh_host: Literal["public-ip", "private-ip", "instance-id"] = "public-ip"
     # OpenSSH ProxyCommand (%h host, %p port, %r user), e.g. a bastion (`ssh -W %h:%p bastion`) or
     # `aws ssm start-session --target %h --document-name AWS-StartSSHSession --parameters portNumber=%p`.
-    ssh_proxy_command: str | None = None
-    key_name: str = "spotrun"
+    ssh_proxy_command: str | None = checked(None, names.one_line)
+    key_name: str = checked("spotrun", names.key_name)
     # Import this public key instead of creating a new key pair (private key must sit beside it).
-    import_public_key: str | None = None
+    import_public_key: str | None = checked(None, names.one_line)
     # "auto": the caller's public address /32. 0.0.0.0/0 needs `allow_open_ssh: true`.
     ssh_cidr: str = "auto"
     allow_open_ssh: bool = False
-    security_group_name: str = "spotrun-ssh"
-    vpc_id: str | None = None
-    subnet_id: str | None = None
+    security_group_name: str = checked("spotrun-ssh", names.SECURITY_GROUP.check)
+    vpc_id: str | None = checked(None, lambda v, k: _pattern(_VPC, v, k, "vpc-0123456789abcdef0"))
+    subnet_id: str | None = checked(None, lambda v, k: _pattern(_SUBNET, v, k, "subnet-0123456789abcdef0"))
     # "auto": spotrun makes a role + instance profile per instance reaching only `s3_access` and
     # the run's prefixes (ec2.cloud.iam); a name or ARN: use that profile; None: no profile.
-    iam_instance_profile: str | None = "auto"
+    iam_instance_profile: str | None = checked(
+        "auto", lambda v, k: _pattern(_PROFILE, v, k, "auto, spotrun-s3 (a name) or its ARN")
+    )
     # Prefixes the instance may reach: s3://bucket/prefix (read) or rw:s3://bucket/prefix
     # (read/write). `fab run` / `fab train` add the run's dataset_dir, checkpoint_dir and
     # checkpoint_backup_uri themselves.
-    s3_access: list[str] = field(default_factory=list)
+    s3_access: list[str] = checked(default_factory=list, check=lambda v, k: s3scope.from_config(v))
     # Hard cost cap: the instance shuts itself down (and so terminates) after this many hours.
-    max_hours: float = 12.0
+    max_hours: float = checked(12.0, Range(above=0, why="the instance's hard cost cap"))
     # Shut down after this many minutes with no tmux session and no SSH login; 0 turns it off.
-    idle_minutes: int = 30
-    tags: dict[str, str] = field(default_factory=dict)
+    idle_minutes: int = checked(30, Range(0, why="0 turns the idle shutdown off"))
+    tags: dict[str, str] = checked(default_factory=dict, check=names.tags)
     # How long a launch waits for `running`, then for an SSH banner, before giving up (and
     # terminating the instance unless --keep-on-failure).
-    running_timeout_s: float = 600
-    ssh_ready_timeout_s: float = 600
+    running_timeout_s: float = checked(600, Range(above=0, why="seconds"))
+    ssh_ready_timeout_s: float = checked(600, Range(above=0, why="seconds"))
     # Where spotrun keeps code, venv and runs on the machine (~ is the remote user's home).
-    remote_dir: str = "~/spotrun"
+    remote_dir: str = checked("~/spotrun", names.one_line)
     # `fab run`: where the notice watcher copies a local checkpoint folder on a spot notice
     # (s3://bucket/prefix; unset: checkpoints come back by `fab download` only), and how many
     # replacements it launches after interruptions before giving up.
-    checkpoint_backup_uri: str | None = None
-    max_recoveries: int = 3
+    checkpoint_backup_uri: str | None = checked(
+        None, lambda v, k: _pattern(_S3_URI, v, k, "s3://my-bucket/checkpoints")
+    )
+    max_recoveries: int = checked(3, Range(0, 100, why="replacement instances after interruptions"))
     # `fab run --detach`: where the code bundle goes (s3://bucket/prefix; unset: beside the
     # checkpoints, in the run's own prefix).
-    bundle_uri: str | None = None
+    bundle_uri: str | None = checked(None, lambda v, k: _pattern(_S3_URI, v, k, "s3://my-bucket/bundles"))
     # A workspace volume that outlives spot instances (ec2/cloud/volumes.py): its name (null: none),
     # size for its creation, and where it is mounted on the machine.
-    volume_name: str | None = None
-    volume_gb: int = 100
-    volume_mount: str = "~/work"
+    volume_name: str | None = checked(None, lambda v, k: names.VOLUME.check(v, k))
+    volume_gb: int = checked(100, Range(1, 16384, why="GiB of gp3"))
+    volume_mount: str = checked("~/work", names.one_line)
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if not self.instance_types:
             raise ConfigError("instance_types is empty; list at least one, e.g. [g5.xlarge]")
-        if self.max_hours <= 0:
-            raise ConfigError("max_hours must be positive: it is the instance's hard cost cap")
         if self.market not in ("spot", "on-demand", "spot-then-on-demand"):
             raise ConfigError(f"market {self.market!r}: use spot, on-demand or spot-then-on-demand")
-        if self.max_price is not None and self.max_price <= 0:
-            raise ConfigError("max_price must be positive, or unset (recommended by AWS)")
         if self.iam_instance_profile == "":
             raise ConfigError("iam_instance_profile is empty; use auto, a profile name or ARN, or null")
-        s3scope.from_config(self.s3_access)  # a malformed entry fails now, not at launch
-        if not 1 <= self.volume_gb <= 16384:
-            raise ConfigError("volume_gb must be between 1 and 16384 (the gp3 limits, in GiB)")
-        if self.root_volume_gb < 8:
-            raise ConfigError("root_volume_gb must be at least 8 (the Deep Learning AMI needs ~100)")
 
 
 def load_aws_config(
@@ -109,4 +141,7 @@ def load_aws_config(
     """Load the launch config; a missing default file means built-in defaults."""
     if path is not None and Path(path) == DEFAULT_CONFIG and not Path(path).exists():
         path = None
-    return load_config(AwsConfig, path, overrides)
+    try:
+        return load_config(AwsConfig, path, overrides, override_label="--set")
+    except FieldError as e:
+        raise blame_field(e, path, overrides, "--set") from e

@@ -12,6 +12,7 @@ __all__ = [
     "CapacityError",
     "QuotaError",
     "InstanceNotFound",
+    "InstanceGone",
     "KeyPairError",
     "RemoteCommandFailed",
     "ConnectionLost",
@@ -29,6 +30,10 @@ class QuotaError(AwsError):
 
 class InstanceNotFound(ToolkitError):
     """No instance (or registry entry) by that name."""
+
+
+class InstanceGone(InstanceNotFound):
+    """A registered instance that AWS ended while spotrun was talking to it."""
 
 
 class KeyPairError(ToolkitError):

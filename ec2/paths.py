@@ -1,11 +1,16 @@
 """Where spotrun keeps its local files. Everything hangs off the home folder (``$HOME``) or
-``SPOTRUN_HOME``, so a test can point both at a temporary folder."""
+``SPOTRUN_HOME``, so a test can point both at a temporary folder.
+
+Every name that becomes part of a path here passes ec2.names first, so no key, machine or run name
+can lead outside ~/.ssh, ~/.spotrun or outputs/ (whatever the caller checked before)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 from pathlib import Path
+
+from ec2 import names
 
 # A Unix socket's path must fit in sun_path, NUL included: 104 bytes on macOS, 108 on Linux.
 SUN_PATH_MAX = 104
@@ -26,7 +31,7 @@ def ssh_dir() -> Path:
 
 def key_file(key_name: str) -> Path:
     """The private key of an EC2 key pair: ``~/.ssh/<key>.pem``, mode 0400."""
-    return ssh_dir() / f"{key_name}.pem"
+    return ssh_dir() / f"{names.key_name(key_name)}.pem"
 
 
 def registry_file() -> Path:
@@ -36,7 +41,7 @@ def registry_file() -> Path:
 def known_hosts_file(name: str) -> Path:
     """Per-instance known_hosts: a relaunched instance with the same name gets a fresh file, so
     accept-new never meets a stale key, and no other host's key is ever replaced."""
-    return spotrun_home() / "known_hosts" / name
+    return spotrun_home() / "known_hosts" / names.instance_name(name, "machine name")
 
 
 def control_socket_fits(folder: Path) -> bool:
@@ -58,4 +63,4 @@ def control_dir() -> Path:
 
 def outputs_dir(name: str) -> Path:
     """What `fab download` brings back, and the run history of `fab run`."""
-    return Path("outputs") / name
+    return Path("outputs") / names.instance_name(name, "machine name")

@@ -16,16 +16,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ml.data.synthetic import write_synthetic  # noqa: E402
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one `error:` line with the next step (not usage + a message)."""
+
+    def error(self, message: str):
+        print(f"error: {message}; see `python {self.prog} --help`", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = _Parser(prog="scripts/make_synthetic_data.py", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder to write (one subfolder per session)")
-    p.add_argument("--sessions", type=int, default=4, help="number of sessions (default 4)")
-    p.add_argument("--trials", type=int, default=96, help="train trials per session (default 96)")
+    p.add_argument("--sessions", type=int, default=4, help="number of sessions, 1-45 (default 4)")
+    p.add_argument("--trials", type=int, default=96, help="train trials per session, 1 or more (default 96)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if not 1 <= args.sessions <= 45 or args.trials < 1:
-        p.error("--sessions must be 1..45 and --trials at least 1")
-    summary = write_synthetic(args.out, args.sessions, args.trials, args.seed)
+    if not 1 <= args.sessions <= 45:
+        p.error(f"--sessions must be from 1 to 45, got {args.sessions}")
+    if args.trials < 1:
+        p.error(f"--trials must be 1 or more, got {args.trials}")
+    out = Path(args.out)
+    blocker = next((q for q in (out, *out.parents) if q.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        p.error(f"--out {out}: {blocker} is a file, not a folder; choose another --out")
+    try:
+        summary = write_synthetic(out, args.sessions, args.trials, args.seed)
+    except OSError as e:
+        print(f"error: cannot write {e.filename or out}: {e.strerror}; choose another --out", file=sys.stderr)
+        return 1
     print("\n".join(summary.lines()))
     return 0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from invoke import task
 
-from common.errors import ToolkitError
+from common.errors import ConfigError
 from ec2 import doctor
 from ec2.cloud import s3scope
 from ec2.journey import Journey, Plan, reentry, report, stdin_asker
@@ -57,17 +57,13 @@ def run(
     overrides = shlex.split(args or "")
     if data_uri:
         overrides.append(f"dataset.dataset_dir={data_uri}")
-    if not Path(train_config).is_file():
-        raise ToolkitError(f"train config {train_config} not found; pass --train-config PATH")
     train_cfg = load_train_config(train_config, overrides)  # a bad key fails here, not on the instance
     if train_cfg.resume not in ("auto",):
-        raise ToolkitError(
+        raise ConfigError(
             f"fab run resumes after interruptions and needs resume=auto, not "
             f"{train_cfg.resume!r}; drop the resume override"
         )
-    recoveries = cfg.max_recoveries if max_recoveries is None else int(max_recoveries)
-    if recoveries < 0:
-        raise ToolkitError("--max-recoveries must be 0 or more")
+    recoveries = cfg.max_recoveries if max_recoveries is None else max_recoveries
     plan = Plan(
         command=train_command(cfg.remote_dir, train_config, overrides),
         run=run_name,

@@ -17,6 +17,7 @@ from invoke.exceptions import Exit
 from common.errors import ToolkitError
 from common.s3uri import is_s3
 from ec2 import paths, registry
+from ec2.cloud import instances
 from ec2.remote import gpu as gpu_summary
 from ec2.remote import nodes, runs
 from ec2.remote.carry import laptop_checkpoint, restore_checkpoint
@@ -32,7 +33,9 @@ DEFAULT_TRAIN_CONFIG = "configs/rnn_args.yaml"
 
 def _machine(name: str | None, config: str | None, set_: list[str] | None) -> Machine:
     cfg = aws_config(config, set_)
-    return Machine(registry.get(machine_name(name, cfg)))
+    record = registry.get(machine_name(name, cfg))
+    # A dropped connection to a launched instance first asks AWS whether it still runs.
+    return Machine(record, still_there=instances.gone_check(record, cfg.profile))
 
 
 def _reached(m: Machine) -> Machine:

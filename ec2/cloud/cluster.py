@@ -26,7 +26,6 @@ from ec2.cloud.ami import resolve_ami
 from ec2.cloud.capacity import Choice
 from ec2.cloud.launch import (
     RUNNING_DELAY_S,
-    check_name,
     choices_for,
     instance_profile,
     make_record,
@@ -36,6 +35,7 @@ from ec2.cloud.launch import (
 )
 from ec2.config import AwsConfig
 from ec2.errors import AwsError, ConfigError, ToolkitError
+from ec2.names import instance_name
 from ec2.registry import MachineRecord
 from ec2.remote import ready, sshconfig
 
@@ -140,7 +140,7 @@ def launch_cluster(
     """Launch the N members of cluster `name`; their registry records, node 0 first."""
     if nodes < 2:
         raise ConfigError(f"--nodes {nodes}: a cluster has 2 or more nodes (one node: leave --nodes out)")
-    check_name(name)
+    instance_name(name)
     region = account.resolve_region(cfg)
     owner = account.caller_arn(region, cfg.profile)
     ec2 = aws.client("ec2", region, cfg.profile)

@@ -7,14 +7,16 @@ terminate logic works on small values that tests can build by hand.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 import botocore.exceptions
 
+from common import aws
 from common.aws import aws_errors
-from ec2 import paths, registry
-from ec2.errors import AwsError
+from ec2 import names, paths, registry
+from ec2.errors import AwsError, InstanceGone, ToolkitError
 
 NAME_TAG = "spotrun:name"
 OWNER_TAG = "spotrun:owner"
@@ -119,6 +121,33 @@ def describe_instance(ec2, instance_id: str) -> InstanceInfo | None:
     return None
 
 
+def gone_check(record, profile: str | None = None) -> Callable[[], None]:
+    """For Machine(still_there=...): after a dropped connection, ask AWS whether a launched
+    instance still runs; if it is shutting down, terminated or unknown (a spot interruption, the
+    max_hours cap, someone else), drop its local entries and raise InstanceGone: one line instead of
+    a minute of retries ending in "cannot reach". Adopted machines are never asked about."""
+
+    def check() -> None:
+        if record.adopted or not record.region:
+            return
+        try:
+            info = describe_instance(aws.client("ec2", record.region, profile), record.instance_id)
+        except (ToolkitError, botocore.exceptions.BotoCoreError):
+            return  # AWS cannot be asked either (the laptop is offline): go on retrying SSH
+        if info is not None and info.state in ("pending", "running"):
+            return
+        state = info.state if info is not None else "gone"
+        forget_local(record.name)
+        raise InstanceGone(
+            f"{record.name} ({record.instance_id}) is {state}: AWS ended it (a spot interruption, the "
+            f"max_hours cap, or someone terminated it); its registry and ssh config entries are removed. "
+            f"`fab launch --name {record.name}` for a new one (`fab sync` then brings back the last "
+            "downloaded checkpoint)"
+        )
+
+    return check
+
+
 def wait_for(ec2, waiter_name: str, instance_ids: list[str], *, delay_s: float, budget_s: float) -> None:
     """A botocore waiter with a time budget (never on an empty list: that waits forever)."""
     if not instance_ids:
@@ -175,4 +204,5 @@ def forget_local(name: str) -> None:
             pass  # no ssh binary, or a master that does not answer: nothing more to do
     registry.remove(name)
     sshconfig.remove_entry(name)
-    paths.known_hosts_file(name).unlink(missing_ok=True)
+    if names.INSTANCE.problem(name) is None:  # a tag someone else wrote may not be a usable name
+        paths.known_hosts_file(name).unlink(missing_ok=True)

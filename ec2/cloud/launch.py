@@ -7,7 +7,6 @@ failure terminates it (unless keep_on_failure) and says so: a failed launch leav
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
@@ -17,30 +16,21 @@ import botocore.exceptions
 
 from common import aws
 from common.aws import aws_errors, error_code, translate
-from ec2 import registry
+from ec2 import names, registry
 from ec2.cloud import account, iam, instances, keys, network, pricing, s3scope, volumes
 from ec2.cloud.ami import Ami, resolve_ami
 from ec2.cloud.capacity import CAPACITY_CODES, QUOTA_NEXT_STEP, Choice, offered_zones, plan
 from ec2.cloud.userdata import build_user_data
 from ec2.config import AwsConfig
-from ec2.errors import AwsError, CapacityError, ConfigError, QuotaError, ToolkitError
+from ec2.errors import AwsError, CapacityError, QuotaError, ToolkitError
 from ec2.registry import MachineRecord
 from ec2.remote import mount, ready, sshconfig
 from ec2.remote.ssh import Machine
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 RUNNING_DELAY_S = 3
 # RunInstances may refuse an instance profile made seconds ago (IAM is eventually consistent:
 # InvalidParameterValue "Invalid IAM Instance Profile name"); wait this long between tries.
 PROFILE_RETRY_DELAYS_S = (2, 4, 8, 15, 15)
-
-
-def check_name(name: str) -> str:
-    if not NAME.match(name or ""):
-        raise ConfigError(
-            f"instance name {name!r} is not usable; use letters, digits, '.', '_' or '-' (e.g. --name exp1)"
-        )
-    return name
 
 
 def instance_tags(cfg: AwsConfig, name: str, owner: str, created: str) -> list[dict]:
@@ -373,7 +363,7 @@ def prepare(
     """identity → region → no live duplicate → AMI → workspace volume → choices → instance
     profile → key pair → security group. ``extra(region, account)``: more statements for the
     instance's role."""
-    check_name(name)
+    names.instance_name(name)
     region = account.resolve_region(cfg)
     owner = account.caller_arn(region, cfg.profile)  # first: bad credentials fail before anything exists
     ec2 = aws.client("ec2", region, cfg.profile)

@@ -27,7 +27,9 @@ def public_ip(timeout: float = 10.0) -> str:
     which tests serve from loopback)."""
     url = os.environ.get("SPOTRUN_CHECKIP_URL") or CHECKIP_URL
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        # A fresh opener reads the proxy settings (https_proxy, no_proxy) as they are now;
+        # urlopen's shared one keeps those of its first use in the process.
+        with urllib.request.build_opener().open(url, timeout=timeout) as response:
             text = response.read(100).decode().strip()
     except (urllib.error.URLError, OSError) as e:
         raise ToolkitError(

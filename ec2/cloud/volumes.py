@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 import botocore.exceptions
 
 from common.aws import aws_errors
+from ec2 import names
 from ec2.cloud import instances
 from ec2.config import AwsConfig
 from ec2.errors import AwsError, CapacityError, ConfigError, ToolkitError
@@ -100,11 +101,7 @@ def list_volumes(ec2) -> list[VolumeInfo]:
 
 
 def check_name(name: str) -> str:
-    from ec2.cloud.launch import NAME
-
-    if not NAME.match(name or ""):
-        raise ConfigError(f"volume name {name!r} is not usable; use letters, digits, '.', '_' or '-'")
-    return name
+    return names.VOLUME.check(name, "volume name")
 
 
 def check_reusable(ec2, cfg: AwsConfig, vol: VolumeInfo, out=print) -> VolumeInfo:

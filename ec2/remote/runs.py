@@ -12,14 +12,13 @@ Every remote command line is built here by a pure function and tested as a strin
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 
+from ec2 import names
 from ec2.errors import RemoteCommandFailed, RunAlreadyExists, ToolkitError
 from ec2.remote.ssh import Machine, join_path, quote_path
 
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Our own "a run of that name exists" status (never 255: that is ssh's connection error).
 EXISTS_CODE = 17
 # Environment variables that carry credentials: never sent (the instance uses its IAM profile).
@@ -27,11 +26,7 @@ _CREDENTIAL_VARS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_T
 
 
 def check_run_name(run: str) -> str:
-    if not RUN_NAME.match(run):
-        raise ToolkitError(
-            f"run name {run!r} is not usable; use letters, digits, '.', '_' or '-' (e.g. --run exp1)"
-        )
-    return run
+    return names.run_name(run, "run name")
 
 
 def session_name(run: str) -> str:

@@ -19,6 +19,7 @@ import shlex
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,11 +172,26 @@ class Machine:
         attempts: int | None = None,
         backoff_s: float | None = None,
         control: bool = True,
+        still_there: Callable[[], None] | None = None,
     ):
         self.record = record
         self.attempts = attempts if attempts is not None else _default_attempts()
         self.backoff_s = backoff_s if backoff_s is not None else _default_backoff()
         self.control = control
+        # Asked after a dropped connection, before retrying: raises (e.g. InstanceGone) when the
+        # machine is known to be gone, so a terminated instance is not retried for a minute and
+        # then blamed on the network. The SSH layer knows nothing of AWS; tasks supply it.
+        self.still_there = still_there
+        self._asked = False
+
+    def check_still_there(self, *, last: bool = False) -> None:
+        """Ask `still_there` at the first dropped connection, and again when giving up (the machine
+        may have ended meanwhile); not at every retry: asking AWS from an offline laptop costs
+        botocore's own retries each time."""
+        if self.still_there is None or (self._asked and not last):
+            return
+        self._asked = True
+        self.still_there()
 
     @property
     def name(self) -> str:
@@ -223,6 +239,7 @@ class Machine:
                     raise RemoteCommandFailed(proc.returncode, command[:200], proc.stderr)
                 return Result(proc.returncode, proc.stdout, proc.stderr)
             stderr = proc.stderr
+            self.check_still_there(last=attempt == len(delays))
             if attempt < len(delays):
                 time.sleep(delays[attempt])
         raise self.lost("a command", stderr)
@@ -230,7 +247,10 @@ class Machine:
     def stream(self, command: str, *, tty: bool = False) -> int:
         """Run with the terminal attached (stdout/stderr pass straight through); its exit code."""
         prepare_local(self.record)
-        return subprocess.run(self.argv(command, tty=tty)).returncode
+        code = subprocess.run(self.argv(command, tty=tty)).returncode
+        if code == SSH_CONNECTION_ERROR:
+            self.check_still_there(last=True)
+        return code
 
     def exec_interactive(self, command: str | None = None) -> None:
         """Replace this process with an interactive `ssh -t` (a shell, or tmux attach)."""

@@ -23,9 +23,10 @@ from ec2.remote.rsync_version import RSYNC_BIN, RsyncInfo, local_rsync
 from ec2.remote.runs import code_dir, run_dir
 from ec2.remote.ssh import Machine, backoff_delays, join_path, prepare_local, quote_path, rsync_rsh
 
-# rsync exits that mean the connection went away (12 protocol stream, 30 timeout in data
-# send/receive, 35 timeout waiting for daemon connection, 255 ssh itself).
-RETRYABLE = {12, 30, 35, 255}
+# rsync exits that mean the connection went away (10 socket I/O, 12 protocol stream, 30 timeout
+# in data send/receive, 35 timeout waiting for daemon connection, 255 ssh itself). 10 is what rsync
+# reports when the machine's sshd dies mid-transfer about as often as 12 (the fault battery).
+RETRYABLE = {10, 12, 30, 35, 255}
 # Never sent, whatever the ignore files say (a project may lack them, a user may edit them):
 # the repository, the venv, top-level data and outputs, and anything that holds credentials or
 # keys, in any folder (no credentials travel to an instance; it uses its IAM instance profile).
@@ -152,6 +153,10 @@ def sync_argv(
 
 def download_argv(machine: Machine, remote_path: str, dest: Path, *, tty: bool = False) -> list[str]:
     options = [
+        # Files being received are written in DEST/.rsync-partial/ (made by download_outputs), not
+        # beside the checkpoints: a download killed outright (SIGKILL, a closed laptop) leaves its
+        # temporary file there, where nothing takes it for part of the run (upload_dir skips it).
+        f"--temp-dir={PARTIAL_DIR}",
         f"--exclude={PARTIAL_DIR}/",
         # A checkpoint being written (common.atomic's temporary file) is not a checkpoint yet.
         f"--exclude={ATOMIC_TEMP}",
@@ -209,6 +214,7 @@ def rsync_with_retries(machine: Machine, argv: list[str], what: str, *, echo: bo
         if code not in RETRYABLE:
             tail = stderr.strip().splitlines()[-1] if stderr.strip() else ""
             raise ToolkitError(f"{what} failed (rsync exit {code}): {tail}; fix the cause above and rerun")
+        machine.check_still_there(last=attempt == len(delays))
         if attempt < len(delays):
             print(
                 f"{what}: connection lost (rsync exit {code}); retrying in {delays[attempt]:g} s",
@@ -280,10 +286,10 @@ def download_outputs(
     if out_dir and is_s3(out_dir):
         print(f"outputs are in {out_dir}; copy them with `aws s3 sync {out_dir} {dest}`", file=sys.stderr)
     elif out_dir:
-        dest.mkdir(parents=True, exist_ok=True)
+        (dest / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
         argv = download_argv(machine, out_dir, dest, tty=tty)
         stats["outputs"] = rsync_with_retries(machine, argv, "download", echo=echo)
-    (dest / "run").mkdir(parents=True, exist_ok=True)
+    (dest / "run" / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
     argv = download_argv(machine, run_dir(machine.record.remote_dir, run), dest / "run", tty=tty)
     stats["run"] = rsync_with_retries(machine, argv, "download", echo=echo)
     return stats

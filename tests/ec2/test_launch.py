@@ -167,7 +167,7 @@ def test_unsupported_type_unknown_region_and_bad_name(home, ec2_client, dlami):
         launch(config("instance_types=[g9z.xlarge]"), "exp1", wait_ssh=False)
     with pytest.raises(ConfigError, match="unknown AWS region 'us-east-9'"):
         launch(config("region=us-east-9"), "exp1")
-    with pytest.raises(ConfigError, match="not usable"):
+    with pytest.raises(ConfigError, match="not a usable instance name"):
         launch(config(), "bad name")
 
 

@@ -191,7 +191,7 @@ def test_fab_list_and_one_line_errors(home, aws_env):
     assert (
         typo.returncode == 2
         and typo.stderr
-        == "error: override 'instance_type=g5.xlarge': unknown key instance_type; "
+        == "error: --set 'instance_type=g5.xlarge': unknown key instance_type; "
         "remove it or check its spelling\n"
     )
 

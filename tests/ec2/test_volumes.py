@@ -131,7 +131,7 @@ def test_bad_input_is_one_line(home, ec2_client, dlami):
     other = "us-east-1a" if zone != "us-east-1a" else "us-east-1b"
     with pytest.raises(ConfigError, match=f"volume ws is in {zone}, which zones \\({other}\\) leaves out"):
         launch(config(*WS, f"zones=[{other}]"), "b", wait_ssh=False)
-    with pytest.raises(ConfigError, match="volume_gb must be between 1 and 16384"):
+    with pytest.raises(ConfigError, match=r"volume_gb must be from 1 to 16384 \(GiB of gp3\), got 0"):
         config(*WS, "volume_gb=0")
 
 

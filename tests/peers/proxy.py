@@ -59,7 +59,7 @@ class CountingProxy:
 
             def _forward(self) -> None:
                 body = self._body()
-                fault = proxy._take_fault(self.command, self.path)
+                fault = proxy._take_fault(self.command, self.path) or proxy._take_failure()
                 if fault is not None:
                     status, code = fault
                     xml = (
@@ -71,7 +71,8 @@ class CountingProxy:
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(xml)))
                     self.end_headers()
-                    self.wfile.write(xml)
+                    if self.command != "HEAD":  # a HEAD answer has no body
+                        self.wfile.write(xml)
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 if body or self.command in ("PUT", "POST"):
@@ -118,6 +119,28 @@ class CountingProxy:
             self.ranged_gets = 0
             self.bytes_out = 0
             self._faults: list[tuple[str, int, str]] = []
+            self.injected = 0
+            self._failures_left = 0
+            self._failure: tuple[int, str] = (503, "SlowDown")
+            self._every = 1
+            self._seen = 0
+
+    def inject(self, count: int, status: int = 503, code: str = "SlowDown", every: int = 1) -> None:
+        """An S3 that struggles for a while: answer ``count`` requests of any kind, every
+        ``every``-th one from now, with ``status``/``code``; ``injected`` counts those served."""
+        with self._lock:
+            self._failures_left, self._failure, self._every, self._seen = count, (status, code), every, 0
+
+    def _take_failure(self) -> tuple[int, str] | None:
+        with self._lock:
+            if self._failures_left <= 0:
+                return None
+            self._seen += 1
+            if self._seen % self._every:
+                return None
+            self._failures_left -= 1
+            self.injected += 1
+            return self._failure
 
     def fail_next(
         self, n: int, status: int = 503, code: str = "SlowDown", method: str = "GET", path_part: str = ""

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -110,9 +111,25 @@ class SshdServer:
         )
         # sshd insists on its privilege separation folder (normally made by the service unit).
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        self._proc = subprocess.Popen([SSHD, "-D", "-f", str(config), "-E", str(root / "sshd.log")])
-        self._wait_listening()
+        self._start()
         return self
+
+    def _start(self) -> None:
+        etc = self.root / "etc"
+        self._proc = subprocess.Popen(
+            [SSHD, "-D", "-f", str(etc / "sshd_config"), "-E", str(self.root / "sshd.log")]
+        )
+        self._wait_listening()
+
+    def restart(self) -> None:
+        """Start again on the same port with the same host key (after `stop()`: a machine back up)."""
+        self.stop()
+        self._start()
+
+    def throttled(self, bytes_per_s: int) -> str:
+        """A ProxyCommand reaching this sshd through a slow link (tests/peers/throttle.py)."""
+        script = Path(__file__).with_name("throttle.py")
+        return f"{sys.executable} {script} {self.host} {self.port} {bytes_per_s}"
 
     def _wait_listening(self, deadline_s: float = 10.0) -> None:
         end = time.monotonic() + deadline_s
