@@ -10,6 +10,7 @@ import time
 from invoke import task
 
 from common import aws
+from common.checks import Range
 from ec2.cloud import asg, instances
 from ec2.config import AwsConfig
 from ec2.errors import ToolkitError
@@ -17,7 +18,7 @@ from ec2.journey import detach
 from ec2.journey.stages import Plan
 from ec2.remote import detached as record
 from ec2.remote import runs
-from tasks.edge import aws_config, edge, machine_name
+from tasks.edge import aws_config, edge, machine_name, number
 
 
 def _say(line: str) -> None:
@@ -43,7 +44,7 @@ def watch(c, name=None, poll=15.0, lines=10, config=None, set_=None):
 
 
 @task(iterable=["set_"])
-@edge
+@edge(checks={"timeout": number(Range(1, 86400, why="seconds to wait for the trainer to stop"), 600)})
 def stop(c, name=None, timeout=600.0, config=None, set_=None):
     """Stop a detached run gracefully: the trainer checkpoints to S3 and exits, then desired 0."""
     cfg = aws_config(config, set_)
