@@ -19,7 +19,7 @@ from ec2.registry import MachineRecord
 from ec2.remote import gpu, runs, trainrun
 from ec2.remote.carry import laptop_checkpoint, remote_checkpoint, restore_checkpoint
 from ec2.remote.ssh import Machine
-from ec2.remote.sync import download_argv, download_outputs, rsync_with_retries, sync_code
+from ec2.remote.sync import download_dir, download_outputs, sync_code
 from ec2.remote.trainrun import setup_command, train_env
 
 Say = Callable[[str], None]
@@ -137,7 +137,7 @@ def _download(m: Machine, plan: Plan, outputs: Path) -> None:
     if local is not None and plan.output_dir and not plan._checkpoint_inside_outputs():
         remote = remote_checkpoint(m, plan.checkpoint_dir)
         local.mkdir(parents=True, exist_ok=True)
-        rsync_with_retries(m, download_argv(m, remote, local), "download")
+        download_dir(m, remote, local)
 
 
 def pull(m: Machine, plan: Plan, outputs: Path, what: str, out: Say) -> str | None:
@@ -157,9 +157,7 @@ def pull(m: Machine, plan: Plan, outputs: Path, what: str, out: Say) -> str | No
                 out(f"could not download {what} from {m.name}: {e}")
     # A command that failed early made no outputs; its log is what matters then.
     try:
-        (outputs / "run").mkdir(parents=True, exist_ok=True)
-        argv = download_argv(m, runs.run_dir(m.record.remote_dir, plan.run), outputs / "run")
-        rsync_with_retries(m, argv, "download")
+        download_dir(m, runs.run_dir(m.record.remote_dir, plan.run), outputs / "run")
     except ToolkitError:
         return None
     return "log"

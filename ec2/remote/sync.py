@@ -153,7 +153,7 @@ def sync_argv(
 
 def download_argv(machine: Machine, remote_path: str, dest: Path, *, tty: bool = False) -> list[str]:
     options = [
-        # Files being received are written in DEST/.rsync-partial/ (made by download_outputs), not
+        # Files being received are written in DEST/.rsync-partial/ (made by download_dir), not
         # beside the checkpoints: a download killed outright (SIGKILL, a closed laptop) leaves its
         # temporary file there, where nothing takes it for part of the run (upload_dir skips it).
         f"--temp-dir={PARTIAL_DIR}",
@@ -281,15 +281,24 @@ def download_outputs(
 
     dest = Path(dest) if dest else paths.outputs_dir(machine.name)
     out_dir = output_dir or remote_output_dir(machine, run)
-    tty = echo and sys.stdout.isatty()
     stats: dict[str, TransferStats] = {}
     if out_dir and is_s3(out_dir):
         print(f"outputs are in {out_dir}; copy them with `aws s3 sync {out_dir} {dest}`", file=sys.stderr)
     elif out_dir:
-        (dest / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
-        argv = download_argv(machine, out_dir, dest, tty=tty)
-        stats["outputs"] = rsync_with_retries(machine, argv, "download", echo=echo)
-    (dest / "run" / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
-    argv = download_argv(machine, run_dir(machine.record.remote_dir, run), dest / "run", tty=tty)
-    stats["run"] = rsync_with_retries(machine, argv, "download", echo=echo)
+        stats["outputs"] = download_dir(machine, out_dir, dest, echo=echo)
+    stats["run"] = download_dir(machine, run_dir(machine.record.remote_dir, run), dest / "run", echo=echo)
     return stats
+
+
+def download_dir(
+    machine: Machine, remote_path: str, dest: Path | str, *, echo: bool = False
+) -> TransferStats:
+    """Pull a remote folder into ``dest``, only what is new. Files being received are written in
+    DEST/.rsync-partial/ (see download_argv), which rsync needs to exist: every download goes
+    through here so none can forget it."""
+    dest = Path(dest)
+    (dest / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
+    tty = echo and sys.stdout.isatty()
+    return rsync_with_retries(
+        machine, download_argv(machine, remote_path, dest, tty=tty), "download", echo=echo
+    )

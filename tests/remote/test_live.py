@@ -16,7 +16,14 @@ from ec2 import paths, registry
 from ec2.errors import ConnectionLost, RemoteCommandFailed, RunAlreadyExists
 from ec2.remote import runs
 from ec2.remote.ssh import Machine
-from ec2.remote.sync import download_argv, download_outputs, rsync_with_retries, sync_code, upload_dir
+from ec2.remote.sync import (
+    PARTIAL_DIR,
+    download_argv,
+    download_outputs,
+    rsync_with_retries,
+    sync_code,
+    upload_dir,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -172,6 +179,7 @@ def test_sshd_stopped_mid_download_is_reported(machine, sshd, tmp_path):
     stopper = threading.Timer(0.5, sshd.stop)
     stopper.start()
     slow = Machine(machine.record, attempts=2, backoff_s=0.1)
+    (dest / PARTIAL_DIR).mkdir(parents=True)  # download_argv's temp dir (download_dir makes it)
     argv = download_argv(slow, f"{remote}/code/big", dest)
     argv.insert(1, "--bwlimit=2000")  # keeps the transfer going long enough to be cut
     with pytest.raises(ConnectionLost, match="download"):
