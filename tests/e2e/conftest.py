@@ -12,10 +12,10 @@ from tests.ec2.conftest import DLAMI_NAME, make_image
 
 
 @pytest.fixture
-def detached_cloud(spot_host, imds, tmp_path, monkeypatch):
+def cloud(spot_host, imds, tmp_path, monkeypatch):
     """moto with a DLAMI and a bucket; an aws.yaml whose instances all lead to the sshd host.
     Yields (the EC2 client, the aws.yaml path)."""
-    monkeypatch.chdir(REPO)  # the code the bundle takes
+    monkeypatch.chdir(REPO)  # the code `fab run` syncs and a detached run bundles
     aws.reset_clients()
     ec2 = boto3.client("ec2", region_name="us-east-1")
     make_image(ec2, DLAMI_NAME)
@@ -31,6 +31,7 @@ def detached_cloud(spot_host, imds, tmp_path, monkeypatch):
         "key_name": "spotrun-test",
         "import_public_key": f"{spot_host.key_path}.pub",
         "remote_dir": str(spot_host.root / "remote"),
+        "ssh_ready_timeout_s": 20,
         "running_timeout_s": 60,
     }
     path = tmp_path / "aws.yaml"

@@ -24,9 +24,9 @@ from tests.peers.imds import wait_until
 
 
 def test_detached_run_survives_an_interruption_with_no_laptop(
-    detached_cloud, spot_host, imds, tiny_dataset, tmp_path, capsys
+    cloud, spot_host, imds, tiny_dataset, tmp_path, capsys
 ):
-    ec2, config = detached_cloud
+    ec2, config = cloud
     autoscaling = boto3.client("autoscaling")
     args = [
         *TINY_TRAIN,

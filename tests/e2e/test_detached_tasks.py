@@ -20,9 +20,9 @@ from tests.peers.imds import wait_until
 
 
 def test_status_watch_ctrl_c_stop_and_cleanup(
-    detached_cloud, spot_host, imds, tiny_dataset, tmp_path, capsys, monkeypatch
+    cloud, spot_host, imds, tiny_dataset, tmp_path, capsys, monkeypatch
 ):
-    ec2, config = detached_cloud
+    ec2, config = cloud
     cfg = load_cfg(config)
     autoscaling, s3 = boto3.client("autoscaling"), boto3.client("s3")
     overrides = [

@@ -13,9 +13,9 @@ from tests.peers.imds import wait_until
 
 
 def test_fab_run_again_picks_up_a_journey_whose_laptop_process_was_killed(
-    detached_cloud, spot_host, tiny_dataset, tmp_path, capfd
+    cloud, spot_host, tiny_dataset, tmp_path, capfd
 ):
-    ec2, config = detached_cloud
+    ec2, config = cloud
     dest = tmp_path / "out"
     args = [
         *TINY_TRAIN,
