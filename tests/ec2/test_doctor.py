@@ -233,7 +233,11 @@ def test_make_targets_and_fab_list():
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
     def make_n(*args):
-        got = subprocess.run(["make", "-n", *args], cwd=repo, capture_output=True, text=True, check=True)
+        # Under `make test` the parent's MAKELEVEL would make this make print "Entering directory".
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+        got = subprocess.run(
+            ["make", "-s", "-n", *args], cwd=repo, env=env, capture_output=True, text=True, check=True
+        )
         return got.stdout.strip().splitlines()
 
     assert make_n("aws-doctor", "NAME=exp1", "CONFIG=my.yaml", "ARGS=dataset.dataset_dir=s3://b/d") == [
