@@ -18,6 +18,11 @@ pytest_plugins = ["tests.peers.sshd", "tests.peers.imds", "tests.peers.proxy"]
 # Keep torch from fighting the other test processes for the machine's two cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# Tests that run `make` check what a user's own `make` prints. Under `make test` the parent's
+# MAKELEVEL/MAKEFLAGS would make every child print "Entering directory" lines around it.
+for _var in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS"):
+    os.environ.pop(_var, None)
+
 
 @pytest.fixture(scope="session")
 def moto_server():
