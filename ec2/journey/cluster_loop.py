@@ -223,12 +223,10 @@ class ClusterJourney:
                     unreachable_for=None if since is None else time.monotonic() - since,
                 )
                 statuses.append("stopped" if k in stopped else node_status(verdict, polled, noticed[k]))
-            now = " | ".join(f"node {k} {s}" for k, s in enumerate(statuses))
-            if now != shown:
-                step = attempt.last_step if attempt.last_step is not None else "-"
-                self.out(
-                    f"[attempt {attempt.number}] {_clock(time.monotonic() - started)} {now} | step {step}"
-                )
+            step = attempt.last_step if attempt.last_step is not None else "-"
+            now = " | ".join([*(f"node {k} {s}" for k, s in enumerate(statuses)), f"step {step}"])
+            if now != shown:  # a line when something changed, not a scroll of repeats
+                self.out(f"[attempt {attempt.number}] {_clock(time.monotonic() - started)} {now}")
                 shown = now
             verdict = cluster_verdict(statuses)
             if verdict.end in ("finished", "failed", "interrupted"):

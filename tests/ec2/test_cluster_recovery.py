@@ -1,0 +1,97 @@
+"""`fab run --nodes N` when things go wrong, against moto's server and one sshd standing in for
+every member: no capacity for the replacement in the cluster's zone (injected at the client, as
+every capacity test does: moto never runs out) relaunches the whole cluster elsewhere, that type
+and zone excluded; an error mid-run leaves nothing running. The end-to-end run with two nodes
+and a real lost node is tests/e2e/test_cluster_run.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from ec2.errors import ToolkitError
+from ec2.journey import history
+from ec2.journey.cluster_loop import ClusterJourney
+from ec2.journey.decide import ClusterVerdict
+from ec2.journey.stages import Plan
+from tests.ec2.conftest import config
+from tests.ec2.test_cluster import _live, _nothing_left, install_placement_groups
+
+
+@pytest.fixture
+def placement_groups(ec2_client):
+    return install_placement_groups()
+
+
+def _cfg(sshd):
+    return config(
+        "instance_types=[g5.12xlarge]",
+        "zones=[us-east-1a, us-east-1b]",
+        f"ssh_proxy_command=nc 127.0.0.1 {sshd.port}",
+        f"ssh_user={sshd.user}",
+        "key_name=spotrun-test",
+        f"import_public_key={sshd.key_path}.pub",
+        f"remote_dir={sshd.root / 'remote'}",
+        "ssh_ready_timeout_s=20",
+    )
+
+
+def _plan(**kw) -> Plan:
+    return Plan(
+        command="train", checkpoint_dir="s3://spot-ckpt/job/ckpt", train_config="configs/demo.yaml", **kw
+    )
+
+
+def test_no_capacity_for_the_replacement_relaunches_the_whole_cluster_elsewhere(
+    sshd, ec2_client, placement_groups, dlami, refusing, tmp_path, capsys
+):
+    wrapper = refusing(lambda attempt: None)
+    journey = ClusterJourney(_cfg(sshd), "job", _plan(), 2, outputs=tmp_path / "out")
+    journey.launch_all()
+    zone = journey.machines[0].record.zone
+    other = ({"us-east-1a", "us-east-1b"} - {zone}).pop()
+    old = [m.record.instance_id for m in journey.machines]
+    ec2_client.terminate_instances(InstanceIds=[old[1]])  # spot takes node 1 back
+    # That zone has no capacity left for a g5.12xlarge in the placement group.
+    wrapper._refuse = lambda attempt: "InsufficientInstanceCapacity" if attempt[1] == zone else None
+    attempt = history.Attempt(1, outcome="preempted")
+    journey.h.attempts.append(attempt)
+
+    new_nodes = journey.recover(attempt, ClusterVerdict("interrupted", (1,)))
+
+    assert new_nodes == [0, 1]  # every node is new: all are set up again
+    # The replacement was tried where the cluster was, then all nodes went elsewhere at once.
+    assert [a[1] for a in wrapper.attempts] == [zone, zone, other]
+    assert "terminating the survivors and launching all 2 nodes elsewhere" in capsys.readouterr().out
+    live = _live(ec2_client)
+    assert len(live) == 2 and not {i["InstanceId"] for i in live} & set(old)
+    assert {i["Placement"]["AvailabilityZone"] for i in live} == {other}
+    assert [r["Placement.GroupName"] for r in placement_groups.run_requests[-1:]] == ["spotrun-job"]
+    assert list(placement_groups.groups) == ["spotrun-job"]  # removed with the old cluster, made anew
+    assert journey.exclude == {("g5.12xlarge", zone)}
+    assert [(m.node, m.outcome) for m in journey.h.members] == [
+        (0, "terminated"),
+        (1, "lost"),
+        (0, "running"),
+        (1, "running"),
+    ]
+    assert attempt.nodes_lost == [1]
+    assert any(e["event"] == "relaunch-all" for e in journey.h.events)
+
+    journey.take_down()
+    _nothing_left(ec2_client, placement_groups)
+
+
+def test_an_error_mid_run_terminates_every_member_and_removes_the_groups(
+    sshd, ec2_client, placement_groups, dlami, tmp_path, capsys
+):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("print('hi')\n")
+    plan = _plan(setup_python="/no/such/python", require_gpu=False, local_root=str(code))
+    journey = ClusterJourney(_cfg(sshd), "job", plan, 2, outputs=tmp_path / "out")
+    with pytest.raises(ToolkitError, match="setup failed"):
+        journey.run()
+    assert journey.h.status == "failed" and journey.h.attempts[0].outcome == "failed"
+    assert {m.outcome for m in journey.h.members} == {"terminated"}
+    assert "removed cluster job's placement group" in capsys.readouterr().out
+    _nothing_left(ec2_client, placement_groups)
