@@ -356,12 +356,15 @@ class ClusterJourney:
                 self.h.status, self.h.finished_at = verdict.end, history.now_iso()
                 if not p.keep:
                     self.take_down()
+                elif verdict.end == "finished":
+                    self.out(self.kept())
                 self.h.event(verdict.end)
                 if verdict.end == "finished":
                     return
                 raise RunFailed(
                     f"{verdict.why} on attempt {attempt.number}; a new cluster would fail the same way, "
-                    f"so none is launched{self.kept()}. The logs are in {self.outputs}/nodes/"
+                    f"so none is launched{'; ' + self.kept() if self._live() else ''}. "
+                    f"The logs are in {self.outputs}/nodes/"
                 )
             attempt.outcome = "preempted" if attempt.notice_seen_at else "lost"
             self.out(f"interrupted: {verdict.why}")
@@ -379,17 +382,15 @@ class ClusterJourney:
             self.h.event("restarting", after_attempt=attempt.number, new_nodes=setup)
 
     def kept(self) -> str:
-        live = self._live()
-        if not live:
-            return ""
-        return f"; {', '.join(m.instance_id for m in live)} kept (--keep): `fab terminate --name {self.name}`"
+        ids = ", ".join(m.instance_id for m in self._live())
+        return f"{ids} kept (--keep): terminate them with `fab terminate --name {self.name}`"
 
     def release(self) -> None:
         """After an error: nothing left running that the user does not know about."""
         if not self._live() or self.ec2 is None:
             return
         if self.plan.keep:
-            self.out(f"left {', '.join(m.instance_id for m in self._live())} running (--keep)" + self.kept())
+            self.out(self.kept())
             return
         try:
             self.take_down()

@@ -95,3 +95,68 @@ def test_an_error_mid_run_terminates_every_member_and_removes_the_groups(
     assert {m.outcome for m in journey.h.members} == {"terminated"}
     assert "removed cluster job's placement group" in capsys.readouterr().out
     _nothing_left(ec2_client, placement_groups)
+
+
+def test_ctrl_c_asks_and_terminates_the_whole_cluster_on_t(
+    sshd, ec2_client, placement_groups, dlami, tmp_path
+):
+    asked = []
+    journey = ClusterJourney(
+        _cfg(sshd), "job", _plan(), 2, outputs=tmp_path / "out", ask=lambda q: asked.append(q) or "t"
+    )
+    journey.launch_all()
+    ids = [m.record.instance_id for m in journey.machines]
+    journey.on_ctrl_c()
+    assert asked == [f"terminate {', '.join(ids)} (cluster job) now? [t]erminate / [l]eave running: "]
+    assert journey.h.events[-1]["decision"] == "terminated-by-user"
+    _nothing_left(ec2_client, placement_groups)
+
+
+def test_ctrl_c_without_a_terminal_leaves_the_cluster_and_says_how_to_stop_it(
+    sshd, ec2_client, placement_groups, dlami, tmp_path, capsys
+):
+    journey = ClusterJourney(_cfg(sshd), "job", _plan(), 2, outputs=tmp_path / "out", ask=None)
+    journey.launch_all()
+    ids = [m.record.instance_id for m in journey.machines]
+    journey.on_ctrl_c()
+    out = capsys.readouterr().out
+    assert f"left {', '.join(ids)} running" in out and "`fab terminate --name job`" in out
+    assert sorted(i["InstanceId"] for i in _live(ec2_client)) == sorted(ids)
+    assert {m.outcome for m in journey.h.members} == {"left-running"}
+    # What it says works: `fab terminate --name job` takes the cluster and its groups away.
+    from invoke import Context
+
+    from tasks import lifecycle
+
+    lifecycle.terminate(
+        Context(),
+        name="job",
+        yes=True,
+        set_=["ssh_cidr=203.0.113.7/32", f"ssh_proxy_command=nc 127.0.0.1 {sshd.port}"],
+    )
+    _nothing_left(ec2_client, placement_groups)
+
+
+def test_fab_run_nodes_without_s3_checkpoints_is_one_line_and_launches_nothing(
+    sshd, ec2_client, dlami, capsys, monkeypatch
+):
+    from pathlib import Path
+
+    from invoke import Context
+    from invoke.exceptions import Exit
+
+    from tasks import managed
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    sets = ["ssh_cidr=203.0.113.7/32", "ami_owners=[self]"]
+    # configs/demo.yaml keeps its checkpoints on the instance's disk.
+    with pytest.raises(Exit) as e:
+        managed.run(Context(), name="job", nodes=2, train_config="configs/demo.yaml", set_=sets)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: a multi-node run keeps its checkpoints in S3")
+    assert "checkpoint_dir=s3://BUCKET/PREFIX" in err
+    with pytest.raises(Exit):
+        managed.run(Context(), name="job", nodes=2, detach=True, train_config="configs/demo.yaml", set_=sets)
+    assert "leave out --nodes" in capsys.readouterr().err
+    assert _live(ec2_client) == []
