@@ -13,11 +13,14 @@ cluster is launched again elsewhere, that type and zone excluded.
 
 A run still going after a node was lost holds the rendezvous (its collectives wait for the lost
 rank): after `unreachable_s` its tmux session is stopped, and the restart resumes from the newest
-S3 checkpoint.
+S3 checkpoint. The instances themselves (launch, replace, relaunch elsewhere, terminate, cost per
+member) are ec2/journey/fleet.py.
 
-Instances are counted per member (history.Member): a survivor serves several attempts. Nothing is
-left running that the user does not know about: on finish, on an error and on --max-recoveries
-every member is terminated (unless --keep, which says what it keeps), on Ctrl-C the user is asked.
+Nothing is left running that the user does not know about: on finish and on --max-recoveries
+every member is terminated (unless --keep, which names what it keeps); an error while setting up,
+starting or replacing terminates every member; an error while the nodes train (the laptop lost
+sight of them) leaves them training, named, with the commands to follow and end them; on Ctrl-C
+the user is asked.
 """
 
 from __future__ import annotations
@@ -26,12 +29,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import aws
 from common.s3uri import is_s3
-from ec2.cloud import cluster, instances
 from ec2.config import AwsConfig
-from ec2.errors import CapacityError, ConfigError, ToolkitError
-from ec2.journey import history, report, stages
+from ec2.errors import ConfigError, ToolkitError
+from ec2.journey import history, stages
 from ec2.journey.decide import (
     GONE_STATES,
     ClusterVerdict,
@@ -42,9 +43,9 @@ from ec2.journey.decide import (
     notice_to_resumed,
     resumed_step,
 )
+from ec2.journey.fleet import Fleet
 from ec2.journey.loop import GaveUp, Journey, RunFailed, _clock
 from ec2.journey.stages import Plan
-from ec2.registry import MachineRecord
 from ec2.remote import gpu, nodes, runs, trainrun
 from ec2.remote.ssh import Machine
 from ec2.remote.sync import download_dir
@@ -89,124 +90,57 @@ class ClusterJourney:
             path=str(history.history_path(self.outputs)),
             nodes=nodes,
         )
-        self.exclude: set[tuple[str, str]] = set()
-        self.machines: list[Machine] = []  # node order
-        self.ec2 = None
+        self.fleet = Fleet(cfg, name, nodes, self.h, s3=plan.s3, out=out)
         self.rank0 = 0  # the node whose log shows the trainer's steps (c10d may put rank 0 anywhere)
-
-    # --- members ------------------------------------------------------------------------------------
-    def _joined(self, node: int, record: MachineRecord) -> None:
-        self.h.members.append(
-            history.Member(
-                node=node,
-                instance_id=record.instance_id,
-                instance_type=record.instance_type,
-                zone=record.zone,
-                market=record.market,
-                launched_at=record.launched_at or history.now_iso(),
-            )
-        )
-
-    def _live(self) -> list[history.Member]:
-        return [m for m in self.h.members if m.outcome == "running"]
-
-    def _member(self, node: int) -> history.Member:
-        return [m for m in self._live() if m.node == node][-1]
-
-    def launch_all(self) -> None:
-        """The whole cluster, `exclude`d types and zones left out (all tried again once none is left)."""
-        try:
-            records = cluster.launch_cluster(
-                self.cfg,
-                self.name,
-                self.nodes,
-                exclude=frozenset(self.exclude),
-                s3=self.plan.s3,
-                out=self.out,
-            )
-        except CapacityError as e:
-            if e.code != "NoChoices" or not self.exclude:
-                raise
-            self.out("every configured type and zone has been interrupted once; trying them all again")
-            self.exclude.clear()
-            records = cluster.launch_cluster(self.cfg, self.name, self.nodes, s3=self.plan.s3, out=self.out)
-        self.ec2 = aws.client("ec2", records[0].region or self.cfg.region, self.cfg.profile)
-        self.machines = [Machine(r) for r in records]
-        for node, r in enumerate(records):
-            self._joined(node, r)
-        self.h.event(
-            "launched",
-            nodes=self.nodes,
-            instance_ids=[r.instance_id for r in records],
-            instance_type=records[0].instance_type,
-            zone=records[0].zone,
-        )
-
-    def terminate(self, members: list[history.Member], outcome: str) -> None:
-        """Terminate these members (waited for: AWS keeps the groups while they exist) and record it."""
-        if not members:
-            return
-        states = {m.instance_id: stages.instance_state(self.ec2, m.instance_id) for m in members}
-        alive = [iid for iid, state in states.items() if state not in ("gone", "terminated")]
-        instances.terminate_instances(self.ec2, alive, wait=True)
-        for m in members:
-            instances.forget_local(nodes.member_name(self.name, m.node))
-            m.ended_at, m.outcome = history.now_iso(), outcome
-            m.cost_usd = report.fetch_cost(self.ec2, m)
-        self.out(f"terminated {', '.join(m.instance_id for m in members)}")
-        self.h.event("terminated", instance_ids=[m.instance_id for m in members], outcome=outcome)
-
-    def take_down(self, outcome: str = "terminated") -> None:
-        """Every live member, then the placement group and the members' group."""
-        self.terminate(self._live(), outcome)
-        cluster.remove_shared(self.ec2, self.cfg, self.name)
-        self.out(f"removed cluster {self.name}'s placement group and members' security group")
+        self.watching = False  # the nodes are training and the laptop is only looking
 
     # --- one attempt --------------------------------------------------------------------------------
     def prepare(self, setup: list[int]) -> None:
         """Code and setup to the nodes in `setup` (new machines), all at once."""
-        nodes.on_each([self.machines[k] for k in setup], lambda m: stages.bootstrap(m, self.plan, self.out))
+        nodes.on_each(
+            [self.fleet.machines[k] for k in setup], lambda m: stages.bootstrap(m, self.plan, self.out)
+        )
         self.h.event("setup", nodes=setup)
 
     def start(self, attempt: history.Attempt) -> None:
         p = self.plan
         attempt.nodes = self.nodes
-        attempt.instance_ids = [m.record.instance_id for m in self.machines]
-        r = self.machines[0].record
+        attempt.instance_ids = [m.record.instance_id for m in self.fleet.machines]
+        r = self.fleet.machines[0].record
         attempt.instance_type, attempt.zone, attempt.market = r.instance_type, r.zone, r.market
         attempt.launched_at, attempt.outcome = history.now_iso(), "running"
         procs = nodes.start_training(
-            self.machines,
+            self.fleet.machines,
             p.run,
             p.train_config,
             p.overrides,
             gpus=p.gpus,
             rendezvous_id=f"{self.name}-{p.run}-{attempt.number}",  # no agent of an older start joins
             port=self.port,
-            env=stages.run_env(self.machines[0], p),
+            env=stages.run_env(self.fleet.machines[0], p),
             watcher_args=lambda procs: trainrun.watcher_args(
                 p.signal, p.checkpoint_dir, None, p.imds_poll_s, ranks=procs
             ),
             output_dir=p.output_dir,
             force=True,
         )
-        attempt.gpus = procs if gpu.count_gpus(self.machines[0]) else 0
+        attempt.gpus = procs if gpu.count_gpus(self.fleet.machines[0]) else 0
         self.out(f"started run {p.run!r} on {self.nodes} nodes x {procs} process(es)")
         self.h.event("started", attempt=attempt.number, nodes=self.nodes, gpus=attempt.gpus)
 
     def look(self, m: Machine):
         """(AWS state, poll) of one node; the poll is None when AWS has it gone or it does not answer."""
-        state = stages.instance_state(self.ec2, m.record.instance_id)
+        state = stages.instance_state(self.fleet.ec2, m.record.instance_id)
         return state, None if state in GONE_STATES else stages.poll(m, self.plan.run)
 
     def watch(self, attempt: history.Attempt) -> ClusterVerdict:
         """Until the attempt ends: a verdict of finished, failed or interrupted (every run ended)."""
-        p, count = self.plan, len(self.machines)
+        p, count = self.plan, len(self.fleet.machines)
         noticed, stopped = [False] * count, set()
         unreachable_since: list[float | None] = [None] * count
         started, waiting_since, shown = time.monotonic(), None, ""
         while True:
-            looks = nodes.on_each(self.machines, self.look)
+            looks = nodes.on_each(self.fleet.machines, self.look)
             statuses = []
             for k, (aws_state, polled) in enumerate(looks):
                 if polled is not None:
@@ -240,7 +174,7 @@ class ClusterJourney:
                         if status == "running":
                             self.out(f"node {k} still running {p.unreachable_s:g} s after; stopping its run")
                             try:
-                                self.machines[k].run(runs.stop_command(p.run), check=False, retry=False)
+                                self.fleet.machines[k].run(runs.stop_command(p.run), check=False, retry=False)
                             except ToolkitError:
                                 pass  # unreachable: its run ends at the collective's timeout
                             stopped.add(k)
@@ -272,7 +206,7 @@ class ClusterJourney:
     def pull_logs(self, attempt: history.Attempt, results: bool) -> None:
         """Every reachable node's run folder (its log) to outputs/nodes/attempt-N/node-K; with
         `results`, the trainer's outputs from the node rank 0 ran on, as for one instance."""
-        for k, m in enumerate(self.machines):
+        for k, m in enumerate(self.fleet.machines):
             if self.look(m)[1] is None:
                 continue  # AWS has taken it, or it does not answer
             where = self.outputs / "nodes" / f"attempt-{attempt.number}" / f"node-{k}"
@@ -280,43 +214,16 @@ class ClusterJourney:
                 download_dir(m, runs.run_dir(m.record.remote_dir, self.plan.run), where)
             except ToolkitError as e:
                 self.out(f"could not download node {k}'s log: {e}")
-        if results and stages.pull(self.machines[self.rank0], self.plan, self.outputs, "results", self.out):
+        if results and stages.pull(
+            self.fleet.machines[self.rank0], self.plan, self.outputs, "results", self.out
+        ):
             self.h.event("downloaded", what="results", node=self.rank0)
 
     # --- after an interruption ----------------------------------------------------------------------
     def recover(self, attempt: history.Attempt, verdict: ClusterVerdict) -> list[int]:
-        """N nodes again: the lost ones terminated and replaced in the same zone and placement
-        group, or, with no capacity there, the whole cluster launched elsewhere. The nodes that
-        are new (to set up)."""
-        lost = list(verdict.lost)
-        attempt.nodes_lost = lost
-        self.terminate([self._member(k) for k in lost], "lost")
-        survivors = [m for k, m in enumerate(self.machines) if k not in lost]
-        if not lost:
-            return []  # every run stopped resumably and every machine is still there: restart
-        if not survivors:
-            self.out("every node was lost: launching the cluster again")
-            cluster.remove_shared(self.ec2, self.cfg, self.name)
-            self.launch_all()
-            return list(range(self.nodes))
-        try:
-            for k in lost:
-                record = cluster.launch_replacement(self.cfg, self.name, k, survivors[0].record, out=self.out)
-                self.machines[k] = Machine(record)
-                self._joined(k, record)
-                self.h.event("replaced", node=k, instance_id=record.instance_id, zone=record.zone)
-            return lost
-        except CapacityError as e:
-            r = survivors[0].record
-            self.out(
-                f"no capacity for a replacement in {r.zone} ({e}); terminating the survivors and "
-                f"launching all {self.nodes} nodes elsewhere"
-            )
-            self.h.event("relaunch-all", why=str(e), excluded=[r.instance_type, r.zone])
-            self.exclude.add((r.instance_type, r.zone))
-            self.take_down()
-            self.launch_all()
-            return list(range(self.nodes))
+        """N nodes again (Fleet.restore); the nodes that are new, to set up."""
+        attempt.nodes_lost = list(verdict.lost)
+        return self.fleet.restore(attempt.nodes_lost)
 
     # --- the whole journey --------------------------------------------------------------------------
     def run(self) -> history.RunHistory:
@@ -330,14 +237,15 @@ class ClusterJourney:
             if self.h.status == "running":
                 self.h.status = "failed"
             self.h.event("error", message=str(e))
-            self.release()
+            if not isinstance(e, (RunFailed, GaveUp)):  # those have ended the cluster already
+                self.release()
             raise
         return self.h
 
     def _attempts(self) -> None:
         p = self.plan
         self.out(f"launching {self.nodes} nodes for {self.name}")
-        self.launch_all()
+        self.fleet.launch_all()
         setup = list(range(self.nodes))
         while True:
             attempt = history.Attempt(number=len(self.h.attempts) + 1)
@@ -348,14 +256,16 @@ class ClusterJourney:
             except ToolkitError:
                 attempt.outcome = "failed"  # setup or start: a new machine would fail the same way
                 raise
+            self.watching = True
             verdict = self.watch(attempt)
+            self.watching = False
             attempt.ended_at = history.now_iso()
             if verdict.end in ("finished", "failed"):
                 attempt.outcome = verdict.end
                 self.pull_logs(attempt, results=verdict.end == "finished")
                 self.h.status, self.h.finished_at = verdict.end, history.now_iso()
                 if not p.keep:
-                    self.take_down()
+                    self.fleet.take_down()
                 elif verdict.end == "finished":
                     self.out(self.kept())
                 self.h.event(verdict.end)
@@ -363,7 +273,7 @@ class ClusterJourney:
                     return
                 raise RunFailed(
                     f"{verdict.why} on attempt {attempt.number}; a new cluster would fail the same way, "
-                    f"so none is launched{'; ' + self.kept() if self._live() else ''}. "
+                    f"so none is launched{'; ' + self.kept() if self.fleet.live() else ''}. "
                     f"The logs are in {self.outputs}/nodes/"
                 )
             attempt.outcome = "preempted" if attempt.notice_seen_at else "lost"
@@ -372,7 +282,7 @@ class ClusterJourney:
             self.pull_logs(attempt, results=False)
             if attempt.number - 1 >= p.max_recoveries:
                 self.h.status, self.h.finished_at = "gave-up", history.now_iso()
-                self.take_down()
+                self.fleet.take_down()
                 raise GaveUp(
                     f"interrupted {attempt.number} time(s) and --max-recoveries is {p.max_recoveries}: "
                     f"giving up. The newest checkpoint is in {p.checkpoint_dir}; `fab run --nodes "
@@ -382,35 +292,49 @@ class ClusterJourney:
             self.h.event("restarting", after_attempt=attempt.number, new_nodes=setup)
 
     def kept(self) -> str:
-        ids = ", ".join(m.instance_id for m in self._live())
+        ids = ", ".join(m.instance_id for m in self.fleet.live())
         return f"{ids} kept (--keep): terminate them with `fab terminate --name {self.name}`"
 
     def release(self) -> None:
-        """After an error: nothing left running that the user does not know about."""
-        if not self._live() or self.ec2 is None:
+        """After an error: nothing left running that the user does not know about. While the
+        nodes train (the laptop lost sight of them: AWS or SSH failing from here) the run goes on
+        and checkpoints to S3, so it is left running and named; otherwise (setup, start, a
+        replacement) every member is terminated and the groups removed."""
+        live = self.fleet.live()
+        if not live or self.fleet.ec2 is None:
             return
         if self.plan.keep:
             self.out(self.kept())
             return
+        if self.watching:
+            for m in live:
+                m.outcome = "left-running"
+            self.out(
+                f"left {', '.join(m.instance_id for m in live)} running: the run goes on in tmux on every "
+                f"node. Follow it with `fab logs --name {self.name} --node K`; terminate them with "
+                f"`fab terminate --name {self.name}`"
+            )
+            self.h.event("left-running", instance_ids=[m.instance_id for m in live])
+            return
         try:
-            self.take_down()
+            self.fleet.take_down()
         except ToolkitError as e:
             self.out(
-                f"could not terminate {', '.join(m.instance_id for m in self._live())} ({e}); "
+                f"could not terminate {', '.join(m.instance_id for m in self.fleet.live())} ({e}); "
                 f"terminate them with `fab terminate --name {self.name}`"
             )
 
     def on_ctrl_c(self) -> None:
         self.h.status = "interrupted"
-        live = self._live()
-        if not live or self.ec2 is None:
+        live = self.fleet.live()
+        if not live or self.fleet.ec2 is None:
             self.h.event("ctrl-c")
             return
         ids = ", ".join(m.instance_id for m in live)
         question = f"terminate {ids} (cluster {self.name}) now? [t]erminate / [l]eave running: "
         answer = self.ask(question) if self.ask else ""
         if answer.strip().lower().startswith("t"):
-            self.take_down("terminated-by-user")
+            self.fleet.take_down("terminated-by-user")
             decision = "terminated-by-user"
         else:
             for m in live:

@@ -46,10 +46,10 @@ def test_no_capacity_for_the_replacement_relaunches_the_whole_cluster_elsewhere(
 ):
     wrapper = refusing(lambda attempt: None)
     journey = ClusterJourney(_cfg(sshd), "job", _plan(), 2, outputs=tmp_path / "out")
-    journey.launch_all()
-    zone = journey.machines[0].record.zone
+    journey.fleet.launch_all()
+    zone = journey.fleet.machines[0].record.zone
     other = ({"us-east-1a", "us-east-1b"} - {zone}).pop()
-    old = [m.record.instance_id for m in journey.machines]
+    old = [m.record.instance_id for m in journey.fleet.machines]
     ec2_client.terminate_instances(InstanceIds=[old[1]])  # spot takes node 1 back
     # That zone has no capacity left for a g5.12xlarge in the placement group.
     wrapper._refuse = lambda attempt: "InsufficientInstanceCapacity" if attempt[1] == zone else None
@@ -67,7 +67,7 @@ def test_no_capacity_for_the_replacement_relaunches_the_whole_cluster_elsewhere(
     assert {i["Placement"]["AvailabilityZone"] for i in live} == {other}
     assert [r["Placement.GroupName"] for r in placement_groups.run_requests[-1:]] == ["spotrun-job"]
     assert list(placement_groups.groups) == ["spotrun-job"]  # removed with the old cluster, made anew
-    assert journey.exclude == {("g5.12xlarge", zone)}
+    assert journey.fleet.exclude == {("g5.12xlarge", zone)}
     assert [(m.node, m.outcome) for m in journey.h.members] == [
         (0, "terminated"),
         (1, "lost"),
@@ -77,7 +77,7 @@ def test_no_capacity_for_the_replacement_relaunches_the_whole_cluster_elsewhere(
     assert attempt.nodes_lost == [1]
     assert any(e["event"] == "relaunch-all" for e in journey.h.events)
 
-    journey.take_down()
+    journey.fleet.take_down()
     _nothing_left(ec2_client, placement_groups)
 
 
@@ -104,8 +104,8 @@ def test_ctrl_c_asks_and_terminates_the_whole_cluster_on_t(
     journey = ClusterJourney(
         _cfg(sshd), "job", _plan(), 2, outputs=tmp_path / "out", ask=lambda q: asked.append(q) or "t"
     )
-    journey.launch_all()
-    ids = [m.record.instance_id for m in journey.machines]
+    journey.fleet.launch_all()
+    ids = [m.record.instance_id for m in journey.fleet.machines]
     journey.on_ctrl_c()
     assert asked == [f"terminate {', '.join(ids)} (cluster job) now? [t]erminate / [l]eave running: "]
     assert journey.h.events[-1]["decision"] == "terminated-by-user"
@@ -116,8 +116,8 @@ def test_ctrl_c_without_a_terminal_leaves_the_cluster_and_says_how_to_stop_it(
     sshd, ec2_client, placement_groups, dlami, tmp_path, capsys
 ):
     journey = ClusterJourney(_cfg(sshd), "job", _plan(), 2, outputs=tmp_path / "out", ask=None)
-    journey.launch_all()
-    ids = [m.record.instance_id for m in journey.machines]
+    journey.fleet.launch_all()
+    ids = [m.record.instance_id for m in journey.fleet.machines]
     journey.on_ctrl_c()
     out = capsys.readouterr().out
     assert f"left {', '.join(ids)} running" in out and "`fab terminate --name job`" in out
@@ -160,3 +160,20 @@ def test_fab_run_nodes_without_s3_checkpoints_is_one_line_and_launches_nothing(
         managed.run(Context(), name="job", nodes=2, detach=True, train_config="configs/demo.yaml", set_=sets)
     assert "leave out --nodes" in capsys.readouterr().err
     assert _live(ec2_client) == []
+
+
+def test_an_error_while_the_nodes_train_leaves_them_training_and_names_them(
+    sshd, ec2_client, placement_groups, dlami, tmp_path, capsys
+):
+    # The laptop lost sight of the run (AWS or SSH failing from here): the nodes train on and
+    # checkpoint to S3, so they are left running, named, with the commands to follow and end them.
+    journey = ClusterJourney(_cfg(sshd), "job", _plan(), 2, outputs=tmp_path / "out")
+    journey.fleet.launch_all()
+    ids = [m.record.instance_id for m in journey.fleet.machines]
+    journey.watching = True
+    journey.release()
+    out = capsys.readouterr().out
+    assert f"left {', '.join(ids)} running" in out and "`fab terminate --name job`" in out
+    assert sorted(i["InstanceId"] for i in _live(ec2_client)) == sorted(ids)
+    assert journey.h.events[-1]["event"] == "left-running"
+    assert {m.outcome for m in journey.h.members} == {"left-running"}
