@@ -143,6 +143,9 @@ def tools_path(tmp_path: Path, without: set[str]) -> str:
 
 def test_the_real_gpu_check_refuses_a_machine_without_a_gpu(tmp_path, ami_venv):
     remote = machine(tmp_path)
+    # Set up once without the check; the GPU check then runs on every later setup too (it is not
+    # part of what makes a venv "already set up"), which is what these two calls exercise.
+    assert setup(remote, ami_venv).returncode == 0
     no_smi = setup(remote, ami_venv, gpu=True, path=tools_path(tmp_path, without=set()))
     assert no_smi.returncode == 1
     assert "nvidia-smi not found" in no_smi.stderr
