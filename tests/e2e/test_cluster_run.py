@@ -137,7 +137,7 @@ def test_cluster_run_replaces_the_lost_node_in_its_group_resumes_at_the_step_and
     ec2, config, nodes, groups = cluster_cloud
     nodes_routes = config.parent / "routes.json"
     dest = tmp_path / "out"
-    steps = 24
+    steps = 16
     args = [
         *TINY_TRAIN,
         f"dataset.dataset_dir={tiny_dataset}",
