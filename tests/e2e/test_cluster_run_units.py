@@ -78,7 +78,7 @@ def test_a_cluster_run_needs_its_checkpoints_in_s3_before_anything_is_launched(t
             ClusterJourney(None, "job", plan, 2, outputs=tmp_path)
 
 
-def test_cluster_summary_counts_members_nodes_lost_steps_lost_and_notice_to_resumed():
+def test_cluster_summary_counts_members_nodes_lost_steps_lost_and_notice_to_resumed(tmp_path):
     t0, t1, t2 = "2026-01-01T00:00:00+00:00", "2026-01-01T00:10:00+00:00", "2026-01-01T00:30:00+00:00"
     h = history.RunHistory(name="job", nodes=2, started_at=t0, finished_at=t2, status="finished")
     h.attempts = [
@@ -113,7 +113,9 @@ def test_cluster_summary_counts_members_nodes_lost_steps_lost_and_notice_to_resu
         "steps lost to interruptions 0, notice to resumed 95.5 s"
     )
     assert h.total_cost_usd == 6.0
-    # The history reads back whole (members included).
-    h.path = None
-    data = h.to_dict()
-    assert data["members"][1]["outcome"] == "lost" and data["steps_lost"] == [0]
+    # run.json reads back whole: members, nodes lost, notice to resumed.
+    h.path = str(tmp_path / "run.json")
+    h.save()
+    back = history.load(tmp_path / "run.json")
+    assert back.members == h.members and back.attempts == h.attempts and back.nodes == 2
+    assert report.summary(back) == text
