@@ -177,3 +177,28 @@ def test_an_error_while_the_nodes_train_leaves_them_training_and_names_them(
     assert sorted(i["InstanceId"] for i in _live(ec2_client)) == sorted(ids)
     assert journey.h.events[-1]["event"] == "left-running"
     assert {m.outcome for m in journey.h.members} == {"left-running"}
+
+
+def test_a_node_that_vanishes_without_notice_stops_the_survivors_run_after_the_wait(
+    sshd, ec2_client, placement_groups, dlami, tmp_path, capsys
+):
+    # No notice: AWS just lists node 1 terminated. Node 0's run would wait in its collectives for
+    # the lost rank; after unreachable_s the loop stops it, and the attempt ends interrupted.
+    from ec2.remote import runs
+
+    plan = _plan(poll_s=0.2, unreachable_s=1.0)
+    journey = ClusterJourney(_cfg(sshd), "job", plan, 2, outputs=tmp_path / "out")
+    journey.fleet.launch_all()
+    node0, node1 = journey.fleet.machines
+    sshd.authorize(node0.record.key_path)
+    runs.start_run(node0, "train", "sleep 300", watch=False)  # the survivor's run, stuck
+    ec2_client.terminate_instances(InstanceIds=[node1.record.instance_id])
+    attempt = history.Attempt(1)
+    journey.h.attempts.append(attempt)
+
+    verdict = journey.watch(attempt)
+
+    assert (verdict.end, verdict.lost) == ("interrupted", (1,))
+    assert "node 0 still running 1 s after; stopping its run" in capsys.readouterr().out
+    assert runs.run_state(node0).state == "none"  # its tmux session is gone
+    assert attempt.notice_seen_at is None  # lost, not preempted: nothing to time from
