@@ -243,8 +243,10 @@ def test_cluster_run_replaces_the_lost_node_in_its_group_resumes_at_the_step_and
     # Finished: every member terminated, the placement group and the members' group removed.
     assert {i["State"]["Name"] for i in _members(ec2)} == {"terminated"}
     assert groups.groups == {} and _members_groups(ec2) == []
-    # Outputs from rank 0's node, logs from both nodes of both attempts.
-    assert (dest / "run" / "log").exists()
+    # The trainer's outputs from the node rank 0 ran on (either: c10d numbers nodes in
+    # rendezvous order), logs from both nodes of both attempts.
+    assert f"at step {stopped}" in (dest / "training_log").read_text()
+    assert (dest / "metrics.csv").exists()
     for attempt in (1, 2):
         assert (dest / "nodes" / f"attempt-{attempt}" / "node-0" / "log").exists()
     assert (dest / "nodes" / "attempt-2" / "node-1" / "log").exists()
