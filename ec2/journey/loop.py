@@ -223,8 +223,23 @@ class Journey:
             if self.h.status == "running":
                 self.h.status = "failed"
             self.h.event("error", message=str(e))
+            self.say_what_is_left()
             raise
         return self.h
+
+    def say_what_is_left(self) -> None:
+        """After an error: an instance the journey did not close is still billing, so name it and
+        how to follow, pick up or end it (an error while watching, e.g. AWS or SSH out of reach
+        from the laptop, leaves the run going on the instance rather than kill it blind)."""
+        m, attempt = self.machine, (self.h.attempts[-1] if self.h.attempts else None)
+        if m is None or attempt is None or attempt.ended_at:
+            return
+        self.h.event("left-running", instance_id=m.record.instance_id)
+        self.out(
+            f"{m.record.instance_id} ({m.name}) is still running (its run goes on in tmux): "
+            f"`fab run --name {m.name}` again picks it up, `fab logs --name {m.name}` follows it, "
+            f"`fab terminate --name {m.name}` ends it"
+        )
 
     def _attempts(self, picked=None) -> None:
         p = self.plan

@@ -341,3 +341,45 @@ def test_ctrl_c_at_a_terminal_asks_and_terminates_on_t(cloud, spot_host, tiny_da
     history = json.loads((tmp_path / "out" / "run.json").read_text())
     assert history["status"] == "interrupted" and history["attempts"][0]["outcome"] == "terminated-by-user"
     assert history["events"][-1]["decision"] == "terminated-by-user"
+
+
+def test_an_error_while_watching_names_the_instance_left_running(
+    cloud, spot_host, tiny_dataset, tmp_path, capfd
+):
+    """AWS refuses the laptop mid-run (credentials revoked: the documented UnauthorizedOperation,
+    injected on the client the journey uses, since moto authorises everything). The run goes on on
+    the instance, and fab says so: which instance, and how to pick it up or end it."""
+    from common import aws
+    from tests.ec2.inject import answer, ec2_error
+
+    ec2, config = cloud
+    dest = tmp_path / "out"
+    args = [
+        *TINY_TRAIN,
+        f"dataset.dataset_dir={tiny_dataset}",
+        "num_training_batches=5000",
+        "output_dir=trained_models/err",
+        "checkpoint_dir=s3://spot-ckpt/err/checkpoint",
+    ]
+    log = spot_host.root / "remote" / "runs" / "train" / "log"
+    thread, result = start_fab_run(config, dest, args)
+    wait_until(lambda: log.exists() and "Train batch 2:" in log.read_text(), 120, "training to start")
+    refused = {"on": True}
+    answer(
+        aws.client("ec2", "us-east-1", None),
+        "DescribeInstances",
+        lambda _: ec2_error("UnauthorizedOperation", "You are not authorized") if refused["on"] else None,
+    )
+    thread.join(timeout=60)
+    refused["on"] = False
+    captured = capfd.readouterr()
+    assert not thread.is_alive() and result == {"exit": 1}, (result, captured.err[-2000:])
+    (live,) = live_instances(ec2)
+    iid = live["InstanceId"]
+    assert f"{iid} (job) is still running" in captured.out, captured.out[-2000:]
+    assert "`fab run --name job` again picks it up" in captured.out
+    assert "`fab terminate --name job` ends it" in captured.out
+    history = json.loads((dest / "run.json").read_text())
+    assert history["status"] == "failed"
+    assert history["events"][-1] == {**history["events"][-1], "event": "left-running", "instance_id": iid}
+    assert "Train batch" in log.read_text()  # its run was not stopped
