@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +121,7 @@ class DataCache:
         """
         path = self.path(ref)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _flock(path.with_name(path.name + ".lock")):
+        with _flock(partial.lock_path(path)):
             if self._trusted(path, ref):
                 return str(path), 0
             if path.exists() and self._check_or_discard(path, ref):
@@ -155,7 +156,7 @@ class DataCache:
         the trials training streams meanwhile are kept and not fetched again."""
         path = self.path(ref)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _flock(path.with_name(path.name + ".lock")):
+        with _flock(partial.lock_path(path)):
             if not self._trusted(path, ref) and not path.exists():
                 partial.start(path, ref.size)
 
@@ -192,11 +193,12 @@ def partial_getter(ref: FileRef):
     bucket, key = ref.bucket_key
     client = s3_client()
 
-    def get_range(offset: int, length: int) -> bytes:
+    def get_range(offset: int, length: int) -> Iterator[bytes]:
         resp = client.get_object(
             Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}", IfMatch=f'"{ref.version}"'
         )
-        return resp["Body"].read()
+        # In chunks as they arrive, so readers waiting for the piece see it grow (ml.data.partial).
+        yield from resp["Body"].iter_chunks(partial.CHUNK)
 
     return get_range
 

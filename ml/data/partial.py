@@ -9,7 +9,12 @@ Two writers fill it, so no byte is fetched from S3 twice:
   bytes into the partial file too (``record``), and the prefetcher then skips that range.
 
 And any process reads a range that is already in (``read``) instead of asking S3 again, or waits
-a little for one the prefetcher has claimed (``.claims``) and is fetching right now.
+for one the prefetcher has claimed (``.claims``) and is fetching right now: a second GET for bytes
+already in flight would only split the same bandwidth. The prefetcher writes and logs each piece
+as it arrives, CHUNK bytes at a time, so a reader sees the piece grow. It waits as long as the piece
+grows; it streams the range itself only when no byte has arrived in the piece for STALL_S, or the
+prefetcher is gone (it holds the file's ``.lock`` flock while it fetches, and the kernel releases
+that when the process dies, however it dies), so a reader never hangs on a dead or stuck fetch.
 
 Each range is written first and logged after, so a logged range is always whole. Writers of
 trials hold the ``.fill`` lock shared; the prefetcher takes it exclusive to check the ETag and
@@ -23,7 +28,7 @@ import fcntl
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,9 +51,19 @@ def claims_path(copy: Path) -> Path:
     return copy.with_name(copy.name + ".claims")
 
 
-# How long a reader waits for a piece the prefetcher is already fetching, rather than fetching the
-# same bytes again. A 16 MiB piece takes well under a second at instance bandwidth.
-WAIT_S = 10.0
+def lock_path(copy: Path) -> Path:
+    """The file's download lock: the prefetcher holds it (flock, exclusive) while it fetches."""
+    return copy.with_name(copy.name + ".lock")
+
+
+# The prefetcher writes and logs a piece in chunks of this size as they arrive: what a waiting
+# reader sees as progress. 1 MiB: a 16 MiB piece logs 16 records of 16 bytes.
+CHUNK = 1024 * 1024
+# A reader waits for a claimed piece while bytes keep arriving in it; after this long without one
+# (a stuck connection: botocore's own read timeout is 60 s) it fetches its range itself. At
+# instance bandwidth a 1 MiB chunk takes milliseconds; on a loaded stand-in, about a second.
+STALL_S = 20.0
+POLL_S = 0.02
 
 
 @contextmanager
@@ -97,26 +112,71 @@ def gaps(spans: list[tuple[int, int]], size: int, chunk: int, begin: int = 0) ->
     return out
 
 
-def read(copy: Path, offset: int, size: int, wait_s: float = WAIT_S) -> bytes | None:
-    """The range from the partial file if it is already in, or arrives within ``wait_s`` because
-    the prefetcher is fetching it; else None (the caller streams it)."""
-    if not covered(written(copy), offset, size):
-        if not covered(written(copy, claims_path), offset, size):
-            return None
-        deadline = time.monotonic() + wait_s
-        while not covered(written(copy), offset, size):
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(0.02)
+def read(copy: Path, offset: int, size: int, stall_s: float | None = None) -> bytes | None:
+    """The range from the partial file if it is already in, or once it arrives because the
+    prefetcher is fetching it; None (the caller streams it) when it is neither in nor claimed, or
+    its piece has stalled for ``stall_s`` (default STALL_S), or the prefetcher is gone."""
     try:
+        # Opened first: if the prefetcher completes the file and renames it meanwhile, this
+        # descriptor still reads the same (now checked) bytes.
         fd = os.open(partial_path(copy), os.O_RDONLY)
     except FileNotFoundError:
-        return None  # renamed into place (or dropped) meanwhile: the caller asks again
+        return None  # not being filled (or renamed into place meanwhile: the caller asks again)
     try:
+        if not _arrived(copy, fd, offset, size, STALL_S if stall_s is None else stall_s):
+            return None
         data = os.pread(fd, size, offset)
     finally:
         os.close(fd)
     return data if len(data) == size else None
+
+
+def _arrived(copy: Path, fd: int, offset: int, size: int, stall_s: float) -> bool:
+    """Wait for the range while its claimed piece makes progress: True once it is in."""
+    progress, since = -1, time.monotonic()
+    while True:
+        spans = written(copy)
+        if covered(spans, offset, size) or _sealed(copy, fd):
+            return True
+        claim = next(
+            ((s, e) for s, e in written(copy, claims_path) if s <= offset and offset + size <= e), None
+        )
+        if claim is None:
+            return False  # nobody is fetching it (or the fetch failed and dropped its claims)
+        arrived = sum(max(0, min(e, claim[1]) - max(s, claim[0])) for s, e in spans)
+        now = time.monotonic()
+        if arrived != progress:
+            progress, since = arrived, now
+        elif now - since > stall_s:
+            return False  # stalled: stream it rather than wait on a stuck connection
+        if not fetcher_alive(copy):
+            return _sealed(copy, fd) or covered(written(copy), offset, size)
+        time.sleep(POLL_S)
+
+
+def _sealed(copy: Path, fd: int) -> bool:
+    """Whether the partial file open on ``fd`` has been checked and renamed into place."""
+    try:
+        a, b = os.stat(copy), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+
+
+def fetcher_alive(copy: Path) -> bool:
+    """Whether some process holds the file's download lock (so its claims are live). A shared,
+    non-blocking try: taken means nobody holds it, and it is let go at once."""
+    try:
+        fd = os.open(lock_path(copy), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
 
 
 def record(copy: Path, offset: int, data: bytes) -> None:
@@ -165,11 +225,12 @@ def drop(copy: Path) -> None:
 def fill(
     copy: Path,
     size: int,
-    get_range: Callable[[int, int], bytes],
+    get_range: Callable[[int, int], Iterable[bytes]],
     on_bytes: Callable[[int], None] | None = None,
     concurrency: int = s3parts.CONCURRENCY,
 ) -> int:
-    """Fetch every gap of the partial file with ``get_range(offset, length)``; the bytes fetched."""
+    """Fetch every gap of the partial file with ``get_range(offset, length)`` (the range's bytes,
+    in chunks as they arrive); the bytes fetched. The caller holds the file's lock."""
     fd = os.open(partial_path(copy), os.O_WRONLY)
 
     def one(piece: tuple[int, int]) -> int:
@@ -178,13 +239,17 @@ def fill(
         fetched = 0
         for offset, length in gaps(written(copy), end, end - begin, begin):
             _log(copy, offset, length, claims_path)  # readers wait for it instead of fetching it too
-            data = get_range(offset, length)
-            if len(data) != length:
-                raise OSError(f"short read at byte {offset}: {len(data)} of {length}")
-            os.pwrite(fd, data, offset)
-            _log(copy, offset, length)
-            if on_bytes:
-                on_bytes(length)
+            pos = offset
+            for data in get_range(offset, length):
+                if pos + len(data) > offset + length:
+                    raise OSError(f"long read at byte {offset}: more than {length} bytes")
+                os.pwrite(fd, data, pos)
+                _log(copy, pos, len(data))  # a waiting reader sees the piece grow
+                pos += len(data)
+                if on_bytes:
+                    on_bytes(len(data))
+            if pos != offset + length:
+                raise OSError(f"short read at byte {offset}: {pos - offset} of {length}")
             fetched += length
         return fetched
 

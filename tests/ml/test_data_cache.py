@@ -378,27 +378,3 @@ def test_gaps_and_coverage():
     assert partial.gaps([], 5, 8) == [(0, 5)] and partial.gaps([(0, 5)], 5, 8) == []
     assert partial.gaps(spans, 36, 100, begin=5) == [(10, 20)]  # within one piece
     assert partial.covered(spans, 2, 8) and not partial.covered(spans, 8, 4)
-
-
-def test_a_reader_waits_for_a_piece_the_prefetcher_is_fetching(tmp_path):
-    """A range the prefetcher has claimed is awaited (briefly), not fetched a second time."""
-    import threading
-
-    from ml.data import partial
-
-    copy = tmp_path / "f.hdf5.etag-100"
-    partial.start(copy, 100)
-    partial._log(copy, 0, 64, partial.claims_path)  # as fill() does before its GET
-
-    def arrives() -> None:
-        time.sleep(0.3)
-        with open(partial.partial_path(copy), "r+b") as f:
-            f.seek(0)
-            f.write(bytes(range(64)))
-        partial._log(copy, 0, 64)
-
-    threading.Thread(target=arrives).start()
-    assert partial.read(copy, 8, 16) == bytes(range(8, 24))
-    assert partial.read(copy, 70, 10) is None  # neither in nor claimed: the caller streams it
-    partial._log(copy, 64, 36, partial.claims_path)
-    assert partial.read(copy, 70, 10, wait_s=0.1) is None  # claimed but late: stream after the wait
