@@ -139,6 +139,7 @@ class DataCache:
                     os.replace(staged, path)
                     partial.ranges_path(path).unlink(missing_ok=True)
                     partial.claims_path(path).unlink(missing_ok=True)
+                    partial.streams_path(path).unlink(missing_ok=True)
                 self._seal(path, ref)
             except _Mismatch:
                 partial.drop(path)
@@ -158,7 +159,7 @@ class DataCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _flock(partial.lock_path(path)):
             if not self._trusted(path, ref) and not path.exists():
-                partial.start(path, ref.size)
+                partial.start(path, ref.size, new_run=True)
 
     def drop_partial(self, ref: FileRef) -> None:
         try:
@@ -169,6 +170,10 @@ class DataCache:
     def read_partial(self, ref: FileRef, offset: int, size: int) -> bytes | None:
         """A range of a file still being fetched, if it is already in the partial copy."""
         return partial.read(self.path(ref), offset, size)
+
+    def streaming(self, ref: FileRef, offset: int, size: int) -> None:
+        """About to GET this range of a file still being fetched: the prefetch leaves it to us."""
+        partial.streaming(self.path(ref), offset, size)
 
     def record(self, ref: FileRef, offset: int, data: bytes) -> None:
         """A range streamed from S3: into the partial copy, so the prefetch need not fetch it."""

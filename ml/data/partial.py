@@ -6,7 +6,10 @@ Two writers fill it, so no byte is fetched from S3 twice:
 - the prefetcher (holding the file's lock) fetches the gaps, in ranged GETs of at most
   s3parts.PART_SIZE, several at once;
 - a training process that streams a trial from S3 before the file is complete writes the trial's
-  bytes into the partial file too (``record``), and the prefetcher then skips that range.
+  bytes into the partial file too (``record``), and the prefetcher then skips that range. It logs
+  the range in ``.streams`` before its GET (``streaming``): a piece the prefetcher starts meanwhile
+  leaves that range to it, waits for it to land (a trial's GET), and fetches it only if it does not
+  arrive within STALL_S (the reader failed or died).
 
 And any process reads a range that is already in (``read``) instead of asking S3 again, or waits
 for one the prefetcher has claimed (``.claims``) and is fetching right now: a second GET for bytes
@@ -51,6 +54,11 @@ def claims_path(copy: Path) -> Path:
     return copy.with_name(copy.name + ".claims")
 
 
+def streams_path(copy: Path) -> Path:
+    """The ranges training processes are streaming right now (logged before each GET)."""
+    return copy.with_name(copy.name + ".streams")
+
+
 def lock_path(copy: Path) -> Path:
     """The file's download lock: the prefetcher holds it (flock, exclusive) while it fetches."""
     return copy.with_name(copy.name + ".lock")
@@ -83,16 +91,25 @@ def written(copy: Path, log: Callable[[Path], Path] = ranges_path) -> list[tuple
         raw = log(copy).read_bytes()
     except FileNotFoundError:
         return []
-    spans = sorted(
-        (off, off + n) for off, n in _RECORD.iter_unpack(raw[: len(raw) - len(raw) % _RECORD.size])
+    return merge(
+        [(off, off + n) for off, n in _RECORD.iter_unpack(raw[: len(raw) - len(raw) % _RECORD.size])]
     )
+
+
+def merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(start, end) spans, sorted and merged where they touch or overlap."""
     merged: list[tuple[int, int]] = []
-    for start, end in spans:
+    for start, end in sorted(spans):
         if merged and start <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(merged[-1][1], end))
         else:
             merged.append((start, end))
     return merged
+
+
+def inside(spans: list[tuple[int, int]], begin: int, end: int) -> int:
+    """How many bytes of [begin, end) the (merged) spans hold."""
+    return sum(max(0, min(e, end) - max(s, begin)) for s, e in spans)
 
 
 def covered(spans: list[tuple[int, int]], offset: int, size: int) -> bool:
@@ -143,7 +160,7 @@ def _arrived(copy: Path, fd: int, offset: int, size: int, stall_s: float) -> boo
         )
         if claim is None:
             return False  # nobody is fetching it (or the fetch failed and dropped its claims)
-        arrived = sum(max(0, min(e, claim[1]) - max(s, claim[0])) for s, e in spans)
+        arrived = inside(spans, *claim)
         now = time.monotonic()
         if arrived != progress:
             progress, since = arrived, now
@@ -151,6 +168,19 @@ def _arrived(copy: Path, fd: int, offset: int, size: int, stall_s: float) -> boo
             return False  # stalled: stream it rather than wait on a stuck connection
         if not fetcher_alive(copy):
             return _sealed(copy, fd) or covered(written(copy), offset, size)
+        time.sleep(POLL_S)
+
+
+def _await_streams(copy: Path, begin: int, end: int) -> None:
+    """Wait while the ranges training is streaming into [begin, end) keep landing; return when
+    all are in or none has landed for STALL_S (a reader that failed or died)."""
+    progress, since = -1, time.monotonic()
+    while gaps(spans := written(copy), end, end - begin, begin):
+        arrived, now = inside(spans, begin, end), time.monotonic()
+        if arrived != progress:
+            progress, since = arrived, now
+        elif now - since > STALL_S:
+            return
         time.sleep(POLL_S)
 
 
@@ -197,6 +227,17 @@ def record(copy: Path, offset: int, data: bytes) -> None:
         pass
 
 
+def streaming(copy: Path, offset: int, length: int) -> None:
+    """A training process is about to GET this range of a file being filled: the prefetcher leaves
+    it to that GET (``record`` then writes it in). Best effort, like ``record``."""
+    if not partial_path(copy).exists():
+        return
+    try:
+        _log(copy, offset, length, streams_path)
+    except OSError:
+        pass
+
+
 def _log(copy: Path, offset: int, length: int, log: Callable[[Path], Path] = ranges_path) -> None:
     fd = os.open(log(copy), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -205,20 +246,25 @@ def _log(copy: Path, offset: int, length: int, log: Callable[[Path], Path] = ran
         os.close(fd)
 
 
-def start(copy: Path, size: int) -> None:
-    """Create the sparse partial file (or keep a crash's leftover of the right size, to resume it)."""
+def start(copy: Path, size: int, new_run: bool = False) -> None:
+    """Create the sparse partial file (or keep a crash's leftover of the right size, to resume it).
+    ``new_run``: the run's prefetch is beginning, so the streams logged before are a dead run's;
+    later (the prefetch reaching the file) training may be streaming into it, and they are kept."""
     partial = partial_path(copy)
     claims_path(copy).write_bytes(b"")  # whoever claimed pieces before is gone: we hold the lock
     if partial.exists() and partial.stat().st_size == size and ranges_path(copy).exists():
+        if new_run:
+            streams_path(copy).write_bytes(b"")
         return
     with open(partial, "wb") as f:
         f.truncate(size)
     ranges_path(copy).write_bytes(b"")
+    streams_path(copy).write_bytes(b"")
 
 
 def drop(copy: Path) -> None:
     with fill_lock(copy, exclusive=True):
-        for path in (partial_path(copy), ranges_path(copy), claims_path(copy)):
+        for path in (partial_path(copy), ranges_path(copy), claims_path(copy), streams_path(copy)):
             path.unlink(missing_ok=True)
 
 
@@ -233,11 +279,9 @@ def fill(
     in chunks as they arrive); the bytes fetched. The caller holds the file's lock."""
     fd = os.open(partial_path(copy), os.O_WRONLY)
 
-    def one(piece: tuple[int, int]) -> int:
-        # Only what training has not streamed into the piece meanwhile (often all of it).
-        begin, end = piece[0], piece[0] + piece[1]
+    def fetch(spans: list[tuple[int, int]], begin: int, end: int) -> int:
         fetched = 0
-        for offset, length in gaps(written(copy), end, end - begin, begin):
+        for offset, length in gaps(spans, end, end - begin, begin):
             _log(copy, offset, length, claims_path)  # readers wait for it instead of fetching it too
             pos = offset
             for data in get_range(offset, length):
@@ -251,6 +295,15 @@ def fill(
             if pos != offset + length:
                 raise OSError(f"short read at byte {offset}: {pos - offset} of {length}")
             fetched += length
+        return fetched
+
+    def one(piece: tuple[int, int]) -> int:
+        # Only what training has not streamed into the piece, nor is streaming now (often all of it).
+        begin, end = piece[0], piece[0] + piece[1]
+        fetched = fetch(merge(written(copy) + written(copy, streams_path)), begin, end)
+        if gaps(written(copy), end, end - begin, begin):
+            _await_streams(copy, begin, end)
+            fetched += fetch(written(copy), begin, end)  # what training's GETs did not bring
         return fetched
 
     try:

@@ -15,14 +15,18 @@ from ml.data.storage import S3_ERRORS, FileRef, cached_h5, read_failure, read_ra
 def read_trial(ref: FileRef, index: TrialIndex, i: int, cache: DataCache | None = None) -> np.ndarray:
     """Trial ``i``'s input_features as a (time, features) float32 array. For an S3 file still
     being fetched into ``cache``: from the partial copy when the trial is already in, else one
-    ranged GET whose bytes then go into the partial copy (so they are never fetched twice)."""
+    ranged GET, announced to the prefetch before and written into the partial copy after (so its
+    bytes are never fetched twice)."""
     rows, n_features = int(index.rows[i]), index.n_features
     if index.offsets[i] >= 0:
         offset, size = int(index.offsets[i]), int(index.nbytes[i])
-        raw = cache.read_partial(ref, offset, size) if cache is not None and ref.is_s3 else None
+        partly = cache is not None and ref.is_s3
+        raw = cache.read_partial(ref, offset, size) if partly else None
         if raw is None:
+            if partly:
+                cache.streaming(ref, offset, size)
             raw = read_range(ref, offset, size)
-            if cache is not None and ref.is_s3:
+            if partly:
                 cache.record(ref, offset, raw)
         x = np.frombuffer(raw, dtype=np.dtype(index.dtype)).reshape(rows, n_features)
     else:

@@ -178,3 +178,52 @@ def test_a_claimed_piece_is_awaited_while_it_grows_and_its_fetcher_holds_the_loc
     os.close(lock)  # the fetcher is gone
     t = time.monotonic()
     assert partial.read(copy, 70, 10, stall_s=60) is None and time.monotonic() - t < 5
+
+
+def test_a_trial_training_is_streaming_when_the_prefetch_reaches_it_is_not_fetched_twice(one_file, s3_proxy):
+    """The other order: training's GET of a trial is under way when the prefetcher starts the
+    piece around it. The piece leaves the trial to that GET and waits for it to land."""
+    one_file.cache.open_partial(one_file.ref)  # the prefetch has begun, not yet on this file
+    s3_proxy.latency_s = 1.0  # every GET takes a second: the two overlap
+    s3_proxy.reset()
+    got: dict = {}
+    reader = threading.Thread(
+        target=lambda: got.update(
+            x=read_trials(
+                one_file.src.refs, one_file.src.indices, [(one_file.f, one_file.trial)], 1, one_file.cache
+            )[0]
+        )
+    )
+    reader.start()
+    wait_until(lambda: partial.written(one_file.copy, partial.streams_path))  # its GET is under way
+    fetcher = one_file.start_fetch()
+    fetcher.join(60)
+    reader.join(60)
+    assert fetcher.exitcode == 0 and np.array_equal(got["x"], one_file.want)
+    # The trial's bytes came once, with the training GET; the prefetch fetched the rest around it.
+    assert s3_proxy.bytes_out == one_file.ref.size
+    assert Path(one_file.cache.ready(one_file.ref)).read_bytes() == Path(one_file.local_path).read_bytes()
+
+
+def _announce_and_die(ref, root: str, offset: int, size: int) -> None:
+    cache.DataCache(root).streaming(ref, offset, size)
+    os._exit(1)  # a reader killed before its GET came back: nothing will land
+
+
+def test_a_stream_that_never_lands_is_fetched_by_the_prefetch_after_the_stall_bound(
+    one_file, s3_proxy, monkeypatch
+):
+    monkeypatch.setattr(partial, "STALL_S", 1.0)
+    one_file.cache.open_partial(one_file.ref)
+    reader = multiprocessing.get_context("fork").Process(
+        target=_announce_and_die, args=(one_file.ref, one_file.cache.root, *one_file.span)
+    )
+    reader.start()
+    reader.join(30)
+    assert partial.written(one_file.copy, partial.streams_path) == [(one_file.span[0], sum(one_file.span))]
+    s3_proxy.reset()
+    t = time.monotonic()
+    path, fetched = one_file.cache.fetch(one_file.ref)
+    assert partial.STALL_S <= time.monotonic() - t < 15
+    assert fetched == one_file.ref.size == s3_proxy.bytes_out
+    assert Path(path).read_bytes() == Path(one_file.local_path).read_bytes()
