@@ -227,3 +227,24 @@ def test_a_stream_that_never_lands_is_fetched_by_the_prefetch_after_the_stall_bo
     assert partial.STALL_S <= time.monotonic() - t < 15
     assert fetched == one_file.ref.size == s3_proxy.bytes_out
     assert Path(path).read_bytes() == Path(one_file.local_path).read_bytes()
+
+
+def test_a_whole_run_reads_each_byte_about_once(synthetic_data, s3_proxy, aws_env, tmp_path):
+    """Training streams from its first batch while the prefetch copies the files: the partial
+    copies are open before the loader is handed over, so whatever training streams is kept, and
+    over the run each byte leaves S3 about once (the goal: at most 1.05x the files)."""
+    from ml.data import build_train_loader
+    from tests.ml.test_data_cache import upload
+
+    upload(aws_env, synthetic_data)
+    build_train_loader(s3_cfg(tmp_path, cache_dir=None))  # indexes cached: the prefetch copies
+    s3_proxy.latency_s = 0.2  # training's first reads overlap the prefetch
+    s3_proxy.reset()
+    loader = build_train_loader(s3_cfg(tmp_path, num_dataloader_workers=2), say=lambda _: None)
+    data_cache, refs = loader.prefetcher.cache, loader.prefetcher.refs
+    assert all(partial.partial_path(data_cache.path(r)).exists() for r in refs)
+    batches = list(loader)
+    assert loader.prefetcher.join(60) and loader.prefetcher.fetched_files == len(refs)
+    run_bytes = sum(r.size for r in refs)
+    assert s3_proxy.bytes_out <= 1.05 * run_bytes + 100_000  # + the LIST
+    assert len(batches) == 4
