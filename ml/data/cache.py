@@ -167,9 +167,10 @@ class DataCache:
         except OSError:
             pass  # best effort: the next fetch of the file starts it afresh
 
-    def read_partial(self, ref: FileRef, offset: int, size: int) -> bytes | None:
-        """A range of a file still being fetched, if it is already in the partial copy."""
-        return partial.read(self.path(ref), offset, size)
+    def read_partial(self, ref: FileRef, offset: int, size: int, fetch=None) -> bytes | None:
+        """A range of a file still being fetched, if it is already in the partial copy or arrives
+        (ml.data.partial.read; ``fetch``: a ranged GET for the parts nobody is fetching)."""
+        return partial.read(self.path(ref), offset, size, fetch=fetch)
 
     def streaming(self, ref: FileRef, offset: int, size: int) -> None:
         """About to GET this range of a file still being fetched: the prefetch leaves it to us."""

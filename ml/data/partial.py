@@ -129,10 +129,20 @@ def gaps(spans: list[tuple[int, int]], size: int, chunk: int, begin: int = 0) ->
     return out
 
 
-def read(copy: Path, offset: int, size: int, stall_s: float | None = None) -> bytes | None:
+def read(
+    copy: Path,
+    offset: int,
+    size: int,
+    stall_s: float | None = None,
+    fetch: Callable[[int, int], bytes] | None = None,
+) -> bytes | None:
     """The range from the partial file if it is already in, or once it arrives because the
     prefetcher is fetching it; None (the caller streams it) when it is neither in nor claimed, or
-    its piece has stalled for ``stall_s`` (default STALL_S), or the prefetcher is gone."""
+    its piece has stalled for ``stall_s`` (default STALL_S), or the prefetcher is gone.
+
+    With ``fetch(offset, length)`` (a ranged GET), the parts of the range that are neither in nor
+    claimed are fetched with it and written in first, the rest awaited: a trial that straddles a
+    piece in flight and one not started costs only its missing part."""
     try:
         # Opened first: if the prefetcher completes the file and renames it meanwhile, this
         # descriptor still reads the same (now checked) bytes.
@@ -140,6 +150,16 @@ def read(copy: Path, offset: int, size: int, stall_s: float | None = None) -> by
     except FileNotFoundError:
         return None  # not being filled (or renamed into place meanwhile: the caller asks again)
     try:
+        if fetch is not None and not _sealed(copy, fd):
+            known = merge(written(copy) + written(copy, claims_path))
+            missing = gaps(known, offset + size, size, offset)
+            for part_offset, length in missing:
+                streaming(copy, part_offset, length)  # the prefetch leaves it to this GET
+                data = fetch(part_offset, length)
+                if missing == [(offset, size)]:
+                    record(copy, offset, data)
+                    return data  # all of it came with this GET: nothing to wait for
+                record(copy, part_offset, data)
         if not _arrived(copy, fd, offset, size, STALL_S if stall_s is None else stall_s):
             return None
         data = os.pread(fd, size, offset)
@@ -149,18 +169,19 @@ def read(copy: Path, offset: int, size: int, stall_s: float | None = None) -> by
 
 
 def _arrived(copy: Path, fd: int, offset: int, size: int, stall_s: float) -> bool:
-    """Wait for the range while its claimed piece makes progress: True once it is in."""
+    """Wait for the range while the pieces claimed for what it lacks make progress: True once it
+    is all in."""
+    end = offset + size
     progress, since = -1, time.monotonic()
     while True:
         spans = written(copy)
-        if covered(spans, offset, size) or _sealed(copy, fd):
+        lacking = gaps(spans, end, size, offset)
+        if not lacking or _sealed(copy, fd):
             return True
-        claim = next(
-            ((s, e) for s, e in written(copy, claims_path) if s <= offset and offset + size <= e), None
-        )
-        if claim is None:
+        claims = [(s, e) for s, e in written(copy, claims_path) if s < end and offset < e]
+        if not all(covered(claims, o, n) for o, n in lacking):
             return False  # nobody is fetching it (or the fetch failed and dropped its claims)
-        arrived = inside(spans, *claim)
+        arrived = sum(inside(spans, s, e) for s, e in claims)
         now = time.monotonic()
         if arrived != progress:
             progress, since = arrived, now

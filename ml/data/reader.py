@@ -5,6 +5,8 @@ S3)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from ml.data.cache import DataCache
@@ -14,14 +16,14 @@ from ml.data.storage import S3_ERRORS, FileRef, cached_h5, read_failure, read_ra
 
 def read_trial(ref: FileRef, index: TrialIndex, i: int, cache: DataCache | None = None) -> np.ndarray:
     """Trial ``i``'s input_features as a (time, features) float32 array. For an S3 file still
-    being fetched into ``cache``: from the partial copy when the trial is already in, else one
-    ranged GET, announced to the prefetch before and written into the partial copy after (so its
-    bytes are never fetched twice)."""
+    being fetched into ``cache``: from the partial copy when the trial is already in or the
+    prefetch is bringing it; what nobody is fetching, with a ranged GET announced to the prefetch
+    before and written into the partial copy after (so its bytes are never fetched twice)."""
     rows, n_features = int(index.rows[i]), index.n_features
     if index.offsets[i] >= 0:
         offset, size = int(index.offsets[i]), int(index.nbytes[i])
         partly = cache is not None and ref.is_s3
-        raw = cache.read_partial(ref, offset, size) if partly else None
+        raw = cache.read_partial(ref, offset, size, partial(read_range, ref)) if partly else None
         if raw is None:
             if partly:
                 cache.streaming(ref, offset, size)

@@ -248,3 +248,30 @@ def test_a_whole_run_reads_each_byte_about_once(synthetic_data, s3_proxy, aws_en
     run_bytes = sum(r.size for r in refs)
     assert s3_proxy.bytes_out <= 1.05 * run_bytes + 100_000  # + the LIST
     assert len(batches) == 4
+
+
+def test_a_range_straddling_a_claimed_piece_fetches_only_its_unclaimed_part(tmp_path):
+    """A trial across the end of a piece in flight and into one nobody has started: the reader
+    GETs the part nobody is fetching (announced, then written in) and waits for the rest."""
+    copy = tmp_path / "f.hdf5.etag-100"
+    partial.start(copy, 100)
+    lock = os.open(partial.lock_path(copy), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    partial._log(copy, 0, 64, partial.claims_path)
+    asked: list[tuple[int, int]] = []
+
+    def get(offset: int, length: int) -> bytes:  # the reader's ranged GET
+        asked.append((offset, length))
+        return bytes(range(offset, offset + length))
+
+    def arrives() -> None:
+        wait_until(lambda: asked)
+        with open(partial.partial_path(copy), "r+b") as f:
+            f.write(bytes(range(64)))
+        partial._log(copy, 0, 64)
+
+    threading.Thread(target=arrives).start()
+    assert partial.read(copy, 40, 40, stall_s=30, fetch=get) == bytes(range(40, 80))
+    assert asked == [(64, 16)]
+    assert partial.written(copy, partial.streams_path) == [(64, 80)]
+    os.close(lock)
