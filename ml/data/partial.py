@@ -9,7 +9,7 @@ Two writers fill it, so no byte is fetched from S3 twice:
   bytes into the partial file too (``record``), and the prefetcher then skips that range. It logs
   the range in ``.streams`` before its GET (``streaming``): a piece the prefetcher starts meanwhile
   leaves that range to it, waits for it to land (a trial's GET), and fetches it only if it does not
-  arrive within STALL_S (the reader failed or died).
+  arrive within STALL_S (the reader failed or died); another reader wanting it waits for it too.
 
 And any process reads a range that is already in (``read``) instead of asking S3 again, or waits
 for one the prefetcher has claimed (``.claims``) and is fetching right now: a second GET for bytes
@@ -151,7 +151,8 @@ def read(
         return None  # not being filled (or renamed into place meanwhile: the caller asks again)
     try:
         if fetch is not None and not _sealed(copy, fd):
-            known = merge(written(copy) + written(copy, claims_path))
+            # Neither in, nor being fetched by the prefetch or another reader.
+            known = merge(written(copy) + written(copy, claims_path) + written(copy, streams_path))
             missing = gaps(known, offset + size, size, offset)
             for part_offset, length in missing:
                 streaming(copy, part_offset, length)  # the prefetch leaves it to this GET
@@ -169,8 +170,8 @@ def read(
 
 
 def _arrived(copy: Path, fd: int, offset: int, size: int, stall_s: float) -> bool:
-    """Wait for the range while the pieces claimed for what it lacks make progress: True once it
-    is all in."""
+    """Wait for the range while what it lacks is being fetched (pieces the prefetcher claimed,
+    ranges other readers are streaming) and bytes keep arriving: True once it is all in."""
     end = offset + size
     progress, since = -1, time.monotonic()
     while True:
@@ -179,15 +180,18 @@ def _arrived(copy: Path, fd: int, offset: int, size: int, stall_s: float) -> boo
         if not lacking or _sealed(copy, fd):
             return True
         claims = [(s, e) for s, e in written(copy, claims_path) if s < end and offset < e]
-        if not all(covered(claims, o, n) for o, n in lacking):
+        streams = [(s, e) for s, e in written(copy, streams_path) if s < end and offset < e]
+        awaited = merge(claims + streams)
+        if not all(covered(awaited, o, n) for o, n in lacking):
             return False  # nobody is fetching it (or the fetch failed and dropped its claims)
-        arrived = sum(inside(spans, s, e) for s, e in claims)
+        arrived = sum(inside(spans, s, e) for s, e in awaited)
         now = time.monotonic()
         if arrived != progress:
             progress, since = arrived, now
         elif now - since > stall_s:
             return False  # stalled: stream it rather than wait on a stuck connection
-        if not fetcher_alive(copy):
+        on_prefetch = not all(covered(streams, o, n) for o, n in lacking)
+        if on_prefetch and not fetcher_alive(copy):
             return _sealed(copy, fd) or covered(written(copy), offset, size)
         time.sleep(POLL_S)
 

@@ -55,7 +55,14 @@ def read_trials(
                 local = cache.ready(refs[f])
                 if local:
                     refs[f] = FileRef(local, refs[f].size, refs[f].version)
-    ranged_s3 = [k for k, (f, i) in enumerate(wanted) if refs[f].is_s3 and indices[f].offsets[i] >= 0]
+    # A trial drawn twice in one batch is read once (on S3: one GET, not two at the same time).
+    first: dict[tuple[int, int], int] = {}
+    for k, key in enumerate(wanted):
+        first.setdefault(key, k)
+    unique = sorted(first.values())
+    ranged_s3 = [
+        k for k in unique if refs[wanted[k][0]].is_s3 and indices[wanted[k][0]].offsets[wanted[k][1]] >= 0
+    ]
     out: list[np.ndarray | None] = [None] * len(wanted)
     if len(ranged_s3) > 1 and max_concurrency > 1:
         pool = thread_pool(max_concurrency)
@@ -66,7 +73,11 @@ def read_trials(
         for k, fut in futures.items():
             out[k] = fut.result()
     # h5py serialises all calls behind one lock, so the fallback (and local preads) run in order.
-    for k, (f, i) in enumerate(wanted):
+    for k in unique:
         if out[k] is None:
+            f, i = wanted[k]
             out[k] = read_trial(refs[f], indices[f], i, cache)
+    for k, key in enumerate(wanted):
+        if out[k] is None:
+            out[k] = out[first[key]].copy()  # its own array: a batch's rows never alias
     return out  # type: ignore[return-value]

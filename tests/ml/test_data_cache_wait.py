@@ -275,3 +275,37 @@ def test_a_range_straddling_a_claimed_piece_fetches_only_its_unclaimed_part(tmp_
     assert asked == [(64, 16)]
     assert partial.written(copy, partial.streams_path) == [(64, 80)]
     os.close(lock)
+
+
+def test_a_range_another_reader_is_streaming_is_awaited_not_fetched_again(tmp_path):
+    """Two readers (DataLoader workers) want the same trial at once: the second waits for the
+    first one's GET to land, and streams it itself only if it never does."""
+    copy = tmp_path / "f.hdf5.etag-100"
+    partial.start(copy, 100)
+    partial.streaming(copy, 10, 20)  # the first reader's GET is under way
+    asked: list[tuple[int, int]] = []
+
+    def get(offset: int, length: int) -> bytes:
+        asked.append((offset, length))
+        return bytes(range(offset, offset + length))
+
+    def lands() -> None:
+        time.sleep(0.3)
+        partial.record(copy, 10, bytes(range(10, 30)))
+
+    threading.Thread(target=lands).start()
+    assert partial.read(copy, 12, 8, stall_s=30, fetch=get) == bytes(range(12, 20)) and asked == []
+    partial.streaming(copy, 40, 20)  # a reader that died before its GET came back
+    t = time.monotonic()
+    assert partial.read(copy, 45, 5, stall_s=0.5, fetch=get) is None  # the caller streams it
+    assert 0.5 <= time.monotonic() - t < 10 and asked == []
+
+
+def test_a_trial_drawn_twice_in_a_batch_is_read_once(one_file, s3_proxy):
+    s3_proxy.reset()
+    f, t = one_file.f, one_file.trial
+    other = (t + 1) % len(one_file.index.offsets)
+    got = read_trials(one_file.src.refs, one_file.src.indices, [(f, t), (f, other), (f, t)], 4)
+    assert s3_proxy.ranged_gets == 2
+    assert np.array_equal(got[0], one_file.want) and np.array_equal(got[2], one_file.want)
+    assert got[0] is not got[2]
