@@ -6,10 +6,13 @@ Two writers fill it, so no byte is fetched from S3 twice:
 - the prefetcher (holding the file's lock) fetches the gaps, in ranged GETs of at most
   s3parts.PART_SIZE, several at once;
 - a training process that streams a trial from S3 before the file is complete writes the trial's
-  bytes into the partial file too (``record``), and the prefetcher then skips that range. It logs
-  the range in ``.streams`` before its GET (``streaming``): a piece the prefetcher starts meanwhile
-  leaves that range to it, waits for it to land (a trial's GET), and fetches it only if it does not
-  arrive within STALL_S (the reader failed or died); another reader wanting it waits for it too.
+  bytes into the partial file too (``record``), and the prefetcher then skips that range.
+
+Who fetches what is decided in one step under the ``.intent`` flock (``take``): a reader logs the
+parts of its range that nobody has or is fetching in ``.streams``, the prefetcher the parts of its
+piece in ``.claims``, so two processes never both decide to fetch the same bytes. A piece leaves
+what training is streaming to training's GET, waits for it to land, and fetches it only if it does
+not arrive within STALL_S (the reader failed or died); another reader wanting it waits for it too.
 
 And any process reads a range that is already in (``read``) instead of asking S3 again, or waits
 for one the prefetcher has claimed (``.claims``) and is fetching right now: a second GET for bytes
@@ -84,6 +87,34 @@ def fill_lock(copy: Path, exclusive: bool):
         os.close(fd)
 
 
+@contextmanager
+def _deciding(copy: Path):
+    """Held (flock, exclusive, across processes) while a process looks at what is in or being
+    fetched and logs what it will fetch itself, so two never both decide to fetch the same bytes."""
+    fd = os.open(copy.with_name(copy.name + ".intent"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def take(
+    copy: Path, begin: int, end: int, chunk: int, log: Callable[[Path], Path], busy: bool = True
+) -> list[tuple[int, int]]:
+    """The parts of [begin, end) (at most ``chunk`` bytes each) that are not in and (``busy``)
+    not being fetched by anyone, logged in ``log`` (claims_path: the prefetcher; streams_path: a
+    reader) as this process's to fetch, in one step under the ``.intent`` lock."""
+    with _deciding(copy):
+        spans = written(copy)
+        if busy:
+            spans = merge(spans + written(copy, claims_path) + written(copy, streams_path))
+        parts = gaps(spans, end, chunk, begin)
+        for offset, length in parts:
+            _log(copy, offset, length, log)
+    return parts
+
+
 def written(copy: Path, log: Callable[[Path], Path] = ranges_path) -> list[tuple[int, int]]:
     """The merged (start, end) ranges logged for the partial file (or claimed, with
     ``log=claims_path``); [] when there is none."""
@@ -151,11 +182,9 @@ def read(
         return None  # not being filled (or renamed into place meanwhile: the caller asks again)
     try:
         if fetch is not None and not _sealed(copy, fd):
-            # Neither in, nor being fetched by the prefetch or another reader.
-            known = merge(written(copy) + written(copy, claims_path) + written(copy, streams_path))
-            missing = gaps(known, offset + size, size, offset)
+            # What is neither in nor being fetched by the prefetch or another reader is ours.
+            missing = take(copy, offset, offset + size, size, streams_path)
             for part_offset, length in missing:
-                streaming(copy, part_offset, length)  # the prefetch leaves it to this GET
                 data = fetch(part_offset, length)
                 if missing == [(offset, size)]:
                     record(copy, offset, data)
@@ -304,10 +333,9 @@ def fill(
     in chunks as they arrive); the bytes fetched. The caller holds the file's lock."""
     fd = os.open(partial_path(copy), os.O_WRONLY)
 
-    def fetch(spans: list[tuple[int, int]], begin: int, end: int) -> int:
+    def get(parts: list[tuple[int, int]]) -> int:
         fetched = 0
-        for offset, length in gaps(spans, end, end - begin, begin):
-            _log(copy, offset, length, claims_path)  # readers wait for it instead of fetching it too
+        for offset, length in parts:
             pos = offset
             for data in get_range(offset, length):
                 if pos + len(data) > offset + length:
@@ -323,12 +351,14 @@ def fill(
         return fetched
 
     def one(piece: tuple[int, int]) -> int:
-        # Only what training has not streamed into the piece, nor is streaming now (often all of it).
+        # Only what training has not streamed into the piece, nor is streaming now (often all
+        # of it), claimed first: readers wait for it instead of fetching it too.
         begin, end = piece[0], piece[0] + piece[1]
-        fetched = fetch(merge(written(copy) + written(copy, streams_path)), begin, end)
+        fetched = get(take(copy, begin, end, end - begin, claims_path))
         if gaps(written(copy), end, end - begin, begin):
             _await_streams(copy, begin, end)
-            fetched += fetch(written(copy), begin, end)  # what training's GETs did not bring
+            # What training's GETs did not bring (a reader that failed or died): ours now.
+            fetched += get(take(copy, begin, end, end - begin, claims_path, busy=False))
         return fetched
 
     try:
