@@ -145,6 +145,9 @@ ARGUMENTS: dict[str, ArgCheck] = {
     "rdzv_port": integer(Range(1, 65535, why="a TCP port"), 29500),
     "lines": integer(Range(1, 1_000_000), 200),
     "nodes": integer(Range(1, 64, why="machines in the cluster"), 2),
+    "node": integer(Range(0, 63, why="a node of the cluster, 0 first"), 1),
+    # Checked here, not on the machine: a bad --gpus must not cost an instance launch first.
+    "gpus": integer(Range(1, 64, why="trainer processes per machine, one per GPU"), 2),
     "max_recoveries": integer(Range(0, 100, why="replacement instances"), 3),
     # Floors keep a typo (1e-9) from polling AWS, the instance or IMDS in a tight loop.
     "poll": number(Range(0.1, 86400, why="seconds between looks at the instance"), 30),
@@ -170,6 +173,9 @@ ARGUMENTS: dict[str, ArgCheck] = {
     "src": one_line,
     "uri": one_line,
     "logdir": one_line,
+    "cwd": one_line,
+    "path": one_line,
+    "set_": one_line,
 }
 
 

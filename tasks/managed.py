@@ -13,7 +13,7 @@ from ec2 import doctor
 from ec2.cloud import s3scope
 from ec2.journey import Journey, Plan, reentry, report, stdin_asker
 from ec2.remote.rsync_version import local_rsync
-from ec2.remote.trainrun import TRAINER_SIGNAL, train_command
+from ec2.remote.trainrun import RDZV_PORT, TRAINER_SIGNAL, train_command
 from tasks.edge import aws_config, edge, machine_name
 from tasks.remote import DEFAULT_TRAIN_CONFIG, gpus_option
 
@@ -46,9 +46,12 @@ def run(
     config=None,
     set_=None,
     detach=False,
+    nodes=1,
+    rdzv_port=RDZV_PORT,
 ):
     """Managed run: launch, setup, sync, train; on interruption relaunch elsewhere and resume; summary.
-    --detach: hand it to an Auto Scaling group of one (needs checkpoint_dir in S3; `fab watch`)."""
+    --detach: hand it to an Auto Scaling group of one (needs checkpoint_dir in S3; `fab watch`).
+    --nodes N: a cluster (torchrun on every node; a lost node is replaced; checkpoint_dir in S3)."""
     from ml.config import load_train_config
 
     local_rsync().require()  # before an instance is paid for, not at its first sync
@@ -86,6 +89,10 @@ def run(
             )
         ),
     )
+    if int(nodes) > 1:
+        if detach:
+            raise ConfigError("--detach hands one instance to an Auto Scaling group; leave out --nodes")
+        return _run_nodes(cfg, name, plan, int(nodes), int(rdzv_port), dest, no_preflight, train_cfg)
     if detach:
         from ec2.journey.detach import require_s3
 
@@ -103,6 +110,31 @@ def run(
         return
     try:
         journey.run(picked)
+    finally:
+        if journey.h.attempts:
+            _say(report.summary(journey.h))
+            _say(f"run history: {journey.h.path}")
+
+
+def _run_nodes(cfg, name, plan, count, port, dest, no_preflight, train_cfg) -> None:
+    """`fab run --nodes N`: the cluster journey (ec2/journey/cluster_loop.py)."""
+    from ec2.journey.cluster_loop import ClusterJourney
+
+    journey = ClusterJourney(  # checks checkpoint_dir is in S3 before anything is launched
+        cfg,
+        name,
+        plan,
+        count,
+        rdzv_port=port,
+        out=_say,
+        ask=stdin_asker(),
+        outputs=Path(dest) if dest else None,
+    )
+    if not no_preflight:
+        needs = doctor.needs_for(cfg, train_cfg.dataset.dataset_dir, train_cfg.checkpoint_dir)
+        doctor.preflight(cfg, name, needs, out=_say)
+    try:
+        journey.run()
     finally:
         if journey.h.attempts:
             _say(report.summary(journey.h))

@@ -31,11 +31,12 @@ def test_every_task_goes_through_the_edge_and_every_number_has_a_range(task_name
     assert hasattr(task.body, "edge_checks"), f"{task_name}: put @edge under @task"
     original = inspect.signature(inspect.unwrap(task.body))
     for pname, param in list(original.parameters.items())[1:]:
-        numeric = isinstance(param.default, (int, float)) and not isinstance(param.default, bool)
-        if numeric or pname in ("port", "max_recoveries"):
+        # Every flag but an on/off switch: numbers that default to None (--gpus, --node) too.
+        if not isinstance(param.default, bool):
             declared = task.body.edge_checks.get(pname) or edge.ARGUMENTS.get(pname)
             assert declared is not None, (
-                f"fab {task_name} {edge.flag(pname)}: declare its range in tasks/edge.py"
+                f"fab {task_name} {edge.flag(pname)}: declare its check (a range for a number) in "
+                "tasks/edge.py"
             )
         # invoke must not convert numbers itself (a typo would end in its traceback).
         shown = inspect.signature(task.body).parameters[pname].default

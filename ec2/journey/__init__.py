@@ -8,6 +8,8 @@ spot takes the instance back. Each attempt is one instance.
     history.py  outputs/<name>/run.json: the attempts and events of a run, rewritten atomically
     reentry.py  `fab run` again on a journey this laptop left running: watch it, no second machine
     detach.py   `fab run --detach`: the run handed to an Auto Scaling group of one; watch, summary
+    cluster_loop.py  `fab run --nodes N`: the attempt and watch loops over every node of a cluster
+    fleet.py    a cluster run's instances: launch, replace a lost node, relaunch elsewhere, terminate
 """
 
 from ec2.journey.loop import GaveUp, Journey, RunFailed, stdin_asker

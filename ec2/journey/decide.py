@@ -123,3 +123,53 @@ def decide(
     if unreachable_for is not None and unreachable_for > unreachable_s:
         return Verdict("interrupted", f"unreachable for {unreachable_s:g} s", "lost", reachable=False)
     return WATCH
+
+
+# --- several nodes (fab run --nodes N) ---------------------------------------------------------------
+def node_status(verdict: Verdict, polled: Poll | None, noticed: bool) -> str:
+    """One node's part in a multi-node run, from its own verdict: running | finished | failed |
+    stopped (its run ended resumably, exit 75, with no notice on it, and the machine still answers:
+    a survivor, kept for the restart) | lost (a notice on it, AWS took it back, its run vanished or
+    it stopped answering: it is replaced)."""
+    if verdict.end == "watch":
+        return "running"
+    if verdict.end in ("finished", "failed"):
+        return verdict.end
+    if not noticed and verdict.reachable and polled is not None and polled.state.state == "finished":
+        return "stopped"
+    return "lost"
+
+
+@dataclass(frozen=True)
+class ClusterVerdict:
+    """`end`: watch | waiting (a node has ended abnormally; the others are still running and are
+    expected to stop at the same step) | finished | failed | interrupted. `lost`: the nodes to
+    replace."""
+
+    end: str
+    lost: tuple[int, ...] = ()
+    why: str = ""
+
+
+def cluster_verdict(statuses: list[str]) -> ClusterVerdict:
+    """The run's verdict from every node's status (node order). The restart waits until every
+    node's run has ended: a run still going would hold the rendezvous and the checkpoint."""
+    lost = tuple(k for k, s in enumerate(statuses) if s == "lost")
+    if "running" in statuses:
+        abnormal = any(s in ("lost", "failed", "stopped") for s in statuses)
+        return ClusterVerdict("waiting" if abnormal else "watch", lost)
+    if lost:
+        # A node lost makes the others' collectives fail: their non-zero exits are no failure of
+        # the command, so this is an interruption, not a failed run.
+        return ClusterVerdict("interrupted", lost, f"node {', '.join(map(str, lost))} lost")
+    if "failed" in statuses:
+        failed = [k for k, s in enumerate(statuses) if s == "failed"]
+        return ClusterVerdict("failed", why=f"the command failed on node {', '.join(map(str, failed))}")
+    if all(s == "finished" for s in statuses):
+        return ClusterVerdict("finished")
+    return ClusterVerdict("interrupted", why="the run stopped resumably (exit 75) on every node")
+
+
+def notice_to_resumed(notice_seen_at: float | None, resumed_at: float) -> float | None:
+    """Seconds from the notice the watcher saw to the replacement cluster's resume (None: no notice)."""
+    return None if notice_seen_at is None else round(max(resumed_at - notice_seen_at, 0.0), 1)

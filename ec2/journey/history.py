@@ -48,6 +48,33 @@ class Attempt:
     s3_gets: int | None = None
     s3_gb: float | None = None
     s3_request_usd: float | None = None
+    # A multi-node run (fab run --nodes N): the attempt is one start of torchrun on every node.
+    nodes: int | None = None
+    instance_ids: list[str] = field(default_factory=list)  # node order
+    nodes_lost: list[int] = field(default_factory=list)  # the nodes replaced after it
+    notice_seen_at: float | None = None  # epoch seconds the watcher saw the notice that ended it
+    seconds_notice_to_resumed: float | None = None  # from the previous attempt's notice to resumed
+
+    @property
+    def seconds(self) -> float | None:
+        return seconds_between(self.launched_at, self.ended_at)
+
+
+@dataclass
+class Member:
+    """One instance of a multi-node run: node `node` from its launch to its termination (a
+    survivor spans several attempts, so instance time and cost are counted per member)."""
+
+    node: int
+    instance_id: str
+    instance_type: str | None = None
+    zone: str | None = None
+    market: str | None = None
+    launched_at: str | None = None
+    ended_at: str | None = None
+    # running | lost | terminated | left-running
+    outcome: str = "running"
+    cost_usd: float | None = None
 
     @property
     def seconds(self) -> float | None:
@@ -66,11 +93,13 @@ class RunHistory:
     attempts: list[Attempt] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
     path: str | None = None
+    nodes: int = 1
+    members: list[Member] = field(default_factory=list)  # a multi-node run's instances
 
     # --- derived figures -------------------------------------------------------------------------
     @property
     def total_cost_usd(self) -> float | None:
-        costs = [a.cost_usd for a in self.attempts if a.cost_usd is not None]
+        costs = [x.cost_usd for x in [*self.attempts, *self.members] if x.cost_usd is not None]
         return sum(costs) if costs else None
 
     def steps_lost(self) -> list[int]:
@@ -109,5 +138,11 @@ def load(path: Path) -> RunHistory:
         Attempt(**{k: v for k, v in a.items() if k in Attempt.__dataclass_fields__})
         for a in data.pop("attempts", [])
     ]
+    members = [
+        Member(**{k: v for k, v in m.items() if k in Member.__dataclass_fields__})
+        for m in data.pop("members", [])
+    ]
     fields = RunHistory.__dataclass_fields__
-    return RunHistory(**{k: v for k, v in data.items() if k in fields}, attempts=attempts, path=str(path))
+    return RunHistory(
+        **{k: v for k, v in data.items() if k in fields}, attempts=attempts, members=members, path=str(path)
+    )

@@ -19,8 +19,6 @@ from ec2.journey.decide import (
     Verdict,
     decide,
     last_step,
-    parse_poll,
-    poll_command,
     resumed_step,
     s3_read,
 )
@@ -120,12 +118,7 @@ class Journey:
         return stages.instance_state(self.ec2, m.record.instance_id)
 
     def poll(self, m: Machine) -> Poll | None:
-        quick = Machine(m.record, attempts=1, control=m.control)
-        try:
-            result = quick.run(poll_command(m.record.remote_dir, self.plan.run), timeout=30, retry=False)
-        except ToolkitError:
-            return None
-        return parse_poll(result.stdout)
+        return stages.poll(m, self.plan.run)
 
     # --- watching -----------------------------------------------------------------------------------
     def watch(self, m: Machine, attempt: history.Attempt) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from ec2.cloud import pricing
-from ec2.journey.history import Attempt, RunHistory, seconds_between
+from ec2.journey.history import Attempt, Member, RunHistory, seconds_between
 
 # Attempt outcomes that ended in an interruption (a relaunch followed, or --max-recoveries stopped it).
 INTERRUPTED = ("preempted", "lost")
@@ -71,22 +71,30 @@ def _attempt_row(a: Attempt) -> list[str]:
     ]
 
 
+def _aligned(rows: list[list[str]]) -> list[str]:
+    """Rows of cells in columns; the last two (time and cost) line up on the right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
+    lines = []
+    for row in rows:
+        right = {len(row) - 2, len(row) - 1}
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  " + "  ".join(cells))
+    return lines
+
+
 def summary(h: RunHistory) -> str:
     """The end-of-run report: a headline, an aligned row per attempt (instance, outcome, time,
-    cost), then the totals and the steps lost to interruptions."""
+    cost), then the totals and the steps lost to interruptions. A multi-node run: cluster_summary."""
+    if h.members:
+        return cluster_summary(h)
     instances = len({a.instance_id for a in h.attempts if a.instance_id})
     lines = [
         f"run {h.name}: {h.status} after {_count(len(h.attempts), 'attempt')} "
         f"on {_count(instances, 'instance')}"
     ]
-    rows = [_attempt_row(a) for a in h.attempts]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
-    right = {6, 7}  # time and cost line up on the right
-    for row in rows:
-        cells = [
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  " + "  ".join(cells))
+    lines += _aligned([_attempt_row(a) for a in h.attempts])
     used = [a.seconds for a in h.attempts if a.seconds is not None]
     interruptions = sum(1 for a in h.attempts if a.outcome in INTERRUPTED)
     lost = h.steps_lost()
@@ -102,4 +110,60 @@ def summary(h: RunHistory) -> str:
         gets, gb = sum(a.s3_gets for a in read), sum(a.s3_gb or 0 for a in read)
         usd = sum(a.s3_request_usd or 0 for a in read)
         lines.append(f"  data read from S3: {gets:,} GETs, {gb:.2f} GB, ${usd:.6f} in requests")
+    return "\n".join(lines)
+
+
+def _per_node(h: RunHistory) -> str:
+    gpus = next((a.gpus for a in reversed(h.attempts) if a.gpus is not None), None)
+    return "?" if gpus is None else ("CPU" if gpus == 0 else _count(gpus, "GPU"))
+
+
+def _member_row(m: Member) -> list[str]:
+    return [
+        f"node {m.node}",
+        m.instance_type or "?",
+        m.zone or "?",
+        m.market or "?",
+        m.instance_id,
+        m.outcome,
+        duration(m.seconds),
+        money(m.cost_usd),
+    ]
+
+
+def _cluster_attempt_line(a: Attempt) -> str:
+    what = a.outcome
+    if a.outcome in INTERRUPTED and a.last_step is not None:
+        what += f" at step {a.last_step}"
+    if a.resumed_step is not None:
+        what = f"resumed at step {a.resumed_step}, {what}"
+    if a.nodes_lost:
+        what += f"; node {', '.join(map(str, a.nodes_lost))} lost"
+    if a.seconds_notice_to_resumed is not None:
+        what += f"; {a.seconds_notice_to_resumed:g} s from the notice to resumed"
+    return f"  attempt {a.number}: {what}"
+
+
+def cluster_summary(h: RunHistory) -> str:
+    """A multi-node run's report: nodes x GPUs per node, a row per instance (node, place, outcome,
+    time, cost: a survivor's instance serves several attempts), a line per attempt, then the
+    totals: cost over every member, nodes lost, steps lost, notice to resumed."""
+    lines = [
+        f"run {h.name}: {h.status} after {_count(len(h.attempts), 'attempt')} on {h.nodes} nodes x "
+        f"{_per_node(h)} per node ({_count(len(h.members), 'instance')})"
+    ]
+    lines += _aligned([_member_row(m) for m in h.members])
+    lines += [_cluster_attempt_line(a) for a in h.attempts]
+    used = [m.seconds for m in h.members if m.seconds is not None]
+    wall = seconds_between(h.started_at, h.finished_at)
+    lost = h.steps_lost()
+    each = f" ({', '.join(map(str, lost))})" if len(lost) > 1 else ""
+    resumed = [a.seconds_notice_to_resumed for a in h.attempts if a.seconds_notice_to_resumed is not None]
+    lines.append(
+        f"  total {money(h.total_cost_usd)} for {duration(sum(used) if used else None)} of instance time"
+        + (f" ({duration(wall)} wall clock)" if wall is not None else "")
+        + f"; nodes lost {sum(len(a.nodes_lost) for a in h.attempts)}"
+        + f", steps lost to interruptions {sum(lost)}{each}"
+        + (f", notice to resumed {', '.join(f'{s:g}' for s in resumed)} s" if resumed else "")
+    )
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from common import aws
 from ec2.cloud import instances
 from ec2.config import AwsConfig
 from ec2.errors import ConnectionLost, ToolkitError
+from ec2.journey.decide import Poll, parse_poll, poll_command
 from ec2.registry import MachineRecord
 from ec2.remote import gpu, runs, trainrun
 from ec2.remote.carry import laptop_checkpoint, remote_checkpoint, restore_checkpoint
@@ -161,6 +162,16 @@ def pull(m: Machine, plan: Plan, outputs: Path, what: str, out: Say) -> str | No
     except ToolkitError:
         return None
     return "log"
+
+
+def poll(m: Machine, run: str) -> Poll | None:
+    """One quick look at the run on the machine (decide.poll_command); None when it does not answer."""
+    quick = Machine(m.record, attempts=1, control=m.control)
+    try:
+        result = quick.run(poll_command(m.record.remote_dir, run), timeout=30, retry=False)
+    except ToolkitError:
+        return None
+    return parse_poll(result.stdout)
 
 
 def instance_state(ec2, instance_id: str) -> str:

@@ -82,12 +82,17 @@ class PlacementGroups:
         return None
 
 
-@pytest.fixture
-def placement_groups(ec2_client):
+def install_placement_groups() -> PlacementGroups:
+    """PlacementGroups answering on the client the code uses (us-east-1)."""
     groups = PlacementGroups()
     for op in ("CreatePlacementGroup", "DescribePlacementGroups", "DeletePlacementGroup", "RunInstances"):
         aws.client("ec2", "us-east-1", None).meta.events.register(f"before-call.ec2.{op}", groups.hook)
     return groups
+
+
+@pytest.fixture
+def placement_groups(ec2_client):
+    return install_placement_groups()
 
 
 def _live(ec2):

@@ -30,6 +30,7 @@ signal.signal(signum, on_signal)
 if os.environ.get("STANDIN_IGNORE"):
     signal.signal(signum, signal.SIG_IGN)
 os.makedirs(ckpt, exist_ok=True)
+open(ckpt + ".ready", "w").close()  # its handler is in place: a notice now finds it listening
 for step in range(steps):
     print(f"step {step}", flush=True)
     if stop:
@@ -113,7 +114,7 @@ def test_notice_checkpoints_copies_to_s3_and_records_preempted(imds, aws_env, tm
     )
     time.sleep(1.0)
     imds.mark_rebalance()
-    time.sleep(0.5)
+    wait_for(Path(str(tmp_path / "ckpt") + ".ready"))
     imds.mark_interruption()
     wait_for(tmp_path / "run" / "preempted")
     safe_after = time.time() - imds.marked_at
@@ -145,7 +146,7 @@ def test_command_ignoring_the_signal_is_bounded_by_grace(imds, tmp_path):
         steps=200,
         env={"STANDIN_IGNORE": "1"},
     )
-    time.sleep(0.5)
+    wait_for(Path(str(tmp_path / "ckpt") + ".ready"))
     imds.mark_interruption()
     wait_for(tmp_path / "run" / "preempted")
     record = json.loads((tmp_path / "run" / "preempted").read_text())
@@ -206,7 +207,7 @@ def test_signal_is_configurable_and_defaults_to_term(imds, tmp_path):
         str(tmp_path / "ckpt"),
         env={"STANDIN_SIGNAL": "TERM"},
     )
-    time.sleep(0.5)
+    wait_for(Path(str(tmp_path / "ckpt") + ".ready"))
     imds.mark_interruption()
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 75 and "saved at step" in out, err

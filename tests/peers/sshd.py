@@ -57,6 +57,10 @@ class SshdServer:
     # Extra variables every session gets (SetEnv): stand-ins for what an instance has without
     # spotrun sending it, e.g. its IAM role (AWS_* for moto) and SPOTRUN_IMDS_URL. No spaces.
     env: dict[str, str] | None = None
+    # The login's home folder, for a machine of its own beside another on this host (two cluster
+    # nodes): sessions start there with HOME set to it, so `~/x` (rsync's relative paths too)
+    # means a different folder on each.
+    home: Path | None = None
     _proc: subprocess.Popen | None = None
 
     @property
@@ -103,8 +107,14 @@ class SshdServer:
                     "MaxStartups 50",
                     # A private tmux server, and a bin/ a test can drop stand-ins into (nvidia-smi).
                     f"SetEnv TMUX_TMPDIR={self.tmux_tmpdir} PATH={self.bin_dir}:{os.environ['PATH']}"
-                    + "".join(f" {k}={v}" for k, v in sorted((self.env or {}).items())),
+                    + "".join(f" {k}={v}" for k, v in sorted((self.env or {}).items()))
+                    + (f" HOME={self.home}" if self.home else ""),
                     "Subsystem sftp internal-sftp",
+                    *(
+                        [f'ForceCommand cd {self.home} && exec /bin/bash -c "$SSH_ORIGINAL_COMMAND"']
+                        if self.home
+                        else []
+                    ),
                     "",
                 ]
             )
