@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +121,7 @@ class DataCache:
         """
         path = self.path(ref)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _flock(path.with_name(path.name + ".lock")):
+        with _flock(partial.lock_path(path)):
             if self._trusted(path, ref):
                 return str(path), 0
             if path.exists() and self._check_or_discard(path, ref):
@@ -138,6 +139,7 @@ class DataCache:
                     os.replace(staged, path)
                     partial.ranges_path(path).unlink(missing_ok=True)
                     partial.claims_path(path).unlink(missing_ok=True)
+                    partial.streams_path(path).unlink(missing_ok=True)
                 self._seal(path, ref)
             except _Mismatch:
                 partial.drop(path)
@@ -155,9 +157,9 @@ class DataCache:
         the trials training streams meanwhile are kept and not fetched again."""
         path = self.path(ref)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _flock(path.with_name(path.name + ".lock")):
+        with _flock(partial.lock_path(path)):
             if not self._trusted(path, ref) and not path.exists():
-                partial.start(path, ref.size)
+                partial.start(path, ref.size, new_run=True)
 
     def drop_partial(self, ref: FileRef) -> None:
         try:
@@ -165,9 +167,14 @@ class DataCache:
         except OSError:
             pass  # best effort: the next fetch of the file starts it afresh
 
-    def read_partial(self, ref: FileRef, offset: int, size: int) -> bytes | None:
-        """A range of a file still being fetched, if it is already in the partial copy."""
-        return partial.read(self.path(ref), offset, size)
+    def read_partial(self, ref: FileRef, offset: int, size: int, fetch=None) -> bytes | None:
+        """A range of a file still being fetched, if it is already in the partial copy or arrives
+        (ml.data.partial.read; ``fetch``: a ranged GET for the parts nobody is fetching)."""
+        return partial.read(self.path(ref), offset, size, fetch=fetch)
+
+    def streaming(self, ref: FileRef, offset: int, size: int) -> None:
+        """About to GET this range of a file still being fetched: the prefetch leaves it to us."""
+        partial.streaming(self.path(ref), offset, size)
 
     def record(self, ref: FileRef, offset: int, data: bytes) -> None:
         """A range streamed from S3: into the partial copy, so the prefetch need not fetch it."""
@@ -192,11 +199,12 @@ def partial_getter(ref: FileRef):
     bucket, key = ref.bucket_key
     client = s3_client()
 
-    def get_range(offset: int, length: int) -> bytes:
+    def get_range(offset: int, length: int) -> Iterator[bytes]:
         resp = client.get_object(
             Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}", IfMatch=f'"{ref.version}"'
         )
-        return resp["Body"].read()
+        # In chunks as they arrive, so readers waiting for the piece see it grow (ml.data.partial).
+        yield from resp["Body"].iter_chunks(partial.CHUNK)
 
     return get_range
 

@@ -8,8 +8,19 @@ Two writers fill it, so no byte is fetched from S3 twice:
 - a training process that streams a trial from S3 before the file is complete writes the trial's
   bytes into the partial file too (``record``), and the prefetcher then skips that range.
 
+Who fetches what is decided in one step under the ``.intent`` flock (``take``): a reader logs the
+parts of its range that nobody has or is fetching in ``.streams``, the prefetcher the parts of its
+piece in ``.claims``, so two processes never both decide to fetch the same bytes. A piece leaves
+what training is streaming to training's GET, waits for it to land, and fetches it only if it does
+not arrive within STALL_S (the reader failed or died); another reader wanting it waits for it too.
+
 And any process reads a range that is already in (``read``) instead of asking S3 again, or waits
-a little for one the prefetcher has claimed (``.claims``) and is fetching right now.
+for one the prefetcher has claimed (``.claims``) and is fetching right now: a second GET for bytes
+already in flight would only split the same bandwidth. The prefetcher writes and logs each piece
+as it arrives, CHUNK bytes at a time, so a reader sees the piece grow. It waits as long as the piece
+grows; it streams the range itself only when no byte has arrived in the piece for STALL_S, or the
+prefetcher is gone (it holds the file's ``.lock`` flock while it fetches, and the kernel releases
+that when the process dies, however it dies), so a reader never hangs on a dead or stuck fetch.
 
 Each range is written first and logged after, so a logged range is always whole. Writers of
 trials hold the ``.fill`` lock shared; the prefetcher takes it exclusive to check the ETag and
@@ -23,7 +34,7 @@ import fcntl
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,9 +57,24 @@ def claims_path(copy: Path) -> Path:
     return copy.with_name(copy.name + ".claims")
 
 
-# How long a reader waits for a piece the prefetcher is already fetching, rather than fetching the
-# same bytes again. A 16 MiB piece takes well under a second at instance bandwidth.
-WAIT_S = 10.0
+def streams_path(copy: Path) -> Path:
+    """The ranges training processes are streaming right now (logged before each GET)."""
+    return copy.with_name(copy.name + ".streams")
+
+
+def lock_path(copy: Path) -> Path:
+    """The file's download lock: the prefetcher holds it (flock, exclusive) while it fetches."""
+    return copy.with_name(copy.name + ".lock")
+
+
+# The prefetcher writes and logs a piece in chunks of this size as they arrive: what a waiting
+# reader sees as progress. 1 MiB: a 16 MiB piece logs 16 records of 16 bytes.
+CHUNK = 1024 * 1024
+# A reader waits for a claimed piece while bytes keep arriving in it; after this long without one
+# (a stuck connection: botocore's own read timeout is 60 s) it fetches its range itself. At
+# instance bandwidth a 1 MiB chunk takes milliseconds; on a loaded stand-in, about a second.
+STALL_S = 20.0
+POLL_S = 0.02
 
 
 @contextmanager
@@ -61,6 +87,34 @@ def fill_lock(copy: Path, exclusive: bool):
         os.close(fd)
 
 
+@contextmanager
+def _deciding(copy: Path):
+    """Held (flock, exclusive, across processes) while a process looks at what is in or being
+    fetched and logs what it will fetch itself, so two never both decide to fetch the same bytes."""
+    fd = os.open(copy.with_name(copy.name + ".intent"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def take(
+    copy: Path, begin: int, end: int, chunk: int, log: Callable[[Path], Path], busy: bool = True
+) -> list[tuple[int, int]]:
+    """The parts of [begin, end) (at most ``chunk`` bytes each) that are not in and (``busy``)
+    not being fetched by anyone, logged in ``log`` (claims_path: the prefetcher; streams_path: a
+    reader) as this process's to fetch, in one step under the ``.intent`` lock."""
+    with _deciding(copy):
+        spans = written(copy)
+        if busy:
+            spans = merge(spans + written(copy, claims_path) + written(copy, streams_path))
+        parts = gaps(spans, end, chunk, begin)
+        for offset, length in parts:
+            _log(copy, offset, length, log)
+    return parts
+
+
 def written(copy: Path, log: Callable[[Path], Path] = ranges_path) -> list[tuple[int, int]]:
     """The merged (start, end) ranges logged for the partial file (or claimed, with
     ``log=claims_path``); [] when there is none."""
@@ -68,16 +122,25 @@ def written(copy: Path, log: Callable[[Path], Path] = ranges_path) -> list[tuple
         raw = log(copy).read_bytes()
     except FileNotFoundError:
         return []
-    spans = sorted(
-        (off, off + n) for off, n in _RECORD.iter_unpack(raw[: len(raw) - len(raw) % _RECORD.size])
+    return merge(
+        [(off, off + n) for off, n in _RECORD.iter_unpack(raw[: len(raw) - len(raw) % _RECORD.size])]
     )
+
+
+def merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(start, end) spans, sorted and merged where they touch or overlap."""
     merged: list[tuple[int, int]] = []
-    for start, end in spans:
+    for start, end in sorted(spans):
         if merged and start <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(merged[-1][1], end))
         else:
             merged.append((start, end))
     return merged
+
+
+def inside(spans: list[tuple[int, int]], begin: int, end: int) -> int:
+    """How many bytes of [begin, end) the (merged) spans hold."""
+    return sum(max(0, min(e, end) - max(s, begin)) for s, e in spans)
 
 
 def covered(spans: list[tuple[int, int]], offset: int, size: int) -> bool:
@@ -97,26 +160,107 @@ def gaps(spans: list[tuple[int, int]], size: int, chunk: int, begin: int = 0) ->
     return out
 
 
-def read(copy: Path, offset: int, size: int, wait_s: float = WAIT_S) -> bytes | None:
-    """The range from the partial file if it is already in, or arrives within ``wait_s`` because
-    the prefetcher is fetching it; else None (the caller streams it)."""
-    if not covered(written(copy), offset, size):
-        if not covered(written(copy, claims_path), offset, size):
-            return None
-        deadline = time.monotonic() + wait_s
-        while not covered(written(copy), offset, size):
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(0.02)
+def read(
+    copy: Path,
+    offset: int,
+    size: int,
+    stall_s: float | None = None,
+    fetch: Callable[[int, int], bytes] | None = None,
+) -> bytes | None:
+    """The range from the partial file if it is already in, or once it arrives because the
+    prefetcher is fetching it; None (the caller streams it) when it is neither in nor claimed, or
+    its piece has stalled for ``stall_s`` (default STALL_S), or the prefetcher is gone.
+
+    With ``fetch(offset, length)`` (a ranged GET), the parts of the range that are neither in nor
+    claimed are fetched with it and written in first, the rest awaited: a trial that straddles a
+    piece in flight and one not started costs only its missing part."""
     try:
+        # Opened first: if the prefetcher completes the file and renames it meanwhile, this
+        # descriptor still reads the same (now checked) bytes.
         fd = os.open(partial_path(copy), os.O_RDONLY)
     except FileNotFoundError:
-        return None  # renamed into place (or dropped) meanwhile: the caller asks again
+        return None  # not being filled (or renamed into place meanwhile: the caller asks again)
     try:
+        if fetch is not None and not _sealed(copy, fd):
+            # What is neither in nor being fetched by the prefetch or another reader is ours.
+            missing = take(copy, offset, offset + size, size, streams_path)
+            for part_offset, length in missing:
+                data = fetch(part_offset, length)
+                if missing == [(offset, size)]:
+                    record(copy, offset, data)
+                    return data  # all of it came with this GET: nothing to wait for
+                record(copy, part_offset, data)
+        if not _arrived(copy, fd, offset, size, STALL_S if stall_s is None else stall_s):
+            return None
         data = os.pread(fd, size, offset)
     finally:
         os.close(fd)
     return data if len(data) == size else None
+
+
+def _arrived(copy: Path, fd: int, offset: int, size: int, stall_s: float) -> bool:
+    """Wait for the range while what it lacks is being fetched (pieces the prefetcher claimed,
+    ranges other readers are streaming) and bytes keep arriving: True once it is all in."""
+    end = offset + size
+    progress, since = -1, time.monotonic()
+    while True:
+        spans = written(copy)
+        lacking = gaps(spans, end, size, offset)
+        if not lacking or _sealed(copy, fd):
+            return True
+        claims = [(s, e) for s, e in written(copy, claims_path) if s < end and offset < e]
+        streams = [(s, e) for s, e in written(copy, streams_path) if s < end and offset < e]
+        awaited = merge(claims + streams)
+        if not all(covered(awaited, o, n) for o, n in lacking):
+            return False  # nobody is fetching it (or the fetch failed and dropped its claims)
+        arrived = sum(inside(spans, s, e) for s, e in awaited)
+        now = time.monotonic()
+        if arrived != progress:
+            progress, since = arrived, now
+        elif now - since > stall_s:
+            return False  # stalled: stream it rather than wait on a stuck connection
+        on_prefetch = not all(covered(streams, o, n) for o, n in lacking)
+        if on_prefetch and not fetcher_alive(copy):
+            return _sealed(copy, fd) or covered(written(copy), offset, size)
+        time.sleep(POLL_S)
+
+
+def _await_streams(copy: Path, begin: int, end: int) -> None:
+    """Wait while the ranges training is streaming into [begin, end) keep landing; return when
+    all are in or none has landed for STALL_S (a reader that failed or died)."""
+    progress, since = -1, time.monotonic()
+    while gaps(spans := written(copy), end, end - begin, begin):
+        arrived, now = inside(spans, begin, end), time.monotonic()
+        if arrived != progress:
+            progress, since = arrived, now
+        elif now - since > STALL_S:
+            return
+        time.sleep(POLL_S)
+
+
+def _sealed(copy: Path, fd: int) -> bool:
+    """Whether the partial file open on ``fd`` has been checked and renamed into place."""
+    try:
+        a, b = os.stat(copy), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+
+
+def fetcher_alive(copy: Path) -> bool:
+    """Whether some process holds the file's download lock (so its claims are live). A shared,
+    non-blocking try: taken means nobody holds it, and it is let go at once."""
+    try:
+        fd = os.open(lock_path(copy), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
 
 
 def record(copy: Path, offset: int, data: bytes) -> None:
@@ -137,6 +281,17 @@ def record(copy: Path, offset: int, data: bytes) -> None:
         pass
 
 
+def streaming(copy: Path, offset: int, length: int) -> None:
+    """A training process is about to GET this range of a file being filled: the prefetcher leaves
+    it to that GET (``record`` then writes it in). Best effort, like ``record``."""
+    if not partial_path(copy).exists():
+        return
+    try:
+        _log(copy, offset, length, streams_path)
+    except OSError:
+        pass
+
+
 def _log(copy: Path, offset: int, length: int, log: Callable[[Path], Path] = ranges_path) -> None:
     fd = os.open(log(copy), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -145,47 +300,65 @@ def _log(copy: Path, offset: int, length: int, log: Callable[[Path], Path] = ran
         os.close(fd)
 
 
-def start(copy: Path, size: int) -> None:
-    """Create the sparse partial file (or keep a crash's leftover of the right size, to resume it)."""
+def start(copy: Path, size: int, new_run: bool = False) -> None:
+    """Create the sparse partial file (or keep a crash's leftover of the right size, to resume it).
+    ``new_run``: the run's prefetch is beginning, so the streams logged before are a dead run's;
+    later (the prefetch reaching the file) training may be streaming into it, and they are kept."""
     partial = partial_path(copy)
     claims_path(copy).write_bytes(b"")  # whoever claimed pieces before is gone: we hold the lock
     if partial.exists() and partial.stat().st_size == size and ranges_path(copy).exists():
+        if new_run:
+            streams_path(copy).write_bytes(b"")
         return
     with open(partial, "wb") as f:
         f.truncate(size)
     ranges_path(copy).write_bytes(b"")
+    streams_path(copy).write_bytes(b"")
 
 
 def drop(copy: Path) -> None:
     with fill_lock(copy, exclusive=True):
-        for path in (partial_path(copy), ranges_path(copy), claims_path(copy)):
+        for path in (partial_path(copy), ranges_path(copy), claims_path(copy), streams_path(copy)):
             path.unlink(missing_ok=True)
 
 
 def fill(
     copy: Path,
     size: int,
-    get_range: Callable[[int, int], bytes],
+    get_range: Callable[[int, int], Iterable[bytes]],
     on_bytes: Callable[[int], None] | None = None,
     concurrency: int = s3parts.CONCURRENCY,
 ) -> int:
-    """Fetch every gap of the partial file with ``get_range(offset, length)``; the bytes fetched."""
+    """Fetch every gap of the partial file with ``get_range(offset, length)`` (the range's bytes,
+    in chunks as they arrive); the bytes fetched. The caller holds the file's lock."""
     fd = os.open(partial_path(copy), os.O_WRONLY)
 
-    def one(piece: tuple[int, int]) -> int:
-        # Only what training has not streamed into the piece meanwhile (often all of it).
-        begin, end = piece[0], piece[0] + piece[1]
+    def get(parts: list[tuple[int, int]]) -> int:
         fetched = 0
-        for offset, length in gaps(written(copy), end, end - begin, begin):
-            _log(copy, offset, length, claims_path)  # readers wait for it instead of fetching it too
-            data = get_range(offset, length)
-            if len(data) != length:
-                raise OSError(f"short read at byte {offset}: {len(data)} of {length}")
-            os.pwrite(fd, data, offset)
-            _log(copy, offset, length)
-            if on_bytes:
-                on_bytes(length)
+        for offset, length in parts:
+            pos = offset
+            for data in get_range(offset, length):
+                if pos + len(data) > offset + length:
+                    raise OSError(f"long read at byte {offset}: more than {length} bytes")
+                os.pwrite(fd, data, pos)
+                _log(copy, pos, len(data))  # a waiting reader sees the piece grow
+                pos += len(data)
+                if on_bytes:
+                    on_bytes(len(data))
+            if pos != offset + length:
+                raise OSError(f"short read at byte {offset}: {pos - offset} of {length}")
             fetched += length
+        return fetched
+
+    def one(piece: tuple[int, int]) -> int:
+        # Only what training has not streamed into the piece, nor is streaming now (often all
+        # of it), claimed first: readers wait for it instead of fetching it too.
+        begin, end = piece[0], piece[0] + piece[1]
+        fetched = get(take(copy, begin, end, end - begin, claims_path))
+        if gaps(written(copy), end, end - begin, begin):
+            _await_streams(copy, begin, end)
+            # What training's GETs did not bring (a reader that failed or died): ours now.
+            fetched += get(take(copy, begin, end, end - begin, claims_path, busy=False))
         return fetched
 
     try:

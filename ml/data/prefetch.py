@@ -84,6 +84,10 @@ class Prefetcher:
         self._stop = threading.Event()
 
     def start(self) -> Prefetcher:
+        """Check the room and open the partial copies now, before training's first reads, so every
+        trial it streams is kept (ml.data.partial); then fetch in the background."""
+        self._start = time.monotonic()
+        self._todo = self._prepare()
         self._thread.start()
         return self
 
@@ -95,32 +99,35 @@ class Prefetcher:
         """Ask the thread to stop after the file in flight (it is a daemon: exit never waits on it)."""
         self._stop.set()
 
-    def _run(self) -> None:
-        start = time.monotonic()
+    def _prepare(self) -> list[FileRef]:
+        """The files to fetch, their partial copies open; [] when the cache cannot take them."""
         todo = [r for r in self.refs if self.cache.ready(r) is None]
         need = sum(r.size for r in todo)
         try:
             room = self.cache.budget_bytes()
         except OSError as e:
             self.say(f"warning: data cache {self.cache.root} unusable ({e.strerror}); streaming from S3")
-            return
+            return []
         if need > room:
             self.say(
                 f"data cache: the run's files need {need / 1e9:.2f} GB more but {self.cache.root} has "
                 f"room for {room / 1e9:.2f} GB (dataset.cache_max_gb, 10% of the disk kept free); "
                 "streaming from S3"
             )
-            return
+            return []
         try:
             for ref in todo:
                 self.cache.open_partial(ref)
         except OSError as e:
             self.say(f"warning: data cache {self.cache.root} unusable ({e}); streaming from S3")
-            return
-        for ref in todo:
+            return []
+        return todo
+
+    def _run(self) -> None:
+        for ref in self._todo:
             if self._stop.is_set() or not self._fetch(ref):
                 break
-        self.seconds = time.monotonic() - start
+        self.seconds = time.monotonic() - self._start
         if self.fetched_files or self.failed:
             left = f"; {len(self.failed)} left on S3" if self.failed else ""
             rate = self.fetched_bytes / 1e6 / self.seconds if self.seconds else 0.0

@@ -19,7 +19,7 @@ import pytest
 from common import aws
 from ml.data import build_train_loader, cache, prefetch, storage
 from ml.data.loader import open_source
-from tests.ml.trainkit import data_cfg, same_batch
+from tests.ml.trainkit import data_cfg, distinct_reads, same_batch
 
 BUCKET = "spotrun-data"
 make_cfg = partial(data_cfg, steps=4, batch_size=8)
@@ -282,15 +282,14 @@ def test_does_not_fit_streams_and_says_so_once(synthetic_data, s3_proxy, aws_env
 def test_traffic_counts_workers_gets(synthetic_data, s3_proxy, aws_env, tmp_path):
     """GETs and bytes from S3 are counted across forked DataLoader workers (shared counters)."""
     upload(aws_env, synthetic_data)
-    build_train_loader(s3_cfg(tmp_path, cache_dir=None))
+    cfg = s3_cfg(tmp_path, cache_dir=None, num_dataloader_workers=2)
+    trials, features = distinct_reads(cfg)  # (a trial a batch draws twice is read once)
     before = storage.s3_traffic()
     s3_proxy.reset()
-    batches = list(build_train_loader(s3_cfg(tmp_path, cache_dir=None, num_dataloader_workers=2)))
+    list(build_train_loader(cfg))
     after = storage.s3_traffic()
-    trials = sum(len(b["n_time_steps"]) for b in batches)
     assert after.gets - before.gets == s3_proxy.gets - 1 == trials  # minus the LIST
     assert after.lists - before.lists == 1
-    features = sum(int(b["n_time_steps"].sum()) * 512 * 4 for b in batches)
     assert after.bytes - before.bytes == features
     assert after.line().startswith(f"read from S3: {after.gets:,} GETs, ") and after.request_usd > 0
 
@@ -378,27 +377,3 @@ def test_gaps_and_coverage():
     assert partial.gaps([], 5, 8) == [(0, 5)] and partial.gaps([(0, 5)], 5, 8) == []
     assert partial.gaps(spans, 36, 100, begin=5) == [(10, 20)]  # within one piece
     assert partial.covered(spans, 2, 8) and not partial.covered(spans, 8, 4)
-
-
-def test_a_reader_waits_for_a_piece_the_prefetcher_is_fetching(tmp_path):
-    """A range the prefetcher has claimed is awaited (briefly), not fetched a second time."""
-    import threading
-
-    from ml.data import partial
-
-    copy = tmp_path / "f.hdf5.etag-100"
-    partial.start(copy, 100)
-    partial._log(copy, 0, 64, partial.claims_path)  # as fill() does before its GET
-
-    def arrives() -> None:
-        time.sleep(0.3)
-        with open(partial.partial_path(copy), "r+b") as f:
-            f.seek(0)
-            f.write(bytes(range(64)))
-        partial._log(copy, 0, 64)
-
-    threading.Thread(target=arrives).start()
-    assert partial.read(copy, 8, 16) == bytes(range(8, 24))
-    assert partial.read(copy, 70, 10) is None  # neither in nor claimed: the caller streams it
-    partial._log(copy, 64, 36, partial.claims_path)
-    assert partial.read(copy, 70, 10, wait_s=0.1) is None  # claimed but late: stream after the wait

@@ -102,3 +102,14 @@ def env() -> dict[str, str]:
 
 def train_cmd(*overrides: str) -> list[str]:
     return [sys.executable, "-m", "ml.train", "--config", DEMO, *overrides]
+
+
+def distinct_reads(cfg) -> tuple[int, int]:
+    """(trials, feature bytes) the train loader reads over the run: a batch that draws a trial
+    twice reads it once. Opens the data source (on S3: a LIST), so call it before counting."""
+    from ml.data.loader import TrainBatches, open_source
+
+    src = open_source(cfg, say=lambda _: None)
+    batches = TrainBatches(src, cfg, 0, 0)
+    plans = [set(batches.plan(s)) for s in range(batches.start, batches.end)]
+    return sum(len(p) for p in plans), sum(int(src.indices[f].nbytes[i]) for p in plans for f, i in p)

@@ -10,6 +10,10 @@ answers instantly). It forwards the Host header untouched, so SigV4 signatures s
         ...
         proxy.counts["GET"], proxy.ranged_gets, proxy.bytes_out
 
+A slow S3: ``rate_bps`` paces every response body (through tests/peers/throttle.py's pump, as the
+slow SSH link does), and ``stall_next(after)`` makes the next ranged GET's body stop after
+``after`` bytes, its connection open, until ``release()`` (a stuck connection).
+
 Fixture: ``s3_proxy`` (needs ``aws_env``): a proxy in front of the test's moto server with
 AWS_ENDPOINT_URL pointed at it.
 """
@@ -17,6 +21,7 @@ AWS_ENDPOINT_URL pointed at it.
 from __future__ import annotations
 
 import http.client
+import io
 import threading
 import time
 from collections import Counter
@@ -24,6 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
+
+from tests.peers import throttle
 
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
 
@@ -33,6 +40,9 @@ class CountingProxy:
         u = urlsplit(upstream)
         self.upstream = (u.hostname, u.port or 80)
         self.latency_s = latency_s
+        self.rate_bps: float | None = None  # response bodies at this many bytes/s (None: at once)
+        self._stall_after: int | None = None
+        self._unstall = threading.Event()
         self._lock = threading.Lock()
         self.reset()
         proxy = self
@@ -96,7 +106,10 @@ class CountingProxy:
                     self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(data)
+                    if not proxy._send_body(
+                        self.wfile, data, self.command == "GET" and "Range" in self.headers
+                    ):
+                        self.close_connection = True  # cut short: the client sees the connection drop
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 
@@ -111,6 +124,35 @@ class CountingProxy:
             if method == "GET" and ranged:
                 self.ranged_gets += 1
             self.bytes_out += nbytes
+
+    def _send_body(self, wfile, data: bytes, ranged: bool) -> bool:
+        """Write a response body, paced and stalled as asked; False when it was cut short."""
+        with self._lock:
+            stall, self._stall_after = (self._stall_after, None) if ranged else (None, self._stall_after)
+        if not self.rate_bps and stall is None:
+            wfile.write(data)
+            return True
+        body = io.BytesIO(data)
+
+        def read(n: int) -> bytes:
+            if stall is not None and body.tell() >= stall:
+                wfile.flush()
+                self._unstall.wait(300)
+                return b""  # then the connection ends short, as a dropped one does
+            return body.read(n if stall is None else min(n, stall - body.tell()))
+
+        throttle.pump(read, wfile.write, self.rate_bps or float("inf"), threading.Event())
+        return body.tell() == len(data)
+
+    def stall_next(self, after: int) -> None:
+        """The next ranged GET's body stops after ``after`` bytes, its connection held open, until
+        ``release()`` (or 300 s); then the body ends short."""
+        with self._lock:
+            self._stall_after = after
+            self._unstall.clear()
+
+    def release(self) -> None:
+        self._unstall.set()
 
     def reset(self) -> None:
         """Zero the counters (and drop pending faults)."""
@@ -169,6 +211,7 @@ class CountingProxy:
         return self
 
     def stop(self) -> None:
+        self.release()
         self._server.shutdown()
         self._server.server_close()
 
