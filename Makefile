@@ -28,8 +28,8 @@ setup: python-check ## make .venv and install the project, pinned dependencies a
 	@$(BIN)/python -c "import s3fs, boto3, torch; print('installed: torch', torch.__version__, '| s3fs', s3fs.__version__, '| boto3', boto3.__version__)"
 
 # The suite mostly waits on real peers (sshd, tmux, moto, training subprocesses), so more workers
-# than cores still pays: on the 2-core dev box one process took 17.6 min, 4 workers 11.6, and 6
-# workers 14.4 with 27 more tests while other work held the machine at load 10.
+# than cores still pays: on the 2-core dev box one process took 17.6 min (642 tests), 6 workers
+# 11.3 min (679 tests, machine otherwise idle).
 TEST_WORKERS ?= 6
 
 test: ## run the tests (TEST_WORKERS=6 processes; TEST_WORKERS=0 runs them in this one)
