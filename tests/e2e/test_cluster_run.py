@@ -19,7 +19,6 @@ import shutil
 import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -27,11 +26,9 @@ import boto3
 import pytest
 import torch
 import yaml
-from invoke import Context
-from invoke.exceptions import Exit
 
 from common import aws
-from tasks import managed
+from tests.e2e.test_managed_run import start_fab_run
 from tests.ec2.conftest import DLAMI_NAME, make_image
 from tests.ec2.test_cluster import install_placement_groups
 from tests.ml.trainkit import TINY_TRAIN
@@ -145,32 +142,8 @@ def test_cluster_run_replaces_the_lost_node_in_its_group_resumes_at_the_step_and
         "output_dir=trained_models/cl",
         "checkpoint_dir=s3://spot-ckpt/job/checkpoint",
     ]
-    result: dict = {}
-
-    def go():
-        try:
-            managed.run(
-                Context(),
-                name="job",
-                config=str(config),
-                train_config="configs/demo.yaml",
-                args=" ".join(args),
-                nodes=2,
-                rdzv_port=_free_port(),
-                poll=0.5,
-                imds_poll=0.2,
-                no_gpu=True,
-                dest=str(dest),
-                setup_python=str(REPO / ".venv/bin/python"),
-            )
-        except Exit as e:
-            result["exit"] = e.code
-        except BaseException as e:  # noqa: BLE001 - handed to the test thread to fail loudly
-            result["error"] = e
-
-    thread = threading.Thread(target=go, daemon=True)
     began = time.monotonic()
-    thread.start()
+    thread, result = start_fab_run(config, dest, args, nodes=2, rdzv_port=_free_port())
     rdirs = [home / "spotrun" / "runs" / "train" for _, _, home in nodes]
 
     def logs() -> str:
