@@ -19,7 +19,7 @@ from common.aws import aws_errors, error_code, translate
 from ec2 import names, registry
 from ec2.cloud import account, iam, instances, keys, network, pricing, s3scope, volumes
 from ec2.cloud.ami import Ami, resolve_ami
-from ec2.cloud.capacity import CAPACITY_CODES, QUOTA_NEXT_STEP, Choice, offered_zones, plan
+from ec2.cloud.capacity import CAPACITY_CODES, QUOTA_NEXT_STEP, Choice, offered_zones, plan, quota_next_step
 from ec2.cloud.userdata import build_user_data
 from ec2.config import AwsConfig
 from ec2.errors import AwsError, CapacityError, QuotaError, ToolkitError
@@ -229,7 +229,8 @@ def try_choices(
                     out(f"      {code}: spot refused for the account; falling back to on-demand")
                     skip_spot = True
                     continue
-                message = f"launching {choice.describe()} refused: {QUOTA_NEXT_STEP[code]}"
+                step = quota_next_step(code, choice.instance_type, choice.market)
+                message = f"launching {choice.describe()} refused: {step}"
                 raise QuotaError(message, code) from None
             raise translate(e, f"launching {choice.describe()}") from None
         except botocore.exceptions.BotoCoreError as e:

@@ -115,7 +115,7 @@ def test_quota_rows_name_the_code_and_the_request(home, ec2_client, dlami, capsy
     rows = _rows(out)
     assert code == 1 and rows["vCPU quota (g)"] == ["✗"] and rows["vCPU quota (p)"] == ["✓"]
     assert "All G and VT Spot Instance Requests (L-3819A6DF): 0 vCPUs; g4dn.2xlarge needs 8" in out
-    assert "All P Spot Instance Requests (L-7212CCBC): 96 vCPUs; p4d.24xlarge needs 96" in out
+    assert "All P4, P3 and P2 Spot Instance Requests (L-7212CCBC): 96 vCPUs; p4d.24xlarge needs 96" in out
     assert (
         "fix: fab doctor --request-quota 8 (or: aws service-quotas request-service-quota-increase "
         "--service-code ec2 --quota-code L-3819A6DF --desired-value 8 --region us-east-1)"
@@ -128,6 +128,30 @@ def test_quota_rows_name_the_code_and_the_request(home, ec2_client, dlami, capsy
         _rows(out)["vCPU quota (g)"] == ["✓"]
         and "Running On-Demand G and VT instances (L-DB2E81BA): 8" in out
     )
+
+
+def test_p5_spot_is_checked_and_requested_against_its_own_quota(home, ec2_client, dlami, capsys):
+    """P5 spot has its own quota ("All P5 Spot Instance Requests", L-C4BD4855; EC2 user guide,
+    "Spot Instance quotas"): a P4 quota of 192 vCPUs says nothing about a p5.48xlarge."""
+    asked = _quota_answers({"L-7212CCBC": 192.0, "L-C4BD4855": 0.0})
+    code, out = _doctor(capsys, "instance_types=[p5.48xlarge,p4d.24xlarge]")
+    rows = _rows(out)
+    assert code == 1 and rows["vCPU quota (p5)"] == ["✗"] and rows["vCPU quota (p)"] == ["✓"], out
+    assert "All P5 Spot Instance Requests (L-C4BD4855): 0 vCPUs; p5.48xlarge needs 192" in out
+    assert "--quota-code L-C4BD4855 --desired-value 192" in out
+    assert {json.loads(r.body)["QuotaCode"] for r in asked} == {"L-7212CCBC", "L-C4BD4855"}
+
+    sq = aws.client("service-quotas", "us-east-1")
+    filed = answer(
+        sq,
+        "RequestServiceQuotaIncrease",
+        lambda request: json_answer(
+            {"RequestedQuota": {"Id": "r1", "Status": "PENDING", **json.loads(request.body)}}
+        ),
+    )
+    code, out = _doctor(capsys, "instance_types=[p5.48xlarge]", request_quota="192")
+    assert code == 0 and "requested 192 vCPUs of All P5 Spot Instance Requests (L-C4BD4855)" in out
+    assert [json.loads(r.body)["QuotaCode"] for r in filed] == ["L-C4BD4855"]
 
 
 def test_request_quota_files_the_increase(home, ec2_client, capsys):

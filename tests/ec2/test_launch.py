@@ -127,6 +127,24 @@ def test_quota_error_stops_at_once(home, ec2_client, dlami, refusing):
     assert instances.find_instances(ec2_client) == []
 
 
+@pytest.mark.parametrize(
+    ("instance_type", "code", "quota"),
+    [
+        ("p5.48xlarge", "MaxSpotInstanceCountExceeded", "All P5 Spot Instance Requests', L-C4BD4855"),
+        ("p4d.24xlarge", "VcpuLimitExceeded", "All P4, P3 and P2 Spot Instance Requests', L-7212CCBC"),
+        ("g5.xlarge", "VcpuLimitExceeded", "All G and VT Spot Instance Requests', L-3819A6DF"),
+    ],
+)
+def test_quota_error_names_the_refused_familys_quota(
+    home, ec2_client, dlami, refusing, instance_type, code, quota
+):
+    refusing(lambda a: code)
+    with pytest.raises(QuotaError) as e:
+        launch(config(f"instance_types=[{instance_type}]", "zones=[us-east-1a]"), "exp1", wait_ssh=False)
+    assert quota in str(e.value)
+    assert instance_type.startswith("g") or "G and VT" not in str(e.value)
+
+
 def test_spot_then_on_demand_falls_back(home, ec2_client, dlami, refusing):
     wrapper = refusing(lambda a: "MaxSpotInstanceCountExceeded" if a[2] == "spot" else None)
     cfg = config("instance_types=[g5.xlarge]", "zones=[us-east-1a]", "market=spot-then-on-demand")
