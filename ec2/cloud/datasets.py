@@ -136,7 +136,7 @@ def _bucket_error(e: botocore.exceptions.ClientError, bucket: str, action: str) 
         )
     if code in ("AccessDenied", "403", "AllAccessDisabled"):
         return DatasetError(
-            f"s3://{bucket}: S3 AccessDenied; your identity needs {action} on arn:aws:s3:::{bucket} "
+            f"s3://{bucket}: S3 AccessDenied; your identity needs {action} on the bucket {bucket} "
             "(or use another --dest / AWS_PROFILE)"
         )
     return DatasetError(aws.s3_failure(e, f"s3://{bucket}", "--dest"))
