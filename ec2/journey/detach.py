@@ -21,6 +21,7 @@ from common import aws
 from common.s3uri import is_s3
 from ec2 import registry
 from ec2.cloud import asg, bundle, instances, keys, launch, network, s3scope
+from ec2.cloud.spot_failures import spot_failure
 from ec2.cloud.userdata import build_detached_user_data
 from ec2.config import AwsConfig
 from ec2.errors import ConfigError, ToolkitError
@@ -173,10 +174,13 @@ def submit(
     def on_failed(activity: dict) -> None:
         # A group has no spot-to-on-demand fallback of its own: for spot-then-on-demand, the
         # first spot failure while we wait switches it (later launches are then on-demand).
-        if cfg.market == "spot-then-on-demand" and not switched and "spot" in _text(activity).lower():
+        # Only a documented spot capacity, quota or price failure switches it, for good; anything
+        # else (a profile IAM has not propagated yet, a throttled call) on-demand would not cure.
+        matched = spot_failure(activity)
+        if cfg.market == "spot-then-on-demand" and not switched and matched:
             asg.use_on_demand(autoscaling, name)
             switched.append(True)
-            out("spot capacity failed: the group now launches on-demand (market: spot-then-on-demand)")
+            out(f"spot failed ({matched}): the group now launches on-demand (market: spot-then-on-demand)")
 
     instance_id = asg.wait_first_instance(
         autoscaling, name, cfg.running_timeout_s, every_s=poll_s, out=out, on_failed=on_failed
@@ -184,10 +188,6 @@ def submit(
     out(f"launched {instance_id}; the run goes on without this laptop")
     out(f"follow it: fab watch --name {name}   stop it: fab stop --name {name}")
     return Submitted(state, instance_id)
-
-
-def _text(activity: dict) -> str:
-    return " ".join(str(activity.get(k, "")) for k in ("StatusMessage", "Description", "Cause"))
 
 
 # --- the laptop side --------------------------------------------------------------------------------

@@ -191,13 +191,29 @@ def test_refused_group_names_the_permission_and_takes_everything_back(cloud, mon
     nothing_created()
 
 
+NO_SPOT = (
+    "Could not launch Spot Instances. InsufficientInstanceCapacity - There is no Spot capacity available "
+    "that matches your request. Launching EC2 instance failed."
+)
+# A spot launch refused for a reason on-demand would not cure: the message still begins "Could not
+# launch Spot Instances" (EC2's InvalidParameterValue for a profile IAM has not propagated yet).
+PROFILE_NOT_YET = (
+    "Could not launch Spot Instances. InvalidParameterValue - Value (spotrun-us-east-1-job) for parameter "
+    "iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name. Launching EC2 instance failed."
+)
+SPOT_QUOTA = (
+    "Could not launch Spot Instances. MaxSpotInstanceCountExceeded - Max spot instance count exceeded. "
+    "Launching EC2 instance failed."
+)
+
+
 class SpotStarvedAutoScaling:
     """moto's autoscaling client for a region without spot capacity, which moto cannot play: until
     the group is switched to on-demand, it shows no instance and one failed launch activity
     (the documented DescribeScalingActivities shape and message)."""
 
-    def __init__(self, real):
-        self._real, self.on_demand = real, False
+    def __init__(self, real, message: str = NO_SPOT):
+        self._real, self.on_demand, self.message = real, False, message
 
     def describe_auto_scaling_groups(self, **kw):
         answer = self._real.describe_auto_scaling_groups(**kw)
@@ -212,14 +228,11 @@ class SpotStarvedAutoScaling:
         failed = {
             "ActivityId": "5e0f2a8b-0000-4000-8000-000000000001",
             "AutoScalingGroupName": "spotrun-job",
-            "Description": "Launching a new EC2 instance.  Status Reason: Could not launch Spot Instances. "
-            "InsufficientInstanceCapacity - There is no Spot capacity available that matches your request. "
-            "Launching EC2 instance failed.",
+            "Description": f"Launching a new EC2 instance.  Status Reason: {self.message}",
             "Cause": "At 2026-11-30T06:00:00Z an instance was started in response to a difference between "
             "desired and actual capacity, increasing the capacity from 0 to 1.",
             "StatusCode": "Failed",
-            "StatusMessage": "Could not launch Spot Instances. InsufficientInstanceCapacity - There is no "
-            "Spot capacity available that matches your request. Launching EC2 instance failed.",
+            "StatusMessage": self.message,
         }
 
         class Pages:
@@ -237,7 +250,7 @@ class SpotStarvedAutoScaling:
         return getattr(self._real, name)
 
 
-def test_spot_then_on_demand_switches_the_group_when_spot_fails(cloud, monkeypatch, capsys):
+def _starved(monkeypatch, message: str = NO_SPOT) -> None:
     real = aws.client
     starved = {}
 
@@ -245,16 +258,36 @@ def test_spot_then_on_demand_switches_the_group_when_spot_fails(cloud, monkeypat
         c = real(service, region, profile, **kw)
         if service != "autoscaling":
             return c
-        return starved.setdefault("asg", SpotStarvedAutoScaling(c))
+        return starved.setdefault("asg", SpotStarvedAutoScaling(c, message))
 
     monkeypatch.setattr(aws, "client", client)
+
+
+@pytest.mark.parametrize(
+    ("message", "matched"),
+    [(NO_SPOT, "InsufficientInstanceCapacity"), (SPOT_QUOTA, "MaxSpotInstanceCountExceeded")],
+)
+def test_spot_then_on_demand_switches_the_group_when_spot_fails(cloud, monkeypatch, capsys, message, matched):
+    _starved(monkeypatch, message)
     done = detach.submit(cfg("market=spot-then-on-demand"), "job", plan(), poll_s=0.1)
     out = capsys.readouterr().out
-    assert "InsufficientInstanceCapacity" in out and "the group now launches on-demand" in out
+    assert f"spot failed ({matched}): the group now launches on-demand" in out
     [group] = boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]
     dist = group["MixedInstancesPolicy"]["InstancesDistribution"]
     assert dist["OnDemandPercentageAboveBaseCapacity"] == 100  # read back from moto
     assert [i["InstanceId"] for i in group["Instances"]] == [done.instance_id]
+
+
+def test_spot_then_on_demand_keeps_spot_on_a_failure_that_is_not_spots(cloud, monkeypatch, capsys):
+    """A failed spot launch whose cause is not spot capacity (the instance profile IAM has not
+    propagated yet) is shown, and the group stays spot: on-demand would not cure it."""
+    _starved(monkeypatch, PROFILE_NOT_YET)
+    with pytest.raises(AwsError, match="launched no instance"):
+        detach.submit(cfg("market=spot-then-on-demand", "running_timeout_s=1"), "job", plan(), poll_s=0.1)
+    out = capsys.readouterr().out
+    assert "iamInstanceProfile.name is invalid" in out and "now launches on-demand" not in out
+    [group] = boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]
+    assert group["MixedInstancesPolicy"]["InstancesDistribution"]["OnDemandPercentageAboveBaseCapacity"] == 0
 
 
 def test_spot_only_does_not_switch(cloud, monkeypatch):
