@@ -151,6 +151,8 @@ def submit(
             bundle_uri=bundle_uri,
             remote_dir=cfg.remote_dir,
             login_user=cfg.ssh_user,
+            group=state.group,
+            region=p.region,
         )
         settings = launch.instance_settings(cfg, name, p.owner, p.ami, p.created, p.profile, user_data)
         tags = launch.instance_tags(cfg, name, p.owner, p.created)
@@ -299,11 +301,22 @@ def watch(
 ) -> DetachedRun:
     """Follow a detached run until it has ended and its group is empty: state, current instance,
     attempts, the log's tail when it changes; then the summary. Ctrl-C stops only the watching."""
-    shown = ""
+    shown = failure_shown = ""
     last_tail = ""
     while True:
         where = d.look()
         s = where.state
+        # A boot that gave up before it could read the record left the cause on the group.
+        failure = where.group.tags.get(asg.FAILURE_TAG) if where.group else None
+        if failure and where.group.desired == 0:
+            raise ToolkitError(
+                f"{d.name}: its boot gave up and stopped the group ({failure}); fix the cause, then "
+                f"`fab terminate --name {d.name}` and submit again"
+            )
+        if failure and failure != failure_shown:
+            # The instance could not set desired 0 itself: say so; its own shutdown still ends it.
+            out(f"[{d.name}] boot failed, group still desired {where.group.desired}: {failure}")
+            failure_shown = failure
         if s is None:
             raise ToolkitError(
                 f"no detached run named {d.name!r} here (no group, or its record is gone); "
