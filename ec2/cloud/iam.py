@@ -78,12 +78,28 @@ def account_of(arn: str) -> str:
     return parts[4] if len(parts) > 4 and parts[4] else "ACCOUNT_ID"
 
 
+# The service-linked roles a fresh account's first spot launch and first Auto Scaling group make
+# (without iam:CreateServiceLinkedRole: AuthFailure.ServiceLinkedRoleCreationNotPermitted).
+# https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/service-linked-roles-spot-instance-requests.html
+# https://docs.aws.amazon.com/autoscaling/ec2/userguide/autoscaling-service-linked-role.html
+SERVICE_LINKED_ROLES = {
+    "spot.amazonaws.com": "AWSServiceRoleForEC2Spot",
+    "autoscaling.amazonaws.com": "AWSServiceRoleForAutoScaling",
+}
+
+
 def caller_policy(caller_arn: str) -> dict:
     """What a caller needs for `iam_instance_profile: auto`: manage roles and profiles under
-    /spotrun/ only, and pass them to EC2."""
+    /spotrun/ only, and pass them to EC2; and what a first launch in a fresh account needs beyond
+    the EC2 basics and is easily missed: creating the two service-linked roles (those only),
+    tagging (TagSpecifications at launch, volume tags), spot placement scores and on-demand prices."""
     part, account = partition_of(caller_arn), account_of(caller_arn)
     roles = f"arn:{part}:iam::{account}:role{PATH}*"
     profiles = f"arn:{part}:iam::{account}:instance-profile{PATH}*"
+    linked = [
+        f"arn:{part}:iam::{account}:role/aws-service-role/{service}/{role}"
+        for service, role in SERVICE_LINKED_ROLES.items()
+    ]
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -118,6 +134,21 @@ def caller_policy(caller_arn: str) -> dict:
                 "Resource": profiles,
             },
             {"Sid": "SpotrunListRoles", "Effect": "Allow", "Action": "iam:ListRoles", "Resource": "*"},
+            {
+                "Sid": "SpotrunServiceLinkedRoles",
+                "Effect": "Allow",
+                "Action": "iam:CreateServiceLinkedRole",
+                "Resource": linked,
+                "Condition": {"StringEquals": {"iam:AWSServiceName": list(SERVICE_LINKED_ROLES)}},
+            },
+            {
+                # GetSpotPlacementScores and pricing:GetProducts take no resource; CreateTags tags
+                # what spotrun creates at launch and its volumes afterwards.
+                "Sid": "SpotrunTagsScoresPrices",
+                "Effect": "Allow",
+                "Action": ["ec2:CreateTags", "ec2:GetSpotPlacementScores", "pricing:GetProducts"],
+                "Resource": "*",
+            },
         ],
     }
 

@@ -277,6 +277,33 @@ def test_a_caller_without_iam_rights_gets_one_line_and_a_policy_file(home, ec2_c
     )
 
 
+def test_the_admin_policy_covers_a_fresh_accounts_first_launch(aws_env):
+    """The policy file for an admin also grants what a fresh account's first launch needs and is
+    easily missed: the two service-linked roles (those only), tags, placement scores, prices."""
+    document = iam.caller_policy("arn:aws:iam::123456789012:user/dev")
+    actions = {
+        a
+        for st in document["Statement"]
+        for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])
+    }
+    assert {
+        "iam:CreateServiceLinkedRole",
+        "ec2:CreateTags",
+        "ec2:GetSpotPlacementScores",
+        "pricing:GetProducts",
+    } <= actions
+    [linked] = [st for st in document["Statement"] if st["Action"] == "iam:CreateServiceLinkedRole"]
+    assert linked["Resource"] == [
+        "arn:aws:iam::123456789012:role/aws-service-role/spot.amazonaws.com/AWSServiceRoleForEC2Spot",
+        "arn:aws:iam::123456789012:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling",
+    ]
+    assert linked["Condition"] == {
+        "StringEquals": {"iam:AWSServiceName": ["spot.amazonaws.com", "autoscaling.amazonaws.com"]}
+    }
+    # A valid policy document as IAM parses it (moto's IAM validates the grammar).
+    boto3.client("iam").create_policy(PolicyName="spotrun-caller", PolicyDocument=json.dumps(document))
+
+
 def test_run_instances_refusing_pass_role_names_it(home, ec2_client, dlami):
     answer(
         aws.client("ec2", "us-east-1"),
