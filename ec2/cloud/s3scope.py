@@ -24,11 +24,6 @@ READ, WRITE = "read", "write"
 READ_ACTIONS = ["s3:GetObject"]
 WRITE_ACTIONS = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
 SID_PREFIX = "Spotrun"
-# The Sids `statements` gives its own S3 statements. Anything else in the role's document is
-# another caller's (the detached run's Auto Scaling statement, a user's addition) and is kept as
-# it is when the grants are rewritten; an older document's Auto Scaling statement was Sid
-# "SpotrunOwnGroup", which shares the prefix, so the prefix alone does not decide.
-_OWN_SID = re.compile(rf"^{SID_PREFIX}(Read|Write|List)\d+$")
 # S3 bucket naming rules (docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html).
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 WRITE_MARK = "rw:"
@@ -161,10 +156,23 @@ def _statements_of(document: dict | str) -> list[dict]:
     return [st for st in _as_list((document or {}).get("Statement")) if isinstance(st, dict)]
 
 
+def _own_sid(sid: str) -> bool:
+    """A Sid `statements` gives (SpotrunRead0, SpotrunWrite1, SpotrunList0). Anything else in the
+    role's document is another caller's (the detached run's Auto Scaling statement, a user's
+    addition) and is kept as it is when the grants are rewritten; an older document's Auto Scaling
+    statement was Sid "SpotrunOwnGroup", which shares the prefix, so the prefix alone does not
+    decide."""
+    for kind in ("Read", "Write", "List"):
+        head = SID_PREFIX + kind
+        if sid.startswith(head) and sid[len(head) :].isdigit():
+            return True
+    return False
+
+
 def _is_own(st: dict) -> bool:
     """A statement `statements` wrote: its Sid and nothing but S3 actions."""
     actions = _as_list(st.get("Action"))
-    return bool(_OWN_SID.match(str(st.get("Sid", "")))) and all(str(a).startswith("s3:") for a in actions)
+    return _own_sid(str(st.get("Sid", ""))) and all(str(a).startswith("s3:") for a in actions)
 
 
 def grants_in(document: dict | str) -> list[Grant]:
