@@ -103,3 +103,43 @@ def test_a_refused_call_says_what_aws_said(aws_env, monkeypatch):
         "AccessDenied: User: arn:aws:sts::123456789012:assumed-role/r/i-0123 is not authorized" in failed[0]
     )
     assert len(giveup.tag_value("x" * 400, "i-1", datetime(2026, 1, 1, tzinfo=timezone.utc))) == 256
+
+
+def test_the_requests_are_what_botocore_serializes(monkeypatch):
+    """Each call's parameters, as botocore's query serializer writes the same request from the
+    Auto Scaling service model (Tags.member.N.*, booleans as "false")."""
+    from botocore.serialize import create_serializer
+    from botocore.session import get_session
+
+    model = get_session().get_service_model("autoscaling")
+    sent = []
+    monkeypatch.setattr(giveup, "call", lambda region, action, params: sent.append((action, params)))
+    monkeypatch.setattr(giveup, "instance_id", lambda: "i-0123456789abcdef0")
+    assert giveup.give_up("spotrun-job", "us-east-1", "S3 refused") == []
+    [(_, desired), (_, tags)] = sent
+    value = tags["Tags.member.1.Value"]
+    assert value.endswith("i-0123456789abcdef0: S3 refused")
+    expected = {
+        "SetDesiredCapacity": {
+            "AutoScalingGroupName": "spotrun-job",
+            "DesiredCapacity": 0,
+            "HonorCooldown": False,
+        },
+        "CreateOrUpdateTags": {
+            "Tags": [
+                {
+                    "ResourceId": "spotrun-job",
+                    "ResourceType": "auto-scaling-group",
+                    "Key": giveup.GIVEUP_TAG,
+                    "Value": value,
+                    "PropagateAtLaunch": False,
+                }
+            ]
+        },
+    }
+    for (action, params), ours in zip(expected.items(), (desired, tags), strict=True):
+        body = create_serializer("query").serialize_to_request(params, model.operation_model(action))["body"]
+        # urlencode writes both as text; botocore keeps an integer until then.
+        assert {"Action": action, "Version": giveup.API_VERSION, **ours} == {
+            k: str(v) for k, v in body.items()
+        }
