@@ -269,3 +269,33 @@ def test_make_targets_and_fab_list():
     assert make_n("aws-prices", "HOURS=5") == [".venv/bin/fab prices --config configs/aws.yaml --hours 5"]
     listing = subprocess.run([".venv/bin/fab", "--list"], cwd=repo, capture_output=True, text=True).stdout
     assert "\n  doctor " in listing and "\n  prices " in listing
+
+
+@pytest.mark.parametrize(
+    ("instance_type", "spot", "on_demand"),
+    [
+        ("p5.48xlarge", "L-C4BD4855", "L-417A185B"),
+        ("p5en.48xlarge", "L-C4BD4855", "L-417A185B"),
+        ("p4d.24xlarge", "L-7212CCBC", "L-417A185B"),
+        ("p3.2xlarge", "L-7212CCBC", "L-417A185B"),
+        ("p2.xlarge", "L-7212CCBC", "L-417A185B"),
+        ("g6.xlarge", "L-3819A6DF", "L-DB2E81BA"),
+        ("vt1.3xlarge", "L-3819A6DF", "L-DB2E81BA"),
+        ("inf2.xlarge", "L-B5D1601B", "L-1945791B"),
+        ("trn1.2xlarge", "L-6B0D517C", "L-2C3B7624"),
+        ("dl1.24xlarge", "L-85EED4F7", "L-6E869C2A"),
+        ("x2iedn.xlarge", "L-E3A00192", "L-7295265B"),
+        ("f1.2xlarge", "L-88CF9481", "L-74FC7D96"),
+        ("i4i.large", "L-34B43A08", "L-1216C47A"),
+        ("d3.xlarge", "L-34B43A08", "L-1216C47A"),
+        ("t3.micro", "L-34B43A08", "L-1216C47A"),
+    ],
+)
+def test_each_family_has_its_documented_quota(instance_type, spot, on_demand):
+    """The EC2 user guide's "Spot Instance quotas" table: one spot quota per family group, P5 apart
+    from P4/P3/P2; on-demand, every P type shares "Running On-Demand P instances". Prefixes are
+    matched longest first (inf before i, dl before d, trn before t)."""
+    from ec2.cloud import quota
+
+    assert quota.quota_for(instance_type, quota.SPOT).code == spot
+    assert quota.quota_for(instance_type, quota.ON_DEMAND).code == on_demand
