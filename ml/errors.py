@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.errors import ConfigError, ToolkitError
+from common.errors import ConfigError, OutputError, ToolkitError
 
 __all__ = [
     "ToolkitError",
@@ -39,9 +39,3 @@ class NonFiniteError(ToolkitError):
     """Training produced a non-finite loss or gradient norm; nothing from that step was saved."""
 
     exit_code = 5
-
-
-class OutputError(ToolkitError):
-    """output_dir or checkpoint_dir cannot be written (read-only, not a folder, disk full)."""
-
-    exit_code = 6

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common import outputs
 from common.config import save_config
 from common.errors import ConfigError, ToolkitError
 from common.s3uri import is_s3
@@ -44,7 +45,7 @@ from ml.data import build_train_loader, build_val_loader
 from ml.data.storage import s3_traffic
 from ml.errors import STOPPED_RESUMABLE, UNEXPECTED_EXIT, CheckpointError, NonFiniteError
 from ml.model import build_model, count_parameters
-from ml.runlog import RunLog, check_writable
+from ml.runlog import RunLog
 from ml.schedule import build_optimizer, build_scheduler
 from ml.stopping import StopFlag
 from ml.validation import autocast, ctc_loss, to_device, validate
@@ -233,9 +234,9 @@ def prepare(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: S
     log = RunLog(cfg.output_dir, enabled=d.is_main)
     store = CheckpointStore(cfg.checkpoint_dir, Path(cfg.output_dir) / ".checkpoint_staging", warn=log.info)
     if d.is_main:  # only rank 0 writes
-        check_writable(cfg.output_dir, "output_dir")
+        outputs.folder(cfg.output_dir, "output_dir")
         if not store.remote:
-            check_writable(cfg.checkpoint_dir, "checkpoint_dir")
+            outputs.folder(cfg.checkpoint_dir, "checkpoint_dir")
     ckpt, resumed_from = find_start(cfg, store, d)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)

@@ -15,6 +15,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import outputs  # noqa: E402
+from common.errors import OutputError  # noqa: E402
+
 REQUIRED_COLUMNS = ("step", "split", "loss", "per")
 
 
@@ -119,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="PNG to write (default: metrics.png beside the CSV)")
     args = parser.parse_args(argv)
     out = args.out or args.csv.with_name("metrics.png")
+    try:
+        # Before reading: a PNG written over the CSV (or under a .csv name) loses the metrics.
+        outputs.file(out, "--out", (".png",))
+        outputs.distinct({"the metrics CSV": args.csv, "--out": out})
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         curves = read_metrics(args.csv)
         plot(curves, out, title=str(args.csv.parent.name or args.csv.name))

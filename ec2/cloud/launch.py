@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import botocore.exceptions
 
-from common import aws
+from common import aws, guard
 from common.aws import aws_errors, error_code, translate
 from ec2 import names, registry
 from ec2.cloud import account, iam, instances, keys, network, pricing, s3scope, volumes
@@ -253,6 +253,38 @@ def refuse_duplicate(ec2, name: str) -> None:
         )
 
 
+def refuse_adopted(name: str) -> None:
+    """A launch writes the name's record and SSH entry: an adopted machine's are not its to replace."""
+    old = registry.load_all().get(name)
+    guard.unless_forced(
+        False,
+        target=f"launching {name!r}",
+        lost=[f"adopted machine {old.user}@{old.host}:{old.port}'s record and SSH entry"]
+        if old and old.adopted
+        else [],
+        verb="replace",
+        instead=f"launch under another --name, or `fab forget --name {name}` first",
+        flag=None,
+    )
+
+
+def undo_profile(cfg: AwsConfig, region: str, profile: iam.Profile | None, failure: BaseException, out):
+    """After a failed launch: the instance role and profile this launch made go again (one that
+    was there before stays: another instance of the name, or the user, may use it). Returns the
+    error to raise: ``failure``, or one that also says the role was kept when deleting it failed."""
+    if profile is None or not profile.role_created:
+        return failure
+    try:
+        iam.remove_made(aws.client("iam", region, cfg.profile), profile)
+    except ToolkitError as e:
+        return ToolkitError(
+            f"{failure}; ALSO kept IAM role and instance profile {profile.role} this launch made "
+            f"(could not delete them: {e}); `fab cleanup` deletes them"
+        )
+    out(f"removed instance role and profile {profile.role} (made for this launch)")
+    return failure
+
+
 def make_record(cfg: AwsConfig, info: instances.InstanceInfo, region: str, key_path: str) -> MachineRecord:
     host = info.address(cfg.ssh_host)
     if not host:
@@ -368,6 +400,7 @@ def prepare(
     owner = account.caller_arn(region, cfg.profile)  # first: bad credentials fail before anything exists
     ec2 = aws.client("ec2", region, cfg.profile)
     refuse_duplicate(ec2, name)
+    refuse_adopted(name)
     ami = resolve_ami(cfg, ec2, aws.client("ssm", region, cfg.profile))
     out(f"AMI: {ami.image_id} {ami.name!r} ({ami.reason})")
     if ami.warning:
@@ -381,8 +414,11 @@ def prepare(
     cidr = network.ssh_cidr(cfg)
     statements = list(extra(region, iam.account_of(owner))) if extra else []
     profile = instance_profile(cfg, name, region, owner, s3, out, statements)
-    key_path = keys.ensure_key_pair(ec2, cfg.key_name, owner, cfg.import_public_key)
-    group_id = network.ensure_group(ec2, cfg, cidr, owner)
+    try:
+        key_path = keys.ensure_key_pair(ec2, cfg.key_name, owner, cfg.import_public_key)
+        group_id = network.ensure_group(ec2, cfg, cidr, owner)
+    except (ToolkitError, KeyboardInterrupt) as failure:
+        raise undo_profile(cfg, region, profile, failure, out) from None
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return Prepared(
         region, owner, ec2, ami, choices, str(key_path), group_id, created, profile, cfg, workspace
@@ -416,7 +452,10 @@ def launch(
             fresh_profile=profile is not None and profile.created,
         )
     except CapacityError as e:
-        raise (volumes.capacity_hint(e, workspace) if workspace else e) from None
+        e = volumes.capacity_hint(e, workspace) if workspace else e
+        raise undo_profile(cfg, region, profile, e, out) from None
+    except (ToolkitError, KeyboardInterrupt) as failure:
+        raise undo_profile(cfg, region, profile, failure, out) from None
     out(f"launched {instance_id}: {choice.describe()}")
     try:
         record = _bring_up(ec2, cfg, instance_id, region, str(key_path), wait_ssh, out)
@@ -425,9 +464,10 @@ def launch(
         return record
     except (ToolkitError, KeyboardInterrupt) as failure:
         if keep_on_failure:
+            role = f" (and its instance role {profile.role})" if profile else ""
             out(
-                f"launch failed; {instance_id} kept as asked (--keep-on-failure): it bills until you "
-                f"run `fab terminate --name {name}`"
+                f"launch failed; {instance_id} kept as asked (--keep-on-failure){role}: it bills until "
+                f"you run `fab terminate --name {name}`"
             )
             raise
         out(f"launch failed after {instance_id} was created: terminating it so nothing is left billing")
@@ -439,4 +479,4 @@ def launch(
             ) from None
         instances.forget_local(name)
         out(f"terminated {instance_id}")
-        raise
+        raise undo_profile(cfg, region, profile, failure, out) from None

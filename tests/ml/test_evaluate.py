@@ -175,7 +175,9 @@ def test_an_existing_out_is_refused_without_force(trained, tmp_path, capsys):
     code, out, err = run_eval(capsys, *args, *overrides)
     assert (
         code == 2
-        and err == f"error: {out_csv} already exists; pass --force to overwrite it, or choose another --out\n"
+        and err
+        == f"error: writing the evaluation would overwrite {out_csv} (already there); "
+        "pass --force to do so, or choose another --out\n"
     )
     assert out_csv.read_text() == "mine\n" and out == ""
     code, _, _ = run_eval(capsys, *args, "--force", *overrides)
