@@ -1,0 +1,247 @@
+"""Every command that terminates, deletes, overwrites or re-registers something, one row each,
+typed as a user types it (the real `fab`, `python -m`, the scripts) against moto's server.
+
+Each row is a mistake the command must refuse (common/guard.py): flags that disagree, or a target
+holding something the command did not make and was not told to replace (--force / --yes). The
+contract: the exit code; exactly one `error:` line naming what would be lost and the way out; no
+traceback; and nothing lost: every file byte-identical, every instance and volume in its state,
+every S3 object unchanged, nothing new written (tests/clikit.py's World.state()).
+
+Commands looked at and left without a refusal row, with why:
+- `fab cleanup` deletes only what spotrun tagged and nothing uses, and the .pem only with --yes
+  (tests/ec2/test_iam.py, tests/ec2/test_tasks.py);
+- `fab forget` drops only the local entries of the name typed (the machine is untouched);
+- `fab stop` and `fab train --force` end or replace only the run named (tests/e2e, tests/remote);
+- `fab volume-move` keeps the original until the copy's first attach, and says so.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+
+import pytest
+
+from tests import clikit
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    tool: str  # a key of clikit.COMMANDS
+    argv: tuple[str, ...]
+    code: int
+    says: tuple[str, ...]  # fragments of the one error line: what would be lost, the way out
+
+
+def row(id, tool, *argv, code=2, says=()):
+    return Row(id, tool, tuple(argv), code, tuple(says))
+
+
+ROWS = [
+    # fab terminate: --all and --name used to end every instance; now neither is resolved for you.
+    row(
+        "terminate-all-and-name",
+        "fab",
+        "terminate",
+        "--all",
+        "--name",
+        "exp1",
+        "--yes",
+        says=("--all and --name disagree", "--all ends every spotrun instance", "give only one of them"),
+    ),
+    row(
+        "terminate-all-unconfirmed",
+        "fab",
+        "terminate",
+        "--all",
+        code=1,
+        says=("needs confirmation and there is no terminal", "pass --yes"),
+    ),
+    row(
+        "terminate-name-unconfirmed",
+        "fab",
+        "terminate",
+        "--name",
+        "exp1",
+        code=1,
+        says=("terminate exp1 ({exp1_id}", "needs confirmation", "pass --yes"),
+    ),
+    row(
+        "terminate-adopted-machine",
+        "fab",
+        "terminate",
+        "--name",
+        "box",
+        "--yes",
+        code=1,
+        says=("box is an adopted machine spotrun did not launch", "`fab forget --name box`"),
+    ),
+    # fab adopt of a launched instance's name replaced its record and SSH entry.
+    row(
+        "adopt-over-launched-instance",
+        "fab",
+        "adopt",
+        "exp1",
+        "198.51.100.9",
+        "--key",
+        "{key}",
+        says=(
+            "adopting 'exp1' would replace the record and SSH entry of launched instance {exp1_id}",
+            "pass --force",
+            "adopt under another name",
+        ),
+    ),
+    # fab launch of an adopted machine's name would replace its record and SSH entry.
+    row(
+        "launch-over-adopted-machine",
+        "fab",
+        "launch",
+        "--name",
+        "box",
+        says=(
+            "launching 'box' would replace adopted machine ubuntu@127.0.0.1:9's record and SSH entry",
+            "launch under another --name, or `fab forget --name box` first",
+        ),
+    ),
+    row(
+        "volume-delete-unconfirmed",
+        "fab",
+        "volume-delete",
+        "--name",
+        "ws",
+        code=1,
+        says=("delete volume ws", "needs confirmation", "pass --yes"),
+    ),
+    row(
+        "volume-delete-attached",
+        "fab",
+        "volume-delete",
+        "--name",
+        "ws",
+        "--yes",
+        code=1,
+        says=("cannot delete volume ws: it is attached to {exp1_id} (exp1)", "terminate that instance first"),
+    ),
+    # fab data-push replaced objects of the same key with other contents.
+    row(
+        "data-push-over-another-dataset",
+        "fab",
+        "data-push",
+        "--src",
+        "{data}/synthetic",
+        "--dest",
+        "s3://{bucket}/release",
+        says=(
+            "pushing to s3://{bucket}/release would replace s3://{bucket}/release/t15.2023.08.11/"
+            "data_train.hdf5 (other contents)",
+            "pass --force",
+            "push to another prefix",
+        ),
+    ),
+    # fab download --dest into a folder of the user's own overwrote same-named files.
+    row(
+        "download-into-a-foreign-folder",
+        "fab",
+        "download",
+        "--name",
+        "box",
+        "--dest",
+        "notes",
+        says=(
+            "downloading into --dest notes would overwrite same-named files among 1 file(s) that fab "
+            "download did not put there (train.log)",
+            "pass --force",
+            "choose an empty or new --dest",
+        ),
+    ),
+    # make_synthetic_data.py --out over a real dataset overwrote its HDF5 files.
+    row(
+        "synthetic-over-a-real-dataset",
+        "synth",
+        "--out",
+        "{data}/real",
+        "--sessions",
+        "1",
+        "--trials",
+        "4",
+        says=(
+            "--out {data}/real would overwrite t15.2023.08.11/data_train.hdf5 (not written by this script)",
+            "pass --force",
+            "choose another --out",
+        ),
+    ),
+    # ml.evaluate --out chart.png wrote its CSV there, then the chart over it.
+    row(
+        "evaluate-out-named-like-its-chart",
+        "evaluate",
+        "--checkpoint",
+        "trained_models/exp/checkpoint",
+        "--config",
+        "configs/demo.yaml",
+        "--out",
+        "chart.png",
+        code=6,
+        says=("--out chart.png: this writes a .csv file", "e.g. --out chart.csv"),
+    ),
+    row(
+        "evaluate-over-an-existing-file",
+        "evaluate",
+        "--checkpoint",
+        "trained_models/exp/checkpoint",
+        "--config",
+        "configs/demo.yaml",
+        "--out",
+        "metrics.csv",
+        says=("would overwrite metrics.csv (already there)", "pass --force", "choose another --out"),
+    ),
+    # ml.train with resume=never over a checkpoint_dir holding a run.
+    row(
+        "train-fresh-over-a-checkpoint",
+        "train",
+        "--config",
+        "configs/demo.yaml",
+        "output_dir=trained_models/exp",
+        "checkpoint_dir=trained_models/exp/checkpoint",
+        "resume=never",
+        "dataset.dataset_dir={data}/synthetic",
+        code=4,
+        says=("already holds last.pt", "resume=never would overwrite it", "set resume=auto"),
+    ),
+]
+
+# Every fab task that terminates, deletes, overwrites or re-registers, and has a row above.
+DESTRUCTIVE_TASKS = {"terminate", "adopt", "launch", "volume-delete", "data-push", "download"}
+
+
+@pytest.fixture(scope="module")
+def world(moto_server):
+    mp = pytest.MonkeyPatch()
+    built = clikit.build(moto_server, mp)
+    try:
+        yield built
+    finally:
+        mp.undo()
+        from common import aws
+
+        aws.reset_clients()
+        shutil.rmtree(built.root, ignore_errors=True)
+
+
+def test_the_table_covers_every_destructive_task():
+    assert DESTRUCTIVE_TASKS <= {r.argv[0] for r in ROWS if r.tool == "fab"}
+    assert {"synth", "evaluate", "train"} <= {r.tool for r in ROWS}
+    assert len({r.id for r in ROWS}) == len(ROWS)
+
+
+@pytest.mark.parametrize("case", ROWS, ids=[r.id for r in ROWS])
+def test_a_destructive_command_refuses_what_it_was_not_asked(case, world):
+    before = world.state()
+    code, output = world.run(case.tool, *case.argv)
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in output, output
+    assert len(errors) == 1, f"expected exactly one error: line, got:\n{output}"
+    for fragment in world.fill(case.says):
+        assert fragment in errors[0], f"{fragment!r} missing from {errors[0]!r}"
+    assert code == case.code, f"exit {code}, expected {case.code}: {output}"
+    assert world.state() == before
