@@ -94,6 +94,25 @@ def submit(
         extra=lambda region, account: asg.instance_role_statements(region, account, name),
         out=out,
     )
+    try:
+        return _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s)
+    except (ToolkitError, KeyboardInterrupt) as failure:
+        # Before the group exists, nothing uses a role this call made: it goes again. Once the
+        # group exists it launches with that role, and _submit raises from its waiting only.
+        if _group_made(cfg, p.region, name):
+            raise
+        raise launch.undo_profile(cfg, p.region, p.profile, failure, out) from None
+
+
+def _group_made(cfg: AwsConfig, region: str, name: str) -> bool:
+    try:
+        return asg.describe_group(aws.client("autoscaling", region, cfg.profile), name) is not None
+    except ToolkitError:
+        return True  # cannot tell: the role stays (`fab cleanup` removes it once nothing uses it)
+
+
+def _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s) -> Submitted:
+    """submit's second half, once the role, key pair and security group exist."""
     autoscaling = aws.client("autoscaling", p.region, cfg.profile)
     if (existing := asg.describe_group(autoscaling, name)) is not None:
         raise ToolkitError(

@@ -5,6 +5,8 @@ documented RunInstances error injected at the botocore level (tests/ec2/inject.p
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import boto3
 import pytest
 
@@ -107,3 +109,38 @@ def test_keep_on_failure_keeps_the_role_with_the_instance_and_says_so(home, ec2_
         launch(_cfg("ssh_proxy_command='true'", "ssh_ready_timeout_s=0.5"), "exp1", keep_on_failure=True)
     assert f"kept as asked (--keep-on-failure) (and its instance role {ROLE})" in capsys.readouterr().out
     assert _spotrun_iam() == ([ROLE], [ROLE])
+
+
+def test_a_cluster_launch_refused_for_capacity_removes_the_role_it_made(
+    home, ec2_client, dlami, refusing, capsys
+):
+    from ec2.cloud import cluster
+    from tests.ec2.test_cluster import install_placement_groups
+
+    install_placement_groups()
+    refusing(lambda attempt: "InsufficientInstanceCapacity")
+    with pytest.raises(CapacityError):
+        cluster.launch_cluster(
+            config("instance_types=[g5.12xlarge]", "zones=[us-east-1a]"), "job", 2, wait_ssh=False
+        )
+    assert "removed instance role and profile spotrun-us-east-1-job" in capsys.readouterr().out
+    assert _spotrun_iam() == ([], [])
+
+
+def test_a_detached_submit_refused_its_group_removes_the_role_it_made(home, ec2_client, dlami, monkeypatch):
+    from ec2.errors import AwsError
+    from ec2.journey import detach
+    from tests.ec2.test_detach_submit import BUCKET, DenyingAutoScaling, plan
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the code the bundle takes
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    real = aws.client
+
+    def client(service, region=None, profile=None, **kw):
+        c = real(service, region, profile, **kw)
+        return DenyingAutoScaling(c, "autoscaling:CreateAutoScalingGroup") if service == "autoscaling" else c
+
+    monkeypatch.setattr(aws, "client", client)
+    with pytest.raises(AwsError, match="lacks autoscaling:CreateAutoScalingGroup"):
+        detach.submit(_cfg("iam_instance_profile=auto"), "job", plan(), out=lambda line: None)
+    assert _spotrun_iam() == ([], [])
