@@ -245,3 +245,50 @@ def test_a_destructive_command_refuses_what_it_was_not_asked(case, world):
         assert fragment in errors[0], f"{fragment!r} missing from {errors[0]!r}"
     assert code == case.code, f"exit {code}, expected {case.code}: {output}"
     assert world.state() == before
+
+
+# ---- --force does what was refused (on copies: the table's world stays as it was) ----------------
+
+
+def test_force_overwrites_a_dataset_the_script_did_not_write(world):
+    copy = world.root / "data" / "real-copy"
+    shutil.copytree(world.root / "data" / "real", copy)
+    code, output = world.run("synth", "--out", str(copy), "--sessions", "1", "--trials", "4")
+    assert code == 2 and "pass --force" in output
+    code, output = world.run("synth", "--out", str(copy), "--sessions", "1", "--trials", "4", "--force")
+    assert code == 0, output
+    from ml.data.synthetic import made_here
+
+    assert made_here(copy / clikit.SESSION / "data_train.hdf5")
+    # Its own output is rewritten without --force (`make demo` runs the script every time).
+    code, output = world.run("synth", "--out", str(copy), "--sessions", "1", "--trials", "4")
+    assert code == 0, output
+
+
+def test_force_adopts_over_a_launched_instances_record(world):
+    from ec2 import registry
+
+    registry.put(registry.MachineRecord(name="exp9", host="198.51.100.99", instance_id="i-0123456789abcdef9"))
+    code, output = world.run("fab", "adopt", "exp9", "198.51.100.9", "--key", "{key}", "--force")
+    assert code == 0, output
+    assert registry.get("exp9").adopted and registry.get("exp9").host == "198.51.100.9"
+    registry.remove("exp9")
+    from ec2.remote import sshconfig
+
+    sshconfig.remove_entry("exp9")
+
+
+def test_force_pushes_over_other_contents(world):
+    s3 = world._aws("s3")
+    key = f"mine/{clikit.SESSION}/data_train.hdf5"
+    s3.put_object(Bucket=clikit.BUCKET, Key=key, Body=b"an older copy")
+    code, output = world.run("fab", "data-push", "--src", "{data}/synthetic", "--dest", "s3://{bucket}/mine")
+    assert code == 2 and "pass --force" in output
+    code, output = world.run(
+        "fab", "data-push", "--src", "{data}/synthetic", "--dest", "s3://{bucket}/mine", "--force"
+    )
+    assert code == 0, output
+    local = (world.root / "data" / "synthetic" / clikit.SESSION / "data_train.hdf5").read_bytes()
+    assert s3.get_object(Bucket=clikit.BUCKET, Key=key)["Body"].read() == local
+    for obj in s3.list_objects_v2(Bucket=clikit.BUCKET, Prefix="mine/")["Contents"]:
+        s3.delete_object(Bucket=clikit.BUCKET, Key=obj["Key"])
