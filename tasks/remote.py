@@ -23,7 +23,7 @@ from ec2.remote import gpu as gpu_summary
 from ec2.remote import nodes, runs
 from ec2.remote.carry import laptop_checkpoint, restore_checkpoint
 from ec2.remote.ssh import Machine, close_master, quote_path
-from ec2.remote.sync import PARTIAL_DIR, download_outputs, sync_code
+from ec2.remote.sync import download_outputs, refuse_foreign_dest, sync_code
 from ec2.remote.trainrun import RDZV_PORT, TRAINER_SIGNAL, setup_command, train_command, train_env
 from ec2.remote.trainrun import watcher_args as watcher_args_for
 from ml.config import load_train_config
@@ -419,28 +419,10 @@ def download(c, name=None, run="train", dest=None, output_dir=None, force=False,
     m = _machine(name, config, set_)
     dest_path = outputs.folder(dest, "--dest") if dest is not None else paths.outputs_dir(m.name)
     if dest is not None:
-        _refuse_foreign_dest(dest_path, force)
+        refuse_foreign_dest(dest_path, force)
     stats = download_outputs(m, run, dest_path, output_dir=output_dir, echo=True)
     moved = sum(s.files_transferred for s in stats.values())
     print(f"downloaded {moved} new file(s) to {dest_path}/", file=sys.stderr)
-
-
-def _refuse_foreign_dest(dest: Path, force: bool) -> None:
-    """A --dest folder that download did not fill (no DEST/.rsync-partial/, which every download
-    makes) holds someone else's files: rsync would overwrite those of the same names (train.log,
-    checkpoint/last.pt ...) with the machine's."""
-    if not dest.is_dir() or (dest / PARTIAL_DIR).is_dir():
-        return
-    files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
-    guard.unless_forced(
-        force,
-        target=f"downloading into --dest {dest}",
-        lost=[f"{len(files)} file(s) that fab download did not put there ({guard.listing(files, 2)})"]
-        if files
-        else [],
-        verb="overwrite same-named files among",
-        instead="choose an empty or new --dest",
-    )
 
 
 @task(iterable=["set_"])
