@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from common import guard, outputs
+from common import exits, guard, outputs
 from common.atomic import atomic_path, atomic_write_text
-from common.errors import ConfigError, ToolkitError
+from common.errors import ConfigError
 from common.s3uri import is_s3
 from ml import checkpoint, distributed
 from ml.checkpoint import BEST, LAST, REFERENCE_BEST
@@ -259,15 +259,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The same edge as ml.train (common/exits.py): an expected failure is one ``error:`` line and
+    its exit code, a bug its traceback and exit 70."""
     args = parse_args(argv)
     try:
         return run(args)
-    except ToolkitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (Exception, KeyboardInterrupt) as e:  # the edge of the program
+        return exits.report(e)
 
 
 if __name__ == "__main__":
