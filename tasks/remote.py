@@ -417,9 +417,11 @@ def run_cmd(c, cmd, name=None, cwd=None, config=None, set_=None):
 def download(c, name=None, run="train", dest=None, output_dir=None, force=False, config=None, set_=None):
     """Pull the run's checkpoints, logs, metrics and plots to outputs/NAME/ (only what is new)."""
     m = _machine(name, config, set_)
-    dest_path = outputs.folder(dest, "--dest") if dest is not None else paths.outputs_dir(m.name)
     if dest is not None:
+        dest_path = outputs.folder(dest, "--dest")
         refuse_foreign_dest(dest_path, force)
+    else:
+        dest_path = outputs.folder(paths.outputs_dir(m.name), "the outputs folder")
     stats = download_outputs(m, run, dest_path, output_dir=output_dir, echo=True)
     moved = sum(s.files_transferred for s in stats.values())
     print(f"downloaded {moved} new file(s) to {dest_path}/", file=sys.stderr)

@@ -149,11 +149,20 @@ ROWS = [
         "--dest",
         "notes",
         says=(
-            "downloading into --dest notes would overwrite same-named files among 1 file(s) that fab "
-            "download did not put there (train.log)",
+            "downloading into --dest notes would overwrite same-named files among 1 file(s) that spotrun "
+            "did not put there (train.log)",
             "pass --force",
             "choose an empty or new --dest",
         ),
+    ),
+    # fab run --dest downloads there (and keeps its run.json): checked before an instance is paid for.
+    row(
+        "run-into-a-foreign-folder",
+        "fab",
+        "run",
+        "--dest",
+        "notes",
+        says=("downloading into --dest notes would overwrite", "(train.log)", "pass --force"),
     ),
     # make_synthetic_data.py --out over a real dataset overwrote its HDF5 files.
     row(
@@ -211,7 +220,7 @@ ROWS = [
 ]
 
 # Every fab task that terminates, deletes, overwrites or re-registers, and has a row above.
-DESTRUCTIVE_TASKS = {"terminate", "adopt", "launch", "volume-delete", "data-push", "download"}
+DESTRUCTIVE_TASKS = {"terminate", "adopt", "launch", "volume-delete", "data-push", "download", "run"}
 
 
 @pytest.fixture(scope="module")

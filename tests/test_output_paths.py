@@ -175,6 +175,15 @@ ROWS = [
         says=("--dest a-file", "is a file, not a folder", "choose another --dest"),
     ),
     row(
+        "run-dest-is-a-file",
+        "fab",
+        "run",
+        "--dest",
+        "a-file",
+        code=6,
+        says=("--dest a-file", "is a file, not a folder", "choose another --dest"),
+    ),
+    row(
         "download-dest-empty",
         "fab",
         "download",

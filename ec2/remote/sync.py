@@ -293,21 +293,20 @@ def download_outputs(
     return stats
 
 
-def refuse_foreign_dest(dest: Path, force: bool, limit: int = 1000) -> None:
+def refuse_foreign_dest(dest: Path, force: bool, marks: tuple[str, ...] = (), limit: int = 1000) -> None:
     """An explicit --dest that download did not fill (no DEST/.rsync-partial/, which every download
-    makes) holds someone else's files: rsync would overwrite those of the same names (train.log,
-    checkpoint/last.pt ...) with the machine's. Refused unless ``force`` (common/guard.py); the
-    walk stops at ``limit`` files (a --dest of ~ must not read the whole home folder)."""
-    if not dest.is_dir() or (dest / PARTIAL_DIR).is_dir():
+    makes, nor one of ``marks``, e.g. `fab run`'s run.json) holds someone else's files: rsync
+    would overwrite those of the same names (train.log, checkpoint/last.pt ...) with the
+    machine's. Refused unless ``force`` (common/guard.py); the walk stops at ``limit`` files (a
+    --dest of ~ must not read the whole home folder)."""
+    if not dest.is_dir() or any((dest / mark).exists() for mark in (PARTIAL_DIR, *marks)):
         return
     files = sorted(str(p.relative_to(dest)) for p in itertools.islice(_files_under(dest), limit))
     count = f"{limit} or more" if len(files) == limit else str(len(files))
     guard.unless_forced(
         force,
         target=f"downloading into --dest {dest}",
-        lost=[f"{count} file(s) that fab download did not put there ({guard.listing(files, 2)})"]
-        if files
-        else [],
+        lost=[f"{count} file(s) that spotrun did not put there ({guard.listing(files, 2)})"] if files else [],
         verb="overwrite same-named files among",
         instead="choose an empty or new --dest",
     )
