@@ -197,6 +197,7 @@ def build(moto_server: str, monkeypatch) -> World:
     (project / "notes" / "train.log").write_text("my own notes, not a run's log\n")
     (project / "metrics.csv").write_text("step,split,loss,per,lr,seconds\n1,train,2.0,,0.01,1\n")
     (project / "a-file").write_text("a file, not a folder\n")
+    (project / "figure.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(512))  # a paper's figure
     fills = {
         "key": str(key),
         "data": str(data),

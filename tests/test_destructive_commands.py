@@ -204,6 +204,15 @@ ROWS = [
         "metrics.csv",
         says=("would overwrite metrics.csv (already there)", "pass --force", "choose another --out"),
     ),
+    # plot_metrics.py --out over a PNG it did not draw (a paper's figure) replaced it.
+    row(
+        "plot-over-a-foreign-png",
+        "plot",
+        "metrics.csv",
+        "--out",
+        "figure.png",
+        says=("plotting would overwrite figure.png (not a plot: no matplotlib mark)", "pass --force"),
+    ),
     # ml.train with resume=never over a checkpoint_dir holding a run.
     row(
         "train-fresh-over-a-checkpoint",
@@ -239,7 +248,7 @@ def world(moto_server):
 
 def test_the_table_covers_every_destructive_task():
     assert DESTRUCTIVE_TASKS <= {r.argv[0] for r in ROWS if r.tool == "fab"}
-    assert {"synth", "evaluate", "train"} <= {r.tool for r in ROWS}
+    assert {"synth", "evaluate", "train", "plot"} <= {r.tool for r in ROWS}
     assert len({r.id for r in ROWS}) == len(ROWS)
 
 
@@ -301,3 +310,17 @@ def test_force_pushes_over_other_contents(world):
     assert s3.get_object(Bucket=clikit.BUCKET, Key=key)["Body"].read() == local
     for obj in s3.list_objects_v2(Bucket=clikit.BUCKET, Prefix="mine/")["Contents"]:
         s3.delete_object(Bucket=clikit.BUCKET, Key=obj["Key"])
+
+
+def test_a_plot_replaces_its_own_earlier_plot_and_force_replaces_any(world):
+    out = world.project / "curves.png"
+    for _ in range(2):  # the second run replaces the first one's PNG without --force
+        code, output = world.run("plot", "metrics.csv", "--out", str(out))
+        assert code == 0, output
+    other = world.project / "other.png"
+    other.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    code, output = world.run("plot", "metrics.csv", "--out", str(other), "--force")
+    assert code == 0, output
+    assert b"Matplotlib" in other.read_bytes()[:512]
+    out.unlink()
+    other.unlink()
