@@ -11,7 +11,7 @@ Invoke would convert an `int`-defaulted flag itself and end a typo (`--port abc`
 so `edge` shows invoke numeric parameters without their default (None: invoke hands over the
 string) and puts the default back when the flag is absent.
 
-Failures:
+Failures (common/exits.py, shared with `python -m ml.train` and `ml.evaluate`):
 - a ToolkitError (expected: bad input, a refusal) → `error: <message>` and its exit code, no
   traceback; with SPOTRUN_DEBUG=1 the chain of causes is printed above it;
 - Ctrl-C → `interrupted`, exit 130;
