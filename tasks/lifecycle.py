@@ -47,7 +47,7 @@ def launch(
     """Launch a spot GPU instance (cheapest type/zone with capacity; --nodes N: a cluster), wait for SSH."""
     cfg = aws_config(config, set_)
     name = machine_name(name, cfg)
-    launching.refuse_adopted(name)  # local and at once: before the preflight asks AWS anything
+    launching.refuse_replacing(name)  # local and at once: before the preflight asks AWS anything
     if not no_preflight:
         doctor.preflight(cfg, name, doctor.needs_for(cfg))
     if int(nodes) > 1:

@@ -29,8 +29,8 @@ from ec2.cloud.launch import (
     choices_for,
     instance_profile,
     make_record,
-    refuse_adopted,
     refuse_duplicate,
+    refuse_replacing,
     run_params,
     try_choices,
     undo_profile,
@@ -149,7 +149,7 @@ def launch_cluster(
     names = member_names(name, nodes)
     for member in [name, *names]:
         refuse_duplicate(ec2, member)
-        refuse_adopted(member)  # each member gets a record and SSH entry of its own
+        refuse_replacing(member, region)  # each member gets a record and SSH entry of its own
     ami = resolve_ami(cfg, ec2, aws.client("ssm", region, cfg.profile))
     out(f"AMI: {ami.image_id} {ami.name!r} ({ami.reason})")
     choices = choices_for(ec2, cfg, region, exclude, out)

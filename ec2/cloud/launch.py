@@ -253,18 +253,27 @@ def refuse_duplicate(ec2, name: str) -> None:
         )
 
 
-def refuse_adopted(name: str) -> None:
-    """A launch writes the name's record and SSH entry: an adopted machine's are not its to replace."""
+def refuse_replacing(name: str, region: str | None = None) -> None:
+    """A launch writes the name's record and SSH entry: an adopted machine's are not its to
+    replace, nor (with ``region``) those of a launched instance in another region, which
+    refuse_duplicate, asking this region only, cannot see. A record of this region whose
+    instance is gone is stale: launch replaces it."""
     old = registry.load_all().get(name)
+    if old is None:
+        return
+    if old.adopted:
+        lost = f"adopted machine {old.user}@{old.host}:{old.port}'s record and SSH entry"
+        instead = f"launch under another --name, or `fab forget --name {name}` first"
+    elif region and old.region and old.region != region:
+        lost = f"the record and SSH entry of {old.instance_id} in {old.region}"
+        instead = (
+            f"launch under another --name, or end that one first "
+            f"(`fab terminate --name {name} --set region={old.region}`)"
+        )
+    else:
+        return
     guard.unless_forced(
-        False,
-        target=f"launching {name!r}",
-        lost=[f"adopted machine {old.user}@{old.host}:{old.port}'s record and SSH entry"]
-        if old and old.adopted
-        else [],
-        verb="replace",
-        instead=f"launch under another --name, or `fab forget --name {name}` first",
-        flag=None,
+        False, target=f"launching {name!r}", lost=[lost], verb="replace", instead=instead, flag=None
     )
 
 
@@ -400,7 +409,7 @@ def prepare(
     owner = account.caller_arn(region, cfg.profile)  # first: bad credentials fail before anything exists
     ec2 = aws.client("ec2", region, cfg.profile)
     refuse_duplicate(ec2, name)
-    refuse_adopted(name)
+    refuse_replacing(name, region)
     ami = resolve_ami(cfg, ec2, aws.client("ssm", region, cfg.profile))
     out(f"AMI: {ami.image_id} {ami.name!r} ({ami.reason})")
     if ami.warning:

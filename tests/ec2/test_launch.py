@@ -153,6 +153,37 @@ def test_failure_after_instance_exists_terminates_it(home, ec2_client, dlami, ca
     assert registry.load_all() == {} and sshconfig.entries() == {}
 
 
+def test_a_name_registered_elsewhere_is_not_replaced(home, ec2_client, dlami):
+    # An adopted machine's record, and a launched instance's record in another region (which
+    # refuse_duplicate, asking this region, cannot see): a launch would replace their SSH entries.
+    from common.guard import WouldLose
+
+    registry.put(registry.MachineRecord(name="lab", host="192.0.2.7", port=2222, key_path="/k"))
+    registry.put(
+        registry.MachineRecord(name="exp1", host="203.0.113.9", instance_id="i-0abc", region="eu-west-1")
+    )
+    for name in ("lab", "exp1"):
+        sshconfig.write_entry(registry.get(name))
+    before = (registry.load_all(), sshconfig.entries())
+    with pytest.raises(
+        WouldLose, match=r"launching 'lab' would replace adopted machine ubuntu@192.0.2.7:2222"
+    ):
+        launch(config("instance_types=[g5.xlarge]"), "lab", wait_ssh=False)
+    with pytest.raises(
+        WouldLose,
+        match=r"launching 'exp1' would replace the record and SSH entry of i-0abc in eu-west-1; .*"
+        r"`fab terminate --name exp1 --set region=eu-west-1`",
+    ):
+        launch(config("instance_types=[g5.xlarge]"), "exp1", wait_ssh=False)
+    assert (registry.load_all(), sshconfig.entries()) == before
+    assert instances.find_instances(ec2_client) == []
+    # A record of this region whose instance is gone is stale: the launch replaces it.
+    registry.put(
+        registry.MachineRecord(name="exp1", host="203.0.113.9", instance_id="i-0abc", region="us-east-1")
+    )
+    assert launch(config("instance_types=[g5.xlarge]"), "exp1", wait_ssh=False).instance_id != "i-0abc"
+
+
 def test_keep_on_failure_keeps_the_instance(home, ec2_client, dlami, capsys):
     cfg = config("ssh_proxy_command='true'", "ssh_ready_timeout_s=0.5")
     with pytest.raises(ConnectionLost):
