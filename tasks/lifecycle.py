@@ -178,6 +178,12 @@ def _forget_gone(name: str, region: str) -> None:
         raise ToolkitError(
             f"{name} is an adopted machine spotrun did not launch; `fab forget --name {name}` drops it"
         )
+    if record.region and record.region != region:
+        # Not found here says nothing about the instance its record points at, elsewhere.
+        raise InstanceNotFound(
+            f"no spotrun instance named {name!r} in {region}; its record points at {record.instance_id} "
+            f"in {record.region}: `fab terminate --name {name} --set region={record.region}`"
+        )
     instances.forget_local(name)
     print(f"no live instance named {name!r} in {region}; dropped its stale local entries")
 

@@ -174,7 +174,13 @@ def build(moto_server: str, monkeypatch) -> World:
         )
     )
     registry.put(registry.MachineRecord(name="box", host="127.0.0.1", port=9, key_path=str(key)))
-    for name in ("exp1", "box"):
+    # An instance launched in another region: this region cannot see it.
+    registry.put(
+        registry.MachineRecord(
+            name="far", host="203.0.113.44", key_path=str(key), instance_id="i-0f00d", region="eu-west-1"
+        )
+    )
+    for name in ("exp1", "box", "far"):
         sshconfig.write_entry(registry.get(name))
 
     # Datasets: the synthetic one this project writes, and a "real" one (no synthetic mark).

@@ -77,6 +77,20 @@ ROWS = [
         code=1,
         says=("box is an adopted machine spotrun did not launch", "`fab forget --name box`"),
     ),
+    # fab terminate of a name launched in another region dropped its record ("stale" here).
+    row(
+        "terminate-a-name-from-another-region",
+        "fab",
+        "terminate",
+        "--name",
+        "far",
+        "--yes",
+        code=1,
+        says=(
+            "no spotrun instance named 'far' in us-east-1; its record points at i-0f00d in eu-west-1",
+            "`fab terminate --name far --set region=eu-west-1`",
+        ),
+    ),
     # fab adopt of a launched instance's name replaced its record and SSH entry.
     row(
         "adopt-over-launched-instance",
