@@ -277,6 +277,20 @@ def refuse_replacing(name: str, region: str | None = None) -> None:
     )
 
 
+def register_found(record: MachineRecord) -> bool:
+    """Register an instance found by its tag (a detached run's current instance, a run picked up
+    again): its registry record and SSH entry, unless an adopted machine holds the name. That
+    machine's entries are not replaced (False): the caller still reaches the instance through
+    ``record``, only `ssh spotrun-NAME` keeps reaching the adopted machine."""
+    old = registry.load_all().get(record.name)
+    if old is not None and old.adopted:
+        return False
+    instances.forget_local(record.name)
+    registry.put(record)
+    sshconfig.write_entry(record)
+    return True
+
+
 def undo_profile(cfg: AwsConfig, region: str, profile: iam.Profile | None, failure: BaseException, out):
     """After a failed launch: the instance role and profile this launch made go again (one that
     was there before stays: another instance of the name, or the user, may use it). Returns the

@@ -26,7 +26,7 @@ from ec2.config import AwsConfig
 from ec2.errors import ConfigError, ToolkitError
 from ec2.journey import history, report
 from ec2.journey.stages import Plan, watcher_args
-from ec2.remote import detached, runs, sshconfig
+from ec2.remote import detached, runs
 from ec2.remote.detached import DetachedRun
 from ec2.remote.ssh import Machine
 
@@ -256,9 +256,7 @@ class Detached:
         except ToolkitError:
             return None
         if old is None or old.instance_id != record.instance_id:
-            instances.forget_local(self.name)
-            registry.put(record)
-            sshconfig.write_entry(record)
+            launch.register_found(record)
         return Machine(record, attempts=1)
 
     def log_tail(self, where: Where, lines: int = 20) -> str | None:

@@ -239,3 +239,22 @@ def test_unoffered_type_creates_nothing(home, ec2_client, dlami):
         launch(config("instance_types=[p99.huge]"), "exp1", wait_ssh=False)
     assert ec2_client.describe_key_pairs()["KeyPairs"] == []
     assert [g["GroupName"] for g in ec2_client.describe_security_groups()["SecurityGroups"]] == ["default"]
+
+
+def test_an_instance_found_by_its_tag_does_not_replace_an_adopted_machines_entries(home):
+    # `fab watch` and a picked-up `fab run` register the instance they find under the run's name.
+    from ec2.cloud.launch import register_found
+
+    lab = registry.MachineRecord(name="job", host="192.0.2.7", key_path="/k")
+    registry.put(lab)
+    sshconfig.write_entry(lab)
+    found = registry.MachineRecord(name="job", host="198.51.100.3", instance_id="i-0new", region="us-east-1")
+    entries = sshconfig.entries()
+    assert register_found(found) is False
+    assert registry.get("job") == lab and sshconfig.entries() == entries
+    # A launched instance's old record (the run's previous instance) is replaced.
+    registry.put(
+        registry.MachineRecord(name="job", host="198.51.100.2", instance_id="i-0old", region="us-east-1")
+    )
+    assert register_found(found) is True and registry.get("job") == found
+    assert "HostName 198.51.100.3" in sshconfig.entries()["spotrun-job"]
