@@ -11,8 +11,8 @@ Commands looked at and left without a refusal row, with why:
 - `fab cleanup` deletes only what spotrun tagged and nothing uses, and the .pem only with --yes
   (tests/ec2/test_iam.py, tests/ec2/test_tasks.py);
 - `fab forget` drops only the local entries of the name typed (the machine is untouched);
-- `fab stop` and `fab train --force` end or replace only the run named (tests/e2e, tests/remote);
-- `fab volume-move` keeps the original until the copy's first attach, and says so.
+- `fab train --force` replaces only the run named (tests/remote/test_tasks.py refuses it without);
+- `fab sync` deletes only in the code folder, sparing the run's outputs (tests/remote).
 """
 
 from __future__ import annotations
@@ -137,6 +137,27 @@ ROWS = [
         code=1,
         says=("cannot delete volume ws: it is attached to {exp1_id} (exp1)", "terminate that instance first"),
     ),
+    row(
+        "volume-move-attached",
+        "fab",
+        "volume-move",
+        "--name",
+        "ws",
+        "--zone",
+        "us-east-1b",
+        code=1,
+        says=("cannot move volume ws: it is attached to {exp1_id} (exp1)", "terminate that instance first"),
+    ),
+    # fab stop of a plain instance's name: it stops detached runs only, and this is none.
+    row(
+        "stop-a-plain-instance",
+        "fab",
+        "stop",
+        "--name",
+        "exp1",
+        code=1,
+        says=("no detached run named 'exp1'", "`fab status` lists what runs"),
+    ),
     # fab data-push replaced objects of the same key with other contents.
     row(
         "data-push-over-another-dataset",
@@ -243,7 +264,17 @@ ROWS = [
 ]
 
 # Every fab task that terminates, deletes, overwrites or re-registers, and has a row above.
-DESTRUCTIVE_TASKS = {"terminate", "adopt", "launch", "volume-delete", "data-push", "download", "run"}
+DESTRUCTIVE_TASKS = {
+    "terminate",
+    "adopt",
+    "launch",
+    "volume-delete",
+    "volume-move",
+    "stop",
+    "data-push",
+    "download",
+    "run",
+}
 
 
 @pytest.fixture(scope="module")
