@@ -27,7 +27,7 @@ from ec2.config import AwsConfig
 from ec2.errors import ConfigError, ToolkitError
 from ec2.journey import history, report
 from ec2.journey.stages import Plan, watcher_args
-from ec2.remote import detached, runs, sshconfig
+from ec2.remote import detached, runs
 from ec2.remote.detached import DetachedRun
 from ec2.remote.ssh import Machine
 
@@ -95,6 +95,25 @@ def submit(
         extra=lambda region, account: asg.instance_role_statements(region, account, name),
         out=out,
     )
+    try:
+        return _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s)
+    except (ToolkitError, KeyboardInterrupt) as failure:
+        # Before the group exists, nothing uses a role this call made: it goes again. Once the
+        # group exists it launches with that role, and _submit raises from its waiting only.
+        if _group_made(cfg, p.region, name):
+            raise
+        raise launch.undo_profile(cfg, p.region, p.profile, failure, out) from None
+
+
+def _group_made(cfg: AwsConfig, region: str, name: str) -> bool:
+    try:
+        return asg.describe_group(aws.client("autoscaling", region, cfg.profile), name) is not None
+    except ToolkitError:
+        return True  # cannot tell: the role stays (`fab cleanup` removes it once nothing uses it)
+
+
+def _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s) -> Submitted:
+    """submit's second half, once the role, key pair and security group exist."""
     autoscaling = aws.client("autoscaling", p.region, cfg.profile)
     if (existing := asg.describe_group(autoscaling, name)) is not None:
         raise ToolkitError(
@@ -239,9 +258,7 @@ class Detached:
         except ToolkitError:
             return None
         if old is None or old.instance_id != record.instance_id:
-            instances.forget_local(self.name)
-            registry.put(record)
-            sshconfig.write_entry(record)
+            launch.register_found(record)
         return Machine(record, attempts=1)
 
     def log_tail(self, where: Where, lines: int = 20) -> str | None:
