@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.errors import ConfigError, ToolkitError
+from common.errors import STOPPED_RESUMABLE, UNEXPECTED_EXIT, ConfigError, ToolkitError
 
 __all__ = [
     "ToolkitError",
@@ -14,13 +14,6 @@ __all__ = [
     "STOPPED_RESUMABLE",
     "UNEXPECTED_EXIT",
 ]
-
-# Exit code of `python -m ml.train` after SIGTERM/SIGUSR1: the checkpoint is saved (and copied
-# up) and `resume: auto` continues from it. Distinct from 0 (finished) and 1/2 (failed).
-STOPPED_RESUMABLE = 75
-# A bug (not an expected failure): the traceback is printed with a request to report it. 70 is
-# EX_SOFTWARE, as in tasks/edge.py.
-UNEXPECTED_EXIT = 70
 
 
 class DataError(ToolkitError):

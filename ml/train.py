@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from common.config import save_config
-from common.errors import ConfigError, ToolkitError
+from common.errors import ConfigError, ToolkitError, print_causes
 from common.s3uri import is_s3
 from ml import checkpoint, distributed, stopping
 from ml.augment import transform_batch
@@ -519,22 +519,6 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print("unexpected error: please report it with the traceback above", file=sys.stderr)
         return UNEXPECTED_EXIT
-
-
-def print_causes(error: BaseException) -> None:
-    """The expected error's traceback and each cause under it, also those hidden by ``from None``."""
-    seen = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        print(
-            "".join(traceback.format_exception(type(current), current, current.__traceback__, chain=False)),
-            end="",
-            file=sys.stderr,
-        )
-        current = current.__cause__ or current.__context__
-        if current is not None:
-            print("caused by:", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -35,11 +35,9 @@ from typing import Any
 from invoke.exceptions import Exit
 
 from common.checks import Range
-from common.errors import ConfigError, ToolkitError
+from common.errors import UNEXPECTED_EXIT, ConfigError, ToolkitError, print_causes
 from ec2 import names
 from ec2.config import DEFAULT_CONFIG, AwsConfig, load_aws_config
-
-UNEXPECTED_EXIT = 70
 
 
 class ArgumentError(ConfigError):
@@ -235,24 +233,11 @@ def debug() -> bool:
     return os.environ.get("SPOTRUN_DEBUG", "") not in ("", "0")
 
 
-def _print_causes(error: BaseException) -> None:
-    """SPOTRUN_DEBUG=1: the expected error's own traceback and each cause under it (also the
-    ones `raise ... from None` hides from Python's own report)."""
-    seen = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        print("".join(traceback.format_exception(current, chain=False)), end="", file=sys.stderr)
-        current = current.__cause__ or current.__context__
-        if current is not None:
-            print("caused by:", file=sys.stderr)
-
-
 def report(error: BaseException) -> int:
     """Print the one line (or, for a bug, the traceback and the plea) and return the exit code."""
     if isinstance(error, ToolkitError):
         if debug():
-            _print_causes(error)
+            print_causes(error)
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
     if isinstance(error, KeyboardInterrupt):

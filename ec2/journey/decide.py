@@ -17,10 +17,10 @@ import json
 import re
 from dataclasses import dataclass
 
+from common.errors import STOPPED_RESUMABLE
 from ec2.remote import runs
 from ec2.remote.ssh import quote_path
 
-RESUMABLE = 75  # ml.errors.STOPPED_RESUMABLE (not imported: ml pulls in torch)
 GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped", "gone")
 _MARK = "@@spotrun@@"
 _RESUMED = re.compile(r"resumed from (\S+) at step (\d+)")
@@ -104,7 +104,7 @@ def decide(
         code = polled.state.exit_code
         if code == 0:
             return Verdict("finished")
-        if code != RESUMABLE:
+        if code != STOPPED_RESUMABLE:
             return Verdict("failed", f"the command failed with exit {code}")
         return Verdict("interrupted", "the command stopped resumably (exit 75)", "lost")
     if state == "preempted":
