@@ -17,6 +17,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from common.attempt import Outcome
 from common.errors import STOPPED_RESUMABLE
 from ec2.remote import runs
 from ec2.remote.ssh import quote_path
@@ -88,7 +89,7 @@ class Verdict:
 
     end: str
     why: str = ""
-    outcome: str = ""
+    outcome: Outcome | None = None
     reachable: bool = True
 
 
@@ -106,22 +107,22 @@ def decide(
             return Verdict("finished")
         if code != STOPPED_RESUMABLE:
             return Verdict("failed", f"the command failed with exit {code}")
-        return Verdict("interrupted", "the command stopped resumably (exit 75)", "lost")
+        return Verdict("interrupted", "the command stopped resumably (exit 75)", Outcome.LOST)
     if state == "preempted":
-        return Verdict("interrupted", "spot interruption notice; checkpoint secured", "preempted")
+        return Verdict("interrupted", "spot interruption notice; checkpoint secured", Outcome.PREEMPTED)
     if aws_state in GONE_STATES:
         if noticed:
             return Verdict(
                 "interrupted",
                 f"instance {aws_state} after a spot interruption notice",
-                "preempted",
+                Outcome.PREEMPTED,
                 reachable=False,
             )
-        return Verdict("interrupted", f"instance {aws_state}", "lost", reachable=False)
+        return Verdict("interrupted", f"instance {aws_state}", Outcome.LOST, reachable=False)
     if state == "none":
-        return Verdict("interrupted", "the run is gone from the instance (rebooted?)", "lost")
+        return Verdict("interrupted", "the run is gone from the instance (rebooted?)", Outcome.LOST)
     if unreachable_for is not None and unreachable_for > unreachable_s:
-        return Verdict("interrupted", f"unreachable for {unreachable_s:g} s", "lost", reachable=False)
+        return Verdict("interrupted", f"unreachable for {unreachable_s:g} s", Outcome.LOST, reachable=False)
     return WATCH
 
 

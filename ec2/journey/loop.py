@@ -206,9 +206,7 @@ class Journey:
         if picked is not None:
             self.h, self.ec2, self.machine = picked.history, picked.ec2, picked.machine
             self.h.status = "running"
-            self.exclude = {
-                (a.instance_type, a.zone) for a in self.h.attempts[:-1] if a.outcome in report.INTERRUPTED
-            }
+            self.exclude = {(a.instance_type, a.zone) for a in self.h.attempts[:-1] if a.outcome.interrupted}
             self.h.event("picked-up", attempt=picked.attempt.number, instance_id=picked.attempt.instance_id)
         else:
             self.h.event(
