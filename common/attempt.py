@@ -43,6 +43,7 @@ class Outcome(_Text):
     STOPPED = "stopped"  # detached: `fab stop`
     GAVE_UP = "gave-up"  # detached: the last allowed attempt was interrupted
     DEADLINE = "deadline"  # detached: max_hours passed
+    NOT_STARTED = "not-started"  # detached: a boot after the run's end (a late replacement) ran nothing
     LEFT_RUNNING = "left-running"  # the laptop let go (Ctrl-C, or it lost sight): the run goes on
     TERMINATED_BY_USER = "terminated-by-user"  # Ctrl-C, then [t]erminate
     TERMINATED = "terminated"  # a cluster member ended with its run
@@ -99,8 +100,9 @@ class Attempt:
     notice_seen_at: float | None = None  # epoch seconds the watcher saw the notice that ended it
     seconds_notice_to_resumed: float | None = None  # from the previous attempt's notice to resumed
 
-    def __post_init__(self) -> None:
-        self.outcome = Outcome(self.outcome)  # a record read back from JSON holds the string
+    def __setattr__(self, key: str, value) -> None:
+        # Read back from JSON, or set from a plain string: always the Enum.
+        super().__setattr__(key, Outcome(value) if key == "outcome" else value)
 
     @property
     def seconds(self) -> float | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from common.attempt import Outcome
 from common.errors import STOPPED_RESUMABLE
@@ -150,6 +150,7 @@ class ClusterVerdict:
     end: str
     lost: tuple[int, ...] = ()
     why: str = ""
+    outcome: Outcome | None = None  # an interruption: preempted (a notice on a node came first) or lost
 
 
 def cluster_verdict(statuses: list[str]) -> ClusterVerdict:
@@ -169,6 +170,19 @@ def cluster_verdict(statuses: list[str]) -> ClusterVerdict:
     if all(s == "finished" for s in statuses):
         return ClusterVerdict("finished")
     return ClusterVerdict("interrupted", why="the run stopped resumably (exit 75) on every node")
+
+
+def fleet_verdict(
+    verdicts: list[Verdict], statuses: list[str], noticed: list[bool]
+) -> Verdict | ClusterVerdict:
+    """The verdict on a fleet from each node's (node order): a fleet of one is judged as its one
+    node; several by cluster_verdict over their statuses."""
+    if len(verdicts) == 1:
+        return verdicts[0]
+    verdict = cluster_verdict(statuses)
+    if verdict.end == "interrupted":
+        verdict = replace(verdict, outcome=Outcome.PREEMPTED if any(noticed) else Outcome.LOST)
+    return verdict
 
 
 def notice_to_resumed(notice_seen_at: float | None, resumed_at: float) -> float | None:

@@ -33,8 +33,8 @@ class Member:
     outcome: Outcome = Outcome.RUNNING  # running | lost | terminated | left-running | terminated-by-user
     cost_usd: float | None = None
 
-    def __post_init__(self) -> None:
-        self.outcome = Outcome(self.outcome)
+    def __setattr__(self, key: str, value) -> None:
+        super().__setattr__(key, Outcome(value) if key == "outcome" else value)
 
     @property
     def seconds(self) -> float | None:
@@ -55,8 +55,8 @@ class RunHistory:
     nodes: int = 1
     members: list[Member] = field(default_factory=list)  # a multi-node run's instances
 
-    def __post_init__(self) -> None:
-        self.status = RunStatus(self.status)
+    def __setattr__(self, key: str, value) -> None:
+        super().__setattr__(key, RunStatus(value) if key == "status" else value)
 
     # --- derived figures -------------------------------------------------------------------------
     @property

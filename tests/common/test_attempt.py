@@ -53,8 +53,23 @@ def test_an_old_run_json_loads_into_the_enum_and_writes_back_the_same_strings(tm
     assert json.loads(path.read_text())["members"][0]["outcome"] == "terminated-by-user"
 
 
+def test_every_outcome_the_detached_boot_writes_is_one_of_the_enum():
+    # detach.py reads the boot's S3 record into the attempt record (its summary and `fab watch`).
+    import inspect
+
+    from ec2.remote import boot, detached
+
+    written = {"booting", "lost", "running", "not-started"} | set(detached.ENDED)
+    written |= {boot.ending_for(code, noticed).outcome for code in (0, 1, 75) for noticed in (True, False)}
+    assert written <= {o.value for o in Outcome}, written - {o.value for o in Outcome}
+    assert '"not-started"' in inspect.getsource(boot)  # the one literal outcome not in those sets
+
+
 def test_which_outcomes_count_as_interruptions_and_which_may_still_be_running():
     assert {o for o in Outcome if o.interrupted} == {Outcome.PREEMPTED, Outcome.LOST}
     assert {o for o in Outcome if o.open} == {Outcome.RUNNING, Outcome.LEFT_RUNNING}
     assert Attempt(1, outcome="lost").outcome.interrupted  # a plain string is taken in as the Enum
+    attempt = Attempt(2)
+    attempt.outcome = "preempted"  # so is one set later
+    assert attempt.outcome is Outcome.PREEMPTED
     assert f"{Outcome.GAVE_UP}" == "gave-up" == str(Outcome.GAVE_UP)
