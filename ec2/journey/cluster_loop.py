@@ -26,18 +26,13 @@ the user is asked.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 from common.attempt import Attempt
 from common.s3uri import is_s3
-from ec2.config import AwsConfig
 from ec2.errors import ConfigError
 from ec2.journey.decide import ClusterVerdict
 from ec2.journey.engine import Engine
 from ec2.journey.fleet import Fleet
 from ec2.journey.stages import Plan
-from ec2.remote import trainrun
 
 NEED_S3 = (
     "a multi-node run keeps its checkpoints in S3 (rank 0 writes them; the restarted cluster, "
@@ -54,30 +49,10 @@ def require_s3(plan: Plan) -> None:
 
 
 class ClusterJourney(Engine):
-    def __init__(
-        self,
-        cfg: AwsConfig,
-        name: str,
-        plan: Plan,
-        nodes: int,
-        *,
-        rdzv_port: int = trainrun.RDZV_PORT,
-        out: Callable[[str], None] = print,
-        outputs: Path | None = None,
-        ask: Callable[[str], str] | None = None,
-    ):
-        require_s3(plan)
-        super().__init__(
-            cfg,
-            name,
-            plan,
-            "replace-node",
-            nodes=nodes,
-            rdzv_port=rdzv_port,
-            out=out,
-            outputs=outputs,
-            ask=ask,
-        )
+    def __init__(self, cfg, name: str, plan: Plan, nodes: int, **options):
+        """`options`: rdzv_port, out, outputs, ask (Engine's)."""
+        require_s3(plan)  # before anything is launched
+        super().__init__(cfg, name, plan, "replace-node", nodes=nodes, **options)
 
     @property
     def fleet(self) -> Fleet:

@@ -19,7 +19,6 @@ user is asked.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -415,17 +414,3 @@ def _tail(path: Path, size: int = 16384) -> str:
 def _clock(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def stdin_asker() -> Callable[[str], str] | None:
-    """A prompt when a person is at the terminal; None (leave the instances) otherwise."""
-    if not sys.stdin.isatty():
-        return None
-
-    def ask(question: str) -> str:
-        try:
-            return input(question)
-        except (EOFError, KeyboardInterrupt):
-            return ""
-
-    return ask

@@ -4,12 +4,11 @@ where the run was not interrupted yet, and resumes from the newest checkpoint.""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from common.attempt import Attempt
-from ec2.config import AwsConfig
-from ec2.journey.engine import Engine, GaveUp, RunFailed, stdin_asker
+from ec2.journey.engine import Engine, GaveUp, RunFailed
 from ec2.journey.stages import Plan
 from ec2.remote.ssh import Machine
 
@@ -17,17 +16,9 @@ __all__ = ["GaveUp", "Journey", "RunFailed", "stdin_asker"]
 
 
 class Journey(Engine):
-    def __init__(
-        self,
-        cfg: AwsConfig,
-        name: str,
-        plan: Plan,
-        *,
-        out: Callable[[str], None] = print,
-        outputs: Path | None = None,
-        ask: Callable[[str], str] | None = None,
-    ):
-        super().__init__(cfg, name, plan, "relaunch", out=out, outputs=outputs, ask=ask)
+    def __init__(self, cfg, name: str, plan: Plan, **options):
+        """`options`: out, outputs, ask (Engine's)."""
+        super().__init__(cfg, name, plan, "relaunch", **options)
 
     @property
     def exclude(self) -> set[tuple[str, str]]:
@@ -36,3 +27,17 @@ class Journey(Engine):
 
     def provision(self, attempt: Attempt) -> Machine:
         return self.strategy.provision(attempt)
+
+
+def stdin_asker() -> Callable[[str], str] | None:
+    """A prompt when a person is at the terminal; None (leave the instances) otherwise."""
+    if not sys.stdin.isatty():
+        return None
+
+    def ask(question: str) -> str:
+        try:
+            return input(question)
+        except (EOFError, KeyboardInterrupt):
+            return ""
+
+    return ask
