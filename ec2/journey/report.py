@@ -85,7 +85,7 @@ def _aligned(rows: list[list[str]]) -> list[str]:
 def summary(h: RunHistory) -> str:
     """The end-of-run report: a headline, an aligned row per attempt (instance, outcome, time,
     cost), then the totals and the steps lost to interruptions. A multi-node run: cluster_summary."""
-    if h.members:
+    if h.members or h.nodes > 1:  # a cluster's, also when its launch failed (no member yet)
         return cluster_summary(h)
     instances = len({a.instance_id for a in h.attempts if a.instance_id})
     lines = [
