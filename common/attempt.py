@@ -19,7 +19,7 @@ from enum import Enum
 from common.times import seconds_between
 
 
-class _Text(str, Enum):
+class TextEnum(str, Enum):
     """A str Enum that prints as its value (in f-strings too, on every Python the project runs)."""
 
     def __str__(self) -> str:
@@ -28,7 +28,7 @@ class _Text(str, Enum):
     __format__ = str.__format__
 
 
-class Outcome(_Text):
+class Outcome(TextEnum):
     """How an attempt (or a member instance of a cluster) ended, or where it stands."""
 
     STARTING = "starting"  # created, no instance yet
@@ -59,7 +59,7 @@ class Outcome(_Text):
         return self in (Outcome.RUNNING, Outcome.LEFT_RUNNING)
 
 
-class RunStatus(_Text):
+class RunStatus(TextEnum):
     """Where a whole run stands."""
 
     SUBMITTED = "submitted"  # detached: handed to the group, no instance has booted yet

@@ -30,6 +30,8 @@ from ec2.errors import ToolkitError
 from ec2.journey import history, recovery, stages
 from ec2.journey.decide import (
     GONE_STATES,
+    End,
+    NodeStatus,
     decide,
     fleet_verdict,
     last_step,
@@ -137,7 +139,7 @@ class Engine:
             self.watching = True
             verdict = self.watch(attempt)
             self.watching = False
-            if verdict.end in ("finished", "failed"):
+            if verdict.end.by_itself:
                 self.finish(attempt, verdict)
                 return
             self.out(f"interrupted: {verdict.why}")
@@ -162,10 +164,10 @@ class Engine:
         self.strategy.end(terminate=not self.plan.keep)
         self.h.status, self.h.finished_at = RunStatus(verdict.end), now_iso()
         kept = self.kept() if self.plan.keep and self.strategy.live() else ""
-        if verdict.end == "finished" and kept:
+        if verdict.end == End.FINISHED and kept:
             self.out(kept)
         self.h.event(verdict.end)
-        if verdict.end == "failed":
+        if verdict.end == End.FAILED:
             one = self.nodes == 1
             logs = f"{self.outputs}/run/log" if one else f"{self.outputs}/nodes/"
             raise RunFailed(
@@ -242,12 +244,13 @@ class Engine:
                     unreachable_for=None if since is None else time.monotonic() - since,
                 )
                 verdicts.append(verdict)
-                statuses.append("stopped" if k in stopped else node_status(verdict, polled, noticed[k]))
+                status = NodeStatus.STOPPED if k in stopped else node_status(verdict, polled, noticed[k])
+                statuses.append(status)
             shown = self.show(attempt, looks, statuses, started, shown)
             verdict = fleet_verdict(verdicts, statuses, noticed)
-            if verdict.end in ("finished", "failed", "interrupted"):
+            if verdict.end.over:
                 return verdict
-            if verdict.end == "waiting":
+            if verdict.end == End.WAITING:
                 waiting_since = waiting_since or time.monotonic()
                 if time.monotonic() - waiting_since > p.unreachable_s:
                     self.stop_lingering(statuses, stopped)
@@ -289,7 +292,7 @@ class Engine:
                 **{key: polled.notice.get(key) for key in ("action", "time")},
             )
 
-    def show(self, attempt: Attempt, looks, statuses: list[str], started: float, shown: str) -> str:
+    def show(self, attempt: Attempt, looks, statuses: list[NodeStatus], started: float, shown: str) -> str:
         """A status line when something changed, not a scroll of repeats; returns the line's state.
         One instance: its AWS state and its run; several: each node's part."""
         step = attempt.last_step if attempt.last_step is not None else "-"
@@ -304,11 +307,11 @@ class Engine:
             self.out(f"[attempt {attempt.number}{where}] {_clock(time.monotonic() - started)} {now}")
         return now
 
-    def stop_lingering(self, statuses: list[str], stopped: set[int]) -> None:
+    def stop_lingering(self, statuses: list[NodeStatus], stopped: set[int]) -> None:
         """A node lost: the runs still going wait in their collectives for its rank. Stop them; the
         restart resumes from the newest checkpoint in S3."""
         for k, status in enumerate(statuses):
-            if status == "running":
+            if status == NodeStatus.RUNNING:
                 self.out(f"node {k} still running {self.plan.unreachable_s:g} s after; stopping its run")
                 try:
                     self.machines[k].run(runs.stop_command(self.plan.run), check=False, retry=False)
@@ -323,7 +326,7 @@ class Engine:
         folders to outputs/nodes/attempt-N/node-K and the results from the node rank 0 ran on."""
         if self.nodes == 1:
             if verdict.reachable:
-                what = {"finished": "results", "failed": "logs"}.get(verdict.end, "checkpoints and logs")
+                what = {End.FINISHED: "results", End.FAILED: "logs"}.get(verdict.end, "checkpoints and logs")
                 self.pull(self.machines[0], what)
             return
         for k, m in enumerate(self.machines):
@@ -334,7 +337,7 @@ class Engine:
                 download_dir(m, runs.run_dir(m.record.remote_dir, self.plan.run), where)
             except ToolkitError as e:
                 self.out(f"could not download node {k}'s log: {e}")
-        if verdict.end == "finished" and stages.pull(
+        if verdict.end == End.FINISHED and stages.pull(
             self.machines[self.rank0], self.plan, self.outputs, "results", self.out
         ):
             self.h.event("downloaded", what="results", node=self.rank0)
