@@ -1,27 +1,13 @@
 """`fab run --nodes N`: the managed run on a cluster (ec2/cloud/cluster.py), carrying on when spot
-takes one node back.
+takes one node back: the one attempt loop (ec2/journey/engine.py) with the replace-node strategy
+(ec2/journey/recovery.py) over the cluster's members (ec2/journey/fleet.py).
 
-An attempt is one start of torchrun on every node (c10d rendezvous at node 0). Each poll looks at
-every node (its AWS state and its run, as the one-instance loop does) and judges the run from
-every node's status (decide.cluster_verdict). When a node is lost (a notice on it, AWS took it
-back, or it stopped answering), the loop waits until every node's run has ended (the notice stops
-every rank at the same step; rank 0 saves to S3; every node exits 75), terminates the lost node,
-launches ONE replacement in the same zone and placement group, sets it up, and restarts torchrun
-on all nodes, which resume from the S3 checkpoint. No capacity for the replacement in that zone
-(a cluster placement group cannot span zones): the survivors are terminated too and the whole
-cluster is launched again elsewhere, that type and zone excluded.
-
-A run still going after a node was lost holds the rendezvous (its collectives wait for the lost
-rank): after `unreachable_s` its tmux session is stopped, and the restart resumes from the newest
-S3 checkpoint. The instances themselves (launch, replace, relaunch elsewhere, terminate, cost per
-member) are ec2/journey/fleet.py; the loops are the one attempt loop (ec2/journey/engine.py) with the
-replace-node strategy (ec2/journey/recovery.py).
-
-Nothing is left running that the user does not know about: on finish and on --max-recoveries
-every member is terminated (unless --keep, which names what it keeps); an error while setting up,
-starting or replacing terminates every member; an error while the nodes train (the laptop lost
-sight of them) leaves them training, named, with the commands to follow and end them; on Ctrl-C
-the user is asked.
+An attempt is one start of torchrun on every node (c10d rendezvous at node 0). When a node is lost
+(a notice on it, AWS took it back, or it stopped answering), the loop waits until every node's run
+has ended (the notice stops every rank at the same step; rank 0 saves to S3; every node exits 75),
+or stops the runs still waiting in their collectives after `unreachable_s`; then the lost node is
+replaced in its zone and placement group (or, with no capacity there, the whole cluster launched
+elsewhere), and torchrun restarts on all nodes from the S3 checkpoint.
 """
 
 from __future__ import annotations
