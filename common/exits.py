@@ -14,30 +14,13 @@ import os
 import sys
 import traceback
 
-from common.errors import ToolkitError
+from common.errors import UNEXPECTED_EXIT, ToolkitError, print_causes
 
-UNEXPECTED_EXIT = 70
+__all__ = ["UNEXPECTED_EXIT", "debug", "report"]
 
 
 def debug() -> bool:
     return os.environ.get("SPOTRUN_DEBUG", "") not in ("", "0")
-
-
-def print_causes(error: BaseException) -> None:
-    """SPOTRUN_DEBUG=1: the expected error's own traceback and each cause under it (also the
-    ones `raise ... from None` hides from Python's own report)."""
-    seen = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        print(
-            "".join(traceback.format_exception(type(current), current, current.__traceback__, chain=False)),
-            end="",
-            file=sys.stderr,
-        )
-        current = current.__cause__ or current.__context__
-        if current is not None:
-            print("caused by:", file=sys.stderr)
 
 
 def report(error: BaseException) -> int:

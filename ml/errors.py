@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from common import exits
-from common.errors import ConfigError, OutputError, ToolkitError
+from common.errors import STOPPED_RESUMABLE, UNEXPECTED_EXIT, ConfigError, OutputError, ToolkitError
 
 __all__ = [
     "ToolkitError",
@@ -15,13 +14,6 @@ __all__ = [
     "STOPPED_RESUMABLE",
     "UNEXPECTED_EXIT",
 ]
-
-# Exit code of `python -m ml.train` after SIGTERM/SIGUSR1: the checkpoint is saved (and copied
-# up) and `resume: auto` continues from it. Distinct from 0 (finished) and 1/2 (failed).
-STOPPED_RESUMABLE = 75
-# A bug (not an expected failure): the traceback is printed with a request to report it. 70 is
-# EX_SOFTWARE (common/exits.py).
-UNEXPECTED_EXIT = exits.UNEXPECTED_EXIT
 
 
 class DataError(ToolkitError):

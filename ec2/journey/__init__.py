@@ -1,15 +1,17 @@
-"""The managed run (`fab run`): launch → setup → sync → train → watch, and carry on elsewhere when
-spot takes the instance back. Each attempt is one instance.
+"""The managed run (`fab run`): launch → setup → sync → train → watch, and carry on when spot takes
+an instance back.
 
-    decide.py   what the laptop sees of an attempt (one SSH poll) and the verdict: pure functions
+    engine.py   the one attempt loop and watch loop over a fleet of N instances, Ctrl-C, events
+    recovery.py the strategies: relaunch one instance elsewhere; replace a cluster's lost node
+    decide.py   what the laptop sees of a node (one SSH poll) and the verdicts: pure functions
     stages.py   the named stages: provision, bootstrap, restore, start, pull, terminate; the Plan
-    loop.py     the attempt loop and the watch loop (Journey), Ctrl-C, the run history events
+    loop.py     `fab run`: the engine with the relaunch strategy (Journey)
+    cluster_loop.py  `fab run --nodes N`: the engine with the replace-node strategy (ClusterJourney)
+    fleet.py    a cluster run's instances: launch, replace a lost node, relaunch elsewhere, terminate
     report.py   cost per attempt (spot price history) and the end-of-run summary
-    history.py  outputs/<name>/run.json: the attempts and events of a run, rewritten atomically
+    history.py  outputs/<name>/run.json: the attempts (common.attempt) and events, rewritten atomically
     reentry.py  `fab run` again on a journey this laptop left running: watch it, no second machine
     detach.py   `fab run --detach`: the run handed to an Auto Scaling group of one; watch, summary
-    cluster_loop.py  `fab run --nodes N`: the attempt and watch loops over every node of a cluster
-    fleet.py    a cluster run's instances: launch, replace a lost node, relaunch elsewhere, terminate
 """
 
 from ec2.journey.loop import GaveUp, Journey, RunFailed, stdin_asker

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from common.attempt import Outcome, TextEnum
+from common.errors import STOPPED_RESUMABLE
 from ec2.remote import runs
 from ec2.remote.ssh import quote_path
 
-RESUMABLE = 75  # ml.errors.STOPPED_RESUMABLE (not imported: ml pulls in torch)
 GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped", "gone")
 _MARK = "@@spotrun@@"
 _RESUMED = re.compile(r"resumed from (\S+) at step (\d+)")
@@ -80,19 +81,51 @@ def resumed_step(log: str) -> int | None:
     return int(found[-1][1]) if found else None
 
 
+class End(TextEnum):
+    """A verdict's end: watch on, wait for the other nodes, or the attempt is over and how."""
+
+    WATCH = "watch"
+    WAITING = "waiting"  # a node ended abnormally; the others are expected to stop at the same step
+    FINISHED = "finished"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def over(self) -> bool:
+        return self in (End.FINISHED, End.FAILED, End.INTERRUPTED)
+
+    @property
+    def by_itself(self) -> bool:
+        """The run ended on its own (finished or failed): no recovery would change it."""
+        return self in (End.FINISHED, End.FAILED)
+
+
+class NodeStatus(TextEnum):
+    """One node's part in a multi-node run (node_status)."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    STOPPED = "stopped"  # its run ended resumably and the machine answers: a survivor
+    LOST = "lost"  # replaced
+
+
 @dataclass(frozen=True)
 class Verdict:
     """`end`: watch | finished | failed | interrupted. For an interruption, `outcome` is what the
     attempt is recorded as (preempted: a notice came first; lost: no notice), `why` the line the
     user sees, and `reachable` whether the machine can still be asked for its checkpoints."""
 
-    end: str
+    end: End
     why: str = ""
-    outcome: str = ""
+    outcome: Outcome | None = None
     reachable: bool = True
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "end", End(self.end))
 
-WATCH = Verdict("watch")
+
+WATCH = Verdict(End.WATCH)
 
 
 def decide(
@@ -103,41 +136,41 @@ def decide(
     if state == "finished":
         code = polled.state.exit_code
         if code == 0:
-            return Verdict("finished")
-        if code != RESUMABLE:
-            return Verdict("failed", f"the command failed with exit {code}")
-        return Verdict("interrupted", "the command stopped resumably (exit 75)", "lost")
+            return Verdict(End.FINISHED)
+        if code != STOPPED_RESUMABLE:
+            return Verdict(End.FAILED, f"the command failed with exit {code}")
+        return Verdict(End.INTERRUPTED, "the command stopped resumably (exit 75)", Outcome.LOST)
     if state == "preempted":
-        return Verdict("interrupted", "spot interruption notice; checkpoint secured", "preempted")
+        return Verdict(End.INTERRUPTED, "spot interruption notice; checkpoint secured", Outcome.PREEMPTED)
     if aws_state in GONE_STATES:
         if noticed:
             return Verdict(
-                "interrupted",
+                End.INTERRUPTED,
                 f"instance {aws_state} after a spot interruption notice",
-                "preempted",
+                Outcome.PREEMPTED,
                 reachable=False,
             )
-        return Verdict("interrupted", f"instance {aws_state}", "lost", reachable=False)
+        return Verdict(End.INTERRUPTED, f"instance {aws_state}", Outcome.LOST, reachable=False)
     if state == "none":
-        return Verdict("interrupted", "the run is gone from the instance (rebooted?)", "lost")
+        return Verdict(End.INTERRUPTED, "the run is gone from the instance (rebooted?)", Outcome.LOST)
     if unreachable_for is not None and unreachable_for > unreachable_s:
-        return Verdict("interrupted", f"unreachable for {unreachable_s:g} s", "lost", reachable=False)
+        return Verdict(End.INTERRUPTED, f"unreachable for {unreachable_s:g} s", Outcome.LOST, reachable=False)
     return WATCH
 
 
 # --- several nodes (fab run --nodes N) ---------------------------------------------------------------
-def node_status(verdict: Verdict, polled: Poll | None, noticed: bool) -> str:
+def node_status(verdict: Verdict, polled: Poll | None, noticed: bool) -> NodeStatus:
     """One node's part in a multi-node run, from its own verdict: running | finished | failed |
     stopped (its run ended resumably, exit 75, with no notice on it, and the machine still answers:
     a survivor, kept for the restart) | lost (a notice on it, AWS took it back, its run vanished or
     it stopped answering: it is replaced)."""
-    if verdict.end == "watch":
-        return "running"
-    if verdict.end in ("finished", "failed"):
-        return verdict.end
+    if verdict.end == End.WATCH:
+        return NodeStatus.RUNNING
+    if verdict.end.by_itself:
+        return NodeStatus(verdict.end)
     if not noticed and verdict.reachable and polled is not None and polled.state.state == "finished":
-        return "stopped"
-    return "lost"
+        return NodeStatus.STOPPED
+    return NodeStatus.LOST
 
 
 @dataclass(frozen=True)
@@ -146,28 +179,45 @@ class ClusterVerdict:
     expected to stop at the same step) | finished | failed | interrupted. `lost`: the nodes to
     replace."""
 
-    end: str
+    end: End
     lost: tuple[int, ...] = ()
     why: str = ""
+    outcome: Outcome | None = None  # an interruption: preempted (a notice on a node came first) or lost
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "end", End(self.end))
 
 
-def cluster_verdict(statuses: list[str]) -> ClusterVerdict:
+def cluster_verdict(statuses: list[NodeStatus]) -> ClusterVerdict:
     """The run's verdict from every node's status (node order). The restart waits until every
     node's run has ended: a run still going would hold the rendezvous and the checkpoint."""
-    lost = tuple(k for k, s in enumerate(statuses) if s == "lost")
-    if "running" in statuses:
-        abnormal = any(s in ("lost", "failed", "stopped") for s in statuses)
-        return ClusterVerdict("waiting" if abnormal else "watch", lost)
+    lost = tuple(k for k, s in enumerate(statuses) if s == NodeStatus.LOST)
+    if NodeStatus.RUNNING in statuses:
+        abnormal = any(s in (NodeStatus.LOST, NodeStatus.FAILED, NodeStatus.STOPPED) for s in statuses)
+        return ClusterVerdict(End.WAITING if abnormal else End.WATCH, lost)
     if lost:
         # A node lost makes the others' collectives fail: their non-zero exits are no failure of
         # the command, so this is an interruption, not a failed run.
-        return ClusterVerdict("interrupted", lost, f"node {', '.join(map(str, lost))} lost")
-    if "failed" in statuses:
-        failed = [k for k, s in enumerate(statuses) if s == "failed"]
-        return ClusterVerdict("failed", why=f"the command failed on node {', '.join(map(str, failed))}")
-    if all(s == "finished" for s in statuses):
-        return ClusterVerdict("finished")
-    return ClusterVerdict("interrupted", why="the run stopped resumably (exit 75) on every node")
+        return ClusterVerdict(End.INTERRUPTED, lost, f"node {', '.join(map(str, lost))} lost")
+    if NodeStatus.FAILED in statuses:
+        failed = [k for k, s in enumerate(statuses) if s == NodeStatus.FAILED]
+        return ClusterVerdict(End.FAILED, why=f"the command failed on node {', '.join(map(str, failed))}")
+    if all(s == NodeStatus.FINISHED for s in statuses):
+        return ClusterVerdict(End.FINISHED)
+    return ClusterVerdict(End.INTERRUPTED, why="the run stopped resumably (exit 75) on every node")
+
+
+def fleet_verdict(
+    verdicts: list[Verdict], statuses: list[NodeStatus], noticed: list[bool]
+) -> Verdict | ClusterVerdict:
+    """The verdict on a fleet from each node's (node order): a fleet of one is judged as its one
+    node; several by cluster_verdict over their statuses."""
+    if len(verdicts) == 1:
+        return verdicts[0]
+    verdict = cluster_verdict(statuses)
+    if verdict.end == End.INTERRUPTED:
+        verdict = replace(verdict, outcome=Outcome.PREEMPTED if any(noticed) else Outcome.LOST)
+    return verdict
 
 
 def notice_to_resumed(notice_seen_at: float | None, resumed_at: float) -> float | None:

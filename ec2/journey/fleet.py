@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from common import aws
+from common.attempt import Outcome
 from ec2.cloud import cluster, instances
 from ec2.config import AwsConfig
 from ec2.errors import CapacityError
@@ -47,7 +48,7 @@ class Fleet:
         )
 
     def live(self) -> list[history.Member]:
-        return [m for m in self.h.members if m.outcome == "running"]
+        return [m for m in self.h.members if m.outcome == Outcome.RUNNING]
 
     def member(self, node: int) -> history.Member:
         return [m for m in self.live() if m.node == node][-1]
@@ -76,7 +77,7 @@ class Fleet:
             zone=records[0].zone,
         )
 
-    def terminate(self, members: list[history.Member], outcome: str) -> None:
+    def terminate(self, members: list[history.Member], outcome: Outcome) -> None:
         """Terminate these members (waited for: AWS keeps the groups while they exist) and record it."""
         if not members:
             return
@@ -90,7 +91,7 @@ class Fleet:
         self.out(f"terminated {', '.join(m.instance_id for m in members)}")
         self.h.event("terminated", instance_ids=[m.instance_id for m in members], outcome=outcome)
 
-    def take_down(self, outcome: str = "terminated") -> None:
+    def take_down(self, outcome: Outcome = Outcome.TERMINATED) -> None:
         """Every live member, then the placement group and the members' group."""
         self.terminate(self.live(), outcome)
         cluster.remove_shared(self.ec2, self.cfg, self.name)
@@ -101,7 +102,7 @@ class Fleet:
         placement group, or, with no capacity there (a cluster placement group cannot span
         zones), the survivors terminated too and the whole cluster launched elsewhere, that type
         and zone excluded. The nodes that are new (to set up)."""
-        self.terminate([self.member(k) for k in lost], "lost")
+        self.terminate([self.member(k) for k in lost], Outcome.LOST)
         survivors = [m for k, m in enumerate(self.machines) if k not in lost]
         if not lost:
             return []  # every run stopped resumably and every machine is still there: restart

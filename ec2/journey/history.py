@@ -1,7 +1,8 @@
 """The run history of `fab run` on the laptop: outputs/<name>/run.json, rewritten atomically after
 every event, so a crash (or Ctrl-C) at any moment leaves a whole file that says what happened.
 
-Plain data: one RunHistory holding its Attempts (one per instance) and a list of events. The
+Plain data: one RunHistory holding its Attempts (common.attempt: one per start of the run) and,
+for a cluster, its Members (one per instance), and a list of events. The
 summary the user reads at the end is ec2.journey.report.
 """
 
@@ -10,54 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from common.atomic import atomic_write_json
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def seconds_between(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
-        return None
-    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
-
-
-@dataclass
-class Attempt:
-    number: int
-    instance_id: str | None = None
-    instance_type: str | None = None
-    zone: str | None = None
-    market: str | None = None
-    launched_at: str | None = None
-    ended_at: str | None = None
-    # starting | launch-failed | running | finished | preempted | lost | failed | left-running |
-    # terminated-by-user
-    outcome: str = "starting"
-    exit_code: int | None = None
-    last_step: int | None = None  # the last step the log showed before the attempt ended
-    resumed_step: int | None = None  # "resumed from ... at step N" (None: started fresh)
-    cost_usd: float | None = None
-    seconds_notice_to_safe: float | None = None
-    gpus: int | None = None  # GPUs the trainer ran on (one process each); 0: the CPU
-    # What the trainer read from S3 for its dataset (its end-of-run line): GETs, GB, request USD.
-    s3_gets: int | None = None
-    s3_gb: float | None = None
-    s3_request_usd: float | None = None
-    # A multi-node run (fab run --nodes N): the attempt is one start of torchrun on every node.
-    nodes: int | None = None
-    instance_ids: list[str] = field(default_factory=list)  # node order
-    nodes_lost: list[int] = field(default_factory=list)  # the nodes replaced after it
-    notice_seen_at: float | None = None  # epoch seconds the watcher saw the notice that ended it
-    seconds_notice_to_resumed: float | None = None  # from the previous attempt's notice to resumed
-
-    @property
-    def seconds(self) -> float | None:
-        return seconds_between(self.launched_at, self.ended_at)
+from common.attempt import Attempt, Outcome, RunStatus
+from common.times import now_iso, seconds_between
 
 
 @dataclass
@@ -72,9 +30,11 @@ class Member:
     market: str | None = None
     launched_at: str | None = None
     ended_at: str | None = None
-    # running | lost | terminated | left-running
-    outcome: str = "running"
+    outcome: Outcome = Outcome.RUNNING  # running | lost | terminated | left-running | terminated-by-user
     cost_usd: float | None = None
+
+    def __setattr__(self, key: str, value) -> None:
+        super().__setattr__(key, Outcome(value) if key == "outcome" else value)
 
     @property
     def seconds(self) -> float | None:
@@ -88,13 +48,15 @@ class RunHistory:
     command: str = ""
     started_at: str = field(default_factory=now_iso)
     finished_at: str | None = None
-    # running | finished | failed | gave-up | interrupted
-    status: str = "running"
+    status: RunStatus = RunStatus.RUNNING  # running | finished | failed | gave-up | interrupted
     attempts: list[Attempt] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
     path: str | None = None
     nodes: int = 1
     members: list[Member] = field(default_factory=list)  # a multi-node run's instances
+
+    def __setattr__(self, key: str, value) -> None:
+        super().__setattr__(key, RunStatus(value) if key == "status" else value)
 
     # --- derived figures -------------------------------------------------------------------------
     @property

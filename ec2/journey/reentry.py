@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import aws
+from common.attempt import Outcome, RunStatus
 from ec2 import registry
 from ec2.cloud import instances, keys, launch
 from ec2.config import AwsConfig
@@ -17,8 +18,6 @@ from ec2.errors import ToolkitError
 from ec2.journey import history
 from ec2.remote.ssh import Machine
 
-# An attempt whose instance may still be working on the run.
-OPEN_OUTCOMES = ("running", "left-running")
 ALIVE = ("pending", "running")
 
 
@@ -32,10 +31,10 @@ class PickedUp:
 
 def open_attempt(h: history.RunHistory) -> history.Attempt | None:
     """The last attempt, when the journey was never closed and that attempt has an instance."""
-    if h.status not in ("running", "interrupted") or not h.attempts:
+    if h.status not in (RunStatus.RUNNING, RunStatus.INTERRUPTED) or not h.attempts:
         return None
     last = h.attempts[-1]
-    if last.outcome not in OPEN_OUTCOMES or last.ended_at or not last.instance_id:
+    if not last.outcome.open or last.ended_at or not last.instance_id:
         return None
     return last
 
@@ -69,5 +68,5 @@ def pick_up(cfg: AwsConfig, name: str, outputs: Path, out: Callable[[str], None]
         f"picking up run {name}: attempt {attempt.number} on {info.instance_id} ({info.instance_type}, "
         f"{info.zone}) is still {info.state}; watching it again"
     )
-    attempt.outcome = "running"
+    attempt.outcome = Outcome.RUNNING
     return PickedUp(h, attempt, _machine(cfg, info, region), ec2)

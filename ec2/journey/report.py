@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from common.attempt import Attempt
 from ec2.cloud import pricing
-from ec2.journey.history import Attempt, Member, RunHistory, seconds_between
-
-# Attempt outcomes that ended in an interruption (a relaunch followed, or --max-recoveries stopped it).
-INTERRUPTED = ("preempted", "lost")
+from ec2.journey.history import Member, RunHistory, seconds_between
 
 
 def attempt_cost(a: Attempt, spot_points: list[pricing.PricePoint]) -> float | None:
@@ -51,8 +49,8 @@ def _count(n: int, what: str) -> str:
 
 
 def _attempt_row(a: Attempt) -> list[str]:
-    what = a.outcome
-    if a.outcome in INTERRUPTED and a.last_step is not None:
+    what = str(a.outcome)
+    if a.outcome.interrupted and a.last_step is not None:
         what += f" at step {a.last_step}"
     if a.resumed_step is not None:
         what = f"resumed at step {a.resumed_step}, {what}"
@@ -87,7 +85,7 @@ def _aligned(rows: list[list[str]]) -> list[str]:
 def summary(h: RunHistory) -> str:
     """The end-of-run report: a headline, an aligned row per attempt (instance, outcome, time,
     cost), then the totals and the steps lost to interruptions. A multi-node run: cluster_summary."""
-    if h.members:
+    if h.members or h.nodes > 1:  # a cluster's, also when its launch failed (no member yet)
         return cluster_summary(h)
     instances = len({a.instance_id for a in h.attempts if a.instance_id})
     lines = [
@@ -96,7 +94,7 @@ def summary(h: RunHistory) -> str:
     ]
     lines += _aligned([_attempt_row(a) for a in h.attempts])
     used = [a.seconds for a in h.attempts if a.seconds is not None]
-    interruptions = sum(1 for a in h.attempts if a.outcome in INTERRUPTED)
+    interruptions = sum(1 for a in h.attempts if a.outcome.interrupted)
     lost = h.steps_lost()
     each = f" ({', '.join(map(str, lost))})" if len(lost) > 1 else ""
     wall = seconds_between(h.started_at, h.finished_at)
@@ -125,15 +123,15 @@ def _member_row(m: Member) -> list[str]:
         m.zone or "?",
         m.market or "?",
         m.instance_id,
-        m.outcome,
+        str(m.outcome),
         duration(m.seconds),
         money(m.cost_usd),
     ]
 
 
 def _cluster_attempt_line(a: Attempt) -> str:
-    what = a.outcome
-    if a.outcome in INTERRUPTED and a.last_step is not None:
+    what = str(a.outcome)
+    if a.outcome.interrupted and a.last_step is not None:
         what += f" at step {a.last_step}"
     if a.resumed_step is not None:
         what = f"resumed at step {a.resumed_step}, {what}"

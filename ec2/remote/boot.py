@@ -40,6 +40,7 @@ from pathlib import Path
 import botocore.exceptions
 
 from common import aws
+from common.errors import STOPPED_RESUMABLE as RESUMABLE_EXIT
 from common.s3uri import is_s3
 from ec2.remote import detached, giveup, runs, s3copy
 from ec2.remote.detached import BootAttempt, DetachedRun
@@ -48,8 +49,6 @@ from ec2.remote.runs import code_dir
 from ec2.remote.ssh import join_path
 from ec2.remote.trainrun import setup_command, train_env
 
-# The trainer's "stopped, resumable" exit (ml.errors.STOPPED_RESUMABLE).
-RESUMABLE_EXIT = 75
 DEFAULT_SHUTDOWN = "shutdown -h"
 START_TRIES = 3
 

@@ -24,14 +24,11 @@ from datetime import datetime, timedelta, timezone
 import botocore.exceptions
 
 from common.s3uri import split_s3
+from common.times import now_iso
 
 STATE_FILE = "state.json"
 # Terminal states: nothing more will run; a boot that finds one stops the group at once.
 ENDED = ("finished", "failed", "stopped", "gave-up", "deadline", "setup-failed")
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def parse_iso(text: str) -> datetime:

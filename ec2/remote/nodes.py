@@ -46,6 +46,8 @@ def rendezvous_host(node0: MachineRecord) -> str:
 def on_each(machines: list[Machine], work: Callable[[Machine], T]) -> list[T]:
     """`work` on every machine at once; the results in node order. The first failure is raised,
     naming its machine, after every node's work has ended."""
+    if not machines:  # a cluster restarted on the same machines has no new node to set up
+        return []
     with ThreadPoolExecutor(max_workers=len(machines)) as pool:
         futures = [pool.submit(work, m) for m in machines]
         errors = [(m, f.exception()) for m, f in zip(machines, futures, strict=True) if f.exception()]

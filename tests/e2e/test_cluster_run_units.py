@@ -119,3 +119,12 @@ def test_cluster_summary_counts_members_nodes_lost_steps_lost_and_notice_to_resu
     back = history.load(tmp_path / "run.json")
     assert back.members == h.members and back.attempts == h.attempts and back.nodes == 2
     assert report.summary(back) == text
+
+
+def test_summary_of_a_cluster_whose_launch_failed_is_a_cluster_summary():
+    # The engine records a failed launch as an attempt for every fleet; a cluster's has no member.
+    h = history.RunHistory(name="job", nodes=2, status="failed")
+    h.attempts = [history.Attempt(1, outcome="launch-failed")]
+    text = report.summary(h)
+    assert text.startswith("run job: failed after 1 attempt on 2 nodes x ? per node (0 instances)")
+    assert "  attempt 1: launch-failed" in text
