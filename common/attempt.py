@@ -2,10 +2,11 @@
 
 An attempt is one start of the run on its instances: for `fab run` on one instance, that
 instance's life; for `fab run --nodes N`, one start of torchrun on every node (the instances,
-which can outlive an attempt, are recorded as members by ec2.journey.history). The laptop's loop
-writes these into outputs/<name>/run.json (ec2.journey.history); the detached boot's S3 record
-(ec2.remote.detached) holds the same kind of entry, so it lives here, in the package the
-instance side imports too.
+which can outlive an attempt, are recorded as members by ec2.journey.history); for a detached run,
+one boot of one of its group's instances. The laptop's loop writes these into
+outputs/<name>/run.json (ec2.journey.history); the detached boot writes the same entries into its
+S3 record (ec2.remote.detached), so this lives in common/, the package the instance side imports
+too: standard library only (the boot runs with the instance's bare Python and boto3).
 
 Outcomes and statuses are str Enums: the JSON keeps the same strings ("preempted", "gave-up"), a
 record written before them loads unchanged, and comparing with a plain string still works.
@@ -72,6 +73,18 @@ class RunStatus(TextEnum):
     DEADLINE = "deadline"  # detached
     SETUP_FAILED = "setup-failed"  # detached
 
+    @property
+    def ended(self) -> bool:
+        """Nothing more will run: a detached boot that finds one stops the group at once."""
+        return self in (
+            RunStatus.FINISHED,
+            RunStatus.FAILED,
+            RunStatus.STOPPED,
+            RunStatus.GAVE_UP,
+            RunStatus.DEADLINE,
+            RunStatus.SETUP_FAILED,
+        )
+
 
 @dataclass
 class Attempt:
@@ -99,6 +112,7 @@ class Attempt:
     nodes_lost: list[int] = field(default_factory=list)  # the nodes replaced after it
     notice_seen_at: float | None = None  # epoch seconds the watcher saw the notice that ended it
     seconds_notice_to_resumed: float | None = None  # from the previous attempt's notice to resumed
+    log_uri: str | None = None  # detached: where the boot copied the attempt's run log in S3
 
     def __setattr__(self, key: str, value) -> None:
         # Read back from JSON, or set from a plain string: always the Enum.
@@ -107,3 +121,17 @@ class Attempt:
     @property
     def seconds(self) -> float | None:
         return seconds_between(self.launched_at, self.ended_at)
+
+    @property
+    def unended(self) -> bool:
+        """Setting up or running with no end recorded yet: its instance is still billed."""
+        return self.ended_at is None and self.outcome in (Outcome.BOOTING, Outcome.RUNNING)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Attempt:
+        """An attempt as run.json or a detached run's state.json holds it; fields it does not know
+        are dropped, and a state.json written before this record (its boots' `booted_at`) reads."""
+        data = dict(data)
+        if "booted_at" in data:
+            data.setdefault("launched_at", data.pop("booted_at"))
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})

@@ -279,28 +279,19 @@ class Detached:
         return result.stdout if result.code == 0 else None
 
     def history(self, state: DetachedRun) -> history.RunHistory:
-        """The record as `fab run`'s history, each attempt's cost from the spot price history."""
+        """The record as `fab run`'s history (the boot writes the same attempts), each attempt's
+        cost from the spot price history; one still running counts until now (time and cost so far)."""
+        now = history.now_iso()
         h = history.RunHistory(
-            name=state.name, run=state.run, command=state.command, started_at=state.submitted_at
+            name=state.name,
+            run=state.run,
+            command=state.command,
+            started_at=state.submitted_at,
+            status=state.status,
+            attempts=[dataclasses.replace(a, ended_at=now) if a.unended else a for a in state.attempts],
         )
-        h.status = state.status
-        for a in state.attempts:
-            ended = a.ended_at
-            if ended is None and a.outcome in ("booting", "running"):
-                ended = history.now_iso()  # still running: cost so far
-            att = history.Attempt(
-                number=a.number,
-                instance_id=a.instance_id,
-                instance_type=a.instance_type,
-                zone=a.zone,
-                market=a.market,
-                launched_at=a.booted_at,
-                ended_at=ended,
-                outcome=a.outcome,
-                exit_code=a.exit_code,
-            )
-            att.cost_usd = report.fetch_cost(self.ec2, att)
-            h.attempts.append(att)
+        for a in h.attempts:
+            a.cost_usd = report.fetch_cost(self.ec2, a)
         if state.ended and state.attempts:
             h.finished_at = state.attempts[-1].ended_at
         return h

@@ -96,10 +96,7 @@ def history_path(outputs: Path) -> Path:
 
 def load(path: Path) -> RunHistory:
     data = json.loads(path.read_text())
-    attempts = [
-        Attempt(**{k: v for k, v in a.items() if k in Attempt.__dataclass_fields__})
-        for a in data.pop("attempts", [])
-    ]
+    attempts = [Attempt.from_dict(a) for a in data.pop("attempts", [])]
     members = [
         Member(**{k: v for k, v in m.items() if k in Member.__dataclass_fields__})
         for m in data.pop("members", [])

@@ -40,10 +40,12 @@ from pathlib import Path
 import botocore.exceptions
 
 from common import aws
+from common.attempt import Attempt, Outcome, RunStatus
 from common.errors import STOPPED_RESUMABLE as RESUMABLE_EXIT
 from common.s3uri import is_s3
+from common.times import now_iso
 from ec2.remote import detached, giveup, runs, s3copy
-from ec2.remote.detached import BootAttempt, DetachedRun
+from ec2.remote.detached import DetachedRun
 from ec2.remote.imds import Identity, Imds, ImdsUnreachable
 from ec2.remote.runs import code_dir
 from ec2.remote.ssh import join_path
@@ -80,8 +82,8 @@ def shutdown_argv(shutdown: str, minutes: int | None, why: str) -> list[str]:
 
 @dataclass
 class Ending:
-    outcome: str  # the attempt's outcome
-    status: str  # the run's status after it
+    outcome: Outcome  # the attempt's outcome
+    status: RunStatus  # the run's status after it
     stop_group: bool  # set desired capacity to 0
     shut_down: bool = False  # and shut this instance down now
 
@@ -89,13 +91,13 @@ class Ending:
 def ending_for(exit_code: int, noticed: bool) -> Ending:
     """What an attempt's end means for the run and the group (a pure function: tests read it)."""
     if exit_code == 0:
-        return Ending("finished", "finished", stop_group=True)
+        return Ending(Outcome.FINISHED, RunStatus.FINISHED, stop_group=True)
     if exit_code == RESUMABLE_EXIT and noticed:
         # AWS takes the instance back and the group launches another: leave it alone.
-        return Ending("preempted", "interrupted", stop_group=False)
+        return Ending(Outcome.PREEMPTED, RunStatus.INTERRUPTED, stop_group=False)
     if exit_code == RESUMABLE_EXIT:
-        return Ending("stopped", "stopped", stop_group=True)
-    return Ending("failed", "failed", stop_group=True)
+        return Ending(Outcome.STOPPED, RunStatus.STOPPED, stop_group=True)
+    return Ending(Outcome.FAILED, RunStatus.FAILED, stop_group=True)
 
 
 class Boot:
@@ -119,7 +121,7 @@ class Boot:
         self.s3 = s3 or aws.client("s3", region)
         self.asg = asg or aws.client("autoscaling", region)
         self.state: DetachedRun | None = None
-        self.attempt: BootAttempt | None = None
+        self.attempt: Attempt | None = None
 
     # --- the record ---------------------------------------------------------------------------------
     def save(self) -> None:
@@ -147,9 +149,9 @@ class Boot:
         log(f"{why}: {' '.join(argv)}")
         subprocess.run(argv, check=False)
 
-    def end(self, outcome: str, status: str, why: str, *, stop_group: bool, shut_down: bool) -> int:
+    def end(self, outcome: Outcome, status: RunStatus, why: str, *, stop_group: bool, shut_down: bool) -> int:
         self.attempt.outcome = outcome
-        self.attempt.ended_at = detached.now_iso()
+        self.attempt.ended_at = now_iso()
         self.state.status = status
         self.save()
         if stop_group:
@@ -163,30 +165,32 @@ class Boot:
         """Count this attempt; None to go on, or why the run must not go on."""
         s = self.state
         previous = s.attempts[-1] if s.attempts else None
-        self.attempt = BootAttempt(
+        self.attempt = Attempt(
             number=len(s.attempts) + 1,
             instance_id=self.me.instance_id,
             instance_type=self.me.instance_type,
             zone=self.me.zone,
             market=self.me.market,
+            launched_at=now_iso(),  # the boot's start: the instance has been billed for a moment
+            outcome=Outcome.BOOTING,
         )
         s.attempts.append(self.attempt)
         if s.ended:
             return f"the run already ended ({s.status})"
         if s.stop_requested:
-            s.status = "stopped"
+            s.status = RunStatus.STOPPED
             return "a stop was requested"
         if self.attempt.number > s.max_attempts:
-            s.status = "gave-up"
+            s.status = RunStatus.GAVE_UP
             return f"attempt {self.attempt.number} is past max_recoveries={s.max_recoveries}"
         if s.seconds_left() <= 0:
-            s.status = "deadline"
+            s.status = RunStatus.DEADLINE
             when = s.deadline.isoformat(timespec="seconds")
             return f"the run's deadline ({when}, max_hours={s.max_hours:g}) passed"
-        if previous is not None and previous.outcome == "booting":
+        if previous is not None and previous.outcome is Outcome.BOOTING:
             # The previous boot died without recording an end (instance lost mid-setup): not a
             # setup failure we can prove, so it only shows in the history.
-            previous.outcome = "lost"
+            previous.outcome = Outcome.LOST
         return None
 
     def setup(self) -> bool:
@@ -229,7 +233,7 @@ class Boot:
         signalled = False
         while not code_file.exists():
             if not signalled and self.state.seconds_left() <= 0:
-                self.state.status = "deadline"
+                self.state.status = RunStatus.DEADLINE
                 # Until the watcher has written its pid (a run that just started), try again.
                 signalled = self.signal_trainer()
                 if signalled:
@@ -305,11 +309,12 @@ class Boot:
         why = self.begin()
         if why is not None:
             # A boot after the end (a late replacement) runs nothing; past a guard, it is the guard.
-            outcome = "not-started" if already or self.state.status == "stopped" else self.state.status
+            stopped = already or self.state.status is RunStatus.STOPPED
+            outcome = Outcome.NOT_STARTED if stopped else Outcome(self.state.status.value)
             return self.end(outcome, self.state.status, why, stop_group=True, shut_down=True)
         left_min = max(1, int(self.state.seconds_left() // 60))
         self.shut_down(left_min, "spotrun: the run's deadline")
-        self.state.status = "running"
+        self.state.status = RunStatus.RUNNING
         self.save()
         log(f"attempt {self.attempt.number} of {self.state.max_attempts} on {self.me.instance_id}")
 
@@ -317,29 +322,31 @@ class Boot:
         if run_dir is None:
             # Setup, or starting the run on this machine, failed.
             before = self.state.attempts[-2] if len(self.state.attempts) > 1 else None
-            if before is not None and before.outcome == "setup-failed":
+            if before is not None and before.outcome is Outcome.SETUP_FAILED:
                 return self.end(
-                    "setup-failed",
-                    "setup-failed",
+                    Outcome.SETUP_FAILED,
+                    RunStatus.SETUP_FAILED,
                     "setup failed on two boots in a row",
                     stop_group=True,
                     shut_down=True,
                 )
             # Perhaps this machine only (a bad disk, a package mirror hiccup): let the group try another.
-            return self.end("setup-failed", "interrupted", "setup failed", stop_group=False, shut_down=True)
+            return self.end(
+                Outcome.SETUP_FAILED, RunStatus.INTERRUPTED, "setup failed", stop_group=False, shut_down=True
+            )
 
-        self.attempt.outcome = "running"
+        self.attempt.outcome = Outcome.RUNNING
         self.save()
         code = self.wait(run_dir)
         self.attempt.exit_code = code
         self.keep_log(run_dir)
         self.keep_outputs()
         noticed = (run_dir / "notice").exists()
-        deadline_hit = self.state.status == "deadline"
+        deadline_hit = self.state.status is RunStatus.DEADLINE
         self.refresh_stop()
         ending = ending_for(code, noticed)
-        if deadline_hit and ending.outcome != "finished":
-            ending = Ending("deadline", "deadline", stop_group=True)
+        if deadline_hit and ending.outcome is not Outcome.FINISHED:
+            ending = Ending(Outcome.DEADLINE, RunStatus.DEADLINE, stop_group=True)
         log(f"run exited {code}: {ending.outcome}")
         return self.end(
             ending.outcome,

@@ -11,6 +11,11 @@ Only one instance of the group runs at a time (max 1, Capacity Rebalance off), s
 read-modify-write of state.json has no concurrent writer but a user's `fab stop`, which only sets
 `stop_requested` and is read again before the end is recorded.
 
+Its attempts are common.attempt's Attempt, the entry run.json holds too (one per boot; launched_at
+is when the boot began), its status a RunStatus: the laptop's summary, `fab watch` and `fab status`
+read them as they read `fab run`'s history. A record written before (`booted_at`, plain strings)
+reads the same.
+
 Plain data: standard library, boto3 and common/ only (it runs with the instance's Python).
 """
 
@@ -23,12 +28,11 @@ from datetime import datetime, timedelta, timezone
 
 import botocore.exceptions
 
+from common.attempt import Attempt, RunStatus
 from common.s3uri import split_s3
 from common.times import now_iso
 
 STATE_FILE = "state.json"
-# Terminal states: nothing more will run; a boot that finds one stops the group at once.
-ENDED = ("finished", "failed", "stopped", "gave-up", "deadline", "setup-failed")
 
 
 def parse_iso(text: str) -> datetime:
@@ -39,21 +43,6 @@ def root_for(checkpoint_dir: str, name: str) -> str:
     """The run's root prefix: a sibling of the checkpoint folder, so the instance role's S3
     grant covers both with one prefix each and the checkpoint store never lists our files."""
     return f"{checkpoint_dir.rstrip('/')}-spotrun-{name}"
-
-
-@dataclass
-class BootAttempt:
-    number: int
-    instance_id: str
-    instance_type: str | None = None
-    zone: str | None = None
-    market: str | None = None
-    booted_at: str = field(default_factory=now_iso)
-    ended_at: str | None = None
-    # booting | setup-failed | running | finished | failed | preempted | stopped | gave-up | deadline
-    outcome: str = "booting"
-    exit_code: int | None = None
-    log_uri: str | None = None
 
 
 @dataclass
@@ -76,10 +65,13 @@ class DetachedRun:
     submitted_at: str = field(default_factory=now_iso)
     max_hours: float = 12.0
     bundle_uri: str | None = None
-    # submitted | running | interrupted | finished | failed | stopped | gave-up | deadline | setup-failed
-    status: str = "submitted"
+    status: RunStatus = RunStatus.SUBMITTED
     stop_requested: bool = False
-    attempts: list[BootAttempt] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+
+    def __setattr__(self, key: str, value) -> None:
+        # Read back from JSON, or set from a plain string: always the Enum.
+        super().__setattr__(key, RunStatus(value) if key == "status" else value)
 
     @property
     def deadline(self) -> datetime:
@@ -94,7 +86,7 @@ class DetachedRun:
 
     @property
     def ended(self) -> bool:
-        return self.status in ENDED
+        return self.status.ended
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
@@ -104,7 +96,7 @@ class DetachedRun:
         data = json.loads(text)
         known = {f.name for f in dataclasses.fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
-        data["attempts"] = [BootAttempt(**a) for a in data.get("attempts", [])]
+        data["attempts"] = [Attempt.from_dict(a) for a in data.get("attempts", [])]
         return cls(**data)
 
 

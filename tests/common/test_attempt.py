@@ -53,16 +53,37 @@ def test_an_old_run_json_loads_into_the_enum_and_writes_back_the_same_strings(tm
     assert json.loads(path.read_text())["members"][0]["outcome"] == "terminated-by-user"
 
 
-def test_every_outcome_the_detached_boot_writes_is_one_of_the_enum():
-    # detach.py reads the boot's S3 record into the attempt record (its summary and `fab watch`).
+def test_the_detached_boot_writes_the_enums_and_ends_a_run_on_the_same_statuses():
     import inspect
 
-    from ec2.remote import boot, detached
+    from ec2.remote import boot
 
-    written = {"booting", "lost", "running", "not-started"} | set(detached.ENDED)
-    written |= {boot.ending_for(code, noticed).outcome for code in (0, 1, 75) for noticed in (True, False)}
-    assert written <= {o.value for o in Outcome}, written - {o.value for o in Outcome}
-    assert '"not-started"' in inspect.getsource(boot)  # the one literal outcome not in those sets
+    endings = [boot.ending_for(code, noticed) for code in (0, 1, 75) for noticed in (True, False)]
+    assert all(type(e.outcome) is Outcome and type(e.status) is RunStatus for e in endings)
+    assert '"not-started"' not in inspect.getsource(boot)  # no bare outcome strings left
+    # The statuses the detached record called ended (a boot finding one stops the group).
+    assert {s.value for s in RunStatus if s.ended} == {
+        "finished", "failed", "stopped", "gave-up", "deadline", "setup-failed"
+    }  # fmt: skip
+
+
+def test_a_detached_record_written_before_the_attempt_record_reads_into_the_summary():
+    from ec2.remote.detached import DetachedRun
+
+    old = {
+        "name": "job", "group": "spotrun-job", "region": "us-east-1", "root": "s3://b/p",
+        "command": "train", "status": "gave-up",
+        "attempts": [
+            {"number": 1, "instance_id": "i-1", "booted_at": "2026-01-01T00:00:00+00:00",
+             "ended_at": "2026-01-01T00:02:05+00:00", "outcome": "preempted", "exit_code": 75,
+             "log_uri": "s3://b/p/logs/attempt-1.log"},
+        ],
+    }  # fmt: skip
+    state = DetachedRun.from_json(json.dumps(old))
+    assert state.status is RunStatus.GAVE_UP and state.ended
+    assert state.attempts[0].outcome is Outcome.PREEMPTED and state.attempts[0].log_uri.endswith(".log")
+    h = history.RunHistory(name="job", status=state.status, attempts=state.attempts)
+    assert "2m05s" in report.summary(h)  # booted_at is when the attempt's instance began
 
 
 def test_which_outcomes_count_as_interruptions_and_which_may_still_be_running():

@@ -16,9 +16,10 @@ import boto3
 import pytest
 
 from common import aws
+from common.attempt import Attempt, Outcome, RunStatus
 from ec2.remote import detached
 from ec2.remote.boot import Ending, ending_for, shutdown_argv
-from ec2.remote.detached import BootAttempt, DetachedRun
+from ec2.remote.detached import DetachedRun
 from tests.peers.imds import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -185,7 +186,7 @@ def test_exit_75_after_a_notice_leaves_the_group_alone(machine):
 
 
 def test_next_boot_counts_the_attempt_and_resumes(machine):
-    first = BootAttempt(1, "i-first", outcome="preempted", exit_code=75)
+    first = Attempt(1, "i-first", outcome="preempted", exit_code=75)
     machine.submit("echo resumed; exit 0", attempts=[first], status="interrupted")
     machine.boot_to_end()
     state = machine.state()
@@ -193,8 +194,30 @@ def test_next_boot_counts_the_attempt_and_resumes(machine):
     assert state.status == "finished" and machine.desired() == 0
 
 
+def test_a_record_submitted_by_the_old_code_reads_and_is_written_back_as_the_attempt_record(machine):
+    # state.json as the boot wrote it before it used common.attempt: `booted_at`, no launched_at.
+    machine.submit("echo resumed; exit 0", status="interrupted")
+    bucket, key = detached.key_of(machine.root, detached.STATE_FILE)
+    old = json.loads(machine.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    booted = "2026-01-01T00:00:00+00:00"
+    old["attempts"] = [
+        {"number": 1, "instance_id": "i-first", "instance_type": "g5.xlarge", "zone": "us-east-1a",
+         "market": "spot", "booted_at": booted, "ended_at": "2026-01-01T00:30:00+00:00",
+         "outcome": "preempted", "exit_code": 75, "log_uri": None}
+    ]  # fmt: skip
+    machine.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(old).encode())
+    machine.boot_to_end()
+    written = json.loads(machine.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    first, second = written["attempts"]
+    assert first["launched_at"] == booted and "booted_at" not in first
+    assert (first["outcome"], second["outcome"], written["status"]) == ("preempted", "finished", "finished")
+    # The same entry `fab run` writes into run.json, so one summary printer reads both.
+    assert set(second) == set(Attempt.__dataclass_fields__) and second["launched_at"]
+    assert machine.state().attempts[0].seconds == 1800
+
+
 def test_attempt_past_max_recoveries_stops_the_group_and_shuts_down(machine):
-    earlier = [BootAttempt(n, f"i-{n}", outcome="preempted", exit_code=75) for n in (1, 2)]
+    earlier = [Attempt(n, f"i-{n}", outcome="preempted", exit_code=75) for n in (1, 2)]
     machine.submit("echo never; exit 0", max_recoveries=1, attempts=earlier, status="interrupted")
     out = machine.boot_to_end()
     state = machine.state()
@@ -252,13 +275,13 @@ def test_ending_for_each_exit():
     assert ending_for(0, noticed=False) == Ending("finished", "finished", stop_group=True)
     assert ending_for(75, noticed=True) == Ending("preempted", "interrupted", stop_group=False)
     assert ending_for(75, noticed=False) == Ending("stopped", "stopped", stop_group=True)
-    assert ending_for(1, noticed=True) == Ending("failed", "failed", stop_group=True)
+    assert ending_for(1, noticed=True) == Ending(Outcome.FAILED, RunStatus.FAILED, stop_group=True)
     assert shutdown_argv("shutdown -h", 90, "why") == ["shutdown", "-h", "+90", "why"]
     assert shutdown_argv("shutdown -h", None, "why") == ["shutdown", "-h", "now", "why"]
 
 
 def test_a_boot_after_the_run_ended_runs_nothing_and_stops_the_group(machine):
-    done = BootAttempt(1, "i-first", outcome="finished", exit_code=0)
+    done = Attempt(1, "i-first", outcome="finished", exit_code=0)
     machine.submit("echo never; exit 0", attempts=[done], status="finished")
     machine.boot_to_end()
     state = machine.state()
@@ -289,3 +312,18 @@ def test_a_record_the_boot_cannot_read_stops_the_group_from_here(machine, record
     cause = {t["Key"]: t["Value"] for t in group["Tags"]}[GIVEUP_TAG]
     assert said in cause and machine.imds.instance_id in cause
     assert machine.shutdowns()[-1].startswith("now ")
+
+
+def test_the_boot_imports_only_the_standard_library_boto3_and_the_bundle():
+    # The instance runs the boot with its own Python before any venv exists: only boto3 (and what
+    # it pulls in) is there beside the bundle's common/ and ec2/ (common.attempt included).
+    probe = (
+        "import sys; before = set(sys.modules); import ec2.remote.boot; "
+        "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+        "print(' '.join(sorted(new - set(sys.stdlib_module_names))))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    allowed = {"boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six", "certifi"}
+    assert set(found.stdout.split()) <= allowed | {"common", "ec2", "__mp_main__"}, found.stdout
