@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.errors import ConfigError
+from common.s3uri import is_s3
 
 
 class FieldError(ConfigError):
@@ -108,3 +109,23 @@ def check_fields(obj: Any, prefix: str = "") -> None:
 def declared_checks(cls: type) -> dict[str, Check]:
     """field name → its declared check (for tests that every number has a range)."""
     return {f.name: f.metadata["check"] for f in dataclasses.fields(cls) if f.metadata.get("check")}
+
+
+# The runs whose checkpoints must outlive the laptop's view of them, and why S3 (one line each).
+MULTI_NODE = (
+    "a multi-node run",
+    "rank 0 writes them; the restarted cluster, replacement included, resumes from them",
+)
+DETACHED = ("a detached run", "the laptop may be gone when the next instance resumes from them")
+
+
+def require_s3_checkpoints(checkpoint_dir: str | None, run: tuple[str, str]) -> str:
+    """The one "needs S3" check (`fab run --detach`, `fab run --nodes`, `fab train --nodes`):
+    checkpoint_dir itself, or one line saying why S3 and how to set it. `run`: MULTI_NODE, DETACHED."""
+    kind, why = run
+    if checkpoint_dir and is_s3(checkpoint_dir):
+        return checkpoint_dir
+    raise ConfigError(
+        f"{kind} keeps its checkpoints in S3 ({why}); checkpoint_dir is {checkpoint_dir or 'not set'}: "
+        "pass --args 'checkpoint_dir=s3://BUCKET/PREFIX' or set it in the train config"
+    )

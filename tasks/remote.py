@@ -15,8 +15,8 @@ from invoke import task
 from invoke.exceptions import Exit
 
 from common import guard, outputs
+from common.checks import MULTI_NODE, require_s3_checkpoints
 from common.errors import ToolkitError
-from common.s3uri import is_s3
 from ec2 import paths, registry
 from ec2.cloud import instances
 from ec2.remote import gpu as gpu_summary
@@ -323,11 +323,7 @@ def _train_nodes(
     cfg = aws_config(config, set_)
     name = machine_name(name, cfg)
     ckpt = _checkpoint_dir(train_config, overrides)
-    if not (ckpt and is_s3(ckpt)):
-        raise ToolkitError(
-            f"a multi-node run keeps its checkpoints in S3 (rank 0 writes them, any node may resume "
-            f"them); set checkpoint_dir=s3://bucket/prefix (now {ckpt or 'unknown'})"
-        )
+    require_s3_checkpoints(ckpt, MULTI_NODE)
     machines = [Machine(r) for r in nodes.members(name, count)]
     region = _region(machines[0], config, set_)
     # The members share one role (ec2/cloud/cluster.py): widening it for node 0 covers them all.

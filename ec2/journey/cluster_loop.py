@@ -13,23 +13,16 @@ elsewhere), and torchrun restarts on all nodes from the S3 checkpoint.
 from __future__ import annotations
 
 from common.attempt import Attempt
-from common.s3uri import is_s3
+from common.checks import MULTI_NODE, require_s3_checkpoints
 from ec2.errors import ConfigError
 from ec2.journey.decide import ClusterVerdict
 from ec2.journey.engine import Engine
 from ec2.journey.fleet import Fleet
 from ec2.journey.stages import Plan
 
-NEED_S3 = (
-    "a multi-node run keeps its checkpoints in S3 (rank 0 writes them; the restarted cluster, "
-    "replacement included, resumes from them): pass --args 'checkpoint_dir=s3://BUCKET/PREFIX' "
-    "or set it in the train config"
-)
-
 
 def require_s3(plan: Plan) -> None:
-    if not plan.checkpoint_dir or not is_s3(plan.checkpoint_dir):
-        raise ConfigError(NEED_S3)
+    require_s3_checkpoints(plan.checkpoint_dir, MULTI_NODE)
     if plan.train_config is None:
         raise ConfigError("a multi-node run starts the trainer under torchrun; it needs --train-config")
 

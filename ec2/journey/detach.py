@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from common import aws
+from common.checks import DETACHED, require_s3_checkpoints
 from common.s3uri import is_s3
 from ec2 import registry
 from ec2.cloud import asg, bundle, instances, keys, launch, network, s3scope
@@ -32,16 +33,10 @@ from ec2.remote.detached import DetachedRun
 from ec2.remote.ssh import Machine
 
 Say = Callable[[str], None]
-NEED_S3 = (
-    "detached runs need checkpoint_dir in S3 (the laptop may be gone when the next instance "
-    "resumes): pass --args 'checkpoint_dir=s3://BUCKET/PREFIX' or set it in the train config"
-)
 
 
 def require_s3(plan: Plan) -> str:
-    if not plan.checkpoint_dir or not is_s3(plan.checkpoint_dir):
-        raise ConfigError(NEED_S3)
-    return plan.checkpoint_dir
+    return require_s3_checkpoints(plan.checkpoint_dir, DETACHED)
 
 
 def grants(plan: Plan, root: str, bundle_uri: str | None) -> list[s3scope.Grant]:

@@ -148,7 +148,11 @@ def nothing_created() -> None:
 def test_local_checkpoint_dir_is_one_line_and_nothing_is_created(cloud):
     with pytest.raises(ConfigError) as e:
         detach.submit(cfg(), "job", plan("trained_models/job/checkpoint"))
-    assert str(e.value) == detach.NEED_S3 and "checkpoint_dir=s3://" in str(e.value)
+    assert str(e.value) == (
+        "a detached run keeps its checkpoints in S3 (the laptop may be gone when the next instance "
+        "resumes from them); checkpoint_dir is trained_models/job/checkpoint: pass --args "
+        "'checkpoint_dir=s3://BUCKET/PREFIX' or set it in the train config"
+    )
     nothing_created()
 
 

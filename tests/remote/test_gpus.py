@@ -99,7 +99,10 @@ def test_a_multi_node_run_needs_s3_checkpoints_and_its_members(monkeypatch, capf
     c = Context()
     with pytest.raises(Exit):
         t.train(c, name="job", nodes=2, train_config="configs/demo.yaml", args="checkpoint_dir=ckpt")
-    assert capfd.readouterr().err.startswith("error: a multi-node run keeps its checkpoints in S3")
+    err = capfd.readouterr().err
+    assert err.startswith("error: a multi-node run keeps its checkpoints in S3")
+    # The wording `fab run --nodes` uses too (common.checks): what is set now, and how to set it.
+    assert "checkpoint_dir is ckpt: pass --args 'checkpoint_dir=s3://BUCKET/PREFIX'" in err
     with pytest.raises(Exit):
         t.train(c, name="job", nodes=2, train_config="configs/demo.yaml", args="checkpoint_dir=s3://b/c")
     err = capfd.readouterr().err.strip().splitlines()
