@@ -40,6 +40,32 @@ def below_one(value: float, key: str) -> None:
         raise FieldError(key, f"must be from 0 to less than 1, got {value}")
 
 
+def _whole(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())
+
+
+def bad_trials_shape(value: dict, key: str) -> None:
+    """``{session: {block_num: [trial_num, ...]}}``, with whole numbers for blocks and trials
+    (what ml.data.batches.usable_trials reads); anything else used to fail mid-way with a
+    traceback or leave nothing out."""
+    for session, blocks in value.items():
+        if not isinstance(blocks, dict):
+            raise FieldError(
+                f"{key}.{session}",
+                f"must map block numbers to lists of trial numbers (e.g. {{3: [0, 7]}}), got {blocks!r}",
+            )
+        for block, trials in blocks.items():
+            if not _whole(block) or int(block) < 0:
+                raise FieldError(f"{key}.{session}", f"has block {block!r}; block numbers are whole numbers")
+            if not isinstance(trials, list) or not all(_whole(t) and int(t) >= 0 for t in trials):
+                raise FieldError(
+                    f"{key}.{session}.{block}",
+                    f"must be a list of trial numbers (whole numbers, e.g. [0, 7]), got {trials!r}",
+                )
+
+
 DATA_CACHE_DEFAULT = "~/.cache/spotrun/data"
 
 
@@ -93,7 +119,7 @@ class DatasetConfig:
     # A local folder or s3://bucket/prefix holding one subfolder per session.
     dataset_dir: str = "../data/hdf5_data_final"
     # {session: {block_num: [trial_num, ...]}} trials to leave out.
-    bad_trials_dict: dict[str, Any] | None = None
+    bad_trials_dict: dict[str, Any] | None = checked(None, bad_trials_shape)
     sessions: list[str] = field(default_factory=list)
     dataset_probability_val: list[float] = checked(default_factory=list, check=each(Range(0, 1)))
     # --- spotrun additions ---
@@ -172,6 +198,13 @@ class TrainConfig:
             raise ConfigError(
                 f"dataset.dataset_probability_val has {len(ds.dataset_probability_val)} entries "
                 f"but dataset.sessions has {len(ds.sessions)}; give one per session"
+            )
+        unknown = [s for s in ds.bad_trials_dict or {} if s not in ds.sessions]
+        if unknown:
+            raise FieldError(
+                "dataset.bad_trials_dict",
+                f"names session {unknown[0]!r}, which is not in dataset.sessions (so it would leave "
+                "nothing out)",
             )
         if self.init_checkpoint_path in ("None", "none", ""):
             # The reference file writes the string None.

@@ -27,6 +27,8 @@ import h5py
 import numpy as np
 import yaml
 
+from ml.data.trials import group_name
+
 N_FEATURES = 512
 LABEL_LEN = 500
 SIL = 40
@@ -136,7 +138,7 @@ def _render(rng: np.random.Generator, ids: list[int], mean_hold: np.ndarray, ses
 def _write_file(path: Path, session: str, trials: list[dict], labels: bool) -> None:
     with h5py.File(path, "w") as f:
         for i, t in enumerate(trials):
-            g = f.create_group(f"trial_{i:04d}")
+            g = f.create_group(group_name(i))
             g.create_dataset("input_features", data=t["features"])
             g.attrs["n_time_steps"] = np.int64(t["features"].shape[0])
             g.attrs["session"] = session
