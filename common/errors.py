@@ -25,3 +25,8 @@ class AwsError(ToolkitError):
     def __init__(self, message: str, code: str | None = None):
         super().__init__(f"{message} [{code}]" if code else message)
         self.code = code
+
+
+class EndpointUnreachable(AwsError):
+    """The AWS endpoint refused the connection or did not answer in time: a network or endpoint
+    problem, not one of credentials or permissions."""
