@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from common.checks import FieldError, Range, check_fields, checked
 from common.config import ConfigError, blame_field, load_config
+from common.s3uri import s3_field
 
 # Every number below declares its valid range (a test checks none is missing); TrainConfig checks
 # them all when it is built, before anything runs, and the loader names where a bad value came from.
@@ -117,7 +118,7 @@ class DatasetConfig:
     test_percentage: float = checked(0.1, Range(0, 1))
     feature_subset: list[int] | None = checked(None, each(Range(0)))
     # A local folder or s3://bucket/prefix holding one subfolder per session.
-    dataset_dir: str = "../data/hdf5_data_final"
+    dataset_dir: str = checked("../data/hdf5_data_final", s3_field)
     # {session: {block_num: [trial_num, ...]}} trials to leave out.
     bad_trials_dict: dict[str, Any] | None = checked(None, bad_trials_shape)
     sessions: list[str] = field(default_factory=list)
@@ -141,10 +142,10 @@ class TrainConfig:
     gpu_number: str = "0"
     mode: str = "train"
     use_amp: bool = True
-    output_dir: str = "trained_models/baseline_rnn"
-    checkpoint_dir: str = "trained_models/baseline_rnn/checkpoint"
+    output_dir: str = checked("trained_models/baseline_rnn", s3_field)
+    checkpoint_dir: str = checked("trained_models/baseline_rnn/checkpoint", s3_field)
     init_from_checkpoint: bool = False
-    init_checkpoint_path: str | None = None
+    init_checkpoint_path: str | None = checked(None, s3_field)
     save_best_checkpoint: bool = True
     save_all_val_steps: bool = False
     save_final_model: bool = False
