@@ -558,6 +558,28 @@ CASES = [
         says=("attribute seq_len is nan", "not a whole number"),
         owner="inputs",
     ),
+    # -- issue 22 class 3, memory: the model's size from the config, before it is built -----------------
+    train(
+        "train-model-too-large",
+        "--config",
+        "{demo}",
+        "{tiny}",
+        "model.n_units=300000",
+        says=("the model would not fit", "parameters (model.n_units 300000", "GB to train", "GB is free"),
+        owner="inputs",
+        cli=True,
+    ),
+    train(
+        "train-data-checked-before-the-model",
+        "--config",
+        "{demo}",
+        "{tiny}",
+        "model.n_units=300000",
+        "dataset.sessions=[t15.2023.08.11, t15.2099.01.01]",
+        code=3,
+        says=("t15.2099.01.01",),
+        owner="inputs",
+    ),
     # -- issue 22 "vague": the profile and the endpoint named --------------------------------------------
     fab(
         "aws-profile-from-environment-missing",
