@@ -9,6 +9,7 @@ tests wait seconds; the production defaults are checked to stay within 30 s.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -26,7 +27,7 @@ def silent_aws(silent, monkeypatch, tmp_path):
     """Every AWS endpoint is the silent listener; one AWS call may wait AWS_BOUND_S in all."""
     host, port = silent
     url = f"http://{host}:{port}"
-    for var in [v for v in __import__("os").environ if v.startswith("AWS_")]:
+    for var in [v for v in os.environ if v.startswith("AWS_")]:
         monkeypatch.delenv(var)
     monkeypatch.setenv("AWS_ENDPOINT_URL", url)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")

@@ -220,7 +220,7 @@ def test_the_memory_estimate_counts_the_parameters_the_model_has():
     from ml.memory import estimate, parameter_count
     from ml.model import build_model, count_parameters
 
-    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[2]
     for path, overrides in [
         ("configs/rnn_args.yaml", []),
         ("configs/demo.yaml", []),
