@@ -59,3 +59,12 @@ def test_a_local_path_passes_a_config_field_and_an_s3_look_alike_does_not():
     assert looks_like_s3("S3://x") and looks_like_s3("s3:/x") and not looks_like_s3("data/s3:x")
     with pytest.raises(ConfigError, match="dataset.dataset_dir 'S3://brain/x' is not of the form"):
         s3_field("S3://brain/x", "dataset.dataset_dir")
+
+
+@pytest.mark.parametrize("uri", ["s3://My-Ckpts/exp1/best.pt", "s3:///exp1/best.pt", "S3://ckpts/exp1"])
+def test_evaluate_checks_its_checkpoint_uri_before_any_request(uri, tmp_path):
+    from ml.errors import CheckpointError
+    from ml.evaluate import resolve_checkpoint
+
+    with pytest.raises(CheckpointError, match=rf"^--checkpoint '{uri}' .*; e\.g\. s3://my-bucket/ckpt"):
+        resolve_checkpoint(uri, tmp_path)
