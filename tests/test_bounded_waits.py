@@ -217,3 +217,27 @@ def test_the_spot_watcher_with_a_silent_metadata_service_says_so_once_and_runs_o
     assert err.count("instance metadata not reachable") == 1, err
     assert f"http://{host}:{port}: timed out" in err and "step 4" in out
     assert time.monotonic() - start < 30
+
+
+def test_rsync_to_a_silent_ssh_port_stops_at_the_wait_budget(silent, tmp_path, monkeypatch):
+    """rsync retries a dropped transfer, but attempts that never got through share one budget."""
+    from ec2.errors import ConnectionLost
+    from ec2.registry import MachineRecord
+    from ec2.remote.ssh import Machine, rsync_rsh
+    from ec2.remote.sync import rsync_with_retries
+
+    host, port = silent
+    monkeypatch.setenv("SPOTRUN_HOME", str(tmp_path / ".spotrun"))
+    monkeypatch.setenv("SPOTRUN_SSH_WAIT_S", "3")
+    (tmp_path / "src").mkdir()
+    record = MachineRecord(name="quiet", host=host, port=port, key_path=str(tmp_path / "key"))
+    machine = Machine(record, attempts=6, backoff_s=0.2)
+    argv = ["rsync", "-a", "-e", rsync_rsh(record), f"{tmp_path / 'src'}/", f"{host}:/tmp/nowhere/"]
+    start = time.monotonic()
+    with pytest.raises(ConnectionLost) as e:
+        rsync_with_retries(machine, argv, "sync")
+    took = time.monotonic() - start
+    assert took < 3 + SLACK_S, took
+    assert f"cannot reach quiet (ubuntu@{host}:{port}) for sync" in str(e.value) and "timed out" in str(
+        e.value
+    )

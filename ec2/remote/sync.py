@@ -238,6 +238,10 @@ def rsync_with_retries(machine: Machine, argv: list[str], what: str, *, echo: bo
             f"{what}: connection lost (rsync exit {code}); retrying in {delays[attempt]:g} s", file=sys.stderr
         )
         time.sleep(delays[attempt])
+    # ssh says why it could not connect ("Connection to HOST port P timed out"); rsync's own last
+    # line ("unexplained error (code 255)") does not.
+    said = [line for line in stderr.splitlines() if line.strip() and not line.startswith("rsync")]
+    stderr = "\n".join(said) or stderr
     raise machine.lost(what, stderr, attempt + 1) if stderr else ConnectionLost(f"{what}: connection lost")
 
 
