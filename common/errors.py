@@ -19,6 +19,13 @@ class ConfigError(ToolkitError):
     exit_code = 2
 
 
+class OutputError(ToolkitError):
+    """An output path that cannot be used: not writable, a file where a folder goes (or the
+    reverse), the wrong extension, or the same path as another output (common/outputs.py)."""
+
+    exit_code = 6
+
+
 class AwsError(ToolkitError):
     """An AWS API refusal, carrying the AWS error code."""
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from common.errors import ConfigError, ToolkitError
+from common import exits
+from common.errors import ConfigError, OutputError, ToolkitError
 
 __all__ = [
     "ToolkitError",
@@ -19,8 +20,8 @@ __all__ = [
 # up) and `resume: auto` continues from it. Distinct from 0 (finished) and 1/2 (failed).
 STOPPED_RESUMABLE = 75
 # A bug (not an expected failure): the traceback is printed with a request to report it. 70 is
-# EX_SOFTWARE, as in tasks/edge.py.
-UNEXPECTED_EXIT = 70
+# EX_SOFTWARE (common/exits.py).
+UNEXPECTED_EXIT = exits.UNEXPECTED_EXIT
 
 
 class DataError(ToolkitError):
@@ -39,9 +40,3 @@ class NonFiniteError(ToolkitError):
     """Training produced a non-finite loss or gradient norm; nothing from that step was saved."""
 
     exit_code = 5
-
-
-class OutputError(ToolkitError):
-    """output_dir or checkpoint_dir cannot be written (read-only, not a folder, disk full)."""
-
-    exit_code = 6

@@ -11,8 +11,9 @@ trainer's validation PER for the same weights. The test split has no labels: pre
 
 Outputs: PER overall and per session on stdout (labelled splits), a CSV (session, block, trial,
 predicted phonemes, and when labelled the true phonemes and the edit distance), and beside it a
-PNG bar chart of PER per session. An existing --out is refused unless --force; both files are
-written atomically.
+PNG bar chart of PER per session. --out is checked before the evaluation runs (a writable .csv
+path, not an input); an existing --out is refused unless --force; both files are written
+atomically.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from pathlib import Path
 
 import torch
 
+from common import exits, guard, outputs
 from common.atomic import atomic_path, atomic_write_text
-from common.errors import ConfigError, ToolkitError
+from common.errors import ConfigError
 from common.s3uri import is_s3, looks_like_s3, s3_problem
 from ml import checkpoint, distributed
 from ml.checkpoint import BEST, LAST, REFERENCE_BEST
@@ -176,16 +178,26 @@ def plot_per(result: Evaluation, out: Path, title: str) -> None:
         plt.close(fig)
 
 
-def outputs_for(out: str | None, cfg: TrainConfig, split: str, force: bool) -> tuple[Path, Path]:
-    """The CSV and PNG paths; existing ones are refused unless --force (checked before any work)."""
-    csv_path = Path(out) if out else Path(cfg.output_dir) / f"eval_{split}.csv"
+def outputs_for(
+    out: str | None, cfg: TrainConfig, split: str, force: bool, inputs: dict[str, str] | None = None
+) -> tuple[Path, Path]:
+    """The CSV and PNG paths, checked before any work (common/outputs.py): a .csv name in a
+    writable folder, the chart not landing on the CSV or on an input (``inputs``: label → path),
+    and existing ones refused unless --force (common/guard.py)."""
+    if out is not None:
+        csv_path = outputs.file(out, "--out", (".csv",))
+    else:
+        outputs.folder(cfg.output_dir, "output_dir")
+        csv_path = Path(cfg.output_dir) / f"eval_{split}.csv"
     png_path = csv_path.with_suffix(".png")
-    if not force:
-        for p in (csv_path, png_path):
-            if p.exists():
-                raise ConfigError(
-                    f"{p} already exists; pass --force to overwrite it, or choose another --out"
-                )
+    outputs.distinct({"--out": csv_path, "its chart": png_path, **(inputs or {})})
+    guard.unless_forced(
+        force,
+        target="writing the evaluation",
+        lost=[f"{p} (already there)" for p in (csv_path, png_path) if p.exists()],
+        verb="overwrite",
+        instead="choose another --out",
+    )
     return csv_path, png_path
 
 
@@ -193,7 +205,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, args.overrides)
     if args.split not in SPLITS:
         raise ConfigError(f"--split {args.split!r}: use val or test")
-    csv_path, png_path = outputs_for(args.out, cfg, args.split, args.force)
+    inputs = {"--config": args.config}
+    if not is_s3(args.checkpoint):
+        inputs["--checkpoint"] = args.checkpoint
+    csv_path, png_path = outputs_for(args.out, cfg, args.split, args.force, inputs)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     device = distributed.pick_device(cfg.device, cfg.gpu_number, distributed.Dist())
@@ -246,15 +261,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The same edge as ml.train (common/exits.py): an expected failure is one ``error:`` line and
+    its exit code, a bug its traceback and exit 70."""
     args = parse_args(argv)
     try:
         return run(args)
-    except ToolkitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (Exception, KeyboardInterrupt) as e:  # the edge of the program
+        return exits.report(e)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ and tensorboard/ to ``output_dir/previous_runs/<UTC time>/`` and says so: nothin
 and TensorBoard never shows two runs' events as one curve.
 
 A folder that cannot be written (read-only, a file in the way, a full disk) is an OutputError
-naming it, checked before training starts (``check_writable``) and on every write.
+naming it, checked before training starts (common/outputs.py) and on every write.
 
 Only rank 0 reports; on other ranks every method is a no-op.
 """
@@ -26,7 +26,6 @@ import csv
 import io
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,27 +38,6 @@ CSV_HEADER = ["step", "split", "loss", "per", "lr", "seconds"]
 RUN_MARKER = ".spotrun_run"
 RUN_FILES = ("training_log", "metrics.csv", "tensorboard")
 PREVIOUS_RUNS = "previous_runs"
-
-
-def check_writable(folder: str | Path, key: str) -> None:
-    """OutputError unless files can be created in ``folder`` (or, when it does not exist yet, in
-    its nearest existing parent). It tries, rather than reading mode bits: root ignores those,
-    while a read-only filesystem or a file in the way stops root too. Leaves nothing behind."""
-    target = Path(folder).expanduser().absolute()
-    existing = target
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutputError(f"{key} {folder}: {existing} is a file, not a folder; choose another {key}")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".spotrun-write-test.", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise OutputError(
-            f"{key} {folder} cannot be written ({e.strerror} in {existing}); choose a writable {key} "
-            "or fix the folder's permissions or mount"
-        ) from e
 
 
 class RunLog:

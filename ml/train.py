@@ -20,11 +20,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import random
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from common import exits, outputs
 from common.config import save_config
-from common.errors import ConfigError, ToolkitError
+from common.errors import ConfigError
 from common.s3uri import is_s3
 from ml import checkpoint, distributed, memory, stopping
 from ml.augment import transform_batch
@@ -42,9 +41,9 @@ from ml.ckpt_store import CheckpointStore
 from ml.config import TrainConfig, load_train_config
 from ml.data import build_train_loader, build_val_loader
 from ml.data.storage import s3_traffic
-from ml.errors import STOPPED_RESUMABLE, UNEXPECTED_EXIT, CheckpointError, NonFiniteError
+from ml.errors import STOPPED_RESUMABLE, CheckpointError, NonFiniteError
 from ml.model import build_model, count_parameters
-from ml.runlog import RunLog, check_writable
+from ml.runlog import RunLog
 from ml.schedule import build_optimizer, build_scheduler
 from ml.stopping import StopFlag
 from ml.validation import autocast, ctc_loss, to_device, validate
@@ -233,9 +232,9 @@ def prepare(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: S
     log = RunLog(cfg.output_dir, enabled=d.is_main)
     store = CheckpointStore(cfg.checkpoint_dir, Path(cfg.output_dir) / ".checkpoint_staging", warn=log.info)
     if d.is_main:  # only rank 0 writes
-        check_writable(cfg.output_dir, "output_dir")
+        outputs.folder(cfg.output_dir, "output_dir")
         if not store.remote:
-            check_writable(cfg.checkpoint_dir, "checkpoint_dir")
+            outputs.folder(cfg.checkpoint_dir, "checkpoint_dir")
     ckpt, resumed_from = find_start(cfg, store, d)
     # The data is opened and checked (sessions, files, labels of the held-out split) before the
     # model is built, and the model's size is checked against free memory before it is allocated:
@@ -507,38 +506,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Expected failures: one ``error:`` line and their exit code (SPOTRUN_DEBUG=1 prints their
-    chained causes above it); a bug: its traceback and a request to report it (exit 70)."""
+    chained causes above it); a second Ctrl-C (the first asked for a graceful stop): exit 130; a
+    bug: its traceback and a request to report it (exit 70). See common/exits.py."""
     args = parse_args(argv)
     try:
         return train(load_train_config(args.config, args.overrides))
-    except ToolkitError as e:
-        if os.environ.get("SPOTRUN_DEBUG", "") not in ("", "0"):
-            print_causes(e)
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:  # a second Ctrl-C: the first one asked for a graceful stop
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception:  # the edge of the program: anything else is a bug, shown whole
-        traceback.print_exc()
-        print("unexpected error: please report it with the traceback above", file=sys.stderr)
-        return UNEXPECTED_EXIT
-
-
-def print_causes(error: BaseException) -> None:
-    """The expected error's traceback and each cause under it, also those hidden by ``from None``."""
-    seen = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        print(
-            "".join(traceback.format_exception(type(current), current, current.__traceback__, chain=False)),
-            end="",
-            file=sys.stderr,
-        )
-        current = current.__cause__ or current.__context__
-        if current is not None:
-            print("caused by:", file=sys.stderr)
+    except (Exception, KeyboardInterrupt) as e:  # the edge of the program
+        return exits.report(e)
 
 
 if __name__ == "__main__":

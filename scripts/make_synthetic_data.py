@@ -13,7 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ml.data.synthetic import write_synthetic  # noqa: E402
+from common import guard, outputs  # noqa: E402
+from common.errors import ToolkitError  # noqa: E402
+from ml.data.synthetic import made_here, planned_files, write_synthetic  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,15 +32,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions", type=int, default=4, help="number of sessions, 1-45 (default 4)")
     p.add_argument("--trials", type=int, default=96, help="train trials per session, 1 or more (default 96)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="overwrite dataset files this script did not write")
     args = p.parse_args(argv)
     if not 1 <= args.sessions <= 45:
         p.error(f"--sessions must be from 1 to 45, got {args.sessions}")
     if args.trials < 1:
         p.error(f"--trials must be 1 or more, got {args.trials}")
     out = Path(args.out)
-    blocker = next((q for q in (out, *out.parents) if q.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        p.error(f"--out {out}: {blocker} is a file, not a folder; choose another --out")
+    try:
+        outputs.folder(args.out, "--out")
+        # Its own earlier output may be rewritten; a real dataset's files only with --force.
+        theirs = guard.foreign(planned_files(out, args.sessions), made_here)
+        guard.unless_forced(
+            args.force,
+            target=f"--out {out}",
+            lost=[f"{f.relative_to(out)} (not written by this script)" for f in theirs],
+            verb="overwrite",
+            instead="choose another --out",
+        )
+    except ToolkitError as e:  # a mistake in the command line, like the ones above: exit 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         summary = write_synthetic(out, args.sessions, args.trials, args.seed)
     except OSError as e:

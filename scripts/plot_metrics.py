@@ -15,6 +15,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import guard, outputs  # noqa: E402
+from common.errors import ToolkitError  # noqa: E402
+
 REQUIRED_COLUMNS = ("step", "split", "loss", "per")
 
 
@@ -113,12 +118,38 @@ def plot(curves: Curves, out: Path, title: str) -> None:
         plt.close(fig)
 
 
+def drawn_here(path: Path) -> bool:
+    """A PNG that matplotlib wrote (its tEXt ``Software`` chunk, in the first bytes): an earlier
+    plot, which a new one may replace; any other file at --out is the user's."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG") and b"Software\x00Matplotlib" in head
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Plot loss and PER from a run's metrics.csv.")
     parser.add_argument("csv", type=Path, help="metrics.csv written by ml.train")
     parser.add_argument("--out", type=Path, help="PNG to write (default: metrics.png beside the CSV)")
+    parser.add_argument("--force", action="store_true", help="overwrite an --out that is not an earlier plot")
     args = parser.parse_args(argv)
     out = args.out or args.csv.with_name("metrics.png")
+    try:
+        # Before reading: a PNG written over the CSV (or under a .csv name) loses the metrics.
+        outputs.file(out, "--out", (".png",))
+        outputs.distinct({"the metrics CSV": args.csv, "--out": out})
+        guard.unless_forced(
+            args.force,
+            target="plotting",
+            lost=[f"{p} (not a plot: no matplotlib mark)" for p in guard.foreign([out], drawn_here)],
+            verb="overwrite",
+            instead="choose another --out",
+        )
+    except ToolkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         curves = read_metrics(args.csv)
         plot(curves, out, title=str(args.csv.parent.name or args.csv.name))

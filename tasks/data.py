@@ -38,14 +38,15 @@ class _ByteBar:
 
 @task(name="data-push", iterable=["set_"])
 @edge(checks={"dest": s3_uri})
-def data_push(c, src, dest, config=None, set_=None):
-    """Upload a dataset folder (<src>/<session>/data_*.hdf5) to s3://bucket/prefix; skips what is there."""
+def data_push(c, src, dest, force=False, config=None, set_=None):
+    """Upload a dataset folder (<src>/<session>/data_*.hdf5) to s3://bucket/prefix; skips what is there.
+    A different file already at a key is replaced only with --force."""
     from ec2.cloud import datasets
 
     s3 = _s3(config, set_)
     bar = _ByteBar()
     try:
-        result = datasets.push(s3, src, dest, progress=bar)
+        result = datasets.push(s3, src, dest, progress=bar, force=force)
     except KeyboardInterrupt:
         bar.close()
         print(

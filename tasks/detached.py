@@ -130,13 +130,16 @@ def status_lines(cfg: AwsConfig, region: str) -> list[str]:
         d = detach.Detached(cfg, name, root=g.tags.get(asg.ROOT_TAG))
         state = record.load(d.s3, d.root()) if d.root() else None
         current = ",".join(g.instance_ids) or "-"
+        failed = f", boot failed: {g.tags[asg.FAILURE_TAG]}" if asg.FAILURE_TAG in g.tags else ""
         if state is None:
-            out.append(f"{name}: group {g.name}, instance {current}, desired {g.desired}, no run record")
+            out.append(
+                f"{name}: group {g.name}, instance {current}, desired {g.desired}, no run record{failed}"
+            )
             continue
         h = d.history(state)
         cost = f"${h.total_cost_usd:.4f}" if h.total_cost_usd is not None else "?"
         out.append(
             f"{name}: group {g.name}, instance {current}, attempt {len(state.attempts)} of "
-            f"{state.max_attempts}, {state.status}, cost so far {cost}"
+            f"{state.max_attempts}, {state.status}, cost so far {cost}{failed}"
         )
     return out

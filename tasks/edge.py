@@ -11,7 +11,7 @@ Invoke would convert an `int`-defaulted flag itself and end a typo (`--port abc`
 so `edge` shows invoke numeric parameters without their default (None: invoke hands over the
 string) and puts the default back when the flag is absent.
 
-Failures:
+Failures (common/exits.py, shared with `python -m ml.train` and `ml.evaluate`):
 - a ToolkitError (expected: bad input, a refusal) → `error: <message>` and its exit code, no
   traceback; with SPOTRUN_DEBUG=1 the chain of causes is printed above it;
 - Ctrl-C → `interrupted`, exit 130;
@@ -24,10 +24,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import os
 import shlex
-import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,11 +33,10 @@ from invoke.exceptions import Exit
 
 from common import s3uri
 from common.checks import Range
-from common.errors import ConfigError, ToolkitError
+from common.errors import ConfigError, ToolkitError  # noqa: F401 (tasks and tests raise it from here)
+from common.exits import UNEXPECTED_EXIT, report  # noqa: F401 (UNEXPECTED_EXIT: part of the edge)
 from ec2 import names
 from ec2.config import DEFAULT_CONFIG, AwsConfig, load_aws_config
-
-UNEXPECTED_EXIT = 70
 
 
 class ArgumentError(ConfigError):
@@ -257,38 +253,6 @@ def check_for(task_body: Callable, pname: str) -> ArgCheck | None:
 
 
 # ---- failures -------------------------------------------------------------------------------------
-
-
-def debug() -> bool:
-    return os.environ.get("SPOTRUN_DEBUG", "") not in ("", "0")
-
-
-def _print_causes(error: BaseException) -> None:
-    """SPOTRUN_DEBUG=1: the expected error's own traceback and each cause under it (also the
-    ones `raise ... from None` hides from Python's own report)."""
-    seen = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        print("".join(traceback.format_exception(current, chain=False)), end="", file=sys.stderr)
-        current = current.__cause__ or current.__context__
-        if current is not None:
-            print("caused by:", file=sys.stderr)
-
-
-def report(error: BaseException) -> int:
-    """Print the one line (or, for a bug, the traceback and the plea) and return the exit code."""
-    if isinstance(error, ToolkitError):
-        if debug():
-            _print_causes(error)
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-    if isinstance(error, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
-        return 130
-    traceback.print_exception(error)
-    print("unexpected error: please report it with the traceback above", file=sys.stderr)
-    return UNEXPECTED_EXIT
 
 
 def edge(func: Callable | None = None, *, checks: dict[str, ArgCheck] | None = None):

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from invoke import task
 
-from common import aws
+from common import aws, guard
 from common.aws import aws_errors
 from ec2 import doctor, paths, registry
 from ec2 import status as status_mod
@@ -47,6 +47,7 @@ def launch(
     """Launch a spot GPU instance (cheapest type/zone with capacity; --nodes N: a cluster), wait for SSH."""
     cfg = aws_config(config, set_)
     name = machine_name(name, cfg)
+    launching.refuse_replacing(name)  # local and at once: before the preflight asks AWS anything
     if not no_preflight:
         doctor.preflight(cfg, name, doctor.needs_for(cfg))
     if int(nodes) > 1:
@@ -115,6 +116,10 @@ def status(c, all_regions=False, no_runs=False, config=None, set_=None):
 @edge
 def terminate(c, name=None, all_=False, yes=False, no_wait=False, config=None, set_=None):
     """Terminate an instance by --name (or --all of them), wait, and drop its local entries."""
+    # Both flags: never resolved towards the larger loss (every instance).
+    guard.exclusive(
+        {"--all": all_, "--name": name}, "--all ends every spotrun instance in the region, --name one"
+    )
     cfg = aws_config(config, set_)
     region, ec2 = _ec2(cfg)
     cluster_name = None
@@ -172,6 +177,12 @@ def _forget_gone(name: str, region: str) -> None:
     if record.adopted:
         raise ToolkitError(
             f"{name} is an adopted machine spotrun did not launch; `fab forget --name {name}` drops it"
+        )
+    if record.region and record.region != region:
+        # Not found here says nothing about the instance its record points at, elsewhere.
+        raise InstanceNotFound(
+            f"no spotrun instance named {name!r} in {region}; its record points at {record.instance_id} "
+            f"in {record.region}: `fab terminate --name {name} --set region={record.region}`"
         )
     instances.forget_local(name)
     print(f"no live instance named {name!r} in {region}; dropped its stale local entries")

@@ -8,11 +8,14 @@ from pathlib import Path
 
 from invoke import task
 
+from common import outputs
 from common.errors import ConfigError
-from ec2 import doctor
+from ec2 import doctor, paths
 from ec2.cloud import s3scope
 from ec2.journey import Journey, Plan, reentry, report, stdin_asker
+from ec2.journey.history import history_path
 from ec2.remote.rsync_version import local_rsync
+from ec2.remote.sync import refuse_foreign_dest
 from ec2.remote.trainrun import RDZV_PORT, TRAINER_SIGNAL, train_command
 from tasks.edge import aws_config, edge, machine_name
 from tasks.remote import DEFAULT_TRAIN_CONFIG, gpus_option
@@ -42,6 +45,7 @@ def run(
     no_gpu=False,
     gpus=None,
     dest=None,
+    force=False,
     no_preflight=False,
     config=None,
     set_=None,
@@ -57,6 +61,11 @@ def run(
     local_rsync().require()  # before an instance is paid for, not at its first sync
     cfg = aws_config(config, set_)
     name = machine_name(name, cfg)
+    # Where downloads and the run history go, checked before an instance is paid for.
+    if dest is not None:
+        refuse_foreign_dest(outputs.folder(dest, "--dest"), force, marks=(history_path(Path(dest)).name,))
+    else:
+        outputs.folder(paths.outputs_dir(name), "the outputs folder")
     overrides = shlex.split(args or "")
     if data_uri:
         overrides.append(f"dataset.dataset_dir={data_uri}")

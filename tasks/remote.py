@@ -14,6 +14,7 @@ from pathlib import Path
 from invoke import task
 from invoke.exceptions import Exit
 
+from common import guard, outputs
 from common.errors import ToolkitError
 from common.s3uri import is_s3
 from ec2 import paths, registry
@@ -22,7 +23,7 @@ from ec2.remote import gpu as gpu_summary
 from ec2.remote import nodes, runs
 from ec2.remote.carry import laptop_checkpoint, restore_checkpoint
 from ec2.remote.ssh import Machine, close_master, quote_path
-from ec2.remote.sync import download_outputs, sync_code
+from ec2.remote.sync import download_outputs, refuse_foreign_dest, sync_code
 from ec2.remote.trainrun import RDZV_PORT, TRAINER_SIGNAL, setup_command, train_command, train_env
 from ec2.remote.trainrun import watcher_args as watcher_args_for
 from ml.config import load_train_config
@@ -102,12 +103,35 @@ def _reach_s3(m: Machine, region: str | None, cfg, train_config: str, overrides:
 
 @task(iterable=["set_"])
 @edge
-def adopt(c, name, host, port=22, user="ubuntu", key=None, remote_dir="~/spotrun", config=None, set_=None):
+def adopt(
+    c,
+    name,
+    host,
+    port=22,
+    user="ubuntu",
+    key=None,
+    remote_dir="~/spotrun",
+    force=False,
+    config=None,
+    set_=None,
+):
     """Register a machine spotrun did not launch (a lab box, an on-demand instance) for every SSH task."""
     cfg = aws_config(config, set_)
     key_path = Path(key).expanduser() if key else paths.key_file(cfg.key_name)
     if not key_path.is_file():
         raise ToolkitError(f"key file {key_path} not found; pass --key PATH to the private key for {host}")
+    old = registry.load_all().get(name)
+    # A launched instance's record is launch's, not adopt's: replacing it (and its SSH entry)
+    # would leave a billing instance that no SSH task reaches by its name.
+    guard.unless_forced(
+        force,
+        target=f"adopting {name!r}",
+        lost=[f"the record and SSH entry of launched instance {old.instance_id} ({old.host})"]
+        if old and not old.adopted
+        else [],
+        verb="replace",
+        instead=f"adopt under another name (`fab status` shows {name}'s instance)",
+    )
     record = registry.MachineRecord(
         name=name,
         host=host,
@@ -121,6 +145,8 @@ def adopt(c, name, host, port=22, user="ubuntu", key=None, remote_dir="~/spotrun
     from ec2.remote import sshconfig
 
     sshconfig.write_entry(record)
+    if old and old.adopted and (old.user, old.host, old.port) != (user, host, int(port)):
+        print(f"{name} was {old.user}@{old.host}:{old.port}; replaced")
     print(f"adopted {name}: {user}@{host}:{port} (try `fab run-cmd --name {name} --cmd hostname`)")
 
 
@@ -388,10 +414,14 @@ def run_cmd(c, cmd, name=None, cwd=None, config=None, set_=None):
 
 @task(iterable=["set_"])
 @edge
-def download(c, name=None, run="train", dest=None, output_dir=None, config=None, set_=None):
+def download(c, name=None, run="train", dest=None, output_dir=None, force=False, config=None, set_=None):
     """Pull the run's checkpoints, logs, metrics and plots to outputs/NAME/ (only what is new)."""
     m = _machine(name, config, set_)
-    dest_path = Path(dest) if dest else paths.outputs_dir(m.name)
+    if dest is not None:
+        dest_path = outputs.folder(dest, "--dest")
+        refuse_foreign_dest(dest_path, force)
+    else:
+        dest_path = outputs.folder(paths.outputs_dir(m.name), "the outputs folder")
     stats = download_outputs(m, run, dest_path, output_dir=output_dir, echo=True)
     moved = sum(s.files_transferred for s in stats.values())
     print(f"downloaded {moved} new file(s) to {dest_path}/", file=sys.stderr)

@@ -25,6 +25,17 @@ def check_region(region: str) -> None:
         )
 
 
+def partition_of_region(region: str) -> str:
+    """The ARN partition a region belongs to (``aws``, ``aws-cn``, ``aws-us-gov``, ...), from
+    botocore's own endpoint data, offline: every ARN spotrun writes begins ``arn:<partition>:``
+    (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference-arns.html). An unknown region
+    gives ``aws``."""
+    try:
+        return boto3.Session().get_partition_for_region(region) or "aws"
+    except Exception:  # noqa: BLE001 (botocore raises UnknownRegionError or ValueError by version)
+        return "aws"
+
+
 def resolve_region(cfg) -> str:
     region = aws.region_of(cfg.region, cfg.profile)
     check_region(region)

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 import botocore.exceptions
 
 from common.aws import error_code, translate
+from ec2.cloud.account import partition_of_region
 from ec2.errors import AwsError
+from ec2.remote.giveup import GIVEUP_TAG
 
 # What a refusal of each call needs granted, for the one-line error.
 PERMISSION = {
@@ -45,6 +47,8 @@ DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "Una
 GROUP_TAG = "aws:autoscaling:groupName"
 # The group's pointer to the run's record in S3 (how `fab watch` finds it from the name alone).
 ROOT_TAG = "spotrun:root"
+# Why an instance's boot gave up before it could read the record (ec2.remote.giveup writes it).
+FAILURE_TAG = GIVEUP_TAG
 
 
 def group_name(name: str) -> str:
@@ -304,15 +308,22 @@ def wait_first_instance(
 
 def instance_role_statements(region: str, account_id: str, name: str) -> list[dict]:
     """What a detached run's instance role needs beyond S3 (its prefixes are grants, see
-    ec2.journey.detach): set its *own* group's desired capacity, no other group's. The group's ARN
-    has a UUID we do not know before it exists: matched by name."""
+    ec2.journey.detach): set its *own* group's desired capacity, no other group's, and tag it with
+    the cause when its boot gives up (ec2.remote.giveup: S3 may be what failed). The group's ARN
+    has a UUID we do not know before it exists: matched by name. The ARN's partition is the
+    region's (aws-cn in China, aws-us-gov in GovCloud). The Sid stays clear of s3scope's own
+    ("Spotrun..."), so reading the policy back never takes this statement for an S3 grant.
+    https://docs.aws.amazon.com/autoscaling/ec2/userguide/control-access-using-iam.html"""
     group = group_name(name)
-    group_arn = f"arn:aws:autoscaling:{region}:{account_id}:autoScalingGroup:*:autoScalingGroupName/{group}"
+    partition = partition_of_region(region)
+    group_arn = (
+        f"arn:{partition}:autoscaling:{region}:{account_id}:autoScalingGroup:*:autoScalingGroupName/{group}"
+    )
     return [
         {
-            "Sid": "SpotrunOwnGroup",
+            "Sid": "AutoScalingOwnGroup",
             "Effect": "Allow",
-            "Action": ["autoscaling:SetDesiredCapacity"],
+            "Action": ["autoscaling:SetDesiredCapacity", "autoscaling:CreateOrUpdateTags"],
             "Resource": [group_arn],
         }
     ]

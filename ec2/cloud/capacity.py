@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.aws import aws_errors
+from ec2.cloud import quota
 
 # The type has no capacity (or is not sold) in that zone right now: try the next choice.
 CAPACITY_CODES = frozenset(
@@ -26,26 +27,34 @@ CAPACITY_CODES = frozenset(
     }
 )
 
-# Account- or request-wide: stop, with what to do next.
+# Account- or request-wide: stop, with what to do next. "{quota}" is the Service Quotas entry of
+# the refused type's family and market (ec2.cloud.quota), so a P5 spot refusal names "All P5 Spot
+# Instance Requests", not another family's quota.
 QUOTA_NEXT_STEP = {
     "VcpuLimitExceeded": (
         "your vCPU quota for this instance family is used up; request more in the Service Quotas "
-        "console (EC2 → 'All G and VT Spot Instance Requests' or the on-demand equivalent), or "
-        "terminate other instances"
+        "console ({quota}), or terminate other instances"
     ),
     "MaxSpotInstanceCountExceeded": (
-        "your spot instance quota is used up; request more in Service Quotas (EC2 → 'All G and VT "
-        "Spot Instance Requests'), cancel open spot requests, or set market: on-demand"
+        "your spot instance quota is used up; request more in Service Quotas ({quota}), cancel open "
+        "spot requests, or set market: on-demand"
     ),
     "SpotMaxPriceTooLow": (
         "the spot price is above max_price; raise max_price or leave it unset (AWS recommends "
         "unset: you then pay the current spot price, never more than on-demand)"
     ),
     "InstanceLimitExceeded": (
-        "your instance quota for this type is used up; request more in Service Quotas or "
+        "your instance quota for this type is used up; request more in Service Quotas ({quota}) or "
         "terminate other instances"
     ),
 }
+
+
+def quota_next_step(code: str, instance_type: str, market: str) -> str:
+    """QUOTA_NEXT_STEP[code] naming the quota that limits ``instance_type`` in ``market``."""
+    ref = quota.quota_for(instance_type, quota.SPOT if market == "spot" else quota.ON_DEMAND)
+    where = f"EC2 → '{ref.name}', {ref.code}" if ref else f"EC2 → the quota of the {instance_type} family"
+    return QUOTA_NEXT_STEP[code].format(quota=where)
 
 
 @dataclass(frozen=True)

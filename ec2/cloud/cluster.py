@@ -30,8 +30,10 @@ from ec2.cloud.launch import (
     instance_profile,
     make_record,
     refuse_duplicate,
+    refuse_replacing,
     run_params,
     try_choices,
+    undo_profile,
 )
 from ec2.config import AwsConfig
 from ec2.errors import AwsError, ConfigError, ToolkitError
@@ -147,16 +149,17 @@ def launch_cluster(
     names = member_names(name, nodes)
     for member in [name, *names]:
         refuse_duplicate(ec2, member)
+        refuse_replacing(member, region)  # each member gets a record and SSH entry of its own
     ami = resolve_ami(cfg, ec2, aws.client("ssm", region, cfg.profile))
     out(f"AMI: {ami.image_id} {ami.name!r} ({ami.reason})")
     choices = choices_for(ec2, cfg, region, exclude, out)
     cidr = network.ssh_cidr(cfg)
     key_path = keys.ensure_key_pair(ec2, cfg.key_name, owner, cfg.import_public_key)
     profile = instance_profile(cfg, name, region, owner, s3, out)  # one role for every member
-    ssh_group = network.ensure_group(ec2, cfg, cidr, owner)
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     made = Made(ec2, name, names, out)
     try:
+        ssh_group = network.ensure_group(ec2, cfg, cidr, owner)
         made.members_group = create_members_group(ec2, cfg, name, owner)
         made.placement = create_placement_group(ec2, name, owner)
         efa = {t: efa_supported(ec2, t) for t in {c.instance_type for c in choices}}
@@ -190,9 +193,9 @@ def launch_cluster(
             + (" with EFA" if efa[choice.instance_type] else "")
         )
         return _bring_up(cfg, made, region, str(key_path), wait_ssh)
-    except (ToolkitError, KeyboardInterrupt):
-        made.undo()
-        raise
+    except (ToolkitError, KeyboardInterrupt) as failure:
+        made.undo()  # raises (and the role stays, held) when the members could not be terminated
+        raise undo_profile(cfg, region, profile, failure, out) from None
 
 
 class Made:

@@ -23,7 +23,7 @@ from pathlib import Path
 import botocore.exceptions
 from boto3.exceptions import S3UploadFailedError
 
-from common import aws, s3parts
+from common import aws, guard, s3parts
 from common.errors import ToolkitError
 from common.s3uri import is_s3, split_s3
 from ml.data.index import build_index, index_bytes
@@ -136,7 +136,7 @@ def _bucket_error(e: botocore.exceptions.ClientError, bucket: str, action: str) 
         )
     if code in ("AccessDenied", "403", "AllAccessDisabled"):
         return DatasetError(
-            f"s3://{bucket}: S3 AccessDenied; your identity needs {action} on arn:aws:s3:::{bucket} "
+            f"s3://{bucket}: S3 AccessDenied; your identity needs {action} on the bucket {bucket} "
             "(or use another --dest / AWS_PROFILE)"
         )
     return DatasetError(aws.s3_failure(e, f"s3://{bucket}", "--dest"))
@@ -148,8 +148,11 @@ def push(
     dest: str,
     progress: Callable[[int, int], Callable[[int], None]] | None = None,
     say: Callable[[str], None] = print,
+    force: bool = False,
 ) -> PushResult:
     """Upload ``src`` to ``dest`` (s3://bucket/prefix): skip what is there, verify what is sent.
+    An object of the same key with other contents (another dataset's file) is replaced only with
+    ``force``: checked for every file before the first upload.
 
     ``progress(total_bytes, initial)`` returns a per-chunk byte callback (a tqdm bar's update).
     """
@@ -174,6 +177,13 @@ def push(
             result.skipped.append(key)
         else:
             todo.append((f, key))
+    guard.unless_forced(
+        force,
+        target=f"pushing to {dest}",
+        lost=[f"s3://{bucket}/{key} (other contents)" for _, key in todo if key in there],
+        verb="replace",
+        instead="push to another prefix",
+    )
     update = progress(sum(f.size for f, _ in todo), 0) if progress else None
     for f, key in todo:
         _upload(s3, f, bucket, key, update)

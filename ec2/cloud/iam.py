@@ -55,6 +55,9 @@ class Profile:
     arn: str
     role: str
     created: bool  # made just now: RunInstances may not see it for a few seconds
+    # The role itself was made by this call (not found, and not made by a parallel launch):
+    # a launch that fails removes it again (launch.py), a role that was there before it keeps.
+    role_created: bool = False
 
 
 def role_name(instance_name: str, region: str) -> str:
@@ -78,12 +81,28 @@ def account_of(arn: str) -> str:
     return parts[4] if len(parts) > 4 and parts[4] else "ACCOUNT_ID"
 
 
+# The service-linked roles a fresh account's first spot launch and first Auto Scaling group make
+# (without iam:CreateServiceLinkedRole: AuthFailure.ServiceLinkedRoleCreationNotPermitted).
+# https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/service-linked-roles-spot-instance-requests.html
+# https://docs.aws.amazon.com/autoscaling/ec2/userguide/autoscaling-service-linked-role.html
+SERVICE_LINKED_ROLES = {
+    "spot.amazonaws.com": "AWSServiceRoleForEC2Spot",
+    "autoscaling.amazonaws.com": "AWSServiceRoleForAutoScaling",
+}
+
+
 def caller_policy(caller_arn: str) -> dict:
     """What a caller needs for `iam_instance_profile: auto`: manage roles and profiles under
-    /spotrun/ only, and pass them to EC2."""
+    /spotrun/ only, and pass them to EC2; and what a first launch in a fresh account needs beyond
+    the EC2 basics and is easily missed: creating the two service-linked roles (those only),
+    tagging (TagSpecifications at launch, volume tags), spot placement scores and on-demand prices."""
     part, account = partition_of(caller_arn), account_of(caller_arn)
     roles = f"arn:{part}:iam::{account}:role{PATH}*"
     profiles = f"arn:{part}:iam::{account}:instance-profile{PATH}*"
+    linked = [
+        f"arn:{part}:iam::{account}:role/aws-service-role/{service}/{role}"
+        for service, role in SERVICE_LINKED_ROLES.items()
+    ]
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -118,6 +137,21 @@ def caller_policy(caller_arn: str) -> dict:
                 "Resource": profiles,
             },
             {"Sid": "SpotrunListRoles", "Effect": "Allow", "Action": "iam:ListRoles", "Resource": "*"},
+            {
+                "Sid": "SpotrunServiceLinkedRoles",
+                "Effect": "Allow",
+                "Action": "iam:CreateServiceLinkedRole",
+                "Resource": linked,
+                "Condition": {"StringEquals": {"iam:AWSServiceName": list(SERVICE_LINKED_ROLES)}},
+            },
+            {
+                # GetSpotPlacementScores and pricing:GetProducts take no resource; CreateTags tags
+                # what spotrun creates at launch and its volumes afterwards.
+                "Sid": "SpotrunTagsScoresPrices",
+                "Effect": "Allow",
+                "Action": ["ec2:CreateTags", "ec2:GetSpotPlacementScores", "pricing:GetProducts"],
+                "Resource": "*",
+            },
         ],
     }
 
@@ -235,9 +269,9 @@ def ensure_profile(
     role = _call(
         f"reading IAM role {name}", caller_arn, iam.get_role, tolerate={"NoSuchEntity"}, RoleName=name
     )
-    created = role is None
+    created, role_created = role is None, False
     if created:
-        _call(
+        made = _call(
             f"creating IAM role {name}",
             caller_arn,
             iam.create_role,
@@ -248,6 +282,7 @@ def ensure_profile(
             Description=f"spotrun: S3 access for instance {instance_name} in {region}",
             Tags=tags,
         )
+        role_created = made is not None
     document = put_policy(iam, name, grants, caller_arn, extra)
     profile = _call(
         f"reading instance profile {name}",
@@ -283,7 +318,7 @@ def ensure_profile(
         )
     reach = ", ".join(g.describe() for g in s3scope.minimal(grants)) if document else "no S3 prefixes yet"
     out(f"instance role: {'created' if created else 'using'} {name} ({reach})")
-    return Profile(name, info["Arn"], name, created)
+    return Profile(name, info["Arn"], name, created, role_created)
 
 
 def widen(
@@ -374,6 +409,31 @@ def delete_role(iam, managed: ManagedRole) -> None:
         for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]:
             iam.delete_role_policy(RoleName=name, PolicyName=policy)
         iam.delete_role(RoleName=name)
+
+
+def remove_made(iam, profile: Profile) -> None:
+    """Delete the role and instance profile a failed launch made (``profile.role_created``): the
+    profile is named after the role, and nothing else used a role made seconds ago. Each step
+    tolerates what is already gone. The order is DeleteRole's: out of the profile, the profile,
+    inline policies, the role (https://docs.aws.amazon.com/boto3/latest/reference/services/iam/role/delete.html).
+    A profile held by an instance being terminated may go: IAM does not refuse that, it only breaks
+    the instance's access, and that instance is ending."""
+    role = profile.role
+    steps = [
+        (
+            "removing",
+            iam.remove_role_from_instance_profile,
+            {"InstanceProfileName": profile.name, "RoleName": role},
+        ),
+        ("deleting", iam.delete_instance_profile, {"InstanceProfileName": profile.name}),
+    ]
+    for doing, call, kwargs in steps:
+        with aws_errors(f"{doing} instance profile {profile.name}", tolerate={"NoSuchEntity"}):
+            call(**kwargs)
+    with aws_errors(f"deleting IAM role {role}", tolerate={"NoSuchEntity"}):
+        for policy in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+            iam.delete_role_policy(RoleName=role, PolicyName=policy)
+        iam.delete_role(RoleName=role)
 
 
 def widen_for_instance(

@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 
 import botocore.exceptions
 
-from common import aws
+from common import aws, guard
 from common.aws import aws_errors, error_code, translate
 from ec2 import names, registry
 from ec2.cloud import account, iam, instances, keys, network, pricing, s3scope, volumes
 from ec2.cloud.ami import Ami, resolve_ami
-from ec2.cloud.capacity import CAPACITY_CODES, QUOTA_NEXT_STEP, Choice, offered_zones, plan
+from ec2.cloud.capacity import CAPACITY_CODES, QUOTA_NEXT_STEP, Choice, offered_zones, plan, quota_next_step
 from ec2.cloud.userdata import build_user_data
 from ec2.config import AwsConfig
 from ec2.errors import AwsError, CapacityError, QuotaError, ToolkitError
@@ -229,7 +229,8 @@ def try_choices(
                     out(f"      {code}: spot refused for the account; falling back to on-demand")
                     skip_spot = True
                     continue
-                message = f"launching {choice.describe()} refused: {QUOTA_NEXT_STEP[code]}"
+                step = quota_next_step(code, choice.instance_type, choice.market)
+                message = f"launching {choice.describe()} refused: {step}"
                 raise QuotaError(message, code) from None
             raise translate(e, f"launching {choice.describe()}") from None
         except botocore.exceptions.BotoCoreError as e:
@@ -251,6 +252,61 @@ def refuse_duplicate(ec2, name: str) -> None:
             f"an instance named {name!r} already exists ({i.instance_id}, {i.state}); terminate it with "
             f"`fab terminate --name {name}` or launch under another --name"
         )
+
+
+def refuse_replacing(name: str, region: str | None = None) -> None:
+    """A launch writes the name's record and SSH entry: an adopted machine's are not its to
+    replace, nor (with ``region``) those of a launched instance in another region, which
+    refuse_duplicate, asking this region only, cannot see. A record of this region whose
+    instance is gone is stale: launch replaces it."""
+    old = registry.load_all().get(name)
+    if old is None:
+        return
+    if old.adopted:
+        lost = f"adopted machine {old.user}@{old.host}:{old.port}'s record and SSH entry"
+        instead = f"launch under another --name, or `fab forget --name {name}` first"
+    elif region and old.region and old.region != region:
+        lost = f"the record and SSH entry of {old.instance_id} in {old.region}"
+        instead = (
+            f"launch under another --name, or end that one first "
+            f"(`fab terminate --name {name} --set region={old.region}`)"
+        )
+    else:
+        return
+    guard.unless_forced(
+        False, target=f"launching {name!r}", lost=[lost], verb="replace", instead=instead, flag=None
+    )
+
+
+def register_found(record: MachineRecord) -> bool:
+    """Register an instance found by its tag (a detached run's current instance, a run picked up
+    again): its registry record and SSH entry, unless an adopted machine holds the name. That
+    machine's entries are not replaced (False): the caller still reaches the instance through
+    ``record``, only `ssh spotrun-NAME` keeps reaching the adopted machine."""
+    old = registry.load_all().get(record.name)
+    if old is not None and old.adopted:
+        return False
+    instances.forget_local(record.name)
+    registry.put(record)
+    sshconfig.write_entry(record)
+    return True
+
+
+def undo_profile(cfg: AwsConfig, region: str, profile: iam.Profile | None, failure: BaseException, out):
+    """After a failed launch: the instance role and profile this launch made go again (one that
+    was there before stays: another instance of the name, or the user, may use it). Returns the
+    error to raise: ``failure``, or one that also says the role was kept when deleting it failed."""
+    if profile is None or not profile.role_created:
+        return failure
+    try:
+        iam.remove_made(aws.client("iam", region, cfg.profile), profile)
+    except ToolkitError as e:
+        return ToolkitError(
+            f"{failure}; ALSO kept IAM role and instance profile {profile.role} this launch made "
+            f"(could not delete them: {e}); `fab cleanup` deletes them"
+        )
+    out(f"removed instance role and profile {profile.role} (made for this launch)")
+    return failure
 
 
 def make_record(cfg: AwsConfig, info: instances.InstanceInfo, region: str, key_path: str) -> MachineRecord:
@@ -368,6 +424,7 @@ def prepare(
     owner = account.caller_arn(region, cfg.profile)  # first: bad credentials fail before anything exists
     ec2 = aws.client("ec2", region, cfg.profile)
     refuse_duplicate(ec2, name)
+    refuse_replacing(name, region)
     ami = resolve_ami(cfg, ec2, aws.client("ssm", region, cfg.profile))
     out(f"AMI: {ami.image_id} {ami.name!r} ({ami.reason})")
     if ami.warning:
@@ -381,8 +438,11 @@ def prepare(
     cidr = network.ssh_cidr(cfg)
     statements = list(extra(region, iam.account_of(owner))) if extra else []
     profile = instance_profile(cfg, name, region, owner, s3, out, statements)
-    key_path = keys.ensure_key_pair(ec2, cfg.key_name, owner, cfg.import_public_key)
-    group_id = network.ensure_group(ec2, cfg, cidr, owner)
+    try:
+        key_path = keys.ensure_key_pair(ec2, cfg.key_name, owner, cfg.import_public_key)
+        group_id = network.ensure_group(ec2, cfg, cidr, owner)
+    except (ToolkitError, KeyboardInterrupt) as failure:
+        raise undo_profile(cfg, region, profile, failure, out) from None
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return Prepared(
         region, owner, ec2, ami, choices, str(key_path), group_id, created, profile, cfg, workspace
@@ -416,7 +476,10 @@ def launch(
             fresh_profile=profile is not None and profile.created,
         )
     except CapacityError as e:
-        raise (volumes.capacity_hint(e, workspace) if workspace else e) from None
+        e = volumes.capacity_hint(e, workspace) if workspace else e
+        raise undo_profile(cfg, region, profile, e, out) from None
+    except (ToolkitError, KeyboardInterrupt) as failure:
+        raise undo_profile(cfg, region, profile, failure, out) from None
     out(f"launched {instance_id}: {choice.describe()}")
     try:
         record = _bring_up(ec2, cfg, instance_id, region, str(key_path), wait_ssh, out)
@@ -425,9 +488,10 @@ def launch(
         return record
     except (ToolkitError, KeyboardInterrupt) as failure:
         if keep_on_failure:
+            role = f" (and its instance role {profile.role})" if profile else ""
             out(
-                f"launch failed; {instance_id} kept as asked (--keep-on-failure): it bills until you "
-                f"run `fab terminate --name {name}`"
+                f"launch failed; {instance_id} kept as asked (--keep-on-failure){role}: it bills until "
+                f"you run `fab terminate --name {name}`"
             )
             raise
         out(f"launch failed after {instance_id} was created: terminating it so nothing is left billing")
@@ -439,4 +503,4 @@ def launch(
             ) from None
         instances.forget_local(name)
         out(f"terminated {instance_id}")
-        raise
+        raise undo_profile(cfg, region, profile, failure, out) from None

@@ -2,9 +2,10 @@
 for more.
 
 EC2 limits running vCPUs per instance family group and market (Service Quotas, service code
-"ec2"). A new account often has 0 vCPUs of "All G and VT Spot Instance Requests", so the first
-launch fails; `fab doctor` compares each quota with the vCPUs of the largest configured type of
-its group and can file the increase (`--request-quota N`).
+"ec2"). A new account often has 0 vCPUs of "All G and VT Spot Instance Requests" (or of P5's own
+"All P5 Spot Instance Requests"), so the first launch fails; `fab doctor` compares each quota
+with the vCPUs of the largest configured type of its group and can file the increase
+(`--request-quota N`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,14 @@ class QuotaRef:
     market: str
 
 
-# Family letters → (on-demand quota, spot quota); codes as listed by
-# `aws service-quotas list-service-quotas --service-code ec2`.
+# Quota group → (on-demand quota, spot quota); codes as listed by
+# `aws service-quotas list-service-quotas --service-code ec2`. The spot quotas are those of the EC2
+# user guide's "Spot Instance quotas" table
+# (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/using-spot-limits.html): P5 spot has a quota
+# of its own ("All P5 Spot Instance Requests", L-C4BD4855) beside "All P4, P3 and P2 Spot Instance
+# Requests" (L-7212CCBC), while on-demand every P type counts against "Running On-Demand P
+# instances" (https://docs.aws.amazon.com/ec2/latest/instancetypes/ec2-instance-quotas.html).
+_ON_DEMAND_P = QuotaRef("L-417A185B", "Running On-Demand P instances", ON_DEMAND)
 _GROUPS = {
     "standard": (
         QuotaRef("L-1216C47A", "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances", ON_DEMAND),
@@ -37,10 +44,8 @@ _GROUPS = {
         QuotaRef("L-DB2E81BA", "Running On-Demand G and VT instances", ON_DEMAND),
         QuotaRef("L-3819A6DF", "All G and VT Spot Instance Requests", SPOT),
     ),
-    "p": (
-        QuotaRef("L-417A185B", "Running On-Demand P instances", ON_DEMAND),
-        QuotaRef("L-7212CCBC", "All P Spot Instance Requests", SPOT),
-    ),
+    "p": (_ON_DEMAND_P, QuotaRef("L-7212CCBC", "All P4, P3 and P2 Spot Instance Requests", SPOT)),
+    "p5": (_ON_DEMAND_P, QuotaRef("L-C4BD4855", "All P5 Spot Instance Requests", SPOT)),
     "f": (
         QuotaRef("L-74FC7D96", "Running On-Demand F instances", ON_DEMAND),
         QuotaRef("L-88CF9481", "All F Spot Instance Requests", SPOT),
@@ -62,21 +67,37 @@ _GROUPS = {
         QuotaRef("L-6B0D517C", "All Trn Spot Instance Requests", SPOT),
     ),
 }
-_FAMILY_GROUP = {"vt": "g", **{letter: "standard" for letter in "acdhimrtz"}}
+# Family letters (longest first wins: "inf" before "i", "dl" before "d", "trn" before "t") → group.
+_FAMILY_GROUP = {
+    "g": "g",
+    "vt": "g",
+    "f": "f",
+    "inf": "inf",
+    "x": "x",
+    "dl": "dl",
+    "trn": "trn",
+    **{letter: "standard" for letter in "acdhimrtz"},
+}
+# P generations → group; a generation the table does not list (e.g. P6) has no documented spot
+# quota here, so it is left unchecked (None) rather than checked against a neighbour's.
+_P_GENERATION = {"2": "p", "3": "p", "4": "p", "5": "p5"}
 
 
 def group_of(instance_type: str) -> str | None:
-    """``g5.xlarge`` → "g", ``trn1.2xlarge`` → "trn", ``m7i.large`` → "standard"; None for
-    families without a vCPU quota here (e.g. high-memory u-)."""
-    m = re.match(r"^([a-z]+)", instance_type.split(".")[0])
+    """``g5.xlarge`` → "g", ``p5.48xlarge`` → "p5", ``p4d.24xlarge`` → "p", ``trn1.2xlarge`` →
+    "trn", ``m7i.large`` → "standard"; None for families without a vCPU quota here (e.g.
+    high-memory u-, HPC)."""
+    m = re.match(r"^([a-z]+)(\d*)", instance_type.split(".")[0])
     if not m:
         return None
-    letters = m.group(1)
+    letters, generation = m.groups()
     if letters.startswith("hpc"):
         return None  # HPC types: on-demand only, under their own quota
-    for prefix in sorted([*_GROUPS, *_FAMILY_GROUP], key=len, reverse=True):
-        if letters.startswith(prefix) and prefix != "standard":
-            return _FAMILY_GROUP.get(prefix, prefix)
+    if letters == "p":
+        return _P_GENERATION.get(generation)
+    for prefix in sorted(_FAMILY_GROUP, key=len, reverse=True):
+        if letters.startswith(prefix):
+            return _FAMILY_GROUP[prefix]
     return None
 
 

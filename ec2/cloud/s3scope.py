@@ -3,7 +3,7 @@
 A grant is (access, bucket, prefix): "read" for data (GetObject, and ListBucket limited to the
 prefix by a condition on ``s3:prefix``), "write" for checkpoints and backups (read plus PutObject,
 DeleteObject, AbortMultipartUpload). Nothing here grants ``s3:*`` or a ``*`` resource: a
-bucket-wide grant is spelled ``arn:aws:s3:::bucket/*`` and only when the user names the bucket
+bucket-wide grant is spelled ``arn:<partition>:s3:::bucket/*`` and only when the user names the bucket
 alone. The document is built deterministically from the grants, so reading it back
 (``grants_in``) tells which prefixes a role already covers.
 
@@ -139,26 +139,55 @@ def policy_document(grants: Iterable[Grant], partition: str = "aws", extra: Iter
     return {"Version": "2012-10-17", "Statement": [*statements(grants, partition), *extra]}
 
 
-def grants_in(document: dict | str) -> list[Grant]:
-    """The grants a document built by ``policy_document`` holds (other statements are ignored)."""
+def _as_list(value) -> list:
+    """IAM lets Statement, Action and Resource be one value or a list of them."""
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _statements_of(document: dict | str) -> list[dict]:
     if isinstance(document, str):
         document = json.loads(document)
+    return [st for st in _as_list((document or {}).get("Statement")) if isinstance(st, dict)]
+
+
+def _own_sid(sid: str) -> bool:
+    """A Sid `statements` gives (SpotrunRead0, SpotrunWrite1, SpotrunList0). Anything else in the
+    role's document is another caller's (the detached run's Auto Scaling statement, a user's
+    addition) and is kept as it is when the grants are rewritten; an older document's Auto Scaling
+    statement was Sid "SpotrunOwnGroup", which shares the prefix, so the prefix alone does not
+    decide."""
+    for kind in ("Read", "Write", "List"):
+        head = SID_PREFIX + kind
+        if sid.startswith(head) and sid[len(head) :].isdigit():
+            return True
+    return False
+
+
+def _is_own(st: dict) -> bool:
+    """A statement `statements` wrote: its Sid and nothing but S3 actions."""
+    actions = _as_list(st.get("Action"))
+    return _own_sid(str(st.get("Sid", ""))) and all(str(a).startswith("s3:") for a in actions)
+
+
+def grants_in(document: dict | str) -> list[Grant]:
+    """The grants a document built by ``policy_document`` holds (other statements are ignored,
+    whatever their shape: one Resource or a list, one Action or a list)."""
     out = []
-    for st in document.get("Statement", []):
-        sid = st.get("Sid", "")
-        if not sid.startswith(SID_PREFIX) or sid.startswith(SID_PREFIX + "List"):
+    for st in _statements_of(document):
+        if not _is_own(st) or str(st.get("Sid")).startswith(SID_PREFIX + "List"):
             continue
-        actions = st.get("Action")
-        access = WRITE if "s3:PutObject" in (actions if isinstance(actions, list) else [actions]) else READ
-        resource = st.get("Resource", "")
-        _, _, path = resource.partition(":::")
-        bucket, _, rest = path.partition("/")
-        out.append(Grant(bucket, rest.removesuffix("*").strip("/"), access))
+        access = WRITE if "s3:PutObject" in _as_list(st.get("Action")) else READ
+        for resource in _as_list(st.get("Resource")):
+            _, found, path = str(resource).partition(":::")
+            if not found:
+                continue
+            bucket, _, rest = path.partition("/")
+            out.append(Grant(bucket, rest.removesuffix("*").strip("/"), access))
     return out
 
 
 def extra_statements(document: dict | str) -> list[dict]:
     """Statements that are not spotrun's S3 grants (kept when the grants are widened)."""
-    if isinstance(document, str):
-        document = json.loads(document)
-    return [st for st in document.get("Statement", []) if not st.get("Sid", "").startswith(SID_PREFIX)]
+    return [st for st in _statements_of(document) if not _is_own(st)]

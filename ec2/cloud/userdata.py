@@ -143,12 +143,54 @@ def build_user_data(max_hours: float, idle_minutes: int, ssh_port: int = 22) -> 
 # else the system's (the same order as scripts/setup_instance.sh).
 BOOT_PYTHONS = "/opt/pytorch/bin/python3 /opt/conda/envs/pytorch/bin/python3 python3"
 BOOT_DEPS = "/opt/spotrun-boot"
+GIVEUP_PATH = "/usr/local/sbin/spotrun-giveup"
+BUNDLE_PATH = "/tmp/spotrun-bundle.tar.gz"
+
+# The bundle, fetched with the boot's Python and boto3 through the instance role: not `aws s3 cp`,
+# since the PyTorch DLAMIs' release notes list awscli inside the /opt/pytorch environment and do
+# not document a system-wide `aws` on root's PATH under cloud-init. A refusal exits with one line.
+FETCH = """import sys, boto3
+bucket, _, key = sys.argv[1][len("s3://"):].partition("/")
+try:
+    body = boto3.client("s3", region_name=sys.argv[3]).get_object(Bucket=bucket, Key=key)["Body"].read()
+except Exception as e:
+    sys.exit(f"{type(e).__name__}: {e}")
+open(sys.argv[2], "wb").write(body)
+"""
 
 
-def boot_lines(root: str, bundle_uri: str, remote_dir: str, login_user: str) -> list[str]:
+# EC2 takes at most 16 KB of user data before base64
+# (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/user-data.html).
+USER_DATA_MAX = 16 * 1024
+
+
+def _giveup_source() -> str:
+    """ec2/remote/giveup.py as the user data carries it: the same code, its docstrings and
+    comments left out (they would take half of the 16 KB)."""
+    import ast
+    from pathlib import Path
+
+    from ec2.remote import giveup
+
+    tree = ast.parse(Path(giveup.__file__).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                node.body = node.body[1:] or [ast.Pass()]
+    return f"# ec2/remote/giveup.py (docstrings left out)\n{ast.unparse(tree)}\n"
+
+
+def boot_lines(
+    root: str, bundle_uri: str, remote_dir: str, login_user: str, *, group: str, region: str
+) -> list[str]:
     """A detached run's boot: fetch the code bundle with the instance role, unpack it as the login
     user into REMOTE_DIR/code (where `fab sync` puts it), and start ec2.remote.boot as its own
-    systemd unit (cloud-init finishes; `journalctl -u spotrun-boot` shows it)."""
+    systemd unit (cloud-init finishes; `journalctl -u spotrun-boot` shows it).
+
+    Any step that fails gives up (ec2/remote/giveup.py, written out here, standard library only):
+    the group's desired capacity goes to 0 and the cause onto the group's tag, so a boot that
+    cannot even read the run's record (where max_recoveries lives) does not relaunch for ever."""
     import shlex
 
     from ec2.remote.runs import code_dir
@@ -156,19 +198,34 @@ def boot_lines(root: str, bundle_uri: str, remote_dir: str, login_user: str) -> 
 
     user = shlex.quote(login_user)
     code = quote_path(code_dir(remote_dir))
+    bundle = shlex.quote(bundle_uri)
+    last = '"$(printf %s "$WHY" | tail -n 3)"'
     return [
         "# spotrun detached run: the boot starts (or resumes) the run from S3 (ec2/remote/boot.py).",
-        f"CODE=$(runuser -u {user} -- bash -c {shlex.quote(f'mkdir -p {code} && cd {code} && pwd')})",
-        f"aws s3 cp --only-show-errors {shlex.quote(bundle_uri)} /tmp/spotrun-bundle.tar.gz",
-        f'runuser -u {user} -- tar -xzf /tmp/spotrun-bundle.tar.gz -C "$CODE"',
+        f"mkdir -p {GIVEUP_PATH.rsplit('/', 1)[0]}",
+        f"cat > {GIVEUP_PATH} <<'SPOTRUN_GIVEUP'",
+        _giveup_source().rstrip("\n"),
+        "SPOTRUN_GIVEUP",
+        f"chmod 755 {GIVEUP_PATH}",
+        # Stop the group (desired 0, the cause on its tag), then this instance.
+        f"give_up() {{ python3 {GIVEUP_PATH} --group {shlex.quote(group)} --region {shlex.quote(region)} "
+        "\"$@\"; shutdown -h now 'spotrun: boot failed'; exit 1; }",
+        f"CODE=$(runuser -u {user} -- bash -c {shlex.quote(f'mkdir -p {code} && cd {code} && pwd')}) || "
+        f"give_up 'could not make the code folder {code} as {login_user}'",
         # The boot needs boto3 before the run's venv exists: the first AMI Python that has it,
         # else boto3 installed beside the system's (never into the AMI's environment).
         f"for PY in {BOOT_PYTHONS}; do "
         f"command -v $PY >/dev/null && $PY -c 'import boto3' 2>/dev/null && break; done",
-        f"$PY -c 'import boto3' 2>/dev/null || "
-        f"{{ PY=python3; $PY -m pip install -q --target {BOOT_DEPS} boto3; }}",
+        f"$PY -c 'import boto3' 2>/dev/null || {{ PY=python3; "
+        f"WHY=$($PY -m pip install -q --target {BOOT_DEPS} boto3 2>&1) || "
+        f"give_up 'installing boto3 for the boot failed:' {last}; }}",
+        f"WHY=$(PYTHONPATH={BOOT_DEPS} $PY -c {shlex.quote(FETCH)} {bundle} {BUNDLE_PATH} "
+        f"{shlex.quote(region)} 2>&1) || give_up 'fetching the code bundle {bundle_uri} failed:' {last}",
+        f'WHY=$(runuser -u {user} -- tar -xzf {BUNDLE_PATH} -C "$CODE" 2>&1) || '
+        f"give_up 'the code bundle {bundle_uri} does not unpack (corrupt?):' {last}",
         f'systemd-run --unit=spotrun-boot --collect --working-directory="$CODE" '
-        f'--setenv=PYTHONPATH={BOOT_DEPS} "$(command -v $PY)" -m ec2.remote.boot --root {shlex.quote(root)}',
+        f'--setenv=PYTHONPATH={BOOT_DEPS} "$(command -v $PY)" -m ec2.remote.boot --root {shlex.quote(root)} '
+        f"--group {shlex.quote(group)} || give_up 'starting the boot (systemd-run spotrun-boot) failed'",
     ]
 
 
@@ -181,11 +238,16 @@ def build_detached_user_data(
     bundle_uri: str,
     remote_dir: str,
     login_user: str,
+    group: str,
+    region: str,
 ) -> str:
     """The cost guards of every instance (the boot then moves the hard cap to the run's time
     left), then the boot."""
-    return (
+    text = (
         build_user_data(max_hours, idle_minutes, ssh_port)
-        + "\n".join(boot_lines(root, bundle_uri, remote_dir, login_user))
+        + "\n".join(boot_lines(root, bundle_uri, remote_dir, login_user, group=group, region=region))
         + "\n"
     )
+    if len(text.encode()) > USER_DATA_MAX:
+        raise ValueError(f"user data of {len(text.encode())} bytes is over EC2's {USER_DATA_MAX}")
+    return text

@@ -21,12 +21,13 @@ from common import aws
 from common.s3uri import is_s3
 from ec2 import registry
 from ec2.cloud import asg, bundle, instances, keys, launch, network, s3scope
+from ec2.cloud.spot_failures import spot_failure
 from ec2.cloud.userdata import build_detached_user_data
 from ec2.config import AwsConfig
 from ec2.errors import ConfigError, ToolkitError
 from ec2.journey import history, report
 from ec2.journey.stages import Plan, watcher_args
-from ec2.remote import detached, runs, sshconfig
+from ec2.remote import detached, runs
 from ec2.remote.detached import DetachedRun
 from ec2.remote.ssh import Machine
 
@@ -94,6 +95,25 @@ def submit(
         extra=lambda region, account: asg.instance_role_statements(region, account, name),
         out=out,
     )
+    try:
+        return _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s)
+    except (ToolkitError, KeyboardInterrupt) as failure:
+        # Before the group exists, nothing uses a role this call made: it goes again. Once the
+        # group exists it launches with that role, and _submit raises from its waiting only.
+        if _group_made(cfg, p.region, name):
+            raise
+        raise launch.undo_profile(cfg, p.region, p.profile, failure, out) from None
+
+
+def _group_made(cfg: AwsConfig, region: str, name: str) -> bool:
+    try:
+        return asg.describe_group(aws.client("autoscaling", region, cfg.profile), name) is not None
+    except ToolkitError:
+        return True  # cannot tell: the role stays (`fab cleanup` removes it once nothing uses it)
+
+
+def _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s) -> Submitted:
+    """submit's second half, once the role, key pair and security group exist."""
     autoscaling = aws.client("autoscaling", p.region, cfg.profile)
     if (existing := asg.describe_group(autoscaling, name)) is not None:
         raise ToolkitError(
@@ -150,6 +170,8 @@ def submit(
             bundle_uri=bundle_uri,
             remote_dir=cfg.remote_dir,
             login_user=cfg.ssh_user,
+            group=state.group,
+            region=p.region,
         )
         settings = launch.instance_settings(cfg, name, p.owner, p.ami, p.created, p.profile, user_data)
         tags = launch.instance_tags(cfg, name, p.owner, p.created)
@@ -173,10 +195,13 @@ def submit(
     def on_failed(activity: dict) -> None:
         # A group has no spot-to-on-demand fallback of its own: for spot-then-on-demand, the
         # first spot failure while we wait switches it (later launches are then on-demand).
-        if cfg.market == "spot-then-on-demand" and not switched and "spot" in _text(activity).lower():
+        # Only a documented spot capacity, quota or price failure switches it, for good; anything
+        # else (a profile IAM has not propagated yet, a throttled call) on-demand would not cure.
+        matched = spot_failure(activity)
+        if cfg.market == "spot-then-on-demand" and not switched and matched:
             asg.use_on_demand(autoscaling, name)
             switched.append(True)
-            out("spot capacity failed: the group now launches on-demand (market: spot-then-on-demand)")
+            out(f"spot failed ({matched}): the group now launches on-demand (market: spot-then-on-demand)")
 
     instance_id = asg.wait_first_instance(
         autoscaling, name, cfg.running_timeout_s, every_s=poll_s, out=out, on_failed=on_failed
@@ -184,10 +209,6 @@ def submit(
     out(f"launched {instance_id}; the run goes on without this laptop")
     out(f"follow it: fab watch --name {name}   stop it: fab stop --name {name}")
     return Submitted(state, instance_id)
-
-
-def _text(activity: dict) -> str:
-    return " ".join(str(activity.get(k, "")) for k in ("StatusMessage", "Description", "Cause"))
 
 
 # --- the laptop side --------------------------------------------------------------------------------
@@ -237,9 +258,7 @@ class Detached:
         except ToolkitError:
             return None
         if old is None or old.instance_id != record.instance_id:
-            instances.forget_local(self.name)
-            registry.put(record)
-            sshconfig.write_entry(record)
+            launch.register_found(record)
         return Machine(record, attempts=1)
 
     def log_tail(self, where: Where, lines: int = 20) -> str | None:
@@ -299,11 +318,22 @@ def watch(
 ) -> DetachedRun:
     """Follow a detached run until it has ended and its group is empty: state, current instance,
     attempts, the log's tail when it changes; then the summary. Ctrl-C stops only the watching."""
-    shown = ""
+    shown = failure_shown = ""
     last_tail = ""
     while True:
         where = d.look()
         s = where.state
+        # A boot that gave up before it could read the record left the cause on the group.
+        failure = where.group.tags.get(asg.FAILURE_TAG) if where.group else None
+        if failure and where.group.desired == 0:
+            raise ToolkitError(
+                f"{d.name}: its boot gave up and stopped the group ({failure}); fix the cause, then "
+                f"`fab terminate --name {d.name}` and submit again"
+            )
+        if failure and failure != failure_shown:
+            # The instance could not set desired 0 itself: say so; its own shutdown still ends it.
+            out(f"[{d.name}] boot failed, group still desired {where.group.desired}: {failure}")
+            failure_shown = failure
         if s is None:
             raise ToolkitError(
                 f"no detached run named {d.name!r} here (no group, or its record is gone); "

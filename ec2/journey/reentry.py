@@ -15,7 +15,6 @@ from ec2.cloud import instances, keys, launch
 from ec2.config import AwsConfig
 from ec2.errors import ToolkitError
 from ec2.journey import history
-from ec2.remote import sshconfig
 from ec2.remote.ssh import Machine
 
 # An attempt whose instance may still be working on the run.
@@ -49,8 +48,7 @@ def _machine(cfg: AwsConfig, info: instances.InstanceInfo, region: str) -> Machi
     if record is None or record.instance_id != info.instance_id:
         key_path = str(keys.private_key_path(cfg.key_name, cfg.import_public_key))
         record = launch.make_record(cfg, info, region, key_path)
-        registry.put(record)
-        sshconfig.write_entry(record)
+        launch.register_found(record)
     return Machine(record)
 
 

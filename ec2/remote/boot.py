@@ -1,9 +1,12 @@
 """The boot of a detached run: runs (as root) at every launch of every instance of the run's Auto
 Scaling group, from the code bundle the user data fetched, and keeps the run going with no laptop:
 
-    python -m ec2.remote.boot --root s3://bucket/prefix [--shutdown 'shutdown -h'] [--poll 5]
+    python -m ec2.remote.boot --root s3://bucket/prefix --group spotrun-NAME [--shutdown 'shutdown -h']
+        [--poll 5]
 
-1. reads the run's record from S3 (ec2.remote.detached) and counts this attempt;
+1. reads the run's record from S3 (ec2.remote.detached) and counts this attempt; a record that
+   cannot be read (refused, missing, corrupt) gives up at once (ec2.remote.giveup: the group's
+   desired capacity to 0, the cause on its tag), since the guards below live in that record;
 2. guards the cost: past max_recoveries, or past the run's deadline (max_hours from submit), it
    sets the group's desired capacity to 0 and shuts the instance down; otherwise it schedules the
    instance's own shutdown at the time left;
@@ -38,7 +41,7 @@ import botocore.exceptions
 
 from common import aws
 from common.s3uri import is_s3
-from ec2.remote import detached, runs, s3copy
+from ec2.remote import detached, giveup, runs, s3copy
 from ec2.remote.detached import BootAttempt, DetachedRun
 from ec2.remote.imds import Identity, Imds, ImdsUnreachable
 from ec2.remote.runs import code_dir
@@ -97,9 +100,20 @@ def ending_for(exit_code: int, noticed: bool) -> Ending:
 
 
 class Boot:
-    def __init__(self, root: str, identity: Identity, *, shutdown: str, poll_s: float, s3=None, asg=None):
+    def __init__(
+        self,
+        root: str,
+        identity: Identity,
+        *,
+        shutdown: str,
+        poll_s: float,
+        s3=None,
+        asg=None,
+        group: str | None = None,
+    ):
         region = identity.region
         self.root = root
+        self.group = group  # from the user data: known even when the record cannot be read
         self.me = identity
         self.shutdown = shutdown
         self.poll_s = poll_s
@@ -258,12 +272,36 @@ class Boot:
         log(f"outputs: {len(stats.uploaded)} file(s) copied to {detached.outputs_uri(self.root)}")
 
     # --- the whole boot -----------------------------------------------------------------------------
+    def read_record(self) -> str | None:
+        """The run's record into self.state: None, or why it cannot be read."""
+        uri = detached.state_uri(self.root)
+        try:
+            self.state = detached.load(self.s3, self.root)
+        except botocore.exceptions.ClientError as e:
+            return f"reading the run's record {uri} was refused ({aws.error_code(e)}): {e}"
+        except botocore.exceptions.BotoCoreError as e:
+            return f"reading the run's record {uri} failed: {e}"
+        except (ValueError, TypeError, KeyError) as e:
+            return f"the run's record {uri} is corrupt ({type(e).__name__}: {e})"
+        return None if self.state is not None else f"no run record at {uri}"
+
+    def give_up(self, why: str) -> int:
+        """Before the record is read, max_recoveries cannot bind: stop the group from here (desired
+        0, the cause on its tag, where `fab watch` shows it), then this instance."""
+        group = self.group or (self.state.group if self.state else None)
+        log(f"{why}: giving up")
+        if group is None:
+            log("no --group given: cannot stop the group")
+        else:
+            for failed in giveup.give_up(group, self.me.region, why):
+                log(failed)
+        self.shut_down(None, "spotrun: boot failed before the run's record was read")
+        return 1
+
     def run(self) -> int:
-        self.state = detached.load(self.s3, self.root)
-        if self.state is None:
-            log(f"no run record at {detached.state_uri(self.root)}; shutting down")
-            self.shut_down(None, "spotrun: no run record")
-            return 1
+        why = self.read_record()
+        if why is not None:
+            return self.give_up(why)
         already = self.state.ended
         why = self.begin()
         if why is not None:
@@ -316,6 +354,9 @@ class Boot:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ec2.remote.boot", description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True, help="the run's S3 root (holds state.json)")
+    parser.add_argument(
+        "--group", help="the run's Auto Scaling group (stopped when the record is unreadable)"
+    )
     parser.add_argument("--shutdown", default=os.environ.get("SPOTRUN_SHUTDOWN", DEFAULT_SHUTDOWN))
     parser.add_argument("--poll", type=float, default=5.0, help="seconds between looks at the run")
     args = parser.parse_args(argv)
@@ -325,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"no instance metadata ({e}): a detached run's boot only runs on its EC2 instance")
         return 2
     log(f"{identity.instance_id} ({identity.instance_type}, {identity.zone}, {identity.market})")
-    boot = Boot(args.root, identity, shutdown=args.shutdown, poll_s=args.poll)
+    boot = Boot(args.root, identity, shutdown=args.shutdown, poll_s=args.poll, group=args.group)
     try:
         return boot.run()
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:

@@ -10,6 +10,8 @@ connection is retried with exponential back-off and then reported as ConnectionL
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import guard
 from common.s3uri import is_s3
 from ec2.errors import ConnectionLost, ToolkitError
 from ec2.remote.rsync_version import RSYNC_BIN, RsyncInfo, local_rsync
@@ -309,6 +312,31 @@ def download_outputs(
         stats["outputs"] = download_dir(machine, out_dir, dest, echo=echo)
     stats["run"] = download_dir(machine, run_dir(machine.record.remote_dir, run), dest / "run", echo=echo)
     return stats
+
+
+def refuse_foreign_dest(dest: Path, force: bool, marks: tuple[str, ...] = (), limit: int = 1000) -> None:
+    """An explicit --dest that download did not fill (no DEST/.rsync-partial/, which every download
+    makes, nor one of ``marks``, e.g. `fab run`'s run.json) holds someone else's files: rsync
+    would overwrite those of the same names (train.log, checkpoint/last.pt ...) with the
+    machine's. Refused unless ``force`` (common/guard.py); the walk stops at ``limit`` files (a
+    --dest of ~ must not read the whole home folder)."""
+    if not dest.is_dir() or any((dest / mark).exists() for mark in (PARTIAL_DIR, *marks)):
+        return
+    files = sorted(str(p.relative_to(dest)) for p in itertools.islice(_files_under(dest), limit))
+    count = f"{limit} or more" if len(files) == limit else str(len(files))
+    guard.unless_forced(
+        force,
+        target=f"downloading into --dest {dest}",
+        lost=[f"{count} file(s) that spotrun did not put there ({guard.listing(files, 2)})"] if files else [],
+        verb="overwrite same-named files among",
+        instead="choose an empty or new --dest",
+    )
+
+
+def _files_under(folder: Path):
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            yield Path(dirpath) / name
 
 
 def download_dir(

@@ -36,6 +36,9 @@ PHONEMES = (
     "BLANK AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH UH "
     "UW V W Y Z ZH SIL"
 ).split()
+# A root attribute on every file written here: the writer recognises its own files (and may
+# rewrite them) and refuses to overwrite a real dataset's (common/guard.py).
+GENERATOR = "spotrun synthetic"
 _REFERENCE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "rnn_args.yaml"
 _VOCAB = 40
 _LATENT = 16  # dimensions of the phoneme space
@@ -137,6 +140,7 @@ def _render(rng: np.random.Generator, ids: list[int], mean_hold: np.ndarray, ses
 
 def _write_file(path: Path, session: str, trials: list[dict], labels: bool) -> None:
     with h5py.File(path, "w") as f:
+        f.attrs["generator"] = GENERATOR
         for i, t in enumerate(trials):
             g = f.create_group(group_name(i))
             g.create_dataset("input_features", data=t["features"])
@@ -154,6 +158,24 @@ def _write_file(path: Path, session: str, trials: list[dict], labels: bool) -> N
                 g.create_dataset("transcription", data=text)
                 g.attrs["seq_len"] = np.int64(len(t["ids"]))
                 g.attrs["sentence_label"] = t["text"]
+
+
+def made_here(path: Path) -> bool:
+    """True for an HDF5 file this module wrote (its root ``generator`` attribute)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("generator") == GENERATOR
+    except (OSError, ValueError):  # not HDF5 at all: certainly not ours
+        return False
+
+
+def planned_files(out: str | os.PathLike, n_sessions: int) -> list[Path]:
+    """The files ``write_synthetic(out, n_sessions, ...)`` writes (and would replace)."""
+    files = []
+    for s_idx, session in enumerate(reference_sessions()[:n_sessions]):
+        kinds = ["data_train.hdf5"] + (["data_val.hdf5", "data_test.hdf5"] if s_idx else [])
+        files += [Path(out) / session / k for k in kinds]
+    return files
 
 
 def write_synthetic(

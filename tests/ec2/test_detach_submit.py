@@ -23,7 +23,6 @@ from tests.ec2.conftest import config
 
 BUCKET = "spot-ckpt"
 CKPT = f"s3://{BUCKET}/runs/job/checkpoint"
-REPO_PYTHON = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "python"
 
 
 @pytest.fixture
@@ -191,13 +190,29 @@ def test_refused_group_names_the_permission_and_takes_everything_back(cloud, mon
     nothing_created()
 
 
+NO_SPOT = (
+    "Could not launch Spot Instances. InsufficientInstanceCapacity - There is no Spot capacity available "
+    "that matches your request. Launching EC2 instance failed."
+)
+# A spot launch refused for a reason on-demand would not cure: the message still begins "Could not
+# launch Spot Instances" (EC2's InvalidParameterValue for a profile IAM has not propagated yet).
+PROFILE_NOT_YET = (
+    "Could not launch Spot Instances. InvalidParameterValue - Value (spotrun-us-east-1-job) for parameter "
+    "iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name. Launching EC2 instance failed."
+)
+SPOT_QUOTA = (
+    "Could not launch Spot Instances. MaxSpotInstanceCountExceeded - Max spot instance count exceeded. "
+    "Launching EC2 instance failed."
+)
+
+
 class SpotStarvedAutoScaling:
     """moto's autoscaling client for a region without spot capacity, which moto cannot play: until
     the group is switched to on-demand, it shows no instance and one failed launch activity
     (the documented DescribeScalingActivities shape and message)."""
 
-    def __init__(self, real):
-        self._real, self.on_demand = real, False
+    def __init__(self, real, message: str = NO_SPOT):
+        self._real, self.on_demand, self.message = real, False, message
 
     def describe_auto_scaling_groups(self, **kw):
         answer = self._real.describe_auto_scaling_groups(**kw)
@@ -212,14 +227,11 @@ class SpotStarvedAutoScaling:
         failed = {
             "ActivityId": "5e0f2a8b-0000-4000-8000-000000000001",
             "AutoScalingGroupName": "spotrun-job",
-            "Description": "Launching a new EC2 instance.  Status Reason: Could not launch Spot Instances. "
-            "InsufficientInstanceCapacity - There is no Spot capacity available that matches your request. "
-            "Launching EC2 instance failed.",
+            "Description": f"Launching a new EC2 instance.  Status Reason: {self.message}",
             "Cause": "At 2026-11-30T06:00:00Z an instance was started in response to a difference between "
             "desired and actual capacity, increasing the capacity from 0 to 1.",
             "StatusCode": "Failed",
-            "StatusMessage": "Could not launch Spot Instances. InsufficientInstanceCapacity - There is no "
-            "Spot capacity available that matches your request. Launching EC2 instance failed.",
+            "StatusMessage": self.message,
         }
 
         class Pages:
@@ -237,7 +249,7 @@ class SpotStarvedAutoScaling:
         return getattr(self._real, name)
 
 
-def test_spot_then_on_demand_switches_the_group_when_spot_fails(cloud, monkeypatch, capsys):
+def _starved(monkeypatch, message: str = NO_SPOT) -> None:
     real = aws.client
     starved = {}
 
@@ -245,16 +257,36 @@ def test_spot_then_on_demand_switches_the_group_when_spot_fails(cloud, monkeypat
         c = real(service, region, profile, **kw)
         if service != "autoscaling":
             return c
-        return starved.setdefault("asg", SpotStarvedAutoScaling(c))
+        return starved.setdefault("asg", SpotStarvedAutoScaling(c, message))
 
     monkeypatch.setattr(aws, "client", client)
+
+
+@pytest.mark.parametrize(
+    ("message", "matched"),
+    [(NO_SPOT, "InsufficientInstanceCapacity"), (SPOT_QUOTA, "MaxSpotInstanceCountExceeded")],
+)
+def test_spot_then_on_demand_switches_the_group_when_spot_fails(cloud, monkeypatch, capsys, message, matched):
+    _starved(monkeypatch, message)
     done = detach.submit(cfg("market=spot-then-on-demand"), "job", plan(), poll_s=0.1)
     out = capsys.readouterr().out
-    assert "InsufficientInstanceCapacity" in out and "the group now launches on-demand" in out
+    assert f"spot failed ({matched}): the group now launches on-demand" in out
     [group] = boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]
     dist = group["MixedInstancesPolicy"]["InstancesDistribution"]
     assert dist["OnDemandPercentageAboveBaseCapacity"] == 100  # read back from moto
     assert [i["InstanceId"] for i in group["Instances"]] == [done.instance_id]
+
+
+def test_spot_then_on_demand_keeps_spot_on_a_failure_that_is_not_spots(cloud, monkeypatch, capsys):
+    """A failed spot launch whose cause is not spot capacity (the instance profile IAM has not
+    propagated yet) is shown, and the group stays spot: on-demand would not cure it."""
+    _starved(monkeypatch, PROFILE_NOT_YET)
+    with pytest.raises(AwsError, match="launched no instance"):
+        detach.submit(cfg("market=spot-then-on-demand", "running_timeout_s=1"), "job", plan(), poll_s=0.1)
+    out = capsys.readouterr().out
+    assert "iamInstanceProfile.name is invalid" in out and "now launches on-demand" not in out
+    [group] = boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]
+    assert group["MixedInstancesPolicy"]["InstancesDistribution"]["OnDemandPercentageAboveBaseCapacity"] == 0
 
 
 def test_spot_only_does_not_switch(cloud, monkeypatch):
@@ -274,34 +306,37 @@ def test_spot_only_does_not_switch(cloud, monkeypatch):
 
 
 def test_detached_user_data_is_bash_with_the_guards_then_the_boot(tmp_path):
+    """The user data as text (tests/ec2/test_userdata.py runs it): the cost guards, then the
+    boot, which fetches the bundle with boto3 (no `aws` binary) and gives up on any failure."""
+    import re
     import subprocess
 
-    from ec2.cloud.userdata import build_detached_user_data
+    from ec2.cloud.userdata import USER_DATA_MAX, build_detached_user_data
 
     text = build_detached_user_data(
         6,
         30,
-        22,
+        2222,
         root="s3://b/runs/x-spotrun-job",
         bundle_uri="s3://b/runs/x-spotrun-job/bundle-0123456789abcdef.tar.gz",
         remote_dir="~/spotrun",
         login_user="ubuntu",
+        group="spotrun-job",
+        region="us-east-1",
     )
     script = tmp_path / "user-data"
     script.write_text(text)
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     lines = text.splitlines()
     assert lines[0] == "#!/bin/bash" and "shutdown -h +360 'spotrun: max_hours reached'" in lines
-    boot = lines[
-        lines.index(
-            "# spotrun detached run: the boot starts (or resumes) the run from S3 (ec2/remote/boot.py)."
-        ) :
-    ]
-    assert len([b for b in boot if not b.startswith("#")]) <= 6  # a few lines; the logic is in boot.py
-    assert "aws s3 cp --only-show-errors s3://b/runs/x-spotrun-job/bundle-0123456789abcdef.tar.gz" in text
+    boot = lines[lines.index("SPOTRUN_GIVEUP") + 1 :]
+    assert len([b for b in boot if not b.startswith("#")]) <= 16  # a few lines; the logic is in boot.py
+    assert "aws s3" not in text and "boto3" in text
     assert "runuser -u ubuntu -- tar -xzf" in text
-    assert boot[-1].endswith("-m ec2.remote.boot --root s3://b/runs/x-spotrun-job")
-    assert "AWS_ACCESS_KEY_ID" not in text and "AWS_SECRET" not in text  # the instance role only
+    assert "-m ec2.remote.boot --root s3://b/runs/x-spotrun-job --group spotrun-job ||" in boot[-1]
+    # The instance role only: no credentials are set or carried (giveup.py only reads the variables).
+    assert not re.search(r"AWS_(ACCESS_KEY_ID|SECRET_ACCESS_KEY|SESSION_TOKEN)=", text)
+    assert len(text.encode()) <= USER_DATA_MAX
 
 
 def test_terminate_all_removes_detached_groups_first(cloud, capsys):
@@ -330,7 +365,7 @@ def test_instance_role_statements_are_scoped_to_the_group(aws_env):
     statements = asg.instance_role_statements("us-east-1", "123456789012", "job")
     assert [(st["Action"], st["Resource"]) for st in statements] == [
         (
-            ["autoscaling:SetDesiredCapacity"],
+            ["autoscaling:SetDesiredCapacity", "autoscaling:CreateOrUpdateTags"],
             [
                 "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:*:autoScalingGroupName/spotrun-job"
             ],
@@ -346,43 +381,6 @@ def test_instance_role_statements_are_scoped_to_the_group(aws_env):
         PolicyName="p",
         PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": statements}),
     )
-
-
-def test_detached_boot_lines_run_in_bash_with_stand_ins(tmp_path):
-    """The user data's boot lines run for real in bash, with stand-ins for what only an instance
-    has: `aws` (copies the bundle), `runuser` (runs as this user), `systemd-run` (records its
-    argv), and a `python3` that has boto3 (the AMI's pythons are absent here)."""
-    import os
-    import subprocess
-
-    from ec2.cloud.userdata import boot_lines
-
-    bins = tmp_path / "bin"
-    bins.mkdir()
-    (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "hello.py").write_text("print('hi')\n")
-    made = bundle.build(tmp_path / "src")
-    (tmp_path / "bundle.tar.gz").write_bytes(made.data)
-    stand_ins = {
-        "aws": f'#!/bin/bash\n[ "$1 $2" = "s3 cp" ] && cp {tmp_path}/bundle.tar.gz "${{@: -1}}"\n',
-        "runuser": '#!/bin/bash\nshift 3\nexec "$@"\n',  # runuser -u USER -- CMD...
-        "systemd-run": f'#!/bin/bash\nprintf "%s\\n" "$@" > {tmp_path}/systemd-run.args\n',
-        "python3": f'#!/bin/sh\nexec {REPO_PYTHON} "$@"\n',
-    }
-    for name, text in stand_ins.items():
-        (bins / name).write_text(text)
-        (bins / name).chmod(0o755)
-    home = tmp_path / "home"
-    home.mkdir()
-    script = "\n".join(boot_lines("s3://b/r", "s3://b/r/bundle-x.tar.gz", "~/spotrun", "ubuntu")) + "\n"
-    env = {**os.environ, "PATH": f"{bins}:/usr/bin:/bin", "HOME": str(home)}
-    result = subprocess.run(["bash", "-euc", script], env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert (home / "spotrun" / "code" / "hello.py").read_text() == "print('hi')\n"
-    args = (tmp_path / "systemd-run.args").read_text().splitlines()
-    assert args[:2] == ["--unit=spotrun-boot", "--collect"]
-    assert f"--working-directory={home}/spotrun/code" in args
-    assert args[-5:] == [str(bins / "python3"), "-m", "ec2.remote.boot", "--root", "s3://b/r"]
 
 
 def test_auto_profile_reaches_the_runs_prefixes_and_its_own_group(cloud):

@@ -115,7 +115,7 @@ def test_quota_rows_name_the_code_and_the_request(home, ec2_client, dlami, capsy
     rows = _rows(out)
     assert code == 1 and rows["vCPU quota (g)"] == ["✗"] and rows["vCPU quota (p)"] == ["✓"]
     assert "All G and VT Spot Instance Requests (L-3819A6DF): 0 vCPUs; g4dn.2xlarge needs 8" in out
-    assert "All P Spot Instance Requests (L-7212CCBC): 96 vCPUs; p4d.24xlarge needs 96" in out
+    assert "All P4, P3 and P2 Spot Instance Requests (L-7212CCBC): 96 vCPUs; p4d.24xlarge needs 96" in out
     assert (
         "fix: fab doctor --request-quota 8 (or: aws service-quotas request-service-quota-increase "
         "--service-code ec2 --quota-code L-3819A6DF --desired-value 8 --region us-east-1)"
@@ -128,6 +128,30 @@ def test_quota_rows_name_the_code_and_the_request(home, ec2_client, dlami, capsy
         _rows(out)["vCPU quota (g)"] == ["✓"]
         and "Running On-Demand G and VT instances (L-DB2E81BA): 8" in out
     )
+
+
+def test_p5_spot_is_checked_and_requested_against_its_own_quota(home, ec2_client, dlami, capsys):
+    """P5 spot has its own quota ("All P5 Spot Instance Requests", L-C4BD4855; EC2 user guide,
+    "Spot Instance quotas"): a P4 quota of 192 vCPUs says nothing about a p5.48xlarge."""
+    asked = _quota_answers({"L-7212CCBC": 192.0, "L-C4BD4855": 0.0})
+    code, out = _doctor(capsys, "instance_types=[p5.48xlarge,p4d.24xlarge]")
+    rows = _rows(out)
+    assert code == 1 and rows["vCPU quota (p5)"] == ["✗"] and rows["vCPU quota (p)"] == ["✓"], out
+    assert "All P5 Spot Instance Requests (L-C4BD4855): 0 vCPUs; p5.48xlarge needs 192" in out
+    assert "--quota-code L-C4BD4855 --desired-value 192" in out
+    assert {json.loads(r.body)["QuotaCode"] for r in asked} == {"L-7212CCBC", "L-C4BD4855"}
+
+    sq = aws.client("service-quotas", "us-east-1")
+    filed = answer(
+        sq,
+        "RequestServiceQuotaIncrease",
+        lambda request: json_answer(
+            {"RequestedQuota": {"Id": "r1", "Status": "PENDING", **json.loads(request.body)}}
+        ),
+    )
+    code, out = _doctor(capsys, "instance_types=[p5.48xlarge]", request_quota="192")
+    assert code == 0 and "requested 192 vCPUs of All P5 Spot Instance Requests (L-C4BD4855)" in out
+    assert [json.loads(r.body)["QuotaCode"] for r in filed] == ["L-C4BD4855"]
 
 
 def test_request_quota_files_the_increase(home, ec2_client, capsys):
@@ -245,3 +269,33 @@ def test_make_targets_and_fab_list():
     assert make_n("aws-prices", "HOURS=5") == [".venv/bin/fab prices --config configs/aws.yaml --hours 5"]
     listing = subprocess.run([".venv/bin/fab", "--list"], cwd=repo, capture_output=True, text=True).stdout
     assert "\n  doctor " in listing and "\n  prices " in listing
+
+
+@pytest.mark.parametrize(
+    ("instance_type", "spot", "on_demand"),
+    [
+        ("p5.48xlarge", "L-C4BD4855", "L-417A185B"),
+        ("p5en.48xlarge", "L-C4BD4855", "L-417A185B"),
+        ("p4d.24xlarge", "L-7212CCBC", "L-417A185B"),
+        ("p3.2xlarge", "L-7212CCBC", "L-417A185B"),
+        ("p2.xlarge", "L-7212CCBC", "L-417A185B"),
+        ("g6.xlarge", "L-3819A6DF", "L-DB2E81BA"),
+        ("vt1.3xlarge", "L-3819A6DF", "L-DB2E81BA"),
+        ("inf2.xlarge", "L-B5D1601B", "L-1945791B"),
+        ("trn1.2xlarge", "L-6B0D517C", "L-2C3B7624"),
+        ("dl1.24xlarge", "L-85EED4F7", "L-6E869C2A"),
+        ("x2iedn.xlarge", "L-E3A00192", "L-7295265B"),
+        ("f1.2xlarge", "L-88CF9481", "L-74FC7D96"),
+        ("i4i.large", "L-34B43A08", "L-1216C47A"),
+        ("d3.xlarge", "L-34B43A08", "L-1216C47A"),
+        ("t3.micro", "L-34B43A08", "L-1216C47A"),
+    ],
+)
+def test_each_family_has_its_documented_quota(instance_type, spot, on_demand):
+    """The EC2 user guide's "Spot Instance quotas" table: one spot quota per family group, P5 apart
+    from P4/P3/P2; on-demand, every P type shares "Running On-Demand P instances". Prefixes are
+    matched longest first (inf before i, dl before d, trn before t)."""
+    from ec2.cloud import quota
+
+    assert quota.quota_for(instance_type, quota.SPOT).code == spot
+    assert quota.quota_for(instance_type, quota.ON_DEMAND).code == on_demand

@@ -205,6 +205,33 @@ def test_a_caller_without_iam_rights_gets_one_line_and_a_policy_file(home, ec2_c
     )
 
 
+def test_the_admin_policy_covers_a_fresh_accounts_first_launch(aws_env):
+    """The policy file for an admin also grants what a fresh account's first launch needs and is
+    easily missed: the two service-linked roles (those only), tags, placement scores, prices."""
+    document = iam.caller_policy("arn:aws:iam::123456789012:user/dev")
+    actions = {
+        a
+        for st in document["Statement"]
+        for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])
+    }
+    assert {
+        "iam:CreateServiceLinkedRole",
+        "ec2:CreateTags",
+        "ec2:GetSpotPlacementScores",
+        "pricing:GetProducts",
+    } <= actions
+    [linked] = [st for st in document["Statement"] if st["Action"] == "iam:CreateServiceLinkedRole"]
+    assert linked["Resource"] == [
+        "arn:aws:iam::123456789012:role/aws-service-role/spot.amazonaws.com/AWSServiceRoleForEC2Spot",
+        "arn:aws:iam::123456789012:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling",
+    ]
+    assert linked["Condition"] == {
+        "StringEquals": {"iam:AWSServiceName": ["spot.amazonaws.com", "autoscaling.amazonaws.com"]}
+    }
+    # A valid policy document as IAM parses it (moto's IAM validates the grammar).
+    boto3.client("iam").create_policy(PolicyName="spotrun-caller", PolicyDocument=json.dumps(document))
+
+
 def test_run_instances_refusing_pass_role_names_it(home, ec2_client, dlami):
     answer(
         aws.client("ec2", "us-east-1"),
@@ -297,3 +324,75 @@ def test_a_configured_profile_ec2_refuses_fails_at_once(home, ec2_client, dlami,
     with pytest.raises(AwsError, match="InvalidParameterValue"):
         launch(cfg, "exp1", wait_ssh=False)
     assert len(seen) == 1  # not the user's typo retried for a minute
+
+
+def test_a_detached_runs_role_reads_back_and_widens_keeping_its_group_statement(
+    home, ec2_client, dlami, capsys
+):
+    """The detached run's role holds asg.instance_role_statements (a list Resource): `fab train`
+    widening it must read the policy back, add the prefix and keep SetDesiredCapacity."""
+    from ec2.cloud import asg
+
+    record = launch(config(), "exp1", wait_ssh=False, s3=s3scope.for_run("s3://bci-data/hdf5", None, None))
+    iam_client = aws.client("iam", "us-east-1")
+    owner = boto3.client("sts", region_name="us-east-1").get_caller_identity()["Arn"]
+    group = asg.instance_role_statements("us-east-1", iam.account_of(owner), "exp1")
+    have = s3scope.grants_in(_policy(iam_client, "spotrun-us-east-1-exp1"))
+    iam.put_policy(iam_client, "spotrun-us-east-1-exp1", have, owner, extra=group)
+
+    assert s3scope.grants_in(_policy(iam_client, "spotrun-us-east-1-exp1")) == have
+    want = s3scope.for_run("s3://bci-data/hdf5", "s3://bci-ckpt/runs/exp2", None)
+    added = iam.widen_for_instance(ec2_client, iam_client, record.instance_id, want, owner)
+    assert added == [Grant("bci-ckpt", "runs/exp2", WRITE)]
+    document = _policy(iam_client, "spotrun-us-east-1-exp1")
+    assert [st for st in document["Statement"] if "autoscaling:SetDesiredCapacity" in st["Action"]] == group
+    assert set(s3scope.grants_in(document)) == {Grant("bci-data", "hdf5", READ), *added}
+
+
+def test_policy_reader_takes_any_statement_shape():
+    """An older detached role (its group statement's Sid began "Spotrun"), a one-statement
+    document and list Resources all read back: S3 grants as grants, the rest kept whole."""
+    old_group = {
+        "Sid": "SpotrunOwnGroup",
+        "Effect": "Allow",
+        "Action": ["autoscaling:SetDesiredCapacity"],
+        "Resource": [GROUP],
+    }
+    listed = {
+        "Sid": "SpotrunWrite0",
+        "Effect": "Allow",
+        "Action": ["s3:GetObject", "s3:PutObject"],
+        "Resource": ["arn:aws-cn:s3:::bci-ckpt/runs/a/*", "arn:aws-cn:s3:::bci-ckpt/runs/b/*"],
+    }
+    document = {"Version": "2012-10-17", "Statement": [old_group, listed, "not a statement"]}
+    assert s3scope.grants_in(document) == [
+        Grant("bci-ckpt", "runs/a", WRITE),
+        Grant("bci-ckpt", "runs/b", WRITE),
+    ]
+    assert s3scope.extra_statements(document) == [old_group]
+    single = {"Version": "2012-10-17", "Statement": old_group}
+    assert s3scope.grants_in(single) == [] and s3scope.extra_statements(single) == [old_group]
+
+
+@pytest.mark.parametrize(
+    ("region", "partition"), [("us-east-1", "aws"), ("cn-north-1", "aws-cn"), ("us-gov-west-1", "aws-us-gov")]
+)
+def test_arns_use_the_accounts_partition(region, partition):
+    from ec2.cloud import asg
+
+    [statement] = asg.instance_role_statements(region, "123456789012", "exp1")
+    assert statement["Resource"] == [
+        f"arn:{partition}:autoscaling:{region}:123456789012:autoScalingGroup:*:autoScalingGroupName/spotrun-exp1"
+    ]
+    caller = f"arn:{partition}:iam::123456789012:user/dev"
+    document = s3scope.policy_document(RUN, iam.partition_of(caller), [statement])
+    resources = _resources(document) + [r for r in _resources(iam.caller_policy(caller)) if r != "*"]
+    assert resources and all(r.startswith(f"arn:{partition}:") for r in resources)
+
+
+def _resources(document: dict) -> list[str]:
+    return [
+        r
+        for st in document["Statement"]
+        for r in (st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]])
+    ]

@@ -127,6 +127,24 @@ def test_quota_error_stops_at_once(home, ec2_client, dlami, refusing):
     assert instances.find_instances(ec2_client) == []
 
 
+@pytest.mark.parametrize(
+    ("instance_type", "code", "quota"),
+    [
+        ("p5.48xlarge", "MaxSpotInstanceCountExceeded", "All P5 Spot Instance Requests', L-C4BD4855"),
+        ("p4d.24xlarge", "VcpuLimitExceeded", "All P4, P3 and P2 Spot Instance Requests', L-7212CCBC"),
+        ("g5.xlarge", "VcpuLimitExceeded", "All G and VT Spot Instance Requests', L-3819A6DF"),
+    ],
+)
+def test_quota_error_names_the_refused_familys_quota(
+    home, ec2_client, dlami, refusing, instance_type, code, quota
+):
+    refusing(lambda a: code)
+    with pytest.raises(QuotaError) as e:
+        launch(config(f"instance_types=[{instance_type}]", "zones=[us-east-1a]"), "exp1", wait_ssh=False)
+    assert quota in str(e.value)
+    assert instance_type.startswith("g") or "G and VT" not in str(e.value)
+
+
 def test_spot_then_on_demand_falls_back(home, ec2_client, dlami, refusing):
     wrapper = refusing(lambda a: "MaxSpotInstanceCountExceeded" if a[2] == "spot" else None)
     cfg = config("instance_types=[g5.xlarge]", "zones=[us-east-1a]", "market=spot-then-on-demand")
@@ -151,6 +169,37 @@ def test_failure_after_instance_exists_terminates_it(home, ec2_client, dlami, ca
     assert "terminating it so nothing is left billing" in out and "terminated i-" in out
     assert instances.find_instances(ec2_client) == []
     assert registry.load_all() == {} and sshconfig.entries() == {}
+
+
+def test_a_name_registered_elsewhere_is_not_replaced(home, ec2_client, dlami):
+    # An adopted machine's record, and a launched instance's record in another region (which
+    # refuse_duplicate, asking this region, cannot see): a launch would replace their SSH entries.
+    from common.guard import WouldLose
+
+    registry.put(registry.MachineRecord(name="lab", host="192.0.2.7", port=2222, key_path="/k"))
+    registry.put(
+        registry.MachineRecord(name="exp1", host="203.0.113.9", instance_id="i-0abc", region="eu-west-1")
+    )
+    for name in ("lab", "exp1"):
+        sshconfig.write_entry(registry.get(name))
+    before = (registry.load_all(), sshconfig.entries())
+    with pytest.raises(
+        WouldLose, match=r"launching 'lab' would replace adopted machine ubuntu@192.0.2.7:2222"
+    ):
+        launch(config("instance_types=[g5.xlarge]"), "lab", wait_ssh=False)
+    with pytest.raises(
+        WouldLose,
+        match=r"launching 'exp1' would replace the record and SSH entry of i-0abc in eu-west-1; .*"
+        r"`fab terminate --name exp1 --set region=eu-west-1`",
+    ):
+        launch(config("instance_types=[g5.xlarge]"), "exp1", wait_ssh=False)
+    assert (registry.load_all(), sshconfig.entries()) == before
+    assert instances.find_instances(ec2_client) == []
+    # A record of this region whose instance is gone is stale: the launch replaces it.
+    registry.put(
+        registry.MachineRecord(name="exp1", host="203.0.113.9", instance_id="i-0abc", region="us-east-1")
+    )
+    assert launch(config("instance_types=[g5.xlarge]"), "exp1", wait_ssh=False).instance_id != "i-0abc"
 
 
 def test_keep_on_failure_keeps_the_instance(home, ec2_client, dlami, capsys):
@@ -208,3 +257,22 @@ def test_unoffered_type_creates_nothing(home, ec2_client, dlami):
         launch(config("instance_types=[p99.huge]"), "exp1", wait_ssh=False)
     assert ec2_client.describe_key_pairs()["KeyPairs"] == []
     assert [g["GroupName"] for g in ec2_client.describe_security_groups()["SecurityGroups"]] == ["default"]
+
+
+def test_an_instance_found_by_its_tag_does_not_replace_an_adopted_machines_entries(home):
+    # `fab watch` and a picked-up `fab run` register the instance they find under the run's name.
+    from ec2.cloud.launch import register_found
+
+    lab = registry.MachineRecord(name="job", host="192.0.2.7", key_path="/k")
+    registry.put(lab)
+    sshconfig.write_entry(lab)
+    found = registry.MachineRecord(name="job", host="198.51.100.3", instance_id="i-0new", region="us-east-1")
+    entries = sshconfig.entries()
+    assert register_found(found) is False
+    assert registry.get("job") == lab and sshconfig.entries() == entries
+    # A launched instance's old record (the run's previous instance) is replaced.
+    registry.put(
+        registry.MachineRecord(name="job", host="198.51.100.2", instance_id="i-0old", region="us-east-1")
+    )
+    assert register_found(found) is True and registry.get("job") == found
+    assert "HostName 198.51.100.3" in sshconfig.entries()["spotrun-job"]

@@ -175,7 +175,9 @@ def test_an_existing_out_is_refused_without_force(trained, tmp_path, capsys):
     code, out, err = run_eval(capsys, *args, *overrides)
     assert (
         code == 2
-        and err == f"error: {out_csv} already exists; pass --force to overwrite it, or choose another --out\n"
+        and err
+        == f"error: writing the evaluation would overwrite {out_csv} (already there); "
+        "pass --force to do so, or choose another --out\n"
     )
     assert out_csv.read_text() == "mine\n" and out == ""
     code, _, _ = run_eval(capsys, *args, "--force", *overrides)
@@ -275,3 +277,17 @@ def test_command_line_entry_point(trained, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "val PER " in proc.stdout and (tmp_path / "cli.csv").exists()
+
+
+def test_a_bug_gets_ml_trains_edge_traceback_plea_and_exit_70(tmp_path, capsys, monkeypatch):
+    # The same edge as ml.train (common/exits.py): a bug is not mistaken for an expected failure.
+    def broken(spec, staging):
+        raise RuntimeError("a bug in the checkpoint finder")
+
+    monkeypatch.setattr(evaluate, "resolve_checkpoint", broken)
+    code, out, err = run_eval(
+        capsys, "--checkpoint", "x.pt", "--config", DEMO, "--out", str(tmp_path / "e.csv"), "device=cpu"
+    )
+    assert code == 70 and out == ""
+    assert "Traceback" in err and "RuntimeError: a bug in the checkpoint finder" in err
+    assert err.rstrip().endswith("unexpected error: please report it with the traceback above")

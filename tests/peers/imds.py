@@ -7,6 +7,8 @@
 - `GET /latest/meta-data/events/recommendations/rebalance`: 404 until `mark_rebalance()`.
 - `GET /latest/meta-data/placement/region`, `placement/availability-zone`, `instance-id`,
   `instance-type` and `instance-life-cycle` (`spot` or `on-demand`): the identity a boot reads.
+- `GET /latest/meta-data/iam/security-credentials/` → the role's name, and `.../<role>` → its
+  temporary credentials (the documented JSON), as an instance with a profile answers.
 
 `ImdsServer` is a context manager (the benchmark uses it); the `imds` fixture yields a running one.
 `clear()` takes the marks back (a replacement instance has no notice).
@@ -26,6 +28,7 @@ import pytest
 TOKEN_PATH = "/latest/api/token"
 ACTION_PATH = "/latest/meta-data/spot/instance-action"
 REBALANCE_PATH = "/latest/meta-data/events/recommendations/rebalance"
+CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
 
 
 def _iso(at: datetime) -> str:
@@ -39,6 +42,17 @@ class ImdsServer:
         self.instance_type = "g5.xlarge"
         self.zone = f"{region}a"
         self.lifecycle = "spot"
+        self.role = "spotrun-us-east-1-job"
+        # The documented shape (EC2 user guide, "Retrieve security credentials from instance metadata").
+        self.credentials = {
+            "Code": "Success",
+            "LastUpdated": "2026-12-01T00:00:00Z",
+            "Type": "AWS-HMAC",
+            "AccessKeyId": "ASIAIMDSROLEKEY00001",
+            "SecretAccessKey": "imds-role-secret",
+            "Token": "imds-role-session-token",
+            "Expiration": "2099-12-01T06:00:00Z",
+        }
         self._lock = threading.Lock()
         self._tokens: dict[str, float] = {}
         self._action: dict | None = None
@@ -101,6 +115,10 @@ class ImdsServer:
                 return 200, self.zone
             if path == "/latest/meta-data/instance-life-cycle":
                 return 200, self.lifecycle
+            if path == CREDENTIALS_PATH:
+                return 200, self.role
+            if path == CREDENTIALS_PATH + self.role:
+                return 200, json.dumps(self.credentials)
             return 404, ""
 
     def __enter__(self) -> ImdsServer:

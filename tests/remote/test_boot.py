@@ -81,7 +81,7 @@ class Machine:
         detached.save(self.s3, state)
         return state
 
-    def boot(self) -> subprocess.Popen:
+    def boot(self, *extra: str) -> subprocess.Popen:
         argv = [
             sys.executable,
             "-m",
@@ -90,6 +90,7 @@ class Machine:
             self.root,
             "--shutdown",
             str(self.shutdown),
+            *extra,
         ]
         return subprocess.Popen(
             [*argv, "--poll", "0.2"],
@@ -265,3 +266,26 @@ def test_a_boot_after_the_run_ended_runs_nothing_and_stops_the_group(machine):
     assert [a.outcome for a in state.attempts] == ["finished", "not-started"]
     assert machine.desired() == 0 and machine.shutdowns()[-1].startswith("now ")
     assert not machine.run_dir().exists()
+
+
+@pytest.mark.parametrize(
+    ("record", "said"),
+    [(None, "no run record at"), (b'{"name": "job", "gr', "is corrupt (JSONDecodeError")],
+    ids=["missing", "corrupt"],
+)
+def test_a_record_the_boot_cannot_read_stops_the_group_from_here(machine, record, said):
+    """max_recoveries lives in the record: a boot that cannot read it gives up at once (desired 0,
+    the cause on the group's tag) instead of shutting down for the group to relaunch for ever."""
+    from ec2.remote.giveup import GIVEUP_TAG
+
+    if record is not None:
+        bucket, key = detached.key_of(machine.root, detached.STATE_FILE)
+        machine.s3.put_object(Bucket=bucket, Key=key, Body=record)
+    p = machine.boot("--group", GROUP)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 1, out
+    assert machine.desired() == 0
+    [group] = machine.asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"]
+    cause = {t["Key"]: t["Value"] for t in group["Tags"]}[GIVEUP_TAG]
+    assert said in cause and machine.imds.instance_id in cause
+    assert machine.shutdowns()[-1].startswith("now ")
