@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import urllib.parse
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
@@ -19,15 +20,53 @@ import botocore.config
 import botocore.exceptions
 import botocore.parsers
 
-from common.errors import AwsError, ConfigError
+from common.errors import AwsError, ConfigError, EndpointUnreachable
 
-_RETRY = botocore.config.Config(
-    retries={"mode": "standard", "max_attempts": 5},
-    # Enough for a batch's concurrent ranged GETs (dataset.s3_max_concurrency, 16 by default).
-    max_pool_connections=64,
-    connect_timeout=10,
-    read_timeout=60,
-)
+# Every wait on AWS is bounded: an endpoint that accepts a connection and never answers costs at
+# most SPOTRUN_AWS_TIMEOUT_S (30 s by default) per call, all tries included, then one line naming
+# it (botocore's defaults, 60 s reads x 6 tries, kept `fab status` silent for over six minutes).
+# Three tries in all is botocore's standard-mode default (AWS SDK retry behavior:
+# https://docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html); the per-try
+# timeouts are sized so the tries and their backoff (under 1 + 2 s) fit in the budget. A read
+# timeout bounds the wait for each piece of an answer, not a whole transfer, so large S3 GETs that
+# keep flowing are unaffected.
+TIMEOUT_ENV = "SPOTRUN_AWS_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 30.0
+ATTEMPTS = 3
+
+
+def timeout_budget() -> float:
+    """Seconds one AWS call may wait on a silent endpoint, all tries included."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0.5 <= value <= 600:  # also refuses nan and inf
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: must be seconds from 0.5 to 600; unset it for 30")
+    return value
+
+
+def per_try_timeout(budget: float | None = None) -> float:
+    """Connect and read timeout of one try: the budget less the backoff, shared by the tries."""
+    budget = timeout_budget() if budget is None else budget
+    return round(budget * 0.7 / ATTEMPTS, 3)
+
+
+def botocore_config(attempts: int | None = None) -> botocore.config.Config:
+    """The config every client is made with (also s3fs's, through ml.data.storage)."""
+    each = per_try_timeout()
+    return botocore.config.Config(
+        retries={"mode": "standard", "total_max_attempts": attempts or ATTEMPTS},
+        # Enough for a batch's concurrent ranged GETs (dataset.s3_max_concurrency, 16 by default).
+        max_pool_connections=64,
+        connect_timeout=each,
+        read_timeout=each,
+    )
+
+
 _lock = threading.Lock()
 _sessions: dict[tuple[str | None, str | None], boto3.Session] = {}
 _clients: dict[tuple, object] = {}
@@ -46,10 +85,14 @@ def session(region: str | None = None, profile: str | None = None) -> boto3.Sess
         if key not in _sessions:
             try:
                 _sessions[key] = boto3.Session(region_name=region, profile_name=profile)
-            except botocore.exceptions.ProfileNotFound:
+            except botocore.exceptions.ProfileNotFound as e:
+                # The profile may come from AWS_PROFILE, not from the config: name the one botocore
+                # looked for (profile is None then).
+                wanted = e.kwargs.get("profile") or profile
+                where = "`profile` in configs/aws.yaml" if profile else "AWS_PROFILE"
                 raise ConfigError(
-                    f"AWS profile {profile!r} not found; check `profile` in configs/aws.yaml "
-                    "or AWS_PROFILE, and ~/.aws/config"
+                    f"AWS profile {wanted!r} not found in ~/.aws/config or ~/.aws/credentials; "
+                    f"check {where} (aws configure list-profiles shows the known ones)"
                 ) from None
         return _sessions[key]
 
@@ -72,13 +115,7 @@ def client(
     if cached is not None:
         return cached
     sess = session(region, profile)
-    config = (
-        _RETRY
-        if attempts is None
-        else _RETRY.merge(
-            botocore.config.Config(retries={"mode": "standard", "total_max_attempts": attempts})
-        )
-    )
+    config = botocore_config(attempts)
     with _lock:
         if key not in _clients:
             _clients[key] = sess.client(service, config=config)
@@ -153,10 +190,45 @@ def s3_failure(error: Exception, where: str, setting: str) -> str:
         code = "AccessDenied"
     elif isinstance(error, FileNotFoundError):
         code = "NoSuchKey"
+    elif isinstance(error, UNREACHABLE):
+        return f"{where}: {unreachable(error)}"
     else:
         return f"{where}: cannot reach S3 ({type(error).__name__}: {error}); check the network and region"
     step = _S3_NEXT_STEP.get(code, "check {setting}").format(setting=setting)
     return f"{where}: S3 {code}; {step}"
+
+
+# Failures of the connection itself, not answers from AWS: no credentials fix applies to them.
+UNREACHABLE = (
+    botocore.exceptions.EndpointConnectionError,  # refused, no route, DNS (ConnectTimeoutError too)
+    botocore.exceptions.ReadTimeoutError,  # connected, then no answer
+    botocore.exceptions.ConnectionClosedError,
+)
+
+
+def _endpoint_variable(url: str) -> str | None:
+    """The AWS_ENDPOINT_URL* variable that set ``url``, if one did."""
+    for name, value in sorted(os.environ.items()):
+        if name.startswith("AWS_ENDPOINT_URL") and value and url.startswith(value.rstrip("/")):
+            return name
+    return None
+
+
+def unreachable(error: Exception) -> str:
+    """``no answer from https://ec2... within 30 s (3 tries); check ...``: the endpoint and the next
+    step, for a connection that failed or never answered."""
+    url = error.kwargs.get("endpoint_url", "") if isinstance(error, botocore.exceptions.BotoCoreError) else ""
+    # The request URL carries the bucket and query (S3): the endpoint is its scheme and host.
+    parts = urllib.parse.urlsplit(url)
+    url = f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else "the AWS endpoint"
+    variable = _endpoint_variable(url) if url.startswith("http") else None
+    if isinstance(error, (botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectTimeoutError)):
+        what = f"no answer from {url} within {timeout_budget():g} s ({ATTEMPTS} tries)"
+    else:
+        what = f"cannot reach {url}"
+    if variable:
+        return f"{what}; {url} is set by {variable}: start that endpoint or unset {variable}"
+    return f"{what}; check your network and the region name ({TIMEOUT_ENV} sets the wait)"
 
 
 def translate(error: Exception, doing: str) -> AwsError:
@@ -169,12 +241,8 @@ def translate(error: Exception, doing: str) -> AwsError:
             f"{doing}: no AWS credentials found; run `aws configure` or `aws sso login`, or set AWS_PROFILE",
             "NoCredentials",
         )
-    if isinstance(error, botocore.exceptions.EndpointConnectionError):
-        return AwsError(
-            f"{doing}: cannot reach {error.kwargs.get('endpoint_url', 'the AWS endpoint')}; "
-            "check the region name and your network",
-            "EndpointConnectionError",
-        )
+    if isinstance(error, UNREACHABLE):
+        return EndpointUnreachable(f"{doing}: {unreachable(error)}", type(error).__name__)
     if isinstance(error, botocore.exceptions.ClientError):
         err = error.response.get("Error", {})
         code = err.get("Code", "Unknown")

@@ -27,20 +27,57 @@ T = TypeVar("T")
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys silently; a key given twice is almost always a
+    pasted block or a merge gone wrong, so it is refused naming the key and both lines."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base constructor reports it
+                continue
+            if first is not None:
+                raise _DuplicateKey(f"line {line}: key {key!r} given twice (lines {first} and {line})")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file or a syntax error is a ConfigError naming the file."""
+    """Read a YAML mapping. A missing, empty or non-text file, a syntax error and a key given twice
+    are each a ConfigError naming the file (and the line), so nothing downstream is blamed for it."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p} (check the path given to --config)")
+    raw = p.read_bytes()
     try:
-        data = yaml.safe_load(p.read_text())
+        # A NUL never occurs in YAML text (the spec's printable set excludes it); a binary file
+        # (a checkpoint, an HDF5 file) passed as --config usually also fails to decode.
+        if b"\0" in raw:
+            raise UnicodeDecodeError("utf-8", raw, raw.index(b"\0"), raw.index(b"\0") + 1, "NUL byte")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file (binary content); pass a YAML config to --config") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as e:
+        raise ConfigError(f"{p} {e}; keep one of them") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{p}{where}: malformed YAML ({problem}); fix the file") from None
     if data is None:
-        return {}
+        raise ConfigError(
+            f"{p}: the file is empty (no settings in it); write the settings or pass another file"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of keys at the top, got {type(data).__name__}")
     return data

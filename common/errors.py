@@ -45,6 +45,11 @@ class AwsError(ToolkitError):
         self.code = code
 
 
+class EndpointUnreachable(AwsError):
+    """The AWS endpoint refused the connection or did not answer in time: a network or endpoint
+    problem, not one of credentials or permissions."""
+
+
 def print_causes(error: BaseException) -> None:
     """SPOTRUN_DEBUG=1 at an entry point: the expected error's own traceback and each cause under
     it (also the ones `raise ... from None` hides from Python's own report)."""

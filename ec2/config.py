@@ -9,6 +9,7 @@ from typing import Literal
 
 from common.checks import FieldError, Range, check_fields, checked
 from common.config import ConfigError, blame_field, load_config
+from common.s3uri import check_s3_uri
 from ec2 import names
 from ec2.cloud import s3scope
 
@@ -24,7 +25,6 @@ _OWNER = re.compile(r"amazon|self|aws-marketplace|\d{12}")
 _FLAVOUR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 # IAM instance profile names: up to 128 of [\w+=,.@-]; or the profile's ARN.
 _PROFILE = re.compile(r"[\w+=,.@-]{1,128}|arn:aws[a-z-]*:iam::\d{12}:instance-profile/[\w+=,.@/-]{1,512}")
-_S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?")
 
 
 def _pattern(pattern: re.Pattern[str], value: str, key: str, example: str) -> bool:
@@ -113,12 +113,12 @@ class AwsConfig:
     # (s3://bucket/prefix; unset: checkpoints come back by `fab download` only), and how many
     # replacements it launches after interruptions before giving up.
     checkpoint_backup_uri: str | None = checked(
-        None, lambda v, k: _pattern(_S3_URI, v, k, "s3://my-bucket/checkpoints")
+        None, lambda v, k: check_s3_uri(v, k, "s3://my-bucket/checkpoints")
     )
     max_recoveries: int = checked(3, Range(0, 100, why="replacement instances after interruptions"))
     # `fab run --detach`: where the code bundle goes (s3://bucket/prefix; unset: beside the
     # checkpoints, in the run's own prefix).
-    bundle_uri: str | None = checked(None, lambda v, k: _pattern(_S3_URI, v, k, "s3://my-bucket/bundles"))
+    bundle_uri: str | None = checked(None, lambda v, k: check_s3_uri(v, k, "s3://my-bucket/bundles"))
     # A workspace volume that outlives spot instances (ec2/cloud/volumes.py): its name (null: none),
     # size for its creation, and where it is mounted on the machine.
     volume_name: str | None = checked(None, lambda v, k: names.VOLUME.check(v, k))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from common import aws
 from common.aws import AWS_FAILURES, error_code
+from common.errors import EndpointUnreachable
 from ec2 import paths
 from ec2.cloud import account, iam, keys, network, quota, s3check, s3scope, typeinfo
 from ec2.cloud.ami import resolve_ami
@@ -81,6 +82,9 @@ def identity(ctx: Context) -> list[Check]:
         return [Check("region", FAIL, str(e), "set `region:` in configs/aws.yaml or export AWS_REGION")]
     try:
         ctx.caller = account.caller_arn(ctx.region, ctx.cfg.profile)
+    except EndpointUnreachable as e:
+        # Not a credentials problem: the line already names the endpoint and what to do.
+        return [Check("region", OK, ctx.region), Check("AWS endpoint", FAIL, str(e))]
     except ToolkitError as e:
         return [
             Check("region", OK, ctx.region),

@@ -26,7 +26,7 @@ import botocore.exceptions
 
 from common import aws
 from common.atomic import atomic_path
-from common.s3uri import is_s3, split_s3
+from common.s3uri import is_s3, s3_problem, split_s3
 from ml.checkpoint import ARGS, BEST, LAST, REFERENCE_BEST
 from ml.errors import CheckpointError
 
@@ -40,10 +40,10 @@ _AWS_FAILURES = (
 
 
 def split_checkpoint_uri(uri: str) -> tuple[str, str]:
-    bucket, prefix = split_s3(uri)
-    if not bucket:
-        raise CheckpointError(f"checkpoint_dir {uri!r} names no bucket; use s3://bucket/prefix")
-    return bucket, prefix
+    problem = s3_problem(uri)
+    if problem:
+        raise CheckpointError(f"checkpoint_dir {uri!r} {problem}; e.g. s3://my-bucket/checkpoints")
+    return split_s3(uri)
 
 
 class CheckpointStore:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from common.checks import FieldError, Range, check_fields, checked
 from common.config import ConfigError, blame_field, load_config
+from common.s3uri import s3_field
 
 # Every number below declares its valid range (a test checks none is missing); TrainConfig checks
 # them all when it is built, before anything runs, and the loader names where a bad value came from.
@@ -38,6 +39,32 @@ def below_one(value: float, key: str) -> None:
     problem = Range(0, 1).problem(value)
     if problem or value >= 1:
         raise FieldError(key, f"must be from 0 to less than 1, got {value}")
+
+
+def _whole(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())
+
+
+def bad_trials_shape(value: dict, key: str) -> None:
+    """``{session: {block_num: [trial_num, ...]}}``, with whole numbers for blocks and trials
+    (what ml.data.batches.usable_trials reads); anything else used to fail mid-way with a
+    traceback or leave nothing out."""
+    for session, blocks in value.items():
+        if not isinstance(blocks, dict):
+            raise FieldError(
+                f"{key}.{session}",
+                f"must map block numbers to lists of trial numbers (e.g. {{3: [0, 7]}}), got {blocks!r}",
+            )
+        for block, trials in blocks.items():
+            if not _whole(block) or int(block) < 0:
+                raise FieldError(f"{key}.{session}", f"has block {block!r}; block numbers are whole numbers")
+            if not isinstance(trials, list) or not all(_whole(t) and int(t) >= 0 for t in trials):
+                raise FieldError(
+                    f"{key}.{session}.{block}",
+                    f"must be a list of trial numbers (whole numbers, e.g. [0, 7]), got {trials!r}",
+                )
 
 
 DATA_CACHE_DEFAULT = "~/.cache/spotrun/data"
@@ -91,9 +118,9 @@ class DatasetConfig:
     test_percentage: float = checked(0.1, Range(0, 1))
     feature_subset: list[int] | None = checked(None, each(Range(0)))
     # A local folder or s3://bucket/prefix holding one subfolder per session.
-    dataset_dir: str = "../data/hdf5_data_final"
+    dataset_dir: str = checked("../data/hdf5_data_final", s3_field)
     # {session: {block_num: [trial_num, ...]}} trials to leave out.
-    bad_trials_dict: dict[str, Any] | None = None
+    bad_trials_dict: dict[str, Any] | None = checked(None, bad_trials_shape)
     sessions: list[str] = field(default_factory=list)
     dataset_probability_val: list[float] = checked(default_factory=list, check=each(Range(0, 1)))
     # --- spotrun additions ---
@@ -115,10 +142,10 @@ class TrainConfig:
     gpu_number: str = "0"
     mode: str = "train"
     use_amp: bool = True
-    output_dir: str = "trained_models/baseline_rnn"
-    checkpoint_dir: str = "trained_models/baseline_rnn/checkpoint"
+    output_dir: str = checked("trained_models/baseline_rnn", s3_field)
+    checkpoint_dir: str = checked("trained_models/baseline_rnn/checkpoint", s3_field)
     init_from_checkpoint: bool = False
-    init_checkpoint_path: str | None = None
+    init_checkpoint_path: str | None = checked(None, s3_field)
     save_best_checkpoint: bool = True
     save_all_val_steps: bool = False
     save_final_model: bool = False
@@ -172,6 +199,13 @@ class TrainConfig:
             raise ConfigError(
                 f"dataset.dataset_probability_val has {len(ds.dataset_probability_val)} entries "
                 f"but dataset.sessions has {len(ds.sessions)}; give one per session"
+            )
+        unknown = [s for s in ds.bad_trials_dict or {} if s not in ds.sessions]
+        if unknown:
+            raise FieldError(
+                "dataset.bad_trials_dict",
+                f"names session {unknown[0]!r}, which is not in dataset.sessions (so it would leave "
+                "nothing out)",
             )
         if self.init_checkpoint_path in ("None", "none", ""):
             # The reference file writes the string None.

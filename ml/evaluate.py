@@ -30,7 +30,7 @@ import torch
 from common import exits, guard, outputs
 from common.atomic import atomic_path, atomic_write_text
 from common.errors import ConfigError
-from common.s3uri import is_s3
+from common.s3uri import is_s3, looks_like_s3, s3_problem
 from ml import checkpoint, distributed
 from ml.checkpoint import BEST, LAST, REFERENCE_BEST
 from ml.ckpt_store import CheckpointStore
@@ -71,6 +71,8 @@ class Evaluation:
 
 def resolve_checkpoint(spec: str, staging: Path) -> tuple[Path, str]:
     """(local file, what to call it): a file, or a folder's preferred checkpoint; S3 downloaded."""
+    if looks_like_s3(spec) and (problem := s3_problem(spec)):
+        raise CheckpointError(f"--checkpoint {spec!r} {problem}; e.g. s3://my-bucket/ckpt/exp1/best.pt")
     if is_s3(spec):
         parent, _, name = spec.rstrip("/").rpartition("/")
         if name and parent.startswith("s3://") and (found := CheckpointStore(parent, staging).fetch(name)):

@@ -34,7 +34,7 @@ from common import exits, outputs
 from common.config import save_config
 from common.errors import ConfigError
 from common.s3uri import is_s3
-from ml import checkpoint, distributed, stopping
+from ml import checkpoint, distributed, memory, stopping
 from ml.augment import transform_batch
 from ml.checkpoint import ARGS, BEST, LAST, REFERENCE_BEST
 from ml.ckpt_store import CheckpointStore
@@ -236,6 +236,11 @@ def prepare(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: S
         if not store.remote:
             outputs.folder(cfg.checkpoint_dir, "checkpoint_dir")
     ckpt, resumed_from = find_start(cfg, store, d)
+    # The data is opened and checked (sessions, files, labels of the held-out split) before the
+    # model is built, and the model's size is checked against free memory before it is allocated:
+    # neither waits on the other's cost. (Before the seeding: model init draws the same numbers.)
+    val_loader = build_val_loader(cfg, d.rank, d.world_size, say=log.info)
+    memory.check_fits(cfg, device)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
@@ -259,7 +264,6 @@ def prepare(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: S
             torch.manual_seed(cfg.seed + d.rank)
     state.done, state.per = state.start_step, state.best_per
     train_loader = build_train_loader(cfg, state.start_step, d.rank, d.world_size, say=log.info)
-    val_loader = build_val_loader(cfg, d.rank, d.world_size, say=log.info)
 
     eval_model = torch.compile(raw_model) if cfg.compile else raw_model
     # Validation runs outside DDP: ranks see different numbers of val batches, and a DDP forward

@@ -9,7 +9,7 @@ from invoke import task
 from invoke.exceptions import Exit
 
 from common import aws
-from tasks.edge import aws_config, edge
+from tasks.edge import aws_config, edge, s3_uri
 
 
 def _s3(config, set_):
@@ -37,7 +37,7 @@ class _ByteBar:
 
 
 @task(name="data-push", iterable=["set_"])
-@edge
+@edge(checks={"dest": s3_uri})
 def data_push(c, src, dest, force=False, config=None, set_=None):
     """Upload a dataset folder (<src>/<session>/data_*.hdf5) to s3://bucket/prefix; skips what is there.
     A different file already at a key is replaced only with --force."""

@@ -31,6 +31,7 @@ from typing import Any
 
 from invoke.exceptions import Exit
 
+from common import s3uri
 from common.checks import Range
 from common.errors import ConfigError, ToolkitError  # noqa: F401 (tasks and tests raise it from here)
 from common.exits import UNEXPECTED_EXIT, report  # noqa: F401 (UNEXPECTED_EXIT: part of the edge)
@@ -100,6 +101,19 @@ def aws_shape(pattern, example: str) -> ArgCheck:
     return lambda value, label: names.aws_shape(pattern, value, label, example)
 
 
+def comma_list(check: ArgCheck, example: str) -> ArgCheck:
+    """Comma-separated values, each passing ``check`` (`--types g5.xlarge,g6.xlarge`, as README
+    shows); the flag may also be repeated. Passes on the items, spaces around them dropped."""
+
+    def run(value: Any, label: str) -> str:
+        items = [item.strip() for item in str(value).split(",")]
+        if not any(items):
+            raise ArgumentError(f"{label} {value!r} names nothing; e.g. {label} {example}")
+        return ",".join(check(item, label) for item in items if item)
+
+    return run
+
+
 def shell_words(value: Any, label: str) -> str:
     """Words split like a shell (`--args "a=1 b='x y'"`): an unclosed quote is refused here."""
     try:
@@ -121,6 +135,20 @@ def existing_file(value: Any, label: str) -> str:
 def one_line(value: Any, label: str) -> Any:
     names.one_line(value, label)
     return value
+
+
+def s3_uri(value: Any, label: str) -> str:
+    """An s3://bucket/prefix URI by S3's naming rules (common/s3uri.py)."""
+    names.one_line(value, label)
+    problem = s3uri.s3_problem(value)
+    if problem:
+        raise ArgumentError(f"{label} {value!r} {problem}; e.g. {label} {s3uri.EXAMPLE}")
+    return value
+
+
+def s3_or_path(value: Any, label: str) -> str:
+    """A local path, or (when it looks like one) a valid S3 URI."""
+    return s3_uri(value, label) if s3uri.looks_like_s3(value) else one_line(value, label)
 
 
 def non_empty(value: Any, label: str) -> Any:
@@ -154,7 +182,7 @@ ARGUMENTS: dict[str, ArgCheck] = {
     "request_quota": integer(Range(1, 100_000, why="vCPUs"), 8),
     "region": aws_shape(names.REGION, "us-east-1"),
     "zone": aws_shape(names.ZONE, "us-east-1a"),
-    "types": aws_shape(names.INSTANCE_TYPE, "g5.xlarge"),
+    "types": comma_list(aws_shape(names.INSTANCE_TYPE, "g5.xlarge"), "g5.xlarge,g6.xlarge"),
     "args": shell_words,
     "train_config": existing_file,
     "key": existing_file,
@@ -163,11 +191,11 @@ ARGUMENTS: dict[str, ArgCheck] = {
     "remote_dir": one_line,
     "output_dir": one_line,
     "dest": one_line,
-    "data_uri": one_line,
+    "data_uri": s3_or_path,
     "python": one_line,
     "setup_python": one_line,
     "src": one_line,
-    "uri": one_line,
+    "uri": s3_uri,
     "logdir": one_line,
     "cwd": one_line,
     "path": one_line,

@@ -13,7 +13,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 # Peers that need more than a few lines: sshd, IMDS, a latency/counting HTTP proxy.
-pytest_plugins = ["tests.peers.sshd", "tests.peers.imds", "tests.peers.proxy"]
+pytest_plugins = ["tests.peers.sshd", "tests.peers.imds", "tests.peers.proxy", "tests.peers.silent"]
 
 # Keep torch from fighting the other test processes for the machine's two cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

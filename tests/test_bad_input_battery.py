@@ -52,10 +52,12 @@ class Case:
     # features are read lazily, also from S3): the run has started, so its new log files exist;
     # still no checkpoint is written and no file that existed before changes.
     run_started: bool = False
+    # Environment variables set for this case only (a profile or endpoint the user exported).
+    env: tuple[tuple[str, str], ...] = ()
 
 
-def fab(id, *argv, code=2, says=(), cli=False):
-    return Case(id, tuple(argv), code, tuple(says), "fab", cli)
+def fab(id, *argv, code=2, says=(), cli=False, env=()):
+    return Case(id, tuple(argv), code, tuple(says), "fab", cli, env=tuple(env))
 
 
 def train(id, *argv, code=2, says=(), cli=False, owner="train", run_started=False):
@@ -433,6 +435,167 @@ CASES = [
     synth("synth-trials-negative", "--out", "{tmp}/s", "--trials=-1", says=("--trials",)),
     synth("synth-out-missing", "--sessions", "2", says=("--out",)),
     synth("synth-out-is-a-file", "--out", "{file}", says=("--out",)),
+    # -- issue 22 class 5: S3 URIs by S3's own naming rules, in every command that takes one -----------
+    fab(
+        "data-ls-bucket-capitals",
+        "data-ls",
+        "s3://Brain-Data/hdf5",
+        says=("'s3://Brain-Data/hdf5'", "has capitals", "did you mean 'brain-data'"),
+        cli=True,
+    ),
+    fab(
+        "data-push-bucket-space",
+        "data-push",
+        "--src",
+        "{tmp}",
+        "--dest",
+        "s3://my bucket/data",
+        says=("--dest 's3://my bucket/data'", "spaces", "e.g. --dest s3://my-bucket/data"),
+    ),
+    fab("data-ls-no-bucket", "data-ls", "s3:///hdf5", says=("names no bucket",)),
+    fab("run-data-uri-short-bucket", "run", "--data-uri", "s3://ab/data", says=("--data-uri", "3 to 63")),
+    fab(
+        "set-backup-uri-double-dot",
+        "launch",
+        "--set",
+        "checkpoint_backup_uri=s3://ckpt..bucket/x",
+        says=("checkpoint_backup_uri", "two dots in a row"),
+    ),
+    fab(
+        "set-s3-access-ip-bucket",
+        "doctor",
+        "--set",
+        "s3_access=[s3://10.0.0.12/data]",
+        says=("s3_access", "is an IP address"),
+    ),
+    train(
+        "train-dataset-dir-underscore-bucket",
+        "--config",
+        "{demo}",
+        "{tiny}",
+        "dataset.dataset_dir=s3://brain_data/hdf5",
+        says=("dataset.dataset_dir", "holds '_'", "lowercase letters, digits"),
+        owner="inputs",
+    ),
+    train(
+        "train-checkpoint-dir-no-bucket",
+        "--config",
+        "{demo}",
+        "{tiny}",
+        "checkpoint_dir=s3:///ckpt",
+        says=("checkpoint_dir", "names no bucket"),
+        owner="inputs",
+        cli=True,
+    ),
+    # -- issue 22 class 3: values read from files, checked where they are read --------------------------
+    train(
+        "train-yaml-duplicate-key",
+        "--config",
+        "{dupyaml}",
+        says=("key 'num_training_batches' given twice",),
+        owner="inputs",
+    ),
+    train(
+        "train-yaml-empty",
+        "--config",
+        "{emptyyaml}",
+        says=("{emptyyaml}: the file is empty",),
+        owner="inputs",
+    ),
+    train("train-config-binary", "--config", "{binary}", says=("not a text file",), owner="inputs", cli=True),
+    fab(
+        "fab-config-duplicate-key",
+        "status",
+        "--config",
+        "configs/twice.yaml",
+        says=("configs/twice.yaml line 3", "given twice"),
+    ),
+    train(
+        "train-bad-trials-unknown-session",
+        "--config",
+        "{demo}",
+        "{tiny}",
+        "dataset.bad_trials_dict={t15.2099.01.01: {1: [0]}}",
+        says=("t15.2099.01.01", "not in dataset.sessions"),
+        owner="inputs",
+    ),
+    train(
+        "train-bad-trials-not-a-list",
+        "--config",
+        "{demo}",
+        "{tiny}",
+        "dataset.bad_trials_dict={t15.2023.08.11: {1: 4}}",
+        says=("bad_trials_dict.t15.2023.08.11.1", "list of trial numbers"),
+        owner="inputs",
+    ),
+    train(
+        "train-trial-groups-unpadded",
+        "--config",
+        "{demo}",
+        "{tiny}",
+        "dataset.dataset_dir={broken:unpadded}",
+        code=3,
+        says=("trial group 'trial_0'", "expected 'trial_0000'"),
+        owner="inputs",
+    ),
+    train(
+        "train-attribute-not-a-number",
+        "--config",
+        "{demo}",
+        "{tiny}",
+        "dataset.dataset_dir={broken:attr_text}",
+        code=3,
+        says=("attribute block_num is 'three'", "fix the file"),
+        owner="inputs",
+    ),
+    train(
+        "train-attribute-nan",
+        "--config",
+        "{demo}",
+        "{tiny}",
+        "dataset.dataset_dir={broken:attr_nan}",
+        code=3,
+        says=("attribute seq_len is nan", "not a whole number"),
+        owner="inputs",
+    ),
+    # -- issue 22 class 3, memory: the model's size from the config, before it is built -----------------
+    train(
+        "train-model-too-large",
+        "--config",
+        "{demo}",
+        "{tiny}",
+        "model.n_units=300000",
+        says=("the model would not fit", "parameters (model.n_units 300000", "GB to train", "GB is free"),
+        owner="inputs",
+        cli=True,
+    ),
+    train(
+        "train-data-checked-before-the-model",
+        "--config",
+        "{demo}",
+        "{tiny}",
+        "model.n_units=300000",
+        "dataset.sessions=[t15.2023.08.11, t15.2099.01.01]",
+        code=3,
+        says=("t15.2099.01.01",),
+        owner="inputs",
+    ),
+    # -- issue 22 "vague": the profile and the endpoint named --------------------------------------------
+    fab(
+        "aws-profile-from-environment-missing",
+        "status",
+        code=2,
+        says=("AWS profile 'nobody' not found", "AWS_PROFILE"),
+        env=[("AWS_PROFILE", "nobody")],
+        cli=True,
+    ),
+    fab(
+        "aws-endpoint-unreachable",
+        "status",
+        code=1,
+        says=("cannot reach http://127.0.0.1:9", "set by AWS_ENDPOINT_URL", "unset AWS_ENDPOINT_URL"),
+        env=[("AWS_ENDPOINT_URL", "http://127.0.0.1:9")],
+    ),
 ]
 
 
@@ -494,7 +657,7 @@ def _broken_copies(data: Path, root: Path) -> dict[str, str]:
     import numpy as np
 
     out = {}
-    for defect in ("no_labels", "nan", "seq_len"):
+    for defect in ("no_labels", "nan", "seq_len", "unpadded", "attr_text", "attr_nan"):
         dest = root / f"broken-{defect}"
         shutil.copytree(data, dest)
         train_file = sorted(dest.rglob("data_train.hdf5"))[0]
@@ -507,6 +670,13 @@ def _broken_copies(data: Path, root: Path) -> dict[str, str]:
                     feats = f[name]["input_features"][()]
                     feats[0, 0] = np.nan
                     f[name]["input_features"][...] = feats
+            elif defect == "unpadded":  # trial_0000 → trial_0, ...: one naming rule refuses it
+                for name in [n for n in f if n.startswith("trial_")]:
+                    f.move(name, f"trial_{int(name[6:])}")
+            elif defect == "attr_text":
+                trial.attrs["block_num"] = "three"
+            elif defect == "attr_nan":
+                trial.attrs["seq_len"] = np.float64("nan")
             else:
                 trial.attrs["seq_len"] = np.int64(trial["seq_class_ids"].shape[0] + 50)
         out[f"broken:{defect}"] = str(dest)
@@ -562,6 +732,13 @@ def world(moto_server):
     malformed.write_text("model:\n  n_units: [128\n")
     a_file = root / "a-file"
     a_file.write_text("not a folder\n")
+    dupyaml = root / "twice.yaml"  # a block pasted twice: the second would win silently
+    dupyaml.write_text("num_training_batches: 2\nseed: 1\nnum_training_batches: 200\n")
+    emptyyaml = root / "empty.yaml"
+    emptyyaml.write_text("# nothing set yet\n")
+    binary = root / "model.pt"
+    binary.write_bytes(b"PK\x03\x04" + os.urandom(256))
+    (project / "configs" / "twice.yaml").write_text("region: us-east-1\nssh_port: 22\nregion: us-west-2\n")
     mp.chdir(project)
     server = SshdServer(root / "sshd").__enter__()
     try:
@@ -584,6 +761,9 @@ def world(moto_server):
             "tmp": str(root / "t"),
             "file": str(a_file),
             "malformed": str(malformed),
+            "dupyaml": str(dupyaml),
+            "emptyyaml": str(emptyyaml),
+            "binary": str(binary),
             **_broken_copies(data, root),
         }
         yield world
@@ -638,6 +818,22 @@ def _synth_main():
 
 
 def run_case(case: Case, world: World, *, cli: bool) -> tuple[int, str]:
+    if case.env:
+        from common import aws
+
+        mp = pytest.MonkeyPatch()
+        for key, value in case.env:
+            mp.setenv(key, value)
+        aws.reset_clients()  # sessions are cached per (region, profile), not per environment
+        try:
+            return _run_case(case, world, cli=cli, env=dict(case.env))
+        finally:
+            mp.undo()
+            aws.reset_clients()
+    return _run_case(case, world, cli=cli)
+
+
+def _run_case(case: Case, world: World, *, cli: bool, env: dict | None = None) -> tuple[int, str]:
     argv = world.fill(case.argv)
     if cli:
         command = {
@@ -645,7 +841,7 @@ def run_case(case: Case, world: World, *, cli: bool) -> tuple[int, str]:
             "train": [sys.executable, "-m", "ml.train"],
             "synth": [sys.executable, str(REPO / "scripts" / "make_synthetic_data.py")],
         }[case.tool]
-        env = dict(world.env, PYTHONPATH=str(REPO))
+        env = dict(world.env, PYTHONPATH=str(REPO), **(env or {}))
         proc = subprocess.run(
             [*command, *argv], cwd=world.project, env=env, capture_output=True, text=True, timeout=120
         )

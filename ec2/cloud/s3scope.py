@@ -13,11 +13,10 @@ Pure functions: no AWS calls (ec2.cloud.iam puts the document on the role).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from common.s3uri import is_s3, split_s3
+from common.s3uri import check_s3_uri, is_s3
 from ec2.errors import ConfigError
 
 READ, WRITE = "read", "write"
@@ -25,7 +24,6 @@ READ_ACTIONS = ["s3:GetObject"]
 WRITE_ACTIONS = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
 SID_PREFIX = "Spotrun"
 # S3 bucket naming rules (docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html).
-BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 WRITE_MARK = "rw:"
 
 
@@ -52,9 +50,7 @@ class Grant:
 
 def grant(uri: str, access: str, setting: str) -> Grant:
     """``s3://bucket/prefix`` → a Grant; a malformed URI names the setting that held it."""
-    bucket, prefix = split_s3(uri)
-    if not BUCKET.match(bucket):
-        raise ConfigError(f"{setting}: {uri!r} does not name a valid S3 bucket; use s3://bucket/prefix")
+    bucket, prefix = check_s3_uri(uri, setting)
     if "*" in prefix or "?" in prefix:
         raise ConfigError(f"{setting}: {uri!r} holds a wildcard; name the prefix itself (s3://bucket/data)")
     return Grant(bucket, prefix, access)

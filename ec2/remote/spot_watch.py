@@ -41,7 +41,7 @@ from pathlib import Path
 import botocore.exceptions
 
 from common.atomic import atomic_write_json
-from common.s3uri import is_s3
+from common.s3uri import is_s3, s3_problem
 from ec2.remote.imds import Imds, ImdsUnreachable, Notice
 from ml.stopping import RANKS_DIR_ENV
 
@@ -343,8 +343,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.command = args.command[1:]
     if not args.command:
         p.error("give the command after --, e.g. -- bash -c 'python -m ml.train ...'")
-    if args.upload_to and not is_s3(args.upload_to):
-        p.error(f"--upload-to must be an s3:// URI, not {args.upload_to!r}")
+    if args.upload_to and (problem := s3_problem(args.upload_to)):
+        p.error(f"--upload-to {args.upload_to!r} {problem}; e.g. --upload-to s3://my-bucket/ckpt")
     return args
 
 

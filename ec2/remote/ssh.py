@@ -31,6 +31,30 @@ SSH_BIN = "ssh"
 # ssh's own exit status for "could not connect / connection dropped".
 SSH_CONNECTION_ERROR = 255
 CONNECT_TIMEOUT_S = 10
+# The longest one command waits on a machine that does not answer (a port that accepts and says
+# nothing, a dropped route), all attempts included: retries stop once another attempt would end
+# past it. ConnectTimeout bounds the TCP connect and the SSH banner exchange of each attempt
+# (ssh_config(5)); ServerAlive* bounds a connection that goes quiet later (4 x 15 s).
+WAIT_ENV = "SPOTRUN_SSH_WAIT_S"
+DEFAULT_WAIT_S = 30.0
+
+
+def wait_budget() -> float:
+    raw = os.environ.get(WAIT_ENV, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_WAIT_S
+    except ValueError:
+        value = float("nan")
+    if not 1 <= value <= 3600:  # also refuses nan and inf
+        raise ToolkitError(f"{WAIT_ENV}={raw!r}: must be seconds from 1 to 3600; unset it for 30")
+    return value
+
+
+def connect_timeout_s() -> int:
+    """ssh's ConnectTimeout (whole seconds): 10, or less when the wait budget is small."""
+    return max(1, min(CONNECT_TIMEOUT_S, int(wait_budget() / 3)))
+
+
 CONTROL_PERSIST = "10m"
 
 
@@ -39,9 +63,10 @@ def ssh_options(
     *,
     batch: bool = True,
     control: bool = True,
-    connect_timeout: int = CONNECT_TIMEOUT_S,
+    connect_timeout: int | None = None,
 ) -> list[str]:
     """The SSH options every spotrun connection uses (also passed to rsync via -e)."""
+    connect_timeout = connect_timeout or connect_timeout_s()
     opts = [
         "-i",
         record.key_path,
@@ -200,11 +225,11 @@ class Machine:
     def argv(self, command: str | None = None, *, tty: bool = False) -> list[str]:
         return ssh_argv(self.record, command, tty=tty, batch=not tty, control=self.control)
 
-    def lost(self, what: str, detail: str = "") -> ConnectionLost:
+    def lost(self, what: str, detail: str = "", tried: int | None = None) -> ConnectionLost:
         r = self.record
         tail = detail.strip().splitlines()[-1] if detail.strip() else "no answer"
         return ConnectionLost(
-            f"cannot reach {r.name} ({r.user}@{r.host}:{r.port}) for {what} after {self.attempts} "
+            f"cannot reach {r.name} ({r.user}@{r.host}:{r.port}) for {what} after {tried or self.attempts} "
             f"attempt(s): {tail}; check that it is running (`fab status`) and that your address is "
             f"allowed (`fab allow-my-ip`), then retry"
         )
@@ -219,8 +244,11 @@ class Machine:
         """
         prepare_local(self.record)
         delays = backoff_delays(self.attempts if retry else 1, self.backoff_s)
+        deadline = time.monotonic() + wait_budget()
         stderr = ""
+        tried = 0
         for attempt in range(len(delays) + 1):
+            tried += 1
             try:
                 proc = subprocess.run(
                     self.argv(command),
@@ -239,10 +267,15 @@ class Machine:
                     raise RemoteCommandFailed(proc.returncode, command[:200], proc.stderr)
                 return Result(proc.returncode, proc.stdout, proc.stderr)
             stderr = proc.stderr
-            self.check_still_there(last=attempt == len(delays))
-            if attempt < len(delays):
-                time.sleep(delays[attempt])
-        raise self.lost("a command", stderr)
+            # Another attempt only if it can end (a full connect timeout) within the budget.
+            more = attempt < len(delays)
+            if more and time.monotonic() + delays[attempt] + connect_timeout_s() > deadline:
+                more = False
+            self.check_still_there(last=not more)
+            if not more:
+                break
+            time.sleep(delays[attempt])
+        raise self.lost("a command", stderr, tried)
 
     def stream(self, command: str, *, tty: bool = False) -> int:
         """Run with the terminal attached (stdout/stderr pass straight through); its exit code."""

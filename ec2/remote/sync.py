@@ -24,7 +24,16 @@ from common.s3uri import is_s3
 from ec2.errors import ConnectionLost, ToolkitError
 from ec2.remote.rsync_version import RSYNC_BIN, RsyncInfo, local_rsync
 from ec2.remote.runs import code_dir, run_dir
-from ec2.remote.ssh import Machine, backoff_delays, join_path, prepare_local, quote_path, rsync_rsh
+from ec2.remote.ssh import (
+    Machine,
+    backoff_delays,
+    connect_timeout_s,
+    join_path,
+    prepare_local,
+    quote_path,
+    rsync_rsh,
+    wait_budget,
+)
 
 # rsync exits that mean the connection went away (10 socket I/O, 12 protocol stream, 30 timeout
 # in data send/receive, 35 timeout waiting for daemon connection, 255 ssh itself). 10 is what rsync
@@ -210,6 +219,9 @@ def rsync_with_retries(machine: Machine, argv: list[str], what: str, *, echo: bo
     prepare_local(machine.record)
     delays = backoff_delays(machine.attempts, machine.backoff_s)
     stderr = ""
+    # Attempts that never got through (no output at all) share one wait budget, as Machine.run's
+    # do; one that moved files resets it (a long transfer that drops is worth resuming).
+    silent_since = time.monotonic()
     for attempt in range(len(delays) + 1):
         code, out, stderr = _run_rsync(argv, echo=echo)
         if code in (0, VANISHED):
@@ -217,14 +229,23 @@ def rsync_with_retries(machine: Machine, argv: list[str], what: str, *, echo: bo
         if code not in RETRYABLE:
             tail = stderr.strip().splitlines()[-1] if stderr.strip() else ""
             raise ToolkitError(f"{what} failed (rsync exit {code}): {tail}; fix the cause above and rerun")
-        machine.check_still_there(last=attempt == len(delays))
-        if attempt < len(delays):
-            print(
-                f"{what}: connection lost (rsync exit {code}); retrying in {delays[attempt]:g} s",
-                file=sys.stderr,
-            )
-            time.sleep(delays[attempt])
-    raise machine.lost(what, stderr) if stderr else ConnectionLost(f"{what}: connection lost")
+        if out.strip():
+            silent_since = time.monotonic()
+        more = attempt < len(delays) and (
+            time.monotonic() + delays[attempt] + connect_timeout_s() <= silent_since + wait_budget()
+        )
+        machine.check_still_there(last=not more)
+        if not more:
+            break
+        print(
+            f"{what}: connection lost (rsync exit {code}); retrying in {delays[attempt]:g} s", file=sys.stderr
+        )
+        time.sleep(delays[attempt])
+    # ssh says why it could not connect ("Connection to HOST port P timed out"); rsync's own last
+    # line ("unexplained error (code 255)") does not.
+    said = [line for line in stderr.splitlines() if line.strip() and not line.startswith("rsync")]
+    stderr = "\n".join(said) or stderr
+    raise machine.lost(what, stderr, attempt + 1) if stderr else ConnectionLost(f"{what}: connection lost")
 
 
 def sync_code(

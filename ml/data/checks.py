@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ml.data.index import LABEL_LEN, TrialIndex
+from ml.data.trials import group_name
 from ml.errors import DataError
 
 _FIX = "fix the file, or leave the trial out with dataset.bad_trials_dict"
@@ -110,4 +111,4 @@ def check_finite(features: list[np.ndarray], plan: list[tuple[int, int]], indice
 
 def trial_name(index: TrialIndex, i: int) -> str:
     """``trial_0012 (block 3, trial_num 4)``: the group, and the keys dataset.bad_trials_dict takes."""
-    return f"trial_{i:04d} (block {int(index.block_num[i])}, trial_num {int(index.trial_num[i])})"
+    return f"{group_name(i)} (block {int(index.block_num[i])}, trial_num {int(index.trial_num[i])})"

@@ -23,14 +23,15 @@ import numpy as np
 
 from common.atomic import atomic_path
 from common.s3uri import split_s3
+from ml.data.attrs import int_attr, text_attr
 from ml.data.storage import INDEX_FORMAT, S3_ERRORS, FileRef, open_h5, read_failure, s3_client
+from ml.data.trials import trial_numbers
 from ml.errors import DataError
 
 LABEL_LEN = 500
 # Bump (in ml.data.storage) when the cached layout changes, so old cache files and the indexes stored
 # in S3 are ignored rather than misread.
 _FORMAT = INDEX_FORMAT
-_TRIAL = re.compile(r"^trial_(\d+)$")
 
 
 @dataclass
@@ -111,24 +112,6 @@ def _stored(ref: FileRef) -> TrialIndex | None:
         return None
 
 
-def _trial_names(f: h5py.File, uri: str) -> list[str]:
-    numbered = []
-    for name in f.keys():
-        m = _TRIAL.match(name)
-        if m:
-            numbered.append((int(m.group(1)), name))
-    numbered.sort()
-    if not numbered:
-        raise DataError(f"{uri}: no trial_NNNN groups; is this a Brain-to-Text data file?")
-    for i, (n, name) in enumerate(numbered):
-        if n != i:
-            raise DataError(
-                f"{uri}: trial numbering has a gap (trial_{i:04d} missing, next is {name}); "
-                "trials must be numbered trial_0000, trial_0001, ... without gaps"
-            )
-    return [name for _, name in numbered]
-
-
 def _labels(g: h5py.Group, name: str) -> np.ndarray:
     out = np.zeros(LABEL_LEN, np.int32)
     if name in g:
@@ -137,16 +120,8 @@ def _labels(g: h5py.Group, name: str) -> np.ndarray:
     return out
 
 
-def _text(value) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.ndarray):
-        return _text(value.reshape(-1)[0]) if value.size else ""
-    return str(value)
-
-
 def _build(f: h5py.File, uri: str) -> TrialIndex:
-    names = _trial_names(f, uri)
+    names = trial_numbers(f.keys(), uri)
     n = len(names)
     keys = ("offsets", "nbytes", "rows", "seq_len", "block_num", "trial_num")
     ints = {k: np.zeros(n, np.int64) for k in keys}
@@ -180,12 +155,13 @@ def _build(f: h5py.File, uri: str) -> TrialIndex:
         ints["nbytes"][i] = expected
         ints["rows"][i] = dset.shape[0]
         attrs = g.attrs
-        ints["seq_len"][i] = int(attrs.get("seq_len", 0))
-        ints["block_num"][i] = int(attrs.get("block_num", 0))
-        ints["trial_num"][i] = int(attrs.get("trial_num", 0))
+        where = f"{uri}: {name}"
+        ints["seq_len"][i] = int_attr(attrs, "seq_len", where, high=LABEL_LEN)
+        ints["block_num"][i] = int_attr(attrs, "block_num", where)
+        ints["trial_num"][i] = int_attr(attrs, "trial_num", where)
         seq[i] = _labels(g, "seq_class_ids")
         text[i] = _labels(g, "transcription")
-        sentences.append(_text(attrs.get("sentence_label", "")))
+        sentences.append(text_attr(attrs, "sentence_label", where))
     return TrialIndex(
         uri,
         np.dtype(dtype).str,

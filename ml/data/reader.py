@@ -12,6 +12,7 @@ import numpy as np
 from ml.data.cache import DataCache
 from ml.data.index import TrialIndex
 from ml.data.storage import S3_ERRORS, FileRef, cached_h5, read_failure, read_range, thread_pool
+from ml.data.trials import group_name
 
 
 def read_trial(ref: FileRef, index: TrialIndex, i: int, cache: DataCache | None = None) -> np.ndarray:
@@ -33,9 +34,9 @@ def read_trial(ref: FileRef, index: TrialIndex, i: int, cache: DataCache | None 
         x = np.frombuffer(raw, dtype=np.dtype(index.dtype)).reshape(rows, n_features)
     else:
         try:
-            x = cached_h5(ref)[f"trial_{i:04d}"]["input_features"][()]
+            x = cached_h5(ref)[group_name(i)]["input_features"][()]
         except S3_ERRORS as e:
-            raise read_failure(e, ref, f"trial_{i:04d}") from None
+            raise read_failure(e, ref, group_name(i)) from None
     return np.asarray(x, dtype=np.float32)
 
 

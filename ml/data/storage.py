@@ -139,7 +139,20 @@ def s3_filesystem():
             if "s3fs" not in st:
                 # Our own per-process instance: fsspec's instance cache would hand a forked child
                 # the parent's event loop.
-                st["s3fs"] = s3fs.S3FileSystem(skip_instance_cache=True)
+                # The same bounded timeouts and tries as every boto3 client (common/aws.py);
+                # s3fs's own retry loop (5 tries of botocore's) is turned off, so a silent
+                # endpoint costs one budget, not five.
+                each = aws.per_try_timeout()
+                fs = s3fs.S3FileSystem(
+                    skip_instance_cache=True,
+                    config_kwargs={
+                        "connect_timeout": each,
+                        "read_timeout": each,
+                        "retries": {"mode": "standard", "total_max_attempts": aws.ATTEMPTS},
+                    },
+                )
+                fs.retries = 1
+                st["s3fs"] = fs
     return st["s3fs"]
 
 

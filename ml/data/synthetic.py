@@ -27,6 +27,8 @@ import h5py
 import numpy as np
 import yaml
 
+from ml.data.trials import group_name
+
 N_FEATURES = 512
 LABEL_LEN = 500
 SIL = 40
@@ -140,7 +142,7 @@ def _write_file(path: Path, session: str, trials: list[dict], labels: bool) -> N
     with h5py.File(path, "w") as f:
         f.attrs["generator"] = GENERATOR
         for i, t in enumerate(trials):
-            g = f.create_group(f"trial_{i:04d}")
+            g = f.create_group(group_name(i))
             g.create_dataset("input_features", data=t["features"])
             g.attrs["n_time_steps"] = np.int64(t["features"].shape[0])
             g.attrs["session"] = session

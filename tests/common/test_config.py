@@ -66,3 +66,26 @@ def test_missing_file(tmp_path):
 def test_malformed_override():
     with pytest.raises(ConfigError, match="dotted.key=value"):
         load_config(Outer, None, ["rate"])
+
+
+# ---- what a real file can hold: each named as what it is, not blamed on a key read later ----------
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"rate: 1\ninner:\n  size: 2\n  size: 3\n", "c.yaml line 4: key 'size' given twice (lines 3 and 4)"),
+        (b"rate: 1\nflag: true\nrate: 2\n", "key 'rate' given twice (lines 1 and 3); keep one"),
+        (b"", "c.yaml: the file is empty"),
+        (b"# all commented out\n", "c.yaml: the file is empty"),
+        (b"\x89HDF\r\n\x1a\n\x00\x00\x00", "c.yaml: not a text file"),
+        (b"rate: \xe9t\xe9\n", "c.yaml: not a text file"),
+    ],
+    ids=["duplicate-nested", "duplicate-top", "empty", "only-comments", "binary", "not-utf8"],
+)
+def test_a_file_that_cannot_be_a_config_is_named_as_such(tmp_path, content, says):
+    p = tmp_path / "c.yaml"
+    p.write_bytes(content)
+    with pytest.raises(ConfigError) as e:
+        load_config(Outer, p)
+    assert says in str(e.value) and "\n" not in str(e.value)

@@ -97,3 +97,32 @@ def test_the_override_label_names_a_fab_set_flag_and_nested_overrides_are_blamed
 def test_exponent_without_a_dot_is_a_number():
     assert load_train_config(DEMO, ["lr_max=1e-3"]).lr_max == 0.001
     assert ml_config.TrainConfig().lr_max == 0.005
+
+
+# The shape of dataset.bad_trials_dict, {session: {block_num: [trial_num, ...]}}, and its sessions:
+# a wrong shape used to fail mid-run or leave nothing out, a mistyped session to leave nothing out.
+@pytest.mark.parametrize(
+    "value, says",
+    [
+        ("{t15.2099.01.01: {1: [2]}}", "names session 't15.2099.01.01', which is not in dataset.sessions"),
+        ("{t15.2023.08.11: [1, 2]}", "bad_trials_dict.t15.2023.08.11 must map block numbers to lists"),
+        ("{t15.2023.08.11: {1: 2}}", "bad_trials_dict.t15.2023.08.11.1 must be a list of trial numbers"),
+        ("{t15.2023.08.11: {1: [two]}}", "must be a list of trial numbers (whole numbers, e.g. [0, 7]), got"),
+        ("{t15.2023.08.11: {1: [1.5]}}", "must be a list of trial numbers"),
+        ("{t15.2023.08.11: {b1: [2]}}", "has block 'b1'; block numbers are whole numbers"),
+        ("[1, 2]", "dataset.bad_trials_dict must be a mapping"),
+    ],
+    ids=["unknown-session", "list-not-blocks", "int-not-list", "word", "fraction", "block-word", "list"],
+)
+def test_bad_trials_dict_is_checked_for_shape_and_sessions(value, says):
+    override = f"dataset.bad_trials_dict={value}"
+    with pytest.raises(ConfigError) as e:
+        load_train_config(DEMO, [override])
+    assert str(e.value).startswith(f"override {override!r}: ") and says in str(e.value)
+
+
+def test_a_well_formed_bad_trials_dict_loads():
+    cfg = load_train_config(
+        DEMO, ["dataset.bad_trials_dict={t15.2023.08.11: {1: [2, 3]}, t15.2023.08.13: {}}"]
+    )
+    assert cfg.dataset.bad_trials_dict == {"t15.2023.08.11": {1: [2, 3]}, "t15.2023.08.13": {}}

@@ -223,13 +223,7 @@ def test_full_disk_turns_the_cache_off_and_training_streams(
 def one_attempt(monkeypatch):
     """botocore's own retries off (they would back off for seconds per fault), and a short backoff
     for the prefetcher's, so the test exercises the prefetcher's handling in milliseconds."""
-    import botocore.config
-
-    monkeypatch.setattr(
-        aws,
-        "_RETRY",
-        aws._RETRY.merge(botocore.config.Config(retries={"mode": "standard", "total_max_attempts": 1})),
-    )
+    monkeypatch.setattr(aws, "ATTEMPTS", 1)
     monkeypatch.setattr(prefetch, "BACKOFF_S", 0.01)
     aws.reset_clients()
     yield

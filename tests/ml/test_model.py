@@ -211,3 +211,23 @@ def test_reference_model_trains_a_step_on_cuda_under_bf16_autocast():
     loss.backward()
     assert torch.isfinite(loss)
     assert model.day_weights[44].grad is not None and model.day_weights[6].grad is None
+
+
+def test_the_memory_estimate_counts_the_parameters_the_model_has():
+    """ml.memory counts parameters from the config alone (to refuse a model before allocating it);
+    the count must be the built model's, for the reference, the demo and a patch-free subset."""
+    from ml.config import load_train_config
+    from ml.memory import estimate, parameter_count
+    from ml.model import build_model, count_parameters
+
+    repo = Path(__file__).resolve().parents[2]
+    for path, overrides in [
+        ("configs/rnn_args.yaml", []),
+        ("configs/demo.yaml", []),
+        ("configs/demo.yaml", ["model.patch_size=0", "dataset.feature_subset=[1, 2, 3]", "model.n_layers=2"]),
+    ]:
+        cfg = load_train_config(repo / path, overrides)
+        assert parameter_count(cfg) == count_parameters(build_model(cfg))
+    reference = load_train_config(repo / "configs/rnn_args.yaml")
+    assert parameter_count(reference) == 44_315_177  # data-format.md's figure for 45 sessions
+    assert 1e9 < estimate(reference).train_bytes < 8e9  # fits a 24 GB GPU, as the reference does

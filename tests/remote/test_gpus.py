@@ -104,6 +104,6 @@ def test_a_multi_node_run_needs_s3_checkpoints_and_its_members(monkeypatch, capf
     # The wording `fab run --nodes` uses too (common.checks): what is set now, and how to set it.
     assert "checkpoint_dir is ckpt: pass --args 'checkpoint_dir=s3://BUCKET/PREFIX'" in err
     with pytest.raises(Exit):
-        t.train(c, name="job", nodes=2, train_config="configs/demo.yaml", args="checkpoint_dir=s3://b/c")
+        t.train(c, name="job", nodes=2, train_config="configs/demo.yaml", args="checkpoint_dir=s3://bkt/c")
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no machine named job-0, job-1 in the registry")
