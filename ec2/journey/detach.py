@@ -158,7 +158,7 @@ def submit(
         params = asg.group_params(
             name, asg.template_name(name), types, subnets, cfg.market, cfg.max_price, tags, root
         )
-        asg.create_group(autoscaling, params)
+        asg.create_group(autoscaling, params, p.profile.name if p.profile else None, out)
         created.append("group")
     except (ToolkitError, KeyboardInterrupt):
         undo()
@@ -174,7 +174,7 @@ def submit(
         # A group has no spot-to-on-demand fallback of its own: for spot-then-on-demand, the
         # first spot failure while we wait switches it (later launches are then on-demand).
         if cfg.market == "spot-then-on-demand" and not switched and "spot" in _text(activity).lower():
-            asg.use_on_demand(autoscaling, name)
+            asg.use_on_demand(autoscaling, name, p.profile.name if p.profile else None, out)
             switched.append(True)
             out("spot capacity failed: the group now launches on-demand (market: spot-then-on-demand)")
 
