@@ -1,7 +1,7 @@
 """The instance role spotrun makes (`iam_instance_profile: auto`) on moto's IAM and EC2: what a
 default launch attaches, the policy documents themselves, widening for a new run, IAM's eventual
-consistency and a caller without IAM rights (both injected at the botocore level, since moto's IAM
-neither lags nor refuses), and cleanup."""
+consistency (played by the gate in front of moto, tests/peers/iam_lag.py), a caller without IAM
+rights (injected at the botocore level, since moto's IAM does not refuse), and cleanup."""
 
 from __future__ import annotations
 
