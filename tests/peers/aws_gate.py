@@ -51,6 +51,12 @@ def error_body(service: str, code: str, message: str) -> bytes:
     return ('<?xml version="1.0" encoding="UTF-8"?>' + xml).encode()
 
 
+class _Server(ThreadingHTTPServer):
+    # Every test worker's clients, forked DataLoader workers included, connect here at once.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class AwsGate:
     def __init__(self, upstream: str, lag: IamLag | None = None):
         self.upstream_url = upstream
@@ -111,8 +117,7 @@ class AwsGate:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
 
     def reset(self) -> None:
@@ -175,15 +180,21 @@ class AwsGate:
         out = {k: v for k, v in headers.items() if k.lower() not in _HOP}
         if body or method in ("PUT", "POST"):
             out["Content-Length"] = str(len(body))
-        conn = http.client.HTTPConnection(*self.upstream, timeout=120)
-        try:
-            conn.request(method, path, body=body or None, headers=out)
-            resp = conn.getresponse()
-            data = resp.read()
-            back = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP]
-        finally:
-            conn.close()
-        return resp.status, back, data
+        for last in (False, True):
+            conn = http.client.HTTPConnection(*self.upstream, timeout=120)
+            try:
+                conn.request(method, path, body=body or None, headers=out)
+                resp = conn.getresponse()
+                data = resp.read()
+                back = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP]
+                return resp.status, back, data
+            except ConnectionRefusedError:
+                # Not sent at all (a request moto may have acted on is never sent twice).
+                if last:
+                    raise
+            finally:
+                conn.close()
+        raise AssertionError("unreachable")
 
     def start(self) -> AwsGate:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
