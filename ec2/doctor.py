@@ -15,7 +15,7 @@ from common import aws
 from common.aws import AWS_FAILURES, error_code
 from common.errors import EndpointUnreachable
 from ec2 import paths
-from ec2.cloud import account, iam, keys, network, quota, s3check, s3scope, typeinfo
+from ec2.cloud import account, accountsetup, iam, keys, network, quota, s3check, s3scope, typeinfo
 from ec2.cloud.ami import resolve_ami
 from ec2.cloud.s3scope import Grant
 from ec2.config import AwsConfig
@@ -362,6 +362,30 @@ def ssh_rule(ctx: Context) -> list[Check]:
     return [Check("security group", OK, f"{group['GroupId']} admits SSH (port {cfg.ssh_port}) from {cidr}")]
 
 
+def account_setup(ctx: Context) -> list[Check]:
+    """The service-linked roles spot and Auto Scaling need, and the default EBS key (see
+    ec2.cloud.accountsetup)."""
+    cfg = ctx.cfg
+    iam_client = aws.client("iam", ctx.region, cfg.profile, attempts=1)
+    part, acct = iam.partition_of(ctx.caller), iam.account_of(ctx.caller)
+    principal = _principal(ctx.caller)
+    rows = []
+    roles = [accountsetup.AUTOSCALING_ROLE]
+    if cfg.market != "on-demand":
+        roles.insert(0, accountsetup.SPOT_ROLE)
+    for role, service, use in roles:
+        got = accountsetup.service_linked_role(iam_client, principal, part, acct, role, service, use)
+        rows.append(Check("service-linked role", *got))
+    role, service, _ = accountsetup.AUTOSCALING_ROLE
+    got = accountsetup.default_ebs_key(
+        aws.client("ec2", ctx.region, cfg.profile, attempts=1),
+        aws.client("kms", ctx.region, cfg.profile, attempts=1),
+        accountsetup.role_arn(part, acct, role, service),
+    )
+    rows.append(Check("default EBS key", *got))
+    return rows
+
+
 # ---------------------------------------------------------------- running them
 
 AWS_CHECKS = (image, quotas, profile, s3_prefixes, key_pair)
@@ -370,7 +394,7 @@ AWS_CHECKS = (image, quotas, profile, s3_prefixes, key_pair)
 def run(ctx: Context, *, for_launch: bool = False) -> list[Check]:
     """All checks, in order; without a region or credentials the AWS ones are "unknown"."""
     rows = identity(ctx)
-    aws_checks = AWS_CHECKS if for_launch else (*AWS_CHECKS, ssh_rule)
+    aws_checks = AWS_CHECKS if for_launch else (*AWS_CHECKS, ssh_rule, account_setup)
     if any(r.status == FAIL for r in rows):
         rows += [
             Check(c.__name__.replace("_", " "), UNKNOWN, "needs a region and credentials") for c in aws_checks

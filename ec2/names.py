@@ -142,11 +142,23 @@ def run_name(value: object, label: str = "--run") -> str:
     return RUN.check(value, label)
 
 
+# AWS allows 50 tags per resource; spotrun adds up to 6 of its own (Name, spotrun:name/owner/created,
+# spotrun:cluster/node). https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/Using_Tags.html#tag-restrictions
+MAX_USER_TAGS = 40
+
+
 def tags(value: dict, label: str = "tags") -> dict:
+    if len(value) > MAX_USER_TAGS:
+        raise BadName(
+            f"{label}: {len(value)} tags; at most {MAX_USER_TAGS} (AWS allows 50 per resource and "
+            "spotrun adds its own)"
+        )
     for key, val in value.items():
         TAG_KEY.check(key, f"{label} key")
         if key.lower().startswith("spotrun:"):
             raise BadName(f"{label} key {key!r}: the spotrun: prefix is spotrun's own; pick another key")
+        if key.lower().startswith("aws:"):
+            raise BadName(f"{label} key {key!r}: the aws: prefix is reserved by AWS; pick another key")
         if not isinstance(val, str) or not TAG_VALUE_PATTERN.fullmatch(val) or val.lower().startswith("aws:"):
             raise BadName(
                 f"{label}.{key} {val!r} is not a usable tag value: up to 256 letters, digits, spaces "

@@ -12,6 +12,8 @@ import urllib.request
 import pytest
 from moto.server import ThreadedMotoServer
 
+from tests.peers.aws_gate import AwsGate
+
 # Peers that need more than a few lines: sshd, IMDS, a latency/counting HTTP proxy.
 pytest_plugins = ["tests.peers.sshd", "tests.peers.imds", "tests.peers.proxy", "tests.peers.silent"]
 
@@ -25,13 +27,21 @@ for _var in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS"):
 
 
 @pytest.fixture(scope="session")
-def moto_server():
-    """moto's server on a free loopback port; yields its endpoint URL."""
+def aws_gate():
+    """moto's server on a free loopback port behind the gate that holds it to AWS's documented
+    rules and IAM's propagation delay (tests/peers/aws_gate.py); yields the gate."""
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    url = f"http://127.0.0.1:{server._server.server_port}"
-    yield url
+    gate = AwsGate(f"http://127.0.0.1:{server._server.server_port}").start()
+    yield gate
+    gate.stop()
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server(aws_gate):
+    """The endpoint URL every test's AWS traffic goes to: moto, through the gate."""
+    return aws_gate.url
 
 
 @pytest.fixture

@@ -100,6 +100,10 @@ def test_tags_follow_aws_tag_rules():
     for bad in ({"aws:x": "y"}, {"spotrun:name": "x"}, {"k": 1}, {"k": "v\n"}, {"k" * 129: "v"}):
         with pytest.raises(names.BadName):
             names.tags(bad)
+    # AWS allows 50 tags per resource, and spotrun adds up to 6 of its own.
+    assert len(names.tags({f"k{i}": "v" for i in range(40)})) == 40
+    with pytest.raises(names.BadName, match="41 tags; at most 40"):
+        names.tags({f"k{i}": "v" for i in range(41)})
 
 
 def test_paths_refuse_names_that_leave_their_folder(monkeypatch, tmp_path):

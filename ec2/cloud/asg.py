@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import botocore.exceptions
 
 from common.aws import error_code, translate
+from ec2.cloud import propagation
 from ec2.cloud.account import partition_of_region
 from ec2.errors import AwsError
 from ec2.remote.giveup import GIVEUP_TAG
@@ -167,9 +168,16 @@ def delete_template(ec2, name: str) -> bool:
     return True
 
 
-def create_group(asg, params: dict) -> None:
+def create_group(asg, params: dict, profile: str | None = None, out: Callable[[str], None] = print) -> None:
+    """create_auto_scaling_group; with spotrun's own instance ``profile`` in the template, retried
+    while Auto Scaling does not see it yet (IAM propagates: ec2.cloud.propagation)."""
     try:
-        asg.create_auto_scaling_group(**params)
+        if profile is None:
+            asg.create_auto_scaling_group(**params)
+        else:
+            propagation.retry_while_propagating(
+                lambda: asg.create_auto_scaling_group(**params), "Auto Scaling", profile, out
+            )
     except botocore.exceptions.ClientError as e:
         raise refused(
             e, "CreateAutoScalingGroup", f"creating Auto Scaling group {params['AutoScalingGroupName']}"
@@ -251,9 +259,10 @@ def activities(asg, name: str) -> list[dict]:
         raise refused(e, "DescribeScalingActivities", f"reading activities of {group_name(name)}") from None
 
 
-def use_on_demand(asg, name: str) -> None:
+def use_on_demand(asg, name: str, profile: str | None = None, out: Callable[[str], None] = print) -> None:
     """Switch the group's purchase option to on-demand (market: spot-then-on-demand, when spot
-    capacity failed): later launches of the group are on-demand."""
+    capacity failed): later launches of the group are on-demand. Auto Scaling checks the template
+    again, so spotrun's own ``profile`` in it is waited for as in create_group."""
     try:
         [raw] = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[group_name(name)])[
             "AutoScalingGroups"
@@ -267,7 +276,13 @@ def use_on_demand(asg, name: str) -> None:
             "Version": spec.get("Version", "$Latest"),
         }
         policy["InstancesDistribution"] = distribution("on-demand", None)
-        asg.update_auto_scaling_group(AutoScalingGroupName=group_name(name), MixedInstancesPolicy=policy)
+        update = {"AutoScalingGroupName": group_name(name), "MixedInstancesPolicy": policy}
+        if profile is None:
+            asg.update_auto_scaling_group(**update)
+        else:
+            propagation.retry_while_propagating(
+                lambda: asg.update_auto_scaling_group(**update), "Auto Scaling", profile, out
+            )
     except botocore.exceptions.ClientError as e:
         raise refused(e, "UpdateAutoScalingGroup", f"switching {group_name(name)} to on-demand") from None
 

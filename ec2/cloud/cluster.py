@@ -78,8 +78,19 @@ def members_rules(group_id: str) -> list[dict]:
 
 
 def efa_rules(group_id: str) -> list[dict]:
-    """EFA's own traffic is not TCP: AWS asks for all traffic between the group's members."""
+    """EFA's own traffic is not TCP: AWS asks for all traffic between the group's members, inbound
+    AND outbound (the default outbound 0.0.0.0/0 rule does not count; NCCL over EFA hangs without
+    it). EC2 user guide, "Prepare an EFA-enabled security group":
+    https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/efa-start.html#efa-start-security"""
     return [{"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group_id, "Description": MEMBERS_RULE}]}]
+
+
+def allow_efa(ec2, group_id: str) -> None:
+    """The members' group admits, and sends to, all traffic of its own members (efa_rules)."""
+    with aws_errors("allowing EFA traffic between members", tolerate={"InvalidPermission.Duplicate"}):
+        ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=efa_rules(group_id))
+    with aws_errors("allowing EFA traffic out to members", tolerate={"InvalidPermission.Duplicate"}):
+        ec2.authorize_security_group_egress(GroupId=group_id, IpPermissions=efa_rules(group_id))
 
 
 def _tags(kind: str, name: str, owner: str) -> list[dict]:
@@ -111,9 +122,14 @@ def create_placement_group(ec2, name: str, owner: str) -> str:
     return group
 
 
-def cluster_params(base: dict, nodes: int, placement: str, members_group: str, efa: bool) -> dict:
+def cluster_params(
+    base: dict, nodes: int, placement: str, members_group: str, efa: bool, subnet: str | None = None
+) -> dict:
     """A one-instance run_instances request made into the cluster's: N at once, in the placement
-    group, in the members' group too, with an EFA interface where the type has one (a pure function)."""
+    group, in the members' group too, with an EFA interface where the type has one (a pure function).
+    With a network interface, RunInstances takes the subnet in the interface only: ``subnet`` (the
+    chosen zone's default subnet) goes there when the base request names none.
+    https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_RunInstances.html"""
     params = {**base, "MinCount": nodes, "MaxCount": nodes}
     params["Placement"] = {**base.get("Placement", {}), "GroupName": placement}
     if "NetworkInterfaces" in base or efa:
@@ -122,6 +138,8 @@ def cluster_params(base: dict, nodes: int, placement: str, members_group: str, e
         if efa:
             nic["InterfaceType"] = "efa"
             nic.setdefault("AssociatePublicIpAddress", True)
+        if "SubnetId" not in nic and subnet:
+            nic["SubnetId"] = subnet
         params.pop("SecurityGroupIds", None)
         params["NetworkInterfaces"] = [nic]
     else:
@@ -164,10 +182,8 @@ def launch_cluster(
         made.placement = create_placement_group(ec2, name, owner)
         efa = {t: efa_supported(ec2, t) for t in {c.instance_type for c in choices}}
         if any(efa.values()):
-            with aws_errors("allowing EFA traffic between members"):
-                ec2.authorize_security_group_ingress(
-                    GroupId=made.members_group, IpPermissions=efa_rules(made.members_group)
-                )
+            allow_efa(ec2, made.members_group)
+        subnets: dict[str, str] = {}  # zone → its default subnet, for an EFA interface
 
         def params_for(choice):
             base = run_params(cfg, name, owner, ami, ssh_group, choice, created, profile)
@@ -176,7 +192,12 @@ def launch_cluster(
                 for spec in base["TagSpecifications"]
             ]
             efa_here = efa[choice.instance_type]
-            return cluster_params(base, nodes, made.placement, made.members_group, efa_here)
+            subnet = None
+            if efa_here and not cfg.subnet_id:
+                if choice.zone not in subnets:
+                    subnets[choice.zone] = network.subnets_for_zones(ec2, cfg, [choice.zone])[0]
+                subnet = subnets[choice.zone]
+            return cluster_params(base, nodes, made.placement, made.members_group, efa_here, subnet)
 
         out(f"launching {nodes} instances in one zone, in placement group {placement_group_name(name)}")
         made.ids, choice = try_choices(
@@ -186,7 +207,7 @@ def launch_cluster(
             params_for,
             out,
             caller_arn=owner,
-            fresh_profile=bool(profile and profile.created),
+            fresh_profile=profile is not None,  # spotrun's own: EC2 may not see it yet
         )
         out(
             f"launched {', '.join(made.ids)}: {choice.describe()}"
@@ -329,10 +350,13 @@ def launch_replacement(
         for spec in base["TagSpecifications"]
     ]
     efa = efa_supported(ec2, choice.instance_type)
-    params = cluster_params(base, 1, placement_group_name(name), group["GroupId"], efa)
+    subnet = network.subnets_for_zones(ec2, cfg, [choice.zone])[0] if efa and not cfg.subnet_id else None
+    params = cluster_params(base, 1, placement_group_name(name), group["GroupId"], efa, subnet)
     out(f"replacing node {node} of {name}: {choice.describe()}, placement group {placement_group_name(name)}")
     made = Made(ec2, name, [member], out)
-    made.ids, _ = try_choices(ec2, cfg, [choice], lambda c: params, out, caller_arn=owner)
+    made.ids, _ = try_choices(
+        ec2, cfg, [choice], lambda c: params, out, caller_arn=owner, fresh_profile=profile is not None
+    )
     try:
         records = _bring_up(cfg, made, region, survivor.key_path, wait_ssh=True, first_node=node)
     except (ToolkitError, KeyboardInterrupt):

@@ -7,7 +7,6 @@ failure terminates it (unless keep_on_failure) and says so: a failed launch leav
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,7 +16,7 @@ import botocore.exceptions
 from common import aws, guard
 from common.aws import aws_errors, error_code, translate
 from ec2 import names, registry
-from ec2.cloud import account, iam, instances, keys, network, pricing, s3scope, volumes
+from ec2.cloud import account, iam, instances, keys, network, pricing, propagation, s3scope, volumes
 from ec2.cloud.ami import Ami, resolve_ami
 from ec2.cloud.capacity import CAPACITY_CODES, QUOTA_NEXT_STEP, Choice, offered_zones, plan, quota_next_step
 from ec2.cloud.userdata import build_user_data
@@ -28,9 +27,6 @@ from ec2.remote import mount, ready, sshconfig
 from ec2.remote.ssh import Machine
 
 RUNNING_DELAY_S = 3
-# RunInstances may refuse an instance profile made seconds ago (IAM is eventually consistent:
-# InvalidParameterValue "Invalid IAM Instance Profile name"); wait this long between tries.
-PROFILE_RETRY_DELAYS_S = (2, 4, 8, 15, 15)
 
 
 def instance_tags(cfg: AwsConfig, name: str, owner: str, created: str) -> list[dict]:
@@ -176,23 +172,15 @@ def choices_for(ec2, cfg: AwsConfig, region: str, exclude=frozenset(), out=print
     return choices
 
 
-def _profile_not_visible(error: botocore.exceptions.ClientError) -> bool:
-    message = error.response.get("Error", {}).get("Message", "").lower()
-    return error_code(error) == "InvalidParameterValue" and "iam instance profile" in message
-
-
-def run_instance(ec2, params: dict, out=print, fresh_profile: bool = False, sleep=time.sleep) -> dict:
-    """run_instances; with a ``fresh_profile`` (made just now), retried with backoff while EC2
-    does not see it yet. A configured profile that does not exist fails at once."""
-    for delay in (*PROFILE_RETRY_DELAYS_S, None):
-        try:
-            return ec2.run_instances(**params)
-        except botocore.exceptions.ClientError as e:
-            if delay is None or not fresh_profile or not _profile_not_visible(e):
-                raise
-            out(f"      EC2 does not see the new instance profile yet (IAM propagates); retry in {delay} s")
-            sleep(delay)
-    raise AssertionError("unreachable")
+def run_instance(ec2, params: dict, out=print, fresh_profile: bool = False) -> dict:
+    """run_instances; with a ``fresh_profile`` (spotrun's own, maybe made seconds ago), retried
+    while EC2 does not see it yet (ec2.cloud.propagation). A configured profile that does not
+    exist fails at once."""
+    if not fresh_profile:
+        return ec2.run_instances(**params)
+    spec = params.get("IamInstanceProfile", {})
+    name = spec.get("Name") or spec.get("Arn", "").rsplit("/", 1)[-1]
+    return propagation.retry_while_propagating(lambda: ec2.run_instances(**params), "EC2", name, out)
 
 
 def try_choices(
@@ -473,7 +461,8 @@ def launch(
             lambda c: run_params(cfg, name, owner, ami, group_id, c, created, profile),
             out,
             caller_arn=owner,
-            fresh_profile=profile is not None and profile.created,
+            # spotrun's own profile, made now or by a launch seconds ago: EC2 may not see it yet.
+            fresh_profile=profile is not None,
         )
     except CapacityError as e:
         e = volumes.capacity_hint(e, workspace) if workspace else e

@@ -175,7 +175,7 @@ def _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s) -
         params = asg.group_params(
             name, asg.template_name(name), types, subnets, cfg.market, cfg.max_price, tags, root
         )
-        asg.create_group(autoscaling, params)
+        asg.create_group(autoscaling, params, p.profile.name if p.profile else None, out)
         created.append("group")
     except (ToolkitError, KeyboardInterrupt):
         undo()
@@ -194,7 +194,7 @@ def _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s) -
         # else (a profile IAM has not propagated yet, a throttled call) on-demand would not cure.
         matched = spot_failure(activity)
         if cfg.market == "spot-then-on-demand" and not switched and matched:
-            asg.use_on_demand(autoscaling, name)
+            asg.use_on_demand(autoscaling, name, p.profile.name if p.profile else None, out)
             switched.append(True)
             out(f"spot failed ({matched}): the group now launches on-demand (market: spot-then-on-demand)")
 

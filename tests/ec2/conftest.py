@@ -14,6 +14,7 @@ import botocore.exceptions
 import pytest
 
 from common import aws
+from ec2.cloud import propagation
 from ec2.config import load_aws_config
 
 DLAMI_NAME = "Deep Learning OSS Nvidia Driver AMI GPU PyTorch 2.7 (Ubuntu 22.04) 20250601"
@@ -87,7 +88,9 @@ def checkip(monkeypatch):
 
 class RefusingEc2:
     """The real (moto) EC2 client, except that run_instances records each attempt as
-    (type, zone, market) and raises ClientError with the AWS code `refuse(attempt)` returns."""
+    (type, zone, market) and raises ClientError with the AWS code `refuse(attempt)` returns. A
+    request refused because the new instance profile has not propagated yet (the gate's IAM lag) is
+    not an attempt of its own: the same choice is sent again."""
 
     def __init__(self, real, refuse):
         self._real = real
@@ -103,7 +106,12 @@ class RefusingEc2:
             raise botocore.exceptions.ClientError(
                 {"Error": {"Code": code, "Message": f"injected {code}"}}, "RunInstances"
             )
-        return self._real.run_instances(**params)
+        try:
+            return self._real.run_instances(**params)
+        except botocore.exceptions.ClientError as e:
+            if propagation.profile_not_visible(e):
+                self.attempts.pop()
+            raise
 
     def __getattr__(self, name):
         return getattr(self._real, name)

@@ -124,10 +124,20 @@ def test_three_nodes_in_one_zone_in_a_cluster_group_reaching_only_each_other(
     assert len(live) == 3
     assert {i["Placement"]["AvailabilityZone"] for i in live} == {"us-east-1b"}
     # One request for all three, in the group, with an EFA interface (g5.12xlarge: EfaSupported);
-    # moto keeps neither the group nor the interface type, so they are read from the request.
-    (sent,) = placement_groups.run_requests
+    # moto keeps neither the group nor the interface type, so they are read from the request (the
+    # last one: the first may meet the new instance profile still propagating, and be retried).
+    sent = placement_groups.run_requests[-1]
     assert (sent["MinCount"], sent["MaxCount"], sent["Placement.GroupName"]) == (3, 3, "spotrun-job")
     assert sent["NetworkInterface.1.InterfaceType"] == "efa"
+    # With a network interface the subnet goes in it: the chosen zone's default subnet.
+    (subnet,) = ec2_client.describe_subnets(
+        Filters=[
+            {"Name": "availability-zone", "Values": ["us-east-1b"]},
+            {"Name": "default-for-az", "Values": ["true"]},
+        ]
+    )["Subnets"]
+    assert sent["NetworkInterface.1.SubnetId"] == subnet["SubnetId"]
+    assert "SubnetId" not in sent and "SecurityGroupId.1" not in sent
     assert {i["InstanceType"] for i in live} == {"g5.12xlarge"}
     assert placement_groups.groups["spotrun-job"]["Strategy"] == "cluster"
     # Each member: the SSH group (the caller's /32 only) and the members' group.
@@ -141,6 +151,11 @@ def test_three_nodes_in_one_zone_in_a_cluster_group_reaching_only_each_other(
     assert len(tcp) == 1 and (tcp[0]["FromPort"], tcp[0]["ToPort"]) == (0, 65535)
     assert [pair["GroupId"] for pair in tcp[0]["UserIdGroupPairs"]] == [members["GroupId"]]
     assert all(not p.get("IpRanges") for p in members["IpPermissions"])  # nobody else
+    # EFA: all traffic in from AND out to the members' own group (the default 0.0.0.0/0 outbound
+    # rule does not count; EC2 user guide, "Prepare an EFA-enabled security group").
+    for direction in ("IpPermissions", "IpPermissionsEgress"):
+        everything = [p for p in members[direction] if p["IpProtocol"] == "-1"]
+        assert members["GroupId"] in [g["GroupId"] for p in everything for g in p["UserIdGroupPairs"]]
     assert [r["CidrIp"] for p in ssh["IpPermissions"] for r in p["IpRanges"]] == ["203.0.113.7/32"]
     # Node order = names = tags; the private address is kept for the rendezvous.
     tags = {i["InstanceId"]: {t["Key"]: t["Value"] for t in i["Tags"]} for i in live}
@@ -168,6 +183,9 @@ def test_efa_interface_where_the_type_has_one():
             "AssociatePublicIpAddress": True,
         }
     ]
+    # The subnet (the zone's default one, when none is configured) rides in the interface.
+    efa = cluster.cluster_params(base, 2, "spotrun-job", "sg-members", efa=True, subnet="subnet-1")
+    assert efa["NetworkInterfaces"][0]["SubnetId"] == "subnet-1" and "SubnetId" not in efa
 
 
 def test_efa_support_is_read_from_describe_instance_types(ec2_client):

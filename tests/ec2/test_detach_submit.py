@@ -14,7 +14,7 @@ import pytest
 
 from common import aws
 from common.s3uri import split_s3
-from ec2.cloud import asg, bundle
+from ec2.cloud import asg, bundle, propagation
 from ec2.errors import AwsError, ConfigError
 from ec2.journey import detach
 from ec2.journey.stages import Plan
@@ -419,3 +419,52 @@ def test_fab_run_has_no_one_letter_flags():
 
     names = [n for a in managed.run.get_arguments() for n in a.names]
     assert "detach" in names and all(len(n) > 1 for n in names)
+
+
+def _settle_when_waiting(aws_gate, lines: list[str]):
+    """An `out` that records lines and, at the first "does not see ... yet", lets the gate's IAM
+    lag end: the profile propagates while spotrun waits, deterministically."""
+
+    def out(line: str) -> None:
+        lines.append(line)
+        if "does not see instance profile" in line:
+            aws_gate.lag.settle()
+
+    return out
+
+
+def test_a_new_profile_auto_scaling_cannot_see_yet_is_waited_for(cloud, aws_gate, monkeypatch):
+    """IAM is eventually consistent: Auto Scaling refuses a launch template whose instance profile
+    was made seconds ago (ValidationError "... Invalid IAM Instance Profile name"; the gate answers
+    so, as AWS does). The submit waits, saying for what, and the group is made."""
+    monkeypatch.setattr(aws_gate.lag, "lag_s", 1000.0)  # until the profile "propagates" below
+    monkeypatch.setattr(propagation, "DELAYS_S", (0, 0, 0))
+    lines: list[str] = []
+    detach.submit(
+        cfg("iam_instance_profile=auto"), "job", plan(), poll_s=0.2, out=_settle_when_waiting(aws_gate, lines)
+    )
+    assert ("iam-lag", "CreateAutoScalingGroup") in aws_gate.refused
+    assert (
+        "      Auto Scaling does not see instance profile spotrun-us-east-1-job yet (IAM propagates); "
+        "retry in 0 s"
+    ) in lines
+    [group] = boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]
+    assert group["AutoScalingGroupName"] == "spotrun-job"
+
+
+def test_a_profile_that_never_propagates_fails_bounded_and_takes_everything_back(
+    cloud, aws_gate, monkeypatch
+):
+    monkeypatch.setattr(aws_gate.lag, "lag_s", 1000.0)
+    monkeypatch.setattr(propagation, "DELAYS_S", (0, 0))
+    lines: list[str] = []
+    with pytest.raises(AwsError) as e:
+        detach.submit(cfg("iam_instance_profile=auto"), "job", plan(), poll_s=0.2, out=lines.append)
+    assert "Invalid IAM Instance Profile" in str(e.value) and "\n" not in str(e.value)
+    assert (
+        "still refused after waiting 0 s for IAM to propagate instance profile spotrun-us-east-1-job"
+        in str(e.value)
+    )
+    assert aws_gate.refused.count(("iam-lag", "CreateAutoScalingGroup")) == 3  # the first try and two more
+    assert sum("does not see instance profile" in line for line in lines) == 2
+    nothing_created()

@@ -19,7 +19,7 @@ from invoke.exceptions import Exit
 
 from common import aws
 from ec2 import doctor, paths
-from ec2.cloud import keys
+from ec2.cloud import accountsetup, keys
 from ec2.config import load_aws_config
 from ec2.errors import ToolkitError
 from ec2.remote import tools
@@ -299,3 +299,143 @@ def test_each_family_has_its_documented_quota(instance_type, spot, on_demand):
 
     assert quota.quota_for(instance_type, quota.SPOT).code == spot
     assert quota.quota_for(instance_type, quota.ON_DEMAND).code == on_demand
+
+
+def _simulator(decisions: dict[str, str]):
+    """IAM's documented SimulatePrincipalPolicy answer (moto has none): iam:CreateServiceLinkedRole
+    evaluated to ``decisions[service]`` ("allowed" / "implicitDeny") for the service named in the
+    request's iam:AWSServiceName context key."""
+    from urllib.parse import parse_qs
+
+    def simulate(request):
+        body = request.body.decode() if isinstance(request.body, bytes) else request.body
+        service = parse_qs(body).get("ContextEntries.member.1.ContextKeyValues.member.1", [None])[0]
+        if service is None:
+            return None  # another simulation (the instance profile row's): moto's answer
+        xml = (
+            '<SimulatePrincipalPolicyResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/">'
+            "<SimulatePrincipalPolicyResult><IsTruncated>false</IsTruncated><EvaluationResults><member>"
+            f"<EvalDecision>{decisions[service]}</EvalDecision>"
+            "<EvalActionName>iam:CreateServiceLinkedRole</EvalActionName><EvalResourceName>*</EvalResourceName>"
+            "<MatchedStatements/><MissingContextValues/></member></EvaluationResults>"
+            "</SimulatePrincipalPolicyResult><ResponseMetadata><RequestId>injected</RequestId>"
+            "</ResponseMetadata></SimulatePrincipalPolicyResponse>"
+        )
+        return 200, xml.encode()
+
+    return answer(aws.client("iam", "us-east-1", None, attempts=1), "SimulatePrincipalPolicy", simulate)
+
+
+def _default_ebs_key(key_id: str):
+    """EC2's documented GetEbsDefaultKmsKeyId answer (moto does not implement it)."""
+    xml = (
+        '<GetEbsDefaultKmsKeyIdResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+        f"<requestId>injected</requestId><kmsKeyId>{key_id}</kmsKeyId></GetEbsDefaultKmsKeyIdResponse>"
+    )
+    ec2 = aws.client("ec2", "us-east-1", None, attempts=1)
+    return answer(ec2, "GetEbsDefaultKmsKeyId", lambda request: (200, xml.encode()))
+
+
+def _lines(out: str, name: str) -> list[str]:
+    return [line for line in out.splitlines() if f"  {name}  " in f"  {line}  " or name in line]
+
+
+def test_service_linked_roles_present_or_creatable(home, ec2_client, dlami, capsys):
+    """A fresh account has neither AWSServiceRoleForEC2Spot nor AWSServiceRoleForAutoScaling: the
+    first spot launch and the first group make them, if the caller may (else AuthFailure.
+    ServiceLinkedRoleCreationNotPermitted)."""
+    _simulator({"spot.amazonaws.com": "implicitDeny", "autoscaling.amazonaws.com": "allowed"})
+    code, out = _doctor(capsys)
+    assert code == 1 and _rows(out)["service-linked role"] == ["✗", "✓"]
+    assert (
+        "AWSServiceRoleForEC2Spot does not exist yet; AWS makes it at the first spot launch, and you "
+        "may not iam:CreateServiceLinkedRole: it would fail with "
+        "AuthFailure.ServiceLinkedRoleCreationNotPermitted"
+    ) in out
+    assert (
+        "fix: an admin runs once: aws iam create-service-linked-role --aws-service-name spot.amazonaws.com"
+        in out
+    )
+    assert (
+        "AWSServiceRoleForAutoScaling does not exist yet" in out
+        and "(you may: iam:CreateServiceLinkedRole)" in out
+    )
+
+    # Once an admin made it, it is there (read back from moto's IAM); on-demand needs no spot role.
+    # (moto's CreateServiceLinkedRole names it AWSServiceRoleForSpot, so it is made as AWS names it.)
+    boto3.client("iam").create_role(
+        RoleName="AWSServiceRoleForEC2Spot",
+        Path="/aws-service-role/spot.amazonaws.com/",
+        AssumeRolePolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": "spot.amazonaws.com"},
+                        "Action": "sts:AssumeRole",
+                    }
+                ],
+            }
+        ),
+    )
+    code, out = _doctor(capsys)
+    assert _rows(out)["service-linked role"] == ["✓", "✓"] and "AWSServiceRoleForEC2Spot exists" in out
+    code, out = _doctor(capsys, "market=on-demand")
+    assert _rows(out)["service-linked role"] == ["✓"] and "AWSServiceRoleForEC2Spot" not in out
+
+
+def test_default_ebs_key_aws_managed_or_granted_to_auto_scaling(home, ec2_client, dlami, capsys):
+    kms = boto3.client("kms", region_name="us-east-1")
+    _simulator({"spot.amazonaws.com": "allowed", "autoscaling.amazonaws.com": "allowed"})
+    # AWS managed (aws/ebs): fine. moto describes its aws/ebs alias as customer managed, so KMS's
+    # documented DescribeKey answer for an AWS managed key is injected.
+    _default_ebs_key("alias/aws/ebs")
+    described = answer(
+        aws.client("kms", "us-east-1", None, attempts=1),
+        "DescribeKey",
+        lambda request: (
+            json_answer(
+                {
+                    "KeyMetadata": {
+                        "AWSAccountId": "123456789012",
+                        "KeyId": "0d9e6a2b-0000-4000-8000-000000000001",
+                        "Arn": "arn:aws:kms:us-east-1:123456789012:key/0d9e6a2b-0000-4000-8000-000000000001",
+                        "KeyManager": "AWS",
+                        "KeyState": "Enabled",
+                        "Enabled": True,
+                        "Description": "Default key that protects my EBS volumes",
+                    }
+                }
+            )
+            if json.loads(request.body)["KeyId"] == "alias/aws/ebs"
+            else None
+        ),
+    )
+    code, out = _doctor(capsys)
+    assert _rows(out)["default EBS key"] == ["✓"] and "alias/aws/ebs (AWS managed)" in out and described
+
+    # A customer managed key (moto's KMS) without a grant for Auto Scaling's role: ✗ with the grant.
+    key = kms.create_key(Description="team key")["KeyMetadata"]
+    aws.reset_clients()
+    _simulator({"spot.amazonaws.com": "allowed", "autoscaling.amazonaws.com": "allowed"})
+    _default_ebs_key(key["Arn"])
+    code, out = _doctor(capsys)
+    role = accountsetup.role_arn("aws", "123456789012", *accountsetup.AUTOSCALING_ROLE[:2])
+    assert code == 1 and _rows(out)["default EBS key"] == ["✗"]
+    assert "the Auto Scaling service-linked role may not use it" in out
+    assert (
+        f"fix: aws kms create-grant --key-id {key['Arn']} --grantee-principal {role} --operations Encrypt"
+        in out
+    )
+    kms.create_grant(KeyId=key["KeyId"], GranteePrincipal=role, Operations=list(accountsetup.KEY_OPERATIONS))
+    code, out = _doctor(capsys)
+    assert _rows(out)["default EBS key"] == ["✓"] and "usable by Auto Scaling (a grant)" in out
+
+
+def test_account_rows_are_unknown_where_the_peer_cannot_answer(home, ec2_client, dlami, capsys):
+    # moto: no SimulatePrincipalPolicy, no GetEbsDefaultKmsKeyId. Shown, not failed.
+    code, out = _doctor(capsys)
+    rows = _rows(out)
+    assert rows["service-linked role"] == ["unknown", "unknown"] and rows["default EBS key"] == ["unknown"]
+    assert "cannot read the default EBS key" in out

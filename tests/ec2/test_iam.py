@@ -1,7 +1,7 @@
 """The instance role spotrun makes (`iam_instance_profile: auto`) on moto's IAM and EC2: what a
 default launch attaches, the policy documents themselves, widening for a new run, IAM's eventual
-consistency and a caller without IAM rights (both injected at the botocore level, since moto's IAM
-neither lags nor refuses), and cleanup."""
+consistency (played by the gate in front of moto, tests/peers/iam_lag.py), a caller without IAM
+rights (injected at the botocore level, since moto's IAM does not refuse), and cleanup."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import boto3
 import pytest
 
 from common import aws
-from ec2.cloud import iam, s3scope
-from ec2.cloud import launch as launching
+from ec2.cloud import iam, propagation, s3scope
 from ec2.cloud.launch import launch
 from ec2.cloud.s3scope import READ, WRITE, Grant
 from ec2.errors import AwsError, ConfigError
@@ -152,25 +151,39 @@ def test_fab_train_widens_the_role_for_a_run_it_does_not_cover(home, ec2_client,
     assert set(objects) == {"arn:aws:s3:::bci-data/hdf5/*", "arn:aws:s3:::bci-ckpt/runs/exp2/*"}
 
 
-def test_a_fresh_profile_refused_by_run_instances_is_retried(home, ec2_client, dlami, monkeypatch, capsys):
-    monkeypatch.setattr(launching, "PROFILE_RETRY_DELAYS_S", (0, 0, 0))
-    real_ec2 = aws.client("ec2", "us-east-1")
-    refusals = iter([True, True])
+def test_a_fresh_profile_ec2_cannot_see_yet_is_waited_for(home, ec2_client, dlami, aws_gate, monkeypatch):
+    """IAM is eventually consistent: RunInstances refuses a profile made seconds ago
+    (InvalidParameterValue "... Invalid IAM Instance Profile name"; the gate answers so, as AWS
+    does). The launch waits, saying for what, and goes on."""
+    monkeypatch.setattr(aws_gate.lag, "lag_s", 1000.0)  # until the profile "propagates" below
+    monkeypatch.setattr(propagation, "DELAYS_S", (0, 0, 0))
+    lines: list[str] = []
 
-    def not_yet(request):
-        # AWS's answer while a new profile propagates (IAM is eventually consistent).
-        if next(refusals, False):
-            return ec2_error(
-                "InvalidParameterValue",
-                "Value (spotrun-us-east-1-exp1) for parameter iamInstanceProfile.name is invalid. "
-                "Invalid IAM Instance Profile name",
-            )
-        return None
+    def out(line: str) -> None:
+        lines.append(line)
+        if "does not see instance profile" in line:
+            aws_gate.lag.settle()
 
-    seen = answer(real_ec2, "RunInstances", not_yet)
-    record = launch(config("instance_types=[g5.xlarge]", "zones=[us-east-1a]"), "exp1", wait_ssh=False)
-    assert len(seen) == 3 and record.instance_id
-    assert capsys.readouterr().out.count("EC2 does not see the new instance profile yet") == 2
+    record = launch(
+        config("instance_types=[g5.xlarge]", "zones=[us-east-1a]"), "exp1", wait_ssh=False, out=out
+    )
+    assert record.instance_id and aws_gate.refused.count(("iam-lag", "RunInstances")) == 1
+    assert (
+        "      EC2 does not see instance profile spotrun-us-east-1-exp1 yet (IAM propagates); retry in 0 s"
+    ) in lines
+
+
+def test_a_fresh_profile_that_never_propagates_fails_bounded(home, ec2_client, dlami, aws_gate, monkeypatch):
+    monkeypatch.setattr(aws_gate.lag, "lag_s", 1000.0)
+    monkeypatch.setattr(propagation, "DELAYS_S", (0, 0))
+    with pytest.raises(AwsError, match="Invalid IAM Instance Profile") as e:
+        launch(config("instance_types=[g5.xlarge]", "zones=[us-east-1a]"), "exp1", wait_ssh=False)
+    assert (
+        "still refused after waiting 0 s for IAM to propagate instance profile spotrun-us-east-1-exp1"
+        in str(e.value)
+    )
+    assert "\n" not in str(e.value)
+    assert aws_gate.refused.count(("iam-lag", "RunInstances")) == 3  # the first try and two more
 
 
 def test_a_caller_without_iam_rights_gets_one_line_and_a_policy_file(home, ec2_client, dlami):
@@ -247,9 +260,10 @@ def test_run_instances_refusing_pass_role_names_it(home, ec2_client, dlami):
         launch(config("instance_types=[g5.xlarge]", "zones=[us-east-1a]"), "exp1", wait_ssh=False)
 
 
-def test_a_named_profile_or_none_is_used_as_it_is(home, ec2_client, dlami):
+def test_a_named_profile_or_none_is_used_as_it_is(home, ec2_client, dlami, aws_gate):
     iam_client = boto3.client("iam", region_name="us-east-1")
     arn = iam_client.create_instance_profile(InstanceProfileName="team-s3")["InstanceProfile"]["Arn"]
+    aws_gate.lag.settle()  # the team's profile was made long before this launch
     named = launch(config("instance_types=[g5.xlarge]", "iam_instance_profile=team-s3"), "a", wait_ssh=False)
     bare = launch(config("instance_types=[g5.xlarge]", "iam_instance_profile=null"), "b", wait_ssh=False)
     assert _instance(ec2_client, named.instance_id)["IamInstanceProfile"]["Arn"] == arn
@@ -309,7 +323,7 @@ def test_long_names_fit_iam_limits():
 
 
 def test_a_configured_profile_ec2_refuses_fails_at_once(home, ec2_client, dlami, monkeypatch):
-    monkeypatch.setattr(launching, "PROFILE_RETRY_DELAYS_S", (0, 0, 0))
+    monkeypatch.setattr(propagation, "DELAYS_S", (0, 0, 0))
     boto3.client("iam", region_name="us-east-1").create_instance_profile(InstanceProfileName="team-s3")
     seen = answer(
         aws.client("ec2", "us-east-1"),
