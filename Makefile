@@ -43,8 +43,12 @@ format: ## format the tree with ruff format and apply ruff's safe fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-data: ## write the synthetic dataset the demo trains on (data/synthetic)
-	$(BIN)/python scripts/make_synthetic_data.py --out data/synthetic
+# Written once: a data/synthetic from before the writer marked its files (its `generator`
+# attribute) would otherwise be refused as "not written by this script" on every `make demo`.
+data: ## write the synthetic dataset the demo trains on (data/synthetic), unless it is there
+	@if ls data/synthetic/*/data_train.hdf5 >/dev/null 2>&1; then \
+	  echo "data/synthetic is there (rm -r data/synthetic to write it again)"; \
+	else $(BIN)/python scripts/make_synthetic_data.py --out data/synthetic; fi
 
 demo: data ## train configs/demo.yaml on synthetic data (device auto: CUDA, Apple GPU or CPU)
 	$(BIN)/python -m ml.train --config configs/demo.yaml $(ARGS)

@@ -83,3 +83,28 @@ def test_make_recipes_use_no_gnu_only_flags():
         if re.search(pattern, line)
     ]
     assert not found
+
+
+def test_make_data_keeps_a_dataset_written_before_the_writer_marked_its_files(tmp_path):
+    """`make demo` runs `make data` every time: a data/synthetic from an older checkout (its files
+    carry no `generator` mark, so the writer would refuse them as another dataset) is kept, not
+    refused, and not overwritten."""
+    old = tmp_path / "data" / "synthetic" / "t15.2023.08.11" / "data_train.hdf5"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"an older checkout's synthetic file")
+    proc = _make(tmp_path, "data", "BIN=/nonexistent")  # the writer must not even be started
+    assert proc.returncode == 0, proc.stderr
+    assert "data/synthetic is there" in proc.stdout
+    assert old.read_bytes() == b"an older checkout's synthetic file"
+
+
+def test_make_data_writes_the_dataset_when_there_is_none(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "make_synthetic_data.py").write_text(
+        "import sys, pathlib\n"
+        "p = pathlib.Path(sys.argv[2], 's', 'data_train.hdf5'); p.parent.mkdir(parents=True)\n"
+        "p.write_text('written')\n"
+    )
+    proc = _make(tmp_path, "data", f"BIN={Path(sys.executable).parent}")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "data" / "synthetic" / "s" / "data_train.hdf5").read_text() == "written"
