@@ -67,10 +67,27 @@ def available_bytes(device: torch.device) -> tuple[int | None, str]:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free), f"free on {torch.cuda.get_device_name(device)}"
-    try:  # Linux (and most Unixes): the pages the kernel could hand out now
+    available = _meminfo_available()
+    if available is not None:
+        return available, "available RAM"
+    try:  # other Unixes: the pages the kernel could hand out now
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "free RAM"
     except (ValueError, OSError, AttributeError):
         return None, ""
+
+
+def _meminfo_available(path: str = "/proc/meminfo") -> int | None:
+    """Linux's MemAvailable: free pages plus the page cache it can drop. Not MemFree (what
+    SC_AVPHYS_PAGES reports): after a dataset has been read once, the cache holds most of the RAM
+    and MemFree alone would refuse a model that fits."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _gb(n: int) -> str:

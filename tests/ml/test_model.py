@@ -231,3 +231,14 @@ def test_the_memory_estimate_counts_the_parameters_the_model_has():
     reference = load_train_config(repo / "configs/rnn_args.yaml")
     assert parameter_count(reference) == 44_315_177  # data-format.md's figure for 45 sessions
     assert 1e9 < estimate(reference).train_bytes < 8e9  # fits a 24 GB GPU, as the reference does
+
+
+def test_available_ram_counts_the_page_cache_linux_can_drop(tmp_path):
+    """The fit check reads MemAvailable, not MemFree: after a dataset has been read, the page cache
+    holds most of the RAM, and MemFree alone would refuse a model that fits."""
+    from ml.memory import _meminfo_available
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 25165824 kB\nMemFree: 524288 kB\nMemAvailable: 20971520 kB\n")
+    assert _meminfo_available(str(meminfo)) == 20971520 * 1024
+    assert _meminfo_available(str(tmp_path / "absent")) is None  # not Linux: the sysconf fallback
