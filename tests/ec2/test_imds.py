@@ -11,9 +11,13 @@ import pytest
 
 from ec2.remote.imds import Imds, ImdsUnreachable, imds_url, parse_time
 
+# The stand-in answers in the test's own process, beside moto's threads: under a loaded CI box the
+# 2 s production bound (what an instance's IMDS never nears) is the wrong thing to test here.
+LOADED_S = 30
+
 
 def test_token_flow_then_404_until_marked(imds):
-    client = Imds(imds.url)
+    client = Imds(imds.url, timeout=LOADED_S)
     assert client.instance_action() is None
     assert client.rebalance() is None
     imds.mark_interruption(in_seconds=120)
@@ -38,7 +42,7 @@ def test_metadata_refuses_without_token_and_without_ttl(imds):
 
 
 def test_expired_token_is_renewed_once(imds):
-    client = Imds(imds.url)
+    client = Imds(imds.url, timeout=LOADED_S)
     client.instance_action()
     client._token = "stale"  # what an expired token looks like to the server
     assert client.instance_action() is None
