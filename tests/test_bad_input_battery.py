@@ -565,7 +565,12 @@ CASES = [
         "{demo}",
         "{tiny}",
         "model.n_units=300000",
-        says=("the model would not fit", "parameters (model.n_units 300000", "GB to train", "GB is available RAM"),
+        says=(
+            "the model would not fit",
+            "parameters (model.n_units 300000",
+            "GB to train",
+            "GB is available RAM",
+        ),
         owner="inputs",
         cli=True,
     ),
