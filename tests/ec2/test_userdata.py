@@ -44,7 +44,12 @@ for n in shutdown systemctl poweroff reboot halt; do
   f="$(command -v "$n")" || continue
   mount --bind "$R/guard" "$(readlink -f "$f")"
 done
-mount --bind "$R/tmp" /tmp
+# A checkout cloned under /tmp (a CI clone may be) stays reachable: its interpreter and code.
+for keep in $(echo "${SANDBOX_KEEP:-}" | tr : ' '); do
+  mkdir -p "$R/tmp/${keep#/tmp/}"
+  mount --bind "$keep" "$R/tmp/${keep#/tmp/}"
+done
+mount --rbind "$R/tmp" /tmp
 set +e
 export PATH="$R/bin:$PATH"
 exec "$@"
@@ -121,7 +126,10 @@ class Sandbox:
 
     def run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
         cmd = [*_unshare(), "bash", "-c", MOUNT, "mount", str(self.root), *argv]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        repo = Path(__file__).resolve().parents[2]
+        keep = str(repo) if repo.is_relative_to("/tmp") else ""
+        env = {**os.environ, "SANDBOX_KEEP": keep}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         assert "REAL " not in self.calls(), self.calls()
         return proc
 
