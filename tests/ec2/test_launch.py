@@ -30,9 +30,10 @@ def _only_instance(ec2, states=("pending", "running")):
     return found[0]
 
 
-def test_happy_path_sets_everything(home, ec2_client, dlami, capsys):
+def test_happy_path_sets_everything(home, ec2_client, dlami, aws_gate, capsys):
     iam = boto3.client("iam", region_name="us-east-1")
     profile_arn = iam.create_instance_profile(InstanceProfileName="spotrun-s3")["InstanceProfile"]["Arn"]
+    aws_gate.lag.settle()  # the user's profile was made long before this launch
     cfg = config(
         "instance_types=[g5.xlarge]",
         "zones=[us-east-1b]",
