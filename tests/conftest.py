@@ -7,7 +7,10 @@ folder can use them.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import urllib.request
+from pathlib import Path
 
 import pytest
 from moto.server import ThreadedMotoServer
@@ -24,6 +27,24 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # MAKELEVEL/MAKEFLAGS would make every child print "Entering directory" lines around it.
 for _var in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS"):
     os.environ.pop(_var, None)
+
+
+_REAL_PIP_CONFIG = Path.home() / ".config" / "pip" / "pip.conf"
+
+
+@pytest.fixture(autouse=True)
+def laptop_home(monkeypatch):
+    """Every test's laptop has its own HOME and SPOTRUN_HOME, so no test (or the background work of
+    one) writes the registry, ~/.ssh/config or price caches of whoever runs the suite. The folder is
+    short: ssh control sockets live under it. pip keeps the machine's index settings."""
+    root = Path(tempfile.mkdtemp(prefix="srh", dir="/tmp"))
+    (root / "home").mkdir()
+    if _REAL_PIP_CONFIG.is_file() and "PIP_CONFIG_FILE" not in os.environ:
+        monkeypatch.setenv("PIP_CONFIG_FILE", str(_REAL_PIP_CONFIG))
+    monkeypatch.setenv("HOME", str(root / "home"))
+    monkeypatch.setenv("SPOTRUN_HOME", str(root / "s"))
+    yield root / "home"
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

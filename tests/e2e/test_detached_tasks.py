@@ -56,9 +56,11 @@ def test_status_watch_ctrl_c_stop_and_cleanup(
         def ctrl_c(_seconds):
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(detach.time, "sleep", ctrl_c)
-        detached_tasks.watch(Context(), name="dj", config=str(config))
-        monkeypatch.undo()
+        # Only the sleep is put back afterwards: monkeypatch.undo() would also restore the real HOME
+        # the sshd fixture replaced, and the rest of the test would write the user's ~/.spotrun.
+        with monkeypatch.context() as patch:
+            patch.setattr(detach.time, "sleep", ctrl_c)
+            detached_tasks.watch(Context(), name="dj", config=str(config))
         assert "stopped watching; the run goes on" in capsys.readouterr().out
         assert group(autoscaling)["DesiredCapacity"] == 1 and one.boot.poll() is None
 
