@@ -60,6 +60,8 @@ def _words(line: str) -> list[str] | None:
         words = shlex.split(line, comments=True)
     except ValueError:
         return None
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):  # `SPOTRUN_DEBUG=1 fab ...`
+        words = words[1:]
     if words and words[0].startswith(".venv/bin/"):
         words[0] = words[0].removeprefix(".venv/bin/")
     return words if words and words[0] in _RUNNERS else None
