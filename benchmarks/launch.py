@@ -83,7 +83,7 @@ def main() -> None:
         from ec2.cloud.launch import launch
         from ec2.config import load_aws_config
         from tasks import lifecycle
-        from tests.ec2.conftest import DLAMI_NAME, make_image
+        from tests.peers.moto_ec2 import DLAMI_NAME, make_image
 
         ec2 = boto3.client("ec2", region_name="us-east-1")
         make_image(ec2, DLAMI_NAME)

@@ -112,7 +112,7 @@ def build(moto_server: str, monkeypatch) -> World:
     from ec2 import registry
     from ec2.remote import sshconfig
     from ml.data.synthetic import write_synthetic
-    from tests.ml.trainkit import DEMO
+    from tests.peers.trainkit import DEMO
 
     urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"))
     root = Path(tempfile.mkdtemp(prefix="srd", dir="/tmp"))

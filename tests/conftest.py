@@ -17,8 +17,15 @@ from moto.server import ThreadedMotoServer
 
 from tests.peers.aws_gate import AwsGate
 
-# Peers that need more than a few lines: sshd, IMDS, a latency/counting HTTP proxy.
-pytest_plugins = ["tests.peers.sshd", "tests.peers.imds", "tests.peers.proxy", "tests.peers.silent"]
+# Peers that need more than a few lines: sshd, IMDS, a latency/counting HTTP proxy, moto's EC2 as
+# a user's account (a DLAMI, the check-IP stand-in, a refusing client).
+pytest_plugins = [
+    "tests.peers.sshd",
+    "tests.peers.imds",
+    "tests.peers.proxy",
+    "tests.peers.silent",
+    "tests.peers.moto_ec2",
+]
 
 # Keep torch from fighting the other test processes for the machine's two cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -694,8 +694,8 @@ def world(moto_server):
     from ec2 import registry
     from ec2.remote import sshconfig
     from ec2.remote.ssh import Machine
-    from tests.ml.trainkit import DEMO, make_data, tiny
     from tests.peers.sshd import SSHD, SshdServer, require_binaries
+    from tests.peers.trainkit import DEMO, make_data, tiny
 
     require_binaries(SSHD, "ssh", "rsync", "tmux")
     urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"))

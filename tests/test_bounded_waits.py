@@ -115,7 +115,7 @@ def test_doctor_names_a_silent_endpoint_not_the_credentials(silent_aws, tmp_path
 
 def test_training_from_a_silent_s3_is_one_line_naming_the_endpoint(silent_aws, tmp_path):
     from ml.train import main
-    from tests.ml.trainkit import DEMO
+    from tests.peers.trainkit import DEMO
     from tests.test_bad_input_battery import _in_process
 
     argv = [
@@ -207,7 +207,7 @@ def test_a_silent_metadata_service_is_named_within_its_timeout(silent):
 
 
 def test_the_spot_watcher_with_a_silent_metadata_service_says_so_once_and_runs_on(silent, tmp_path):
-    from tests.ec2.test_spot_watch import watcher
+    from tests.remote.test_spot_watch import watcher
 
     host, port = silent
     start = time.monotonic()

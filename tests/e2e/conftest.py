@@ -8,7 +8,7 @@ import yaml
 
 from common import aws
 from tests.e2e.detachkit import REPO
-from tests.ec2.conftest import DLAMI_NAME, make_image
+from tests.peers.moto_ec2 import DLAMI_NAME, make_image
 
 
 @pytest.fixture

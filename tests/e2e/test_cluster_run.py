@@ -28,12 +28,12 @@ import torch
 import yaml
 
 from common import aws
+from tests.cloud.test_cluster import install_placement_groups
 from tests.e2e.test_managed_run import start_fab_run
-from tests.ec2.conftest import DLAMI_NAME, make_image
-from tests.ec2.test_cluster import install_placement_groups
-from tests.ml.trainkit import TINY_TRAIN
 from tests.peers.imds import ImdsServer, instance_env, wait_until
+from tests.peers.moto_ec2 import DLAMI_NAME, make_image
 from tests.peers.sshd import SSHD, SshdServer, require_binaries
+from tests.peers.trainkit import TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[2]
 ROUTE = REPO / "tests" / "peers" / "node_route.py"

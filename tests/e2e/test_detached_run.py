@@ -19,8 +19,8 @@ from ec2.remote import detached
 from tasks import detached as detached_tasks
 from tasks import lifecycle, managed
 from tests.e2e.detachkit import CKPT, REPO, Instance, group, live, load_cfg
-from tests.ml.trainkit import TINY_TRAIN
 from tests.peers.imds import wait_until
+from tests.peers.trainkit import TINY_TRAIN
 
 
 def test_detached_run_survives_an_interruption_with_no_laptop(

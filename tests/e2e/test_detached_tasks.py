@@ -15,8 +15,8 @@ from ec2.remote.trainrun import TRAINER_SIGNAL, train_command
 from tasks import detached as detached_tasks
 from tasks import lifecycle
 from tests.e2e.detachkit import CKPT, REPO, Instance, group, live, load_cfg
-from tests.ml.trainkit import TINY_TRAIN
 from tests.peers.imds import wait_until
+from tests.peers.trainkit import TINY_TRAIN
 
 
 def test_status_watch_ctrl_c_stop_and_cleanup(

@@ -36,7 +36,7 @@ from ec2.remote import sshconfig
 from ec2.remote.ssh import Machine
 from ec2.remote.sync import sync_code
 from tasks import lifecycle, remote
-from tests.ec2.conftest import DLAMI_NAME, make_image
+from tests.peers.moto_ec2 import DLAMI_NAME, make_image
 
 REPO = Path(__file__).resolve().parents[2]
 RATE = 1_000_000  # bytes per second through the slow link
@@ -172,7 +172,7 @@ def test_s3_slowdown_and_500s_are_retried_and_the_run_goes_on(aws_env, s3_proxy,
     from ml import checkpoint
     from ml.data import storage
     from ml.train import main
-    from tests.ml.trainkit import DEMO, make_data, tiny
+    from tests.peers.trainkit import DEMO, make_data, tiny
 
     data = make_data(tmp_path / "data")
     s3 = boto3.client("s3", endpoint_url=aws_env)  # straight to moto: setup is not under test

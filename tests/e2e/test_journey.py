@@ -15,9 +15,9 @@ from ec2 import registry
 from ec2.remote import runs, sshconfig
 from ec2.remote.ssh import Machine
 from tasks import lifecycle, remote
-from tests.ec2.conftest import DLAMI_NAME, make_image
-from tests.ml.trainkit import TINY_TRAIN
+from tests.peers.moto_ec2 import DLAMI_NAME, make_image
 from tests.peers.sshd import require_binaries
+from tests.peers.trainkit import TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [

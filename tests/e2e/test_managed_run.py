@@ -17,8 +17,8 @@ from invoke import Context
 from invoke.exceptions import Exit
 
 from tasks import managed
-from tests.ml.trainkit import TINY_TRAIN
 from tests.peers.imds import wait_until
+from tests.peers.trainkit import TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -350,7 +350,7 @@ def test_an_error_while_watching_names_the_instance_left_running(
     injected on the client the journey uses, since moto authorises everything). The run goes on on
     the instance, and fab says so: which instance, and how to pick it up or end it."""
     from common import aws
-    from tests.ec2.inject import answer, ec2_error
+    from tests.peers.inject import answer, ec2_error
 
     ec2, config = cloud
     dest = tmp_path / "out"

@@ -29,9 +29,9 @@ from invoke import Context
 from ec2.remote import runs
 from ec2.remote.ssh import Machine
 from tasks import remote as t
-from tests.ml.trainkit import TINY_TRAIN
 from tests.peers.imds import ImdsServer, instance_env, wait_until
 from tests.peers.sshd import SSHD, SshdServer, require_binaries
+from tests.peers.trainkit import TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[2]
 

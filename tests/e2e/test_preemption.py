@@ -17,8 +17,8 @@ from invoke import Context
 from ec2.remote import runs
 from ec2.remote.ssh import Machine
 from tasks import remote as t
-from tests.ml.trainkit import TINY_TRAIN
 from tests.peers.imds import wait_until
+from tests.peers.trainkit import TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 
 from tests.e2e.test_managed_run import fab_run_process, launched_ids, live_instances, start_fab_run
-from tests.ml.trainkit import TINY_TRAIN
 from tests.peers.imds import wait_until
+from tests.peers.trainkit import TINY_TRAIN
 
 
 def test_fab_run_again_picks_up_a_journey_whose_laptop_process_was_killed(

@@ -47,7 +47,7 @@ def test_fab_run_stops_on_an_unusable_rsync_before_launching(tmp_path, monkeypat
     """No instance is paid for when the first sync could not work: the check comes before the
     config is even read (no AWS peer here; reaching AWS would fail otherwise)."""
     from tasks import managed
-    from tests.remote import fake_rsync
+    from tests.peers import fake_rsync
 
     fake_rsync.install(tmp_path / "bin", "rsync-2.6.3", sys.executable)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")

@@ -25,8 +25,8 @@ from ec2.errors import ToolkitError
 from ec2.remote import tools
 from tasks import lifecycle
 from tasks import preflight as t
-from tests.ec2.conftest import CALLER_IP
-from tests.ec2.inject import answer, json_answer
+from tests.peers.inject import answer, json_answer
+from tests.peers.moto_ec2 import CALLER_IP
 
 SETS = ["ssh_cidr=203.0.113.7/32", "ami_owners=[self]", "instance_types=[g5.xlarge]"]
 RUN_ARGS = "dataset.dataset_dir=s3://bci-data/hdf5 checkpoint_dir=s3://bci-ckpt/runs/exp1"

@@ -17,7 +17,7 @@ from ml.config import load_train_config
 from ml.errors import CheckpointError
 from ml.model import build_model
 from ml.train import main
-from tests.ml.trainkit import DEMO, REPO, env, make_data, tiny
+from tests.peers.trainkit import DEMO, REPO, env, make_data, tiny
 
 # Saves a ~32 MB checkpoint in a loop, so a SIGKILL at a random moment nearly always lands mid-write.
 WRITER = """

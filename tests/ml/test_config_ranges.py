@@ -12,7 +12,7 @@ from common.checks import declared_checks
 from common.config import ConfigError, load_config
 from ml import config as ml_config
 from ml.config import TrainConfig, load_train_config
-from tests.ml.trainkit import DEMO
+from tests.peers.trainkit import DEMO
 
 
 def _dataclasses(cls, seen=None):

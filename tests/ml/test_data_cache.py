@@ -19,7 +19,7 @@ import pytest
 from common import aws
 from ml.data import build_train_loader, cache, prefetch, storage
 from ml.data.loader import open_source
-from tests.ml.trainkit import data_cfg, distinct_reads, same_batch
+from tests.peers.trainkit import data_cfg, distinct_reads, same_batch
 
 BUCKET = "spotrun-data"
 make_cfg = partial(data_cfg, steps=4, batch_size=8)
@@ -306,7 +306,7 @@ def test_training_from_s3_reports_what_it_read_and_fab_run_sums_it(s3_proxy, aws
     them up over the attempts."""
     from ec2.journey import decide, history, report
     from ml.train import main
-    from tests.ml.trainkit import DEMO, make_data, tiny
+    from tests.peers.trainkit import DEMO, make_data, tiny
 
     data = make_data(tmp_path / "syn")
     upload(aws_env, data)

@@ -15,7 +15,7 @@ from ml.data import build_train_loader, build_val_loader
 from ml.data.index import cache_path
 from ml.data.storage import list_sessions
 from ml.data.synthetic import reference_sessions
-from tests.ml.trainkit import data_cfg, same_batch
+from tests.peers.trainkit import data_cfg, same_batch
 
 SESSIONS = reference_sessions()[:4]
 

@@ -16,7 +16,7 @@ import pytest
 from ml.data import build_train_loader, build_val_loader, storage
 from ml.data.synthetic import reference_sessions
 from ml.errors import DataError
-from tests.ml.trainkit import data_cfg, distinct_reads, same_batch
+from tests.peers.trainkit import data_cfg, distinct_reads, same_batch
 
 SESSIONS = reference_sessions()[:4]
 BUCKET = "spotrun-data"

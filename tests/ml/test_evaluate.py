@@ -16,7 +16,7 @@ import torch
 from ml import checkpoint, evaluate
 from ml.data.synthetic import reference_sessions, write_synthetic
 from ml.train import main as train_main
-from tests.ml.trainkit import DEMO, REPO, env, tiny
+from tests.peers.trainkit import DEMO, REPO, env, tiny
 
 SESSIONS = reference_sessions()[:3]
 # Three sessions, the first train-only: validation covers two, so per-session PER means something.

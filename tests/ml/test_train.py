@@ -15,7 +15,7 @@ from ml.config import load_train_config
 from ml.data.loader import TrainBatches, open_source
 from ml.errors import STOPPED_RESUMABLE
 from ml.train import main
-from tests.ml.trainkit import DEMO, env, make_data, tiny
+from tests.peers.trainkit import DEMO, env, make_data, tiny
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from ml.train import main
-from tests.ml.trainkit import DEMO, env, make_data, tiny, train_cmd
+from tests.peers.trainkit import DEMO, env, make_data, tiny, train_cmd
 
 
 @pytest.fixture(scope="module")

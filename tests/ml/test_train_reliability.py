@@ -19,7 +19,7 @@ import pytest
 from ml import train as train_module
 from ml.errors import UNEXPECTED_EXIT
 from ml.train import main
-from tests.ml.trainkit import DEMO, env, make_data, tiny, train_cmd
+from tests.peers.trainkit import DEMO, env, make_data, tiny, train_cmd
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from common import aws
 from ml import checkpoint
 from ml.errors import STOPPED_RESUMABLE
 from ml.train import main
-from tests.ml.trainkit import DEMO, make_data, tiny
+from tests.peers.trainkit import DEMO, make_data, tiny
 
 BUCKET = "spotrun-ckpt"
 

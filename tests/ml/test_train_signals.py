@@ -19,7 +19,7 @@ from ml import checkpoint
 from ml import train as train_module
 from ml.errors import STOPPED_RESUMABLE
 from ml.train import main
-from tests.ml.trainkit import DEMO, env, make_data, tiny, train_cmd
+from tests.peers.trainkit import DEMO, env, make_data, tiny, train_cmd
 
 
 @pytest.fixture(scope="module")

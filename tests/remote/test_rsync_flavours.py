@@ -17,7 +17,7 @@ from ec2.remote import runs
 from ec2.remote.rsync_version import UPGRADE, doctor_check, local_rsync, parse_version
 from ec2.remote.ssh import Machine
 from ec2.remote.sync import download_outputs, sync_argv, sync_code
-from tests.remote import fake_rsync
+from tests.peers import fake_rsync
 
 
 @pytest.fixture

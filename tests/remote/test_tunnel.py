@@ -28,7 +28,7 @@ from ec2.remote import services
 from ec2.remote.ssh import Machine
 from ec2.remote.tunnel import Forward, Tunnel, TunnelError, plan_forwards
 from tasks import interactive, remote
-from tests.ec2.test_userdata import Sandbox
+from tests.cloud.test_userdata import Sandbox
 from tests.peers.imds import wait_until
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,8 +13,8 @@ from ec2.journey import history
 from ec2.journey.cluster_loop import ClusterJourney
 from ec2.journey.decide import ClusterVerdict
 from ec2.journey.stages import Plan
-from tests.ec2.conftest import config
-from tests.ec2.test_cluster import _live, _nothing_left, install_placement_groups
+from tests.cloud.test_cluster import _live, _nothing_left, install_placement_groups
+from tests.peers.moto_ec2 import config
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from ec2.cloud import datasets
 from ml.data import storage
 from ml.data.index import build_index
 from ml.data.loader import open_source
-from tests.ml.trainkit import data_cfg
+from tests.peers.trainkit import data_cfg
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "spotrun-data"

@@ -13,7 +13,7 @@ from invoke import Context
 from common import aws
 from ec2.cloud import ondemand
 from tasks import preflight as t
-from tests.ec2.inject import answer, json_answer
+from tests.peers.inject import answer, json_answer
 
 ZONES = ["us-east-1a", "us-east-1b"]
 SPOT = {

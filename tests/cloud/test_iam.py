@@ -16,8 +16,8 @@ from ec2.cloud import iam, propagation, s3scope
 from ec2.cloud.launch import launch
 from ec2.cloud.s3scope import READ, WRITE, Grant
 from ec2.errors import AwsError, ConfigError
-from tests.ec2.conftest import config
-from tests.ec2.inject import answer, ec2_error, iam_error
+from tests.peers.inject import answer, ec2_error, iam_error
+from tests.peers.moto_ec2 import config
 
 GROUP = "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:*:autoScalingGroupName/spotrun-exp1"
 RUN = s3scope.for_run("s3://bci-data/hdf5_data_final", "s3://bci-ckpt/runs/exp1", "s3://bci-ckpt/backup/exp1")

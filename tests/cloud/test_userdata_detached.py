@@ -33,8 +33,8 @@ from ec2.remote import detached
 from ec2.remote.detached import DetachedRun
 from ec2.remote.giveup import GIVEUP_TAG
 from tasks.detached import status_lines
-from tests.ec2.conftest import config
-from tests.ec2.test_userdata import Sandbox
+from tests.cloud.test_userdata import Sandbox
+from tests.peers.moto_ec2 import config
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "spot-boot"

@@ -19,7 +19,7 @@ from ec2.cloud.launch import launch
 from ec2.errors import CapacityError, ConfigError, ToolkitError
 from tasks import lifecycle
 from tasks import volumes as volume_tasks
-from tests.ec2.conftest import config
+from tests.peers.moto_ec2 import config
 
 WS = ["instance_types=[g5.xlarge]", "volume_name=ws", "volume_gb=50"]
 

@@ -19,7 +19,7 @@ from ec2.errors import AwsError, ConfigError
 from ec2.journey import detach
 from ec2.journey.stages import Plan
 from ec2.remote import detached
-from tests.ec2.conftest import config
+from tests.peers.moto_ec2 import config
 
 BUCKET = "spot-ckpt"
 CKPT = f"s3://{BUCKET}/runs/job/checkpoint"

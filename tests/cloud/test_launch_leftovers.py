@@ -14,8 +14,8 @@ from common import aws
 from ec2.cloud import iam
 from ec2.cloud.launch import launch
 from ec2.errors import CapacityError, ConnectionLost, ToolkitError
-from tests.ec2.conftest import config
-from tests.ec2.inject import answer, ec2_error, iam_error
+from tests.peers.inject import answer, ec2_error, iam_error
+from tests.peers.moto_ec2 import config
 
 ROLE = "spotrun-us-east-1-exp1"
 
@@ -115,7 +115,7 @@ def test_a_cluster_launch_refused_for_capacity_removes_the_role_it_made(
     home, ec2_client, dlami, refusing, capsys
 ):
     from ec2.cloud import cluster
-    from tests.ec2.test_cluster import install_placement_groups
+    from tests.cloud.test_cluster import install_placement_groups
 
     install_placement_groups()
     refusing(lambda attempt: "InsufficientInstanceCapacity")
@@ -130,7 +130,7 @@ def test_a_cluster_launch_refused_for_capacity_removes_the_role_it_made(
 def test_a_detached_submit_refused_its_group_removes_the_role_it_made(home, ec2_client, dlami, monkeypatch):
     from ec2.errors import AwsError
     from ec2.journey import detach
-    from tests.ec2.test_detach_submit import BUCKET, DenyingAutoScaling, plan
+    from tests.journey.test_detach_submit import BUCKET, DenyingAutoScaling, plan
 
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the code the bundle takes
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)

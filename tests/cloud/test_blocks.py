@@ -15,7 +15,7 @@ from ec2.cloud.ami import resolve_ami, ssm_parameter
 from ec2.cloud.capacity import plan
 from ec2.errors import ConfigError, KeyPairError
 from ec2.remote import ready, sshconfig
-from tests.ec2.conftest import DLAMI_NAME, config, make_image
+from tests.peers.moto_ec2 import DLAMI_NAME, config, make_image
 from tests.peers.sshd import require_binaries
 
 

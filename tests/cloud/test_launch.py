@@ -14,7 +14,7 @@ from ec2.cloud import instances
 from ec2.cloud.launch import launch
 from ec2.errors import AwsError, CapacityError, ConfigError, ConnectionLost, QuotaError, ToolkitError
 from ec2.remote import sshconfig
-from tests.ec2.conftest import config
+from tests.peers.moto_ec2 import config
 
 
 def _only_instance(ec2, states=("pending", "running")):

@@ -18,7 +18,7 @@ from common import aws
 from ec2 import registry
 from ec2.cloud import cluster, instances
 from ec2.errors import AwsError, CapacityError, ConfigError, ConnectionLost, QuotaError
-from tests.ec2.conftest import config
+from tests.peers.moto_ec2 import config
 
 
 class PlacementGroups:

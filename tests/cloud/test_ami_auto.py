@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 from common import aws
 from ec2.cloud.ami import choose, parse_flavour, resolve_ami, stale_warning
-from tests.ec2.conftest import config, make_image
-from tests.ec2.inject import answer, json_answer
+from tests.peers.inject import answer, json_answer
+from tests.peers.moto_ec2 import config, make_image
 
 ROOT = "/aws/service/deeplearning/ami/x86_64"
 
