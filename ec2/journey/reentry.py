@@ -39,7 +39,9 @@ def open_attempt(h: history.RunHistory) -> history.Attempt | None:
     return last
 
 
-def _machine(cfg: AwsConfig, info: instances.InstanceInfo, region: str) -> Machine:
+def machine_for(cfg: AwsConfig, info: instances.InstanceInfo, region: str) -> Machine:
+    """The found instance as a Machine: its registry record, or a new one registered (another
+    laptop, or a registry entry since replaced)."""
     try:
         record = registry.get(info.name)
     except ToolkitError:
@@ -69,4 +71,4 @@ def pick_up(cfg: AwsConfig, name: str, outputs: Path, out: Callable[[str], None]
         f"{info.zone}) is still {info.state}; watching it again"
     )
     attempt.outcome = Outcome.RUNNING
-    return PickedUp(h, attempt, _machine(cfg, info, region), ec2)
+    return PickedUp(h, attempt, machine_for(cfg, info, region), ec2)

@@ -1,0 +1,97 @@
+"""`fab run --nodes 2` re-entry against real peers (moto, two sshd nodes, the real trainer under
+torchrun with gloo): the laptop leaves mid-run (Ctrl-C with no terminal: the members are left
+running), `fab run --nodes 2 --name job` again picks the running attempt up on the same members and
+watches it to the end: no new instance, one run history and one summary across both laptop
+sessions. On the way, the commands that do not match the run left open are refused in one line
+and launch nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e.clusterkit import cluster_cloud, cluster_members, ctrl_c, free_port
+from tests.e2e.test_managed_run import start_fab_run
+from tests.ml.trainkit import TINY_TRAIN
+from tests.peers.imds import wait_until
+
+__all__ = ["cluster_cloud"]  # the fixture, from tests/e2e/clusterkit.py
+
+
+def test_fab_run_nodes_again_picks_up_the_cluster_run_the_laptop_left(
+    cluster_cloud, tiny_dataset, tmp_path, capfd
+):
+    ec2, config, nodes, _groups = cluster_cloud
+    dest = tmp_path / "out"
+    args = [
+        *TINY_TRAIN,
+        f"dataset.dataset_dir={tiny_dataset}",
+        "num_training_batches=20",
+        "output_dir=trained_models/cr",
+        "checkpoint_dir=s3://spot-ckpt/job/checkpoint",
+    ]
+    port = free_port()
+    rdirs = [home / "spotrun" / "runs" / "train" for _, _, home in nodes]
+
+    def logs() -> str:
+        return "".join((r / "log").read_text() for r in rdirs if (r / "log").exists())
+
+    # The first laptop session: the cluster launched, torchrun started, then Ctrl-C → leave.
+    thread, result = start_fab_run(config, dest, args, nodes=2, rdzv_port=port)
+
+    def training() -> bool:
+        if result or not thread.is_alive():
+            pytest.fail(f"fab run ended early: {result}\n{capfd.readouterr().out[-4000:]}")
+        return "Train batch 3:" in logs()
+
+    wait_until(training, 120, "training on both nodes")
+    ctrl_c(thread)
+    thread.join(timeout=60)
+    first = capfd.readouterr().out
+    assert not thread.is_alive(), first[-3000:]
+    ids = sorted(i["InstanceId"] for i in cluster_members(ec2))
+    assert len(ids) == 2 and "running (the run goes on in tmux on every node)" in first
+    assert all(i in first.split("left ")[-1] for i in ids)
+    left = json.loads((dest / "run.json").read_text())
+    assert left["status"] == "interrupted" and [a["outcome"] for a in left["attempts"]] == ["running"]
+    assert {m["outcome"] for m in left["members"]} == {"left-running"}
+
+    # Commands that do not match the run left open: one line, nothing launched.
+    for kw, line in (
+        ({"nodes": 3}, "run job is still open on 2 nodes"),
+        ({}, "run job is still open on 2 nodes"),
+    ):
+        thread, result = start_fab_run(config, dest, args, rdzv_port=port, **kw)
+        thread.join(timeout=60)
+        out = capfd.readouterr()
+        assert result.get("exit") == 2, (result, out.out[-2000:])  # ConfigError: a usage problem
+        assert line in out.err and "`fab run --name job --nodes 2` picks it up" in out.err
+        assert "Traceback" not in out.err
+    wrong = [a for a in args if not a.startswith("num_training_batches")] + ["num_training_batches=21"]
+    thread, result = start_fab_run(config, dest, wrong, nodes=2, rdzv_port=port)
+    thread.join(timeout=60)
+    out = capfd.readouterr()
+    assert result.get("exit") == 2 and "not this command: run that one again to pick it up" in out.err
+    assert sorted(i["InstanceId"] for i in cluster_members(ec2)) == ids
+
+    # The second session: the same command picks the attempt up on the same members.
+    thread, result = start_fab_run(config, dest, args, nodes=2, rdzv_port=port)
+    thread.join(timeout=180)
+    out = capfd.readouterr().out
+    assert not thread.is_alive() and result == {}, (result, out[-3000:])
+    assert "picking up run job: attempt 1 on 2 nodes (job-0 " in out and "already exists" not in out
+    assert "launching" not in out
+    assert sorted(i["InstanceId"] for i in cluster_members(ec2)) == ids  # no new instance
+    assert {i["State"]["Name"] for i in cluster_members(ec2)} == {"terminated"}
+    history = json.loads((dest / "run.json").read_text())
+    assert history["status"] == "finished" and [a["outcome"] for a in history["attempts"]] == ["finished"]
+    kinds = [e["event"] for e in history["events"]]
+    assert kinds.index("begin") < kinds.index("ctrl-c") < kinds.index("picked-up") < kinds.index("finished")
+    assert [(m["node"], m["outcome"]) for m in history["members"]] == [(0, "terminated"), (1, "terminated")]
+    # Torchrun went on while the laptop was away: one start, never resumed, 20 steps.
+    assert "resumed from" not in logs()
+    assert [(r / "exit_code").read_text().strip() for r in rdirs] == ["0", "0"]
+    # One summary over both sessions: the members' whole lives, launched in the first.
+    assert out.count("run job: finished after 1 attempt on 2 nodes x CPU per node (2 instances)") == 1
+    assert history["started_at"] == left["started_at"] and history["total_cost_usd"] is not None
