@@ -13,18 +13,19 @@ counterpart is ec2/journey/reentry.py.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from common import aws
-from common.attempt import Outcome, RunStatus
+from common.attempt import Outcome
 from ec2 import registry
 from ec2.cloud import cluster, keys
 from ec2.config import AwsConfig
 from ec2.errors import ConfigError
 from ec2.journey import history
-from ec2.journey.reentry import ALIVE, machine_for
+from ec2.journey.reentry import ALIVE, OPEN_STATUSES, machine_for
 from ec2.journey.stages import Plan
 from ec2.registry import MachineRecord
 from ec2.remote.nodes import member_name
@@ -50,11 +51,6 @@ def open_cluster_attempt(h: history.RunHistory) -> history.Attempt | None:
     return last
 
 
-# FAILED too: an error while watching (the laptop lost sight of AWS or SSH) marks the run failed
-# but leaves its instances running, the attempt unended, and says `fab run` again picks it up.
-OPEN_STATUSES = (RunStatus.RUNNING, RunStatus.INTERRUPTED, RunStatus.FAILED)
-
-
 def open_history(outputs: Path, name: str) -> history.RunHistory | None:
     """run.json of `name` when its journey (one instance or a cluster) was left open: its last
     attempt never ended (a run that ended by itself or was let go has it closed)."""
@@ -69,7 +65,7 @@ def open_history(outputs: Path, name: str) -> history.RunHistory | None:
 
 
 def _again(name: str, nodes: int) -> str:
-    return f"`fab run --name {name}" + (f" --nodes {nodes}`" if nodes > 1 else "`")
+    return f"`fab run --nodes {nodes} --name {name}`" if nodes > 1 else f"`fab run --name {name}`"
 
 
 def refuse_other_shape(outputs: Path, name: str, nodes: int) -> None:
@@ -87,11 +83,18 @@ def refuse_other_shape(outputs: Path, name: str, nodes: int) -> None:
 
 
 def refuse_other_command(h: history.RunHistory, plan: Plan) -> None:
-    if (h.run, h.command) != (plan.run, plan.command):
-        raise ConfigError(
-            f"run {h.name} still going on its cluster was started as run {h.run!r} with `{h.command}`, "
-            f"not this command: run that one again to pick it up, or `fab terminate --name {h.name}` first"
-        )
+    """The run going on was started with this command (run name, train config, args), or refused,
+    naming the words that differ: another command would be watched as if it were this one."""
+    if (h.run, h.command) == (plan.run, plan.command):
+        return
+    was, now = shlex.split(h.command), shlex.split(plan.command)
+    before = [w for w in was if w not in now] + ([f"run {h.run!r}"] if h.run != plan.run else [])
+    after = [w for w in now if w not in was] + ([f"run {plan.run!r}"] if h.run != plan.run else [])
+    raise ConfigError(
+        f"run {h.name} still going on its cluster was started with another command (it has "
+        f"{' '.join(before) or 'other words'} where this one has {' '.join(after) or 'other words'}): "
+        f"run the same command again to pick it up, or `fab terminate --name {h.name}` first"
+    )
 
 
 def _gone_machine(cfg: AwsConfig, name: str, member: history.Member, region: str) -> Machine:

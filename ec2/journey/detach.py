@@ -35,7 +35,7 @@ from ec2.remote.ssh import Machine
 Say = Callable[[str], None]
 
 
-# Kept a refusal, by decision (docs/clusters.md, "Detached runs and the workspace volume"): an EBS
+# Kept a refusal, by decision (docs/detached.md, "The workspace volume"): an EBS
 # volume stays in its Availability Zone and, not being io1/io2 Multi-Attach, attaches to one
 # instance at a time (AttachVolume: "The volume and instance must be within the same Availability
 # Zone", https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_AttachVolume.html; Multi-Attach:

@@ -250,8 +250,8 @@ class ReplaceNode(Recovery):
             m.outcome = Outcome.LEFT_RUNNING
         name = self.e.name
         follow = (
-            f"Follow it with `fab logs --name {name} --node K`; "
-            f"terminate them with `fab terminate --name {name}`"
+            f"`fab run --nodes {self.e.nodes} --name {name}` again picks it up, "
+            f"`fab logs --name {name} --node K` follows it, `fab terminate --name {name}` ends it"
         )
         if ctrl_c:
             self.e.out(f"left {ids} running (the run goes on in tmux on every node). {follow}")

@@ -19,6 +19,9 @@ from ec2.journey import history
 from ec2.remote.ssh import Machine
 
 ALIVE = ("pending", "running")
+# FAILED too: an error while watching (the laptop lost sight of AWS or SSH) marks the run failed
+# but leaves its instances running, the attempt unended, and says `fab run` again picks it up.
+OPEN_STATUSES = (RunStatus.RUNNING, RunStatus.INTERRUPTED, RunStatus.FAILED)
 
 
 @dataclass
@@ -31,7 +34,7 @@ class PickedUp:
 
 def open_attempt(h: history.RunHistory) -> history.Attempt | None:
     """The last attempt, when the journey was never closed and that attempt has an instance."""
-    if h.status not in (RunStatus.RUNNING, RunStatus.INTERRUPTED) or not h.attempts:
+    if h.status not in OPEN_STATUSES or not h.attempts:
         return None
     last = h.attempts[-1]
     if not last.outcome.open or last.ended_at or not last.instance_id:

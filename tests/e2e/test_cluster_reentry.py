@@ -53,6 +53,7 @@ def test_fab_run_nodes_again_picks_up_the_cluster_run_the_laptop_left(
     ids = sorted(i["InstanceId"] for i in cluster_members(ec2))
     assert len(ids) == 2 and "running (the run goes on in tmux on every node)" in first
     assert all(i in first.split("left ")[-1] for i in ids)
+    assert "`fab run --nodes 2 --name job` again picks it up" in first  # says how to come back
     left = json.loads((dest / "run.json").read_text())
     assert left["status"] == "interrupted" and [a["outcome"] for a in left["attempts"]] == ["running"]
     assert {m["outcome"] for m in left["members"]} == {"left-running"}
@@ -66,13 +67,14 @@ def test_fab_run_nodes_again_picks_up_the_cluster_run_the_laptop_left(
         thread.join(timeout=60)
         out = capfd.readouterr()
         assert result.get("exit") == 2, (result, out.out[-2000:])  # ConfigError: a usage problem
-        assert line in out.err and "`fab run --name job --nodes 2` picks it up" in out.err
+        assert line in out.err and "`fab run --nodes 2 --name job` picks it up" in out.err
         assert "Traceback" not in out.err
     wrong = [a for a in args if not a.startswith("num_training_batches")] + ["num_training_batches=21"]
     thread, result = start_fab_run(config, dest, wrong, nodes=2, rdzv_port=port)
     thread.join(timeout=60)
     out = capfd.readouterr()
-    assert result.get("exit") == 2 and "not this command: run that one again to pick it up" in out.err
+    assert result.get("exit") == 2
+    assert "it has num_training_batches=20 where this one has num_training_batches=21" in out.err
     assert sorted(i["InstanceId"] for i in cluster_members(ec2)) == ids
 
     # The second session: the same command picks the attempt up on the same members.

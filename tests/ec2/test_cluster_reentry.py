@@ -9,7 +9,7 @@ import pytest
 
 from common.attempt import Attempt, Outcome, RunStatus
 from ec2.errors import ConfigError
-from ec2.journey import cluster_reentry, history
+from ec2.journey import cluster_reentry, history, reentry
 from ec2.journey.stages import Plan
 from tests.ec2.conftest import config
 
@@ -79,7 +79,11 @@ def test_a_member_taken_back_meanwhile_is_handed_to_the_replacement(left, ec2_cl
     [
         (3, PLAN, "run job is still open on 2 nodes"),
         (1, PLAN, "run job is still open on 2 nodes"),
-        (2, Plan(command="python -m ml.train --config other.yaml"), "not this command"),
+        (
+            2,
+            Plan(command="python -m ml.train --config other.yaml"),
+            "it has configs/demo.yaml where this one has other.yaml",
+        ),
     ],
 )
 def test_another_n_or_command_is_refused(left, nodes, plan, why):
@@ -103,3 +107,21 @@ def test_a_run_that_ended_is_not_picked_up(left):
     h.status, h.attempts[0].outcome = RunStatus.FINISHED, Outcome.FINISHED
     h.save()
     assert cluster_reentry.pick_up(cfg, "job", 2, PLAN, outputs) is None
+
+
+def test_a_run_the_laptop_lost_sight_of_is_still_open_for_one_instance_and_a_cluster(tmp_path):
+    """An error while watching marks the run failed but leaves its instances running with the
+    attempt open, and says `fab run` again picks it up: both re-entries must agree."""
+    cluster = history.RunHistory(
+        name="job",
+        nodes=2,
+        status=RunStatus.FAILED,
+        attempts=[Attempt(1, outcome=Outcome.RUNNING, nodes=2, instance_ids=["i-0", "i-1"])],
+    )
+    one = history.RunHistory(
+        name="job", status=RunStatus.FAILED, attempts=[Attempt(1, instance_id="i-0", outcome=Outcome.RUNNING)]
+    )
+    assert cluster_reentry.open_cluster_attempt(cluster) is cluster.attempts[0]
+    assert reentry.open_attempt(one) is one.attempts[0]
+    one.attempts[0].outcome = Outcome.FAILED  # failed by itself: closed
+    assert reentry.open_attempt(one) is None

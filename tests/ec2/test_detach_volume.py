@@ -1,5 +1,5 @@
 """`fab run --detach` with a workspace volume is refused, by decision (ec2/journey/detach.py,
-VOLUME_REFUSAL; docs/clusters.md): one line that says why, before anything is created."""
+VOLUME_REFUSAL; docs/detached.md): one line that says why, before anything is created."""
 
 from __future__ import annotations
 
