@@ -129,3 +129,15 @@ def ctrl_c(thread: threading.Thread) -> None:
     raise_in = ctypes.pythonapi.PyThreadState_SetAsyncExc
     done = raise_in(ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt))
     assert done == 1, f"KeyboardInterrupt reached {done} threads"
+
+
+def take_back(ec2, routes_path: Path, instance_id: str, home: Path) -> None:
+    """AWS takes a member back: the instance terminated in moto and its disk gone (a replacement
+    starts empty). While the disk goes, no new SSH connection reaches its node (a replacement's
+    sync must not start into a folder being deleted)."""
+    routes = json.loads(routes_path.read_text())
+    node = next(i for i in cluster_members(ec2) if i["InstanceId"] == instance_id)
+    write_routes(routes_path, {k: v for k, v in routes.items() if k != tag(node, "spotrun:node")})
+    ec2.terminate_instances(InstanceIds=[instance_id])
+    shutil.rmtree(home / "spotrun")
+    write_routes(routes_path, routes)
