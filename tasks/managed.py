@@ -12,7 +12,7 @@ from common import outputs
 from common.errors import ConfigError
 from ec2 import doctor, paths
 from ec2.cloud import s3scope
-from ec2.journey import Journey, Plan, reentry, report, stdin_asker
+from ec2.journey import Journey, Plan, cluster_reentry, reentry, report, stdin_asker
 from ec2.journey.history import history_path
 from ec2.remote.rsync_version import local_rsync
 from ec2.remote.sync import refuse_foreign_dest
@@ -107,6 +107,8 @@ def run(
 
         require_s3(plan)  # before any AWS call: one line saying how to set it
     journey = Journey(cfg, name, plan, out=_say, ask=stdin_asker(), outputs=Path(dest) if dest else None)
+    if not detach:  # a cluster run left open under this name is picked up with --nodes, not replaced
+        cluster_reentry.refuse_other_shape(journey.outputs, name, 1)
     # A journey this laptop left running (killed, or Ctrl-C → leave): watch it again, no new machine.
     picked = None if detach else reentry.pick_up(cfg, name, journey.outputs, out=_say)
     if not no_preflight and picked is None:
@@ -139,11 +141,13 @@ def _run_nodes(cfg, name, plan, count, port, dest, no_preflight, train_cfg) -> N
         ask=stdin_asker(),
         outputs=Path(dest) if dest else None,
     )
-    if not no_preflight:
+    # A cluster run this laptop left (killed, or Ctrl-C → leave): watch it again on its members.
+    picked = cluster_reentry.pick_up(cfg, name, count, plan, journey.outputs, out=_say)
+    if not no_preflight and picked is None:
         needs = doctor.needs_for(cfg, train_cfg.dataset.dataset_dir, train_cfg.checkpoint_dir)
         doctor.preflight(cfg, name, needs, out=_say)
     try:
-        journey.run()
+        journey.run(picked)
     finally:
         if journey.h.attempts:
             _say(report.summary(journey.h))

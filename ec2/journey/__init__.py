@@ -11,6 +11,7 @@ an instance back.
     report.py   cost per attempt (spot price history) and the end-of-run summary
     history.py  outputs/<name>/run.json: the attempts (common.attempt) and events, rewritten atomically
     reentry.py  `fab run` again on a journey this laptop left running: watch it, no second machine
+    cluster_reentry.py  `fab run --nodes N` again on a cluster run this laptop left: its members
     detach.py   `fab run --detach`: the run handed to an Auto Scaling group of one; watch, summary
 """
 

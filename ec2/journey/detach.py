@@ -35,6 +35,22 @@ from ec2.remote.ssh import Machine
 Say = Callable[[str], None]
 
 
+# Kept a refusal, by decision (docs/detached.md, "The workspace volume"): an EBS
+# volume stays in its Availability Zone and, not being io1/io2 Multi-Attach, attaches to one
+# instance at a time (AttachVolume: "The volume and instance must be within the same Availability
+# Zone", https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_AttachVolume.html; Multi-Attach:
+# https://docs.aws.amazon.com/ebs/latest/userguide/ebs-volumes-multi.html). The group would be
+# pinned to one zone (its spot capacity elsewhere given up), its role widened to attach volumes,
+# and each replacement would wait for the lost instance to let go; a detached run already keeps
+# what outlives an instance in S3 (checkpoints required there, the code bundle, logs, outputs).
+VOLUME_REFUSAL = (
+    "detached runs do not use a workspace volume: an EBS volume stays in one Availability Zone and "
+    "attaches to one instance at a time, so the group could not look for spot capacity in other zones "
+    "and each replacement would wait for the lost instance to let go of it; keep what must outlive the "
+    "instances in S3, or leave out --detach to use the volume (--set volume_name=null unsets it)"
+)
+
+
 def require_s3(plan: Plan) -> str:
     return require_s3_checkpoints(plan.checkpoint_dir, DETACHED)
 
@@ -74,12 +90,7 @@ def submit(
 ) -> Submitted:
     checkpoint_dir = require_s3(plan)
     if cfg.volume_name:
-        # A volume lives in one zone and attaches to one instance over SSH from the laptop; the
-        # group's instances come and go in any zone with no laptop.
-        raise ConfigError(
-            "detached runs cannot attach a workspace volume; unset volume_name (--set volume_name=null) "
-            "and keep what must outlive the instances in S3"
-        )
+        raise ConfigError(VOLUME_REFUSAL)
     root = detached.root_for(checkpoint_dir, name)
     if instance_profile:
         cfg = dataclasses.replace(cfg, iam_instance_profile=instance_profile)

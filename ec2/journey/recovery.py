@@ -231,6 +231,18 @@ class ReplaceNode(Recovery):
     def live(self) -> list[str]:
         return [m.instance_id for m in self.fleet.live()] if self.fleet.ec2 is not None else []
 
+    def pick_up(self, picked) -> None:
+        """Go on with the members a laptop left (ec2.journey.cluster_reentry.PickedUpCluster); a
+        member gone meanwhile is seen gone by the watch and replaced by recover()."""
+        self.attempt = picked.attempt
+        self.fleet.h = self.e.h  # the history read back, not the fresh one made for a new run
+        self.fleet.machines, self.fleet.ec2 = list(picked.machines), picked.ec2
+        self.fleet.exclude = {
+            tuple(e["excluded"])
+            for e in self.e.h.events
+            if e.get("event") == "relaunch-all" and e.get("excluded")
+        }
+
     def leave_running(self, *, ctrl_c: bool) -> None:
         live = self.fleet.live()
         ids = ", ".join(m.instance_id for m in live)
@@ -238,8 +250,8 @@ class ReplaceNode(Recovery):
             m.outcome = Outcome.LEFT_RUNNING
         name = self.e.name
         follow = (
-            f"Follow it with `fab logs --name {name} --node K`; "
-            f"terminate them with `fab terminate --name {name}`"
+            f"`fab run --nodes {self.e.nodes} --name {name}` again picks it up, "
+            f"`fab logs --name {name} --node K` follows it, `fab terminate --name {name}` ends it"
         )
         if ctrl_c:
             self.e.out(f"left {ids} running (the run goes on in tmux on every node). {follow}")

@@ -19,6 +19,9 @@ from ec2.journey import history
 from ec2.remote.ssh import Machine
 
 ALIVE = ("pending", "running")
+# FAILED too: an error while watching (the laptop lost sight of AWS or SSH) marks the run failed
+# but leaves its instances running, the attempt unended, and says `fab run` again picks it up.
+OPEN_STATUSES = (RunStatus.RUNNING, RunStatus.INTERRUPTED, RunStatus.FAILED)
 
 
 @dataclass
@@ -31,7 +34,7 @@ class PickedUp:
 
 def open_attempt(h: history.RunHistory) -> history.Attempt | None:
     """The last attempt, when the journey was never closed and that attempt has an instance."""
-    if h.status not in (RunStatus.RUNNING, RunStatus.INTERRUPTED) or not h.attempts:
+    if h.status not in OPEN_STATUSES or not h.attempts:
         return None
     last = h.attempts[-1]
     if not last.outcome.open or last.ended_at or not last.instance_id:
@@ -39,7 +42,9 @@ def open_attempt(h: history.RunHistory) -> history.Attempt | None:
     return last
 
 
-def _machine(cfg: AwsConfig, info: instances.InstanceInfo, region: str) -> Machine:
+def machine_for(cfg: AwsConfig, info: instances.InstanceInfo, region: str) -> Machine:
+    """The found instance as a Machine: its registry record, or a new one registered (another
+    laptop, or a registry entry since replaced)."""
     try:
         record = registry.get(info.name)
     except ToolkitError:
@@ -69,4 +74,4 @@ def pick_up(cfg: AwsConfig, name: str, outputs: Path, out: Callable[[str], None]
         f"{info.zone}) is still {info.state}; watching it again"
     )
     attempt.outcome = Outcome.RUNNING
-    return PickedUp(h, attempt, _machine(cfg, info, region), ec2)
+    return PickedUp(h, attempt, machine_for(cfg, info, region), ec2)
