@@ -10,7 +10,8 @@ answers instantly). It forwards the Host header untouched, so SigV4 signatures s
         ...
         proxy.counts["GET"], proxy.ranged_gets, proxy.bytes_out
 
-A slow S3: ``rate_bps`` paces every response body (through tests/peers/throttle.py's pump, as the
+A slow S3: ``latency_methods`` limits the latency to some methods (``{"PUT"}``: slow uploads,
+quick reads); ``rate_bps`` paces every response body (through tests/peers/throttle.py's pump, as the
 slow SSH link does), and ``stall_next(after)`` makes the next ranged GET's body stop after
 ``after`` bytes, its connection open, until ``release()`` (a stuck connection).
 
@@ -40,6 +41,7 @@ class CountingProxy:
         u = urlsplit(upstream)
         self.upstream = (u.hostname, u.port or 80)
         self.latency_s = latency_s
+        self.latency_methods: set[str] | None = None  # None: every request waits latency_s
         self.rate_bps: float | None = None  # response bodies at this many bytes/s (None: at once)
         self._stall_after: int | None = None
         self._unstall = threading.Event()
@@ -87,7 +89,9 @@ class CountingProxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 if body or self.command in ("PUT", "POST"):
                     headers["Content-Length"] = str(len(body))
-                if proxy.latency_s:
+                if proxy.latency_s and (
+                    proxy.latency_methods is None or self.command in proxy.latency_methods
+                ):
                     time.sleep(proxy.latency_s)
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
                 try:
