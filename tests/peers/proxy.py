@@ -11,8 +11,10 @@ answers instantly). It forwards the Host header untouched, so SigV4 signatures s
         proxy.counts["GET"], proxy.ranged_gets, proxy.bytes_out
 
 A slow S3: ``latency_methods`` limits the latency to some methods (``{"PUT"}``: slow uploads,
-quick reads); ``rate_bps`` paces every response body (through tests/peers/throttle.py's pump, as the
-slow SSH link does), and ``stall_next(after)`` makes the next ranged GET's body stop after
+quick reads); ``upload_bps`` makes request bodies (uploads, multipart parts) share one link of that
+many bytes/s, concurrent parts included, so a big file is slow and a small one is not;
+``rate_bps`` paces every response body (through tests/peers/throttle.py's pump, as the slow SSH
+link does), and ``stall_next(after)`` makes the next ranged GET's body stop after
 ``after`` bytes, its connection open, until ``release()`` (a stuck connection).
 
 Fixture: ``s3_proxy`` (needs ``aws_env``): a proxy in front of the test's moto server with
@@ -42,6 +44,8 @@ class CountingProxy:
         self.upstream = (u.hostname, u.port or 80)
         self.latency_s = latency_s
         self.latency_methods: set[str] | None = None  # None: every request waits latency_s
+        self.upload_bps: float | None = None  # request bodies share a link this fast (None: at once)
+        self._link_free_at = 0.0  # when the shared upload link has sent what it was given
         self.rate_bps: float | None = None  # response bodies at this many bytes/s (None: at once)
         self._stall_after: int | None = None
         self._unstall = threading.Event()
@@ -71,6 +75,7 @@ class CountingProxy:
 
             def _forward(self) -> None:
                 body = self._body()
+                proxy._upload_wait(len(body))
                 fault = proxy._take_fault(self.command, self.path) or proxy._take_failure()
                 if fault is not None:
                     status, code = fault
@@ -121,6 +126,16 @@ class CountingProxy:
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self._thread: threading.Thread | None = None
+
+    def _upload_wait(self, nbytes: int) -> None:
+        """Hold a request until the shared upload link would have carried its body."""
+        if not self.upload_bps or not nbytes:
+            return
+        with self._lock:
+            start = max(time.monotonic(), self._link_free_at)
+            self._link_free_at = start + nbytes / self.upload_bps
+            until = self._link_free_at
+        time.sleep(max(until - time.monotonic(), 0))
 
     def _count(self, method: str, ranged: bool, nbytes: int) -> None:
         with self._lock:
