@@ -131,13 +131,18 @@ def main() -> int:
             )
             lines: list[str] = []
             threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
-            wait_for(lines, r"checkpoint: save", proc)
-            if not args.no_rebalance:
-                imds.mark_rebalance()
-                m = wait_for(lines, r"saved last\.pt at step (\d+)", proc)
-                wait_for(lines, rf"Train batch {int(m.group(1)) + 2}:", proc)
-            imds.mark_interruption()
-            code = proc.wait(timeout=600)
+            try:
+                wait_for(lines, r"checkpoint: save", proc)
+                if not args.no_rebalance:
+                    imds.mark_rebalance()
+                    m = wait_for(lines, r"saved last\.pt at step (\d+)", proc)
+                    wait_for(lines, rf"Train batch {int(m.group(1)) + 2}:", proc)
+                imds.mark_interruption()
+                code = proc.wait(timeout=600)
+            finally:
+                if proc.poll() is None:
+                    proc.terminate()  # the watcher passes it on: the trainer stops too
+                    proc.wait(timeout=120)
             time.sleep(0.5)
             for line in lines:
                 if SHOWN.search(line):

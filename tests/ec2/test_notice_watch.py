@@ -25,10 +25,19 @@ from tests.peers.imds import wait_until
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start_watched_trainer(tmp_path: Path, imds_url: str, *watch_args: str) -> tuple[subprocess.Popen, Path]:
+def start_watched_trainer(
+    tmp_path: Path, imds_url: str, *watch_args: str, ranks: int = 0
+) -> tuple[subprocess.Popen, Path]:
+    """The watcher around `python -m ml.train` (with `ranks`: torchrun with that many ranks, gloo
+    on the CPU, as `fab train` starts it on a machine with that many GPUs)."""
     data = make_data(tmp_path / "data")
     run = tmp_path / "run"
     args = tiny(data, run, 100_000, "batches_per_val_step=1000000", "batches_per_save=1000000")
+    trainer = train_cmd(*args)  # [python, -m, ml.train, ...]
+    if ranks:
+        watch_args = (*watch_args, "--ranks", str(ranks))
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+        trainer = [trainer[0], *launcher, *trainer[1:]]  # torchrun's own -m runs ml.train
     argv = [
         sys.executable,
         "-m",
@@ -43,7 +52,7 @@ def start_watched_trainer(tmp_path: Path, imds_url: str, *watch_args: str) -> tu
         str(run / "checkpoint"),
         *watch_args,
         "--",
-        *train_cmd(*args),
+        *trainer,
     ]
     err = tmp_path / "watcher.err"
     with open(tmp_path / "trainer.out", "w") as out, open(err, "w") as errf:
@@ -69,8 +78,9 @@ def stop(proc: subprocess.Popen) -> int:
             proc.kill()
 
 
-def test_rebalance_with_checkpoint_saves_at_once_and_trains_on(imds, tmp_path):
-    proc, run = start_watched_trainer(tmp_path, imds.url, "--on-rebalance", "checkpoint")
+@pytest.mark.parametrize("ranks", [0, 2], ids=["one-process", "torchrun-2-ranks"])
+def test_rebalance_with_checkpoint_saves_at_once_and_trains_on(imds, tmp_path, ranks):
+    proc, run = start_watched_trainer(tmp_path, imds.url, "--on-rebalance", "checkpoint", ranks=ranks)
     try:
         wait_until(lambda: trained_to(run) >= 10, 180, "the trainer to train 10 steps")
         imds.mark_rebalance()
@@ -82,8 +92,9 @@ def test_rebalance_with_checkpoint_saves_at_once_and_trains_on(imds, tmp_path):
         )
         # Read before anything else writes last.pt (no periodic save in this run; the next is the stop's).
         step = int(said.group(1))
-        assert checkpoint.load(run / "checkpoint" / "last.pt")["step"] == step
-        assert step >= 10
+        saved = checkpoint.load(run / "checkpoint" / "last.pt")
+        assert saved["step"] == step and step >= 10
+        assert len(saved["rng"]) == max(ranks, 1)  # every rank took part in the one save
         wait_until(lambda: trained_to(run) >= step + 10, 120, "training to go on after the save")
         assert proc.poll() is None
     finally:
@@ -91,8 +102,12 @@ def test_rebalance_with_checkpoint_saves_at_once_and_trains_on(imds, tmp_path):
     assert code == STOPPED_RESUMABLE
     err = (tmp_path / "watcher.err").read_text()
     assert "rebalance recommendation: " in err and "(on_rebalance: checkpoint)" in err
-    assert re.search(r"sent SIGUSR2 to rank\(s\) 0:\d+: the trainer saves a checkpoint at its next step", err)
-    assert "save asked for (SIGUSR2: the spot watcher's rebalance recommendation)" in log.read_text()
+    sent = re.search(
+        r"sent SIGUSR2 to rank\(s\) ([\d:, ]+): the trainer saves a checkpoint at its next step", err
+    )
+    assert sent and len(sent.group(1).split(", ")) == max(ranks, 1), err[-2000:]
+    text = log.read_text()
+    assert text.count("save asked for (SIGUSR2: the spot watcher's rebalance recommendation)") == 1
 
 
 def test_rebalance_without_the_option_saves_nothing(imds, tmp_path):

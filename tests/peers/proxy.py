@@ -71,11 +71,24 @@ class CountingProxy:
                         parts.append(self.rfile.read(size))
                         self.rfile.readline()
                 n = int(self.headers.get("Content-Length") or 0)
-                return self.rfile.read(n) if n else b""
+                if not n:
+                    return b""
+                if not proxy.upload_bps:
+                    return self.rfile.read(n)
+                # Read it as a slow link would carry it: the client keeps sending (no read timeout
+                # while a part waits), and concurrent parts share the link.
+                parts = []
+                while n > 0:
+                    chunk = self.rfile.read(min(n, 64 * 1024))
+                    if not chunk:
+                        break
+                    proxy._upload_wait(len(chunk))
+                    parts.append(chunk)
+                    n -= len(chunk)
+                return b"".join(parts)
 
             def _forward(self) -> None:
                 body = self._body()
-                proxy._upload_wait(len(body))
                 fault = proxy._take_fault(self.command, self.path) or proxy._take_failure()
                 if fault is not None:
                     status, code = fault
@@ -128,7 +141,7 @@ class CountingProxy:
         self._thread: threading.Thread | None = None
 
     def _upload_wait(self, nbytes: int) -> None:
-        """Hold a request until the shared upload link would have carried its body."""
+        """Hold a reader until the shared upload link would have carried these bytes too."""
         if not self.upload_bps or not nbytes:
             return
         with self._lock:
