@@ -121,8 +121,8 @@ class Watcher:
         if self.on_spot():
             env[NOTICE_ENV] = f"{NOTICE_LEAD_S:g}"
             log(
-                f"spot instance: the trainer times its first checkpoint against the "
-                f"{NOTICE_LEAD_S:g} s notice"
+                f"spot instance: {NOTICE_ENV}={NOTICE_LEAD_S:g} for the command (spotrun's trainer "
+                "times its first checkpoint against the notice)"
             )
         self.child = subprocess.Popen(self.args.command, start_new_session=True, env=env)
         # Who to signal for a graceful stop (`fab stop`, a detached run's deadline): TERM to us is
