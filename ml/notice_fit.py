@@ -106,7 +106,10 @@ class FitCheck:
 
         def uploaded(nbytes: int, upload_s: float, error: str | None) -> None:
             if error is not None:
-                self.say(f"checkpoint: save {save_s:.1f} s; its upload failed, so no fits-the-notice figure")
+                self.say(
+                    f"checkpoint: save {save_s:.1f} s; its upload failed, so the next save is timed instead"
+                )
+                self.pending = True
                 return
             fast, why = fast_disk(self.nvme_setting)
             slow = save_s + upload_s > FIT_SHARE * self.notice_s

@@ -143,3 +143,24 @@ def test_without_nvme_the_line_says_so_and_what_to_do(tmp_path):
     )
     assert notice_fit.fast_disk(str(tmp_path / "absent"))[0] is None
     assert notice_fit.fast_disk(None) == (None, "checkpoint_nvme_dir is null")
+
+
+def test_a_failed_first_upload_times_the_next_save_instead():
+    said: list[str] = []
+    hooks: dict = {}
+
+    class Store:  # what FitCheck uses of CheckpointStore: where to hang the upload's timing
+        def on_uploaded(self, name, hook):
+            hooks[name] = hook
+
+    fit = notice_fit.FitCheck(120, None, said.append)
+    fit.saved(Store(), "last.pt", 1.0)
+    hooks.pop("last.pt")(0, 5.0, "HTTP 500")
+    assert said == ["checkpoint: save 1.0 s; its upload failed, so the next save is timed instead"]
+    fit.saved(Store(), "last.pt", 2.0)
+    hooks.pop("last.pt")(50_000_000, 3.0, None)
+    assert (
+        said[-1] == "checkpoint: save 2.0 s, upload 3.0 s of 50.0 MB; fits the 2-minute notice (5.0 of 120 s)"
+    )
+    fit.saved(Store(), "last.pt", 2.0)
+    assert hooks == {}  # timed once: later saves cost nothing
