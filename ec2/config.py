@@ -116,6 +116,9 @@ class AwsConfig:
         None, lambda v, k: check_s3_uri(v, k, "s3://my-bucket/checkpoints")
     )
     max_recoveries: int = checked(3, Range(0, 100, why="replacement instances after interruptions"))
+    # On a rebalance recommendation (an interruption is more likely soon): none (the watcher logs
+    # it) or checkpoint (the trainer saves last.pt at its next step and trains on).
+    on_rebalance: Literal["none", "checkpoint"] = "none"
     # `fab run --detach`: where the code bundle goes (s3://bucket/prefix; unset: beside the
     # checkpoints, in the run's own prefix).
     bundle_uri: str | None = checked(None, lambda v, k: check_s3_uri(v, k, "s3://my-bucket/bundles"))

@@ -68,6 +68,9 @@ def bad_trials_shape(value: dict, key: str) -> None:
 
 
 DATA_CACHE_DEFAULT = "~/.cache/spotrun/data"
+# The Deep Learning AMI mounts the instance store here on instances that have one: local NVMe,
+# faster than the root EBS volume and not billed per GB.
+NVME_MOUNT = "/opt/dlami/nvme"
 
 
 @dataclass
@@ -191,6 +194,10 @@ class TrainConfig:
     # Batches with a non-finite loss or gradient norm that may be skipped (weights unchanged) before
     # the run stops; 0: stop at the first one, saving nothing from it.
     max_nonfinite_batches: int = checked(0, Range(0))
+    # On a spot instance the first save + upload of last.pt is timed against the two-minute notice
+    # (ml/notice_fit.py); when it takes more than half, later saves are staged here: the NVMe
+    # instance store (used only when mounted there), or a local folder you name; null: never move.
+    checkpoint_nvme_dir: str | None = NVME_MOUNT
 
     def __post_init__(self) -> None:
         check_fields(self)

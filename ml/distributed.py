@@ -112,6 +112,15 @@ def any_true(flag: bool, d: Dist) -> bool:
     return bool(t.item())
 
 
+def any_true_each(flags: tuple[bool, ...], d: Dist) -> tuple[bool, ...]:
+    """``any_true`` of several flags in one collective (the loop asks two questions every step)."""
+    if not d.enabled:
+        return tuple(flags)
+    t = torch.tensor([1 if f else 0 for f in flags])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control)
+    return tuple(bool(v) for v in t.tolist())
+
+
 def from_node_leader(obj: Any, d: Dist) -> Any:
     """The ``obj`` of this machine's first rank (local rank 0), on each of the machine's ranks.
     torchrun numbers ranks node by node, so that rank is ``rank - local_rank``."""

@@ -1,4 +1,6 @@
-"""Graceful stop on a signal: SIGTERM or SIGUSR1 (the spot-notice watcher's) or a first Ctrl-C.
+"""Graceful stop on a signal: SIGTERM or SIGUSR1 (the spot-notice watcher's) or a first Ctrl-C;
+and a checkpoint without stopping on SIGUSR2 (the watcher's answer to a rebalance recommendation
+with `on_rebalance: checkpoint`): the loop saves `last` at its next step boundary and trains on.
 
 The handler only records the signal; it never raises. So whatever the trainer is doing when the
 signal lands (a step, a validation batch, a checkpoint write) runs to its end, and the loop then
@@ -23,6 +25,7 @@ from pathlib import Path
 from common.atomic import atomic_write_text
 
 GRACEFUL = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+SAVE_NOW = signal.SIGUSR2
 RANKS_DIR_ENV = "SPOTRUN_RANKS_DIR"
 
 
@@ -45,17 +48,23 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
+        self.save_asked = False  # SAVE_NOW arrived since the loop last looked (take_save)
         self._previous: dict[int, object] = {}
 
     @property
     def requested(self) -> bool:
         return self.signal_name is not None
 
+    def take_save(self) -> bool:
+        """Whether a save was asked for since the last call (and forget it)."""
+        asked, self.save_asked = self.save_asked, False
+        return asked
+
     def install(self) -> StopFlag:
         # Signal handlers can only be set from the main thread; elsewhere (a test calling the
         # loop from a worker thread) the flag simply stays unset.
         if threading.current_thread() is threading.main_thread():
-            for sig in GRACEFUL:
+            for sig in (*GRACEFUL, SAVE_NOW):
                 self._previous[sig] = signal.signal(sig, self._handle)
             if (path := _rank_file("pid")) is not None:
                 atomic_write_text(path, f"{os.getpid()}\n")
@@ -67,6 +76,9 @@ class StopFlag:
         self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
+        if signum == SAVE_NOW:
+            self.save_asked = True
+            return
         if signum == signal.SIGINT and self.requested:
             raise KeyboardInterrupt  # second Ctrl-C: the user really wants out
         if self.signal_name is None:

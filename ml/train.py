@@ -11,8 +11,12 @@ from checkpoint_dir's last.pt exactly where it stopped: same weights, optimizer,
 and batch sequence (ml/checkpoint.py).
 
 SIGTERM or SIGUSR1 (the spot-notice watcher) finishes the current step, saves, waits for the S3
-copy and exits with STOPPED_RESUMABLE (75). Expected failures (bad config, data or checkpoint)
-print one ``error:`` line and exit with their code, having written nothing.
+copy and exits with STOPPED_RESUMABLE (75). SIGUSR2 (the watcher, on a rebalance recommendation
+with on_rebalance: checkpoint) saves last.pt at the next step boundary and trains on. On a spot
+instance the first last.pt's save and upload are timed against the notice (ml/notice_fit.py).
+
+Expected failures (bad config, data or checkpoint) print one ``error:`` line and exit with their
+code, having written nothing.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from common import exits, outputs
 from common.config import save_config
 from common.errors import ConfigError
 from common.s3uri import is_s3
-from ml import checkpoint, distributed, memory, stopping
+from ml import checkpoint, distributed, memory, notice_fit, stopping
 from ml.augment import transform_batch
 from ml.checkpoint import ARGS, BEST, LAST, REFERENCE_BEST
 from ml.ckpt_store import CheckpointStore
@@ -147,6 +151,7 @@ class Run:
     val_loader: Any
     resumed_from: str  # the checkpoint this run continues ("" for a fresh start)
     exact: bool  # resumed from our last.pt (every RNG stream restored), not a reference file
+    fit: notice_fit.FitCheck | None = None  # on spot, rank 0, S3 checkpoints: times the first save
 
     def lr(self) -> float:
         return next(g["lr"] for g in self.optimizer.param_groups if g.get("name", "other") == "other")
@@ -183,10 +188,14 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: St
     state.t_start = time.monotonic()
     step_time = 0.0  # train-step seconds since the last train log line
     for step in range(state.start_step, total):
-        # A signal on any rank (spot notice, Ctrl-C): stop here; finish() saves.
-        if distributed.any_true(stop.requested, d):
+        # A signal on any rank (spot notice, Ctrl-C): stop here; finish() saves. A save asked for
+        # (SIGUSR2: a rebalance recommendation) on any rank: every rank saves here, and trains on.
+        stopping_now, save_now = distributed.any_true_each((stop.requested, stop.take_save()), d)
+        if stopping_now:
             state.stopped_by = stop.signal_name or "signal"
             break
+        if save_now:
+            save_asked(run, state)
 
         # Draw this step's batch and train on it.
         t0 = time.monotonic()
@@ -285,6 +294,9 @@ def prepare(cfg: TrainConfig, d: distributed.Dist, device: torch.device, stop: S
         resumed_from,
         exact,
     )
+    notice_s = notice_fit.notice_seconds()
+    if d.is_main and store.remote and notice_s is not None:
+        run.fit = notice_fit.FitCheck(notice_s, cfg.checkpoint_nvme_dir, log.info)
     return run, state, train_loader
 
 
@@ -303,6 +315,11 @@ def announce(run: Run, state: RunState) -> None:
     log.info(f"device: {run.device}{threads}{ddp}")
     log.info(f"data: {cfg.dataset.dataset_dir} ({len(cfg.dataset.sessions)} sessions)")
     log.info(f"checkpoints: {store.uri}" + (f" (staged in {store.local_dir})" if store.remote else ""))
+    if run.fit is not None:
+        log.info(
+            f"spot instance: the first last.pt's save and upload will be timed against the "
+            f"{run.fit.notice_s:g} s interruption notice"
+        )
     if moved is not None:
         log.info(
             f"output_dir held another run's logs and metrics: moved them to {moved} (nothing overwritten)"
@@ -442,6 +459,8 @@ def save_last(run: Run, state: RunState) -> None:
         stop_nonfinite(run, state, f"by step {state.done}: the weights hold NaN or inf")
     rngs = distributed.gather(checkpoint.rng_state(), run.d)  # every rank's stream, for exact resume
     if run.d.is_main:
+        if run.fit is not None:
+            run.fit.apply(run.store)  # the check found saves too slow for the notice: faster disk
         ckpt = {
             "format": checkpoint.FORMAT,
             "step": state.done,
@@ -456,10 +475,25 @@ def save_last(run: Run, state: RunState) -> None:
             "world_size": run.d.world_size,
             "rng": rngs,
         }
+        t0 = time.monotonic()
         checkpoint.save(ckpt, run.store.path(LAST))
+        if run.fit is not None:
+            run.fit.saved(run.store, LAST, time.monotonic() - t0)  # and times the upload
         save_args(run)
         run.store.publish([ARGS, LAST])
     state.last_saved = state.done
+
+
+def save_asked(run: Run, state: RunState) -> None:
+    """SIGUSR2 (the notice watcher, on a rebalance recommendation): last.pt now, at this step
+    boundary, on every rank together (rank 0 writes); training goes on. The S3 copy runs in the
+    background as for any save."""
+    why = "save asked for (SIGUSR2: the spot watcher's rebalance recommendation)"
+    if state.last_saved == state.done:
+        run.log.info(f"{why}: last.pt already holds step {state.done}; training goes on")
+        return
+    save_last(run, state)
+    run.log.info(f"{why}: saved last.pt at step {state.done} in {run.store.where(LAST)}; training goes on")
 
 
 def save_best(run: Run, step: int, per: float, loss: float) -> None:

@@ -84,6 +84,7 @@ def run(
         signal=TRAINER_SIGNAL,
         poll_s=float(poll),
         imds_poll_s=float(imds_poll),
+        on_rebalance=cfg.on_rebalance,
         download_every_s=float(download_every),
         max_recoveries=recoveries,
         keep=bool(keep),

@@ -295,6 +295,7 @@ def train(
             _checkpoint_dir(train_config, overrides),
             backup_uri,
             ranks=procs if procs > 1 else 0,
+            on_rebalance=aws_config(config, set_).on_rebalance,
         )
     region = _region(m, config, set_)
     if not cmd:
@@ -337,7 +338,9 @@ def _train_nodes(
         rendezvous_id=f"{name}-{run}",
         port=int(port),
         env=train_env(region),
-        watcher_args=lambda procs: watcher_args_for(TRAINER_SIGNAL, ckpt, None, ranks=procs),
+        watcher_args=lambda procs: watcher_args_for(
+            TRAINER_SIGNAL, ckpt, None, ranks=procs, on_rebalance=cfg.on_rebalance
+        ),
         output_dir=_local_output_dir(train_config, overrides),
         force=force,
     )

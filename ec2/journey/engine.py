@@ -202,7 +202,7 @@ class Engine:
             port=self.port,
             env=stages.run_env(machines[0], p),
             watcher_args=lambda procs: trainrun.watcher_args(
-                p.signal, p.checkpoint_dir, None, p.imds_poll_s, ranks=procs
+                p.signal, p.checkpoint_dir, None, p.imds_poll_s, ranks=procs, on_rebalance=p.on_rebalance
             ),
             output_dir=p.output_dir,
             force=True,

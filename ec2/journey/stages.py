@@ -36,6 +36,7 @@ class Plan:
     signal: str = trainrun.TRAINER_SIGNAL
     poll_s: float = 30.0  # how often the laptop looks at the instance and the run
     imds_poll_s: float = 5.0  # how often the watcher on the instance asks for notices
+    on_rebalance: str = "none"  # AwsConfig.on_rebalance: checkpoint on a rebalance recommendation
     download_every_s: float = 600.0  # pull local checkpoints to the laptop this often
     unreachable_s: float = 300.0
     max_recoveries: int = 3
@@ -65,7 +66,14 @@ class Plan:
 
 def watcher_args(plan: Plan, backup_uri: str | None, procs: int = 1) -> list[str]:
     ranks = procs if trainrun.uses_torchrun(procs) else 0
-    return trainrun.watcher_args(plan.signal, plan.checkpoint_dir, backup_uri, plan.imds_poll_s, ranks=ranks)
+    return trainrun.watcher_args(
+        plan.signal,
+        plan.checkpoint_dir,
+        backup_uri,
+        plan.imds_poll_s,
+        ranks=ranks,
+        on_rebalance=plan.on_rebalance,
+    )
 
 
 def provision(

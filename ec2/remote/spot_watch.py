@@ -2,7 +2,8 @@
 interruption notice.
 
     python -m ec2.remote.spot_watch --run-dir DIR [--signal USR1] [--checkpoint-dir PATH]
-                             [--upload-to s3://...] [--poll 5] [--grace S] [--ranks N] -- CMD ...
+                             [--upload-to s3://...] [--poll 5] [--grace S] [--ranks N]
+                             [--on-rebalance none|checkpoint] -- CMD ...
 
 It starts CMD as a child in its own process group and exits with CMD's exit code. Every `--poll`
 seconds it asks the metadata service (IMDSv2, address from SPOTRUN_IMDS_URL) for
@@ -11,10 +12,21 @@ seconds it asks the metadata service (IMDSv2, address from SPOTRUN_IMDS_URL) for
 1. writes RUN_DIR/notice (the notice JSON and when it was seen);
 2. sends `--signal` to CMD's main process (our trainer checkpoints within the step and exits 75;
    `bash -c` execs a single command, so that is the trainer itself);
-3. waits for CMD to exit, bounded by the notice's deadline (less the time kept for the upload);
+3. waits for CMD to exit, bounded by the notice's deadline less what step 4 needs: UPLOAD_RESERVE_S
+   when the watcher copies a local folder itself, LIST_RESERVE_S when the checkpoint dir is s3://
+   (the trainer uploads it and its exit waits for the upload, so the wait must cover it);
 4. copies a local `--checkpoint-dir` to `--upload-to` (only files S3 lacks), or, when the
-   checkpoint dir is itself s3://, notes what is there;
+   checkpoint dir is itself s3://, notes what is there and whether the newest last.pt reached it
+   (`newest_in_s3`: the trainer exited 75, which it does only once its copy is up, or S3's
+   last.pt was written after the signal);
 5. writes RUN_DIR/preempted (atomically) with the timings; `fab status` then says "preempted".
+
+On a spot instance (IMDS `instance-life-cycle` is `spot`) CMD gets SPOTRUN_NOTICE_S: the trainer
+times its first checkpoint against the notice (ml/notice_fit.py). A rebalance recommendation
+(advice that an interruption is more likely) is logged; with `--on-rebalance checkpoint` CMD also
+gets SIGUSR2, on which the trainer saves a checkpoint at its next step and trains on (once CMD has
+announced its handlers in RUN_DIR/ranks, so the signal never kills a trainer still starting).
+https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/rebalance-recommendations.html
 
 With `--ranks N` the command is torchrun with N ranks on this machine. torchrun's agent would answer
 a signal by stopping its workers with SIGTERM and killing them after a timeout, and it exits 1
@@ -42,11 +54,18 @@ import botocore.exceptions
 
 from common.atomic import atomic_write_json
 from common.s3uri import is_s3, s3_problem
-from ec2.remote.imds import Imds, ImdsUnreachable, Notice
-from ml.stopping import RANKS_DIR_ENV
+from ec2.remote.imds import LIFECYCLE, Imds, ImdsUnreachable, Notice
+from ml.notice_fit import NOTICE_ENV
+from ml.stopping import RANKS_DIR_ENV, SAVE_NOW
 
-# Kept back from the notice's deadline for the S3 copy and the status file.
+# Kept back from the notice's deadline for the watcher's own S3 copy and the status file.
 UPLOAD_RESERVE_S = 30.0
+# With an s3:// checkpoint dir the trainer uploads and the watcher only lists and writes the
+# status file: keep less back, so the trainer's upload may use the rest of the two minutes.
+LIST_RESERVE_S = 10.0
+# S3's LastModified has whole seconds: a last.pt written just after the signal may read a second early.
+CLOCK_SLACK_S = 1.0
+ON_REBALANCE = ("none", "checkpoint")
 # When the notice carries no usable time: AWS promises two minutes.
 NOTICE_LEAD_S = 120.0
 MIN_WAIT_S = 5.0
@@ -83,17 +102,28 @@ class Watcher:
         self.imds_down = False
         self.rebalance_seen = False
         self.ranks_dir = self.run_dir / "ranks" if args.ranks > 0 else None
+        # Where the trainer's processes announce their handlers: the ranks, or (for a rebalance's
+        # save) the one trainer.
+        save_on_rebalance = args.on_rebalance == "checkpoint"
+        self.announce_dir = self.run_dir / "ranks" if args.ranks > 0 or save_on_rebalance else None
+        self.rebalance_save_pending = False
         self.signalled: dict[int, int] = {}  # rank -> pid, the ranks sent the stop signal
 
     # --- the child -------------------------------------------------------------------------------
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        env = None
-        if self.ranks_dir is not None:
-            self.ranks_dir.mkdir(exist_ok=True)
-            for old in self.ranks_dir.glob("rank-*"):  # a previous run's ranks (fab train --force)
+        env = dict(os.environ)
+        if self.announce_dir is not None:
+            self.announce_dir.mkdir(exist_ok=True)
+            for old in self.announce_dir.glob("rank-*"):  # a previous run's ranks (fab train --force)
                 old.unlink()
-            env = {**os.environ, RANKS_DIR_ENV: str(self.ranks_dir)}
+            env[RANKS_DIR_ENV] = str(self.announce_dir)
+        if self.on_spot():
+            env[NOTICE_ENV] = f"{NOTICE_LEAD_S:g}"
+            log(
+                f"spot instance: {NOTICE_ENV}={NOTICE_LEAD_S:g} for the command (spotrun's trainer "
+                "times its first checkpoint against the notice)"
+            )
         self.child = subprocess.Popen(self.args.command, start_new_session=True, env=env)
         # Who to signal for a graceful stop (`fab stop`, a detached run's deadline): TERM to us is
         # passed on to the command, which checkpoints and exits 75 (runs.graceful_stop_command).
@@ -107,10 +137,17 @@ class Watcher:
         if self.child and self.child.poll() is None:
             self.send(signal.Signals(signum), agent_fallback=True)
 
+    def on_spot(self) -> bool:
+        """Whether this is a spot instance (no metadata service: not EC2, so no)."""
+        try:
+            return (self.imds.get(LIFECYCLE) or "").strip() == "spot"
+        except ImdsUnreachable:
+            return False  # check() says so in its own line
+
     # --- the ranks (--ranks N: the command is torchrun) ----------------------------------------------
     def _rank_files(self, suffix: str) -> dict[int, str]:
         found = {}
-        for path in self.ranks_dir.glob(f"rank-*.{suffix}"):
+        for path in self.announce_dir.glob(f"rank-*.{suffix}"):
             try:
                 found[int(path.name.split("-", 1)[1].split(".", 1)[0])] = path.read_text().strip()
             except (ValueError, OSError):
@@ -125,7 +162,7 @@ class Watcher:
         itself. With no rank yet, `agent_fallback` (a TERM/INT/HUP passed on, which torchrun's
         agent handles by stopping its workers) sends it to torchrun; the notice's USR1 never goes
         there (the agent would die of it and leave its workers running). Says to whom."""
-        if self.ranks_dir is None:
+        if self.ranks_dir is None and (sig != SAVE_NOW or self.announce_dir is None):
             os.kill(self.child.pid, sig)
             return f"pid {self.child.pid}"
         pids = self.rank_pids()
@@ -169,7 +206,13 @@ class Watcher:
             if not self.rebalance_seen and (body := self.imds.rebalance()) is not None:
                 # Advice only (capacity is getting scarce); the interruption notice may follow.
                 self.rebalance_seen = True
-                log(f"rebalance recommendation: {body.strip()} (no action; still watching)")
+                if self.args.on_rebalance == "checkpoint":
+                    log(f"rebalance recommendation: {body.strip()} (on_rebalance: checkpoint)")
+                    self.rebalance_save_pending = True
+                else:
+                    log(f"rebalance recommendation: {body.strip()} (no action; still watching)")
+            if self.rebalance_save_pending and notice is None:
+                self.ask_for_save()
         except ImdsUnreachable as e:
             if not self.imds_down:
                 log(
@@ -182,6 +225,15 @@ class Watcher:
             log("instance metadata reachable again; watching for spot notices")
             self.imds_down = False
         return notice
+
+    def ask_for_save(self) -> None:
+        """SIGUSR2 to the trainer (every rank), once it has announced its handlers: it saves a
+        checkpoint at its next step and trains on. Until then, asked again at the next poll."""
+        if self.child.poll() is not None or not self.rank_pids():
+            return
+        to = self.send(SAVE_NOW)
+        self.rebalance_save_pending = False
+        log(f"sent {SAVE_NOW.name} to {to}: the trainer saves a checkpoint at its next step and trains on")
 
     def watch(self) -> int:
         self.start()
@@ -203,7 +255,12 @@ class Watcher:
             return self.args.grace
         left = notice.seconds_left()
         left = NOTICE_LEAD_S if left is None else left
-        return max(left - UPLOAD_RESERVE_S, MIN_WAIT_S)
+        return max(left - self.reserve_s(), MIN_WAIT_S)
+
+    def reserve_s(self) -> float:
+        """What the watcher keeps back from the deadline for its own step after the command."""
+        ckpt = self.args.checkpoint_dir
+        return LIST_RESERVE_S if ckpt and is_s3(ckpt) else UPLOAD_RESERVE_S
 
     def on_notice(self, notice: Notice) -> int:
         seen = time.time()
@@ -226,7 +283,7 @@ class Watcher:
             log(f"command still running {wait:.0f} s after {sig.name}; saving what is there")
         else:
             log(f"command exited {self.exit_code(code)} {exited - signalled:.1f} s after {sig.name}")
-        checkpoint = self.secure_checkpoint()
+        checkpoint = self.secure_checkpoint(signalled, self.exit_code(code) if code is not None else None)
         done = time.time()
         atomic_write_json(
             self.run_dir / "preempted",
@@ -241,7 +298,12 @@ class Watcher:
                 "seconds_notice_to_safe": round(done - seen, 3),
             },
         )
-        log(f"preempted: checkpoint secured {done - seen:.1f} s after the notice")
+        newest = checkpoint.get("newest_in_s3")
+        if newest is False:
+            where, why = checkpoint.get("uri"), checkpoint.get("why")
+            log(f"preempted: the newest checkpoint did NOT reach {where} ({why})")
+        else:
+            log(f"preempted: checkpoint secured {done - seen:.1f} s after the notice")
         if code is None:
             code = self.child.wait()  # the machine goes away around us; keep the pane honest
         return self.exit_code(code)
@@ -259,21 +321,38 @@ class Watcher:
                 log(f"sent {sig.name} to {late}, started since the notice")
         return None
 
-    def secure_checkpoint(self) -> dict:
+    def secure_checkpoint(self, signalled: float = 0.0, exit_code: int | None = None) -> dict:
         ckpt, dest = self.args.checkpoint_dir, self.args.upload_to
         if not ckpt:
             return {"state": "unknown", "why": "no --checkpoint-dir given"}
         from ec2.remote import s3copy
 
         if is_s3(ckpt):
-            # The trainer copied it up itself before exiting; record what S3 holds.
+            # The trainer copied it up itself before exiting; record what S3 holds, and whether
+            # its newest last.pt is there: exit 75 comes only after the trainer's upload finished
+            # (ml/train.py finish), and a last.pt written after the signal is the notice's.
             try:
                 bucket, prefix = s3copy.split_uri(ckpt)
                 objects = s3copy.remote_objects(self.s3(), bucket, prefix)
+                key = f"{prefix.rstrip('/')}/last.pt" if prefix.strip("/") else "last.pt"
+                head = self.s3().head_object(Bucket=bucket, Key=key) if key in objects else None
             except (ValueError, botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
                 # Only a note for the status file; the trainer already reported its own copy.
                 return {"state": "unknown", "uri": ckpt, "why": str(e)[:300]}
-            return {"state": "in_s3", "uri": ckpt, "objects": len(objects)}
+            modified = head["LastModified"].timestamp() if head else None
+            record = {"state": "in_s3", "uri": ckpt, "objects": len(objects), "last_pt_modified": modified}
+            if exit_code == 75:
+                record["newest_in_s3"] = True
+            elif modified is not None and modified >= signalled - CLOCK_SLACK_S:
+                record["newest_in_s3"] = True
+            else:
+                record["newest_in_s3"] = False
+                record["why"] = (
+                    "the trainer had not finished its upload by the deadline"
+                    if exit_code is None
+                    else f"the trainer exited {exit_code} without a checkpoint written after the notice"
+                )
+            return record
         if not Path(ckpt).is_dir():
             return {"state": "missing", "path": ckpt}
         if not dest:
@@ -335,6 +414,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=0,
         help="the command is torchrun with N ranks on this machine: signal the ranks, read their exit",
+    )
+    p.add_argument(
+        "--on-rebalance",
+        choices=ON_REBALANCE,
+        default="none",
+        help="on a rebalance recommendation: none (log it) or checkpoint (SIGUSR2: the trainer "
+        "saves at its next step and trains on)",
     )
     p.add_argument("--imds-url", default=None, help="metadata address (default $SPOTRUN_IMDS_URL)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ...")

@@ -89,13 +89,17 @@ def watcher_args(
     backup_uri: str | None,
     poll_s: float | None = None,
     ranks: int = 0,
+    on_rebalance: str = "none",
 ) -> list[str]:
     """The notice watcher's arguments: the signal for the command, how often to ask IMDS, where
     the checkpoints go (so its `preempted` record says whether they are in S3) and, for a local
     checkpoint folder, where to copy it on a notice (checkpoint_backup_uri). Under torchrun
     (`ranks`: its ranks on this machine) the watcher signals the ranks themselves, not torchrun's
-    agent, and reads the run's exit from theirs (see ec2/remote/spot_watch.py)."""
+    agent, and reads the run's exit from theirs (see ec2/remote/spot_watch.py). `on_rebalance`
+    checkpoint: a rebalance recommendation has the trainer save at once (AwsConfig.on_rebalance)."""
     args = ["--signal", signal]
+    if on_rebalance != "none":
+        args += ["--on-rebalance", on_rebalance]
     if ranks > 0:
         args += ["--ranks", str(int(ranks))]
     if poll_s is not None:

@@ -29,13 +29,10 @@ from pathlib import Path
 
 from common import s3parts
 from common.atomic import atomic_write_text
-from ml.config import DATA_CACHE_DEFAULT
+from ml.config import DATA_CACHE_DEFAULT, NVME_MOUNT
 from ml.data import partial
 from ml.data.storage import FileRef, s3_client
 
-# The Deep Learning AMI mounts the instance store here on instances that have one: hundreds of GB
-# of local NVMe, faster than the root EBS volume and not billed per GB.
-NVME_MOUNT = "/opt/dlami/nvme"
 # Leave this share of the disk free by default.
 FREE_SHARE = 0.10
 # Errors that mean the disk cannot take the file: the cache turns itself off for the run.

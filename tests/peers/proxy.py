@@ -10,8 +10,11 @@ answers instantly). It forwards the Host header untouched, so SigV4 signatures s
         ...
         proxy.counts["GET"], proxy.ranged_gets, proxy.bytes_out
 
-A slow S3: ``rate_bps`` paces every response body (through tests/peers/throttle.py's pump, as the
-slow SSH link does), and ``stall_next(after)`` makes the next ranged GET's body stop after
+A slow S3: ``latency_methods`` limits the latency to some methods (``{"PUT"}``: slow uploads,
+quick reads); ``upload_bps`` makes request bodies (uploads, multipart parts) share one link of that
+many bytes/s, concurrent parts included, so a big file is slow and a small one is not;
+``rate_bps`` paces every response body (through tests/peers/throttle.py's pump, as the slow SSH
+link does), and ``stall_next(after)`` makes the next ranged GET's body stop after
 ``after`` bytes, its connection open, until ``release()`` (a stuck connection).
 
 Fixture: ``s3_proxy`` (needs ``aws_env``): a proxy in front of the test's moto server with
@@ -40,6 +43,9 @@ class CountingProxy:
         u = urlsplit(upstream)
         self.upstream = (u.hostname, u.port or 80)
         self.latency_s = latency_s
+        self.latency_methods: set[str] | None = None  # None: every request waits latency_s
+        self.upload_bps: float | None = None  # request bodies share a link this fast (None: at once)
+        self._link_free_at = 0.0  # when the shared upload link has sent what it was given
         self.rate_bps: float | None = None  # response bodies at this many bytes/s (None: at once)
         self._stall_after: int | None = None
         self._unstall = threading.Event()
@@ -65,7 +71,21 @@ class CountingProxy:
                         parts.append(self.rfile.read(size))
                         self.rfile.readline()
                 n = int(self.headers.get("Content-Length") or 0)
-                return self.rfile.read(n) if n else b""
+                if not n:
+                    return b""
+                if not proxy.upload_bps:
+                    return self.rfile.read(n)
+                # Read it as a slow link would carry it: the client keeps sending (no read timeout
+                # while a part waits), and concurrent parts share the link.
+                parts = []
+                while n > 0:
+                    chunk = self.rfile.read(min(n, 64 * 1024))
+                    if not chunk:
+                        break
+                    proxy._upload_wait(len(chunk))
+                    parts.append(chunk)
+                    n -= len(chunk)
+                return b"".join(parts)
 
             def _forward(self) -> None:
                 body = self._body()
@@ -87,7 +107,9 @@ class CountingProxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 if body or self.command in ("PUT", "POST"):
                     headers["Content-Length"] = str(len(body))
-                if proxy.latency_s:
+                if proxy.latency_s and (
+                    proxy.latency_methods is None or self.command in proxy.latency_methods
+                ):
                     time.sleep(proxy.latency_s)
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
                 try:
@@ -117,6 +139,16 @@ class CountingProxy:
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self._thread: threading.Thread | None = None
+
+    def _upload_wait(self, nbytes: int) -> None:
+        """Hold a reader until the shared upload link would have carried these bytes too."""
+        if not self.upload_bps or not nbytes:
+            return
+        with self._lock:
+            start = max(time.monotonic(), self._link_free_at)
+            self._link_free_at = start + nbytes / self.upload_bps
+            until = self._link_free_at
+        time.sleep(max(until - time.monotonic(), 0))
 
     def _count(self, method: str, ranged: bool, nbytes: int) -> None:
         with self._lock:
