@@ -36,6 +36,7 @@ for _var in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS"):
     os.environ.pop(_var, None)
 
 
+_REAL_HOME = os.environ.get("HOME", "")
 _REAL_PIP_CONFIG = Path.home() / ".config" / "pip" / "pip.conf"
 
 
@@ -43,7 +44,11 @@ _REAL_PIP_CONFIG = Path.home() / ".config" / "pip" / "pip.conf"
 def laptop_home(monkeypatch):
     """Every test's laptop has its own HOME and SPOTRUN_HOME, so no test (or the background work of
     one) writes the registry, ~/.ssh/config or price caches of whoever runs the suite. The folder is
-    short: ssh control sockets live under it. pip keeps the machine's index settings."""
+    short: ssh control sockets live under it. pip keeps the machine's index settings. A HOME some
+    wider fixture already moved away from the real one (a module's shared world) is left as it is."""
+    if os.environ.get("HOME") != _REAL_HOME and os.environ.get("SPOTRUN_HOME"):
+        yield Path(os.environ["HOME"])
+        return
     root = Path(tempfile.mkdtemp(prefix="srh", dir="/tmp"))
     (root / "home").mkdir()
     if _REAL_PIP_CONFIG.is_file() and "PIP_CONFIG_FILE" not in os.environ:
