@@ -19,7 +19,7 @@ from common import aws
 from ml import checkpoint, notice_fit
 from ml.config import NVME_MOUNT
 from ml.errors import STOPPED_RESUMABLE
-from tests.ml.trainkit import env, make_data, tiny, train_cmd
+from tests.peers.trainkit import env, make_data, tiny, train_cmd
 
 BUCKET = "spotrun-notice"
 URI = f"s3://{BUCKET}/runs/fit"

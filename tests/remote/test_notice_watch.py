@@ -19,7 +19,7 @@ from common import aws
 from ec2.remote import spot_watch
 from ml import checkpoint
 from ml.errors import STOPPED_RESUMABLE
-from tests.ml.trainkit import env, make_data, tiny, train_cmd
+from tests.peers.trainkit import env, make_data, tiny, train_cmd
 from tests.peers.imds import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
