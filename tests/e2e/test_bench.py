@@ -1,0 +1,61 @@
+"""`fab bench` measures the user's own training step on a machine over SSH and keeps the result:
+on an adopted host (the sshd stand-in) whose instance metadata (the IMDS stand-in) names its type,
+the result is stored under that type, GPU count and the config's shape, priced at the type's spot
+price, and `fab bench --list` shows it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+from invoke import Context
+
+from common import aws
+from ec2 import benchstore
+from ml.bench import shape_key
+from ml.config import load_train_config
+from tasks import remote
+from tasks.bench import bench
+from tests.ml.trainkit import TINY_TRAIN
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bench_args(data) -> list[str]:
+    return [*TINY_TRAIN, f"dataset.dataset_dir={data}"]
+
+
+def test_bench_on_an_adopted_host_prints_and_keeps_the_step_time(
+    spot_host, imds, tiny_dataset, monkeypatch, capfd
+):
+    monkeypatch.chdir(REPO)  # the code `fab setup` sends
+    aws.reset_clients()
+    imds.instance_type, imds.zone = "g6.xlarge", "us-east-1b"
+    # The adopted machine's region (what `fab train` would export); moto answers the spot price.
+    sets = ["region=us-east-1"]
+    spot_host.record("lab")
+    c = Context()
+    remote.setup(c, name="lab", python=str(REPO / ".venv/bin/python"), no_gpu=True, set_=sets)
+    capfd.readouterr()
+    args = " ".join(bench_args(tiny_dataset))
+
+    bench(c, name="lab", train_config="configs/demo.yaml", args=args, steps=3, warmup=1, set_=sets)
+
+    out = capfd.readouterr().out
+    key = shape_key(load_train_config("configs/demo.yaml", bench_args(tiny_dataset)))
+    (record,) = benchstore.load_all()
+    assert (record.instance_type, record.gpus, record.shape_key) == ("g6.xlarge", 0, key)
+    assert record.zone == "us-east-1b" and record.market == "spot" and record.steps == 3
+    assert 0 < record.median_step_s < 60 and record.peak_gpu_mem_bytes is None
+    # Priced at the type's spot price in its zone, as EC2 reports it now.
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    history = ec2.describe_spot_price_history(
+        InstanceTypes=["g6.xlarge"], AvailabilityZone="us-east-1b", ProductDescriptions=["Linux/UNIX"]
+    )["SpotPriceHistory"]
+    assert record.usd_per_hour == float(history[0]["SpotPrice"]) and record.usd > 0
+    assert f"{record.median_step_s * 1000:.1f}" in out and "no GPU" in out
+    assert f"kept as g6.xlarge-0gpu-{key} (g6.xlarge)" in out
+
+    bench(c, list_=True)
+    listing = capfd.readouterr().out
+    assert "g6.xlarge" in listing and key in listing and "configs/demo.yaml" in listing
