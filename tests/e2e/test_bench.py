@@ -59,3 +59,91 @@ def test_bench_on_an_adopted_host_prints_and_keeps_the_step_time(
     bench(c, list_=True)
     listing = capfd.readouterr().out
     assert "g6.xlarge" in listing and key in listing and "configs/demo.yaml" in listing
+
+
+def instance_states(ec2) -> dict[str, str]:
+    """Every spotrun instance moto holds (not the one the test image was made from): name → state."""
+    out = {}
+    for r in ec2.describe_instances()["Reservations"]:
+        for i in r["Instances"]:
+            tags = {t["Key"]: t["Value"] for t in i.get("Tags", [])}
+            if "spotrun:name" in tags:
+                out[tags["spotrun:name"]] = i["State"]["Name"]
+    return out
+
+
+def refuse_capacity_for(instance_type: str) -> list:
+    """EC2's documented InsufficientInstanceCapacity error for RunInstances of ``instance_type``,
+    injected at the botocore level in front of moto (which has no capacity limits)."""
+    from tests.ec2.inject import answer, ec2_error
+
+    def refuse(request):
+        body = request.body.decode() if isinstance(request.body, bytes) else request.body or ""
+        if f"InstanceType={instance_type}" in body:
+            return ec2_error("InsufficientInstanceCapacity", "We currently do not have sufficient capacity.")
+        return None
+
+    return answer(aws.client("ec2", "us-east-1", None), "RunInstances", refuse)
+
+
+def test_bench_types_launches_measures_and_terminates_each_also_when_one_has_no_capacity(
+    cloud, spot_host, tiny_dataset, capfd
+):
+    ec2, config = cloud
+    refused = refuse_capacity_for("g4dn.xlarge")
+    c = Context()
+    args = " ".join(bench_args(tiny_dataset))
+
+    bench(
+        c,
+        name="cmp",
+        train_config="configs/demo.yaml",
+        args=args,
+        steps=2,
+        warmup=1,
+        types=["g4dn.xlarge,g5.xlarge"],
+        python=str(REPO / ".venv/bin/python"),
+        no_gpu=True,
+        config=str(config),
+    )
+
+    out = capfd.readouterr().out
+    assert refused, "the capacity refusal was never asked for"
+    table = out[out.index("TYPE  ") :]
+    assert "g4dn.xlarge" in table and "no spot capacity (InsufficientInstanceCapacity)" in table
+    (record,) = benchstore.load_all()
+    assert record.instance_type == "g5.xlarge" and record.zone == "us-east-1a" and record.market == "spot"
+    assert f"{record.median_step_s * 1000:.1f}" in table
+    # Every instance the bench launched is gone, and so are its local entries.
+    assert instance_states(ec2) == {"cmp-bench-g5-xlarge": "terminated"}
+    from ec2 import registry
+
+    assert registry.load_all() == {}
+
+
+def test_an_interrupt_between_launch_and_record_still_terminates_the_instance(cloud, tiny_dataset):
+    """Ctrl-C right after RunInstances answered, before launch handed back its record: the
+    instance is found again by its tag and terminated."""
+    import pytest
+
+    from ec2.config import load_aws_config
+    from ec2.journey import bench as benching
+
+    ec2, config = cloud
+
+    def out(line: str) -> None:
+        if "launched i-" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        benching.on_types(
+            load_aws_config(str(config), []),
+            ["g5.xlarge"],
+            "ctl",
+            "configs/demo.yaml",
+            bench_args(tiny_dataset),
+            2,
+            1,
+            out=out,
+        )
+    assert instance_states(ec2) == {"ctl-g5-xlarge": "terminated"}
