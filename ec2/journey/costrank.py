@@ -99,3 +99,14 @@ def table(ranked: list[Ranked], steps: int) -> str:
             ]
         )
     return benchstore.columns(head, body)
+
+
+def apply(cfg, trainer: TrainConfig, outputs: Path = Path("outputs")):
+    """``cfg`` with step_seconds filled from the bench results of ``trainer``'s shape when
+    choose_by is run_cost (a value the user set wins); unchanged otherwise."""
+    if cfg.choose_by != "run_cost":
+        return cfg
+    import dataclasses
+
+    found = weights(cfg.instance_types, trainer, outputs)
+    return dataclasses.replace(cfg, step_seconds={**found, **cfg.step_seconds})

@@ -136,3 +136,56 @@ def test_interruptions_and_recovery_come_from_the_users_run_records(
     expect = runcost.project(120000, 0.30, 0.40, runcost.Interruptions(0.25, 300.0, ""), 250)
     assert row[5:7] == [f"{expect.hours:.1f}", f"${expect.run_usd:.2f}"]
     assert row[7] == "2.5 expected; 1 in 4.0 spot h of your runs; recovery 300 s measured"
+
+
+def test_choose_by_run_cost_makes_fab_launch_take_the_cheapest_run_not_the_cheapest_hour(
+    home, ec2_client, dlami, tmp_path, monkeypatch
+):
+    from ec2 import registry
+    from tasks import lifecycle
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / DEMO).write_text((REPO / DEMO).read_text())
+    shape = shape_key(load_train_config(DEMO, []))
+    benchstore.save(measured("g4dn.xlarge", 0.90, shape))
+    benchstore.save(measured("g5.xlarge", 0.30, shape))
+    prices.inject(SPOT, LIST)
+    sets = [
+        "ssh_cidr=203.0.113.7/32",
+        "ami_owners=[self]",
+        "instance_types=[g4dn.xlarge,g5.xlarge,g6.xlarge]",
+        "zones=[us-east-1a]",
+    ]
+
+    lifecycle.launch(Context(), name="by-hour", no_wait=True, no_preflight=True, set_=sets)
+    lifecycle.launch(
+        Context(),
+        name="by-run",
+        no_wait=True,
+        no_preflight=True,
+        train_config=DEMO,
+        set_=[*sets, "choose_by=run_cost"],
+    )
+
+    # By the hour: g6.xlarge ($0.15/h, never benchmarked). By the run: g5.xlarge, dearer per hour
+    # than g4dn.xlarge but a third of its step time; g6 (no bench) comes after the measured ones.
+    assert registry.get("by-hour").instance_type == "g6.xlarge"
+    assert registry.get("by-run").instance_type == "g5.xlarge"
+
+
+def test_fab_run_fills_step_seconds_from_the_benches_of_its_config_and_a_pinned_value_wins(home, tmp_path):
+    """What `fab run` (tasks/managed.py) and `fab launch --train-config` hand to the launch order."""
+    from ec2.config import load_aws_config
+    from ec2.journey import costrank
+
+    trainer = load_train_config(str(REPO / DEMO), [])
+    benchstore.save(measured("g4dn.xlarge", 0.90, shape_key(trainer)))
+    benchstore.save(measured("g5.xlarge", 0.30, shape_key(trainer)))
+    types = "instance_types=[g4dn.xlarge,g5.xlarge,g6.xlarge]"
+    by_price = load_aws_config(None, [types])
+    assert costrank.apply(by_price, trainer, tmp_path).step_seconds == {}
+    pinned = load_aws_config(None, [types, "choose_by=run_cost", "step_seconds={g4dn.xlarge: 0.25}"])
+    filled = costrank.apply(pinned, trainer, tmp_path).step_seconds
+    rate = runcost.Interruptions(runcost.DEFAULT_INTERRUPTIONS_PER_HOUR, runcost.DEFAULT_RECOVERY_S, "")
+    assert filled == {"g4dn.xlarge": 0.25, "g5.xlarge": runcost.seconds_per_step(0.30, rate, 250)}
