@@ -21,7 +21,7 @@ from common import aws
 from common.errors import ToolkitError
 from ec2 import benchstore
 from ec2.benchstore import BenchRecord
-from ec2.cloud import account, instances, launch, pricing, quota, typeinfo
+from ec2.cloud import account, instances, keys, launch, network, pricing, quota, typeinfo
 from ec2.config import AwsConfig
 from ec2.errors import CapacityError, QuotaError
 from ec2.remote import benchrun
@@ -166,6 +166,12 @@ def on_types(
     vcpus = {t: i.vcpus for t, i in typeinfo.describe(ec2, types).items()}
     plan = waves(types, vcpus, quota_limits(region, cfg.profile, types))
     names = {t: bench_name(base_name, t) for t in types}
+    if any(len(w) > 1 for w in plan):
+        # Launches side by side would race to create the shared key pair and security group on a
+        # first use (both see none, one creation fails): make them once, here, first.
+        owner = account.caller_arn(region, cfg.profile)
+        keys.ensure_key_pair(ec2, cfg.key_name, owner, cfg.import_public_key)
+        network.ensure_group(ec2, cfg, network.ssh_cidr(cfg), owner)
 
     def one(t: str) -> TypeRow:
         say = lambda line: out(f"[{t}] {line}")  # noqa: E731 - one prefix per type

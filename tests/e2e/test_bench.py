@@ -86,11 +86,28 @@ def refuse_capacity_for(instance_type: str) -> list:
     return answer(aws.client("ec2", "us-east-1", None), "RunInstances", refuse)
 
 
+def spot_vcpu_quota(vcpus: float) -> list:
+    """Service Quotas' documented GetServiceQuota response (moto has none for EC2's codes),
+    injected at the botocore level: every quota asked for holds ``vcpus``."""
+    import json
+
+    from tests.ec2.inject import answer, json_answer
+
+    def get(request):
+        code = json.loads(request.body)["QuotaCode"]
+        quota = {"ServiceCode": "ec2", "QuotaCode": code, "QuotaName": "injected", "Value": vcpus}
+        return json_answer({"Quota": {**quota, "Unit": "None", "Adjustable": True, "GlobalQuota": False}})
+
+    return answer(aws.client("service-quotas", "us-east-1", None, attempts=2), "GetServiceQuota", get)
+
+
 def test_bench_types_launches_measures_and_terminates_each_also_when_one_has_no_capacity(
     cloud, spot_host, tiny_dataset, capfd
 ):
     ec2, config = cloud
     refused = refuse_capacity_for("g4dn.xlarge")
+    # 8 spot vCPUs of "All G and VT Spot Instance Requests": both 4-vCPU types launch side by side.
+    asked = spot_vcpu_quota(8.0)
     c = Context()
     args = " ".join(bench_args(tiny_dataset))
 
@@ -108,7 +125,7 @@ def test_bench_types_launches_measures_and_terminates_each_also_when_one_has_no_
     )
 
     out = capfd.readouterr().out
-    assert refused, "the capacity refusal was never asked for"
+    assert refused and asked, "the capacity refusal or the quota was never asked for"
     table = out[out.index("TYPE  ") :]
     assert "g4dn.xlarge" in table and "no spot capacity (InsufficientInstanceCapacity)" in table
     (record,) = benchstore.load_all()
