@@ -165,3 +165,26 @@ def test_an_interrupt_between_launch_and_record_still_terminates_the_instance(cl
             out=out,
         )
     assert instance_states(ec2) == {"ctl-g5-xlarge": "terminated"}
+
+
+def test_a_type_whose_setup_fails_is_one_row_and_its_instance_is_terminated(cloud, tiny_dataset):
+    from ec2.config import load_aws_config
+    from ec2.journey import bench as benching
+
+    ec2, config = cloud
+    rows = benching.on_types(
+        load_aws_config(str(config), []),
+        ["g5.xlarge"],
+        "bad",
+        "configs/demo.yaml",
+        bench_args(tiny_dataset),
+        2,
+        1,
+        python="/no/such/python",
+        require_gpu=False,
+        out=lambda line: None,
+    )
+    [row] = rows
+    assert row.record is None and row.problem.startswith("failed: setup failed (exit")
+    assert instance_states(ec2) == {"bad-g5-xlarge": "terminated"}
+    assert benchstore.load_all() == []
