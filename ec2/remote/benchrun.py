@@ -47,6 +47,11 @@ def bench_command(
     )
 
 
+def ready_command(remote_dir: str) -> str:
+    """Exit 0 when `fab setup` has run: the code folder and the venv's python are there."""
+    return f"test -d {quote_path(code_dir(remote_dir))} && test -x {quote_path(venv_python(remote_dir))}"
+
+
 def report_command(remote_dir: str) -> str:
     """The result file, then the identity line from instance metadata (two JSON lines)."""
     return (
@@ -82,7 +87,13 @@ def measure(
     echo: bool = True,
 ) -> Measured:
     """Run the benchmark on ``m`` (streamed when ``echo``; captured, e.g. beside other machines)."""
-    command = bench_command(m.record.remote_dir, train_config, overrides, steps, warmup, env)
+    rdir = m.record.remote_dir
+    if m.run(ready_command(rdir), check=False).code != 0:
+        raise ToolkitError(
+            f"{m.name} has no synced code or venv under {rdir}; run `fab setup --name {m.name}` "
+            "first (it syncs the code and builds the venv fab train and fab bench use)"
+        )
+    command = bench_command(rdir, train_config, overrides, steps, warmup, env)
     started = time.monotonic()
     if echo:
         code, tail = m.stream(command), ""

@@ -52,3 +52,17 @@ def test_a_machine_without_instance_metadata_is_kept_as_not_ec2():
     record = to_record(benchrun.Measured(result, who, 10.0), "lab", "configs/demo.yaml", None)
     assert (record.instance_type, record.usd, record.zone) == (benchstore.NOT_EC2, None, None)
     assert benchrun.parse_report('{"a": 1}\n{"ec2": false}\n') == ({"a": 1}, {"ec2": False})
+
+
+def test_bench_on_a_machine_never_set_up_says_to_run_setup(sshd, capsys):
+    from invoke import Context
+    from invoke.exceptions import Exit
+
+    from tasks.bench import bench
+
+    sshd.record("fresh")
+    with pytest.raises(Exit):
+        bench(Context(), name="fresh", train_config="configs/demo.yaml", steps=2, warmup=0)
+    err = capsys.readouterr().err
+    assert "error: fresh has no synced code or venv" in err and "run `fab setup --name fresh` first" in err
+    assert "Traceback" not in err and benchstore.load_all() == []
