@@ -4,6 +4,7 @@ Tasks are thin: parse, call ec2/, print, exit codes. They live in tasks/ by stag
 managed run) and are gathered here so `fab` sees one flat list.
 """
 
+from tasks.bench import bench  # noqa: F401
 from tasks.data import data_ls, data_push  # noqa: F401
 from tasks.detached import stop, watch  # noqa: F401
 from tasks.interactive import jupyter, tensorboard, tunnel  # noqa: F401

@@ -33,6 +33,16 @@ def _pattern(pattern: re.Pattern[str], value: str, key: str, example: str) -> bo
     return True
 
 
+def _step_seconds(values: dict, key: str) -> bool:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{key} maps instance types to seconds per step, e.g. {{g5.xlarge: 0.31}}")
+    for t, seconds in values.items():
+        _pattern(_INSTANCE_TYPE, t, f"{key} key", "g5.xlarge")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+            raise ConfigError(f"{key}.{t} {seconds!r} is not a positive number of seconds per step")
+    return True
+
+
 def _each(pattern: re.Pattern[str], values: list[str], key: str, example: str) -> bool:
     for i, value in enumerate(values):
         _pattern(pattern, value, f"{key}[{i}]", example)
@@ -54,6 +64,14 @@ class AwsConfig:
     # Empty: every zone of the region.
     zones: list[str] = checked(default_factory=list, check=lambda v, k: _each(_ZONE, v, k, "us-east-1a"))
     market: Literal["spot", "on-demand", "spot-then-on-demand"] = "spot"
+    # How launches order instance_types: "price" (the current $/h) or "run_cost" (what the whole
+    # run costs: the `fab bench` step time of the run's config × the price, interruptions
+    # included; types never benchmarked follow the measured ones by $/h). Detached groups then
+    # launch spot by priority in that order (capacity-optimized-prioritized).
+    choose_by: Literal["price", "run_cost"] = "price"
+    # run_cost's billed seconds per step per type: `fab run` / `fab launch --train-config` fill it
+    # from the bench results (~/.spotrun/bench) of the run's config; a value set here wins.
+    step_seconds: dict[str, float] = checked(default_factory=dict, check=_step_seconds)
     # None (recommended by AWS): pay the current spot price, capped at on-demand.
     max_price: float | None = checked(None, Range(above=0, why="USD per hour; unset: the spot price"))
     # "auto": the latest Deep Learning AMI of `ami_flavour`; or an ami-... id.

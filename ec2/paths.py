@@ -64,3 +64,8 @@ def control_dir() -> Path:
 def outputs_dir(name: str) -> Path:
     """What `fab download` brings back, and the run history of `fab run`."""
     return Path("outputs") / names.instance_name(name, "machine name")
+
+
+def bench_dir() -> Path:
+    """`fab bench` results, one JSON file per instance type × GPU count × config shape."""
+    return spotrun_home() / "bench"

@@ -180,6 +180,8 @@ ARGUMENTS: dict[str, ArgCheck] = {
     "hours": number(Range(above=0, high=24 * 366, why="hours"), 1),
     "gb": integer(Range(1, 16384, why="GiB of gp3"), 100),
     "request_quota": integer(Range(1, 100_000, why="vCPUs"), 8),
+    "steps": integer(Range(1, 100_000_000, why="training steps"), 100),
+    "warmup": integer(Range(0, 100_000, why="untimed steps before the timed ones"), 10),
     "region": aws_shape(names.REGION, "us-east-1"),
     "zone": aws_shape(names.ZONE, "us-east-1a"),
     "types": comma_list(aws_shape(names.INSTANCE_TYPE, "g5.xlarge"), "g5.xlarge,g6.xlarge"),

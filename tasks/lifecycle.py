@@ -42,10 +42,31 @@ def confirm(question: str, yes: bool) -> None:
 @task(iterable=["set_"])
 @edge
 def launch(
-    c, name=None, no_wait=False, keep_on_failure=False, no_preflight=False, nodes=1, config=None, set_=None
+    c,
+    name=None,
+    no_wait=False,
+    keep_on_failure=False,
+    no_preflight=False,
+    nodes=1,
+    train_config=None,
+    args="",
+    config=None,
+    set_=None,
 ):
-    """Launch a spot GPU instance (cheapest type/zone with capacity; --nodes N: a cluster), wait for SSH."""
+    """Launch a spot GPU instance (cheapest type/zone with capacity; --nodes N: a cluster), wait for SSH.
+
+    With choose_by: run_cost, types are ordered by the whole run's cost for --train-config (default
+    configs/rnn_args.yaml) from its `fab bench` results."""
     cfg = aws_config(config, set_)
+    if cfg.choose_by == "run_cost":
+        import shlex
+
+        from ec2.journey import costrank
+        from ml.config import load_train_config
+
+        cfg = costrank.apply(
+            cfg, load_train_config(train_config or "configs/rnn_args.yaml", shlex.split(args))
+        )
     name = machine_name(name, cfg)
     launching.refuse_replacing(name)  # local and at once: before the preflight asks AWS anything
     if not no_preflight:

@@ -75,6 +75,9 @@ def run(
             f"fab run resumes after interruptions and needs resume=auto, not "
             f"{train_cfg.resume!r}; drop the resume override"
         )
+    from ec2.journey import costrank
+
+    cfg = costrank.apply(cfg, train_cfg)  # choose_by: run_cost orders types by this config's benches
     recoveries = cfg.max_recoveries if max_recoveries is None else max_recoveries
     plan = Plan(
         command=train_command(cfg.remote_dir, train_config, overrides),

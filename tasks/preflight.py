@@ -57,15 +57,42 @@ def doctor(
 
 @task(iterable=["set_", "types"])
 @edge
-def prices(c, hours=1.0, types=None, region=None, config=None, set_=None):
-    """Spot and on-demand $/h, GPUs, placement score and the cost of --hours for each type × zone."""
+def prices(
+    c, hours=1.0, types=None, region=None, train_config=None, args="", steps=None, config=None, set_=None
+):
+    """Spot/on-demand $/h and --hours' cost per type × zone; --train-config C: ranked by the run's cost.
+
+    With --train-config (and --steps N, default its num_training_batches): N × the step time `fab
+    bench` measured × the spot price, plus the expected interruptions' recovery and recomputed steps."""
     cfg = aws_config(config, set_)
     if region:
         cfg.region = region
     instance_types = [t for arg in (types or []) for t in arg.split(",") if t] or list(cfg.instance_types)
     where = account.resolve_region(cfg)
     ec2 = aws.client("ec2", where, cfg.profile)
+    trainer = None
+    if train_config:
+        from ml.config import load_train_config
+
+        if not Path(train_config).is_file():
+            raise ToolkitError(f"train config {train_config} not found; pass --train-config PATH")
+        trainer = load_train_config(train_config, shlex.split(args or ""))
     price_rows, notes = quote.rows(ec2, instance_types, list(cfg.zones), where, cfg.profile)
+    if trainer is not None:
+        from ec2.journey import costrank
+
+        n = int(steps) if steps is not None else trainer.num_training_batches
+        ranked = costrank.rank(price_rows, trainer, n)
+        print(f"{where}, Linux spot, {n:,} steps of {train_config}, ranked by the whole run's cost:")
+        print(costrank.table(ranked, n))
+        if any(not x.measured for x in ranked):
+            print(
+                "* never benchmarked for this config's shape: ranked by spot $/h below the measured ones; "
+                f"measure with `fab bench --types TYPE,... --train-config {train_config}`"
+            )
+        for note in notes:
+            print(f"note: {note}")
+        return
     print(f"{where}, Linux, {float(hours):g} h:")
     print(quote.table(price_rows, float(hours)))
     for note in notes:

@@ -84,13 +84,19 @@ def template_data(settings: dict, group_id: str) -> dict:
     return data
 
 
-def distribution(market: str, max_price: float | None) -> dict:
+def distribution(market: str, max_price: float | None, prioritized: bool = False) -> dict:
+    """``prioritized`` (choose_by: run_cost): the overrides' order is the launch priority, for spot
+    (capacity-optimized-prioritized: "the order of instance types in the list of launch template
+    overrides from highest to lowest priority", honoured on a best-effort basis after capacity) and
+    on-demand (prioritized). https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_InstancesDistribution.html"""
     on_demand = 100 if market == "on-demand" else 0
     dist = {
-        "OnDemandAllocationStrategy": "lowest-price",
+        "OnDemandAllocationStrategy": "prioritized" if prioritized else "lowest-price",
         "OnDemandBaseCapacity": 0,
         "OnDemandPercentageAboveBaseCapacity": on_demand,
-        "SpotAllocationStrategy": "price-capacity-optimized",
+        "SpotAllocationStrategy": "capacity-optimized-prioritized"
+        if prioritized
+        else "price-capacity-optimized",
     }
     if max_price is not None and on_demand == 0:
         dist["SpotMaxPrice"] = f"{max_price:g}"
@@ -106,8 +112,10 @@ def group_params(
     max_price: float | None,
     tags: list[dict],
     root: str,
+    prioritized: bool = False,
 ) -> dict:
-    """The create_auto_scaling_group request (a pure function: tests read it)."""
+    """The create_auto_scaling_group request (a pure function: tests read it). ``prioritized``:
+    launch in the order of ``instance_types`` (choose_by: run_cost; see distribution)."""
     group = group_name(name)
     return {
         "AutoScalingGroupName": group,
@@ -121,7 +129,7 @@ def group_params(
                 "LaunchTemplateSpecification": {"LaunchTemplateName": template, "Version": "$Latest"},
                 "Overrides": [{"InstanceType": t} for t in instance_types],
             },
-            "InstancesDistribution": distribution(market, max_price),
+            "InstancesDistribution": distribution(market, max_price, prioritized),
         },
         # The template tags instances and volumes; the group's own tags let status find it.
         "Tags": [

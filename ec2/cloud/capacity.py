@@ -93,22 +93,35 @@ def plan(
     on_demand: dict[str, float],
     market: str,
     exclude: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset(),
+    step_seconds: dict[str, float] | None = None,
 ) -> list[Choice]:
     """The ordered choices. Spot: cheapest current price first, ties broken by the configured type
     order, then zone name; pairs without a known price go last. On-demand: configured type order
-    (its price is the same in every zone). With spot-then-on-demand, on-demand follows all spot."""
+    (its price is the same in every zone). With spot-then-on-demand, on-demand follows all spot.
+
+    ``step_seconds`` (choose_by: run_cost): types with a billed time per step come first, ordered
+    by price × that time (the run's cost per step kept); the others follow by price."""
     rank = {t: i for i, t in enumerate(instance_types)}
     pairs = [(t, z) for t in instance_types for z in offered.get(t, []) if (t, z) not in exclude]
+    per_step = step_seconds or {}
+
+    def cost_key(t: str, price: float | None):
+        if price is None:
+            return (True, True, 0.0)
+        if step_seconds is None:
+            return (False, False, price)
+        return (False, t not in per_step, price * per_step.get(t, 1.0))
 
     def spot_key(pair):
-        price = spot_prices.get(pair)
-        return (price is None, price if price is not None else 0.0, rank[pair[0]], pair[1])
+        return (*cost_key(pair[0], spot_prices.get(pair)), rank[pair[0]], pair[1])
+
+    def demand_key(pair):
+        if step_seconds is None:
+            return (rank[pair[0]], pair[1])
+        return (*cost_key(pair[0], on_demand.get(pair[0])), rank[pair[0]], pair[1])
 
     spot = [Choice(t, z, "spot", spot_prices.get((t, z))) for t, z in sorted(pairs, key=spot_key)]
-    demand = [
-        Choice(t, z, "on-demand", on_demand.get(t))
-        for t, z in sorted(pairs, key=lambda p: (rank[p[0]], p[1]))
-    ]
+    demand = [Choice(t, z, "on-demand", on_demand.get(t)) for t, z in sorted(pairs, key=demand_key)]
     if market == "spot":
         return spot
     if market == "on-demand":

@@ -143,7 +143,8 @@ def _zones(ec2, cfg: AwsConfig) -> list[str]:
 
 
 def choices_for(ec2, cfg: AwsConfig, region: str, exclude=frozenset(), out=print) -> list[Choice]:
-    """Offered (type, zone) pairs, cheapest current spot price first (see capacity.plan)."""
+    """Offered (type, zone) pairs, cheapest current spot price first, or with choose_by: run_cost
+    cheapest per step kept first (see capacity.plan)."""
     zones = _zones(ec2, cfg)
     offered = offered_zones(ec2, cfg.instance_types, zones)
     where = f"{region} ({', '.join(zones)})" if zones else region
@@ -162,7 +163,8 @@ def choices_for(ec2, cfg: AwsConfig, region: str, exclude=frozenset(), out=print
     on_demand = {}
     if cfg.market != "spot":
         on_demand = {t: pricing.on_demand_price(t, region, cfg.profile) for t in cfg.instance_types}
-    choices = plan(cfg.instance_types, offered, prices, on_demand, cfg.market, exclude)
+    by_run_cost = cfg.step_seconds if cfg.choose_by == "run_cost" else None
+    choices = plan(cfg.instance_types, offered, prices, on_demand, cfg.market, exclude, by_run_cost)
     if not choices:
         raise CapacityError(
             f"no instance type and zone left to try in {where} after excluding "

@@ -184,7 +184,15 @@ def _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s) -
         asg.create_template(p.ec2, name, asg.template_data(settings, p.group_id), tags)
         created.append("template")
         params = asg.group_params(
-            name, asg.template_name(name), types, subnets, cfg.market, cfg.max_price, tags, root
+            name,
+            asg.template_name(name),
+            types,  # in launch order: by price, or by run cost (choose_by)
+            subnets,
+            cfg.market,
+            cfg.max_price,
+            tags,
+            root,
+            prioritized=cfg.choose_by == "run_cost",
         )
         asg.create_group(autoscaling, params, p.profile.name if p.profile else None, out)
         created.append("group")

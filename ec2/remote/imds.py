@@ -11,6 +11,7 @@ a loopback server, with no branch in this code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -148,3 +149,17 @@ class Identity:
     zone: str | None
     market: str
     region: str | None
+
+
+def identity_json(client: Imds | None = None) -> dict:
+    """This machine's identity as JSON-ready data, or ``{"ec2": false, "why": ...}`` when no
+    metadata service answers (a lab box, a laptop): what `fab bench` records as the machine."""
+    try:
+        who = (client or Imds()).identity()
+    except ImdsUnreachable as e:
+        return {"ec2": False, "why": str(e)}
+    return {"ec2": True, **dataclasses.asdict(who)}
+
+
+if __name__ == "__main__":  # `python -m ec2.remote.imds`: print the identity (fab bench reads it)
+    print(json.dumps(identity_json()))

@@ -1,0 +1,161 @@
+"""Time the real training step: `python -m ml.bench --config C [--steps N] [--warmup W] --out R.json`.
+
+The trainer's own pieces (ml.train.prepare and train_step: the same model, optimizer, schedule,
+augmentation and data loader as `python -m ml.train`) run W warm-up steps, then N timed steps.
+The result is one JSON file: the median and mean step time (data wait included: a step is what
+the run pays for), the share of it spent waiting for batches, the peak GPU memory (null on a CPU)
+and the config's shape (what decides the step time: model and batch settings, never paths), so a
+result can be reused for every run of the same shape on the same machine type.
+
+Nothing is written where the run's own outputs go: output_dir and checkpoint_dir point at a
+temporary folder, resume is never, and no checkpoint is saved. The normal training loop is not
+touched (timing is done here, not by a flag in ml/train.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common import exits
+from common.errors import ConfigError
+from ml import distributed
+from ml.config import TrainConfig, load_train_config
+from ml.stopping import StopFlag
+
+DEFAULT_STEPS = 100
+DEFAULT_WARMUP = 10
+# Dataset settings that change what a step computes; paths, seeds and split fractions do not.
+_DATASET_SHAPE = (
+    "batch_size",
+    "days_per_batch",
+    "max_seq_elements",
+    "neural_dim",
+    "n_classes",
+    "feature_subset",
+    "num_dataloader_workers",
+    "data_transforms",
+)
+
+
+def config_shape(cfg: TrainConfig) -> dict:
+    """What decides a step's time: the model, the batch, AMP/compile and the number of sessions
+    (each has its own input layer). Paths, learning rates and seeds are left out."""
+    dataset = dataclasses.asdict(cfg.dataset)
+    return {
+        "model": dataclasses.asdict(cfg.model),
+        "dataset": {k: dataset[k] for k in _DATASET_SHAPE},
+        "sessions": len(cfg.dataset.sessions),
+        "use_amp": cfg.use_amp,
+        "compile": cfg.compile,
+    }
+
+
+def shape_key(cfg: TrainConfig) -> str:
+    """A short, stable hash of config_shape (the bench store's key part for the config)."""
+    text = json.dumps(config_shape(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(cfg: TrainConfig, steps: int = DEFAULT_STEPS, warmup: int = DEFAULT_WARMUP) -> dict:
+    """Run warm-up + timed steps of the trainer on ``cfg``; returns the result (see module doc)."""
+    from ml.train import prepare, train_step  # the trainer's own pieces, not a copy
+
+    if steps < 1 or warmup < 0:
+        raise ConfigError(f"--steps must be at least 1 and --warmup at least 0 (got {steps}, {warmup})")
+    d = distributed.from_env()
+    if d.enabled:
+        raise ConfigError("ml.bench times one process; run it without torchrun")
+    device = distributed.pick_device(cfg.device, cfg.gpu_number, d)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    with tempfile.TemporaryDirectory(prefix="spotrun-bench-") as tmp:
+        run_cfg = dataclasses.replace(
+            cfg,
+            output_dir=str(Path(tmp) / "out"),
+            checkpoint_dir=str(Path(tmp) / "ckpt"),
+            resume="never",
+            init_from_checkpoint=False,
+            num_training_batches=warmup + steps,
+            progress_bar=False,
+        )
+        run, _state, loader = prepare(run_cfg, d, device, StopFlag())
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        batches = iter(loader)
+        times, waits = [], []
+        started = time.monotonic()
+        for i in range(warmup + steps):
+            t0 = time.monotonic()
+            batch = next(batches)
+            t1 = time.monotonic()
+            train_step(run.model, batch, run.optimizer, run.scheduler, run_cfg, device)
+            _sync(device)  # train_step already waits for its finiteness check; this is the rest
+            t2 = time.monotonic()
+            if i >= warmup:
+                times.append(t2 - t0)
+                waits.append(t1 - t0)
+        wall = time.monotonic() - started
+    peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    return {
+        "steps": steps,
+        "warmup": warmup,
+        "median_step_s": statistics.median(times),
+        "mean_step_s": sum(times) / len(times),
+        "data_wait_share": sum(waits) / sum(times) if sum(times) > 0 else 0.0,
+        "peak_gpu_mem_bytes": peak,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "wall_s": wall,
+        "shape": config_shape(cfg),
+        "shape_key": shape_key(cfg),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ml.bench", description="Time the trainer's step.")
+    p.add_argument("--config", required=True, help="YAML config, e.g. configs/demo.yaml")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="timed steps (default 100)")
+    p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="untimed steps first (default 10)")
+    p.add_argument("--out", required=True, help="where to write the JSON result")
+    p.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="override config values")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        result = bench(load_train_config(args.config, args.overrides), args.steps, args.warmup)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        peak = result["peak_gpu_mem_bytes"]
+        mem = "no GPU" if peak is None else f"{peak / 2**30:.2f} GiB"
+        print(
+            f"bench: {result['steps']} steps after {result['warmup']} warm-up on {result['device_name']}: "
+            f"median {result['median_step_s'] * 1000:.1f} ms/step, data wait "
+            f"{result['data_wait_share']:.0%}, peak GPU memory {mem}",
+            flush=True,
+        )
+        return 0
+    except (Exception, KeyboardInterrupt) as e:  # the edge of the program
+        return exits.report(e)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
