@@ -16,7 +16,7 @@ from ml.bench import shape_key
 from ml.config import load_train_config
 from tasks import remote
 from tasks.bench import bench
-from tests.ml.trainkit import TINY_TRAIN
+from tests.peers.trainkit import TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,7 +76,7 @@ def instance_states(ec2) -> dict[str, str]:
 def refuse_capacity_for(instance_type: str) -> list:
     """EC2's documented InsufficientInstanceCapacity error for RunInstances of ``instance_type``,
     injected at the botocore level in front of moto (which has no capacity limits)."""
-    from tests.ec2.inject import answer, ec2_error
+    from tests.peers.inject import answer, ec2_error
 
     def refuse(request):
         body = request.body.decode() if isinstance(request.body, bytes) else request.body or ""
@@ -92,7 +92,7 @@ def spot_vcpu_quota(vcpus: float) -> list:
     injected at the botocore level: every quota asked for holds ``vcpus``."""
     import json
 
-    from tests.ec2.inject import answer, json_answer
+    from tests.peers.inject import answer, json_answer
 
     def get(request):
         code = json.loads(request.body)["QuotaCode"]

@@ -8,7 +8,7 @@ import json
 
 from ml import bench
 from ml.config import load_train_config
-from tests.ml.trainkit import DEMO, make_data, tiny
+from tests.peers.trainkit import DEMO, make_data, tiny
 
 
 def test_bench_times_the_real_step_and_writes_nothing_of_the_run(tmp_path, capsys):

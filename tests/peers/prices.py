@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from common import aws
-from tests.ec2.inject import answer, json_answer
+from tests.peers.inject import answer, json_answer
 
 
 def spot_history_xml(spot: dict[tuple[str, str], float]) -> bytes:

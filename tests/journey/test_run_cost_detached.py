@@ -11,7 +11,7 @@ import pytest
 
 from ec2.journey import detach
 from ec2.journey.stages import Plan
-from tests.ec2.conftest import config
+from tests.peers.moto_ec2 import config
 from tests.peers import prices
 
 CKPT = "s3://spot-ckpt/runs/rc/checkpoint"
