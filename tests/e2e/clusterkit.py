@@ -24,9 +24,9 @@ import pytest
 import yaml
 
 from common import aws
-from tests.peers.moto_ec2 import DLAMI_NAME, make_image
 from tests.cloud.test_cluster import install_placement_groups
 from tests.peers.imds import ImdsServer, instance_env
+from tests.peers.moto_ec2 import DLAMI_NAME, make_image
 from tests.peers.sshd import SSHD, SshdServer, require_binaries
 
 REPO = Path(__file__).resolve().parents[2]

@@ -24,8 +24,8 @@ import torch
 
 from tests.e2e.clusterkit import cluster_cloud, cluster_members, free_port, members_groups, tag, write_routes
 from tests.e2e.test_managed_run import start_fab_run
-from tests.peers.trainkit import TINY_TRAIN
 from tests.peers.imds import wait_until
+from tests.peers.trainkit import TINY_TRAIN
 
 __all__ = ["cluster_cloud"]  # the fixture, from tests/e2e/clusterkit.py
 

@@ -11,8 +11,8 @@ import pytest
 
 from ec2.journey import detach
 from ec2.journey.stages import Plan
-from tests.peers.moto_ec2 import config
 from tests.peers import prices
+from tests.peers.moto_ec2 import config
 
 CKPT = "s3://spot-ckpt/runs/rc/checkpoint"
 

@@ -19,8 +19,8 @@ from common import aws
 from ec2.remote import spot_watch
 from ml import checkpoint
 from ml.errors import STOPPED_RESUMABLE
-from tests.peers.trainkit import env, make_data, tiny, train_cmd
 from tests.peers.imds import wait_until
+from tests.peers.trainkit import env, make_data, tiny, train_cmd
 
 REPO = Path(__file__).resolve().parents[2]
 
