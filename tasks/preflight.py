@@ -9,7 +9,6 @@ from pathlib import Path
 from invoke import task
 from invoke.exceptions import Exit
 
-from common import aws
 from common.errors import ToolkitError
 from ec2 import doctor as checks
 from ec2.cloud import account, quote
@@ -64,7 +63,7 @@ def prices(c, hours=1.0, types=None, region=None, config=None, set_=None):
         cfg.region = region
     instance_types = [t for arg in (types or []) for t in arg.split(",") if t] or list(cfg.instance_types)
     where = account.resolve_region(cfg)
-    ec2 = aws.client("ec2", where, cfg.profile)
+    ec2 = account.client(cfg, "ec2", where)
     price_rows, notes = quote.rows(ec2, instance_types, list(cfg.zones), where, cfg.profile)
     print(f"{where}, Linux, {float(hours):g} h:")
     print(quote.table(price_rows, float(hours)))

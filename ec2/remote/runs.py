@@ -16,7 +16,7 @@ import shlex
 from dataclasses import dataclass
 
 from ec2 import names
-from ec2.errors import RemoteCommandFailed, RunAlreadyExists, ToolkitError
+from ec2.errors import ToolkitError
 from ec2.remote.ssh import Machine, join_path, quote_path
 
 # Our own "a run of that name exists" status (never 255: that is ssh's connection error).
@@ -133,42 +133,6 @@ def start_command(
         + f"tmux set-option -w -t {window} remain-on-exit on; "
         + f"tmux respawn-pane -k -t {window} {shlex.quote('bash -c ' + shlex.quote(script))}"
     )
-
-
-def start_run(
-    machine: Machine,
-    run: str,
-    command: str,
-    force: bool = False,
-    *,
-    env: dict[str, str] | None = None,
-    watch: bool = True,
-    watcher_args: list[str] | None = None,
-    output_dir: str | None = None,
-    gpus: int | None = None,
-) -> str:
-    """Start `command` as run `run` on the machine; returns the remote run dir."""
-    line = start_command(
-        machine.record.remote_dir,
-        run,
-        command,
-        env=env,
-        force=force,
-        watch=watch,
-        watcher_args=watcher_args,
-        output_dir=output_dir,
-        gpus=gpus,
-    )
-    # Not retried: a dropped connection after the start would make the retry refuse the run.
-    result = machine.run(line, check=False, retry=False)
-    if result.code == EXISTS_CODE:
-        raise RunAlreadyExists(
-            f"a run named {run!r} already exists on {machine.name}; pick another --run name, "
-            f"or pass --force to stop it and start again (its files are kept as {run}.prev-*)"
-        )
-    if result.code != 0:
-        raise RemoteCommandFailed(result.code, f"start run {run}", result.stderr)
-    return run_dir(machine.record.remote_dir, run)
 
 
 @dataclass(frozen=True)
