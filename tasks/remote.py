@@ -23,8 +23,8 @@ from ec2.journey.plan import plan_for
 from ec2.remote import gpu as gpu_summary
 from ec2.remote import nodes, runs
 from ec2.remote.carry import laptop_checkpoint, restore_checkpoint
-from ec2.remote.ssh import Machine, close_master, quote_path
-from ec2.remote.sync import download_outputs, refuse_foreign_dest, sync_code
+from ec2.remote.ssh import Machine, close_master
+from ec2.remote.sync import download_outputs, refuse_foreign_dest, sync_code, sync_to_volume
 from ec2.remote.trainrun import RDZV_PORT, setup_command
 from ml.config import load_train_config
 from tasks.edge import aws_config, edge, machine_name
@@ -137,7 +137,11 @@ def forget(c, name=None, config=None, set_=None):
 def setup(c, name=None, python=None, no_gpu=False, nodes=1, config=None, set_=None):
     """Bootstrap the machine (sync code, venv over the AMI's PyTorch, CUDA check); --nodes N: all at once."""
     if int(nodes) > 1:
-        return _setup_nodes(name, python, no_gpu, int(nodes), config, set_)
+        members = [
+            Machine(r) for r in nodes.members(machine_name(name, aws_config(config, set_)), int(nodes))
+        ]
+        nodes.set_up(members, python, require_gpu=not no_gpu, out=lambda line: print(line, flush=True))
+        return
     m = _machine(name, config, set_)
     sync_code(m, ".")
     code = m.stream(setup_command(m.record.remote_dir, python, require_gpu=not no_gpu))
@@ -145,37 +149,6 @@ def setup(c, name=None, python=None, no_gpu=False, nodes=1, config=None, set_=No
         raise ToolkitError(
             f"setup failed on {m.name} (exit {code}); see the lines above, fix, and rerun `fab setup`"
         )
-
-
-def _setup_nodes(name, python, no_gpu, count, config, set_) -> None:
-    """Code and setup to every node of a multi-node run in parallel (output kept, shown per node)."""
-    machines = [Machine(r) for r in nodes.members(machine_name(name, aws_config(config, set_)), count)]
-
-    def one(m: Machine) -> None:
-        sync_code(m, ".")
-        result = m.run(setup_command(m.record.remote_dir, python, require_gpu=not no_gpu), check=False)
-        if result.code:
-            tail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
-            raise ToolkitError(f"setup failed (exit {result.code}): {tail}; fix, and rerun `fab setup`")
-        print(f"{m.name}: set up", flush=True)
-
-    nodes.on_each(machines, one)
-
-
-def _sync_to_volume(m: Machine, cfg, path: str | None) -> None:
-    """The project (or `path`) to the workspace volume: VOLUME_MOUNT/code (or /<path's name>)."""
-    from ec2.remote.mount import check_mounted_command
-
-    mount_point = cfg.volume_mount
-    if m.run(check_mounted_command(mount_point), check=False).code != 0:
-        raise ToolkitError(
-            f"no volume is mounted at {mount_point} on {m.name}; set volume_name in configs/aws.yaml and "
-            f"launch, or mount it with `fab volume-mount --name {m.name}`"
-        )
-    local = Path(path or ".")
-    dest = f"{mount_point.rstrip('/')}/{'code' if path is None else local.resolve().name}"
-    stats = sync_code(m, local, echo=True, dest=dest)
-    print(f"synced to {m.name}:{dest} (the volume; nothing deleted there): {stats.files_transferred} file(s)")
 
 
 @task(iterable=["set_"])
@@ -194,7 +167,10 @@ def sync(
     --to-volume: to the workspace volume instead (the project, or --path FOLDER), kept across instances."""
     m = _machine(name, config, set_)
     if to_volume:
-        return _sync_to_volume(m, aws_config(config, set_), path)
+        dest, stats = sync_to_volume(m, aws_config(config, set_).volume_mount, path)
+        moved = stats.files_transferred
+        print(f"synced to {m.name}:{dest} (the volume; nothing deleted there): {moved} file(s)")
+        return
     if path:
         raise ToolkitError("--path goes with --to-volume (the code folder always gets the whole project)")
     trainer = None
@@ -307,26 +283,12 @@ def ssh(c, name=None, config=None, set_=None):
     _reached(_machine(name, config, set_)).exec_interactive()
 
 
-def in_dir_command(remote_dir: str, cmd: str, cwd: str | None = None) -> str:
-    """`cmd` run in the code folder (where `fab sync` puts the code), or in `cwd` (relative: inside
-    the code folder). A missing code folder (nothing synced yet) falls back to the home folder with
-    a note; a missing `cwd` is an error (exit 1) before the command runs."""
-    code = quote_path(runs.code_dir(remote_dir))
-    if cwd is None:
-        note = f"note: {runs.code_dir(remote_dir)} does not exist yet (fab sync); running in the home folder"
-        enter = f"cd {code} 2>/dev/null || echo {shlex.quote(note)} >&2"
-    else:
-        target = cwd if cwd.startswith(("/", "~")) else f"{runs.code_dir(remote_dir)}/{cwd}"
-        enter = f"cd {quote_path(target)} || exit 1"
-    return f"{enter}\n{cmd}"
-
-
 @task(iterable=["set_"])
 @edge
 def run_cmd(c, cmd, name=None, cwd=None, config=None, set_=None):
     """Run any command on the machine, in the code folder (--cwd elsewhere); exits with its exit code."""
     m = _reached(_machine(name, config, set_))
-    code = m.stream(in_dir_command(m.record.remote_dir, cmd, cwd))
+    code = m.stream(runs.in_dir_command(m.record.remote_dir, cmd, cwd))
     if code:
         raise Exit(code=code)
 

@@ -1,6 +1,8 @@
 """The named stages of one attempt of `fab run`, each callable alone: provision (launch), bootstrap
-(sync + setup), restore (a laptop checkpoint back onto the instance), start (the command in tmux,
-wrapped in the notice watcher), pull (outputs and checkpoints to the laptop), terminate.
+(sync + setup), restore (a laptop checkpoint back onto the instance), start / start_nodes (the run
+in tmux, wrapped in the notice watcher, through ec2.remote.startrun), pull (outputs and checkpoints
+to the laptop), terminate. `fab train` uses reach_s3 (the instance role to the run's S3 prefixes)
+and start / start_nodes on machines it did not launch here.
 
 `Plan` is what to run (ec2/journey/plan.py, re-exported here).
 """

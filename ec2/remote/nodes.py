@@ -60,6 +60,22 @@ def on_each(machines: list[Machine], work: Callable[[Machine], T]) -> list[T]:
         return [f.result() for f in futures]
 
 
+def set_up(machines: list[Machine], python: str | None, *, require_gpu: bool, out) -> None:
+    """Code and setup to every node at once (`fab setup --nodes N`); each node's failure keeps its
+    last lines."""
+    from ec2.remote.sync import sync_code
+
+    def one(m: Machine) -> None:
+        sync_code(m, ".")
+        result = startrun.setup(startrun.Ssh(m), m.record.remote_dir, python, require_gpu)
+        if result.code:
+            tail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
+            raise ToolkitError(f"setup failed (exit {result.code}): {tail}; fix, and rerun `fab setup`")
+        out(f"{m.name}: set up")
+
+    on_each(machines, one)
+
+
 def start_training(
     machines: list[Machine], spec: RunSpec, *, rendezvous_id: str, port: int
 ) -> startrun.Started:

@@ -5,7 +5,8 @@ when it ends, and the pane kept (`remain-on-exit`) so a crash stays visible on `
 Layout under the machine's remote_dir (see the contract "On the instance"):
     code/  venv/  runs/<run>/{command,log,exit_code,preempted,gpus}
 
-`gpus` holds how many trainer processes (one per GPU) the run started, for `fab status`.
+`gpus` holds how many trainer processes (one per GPU) the run started, for `fab status`. Every
+run is started through ec2/remote/startrun.py, which builds its line with `start_command`.
 
 Every remote command line is built here by a pure function and tested as a string.
 """
@@ -139,7 +140,7 @@ def start_command(
 class RunState:
     state: str  # running | finished | preempted | none | unreachable
     exit_code: int | None = None
-    gpus: int | None = None  # trainer processes the run started (recorded by start_run)
+    gpus: int | None = None  # trainer processes the run started (recorded by the start line)
 
     def __str__(self) -> str:
         text = f"finished({self.exit_code})" if self.state == "finished" else self.state
@@ -200,3 +201,17 @@ def graceful_stop_command(remote_dir: str, run: str) -> str:
     (to S3 when checkpoint_dir is there) and exits 75. Exit 1 when no watched run is alive."""
     pid_file = quote_path(run_dir(remote_dir, run)) + "/watcher.pid"
     return f'pid=$(cat {pid_file} 2>/dev/null) && kill -TERM "$pid"'
+
+
+def in_dir_command(remote_dir: str, cmd: str, cwd: str | None = None) -> str:
+    """`cmd` run in the code folder (where `fab sync` puts the code), or in `cwd` (relative: inside
+    the code folder). A missing code folder (nothing synced yet) falls back to the home folder with
+    a note; a missing `cwd` is an error (exit 1) before the command runs."""
+    code = quote_path(code_dir(remote_dir))
+    if cwd is None:
+        note = f"note: {code_dir(remote_dir)} does not exist yet (fab sync); running in the home folder"
+        enter = f"cd {code} 2>/dev/null || echo {shlex.quote(note)} >&2"
+    else:
+        target = cwd if cwd.startswith(("/", "~")) else f"{code_dir(remote_dir)}/{cwd}"
+        enter = f"cd {quote_path(target)} || exit 1"
+    return f"{enter}\n{cmd}"

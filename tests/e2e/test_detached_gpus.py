@@ -66,7 +66,7 @@ def test_detached_run_trains_on_the_gpus_asked_and_a_notice_stops_every_rank(
     wait_until(lambda: len(list((rdir / "ranks").glob("rank-*.pid"))) == 2, 60, "both ranks")
 
     imds.mark_interruption()
-    boot_out = one.wait(120)
+    first_boot = boot_out = one.wait(120)
     text = one.log.read_text()
     # Each rank stopped and said so with the run's resumable exit; rank 0 printed the one step.
     assert {p.read_text().strip() for p in (rdir / "ranks").glob("rank-*.exit")} == {"75"}, boot_out
@@ -95,3 +95,4 @@ def test_detached_run_trains_on_the_gpus_asked_and_a_notice_stops_every_rank(
         (first, "preempted"),
         (second, "finished"),
     ]
+    print(first_boot, boot_out)  # shown with -s: the boot's own account (docs/detached-gpus.md quotes it)
