@@ -21,7 +21,8 @@ from ec2.cloud import instances
 from ec2.journey import stages
 from ec2.journey.plan import plan_for
 from ec2.remote import gpu as gpu_summary
-from ec2.remote import nodes, runs
+from ec2.remote import nodes as cluster_nodes
+from ec2.remote import runs
 from ec2.remote.carry import laptop_checkpoint, restore_checkpoint
 from ec2.remote.ssh import Machine, close_master
 from ec2.remote.sync import download_outputs, refuse_foreign_dest, sync_code, sync_to_volume
@@ -49,6 +50,10 @@ def run_overrides(args: str, data_uri: str | None) -> list[str]:
     if data_uri:
         overrides.append(f"dataset.dataset_dir={data_uri}")
     return overrides
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 def _reached(m: Machine) -> Machine:
@@ -137,10 +142,9 @@ def forget(c, name=None, config=None, set_=None):
 def setup(c, name=None, python=None, no_gpu=False, nodes=1, config=None, set_=None):
     """Bootstrap the machine (sync code, venv over the AMI's PyTorch, CUDA check); --nodes N: all at once."""
     if int(nodes) > 1:
-        members = [
-            Machine(r) for r in nodes.members(machine_name(name, aws_config(config, set_)), int(nodes))
-        ]
-        nodes.set_up(members, python, require_gpu=not no_gpu, out=lambda line: print(line, flush=True))
+        name = machine_name(name, aws_config(config, set_))
+        members = [Machine(r) for r in cluster_nodes.members(name, int(nodes))]
+        cluster_nodes.set_up(members, python, require_gpu=not no_gpu, out=_say)
         return
     m = _machine(name, config, set_)
     sync_code(m, ".")
@@ -230,7 +234,7 @@ def train(
         started = stages.start_nodes(
             cfg, machines, plan, rendezvous_id=f"{name}-{run}", port=int(rdzv_port), force=force
         )
-        host = nodes.rendezvous_host(machines[0].record)
+        host = cluster_nodes.rendezvous_host(machines[0].record)
         print(
             f"started run {run!r} on {nodes} nodes x {started.procs} process(es) "
             f"({', '.join(m.name for m in machines)}; rendezvous {host}:{rdzv_port}); "
@@ -252,7 +256,7 @@ def train(
 def logs(c, name=None, run="train", lines=50, no_follow=False, node=None, config=None, set_=None):
     """Follow a run's log (Ctrl-C stops following, not the run); --no-follow prints the tail; --node K."""
     if node is not None:
-        name = nodes.member_name(machine_name(name, aws_config(config, set_)), int(node))
+        name = cluster_nodes.member_name(machine_name(name, aws_config(config, set_)), int(node))
     m = _machine(name, config, set_)
     state = runs.run_state(m, run)
     if state.state == "unreachable":
