@@ -10,8 +10,9 @@ from invoke import task
 from common.errors import ToolkitError
 from ec2 import benchstore
 from ec2.journey import bench as benching
+from ec2.journey.plan import machine_region
 from tasks.edge import aws_config, edge, machine_name
-from tasks.remote import DEFAULT_TRAIN_CONFIG, _machine, _region
+from tasks.remote import DEFAULT_TRAIN_CONFIG, _machine_of
 
 
 @task(iterable=["set_", "types"])
@@ -56,9 +57,9 @@ def bench(
         )
         print(benching.table(rows))
         return
-    m = _machine(name, config, set_)
+    m = _machine_of(cfg, machine_name(name, cfg))
     record = benching.on_machine(
-        m, train_config, overrides, steps, warmup, _region(m, config, set_), cfg.profile
+        m, train_config, overrides, steps, warmup, machine_region(m.record, cfg), cfg.profile
     )
     print(benchstore.table([record]))
     where = "not an EC2 instance" if record.instance_type == benchstore.NOT_EC2 else record.instance_type

@@ -8,13 +8,12 @@ import sys
 from invoke import task
 from invoke.exceptions import Exit
 
-from common import aws
+from ec2.cloud import account
 from tasks.edge import aws_config, edge, s3_uri
 
 
 def _s3(config, set_):
-    cfg = aws_config(config, set_)
-    return aws.client("s3", cfg.region, cfg.profile)
+    return account.client(aws_config(config, set_), "s3")
 
 
 class _ByteBar:

@@ -11,22 +11,22 @@ from datetime import UTC, datetime
 
 from invoke import task
 
-from common import aws, guard
-from common.aws import aws_errors
-from ec2 import doctor, paths, registry
+from common import guard
+from ec2 import doctor, registry
 from ec2 import status as status_mod
-from ec2.cloud import account, cluster, iam, instances, keys, network, volumes
+from ec2.cloud import account, cluster, instances, network, volumes
+from ec2.cloud import cleanup as cleanup_module
 from ec2.cloud import launch as launching
 from ec2.errors import InstanceNotFound, ToolkitError
+from ec2.journey import detached_groups as detached
 from ec2.remote import sshconfig
-from tasks import detached
 from tasks.edge import aws_config, edge, machine_name
 from tasks.volumes import kept_volumes_note, print_volumes
 
 
 def _ec2(cfg):
     region = account.resolve_region(cfg)
-    return region, aws.client("ec2", region, cfg.profile)
+    return region, account.client(cfg, "ec2", region)
 
 
 def confirm(question: str, yes: bool) -> None:
@@ -86,15 +86,6 @@ def launch(
         print(f"ready: `ssh {sshconfig.host_alias(record.name)}`, or `fab setup --name {record.name}`")
 
 
-def _regions(cfg, all_regions: bool) -> list[str]:
-    region = account.resolve_region(cfg)
-    if not all_regions:
-        return [region]
-    with aws_errors("listing the account's regions"):
-        found = aws.client("ec2", region, cfg.profile).describe_regions()["Regions"]
-    return sorted(r["RegionName"] for r in found)
-
-
 @task(iterable=["set_"])
 @edge
 def status(c, all_regions=False, no_runs=False, config=None, set_=None):
@@ -102,9 +93,9 @@ def status(c, all_regions=False, no_runs=False, config=None, set_=None):
     cfg = aws_config(config, set_)
     now = datetime.now(UTC)
     shown = 0
-    for region in _regions(cfg, all_regions):
+    for region in account.regions(cfg, all_regions):
         report = status_mod.collect(
-            aws.client("ec2", region, cfg.profile), region, now=now, check_runs=not no_runs
+            account.client(cfg, "ec2", region), region, now=now, check_runs=not no_runs
         )
         for name in report.updated:
             print(f"{name}: address refreshed from AWS")
@@ -128,9 +119,9 @@ def status(c, all_regions=False, no_runs=False, config=None, set_=None):
             print(f"detached run {line}")
         if any(r.estimate for r in report.rows):
             print("* on-demand list price (us-east-1, from a table): an estimate")
-        shown += print_volumes(aws.client("ec2", region, cfg.profile))
+        shown += print_volumes(account.client(cfg, "ec2", region))
     if not shown:
-        print(f"no spotrun instances in {'any region' if all_regions else _regions(cfg, False)[0]}")
+        print(f"no spotrun instances in {'any region' if all_regions else account.regions(cfg, False)[0]}")
 
 
 @task(iterable=["set_"])
@@ -150,7 +141,7 @@ def terminate(c, name=None, all_=False, yes=False, no_wait=False, config=None, s
         if groups:
             confirm(f"delete the Auto Scaling groups of detached runs {', '.join(groups)} in {region}?", yes)
             for group_name in groups:
-                detached.remove_group(cfg, region, group_name)
+                detached.remove_group(cfg, region, group_name, out=print)
         targets = instances.find_instances(ec2)
         if not targets:
             print(f"no live spotrun instances in {region}")
@@ -209,83 +200,14 @@ def _forget_gone(name: str, region: str) -> None:
     print(f"no live instance named {name!r} in {region}; dropped its stale local entries")
 
 
-def _managed(tags: list[dict]) -> bool:
-    return any(t.get("Key") == "spotrun:managed" and t.get("Value") == "true" for t in tags or [])
-
-
-def _delete(what: str, call, **kwargs) -> bool:
-    with aws_errors(f"deleting {what}", tolerate={"DependencyViolation"}) as refused:
-        call(**kwargs)
-    if refused.code:
-        print(f"kept {what}: still in use (an instance may be shutting down); retry in a minute")
-        return False
-    print(f"deleted {what}")
-    return True
-
-
-def _cleanup_roles(cfg, region: str, ec2) -> None:
-    """spotrun's roles for this region whose instance profiles no live instance holds."""
-    client = aws.client("iam", region, cfg.profile)
-    used = iam.profiles_in_use(ec2)
-    try:
-        roles = iam.managed_roles(client)
-    except ToolkitError as e:  # no IAM rights: the group and key pair can still go
-        print(f"kept spotrun's IAM roles: {e}")
-        return
-    for managed in roles:
-        if managed.region != region:
-            continue  # another region's instances may hold it: `fab cleanup` there
-        holders = [arn for _, arn in managed.profiles if arn in used]
-        if holders:
-            print(f"kept IAM role {managed.role}: its instance profile is in use")
-            continue
-        iam.delete_role(client, managed)
-        print(f"deleted IAM role and instance profile {managed.role}")
-
-
 @task(iterable=["set_"])
 @edge
 def cleanup(c, yes=False, config=None, set_=None):
     """Delete spotrun's IAM roles, security group and key pair once unused (--yes: the .pem too)."""
     cfg = aws_config(config, set_)
-    region, ec2 = _ec2(cfg)
+    region = account.resolve_region(cfg)
     detached.leftovers(cfg, region)
-    _cleanup_roles(cfg, region, ec2)
-    group = network.find_group(ec2, cfg.security_group_name, network.vpc_id(ec2, cfg))
-    if group is None:
-        print(f"no security group {cfg.security_group_name!r} in {region}")
-    elif not _managed(group.get("Tags")):
-        print(f"kept security group {group['GroupId']}: spotrun did not create it")
-    elif users := instances.instances_using(ec2, group_id=group["GroupId"]):
-        print(f"kept security group {group['GroupId']}: used by {', '.join(i.instance_id for i in users)}")
-    else:
-        _delete(
-            f"security group {cfg.security_group_name} ({group['GroupId']})",
-            ec2.delete_security_group,
-            GroupId=group["GroupId"],
-        )
-    pair = keys.describe_pair(ec2, cfg.key_name)
-    if pair is None:
-        print(f"no key pair {cfg.key_name!r} in {region}")
-        return
-    if not _managed(pair.get("Tags")):
-        print(f"kept key pair {cfg.key_name!r}: spotrun did not create it")
-        return
-    if users := instances.instances_using(ec2, key_name=cfg.key_name):
-        print(f"kept key pair {cfg.key_name!r}: used by {', '.join(i.instance_id for i in users)}")
-        return
-    if not _delete(f"key pair {cfg.key_name!r}", ec2.delete_key_pair, KeyName=cfg.key_name):
-        return
-    key_file = paths.key_file(cfg.key_name)
-    if cfg.import_public_key or not key_file.exists():
-        return  # an imported key is the user's own: never deleted
-    if yes:
-        key_file.unlink()
-        print(f"deleted {key_file} (its key pair is gone)")
-    else:
-        print(
-            f"kept {key_file}: its key pair is gone, so it opens nothing now; `fab cleanup --yes` deletes it"
-        )
+    cleanup_module.account_leftovers(cfg, region, delete_key_file=yes)
 
 
 @task(iterable=["set_"])
@@ -295,7 +217,7 @@ def allow_my_ip(c, config=None, set_=None):
     cfg = aws_config(config, set_)
     region = account.resolve_region(cfg)
     owner = account.caller_arn(region, cfg.profile)
-    group_id, revoked, added = network.allow_my_ip(aws.client("ec2", region, cfg.profile), cfg, owner)
+    group_id, revoked, added = network.allow_my_ip(account.client(cfg, "ec2", region), cfg, owner)
     for cidr in revoked:
         print(f"revoked SSH from {cidr} on {group_id}")
     print(f"SSH allowed from {added} on {group_id}")

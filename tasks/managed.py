@@ -3,7 +3,6 @@ on on a replacement instance after a spot interruption. The logic lives in ec2/j
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 from invoke import task
@@ -11,14 +10,14 @@ from invoke import task
 from common import outputs
 from common.errors import ConfigError
 from ec2 import doctor, paths
-from ec2.cloud import s3scope
-from ec2.journey import Journey, Plan, cluster_reentry, reentry, report, stdin_asker
+from ec2.journey import Journey, cluster_reentry, costrank, reentry, report, stdin_asker
 from ec2.journey.history import history_path
+from ec2.journey.plan import plan_for
 from ec2.remote.rsync_version import local_rsync
 from ec2.remote.sync import refuse_foreign_dest
-from ec2.remote.trainrun import RDZV_PORT, TRAINER_SIGNAL, train_command
+from ec2.remote.trainrun import RDZV_PORT
 from tasks.edge import aws_config, edge, machine_name
-from tasks.remote import DEFAULT_TRAIN_CONFIG, gpus_option
+from tasks.remote import DEFAULT_TRAIN_CONFIG, gpus_option, run_overrides
 
 
 def _say(line: str) -> None:
@@ -56,8 +55,6 @@ def run(
     """Managed run: launch, setup, sync, train; on interruption relaunch elsewhere and resume; summary.
     --detach: hand it to an Auto Scaling group of one (needs checkpoint_dir in S3; `fab watch`).
     --nodes N: a cluster (torchrun on every node; a lost node is replaced; checkpoint_dir in S3)."""
-    from ml.config import load_train_config
-
     local_rsync().require()  # before an instance is paid for, not at its first sync
     cfg = aws_config(config, set_)
     name = machine_name(name, cfg)
@@ -66,46 +63,25 @@ def run(
         refuse_foreign_dest(outputs.folder(dest, "--dest"), force, marks=(history_path(Path(dest)).name,))
     else:
         outputs.folder(paths.outputs_dir(name), "the outputs folder")
-    overrides = shlex.split(args or "")
-    if data_uri:
-        overrides.append(f"dataset.dataset_dir={data_uri}")
-    train_cfg = load_train_config(train_config, overrides)  # a bad key fails here, not on the instance
-    if train_cfg.resume not in ("auto",):
-        raise ConfigError(
-            f"fab run resumes after interruptions and needs resume=auto, not "
-            f"{train_cfg.resume!r}; drop the resume override"
-        )
-    from ec2.journey import costrank
-
-    cfg = costrank.apply(cfg, train_cfg)  # choose_by: run_cost orders types by this config's benches
-    recoveries = cfg.max_recoveries if max_recoveries is None else max_recoveries
-    plan = Plan(
-        command=train_command(cfg.remote_dir, train_config, overrides),
+    options = dict(
         run=run_name,
-        output_dir=train_cfg.output_dir,
-        checkpoint_dir=train_cfg.checkpoint_dir,
-        signal=TRAINER_SIGNAL,
         poll_s=float(poll),
         imds_poll_s=float(imds_poll),
-        on_rebalance=cfg.on_rebalance,
         download_every_s=float(download_every),
-        max_recoveries=recoveries,
         keep=bool(keep),
         setup_python=setup_python,
         require_gpu=not no_gpu,
-        train_config=train_config,
-        overrides=overrides,
         gpus=gpus_option(gpus),
-        s3=tuple(
-            s3scope.for_run(
-                train_cfg.dataset.dataset_dir, train_cfg.checkpoint_dir, cfg.checkpoint_backup_uri
-            )
-        ),
     )
+    if max_recoveries is not None:
+        options["max_recoveries"] = max_recoveries
+    # A bad key fails here, not on the instance; resume=auto, or the run could not carry on.
+    plan = plan_for(cfg, train_config, run_overrides(args, data_uri), resumable=True, **options)
+    cfg = costrank.apply(cfg, plan.trainer)  # choose_by: run_cost orders types by this config's benches
     if int(nodes) > 1:
         if detach:
             raise ConfigError("--detach hands one instance to an Auto Scaling group; leave out --nodes")
-        return _run_nodes(cfg, name, plan, int(nodes), int(rdzv_port), dest, no_preflight, train_cfg)
+        return _run_nodes(cfg, name, plan, int(nodes), int(rdzv_port), dest, no_preflight)
     if detach:
         from ec2.journey.detach import require_s3
 
@@ -116,7 +92,7 @@ def run(
     # A journey this laptop left running (killed, or Ctrl-C → leave): watch it again, no new machine.
     picked = None if detach else reentry.pick_up(cfg, name, journey.outputs, out=_say)
     if not no_preflight and picked is None:
-        needs = doctor.needs_for(cfg, train_cfg.dataset.dataset_dir, train_cfg.checkpoint_dir)
+        needs = doctor.needs_for(cfg, plan.dataset_dir, plan.checkpoint_dir)
         doctor.preflight(cfg, name, needs, out=_say)
     if detach:
         from tasks.detached import submit
@@ -131,7 +107,7 @@ def run(
             _say(f"run history: {journey.h.path}")
 
 
-def _run_nodes(cfg, name, plan, count, port, dest, no_preflight, train_cfg) -> None:
+def _run_nodes(cfg, name, plan, count, port, dest, no_preflight) -> None:
     """`fab run --nodes N`: the cluster journey (ec2/journey/cluster_loop.py)."""
     from ec2.journey.cluster_loop import ClusterJourney
 
@@ -148,7 +124,7 @@ def _run_nodes(cfg, name, plan, count, port, dest, no_preflight, train_cfg) -> N
     # A cluster run this laptop left (killed, or Ctrl-C → leave): watch it again on its members.
     picked = cluster_reentry.pick_up(cfg, name, count, plan, journey.outputs, out=_say)
     if not no_preflight and picked is None:
-        needs = doctor.needs_for(cfg, train_cfg.dataset.dataset_dir, train_cfg.checkpoint_dir)
+        needs = doctor.needs_for(cfg, plan.dataset_dir, plan.checkpoint_dir)
         doctor.preflight(cfg, name, needs, out=_say)
     try:
         journey.run(picked)

@@ -9,7 +9,6 @@ from pathlib import Path
 from invoke import task
 from invoke.exceptions import Exit
 
-from common import aws
 from common.errors import ToolkitError
 from ec2 import doctor as checks
 from ec2.cloud import account, quote
@@ -69,7 +68,7 @@ def prices(
         cfg.region = region
     instance_types = [t for arg in (types or []) for t in arg.split(",") if t] or list(cfg.instance_types)
     where = account.resolve_region(cfg)
-    ec2 = aws.client("ec2", where, cfg.profile)
+    ec2 = account.client(cfg, "ec2", where)
     trainer = None
     if train_config:
         from ml.config import load_train_config

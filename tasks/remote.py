@@ -15,28 +15,45 @@ from invoke import task
 from invoke.exceptions import Exit
 
 from common import guard, outputs
-from common.checks import MULTI_NODE, require_s3_checkpoints
 from common.errors import ToolkitError
 from ec2 import paths, registry
 from ec2.cloud import instances
+from ec2.journey import stages
+from ec2.journey.plan import plan_for
 from ec2.remote import gpu as gpu_summary
-from ec2.remote import nodes, runs
+from ec2.remote import nodes as cluster_nodes
+from ec2.remote import runs
 from ec2.remote.carry import laptop_checkpoint, restore_checkpoint
-from ec2.remote.ssh import Machine, close_master, quote_path
-from ec2.remote.sync import download_outputs, refuse_foreign_dest, sync_code
-from ec2.remote.trainrun import RDZV_PORT, TRAINER_SIGNAL, setup_command, train_command, train_env
-from ec2.remote.trainrun import watcher_args as watcher_args_for
+from ec2.remote.ssh import Machine, close_master
+from ec2.remote.sync import download_outputs, refuse_foreign_dest, sync_code, sync_to_volume
+from ec2.remote.trainrun import RDZV_PORT, setup_command
 from ml.config import load_train_config
 from tasks.edge import aws_config, edge, machine_name
 
 DEFAULT_TRAIN_CONFIG = "configs/rnn_args.yaml"
 
 
-def _machine(name: str | None, config: str | None, set_: list[str] | None) -> Machine:
-    cfg = aws_config(config, set_)
-    record = registry.get(machine_name(name, cfg))
+def _machine_of(cfg, name: str) -> Machine:
+    record = registry.get(name)
     # A dropped connection to a launched instance first asks AWS whether it still runs.
     return Machine(record, still_there=instances.gone_check(record, cfg.profile))
+
+
+def _machine(name: str | None, config: str | None, set_: list[str] | None) -> Machine:
+    cfg = aws_config(config, set_)
+    return _machine_of(cfg, machine_name(name, cfg))
+
+
+def run_overrides(args: str, data_uri: str | None) -> list[str]:
+    """The trainer's overrides: --args, and --data-uri as dataset.dataset_dir."""
+    overrides = shlex.split(args or "")
+    if data_uri:
+        overrides.append(f"dataset.dataset_dir={data_uri}")
+    return overrides
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 def _reached(m: Machine) -> Machine:
@@ -47,24 +64,6 @@ def _reached(m: Machine) -> Machine:
     return m
 
 
-def _region(machine: Machine, config: str | None, set_: list[str] | None) -> str | None:
-    import os
-
-    return (
-        machine.record.region
-        or aws_config(config, set_).region
-        or os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION")
-    )
-
-
-def _local_output_dir(train_config: str, overrides: list[str]) -> str | None:
-    """The trainer's output_dir for this config + overrides, so `download` knows what to pull."""
-    if not Path(train_config).exists():
-        return None
-    return load_train_config(train_config, overrides).output_dir
-
-
 def gpus_option(gpus) -> int | None:
     if gpus is None:
         return None
@@ -72,33 +71,6 @@ def gpus_option(gpus) -> int | None:
         return int(gpus)
     except ValueError:
         raise ToolkitError(f"--gpus {gpus!r} is not a number; give a GPU count such as --gpus 2") from None
-
-
-def _checkpoint_dir(train_config: str, overrides: list[str]) -> str | None:
-    if not Path(train_config).exists():
-        return None
-    return load_train_config(train_config, overrides).checkpoint_dir
-
-
-def _reach_s3(m: Machine, region: str | None, cfg, train_config: str, overrides: list[str]) -> None:
-    """Widen the instance's spotrun role to the run's S3 prefixes before the run needs them."""
-    if not m.record.instance_id or not region or not Path(train_config).is_file():
-        return  # an adopted machine, or no config to read the prefixes from
-    from common import aws
-    from ec2.cloud import account, iam, s3scope
-
-    trainer = load_train_config(train_config, overrides)
-    want = s3scope.for_run(trainer.dataset.dataset_dir, trainer.checkpoint_dir, cfg.checkpoint_backup_uri)
-    if not want:
-        return
-    owner = account.caller_arn(region, cfg.profile)
-    iam.widen_for_instance(
-        aws.client("ec2", region, cfg.profile),
-        aws.client("iam", region, cfg.profile),
-        m.record.instance_id,
-        want,
-        owner,
-    )
 
 
 @task(iterable=["set_"])
@@ -170,7 +142,10 @@ def forget(c, name=None, config=None, set_=None):
 def setup(c, name=None, python=None, no_gpu=False, nodes=1, config=None, set_=None):
     """Bootstrap the machine (sync code, venv over the AMI's PyTorch, CUDA check); --nodes N: all at once."""
     if int(nodes) > 1:
-        return _setup_nodes(name, python, no_gpu, int(nodes), config, set_)
+        name = machine_name(name, aws_config(config, set_))
+        members = [Machine(r) for r in cluster_nodes.members(name, int(nodes))]
+        cluster_nodes.set_up(members, python, require_gpu=not no_gpu, out=_say)
+        return
     m = _machine(name, config, set_)
     sync_code(m, ".")
     code = m.stream(setup_command(m.record.remote_dir, python, require_gpu=not no_gpu))
@@ -178,37 +153,6 @@ def setup(c, name=None, python=None, no_gpu=False, nodes=1, config=None, set_=No
         raise ToolkitError(
             f"setup failed on {m.name} (exit {code}); see the lines above, fix, and rerun `fab setup`"
         )
-
-
-def _setup_nodes(name, python, no_gpu, count, config, set_) -> None:
-    """Code and setup to every node of a multi-node run in parallel (output kept, shown per node)."""
-    machines = [Machine(r) for r in nodes.members(machine_name(name, aws_config(config, set_)), count)]
-
-    def one(m: Machine) -> None:
-        sync_code(m, ".")
-        result = m.run(setup_command(m.record.remote_dir, python, require_gpu=not no_gpu), check=False)
-        if result.code:
-            tail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
-            raise ToolkitError(f"setup failed (exit {result.code}): {tail}; fix, and rerun `fab setup`")
-        print(f"{m.name}: set up", flush=True)
-
-    nodes.on_each(machines, one)
-
-
-def _sync_to_volume(m: Machine, cfg, path: str | None) -> None:
-    """The project (or `path`) to the workspace volume: VOLUME_MOUNT/code (or /<path's name>)."""
-    from ec2.remote.mount import check_mounted_command
-
-    mount_point = cfg.volume_mount
-    if m.run(check_mounted_command(mount_point), check=False).code != 0:
-        raise ToolkitError(
-            f"no volume is mounted at {mount_point} on {m.name}; set volume_name in configs/aws.yaml and "
-            f"launch, or mount it with `fab volume-mount --name {m.name}`"
-        )
-    local = Path(path or ".")
-    dest = f"{mount_point.rstrip('/')}/{'code' if path is None else local.resolve().name}"
-    stats = sync_code(m, local, echo=True, dest=dest)
-    print(f"synced to {m.name}:{dest} (the volume; nothing deleted there): {stats.files_transferred} file(s)")
 
 
 @task(iterable=["set_"])
@@ -227,7 +171,10 @@ def sync(
     --to-volume: to the workspace volume instead (the project, or --path FOLDER), kept across instances."""
     m = _machine(name, config, set_)
     if to_volume:
-        return _sync_to_volume(m, aws_config(config, set_), path)
+        dest, stats = sync_to_volume(m, aws_config(config, set_).volume_mount, path)
+        moved = stats.files_transferred
+        print(f"synced to {m.name}:{dest} (the volume; nothing deleted there): {moved} file(s)")
+        return
     if path:
         raise ToolkitError("--path goes with --to-volume (the code folder always gets the whole project)")
     trainer = None
@@ -272,82 +219,35 @@ def train(
             "--data-uri sets the trainer's dataset.dataset_dir; a --cmd command takes its data "
             "location in its own arguments"
         )
-    overrides = shlex.split(args or "")
-    if data_uri:
-        overrides.append(f"dataset.dataset_dir={data_uri}")
-    if int(nodes) > 1:
-        if cmd:
-            raise ToolkitError("--cmd runs on one machine; leave out --nodes (or --cmd)")
-        return _train_nodes(
-            name, train_config, overrides, run, force, data_uri, gpus, int(nodes), rdzv_port, config, set_
-        )
-    m = _machine(name, config, set_)
-    procs = None
-    if cmd:
-        command, output_dir, watcher_args = cmd, None, []
-    else:
-        procs = gpu_summary.processes_for(gpu_summary.count_gpus(m), gpus_option(gpus))
-        command = train_command(m.record.remote_dir, train_config, overrides, procs)
-        output_dir = _local_output_dir(train_config, overrides)
-        backup_uri = aws_config(config, set_).checkpoint_backup_uri
-        watcher_args = watcher_args_for(
-            TRAINER_SIGNAL,
-            _checkpoint_dir(train_config, overrides),
-            backup_uri,
-            ranks=procs if procs > 1 else 0,
-            on_rebalance=aws_config(config, set_).on_rebalance,
-        )
-    region = _region(m, config, set_)
-    if not cmd:
-        _reach_s3(m, region, aws_config(config, set_), train_config, overrides)
-    env = train_env(region)
-    rdir = runs.start_run(
-        m,
-        run,
-        command,
-        force=force,
-        env=env,
-        watch=not no_watch,
-        watcher_args=watcher_args,
-        output_dir=output_dir,
-        gpus=procs,
-    )
-    on = f" on {procs} GPUs (torchrun)" if procs and procs > 1 else ""
-    print(f"started run {run!r} on {m.name}{on} (log: {rdir}/log); follow with `fab logs --name {m.name}`")
-
-
-def _train_nodes(
-    name, train_config, overrides, run, force, data_uri, gpus, count, port, config, set_
-) -> None:
-    """torchrun on every node of a multi-node run, meeting at node 0 (c10d rendezvous), each node
-    wrapped in its own notice watcher; checkpoints in S3, written by rank 0."""
-    cfg = aws_config(config, set_)
+    if cmd and int(nodes) > 1:
+        raise ToolkitError("--cmd runs on one machine; leave out --nodes (or --cmd)")
+    cfg = aws_config(config, set_)  # each config read once, here (the train config by plan_for)
     name = machine_name(name, cfg)
-    ckpt = _checkpoint_dir(train_config, overrides)
-    require_s3_checkpoints(ckpt, MULTI_NODE)
-    machines = [Machine(r) for r in nodes.members(name, count)]
-    region = _region(machines[0], config, set_)
-    # The members share one role (ec2/cloud/cluster.py): widening it for node 0 covers them all.
-    _reach_s3(machines[0], region, cfg, train_config, overrides)
-    procs = nodes.start_training(
-        machines,
-        run,
-        train_config,
-        overrides,
-        gpus=gpus_option(gpus),
-        rendezvous_id=f"{name}-{run}",
-        port=int(port),
-        env=train_env(region),
-        watcher_args=lambda procs: watcher_args_for(
-            TRAINER_SIGNAL, ckpt, None, ranks=procs, on_rebalance=cfg.on_rebalance
-        ),
-        output_dir=_local_output_dir(train_config, overrides),
-        force=force,
+    # The Plan `fab run` builds: what runs, where its checkpoints and outputs go, its S3 prefixes.
+    plan = plan_for(
+        cfg, train_config, run_overrides(args, data_uri), command=cmd, run=run, gpus=gpus_option(gpus)
     )
-    host = nodes.rendezvous_host(machines[0].record)
+    if int(nodes) > 1:
+        machines = stages.members(plan, name, int(nodes))
+        # The members share one role (ec2/cloud/cluster.py): widening it for node 0 covers them all.
+        stages.reach_s3(cfg, machines[0].record, plan)
+        started = stages.start_nodes(
+            cfg, machines, plan, rendezvous_id=f"{name}-{run}", port=int(rdzv_port), force=force
+        )
+        host = cluster_nodes.rendezvous_host(machines[0].record)
+        print(
+            f"started run {run!r} on {nodes} nodes x {started.procs} process(es) "
+            f"({', '.join(m.name for m in machines)}; rendezvous {host}:{rdzv_port}); "
+            f"follow with `fab logs --name {name} --node K`"
+        )
+        return
+    m = _machine_of(cfg, name)
+    stages.reach_s3(cfg, m.record, plan)
+    started = stages.start(m, plan, cfg, force=force, watch=not no_watch)
+    on = f" on {started.procs} GPUs (torchrun)" if started.procs > 1 else ""
     print(
-        f"started run {run!r} on {count} nodes x {procs} process(es) ({', '.join(m.name for m in machines)}; "
-        f"rendezvous {host}:{port}); follow with `fab logs --name {name} --node K`"
+        f"started run {run!r} on {m.name}{on} (log: {started.run_dir}/log); "
+        f"follow with `fab logs --name {m.name}`"
     )
 
 
@@ -356,7 +256,7 @@ def _train_nodes(
 def logs(c, name=None, run="train", lines=50, no_follow=False, node=None, config=None, set_=None):
     """Follow a run's log (Ctrl-C stops following, not the run); --no-follow prints the tail; --node K."""
     if node is not None:
-        name = nodes.member_name(machine_name(name, aws_config(config, set_)), int(node))
+        name = cluster_nodes.member_name(machine_name(name, aws_config(config, set_)), int(node))
     m = _machine(name, config, set_)
     state = runs.run_state(m, run)
     if state.state == "unreachable":
@@ -387,26 +287,12 @@ def ssh(c, name=None, config=None, set_=None):
     _reached(_machine(name, config, set_)).exec_interactive()
 
 
-def in_dir_command(remote_dir: str, cmd: str, cwd: str | None = None) -> str:
-    """`cmd` run in the code folder (where `fab sync` puts the code), or in `cwd` (relative: inside
-    the code folder). A missing code folder (nothing synced yet) falls back to the home folder with
-    a note; a missing `cwd` is an error (exit 1) before the command runs."""
-    code = quote_path(runs.code_dir(remote_dir))
-    if cwd is None:
-        note = f"note: {runs.code_dir(remote_dir)} does not exist yet (fab sync); running in the home folder"
-        enter = f"cd {code} 2>/dev/null || echo {shlex.quote(note)} >&2"
-    else:
-        target = cwd if cwd.startswith(("/", "~")) else f"{runs.code_dir(remote_dir)}/{cwd}"
-        enter = f"cd {quote_path(target)} || exit 1"
-    return f"{enter}\n{cmd}"
-
-
 @task(iterable=["set_"])
 @edge
 def run_cmd(c, cmd, name=None, cwd=None, config=None, set_=None):
     """Run any command on the machine, in the code folder (--cwd elsewhere); exits with its exit code."""
     m = _reached(_machine(name, config, set_))
-    code = m.stream(in_dir_command(m.record.remote_dir, cmd, cwd))
+    code = m.stream(runs.in_dir_command(m.record.remote_dir, cmd, cwd))
     if code:
         raise Exit(code=code)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from invoke import task
 
-from common import aws
 from ec2 import registry
 from ec2.cloud import account, instances, volumes
 from ec2.errors import ToolkitError
@@ -19,7 +18,7 @@ from tasks.edge import aws_config, edge, machine_name
 
 def _ec2(cfg):
     region = account.resolve_region(cfg)
-    return region, aws.client("ec2", region, cfg.profile)
+    return region, account.client(cfg, "ec2", region)
 
 
 def _volume_name(name: str | None, cfg) -> str:

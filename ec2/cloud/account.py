@@ -47,3 +47,20 @@ def caller_arn(region: str, profile: str | None = None) -> str:
     launch, so missing or expired credentials fail before anything is created."""
     with aws_errors("checking your AWS identity (sts get-caller-identity)"):
         return aws.client("sts", region, profile).get_caller_identity()["Arn"]
+
+
+def client(cfg, service: str, region: str | None = None):
+    """A client of `service` with the config's profile, in `region` (default: the config's own,
+    as set: None lets the profile or AWS_REGION decide). The tasks get their clients here."""
+    return aws.client(service, region or cfg.region, cfg.profile)
+
+
+def regions(cfg, every: bool) -> list[str]:
+    """The config's region, or (every) all regions enabled for the account (DescribeRegions:
+    https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeRegions.html)."""
+    region = resolve_region(cfg)
+    if not every:
+        return [region]
+    with aws_errors("listing the account's regions"):
+        found = aws.client("ec2", region, cfg.profile).describe_regions()["Regions"]
+    return sorted(r["RegionName"] for r in found)

@@ -176,6 +176,18 @@ def delete_template(ec2, name: str) -> bool:
     return True
 
 
+def spotrun_template_names(ec2, name_tag: str) -> list[str]:
+    """The run names of the launch templates spotrun made (tagged `name_tag`) in the region."""
+    # https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeLaunchTemplates.html
+    # (filter tag-key; paginated by NextToken)
+    pages = ec2.get_paginator("describe_launch_templates").paginate(
+        Filters=[{"Name": "tag-key", "Values": [name_tag]}]
+    )
+    return [
+        t["LaunchTemplateName"].removeprefix("spotrun-") for page in pages for t in page["LaunchTemplates"]
+    ]
+
+
 def create_group(asg, params: dict, profile: str | None = None, out: Callable[[str], None] = print) -> None:
     """create_auto_scaling_group; with spotrun's own instance ``profile`` in the template, retried
     while Auto Scaling does not see it yet (IAM propagates: ec2.cloud.propagation)."""

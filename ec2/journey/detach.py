@@ -137,6 +137,9 @@ def _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s) -
         root=root,
         command=plan.command,
         run=plan.run,
+        train_config=plan.train_config,
+        overrides=list(plan.overrides),
+        gpus=plan.gpus,
         env=dict(plan.env),
         watcher_args=watcher_args(plan, None),
         output_dir=plan.output_dir,
@@ -373,3 +376,33 @@ def watch(
         if once:
             return s
         time.sleep(poll_s)
+
+
+def stop(d: Detached, timeout_s: float, *, out: Say = print, poll_s: float = 2.0) -> DetachedRun:
+    """`fab stop`: the record says stop (a boot that starts now ends at once), the trainer is asked
+    to checkpoint and exit (TERM to its watcher), then, once the boot has recorded the end or after
+    `timeout_s`, the group's desired capacity goes to 0."""
+    where = d.look()
+    if where.state is None:
+        raise ToolkitError(f"no detached run named {d.name!r}; `fab status` lists what runs")
+    state = where.state
+    if not state.ended:
+        state.stop_requested = True
+        detached.save(d.s3, state)
+    if where.current is not None and not state.ended:
+        m = d.machine(where.current)
+        if m is None:
+            raise ToolkitError(
+                f"{where.current.instance_id} has no address yet; retry `fab stop` in a minute"
+            )
+        m.run(runs.graceful_stop_command(m.record.remote_dir, state.run), check=False, retry=False)
+        out(f"asked the trainer on {where.current.instance_id} to checkpoint and stop")
+        end = time.monotonic() + timeout_s
+        while not (state := detached.load(d.s3, d.root())).ended:
+            if time.monotonic() > end:
+                out(f"the run has not stopped after {timeout_s:g} s; stopping the group anyway")
+                break
+            time.sleep(poll_s)
+    asg.set_desired(d.asg, d.name, 0)
+    out(f"{d.name}: {state.status}; desired capacity 0 (its instance is terminated by the group)")
+    return state

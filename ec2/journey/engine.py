@@ -41,7 +41,7 @@ from ec2.journey.decide import (
     s3_read,
 )
 from ec2.journey.stages import Plan
-from ec2.remote import gpu, nodes, runs, trainrun
+from ec2.remote import nodes, runs, trainrun
 from ec2.remote.ssh import Machine
 from ec2.remote.sync import download_dir
 
@@ -187,27 +187,22 @@ class Engine:
             self.h.event("setup", instance_id=m.record.instance_id)
             if attempt.number > 1 and (files := stages.restore(m, p, self.outputs, self.out)) is not None:
                 self.h.event("checkpoint-restored", files=files)
-            attempt.gpus = stages.start(m, p, self.cfg.checkpoint_backup_uri, self.out)
+            started = stages.start(m, p, self.cfg)
+            attempt.gpus = started.gpus
+            on = f" on {started.procs} GPUs (torchrun)" if started.procs > 1 else ""
+            self.out(f"started run {p.run!r} on {m.name}{on}")
             self.h.event("started", instance_id=m.record.instance_id, gpus=attempt.gpus)
             return
         nodes.on_each([machines[k] for k in new], lambda m: stages.bootstrap(m, p, self.out))
         self.h.event("setup", nodes=new)
-        procs = nodes.start_training(
+        started = stages.start_nodes(
+            self.cfg,
             machines,
-            p.run,
-            p.train_config,
-            p.overrides,
-            gpus=p.gpus,
+            p,
             rendezvous_id=f"{self.name}-{p.run}-{attempt.number}",  # no agent of an older start joins
             port=self.port,
-            env=stages.run_env(machines[0], p),
-            watcher_args=lambda procs: trainrun.watcher_args(
-                p.signal, p.checkpoint_dir, None, p.imds_poll_s, ranks=procs, on_rebalance=p.on_rebalance
-            ),
-            output_dir=p.output_dir,
-            force=True,
         )
-        attempt.gpus = procs if gpu.count_gpus(machines[0]) else 0
+        attempt.gpus, procs = started.gpus, started.procs
         self.out(f"started run {p.run!r} on {len(machines)} nodes x {procs} process(es)")
         self.h.event("started", attempt=attempt.number, nodes=len(machines), gpus=attempt.gpus)
 

@@ -1,79 +1,34 @@
 """The named stages of one attempt of `fab run`, each callable alone: provision (launch), bootstrap
-(sync + setup), restore (a laptop checkpoint back onto the instance), start (the command in tmux,
-wrapped in the notice watcher), pull (outputs and checkpoints to the laptop), terminate.
+(sync + setup), restore (a laptop checkpoint back onto the instance), start / start_nodes (the run
+in tmux, wrapped in the notice watcher, through ec2.remote.startrun), pull (outputs and checkpoints
+to the laptop), terminate. `fab train` uses reach_s3 (the instance role to the run's S3 prefixes)
+and start / start_nodes on machines it did not launch here.
 
-`Plan` is what to run, resolved by the task from the configs.
+`Plan` is what to run (ec2/journey/plan.py, re-exported here).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import aws
+from common.checks import MULTI_NODE, require_s3_checkpoints
 from ec2.cloud import instances
 from ec2.config import AwsConfig
 from ec2.errors import ConnectionLost, ToolkitError
 from ec2.journey.decide import Poll, parse_poll, poll_command
+from ec2.journey.plan import Plan, machine_region, watcher_args
 from ec2.registry import MachineRecord
-from ec2.remote import gpu, runs, trainrun
-from ec2.remote.carry import laptop_checkpoint, remote_checkpoint, restore_checkpoint
+from ec2.remote import nodes, runs, startrun
+from ec2.remote.carry import remote_checkpoint, restore_checkpoint
 from ec2.remote.ssh import Machine
 from ec2.remote.sync import download_dir, download_outputs, sync_code
-from ec2.remote.trainrun import setup_command, train_env
+from ec2.remote.trainrun import train_env
+
+__all__ = ["Plan", "watcher_args"]  # where callers have found them
 
 Say = Callable[[str], None]
-
-
-@dataclass
-class Plan:
-    command: str  # the remote command line (python -m ml.train ...)
-    run: str = "train"
-    env: dict[str, str] = field(default_factory=dict)  # besides AWS_REGION (see run_env)
-    output_dir: str | None = None  # the trainer's (relative to code/, or absolute, or s3://)
-    checkpoint_dir: str | None = None
-    signal: str = trainrun.TRAINER_SIGNAL
-    poll_s: float = 30.0  # how often the laptop looks at the instance and the run
-    imds_poll_s: float = 5.0  # how often the watcher on the instance asks for notices
-    on_rebalance: str = "none"  # AwsConfig.on_rebalance: checkpoint on a rebalance recommendation
-    download_every_s: float = 600.0  # pull local checkpoints to the laptop this often
-    unreachable_s: float = 300.0
-    max_recoveries: int = 3
-    keep: bool = False
-    setup_python: str | None = None  # a ready python instead of the venv (a prepared machine)
-    require_gpu: bool = True
-    local_root: str = "."
-    # The trainer's config and overrides: the command is then built per machine, one process per
-    # GPU it has (or `gpus` of them). Without them, `command` runs as it is.
-    train_config: str | None = None
-    overrides: list[str] = field(default_factory=list)
-    gpus: int | None = None
-    # The run's S3 prefixes, granted to the instance's role (iam_instance_profile: auto).
-    s3: tuple = ()
-
-    def local_checkpoint(self, outputs: Path) -> Path | None:
-        """Where downloads put the checkpoint folder on the laptop (None when it lives in S3)."""
-        return laptop_checkpoint(outputs, self.output_dir, self.checkpoint_dir)
-
-    def _checkpoint_inside_outputs(self) -> bool:
-        return bool(
-            self.output_dir
-            and self.checkpoint_dir
-            and self.checkpoint_dir.startswith(self.output_dir.rstrip("/") + "/")
-        )
-
-
-def watcher_args(plan: Plan, backup_uri: str | None, procs: int = 1) -> list[str]:
-    ranks = procs if trainrun.uses_torchrun(procs) else 0
-    return trainrun.watcher_args(
-        plan.signal,
-        plan.checkpoint_dir,
-        backup_uri,
-        plan.imds_poll_s,
-        ranks=ranks,
-        on_rebalance=plan.on_rebalance,
-    )
 
 
 def provision(
@@ -90,7 +45,7 @@ def provision(
 def bootstrap(m: Machine, plan: Plan, out: Say) -> None:
     stats = sync_code(m, plan.local_root, protect=(plan.output_dir or "", plan.checkpoint_dir or ""))
     out(f"synced code to {m.name} ({stats.files_transferred} file(s))")
-    result = m.run(setup_command(m.record.remote_dir, plan.setup_python, plan.require_gpu), check=False)
+    result = startrun.setup(startrun.Ssh(m), m.record.remote_dir, plan.setup_python, plan.require_gpu)
     if result.code != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise ToolkitError(
@@ -110,33 +65,57 @@ def restore(m: Machine, plan: Plan, outputs: Path, out: Say) -> int | None:
     return files
 
 
-def run_env(m: Machine, plan: Plan) -> dict[str, str]:
+def run_env(m: Machine, plan: Plan, cfg: AwsConfig | None = None) -> dict[str, str]:
     """The run's environment on this instance: the plan's, with the region the instance was
-    launched in (which may have come from AWS_REGION on the laptop, not from the config)."""
-    return {**plan.env, **train_env(m.record.region)}
+    launched in (which may have come from AWS_REGION on the laptop, not from the config); an
+    adopted machine's from the config or the environment."""
+    region = machine_region(m.record, cfg) if cfg is not None else m.record.region
+    return {**plan.env, **train_env(region)}
 
 
-def start(m: Machine, plan: Plan, backup_uri: str | None, out: Say) -> int | None:
-    """Start the run; the GPUs the trainer uses (0: the CPU; None: a plain command)."""
-    command, procs, gpus = plan.command, 1, None
-    if plan.train_config is not None:
-        present = gpu.count_gpus(m)
-        procs = gpu.processes_for(present, plan.gpus)
-        gpus = procs if present else 0
-        command = trainrun.train_command(m.record.remote_dir, plan.train_config, plan.overrides, procs)
-    runs.start_run(
-        m,
-        plan.run,
-        command,
-        force=True,
-        env=run_env(m, plan),
-        watcher_args=watcher_args(plan, backup_uri, procs),
-        output_dir=plan.output_dir,
-        gpus=procs,
+def start(
+    m: Machine, plan: Plan, cfg: AwsConfig, *, force: bool = True, watch: bool = True
+) -> startrun.Started:
+    """Start the run on one machine (ec2.remote.startrun): the trainer one process per GPU (or
+    --gpus), or the plain command; a local checkpoint folder is copied to checkpoint_backup_uri on
+    a notice."""
+    spec = plan.spec(run_env(m, plan, cfg), cfg.checkpoint_backup_uri, force=force, watch=watch)
+    return startrun.start(startrun.Ssh(m), m.record.remote_dir, spec)
+
+
+def members(plan: Plan, name: str, count: int) -> list[Machine]:
+    """A cluster's members NAME-0.. from the registry, once its checkpoints are known to be in S3
+    (the first refusal: before the registry is asked)."""
+    require_s3_checkpoints(plan.checkpoint_dir, MULTI_NODE)
+    return [Machine(r) for r in nodes.members(name, count)]
+
+
+def start_nodes(
+    cfg: AwsConfig, machines: list[Machine], plan: Plan, *, rendezvous_id: str, port: int, force: bool = True
+) -> startrun.Started:
+    """torchrun on every node of a cluster (ec2.remote.nodes), checkpoints in S3 (rank 0 writes)."""
+    require_s3_checkpoints(plan.checkpoint_dir, MULTI_NODE)
+    spec = plan.spec(run_env(machines[0], plan, cfg), force=force)
+    return nodes.start_training(machines, spec, rendezvous_id=rendezvous_id, port=port)
+
+
+def reach_s3(cfg: AwsConfig, record: MachineRecord, plan: Plan, out: Say = print) -> None:
+    """Widen a launched instance's spotrun role to the run's S3 prefixes before the run needs
+    them (`fab train` on a machine `fab launch` made; `fab run` grants them at launch)."""
+    region = machine_region(record, cfg)
+    if not record.instance_id or not region or not plan.s3:
+        return  # an adopted machine, or nothing in S3
+    from ec2.cloud import account, iam
+
+    owner = account.caller_arn(region, cfg.profile)
+    iam.widen_for_instance(
+        aws.client("ec2", region, cfg.profile),
+        aws.client("iam", region, cfg.profile),
+        record.instance_id,
+        list(plan.s3),
+        owner,
+        out,
     )
-    on = f" on {procs} GPUs (torchrun)" if procs > 1 else ""
-    out(f"started run {plan.run!r} on {m.name}{on}")
-    return gpus
 
 
 def _download(m: Machine, plan: Plan, outputs: Path) -> None:

@@ -13,8 +13,9 @@ Scaling group, from the code bundle the user data fetched, and keeps the run goi
 3. sets up the venv over the AMI's PyTorch, with the same command as `fab setup`; two boots in a
    row that fail here stop the group (no crash loop of paid instances), one shuts down so the
    group tries a fresh instance;
-4. starts the run as the login user in tmux, wrapped in the notice watcher, with the same command
-   line as `fab train` (ec2.remote.runs / trainrun), so `fab logs`/`attach`/`status` work on it;
+4. starts the run as the login user in tmux, wrapped in the notice watcher, the one way every run
+   starts (ec2.remote.startrun): the trainer on every GPU here under torchrun (or --gpus of them),
+   so `fab logs`/`attach`/`status` work on it and a notice stops every rank at one step;
 5. waits for the run's exit code, copies its log to S3, and ends the attempt:
    exit 0 → `finished`, desired 0; exit 75 after a spot notice → `preempted`, the group is left
    alone (AWS replaces the instance and the next boot resumes from the S3 checkpoint); exit 75 on
@@ -27,7 +28,6 @@ through the instance role: no credentials travel. Standard library, boto3 and co
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import pwd
 import shlex
@@ -42,13 +42,15 @@ import botocore.exceptions
 from common import aws
 from common.attempt import Attempt, Outcome, RunStatus
 from common.errors import STOPPED_RESUMABLE as RESUMABLE_EXIT
+from common.errors import ToolkitError
 from common.s3uri import is_s3
 from common.times import now_iso
-from ec2.remote import detached, giveup, runs, s3copy
+from ec2.remote import detached, giveup, runs, s3copy, startrun
 from ec2.remote.detached import DetachedRun
 from ec2.remote.imds import Identity, Imds, ImdsUnreachable
 from ec2.remote.runs import code_dir
 from ec2.remote.ssh import join_path
+from ec2.remote.startrun import Local
 from ec2.remote.trainrun import setup_command, train_env
 
 DEFAULT_SHUTDOWN = "shutdown -h"
@@ -57,15 +59,6 @@ START_TRIES = 3
 
 def log(msg: str) -> None:
     print(f"spotrun boot: {msg}", file=sys.stderr, flush=True)
-
-
-def as_user(user: str, line: str) -> list[str]:
-    """argv running a shell line as the login user with their HOME (the boot itself is root), so
-    the venv, the run's files and its tmux server belong to the user that `fab ssh` logs in as."""
-    if user == getpass.getuser():
-        return ["bash", "-c", line]
-    home = pwd.getpwnam(user).pw_dir
-    return ["runuser", "-u", user, "--", "env", f"HOME={home}", "bash", "-c", line]
 
 
 def local_path(path: str, user: str) -> Path:
@@ -195,36 +188,46 @@ class Boot:
 
     def setup(self) -> bool:
         s = self.state
-        line = setup_command(s.remote_dir, s.setup_python, s.require_gpu)
-        log(f"setup: {line}")
-        result = subprocess.run(as_user(s.login_user, line), capture_output=True, text=True)
-        if result.returncode == 0:
+        log(f"setup: {setup_command(s.remote_dir, s.setup_python, s.require_gpu)}")
+        result = startrun.setup(Local(s.login_user), s.remote_dir, s.setup_python, s.require_gpu)
+        if result.code == 0:
             return True
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        log(f"setup failed (exit {result.returncode}): {' | '.join(tail)}")
+        log(f"setup failed (exit {result.code}): {' | '.join(tail)}")
         return False
+
+    def spec(self) -> startrun.RunSpec:
+        """The run as `fab run` starts it: the trainer on every GPU here (or --gpus of them)."""
+        s = self.state
+        return startrun.RunSpec(
+            run=s.run,
+            command=None if s.train_config is not None else s.command,
+            train_config=s.train_config,
+            overrides=tuple(s.overrides),
+            gpus=s.gpus,
+            watcher_args=tuple(s.watcher_args),
+            # As fab run does (stages.run_env): the region this instance runs in.
+            env={**s.env, **train_env(self.me.region)},
+            output_dir=s.output_dir,
+            force=True,  # a reboot of this instance, or a rerun of the boot, restarts the run
+        )
 
     def start(self) -> Path | None:
         s = self.state
-        line = runs.start_command(
-            s.remote_dir,
-            s.run,
-            s.command,
-            # As fab run does (stages.run_env): the region this instance runs in.
-            env={**s.env, **train_env(self.me.region)},
-            force=True,  # a reboot of this instance, or a rerun of the boot, restarts the run
-            watcher_args=s.watcher_args,
-            output_dir=s.output_dir,
-        )
+        here = Local(s.login_user)
         for attempt in range(START_TRIES):
-            result = subprocess.run(as_user(s.login_user, line), capture_output=True, text=True)
-            if result.returncode == 0:
-                log(f"started run {s.run!r} in tmux ({runs.session_name(s.run)})")
-                return local_path(runs.run_dir(s.remote_dir, s.run), s.login_user)
-            # tmux can lose a race with a server that is still exiting ("server exited
-            # unexpectedly"): a moment later a new server starts.
-            log(f"starting the run failed (exit {result.returncode}): {result.stderr.strip()[-300:]}")
-            time.sleep(1 + attempt)
+            try:
+                started = startrun.start(here, s.remote_dir, self.spec())
+            except ToolkitError as e:
+                # tmux can lose a race with a server that is still exiting ("server exited
+                # unexpectedly"): a moment later a new server starts. (--gpus past the GPUs
+                # here fails the same way each time: the tries run out, setup_failed.)
+                log(f"starting the run failed: {str(e)[-300:]}")
+                time.sleep(1 + attempt)
+                continue
+            on = f" on {started.procs} GPUs (torchrun)" if started.procs > 1 else ""
+            log(f"started run {s.run!r} in tmux ({runs.session_name(s.run)}){on}")
+            return local_path(started.run_dir, s.login_user)
         return None
 
     def wait(self, run_dir: Path) -> int:
@@ -243,7 +246,7 @@ class Boot:
 
     def signal_trainer(self) -> bool:
         line = runs.graceful_stop_command(self.state.remote_dir, self.state.run)
-        return subprocess.run(as_user(self.state.login_user, line), check=False).returncode == 0
+        return Local(self.state.login_user).sh(line).code == 0
 
     def keep_log(self, run_dir: Path) -> None:
         log_file = run_dir / "log"

@@ -53,6 +53,11 @@ class DetachedRun:
     root: str  # s3://bucket/prefix of this record, the bundle and the logs
     command: str
     run: str = "train"
+    # The trainer's config and overrides: the boot builds the command on its instance, one
+    # process per GPU there (or `gpus`), as `fab run` does. Without them `command` runs as it is.
+    train_config: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    gpus: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     watcher_args: list[str] = field(default_factory=list)
     output_dir: str | None = None

@@ -14,9 +14,10 @@ from typing import TypeVar
 from ec2 import registry
 from ec2.errors import ToolkitError
 from ec2.registry import MachineRecord
-from ec2.remote import gpu, runs
+from ec2.remote import runs, startrun
 from ec2.remote.ssh import Machine
-from ec2.remote.trainrun import Rendezvous, train_command
+from ec2.remote.startrun import RunSpec
+from ec2.remote.trainrun import Rendezvous
 
 T = TypeVar("T")
 
@@ -59,53 +60,48 @@ def on_each(machines: list[Machine], work: Callable[[Machine], T]) -> list[T]:
         return [f.result() for f in futures]
 
 
+def set_up(machines: list[Machine], python: str | None, *, require_gpu: bool, out) -> None:
+    """Code and setup to every node at once (`fab setup --nodes N`); each node's failure keeps its
+    last lines."""
+    from ec2.remote.sync import sync_code
+
+    def one(m: Machine) -> None:
+        sync_code(m, ".")
+        result = startrun.setup(startrun.Ssh(m), m.record.remote_dir, python, require_gpu)
+        if result.code:
+            tail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
+            raise ToolkitError(f"setup failed (exit {result.code}): {tail}; fix, and rerun `fab setup`")
+        out(f"{m.name}: set up")
+
+    on_each(machines, one)
+
+
 def start_training(
-    machines: list[Machine],
-    run: str,
-    train_config: str,
-    overrides: list[str],
-    *,
-    gpus: int | None,
-    rendezvous_id: str,
-    port: int,
-    env: dict[str, str],
-    watcher_args: Callable[[int], list[str]],
-    output_dir: str | None,
-    force: bool,
-) -> int:
-    """torchrun on every node (c10d rendezvous at node 0), each in its own notice watcher; the
-    processes per node. When a node cannot start, the runs already started are stopped: they would
-    wait for it in the rendezvous until its timeout."""
-    counts = on_each(machines, gpu.count_gpus)
+    machines: list[Machine], spec: RunSpec, *, rendezvous_id: str, port: int
+) -> startrun.Started:
+    """torchrun on every node (c10d rendezvous at node 0), each in its own notice watcher, started
+    the one way (ec2.remote.startrun); node 0's start (its processes per node, its GPUs). When a
+    node cannot start, the runs already started are stopped: they would wait for it in the
+    rendezvous until its timeout."""
+    counts = on_each(machines, lambda m: startrun.count_gpus(startrun.Ssh(m)))
     if len(set(counts)) != 1:
         listing = ", ".join(f"{m.name} {n}" for m, n in zip(machines, counts, strict=True))
         raise ToolkitError(f"the nodes have different GPU counts ({listing}); use one instance type for all")
-    procs = gpu.processes_for(counts[0], gpus)
     host = rendezvous_host(machines[0].record)
     started: list[Machine] = []
 
-    def start(m: Machine) -> None:
+    def start(m: Machine) -> startrun.Started:
         rdzv = Rendezvous(len(machines), host, rendezvous_id, machines.index(m), port)
-        command = train_command(m.record.remote_dir, train_config, overrides, procs, rdzv)
-        runs.start_run(
-            m,
-            run,
-            command,
-            force=force,
-            env=env,
-            watcher_args=watcher_args(procs),
-            output_dir=output_dir,
-            gpus=procs,
-        )
+        one = startrun.start(startrun.Ssh(m), m.record.remote_dir, spec, present=counts[0], rendezvous=rdzv)
         started.append(m)
+        return one
 
     try:
-        on_each(machines, start)
+        return on_each(machines, start)[0]
     except ToolkitError:
         for m in started:
             try:
-                m.run(runs.stop_command(run), check=False, retry=False)
+                m.run(runs.stop_command(spec.run), check=False, retry=False)
             except ToolkitError:
                 pass  # unreachable too: its run ends at the rendezvous timeout
         raise
-    return procs

@@ -5,7 +5,8 @@ when it ends, and the pane kept (`remain-on-exit`) so a crash stays visible on `
 Layout under the machine's remote_dir (see the contract "On the instance"):
     code/  venv/  runs/<run>/{command,log,exit_code,preempted,gpus}
 
-`gpus` holds how many trainer processes (one per GPU) the run started, for `fab status`.
+`gpus` holds how many trainer processes (one per GPU) the run started, for `fab status`. Every
+run is started through ec2/remote/startrun.py, which builds its line with `start_command`.
 
 Every remote command line is built here by a pure function and tested as a string.
 """
@@ -16,7 +17,7 @@ import shlex
 from dataclasses import dataclass
 
 from ec2 import names
-from ec2.errors import RemoteCommandFailed, RunAlreadyExists, ToolkitError
+from ec2.errors import ToolkitError
 from ec2.remote.ssh import Machine, join_path, quote_path
 
 # Our own "a run of that name exists" status (never 255: that is ssh's connection error).
@@ -135,47 +136,11 @@ def start_command(
     )
 
 
-def start_run(
-    machine: Machine,
-    run: str,
-    command: str,
-    force: bool = False,
-    *,
-    env: dict[str, str] | None = None,
-    watch: bool = True,
-    watcher_args: list[str] | None = None,
-    output_dir: str | None = None,
-    gpus: int | None = None,
-) -> str:
-    """Start `command` as run `run` on the machine; returns the remote run dir."""
-    line = start_command(
-        machine.record.remote_dir,
-        run,
-        command,
-        env=env,
-        force=force,
-        watch=watch,
-        watcher_args=watcher_args,
-        output_dir=output_dir,
-        gpus=gpus,
-    )
-    # Not retried: a dropped connection after the start would make the retry refuse the run.
-    result = machine.run(line, check=False, retry=False)
-    if result.code == EXISTS_CODE:
-        raise RunAlreadyExists(
-            f"a run named {run!r} already exists on {machine.name}; pick another --run name, "
-            f"or pass --force to stop it and start again (its files are kept as {run}.prev-*)"
-        )
-    if result.code != 0:
-        raise RemoteCommandFailed(result.code, f"start run {run}", result.stderr)
-    return run_dir(machine.record.remote_dir, run)
-
-
 @dataclass(frozen=True)
 class RunState:
     state: str  # running | finished | preempted | none | unreachable
     exit_code: int | None = None
-    gpus: int | None = None  # trainer processes the run started (recorded by start_run)
+    gpus: int | None = None  # trainer processes the run started (recorded by the start line)
 
     def __str__(self) -> str:
         text = f"finished({self.exit_code})" if self.state == "finished" else self.state
@@ -236,3 +201,17 @@ def graceful_stop_command(remote_dir: str, run: str) -> str:
     (to S3 when checkpoint_dir is there) and exits 75. Exit 1 when no watched run is alive."""
     pid_file = quote_path(run_dir(remote_dir, run)) + "/watcher.pid"
     return f'pid=$(cat {pid_file} 2>/dev/null) && kill -TERM "$pid"'
+
+
+def in_dir_command(remote_dir: str, cmd: str, cwd: str | None = None) -> str:
+    """`cmd` run in the code folder (where `fab sync` puts the code), or in `cwd` (relative: inside
+    the code folder). A missing code folder (nothing synced yet) falls back to the home folder with
+    a note; a missing `cwd` is an error (exit 1) before the command runs."""
+    code = quote_path(code_dir(remote_dir))
+    if cwd is None:
+        note = f"note: {code_dir(remote_dir)} does not exist yet (fab sync); running in the home folder"
+        enter = f"cd {code} 2>/dev/null || echo {shlex.quote(note)} >&2"
+    else:
+        target = cwd if cwd.startswith(("/", "~")) else f"{code_dir(remote_dir)}/{cwd}"
+        enter = f"cd {quote_path(target)} || exit 1"
+    return f"{enter}\n{cmd}"

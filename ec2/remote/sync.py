@@ -351,3 +351,18 @@ def download_dir(
     return rsync_with_retries(
         machine, download_argv(machine, remote_path, dest, tty=tty), "download", echo=echo
     )
+
+
+def sync_to_volume(m: Machine, mount_point: str, path: str | None) -> tuple[str, TransferStats]:
+    """The project (or `path`) to the workspace volume mounted at `mount_point`: MOUNT/code (or
+    MOUNT/<path's name>), nothing deleted there; where it went and what moved."""
+    from ec2.remote.mount import check_mounted_command
+
+    if m.run(check_mounted_command(mount_point), check=False).code != 0:
+        raise ToolkitError(
+            f"no volume is mounted at {mount_point} on {m.name}; set volume_name in configs/aws.yaml and "
+            f"launch, or mount it with `fab volume-mount --name {m.name}`"
+        )
+    local = Path(path or ".")
+    dest = f"{mount_point.rstrip('/')}/{'code' if path is None else local.resolve().name}"
+    return dest, sync_code(m, local, echo=True, dest=dest)

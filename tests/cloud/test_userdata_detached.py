@@ -29,10 +29,10 @@ from ec2.cloud import asg, bundle
 from ec2.cloud.userdata import build_detached_user_data
 from ec2.errors import ToolkitError
 from ec2.journey import detach
+from ec2.journey.detached_groups import status_lines
 from ec2.remote import detached
 from ec2.remote.detached import DetachedRun
 from ec2.remote.giveup import GIVEUP_TAG
-from tasks.detached import status_lines
 from tests.cloud.test_userdata import Sandbox
 from tests.peers.moto_ec2 import config
 

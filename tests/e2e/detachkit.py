@@ -46,6 +46,8 @@ class Instance:
             **os.environ,
             **instance_env(imds.url, os.environ["AWS_ENDPOINT_URL"]),
             "TMUX_TMPDIR": str(spot_host.tmux_tmpdir),
+            # What the instance's programs are: the host's stand-ins (nvidia-smi) first, as its sshd gives.
+            "PATH": f"{spot_host.bin_dir}:{os.environ['PATH']}",
         }
         self.boot = subprocess.Popen(
             [sys.executable, "-m", "ec2.remote.boot", "--root", state.root, "--shutdown", str(stand_in)]

@@ -15,7 +15,7 @@ from invoke.exceptions import Exit
 from ec2 import registry, status
 from ec2.cloud import instances
 from ec2.cloud.instances import InstanceInfo
-from ec2.remote import sshconfig
+from ec2.remote import sshconfig, startrun
 from tasks import lifecycle as t
 
 REPO = Path(__file__).resolve().parents[2]
@@ -268,7 +268,11 @@ def test_status_shows_each_machines_run_state(sshd, ec2_client, dlami, capsys):
         record = registry.get(name)
         if name == "busy":
             sshd.authorize(record.key_path)  # the key pair launch created, shared by all four
-            runs.start_run(Machine(record), "train", "sleep 60", watch=False)
+            startrun.start(
+                startrun.Ssh(Machine(record)),
+                record.remote_dir,
+                startrun.RunSpec("train", "sleep 60", watch=False),
+            )
         else:
             rdir = runs.run_dir(record.remote_dir, "train")
             Machine(record).run(f"mkdir -p {rdir} && cd {rdir} && {mark}")

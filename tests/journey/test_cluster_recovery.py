@@ -13,6 +13,7 @@ from ec2.journey import history
 from ec2.journey.cluster_loop import ClusterJourney
 from ec2.journey.decide import ClusterVerdict
 from ec2.journey.stages import Plan
+from ec2.remote import startrun
 from tests.cloud.test_cluster import _live, _nothing_left, install_placement_groups
 from tests.peers.moto_ec2 import config
 
@@ -191,7 +192,9 @@ def test_a_node_that_vanishes_without_notice_stops_the_survivors_run_after_the_w
     journey.fleet.launch_all()
     node0, node1 = journey.fleet.machines
     sshd.authorize(node0.record.key_path)
-    runs.start_run(node0, "train", "sleep 300", watch=False)  # the survivor's run, stuck
+    startrun.start(
+        startrun.Ssh(node0), node0.record.remote_dir, startrun.RunSpec("train", "sleep 300", watch=False)
+    )  # the survivor's run, stuck
     ec2_client.terminate_instances(InstanceIds=[node1.record.instance_id])
     attempt = history.Attempt(1)
     journey.h.attempts.append(attempt)

@@ -107,3 +107,23 @@ def test_a_multi_node_run_needs_s3_checkpoints_and_its_members(monkeypatch, capf
         t.train(c, name="job", nodes=2, train_config="configs/demo.yaml", args="checkpoint_dir=s3://bkt/c")
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no machine named job-0, job-1 in the registry")
+
+
+def test_one_start_line_for_every_way_of_starting():
+    """ec2.remote.startrun builds the line once: the trainer per machine (torchrun and the
+    watcher's --ranks when more than one process or across machines), a plain command as it is."""
+    from ec2.remote.startrun import RunSpec, line
+    from ec2.remote.trainrun import Rendezvous
+
+    trainer = RunSpec(
+        "exp", train_config="configs/demo.yaml", overrides=("seed=1",), watcher_args=("--signal", "USR1")
+    )
+    two = line(trainer, "~/spotrun", 2)
+    assert "--standalone --nproc_per_node 2" in two and "--signal USR1 --ranks 2" in two
+    assert 'echo 2 > "$HOME"/spotrun/runs/exp/gpus;' in two
+    one = line(trainer, "~/spotrun", 1)
+    assert "torch.distributed.run" not in one and "--ranks" not in one
+    node = line(trainer, "~/spotrun", 1, Rendezvous(2, "10.0.1.5", "job-train", 1))
+    assert "--nnodes 2 --nproc_per_node 1" in node and "--ranks 1" in node
+    plain = line(RunSpec("exp", command="sleep 5"), "~/spotrun", 1)
+    assert "sleep 5" in plain and "/gpus" not in plain and "--ranks" not in plain

@@ -14,7 +14,7 @@ import pytest
 
 from ec2 import paths, registry
 from ec2.errors import ConnectionLost, RemoteCommandFailed, RunAlreadyExists
-from ec2.remote import runs
+from ec2.remote import runs, startrun
 from ec2.remote.ssh import Machine
 from ec2.remote.sync import (
     PARTIAL_DIR,
@@ -26,6 +26,13 @@ from ec2.remote.sync import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def start_plain(machine: Machine, run: str, command: str, **spec) -> startrun.Started:
+    """A plain command as a run, started the one way (ec2.remote.startrun)."""
+    return startrun.start(
+        startrun.Ssh(machine), machine.record.remote_dir, startrun.RunSpec(run, command, **spec)
+    )
 
 
 def wait_state(machine: Machine, run: str, want: str, deadline_s: float = 15) -> runs.RunState:
@@ -65,7 +72,7 @@ def test_changed_host_key_is_refused_not_accepted(machine, sshd, tmp_path):
 
 
 def test_run_in_tmux_reports_exit_code_and_refuses_a_second_run(machine):
-    runs.start_run(machine, "job", "echo step 1; sleep 1; echo step 2; exit 3", watch=False)
+    start_plain(machine, "job", "echo step 1; sleep 1; echo step 2; exit 3", watch=False)
     assert str(runs.run_state(machine, "job")) == "running"
     state = wait_state(machine, "job", "finished")
     assert str(state) == "finished(3)"
@@ -75,8 +82,8 @@ def test_run_in_tmux_reports_exit_code_and_refuses_a_second_run(machine):
     # The pane stays (remain-on-exit) so a crash is visible on attach.
     assert machine.run("tmux list-panes -t =spotrun-job: -F '#{pane_dead}'").stdout.strip() == "1"
     with pytest.raises(RunAlreadyExists, match="--force"):
-        runs.start_run(machine, "job", "echo again", watch=False)
-    runs.start_run(machine, "job", "echo again", force=True, watch=False)
+        start_plain(machine, "job", "echo again", watch=False)
+    start_plain(machine, "job", "echo again", force=True, watch=False)
     assert str(wait_state(machine, "job", "finished")) == "finished(0)"
     assert machine.run(f"cat {rdir}/log").stdout == "again\n"
     assert machine.run(f"ls -d {rdir}.prev-*").code == 0
@@ -84,7 +91,7 @@ def test_run_in_tmux_reports_exit_code_and_refuses_a_second_run(machine):
 
 def test_preempted_file_wins_and_no_run_is_none(machine):
     assert str(runs.run_state(machine, "nothing")) == "none"
-    runs.start_run(machine, "p", "sleep 30", watch=False)
+    start_plain(machine, "p", "sleep 30", watch=False)
     rdir = runs.run_dir(machine.record.remote_dir, "p")
     machine.run(f"echo '{{}}' > {rdir}/preempted")
     assert str(runs.run_state(machine, "p")) == "preempted"
@@ -134,7 +141,7 @@ def test_sync_is_incremental_honours_ignores_and_deletes_in_code_dir(machine, tm
 
 def test_download_brings_outputs_and_only_what_is_new(machine, tmp_path):
     remote = machine.record.remote_dir
-    runs.start_run(
+    start_plain(
         machine,
         "train",
         "mkdir -p out/checkpoint && echo w > out/checkpoint/last.pt "

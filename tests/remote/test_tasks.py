@@ -114,3 +114,32 @@ def test_sync_gives_a_fresh_machine_the_downloaded_checkpoint_and_never_overwrit
     t.sync(c, name="box", train_config="train.yaml")
     assert (remote_ckpt / "last.pt").read_bytes() == b"step 90"
     assert "restored" not in capfd.readouterr().out
+
+
+def test_train_reads_each_config_once_and_builds_fab_runs_plan(sshd, monkeypatch, capfd):
+    """`fab train` reads configs/aws.yaml and the trainer's config once each (it read them 4 and 3
+    times), and starts what `fab run` would: the trainer, its output_dir recorded for download."""
+    import common.config
+    import ec2.config
+    import ml.config
+
+    reads: list[str] = []
+    real = common.config.load_config
+
+    def counting(cls, *args, **kwargs):
+        reads.append(cls.__name__)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(ec2.config, "load_config", counting)
+    monkeypatch.setattr(ml.config, "load_config", counting)
+    monkeypatch.chdir(REPO)
+    record = sshd.record(name="box")
+    t.train(Context(), name="box", train_config="configs/demo.yaml", args="output_dir=trained_models/once")
+    assert sorted(reads) == ["AwsConfig", "TrainConfig"]
+    assert "started run 'train' on box" in capfd.readouterr().out
+    rdir = Path(runs.run_dir(record.remote_dir, "train"))
+    assert (rdir / "output_dir").read_text().strip() == "trained_models/once"
+    assert (
+        "-m ml.train --config configs/demo.yaml output_dir=trained_models/once"
+        in (rdir / "command").read_text()
+    )
