@@ -14,7 +14,7 @@ from common.checks import Range
 from ec2.cloud import asg, instances
 from ec2.config import AwsConfig
 from ec2.errors import ToolkitError
-from ec2.journey import detach
+from ec2.journey import detach, detach_nodes
 from ec2.journey.stages import Plan
 from ec2.remote import detached as record
 from ec2.remote import runs
@@ -30,12 +30,17 @@ def submit(cfg: AwsConfig, name: str, plan: Plan, *, instance_profile: str | Non
     detach.submit(cfg, name, plan, instance_profile=instance_profile, out=_say)
 
 
+def submit_nodes(cfg: AwsConfig, name: str, plan: Plan, nodes: int, rdzv_port: int) -> None:
+    """`fab run --detach --nodes N`'s body."""
+    detach_nodes.submit(cfg, name, plan, nodes, rdzv_port=rdzv_port, out=_say)
+
+
 @task(iterable=["set_"])
 @edge
 def watch(c, name=None, poll=15.0, lines=10, config=None, set_=None):
     """Follow a detached run: state, current instance, attempts, log tail; the summary at the end."""
     cfg = aws_config(config, set_)
-    d = detach.Detached(cfg, machine_name(name, cfg))
+    d = detach_nodes.find(cfg, machine_name(name, cfg))
     try:
         detach.watch(d, out=_say, poll_s=float(poll), lines=int(lines))
     except KeyboardInterrupt:
@@ -48,7 +53,7 @@ def watch(c, name=None, poll=15.0, lines=10, config=None, set_=None):
 def stop(c, name=None, timeout=600.0, config=None, set_=None):
     """Stop a detached run gracefully: the trainer checkpoints to S3 and exits, then desired 0."""
     cfg = aws_config(config, set_)
-    d = detach.Detached(cfg, machine_name(name, cfg))
+    d = detach_nodes.find(cfg, machine_name(name, cfg))
     stop_run(d, float(timeout))
 
 
@@ -74,13 +79,16 @@ def stop_run(d: detach.Detached, timeout_s: float, poll_s: float = 2.0) -> recor
                 _say(f"the run has not stopped after {timeout_s:g} s; stopping the group anyway")
                 break
             time.sleep(poll_s)
-    asg.set_desired(d.asg, d.name, 0)
-    _say(f"{d.name}: {state.status}; desired capacity 0 (its instance is terminated by the group)")
+    d.set_desired(0)
+    _say(f"{d.name}: {state.status}; desired capacity 0 (its instances are terminated by the group)")
     return state
 
 
 def has_group(cfg: AwsConfig, region: str, name: str) -> bool:
-    return asg.describe_group(aws.client("autoscaling", region, cfg.profile), name) is not None
+    autoscaling = aws.client("autoscaling", region, cfg.profile)
+    return asg.describe_group(autoscaling, name) is not None or bool(
+        detach_nodes.member_groups(autoscaling, name)
+    )
 
 
 def group_names(cfg: AwsConfig, region: str) -> list[str]:
@@ -96,6 +104,9 @@ def remove_group(cfg: AwsConfig, region: str, name: str) -> bool:
     one. Called by `fab terminate` before it terminates instances (else the group would replace them)."""
     autoscaling = aws.client("autoscaling", region, cfg.profile)
     ec2 = aws.client("ec2", region, cfg.profile)
+    if asg.describe_group(autoscaling, name) is None and detach_nodes.remove(cfg, region, name, out=_say):
+        detach_nodes.remove_shared_when_unused(cfg, region, name, out=_say)
+        return True
     gone = asg.delete_group(autoscaling, name)
     if gone:
         _say(f"deleted Auto Scaling group {asg.group_name(name)} (its instances are terminated with it)")
@@ -113,6 +124,7 @@ def leftovers(cfg: AwsConfig, region: str) -> None:
     for g in groups.values():
         if g.desired == 0 and not g.instance_ids:
             remove_group(cfg, region, g.tags.get(instances.NAME_TAG, g.name.removeprefix("spotrun-")))
+    detach_nodes.leftover_shared(cfg, region, out=_say)
     templates = ec2.describe_launch_templates(Filters=[{"Name": "tag-key", "Values": [instances.NAME_TAG]}])
     for t in templates["LaunchTemplates"]:
         name = t["LaunchTemplateName"].removeprefix("spotrun-")
@@ -125,7 +137,11 @@ def status_lines(cfg: AwsConfig, region: str) -> list[str]:
     cost so far)."""
     autoscaling = aws.client("autoscaling", region, cfg.profile)
     out = []
-    for g in asg.spotrun_groups(autoscaling, instances.NAME_TAG):
+    groups = asg.spotrun_groups(autoscaling, instances.NAME_TAG)
+    out += detach_nodes.status_lines(cfg, groups)
+    for g in groups:
+        if detach_nodes.RUN_TAG in g.tags:
+            continue  # a member of a detached cluster: its run's line is above
         name = g.tags.get(instances.NAME_TAG, g.name)
         d = detach.Detached(cfg, name, root=g.tags.get(asg.ROOT_TAG))
         state = record.load(d.s3, d.root()) if d.root() else None

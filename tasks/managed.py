@@ -54,7 +54,8 @@ def run(
     rdzv_port=RDZV_PORT,
 ):
     """Managed run: launch, setup, sync, train; on interruption relaunch elsewhere and resume; summary.
-    --detach: hand it to an Auto Scaling group of one (needs checkpoint_dir in S3; `fab watch`).
+    --detach: hand it to an Auto Scaling group of one (needs checkpoint_dir in S3; `fab watch`);
+    with --nodes N, one group of one per node.
     --nodes N: a cluster (torchrun on every node; a lost node is replaced; checkpoint_dir in S3)."""
     from ml.config import load_train_config
 
@@ -100,7 +101,7 @@ def run(
     )
     if int(nodes) > 1:
         if detach:
-            raise ConfigError("--detach hands one instance to an Auto Scaling group; leave out --nodes")
+            return _submit_nodes(cfg, name, plan, int(nodes), int(rdzv_port), no_preflight, train_cfg)
         return _run_nodes(cfg, name, plan, int(nodes), int(rdzv_port), dest, no_preflight, train_cfg)
     if detach:
         from ec2.journey.detach import require_s3
@@ -123,6 +124,18 @@ def run(
         if journey.h.attempts:
             _say(report.summary(journey.h))
             _say(f"run history: {journey.h.path}")
+
+
+def _submit_nodes(cfg, name, plan, count, port, no_preflight, train_cfg) -> None:
+    """`fab run --detach --nodes N`: a group of one per node (ec2/journey/detach_nodes.py)."""
+    from ec2.journey.detach import require_s3
+    from tasks.detached import submit_nodes
+
+    require_s3(plan)  # before any AWS call: one line saying how to set it
+    if not no_preflight:
+        needs = doctor.needs_for(cfg, train_cfg.dataset.dataset_dir, train_cfg.checkpoint_dir)
+        doctor.preflight(cfg, name, needs, out=_say)
+    submit_nodes(cfg, name, plan, count, port)
 
 
 def _run_nodes(cfg, name, plan, count, port, dest, no_preflight, train_cfg) -> None:

@@ -240,6 +240,9 @@ class Detached:
         live = [i for i in instances.find_instances(self.ec2, self.name) if i.state in ("pending", "running")]
         return Where(state, group, live[-1] if live else None)
 
+    def set_desired(self, desired: int) -> None:
+        asg.set_desired(self.asg, self.name, desired)
+
     def machine(self, info: instances.InstanceInfo) -> Machine | None:
         """Register the current instance (as `fab launch` would), so `fab logs`/`attach`/`ssh`
         reach it; None until it has an address."""
