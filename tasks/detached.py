@@ -17,7 +17,7 @@ from ec2.errors import ToolkitError
 from ec2.journey import detach, detach_nodes
 from ec2.journey.stages import Plan
 from ec2.remote import detached as record
-from ec2.remote import runs
+from ec2.remote import detached_members, runs
 from tasks.edge import aws_config, edge, machine_name, number
 
 
@@ -63,8 +63,9 @@ def stop_run(d: detach.Detached, timeout_s: float, poll_s: float = 2.0) -> recor
         raise ToolkitError(f"no detached run named {d.name!r}; `fab status` lists what runs")
     state = where.state
     if not state.ended:
-        state.stop_requested = True  # a boot that starts now ends at once
-        record.save(d.s3, state)
+        # A boot that starts now ends at once. Written by compare-and-swap: a detached cluster's
+        # boots write the record too, and neither write may undo the other.
+        state = detached_members.update(d.s3, d.root(), lambda s: setattr(s, "stop_requested", True))
     if where.current is not None and not state.ended:
         m = d.machine(where.current)
         if m is None:

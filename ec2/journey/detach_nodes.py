@@ -40,10 +40,11 @@ from common import aws
 from common.attempt import Outcome
 from common.aws import aws_errors
 from ec2.cloud import asg, bundle, cluster, launch, network
+from ec2.cloud.spot_failures import spot_failure
 from ec2.cloud.userdata import build_detached_user_data
 from ec2.config import AwsConfig
 from ec2.errors import ConfigError, ToolkitError
-from ec2.journey import history, report
+from ec2.journey import decide, history, report
 from ec2.journey.detach import Detached, Submitted, Where, grants, require_s3
 from ec2.journey.stages import Plan, watcher_args
 from ec2.remote import detached
@@ -223,12 +224,34 @@ def _submit(cfg, name, plan, nodes, rdzv_port, p, root, checkpoint_dir, local_ro
         f"deadline {state.deadline.isoformat(timespec='minutes')}"
     )
     first = [
-        asg.wait_first_instance(autoscaling, member(name, k), cfg.running_timeout_s, every_s=poll_s, out=out)
+        asg.wait_first_instance(
+            autoscaling,
+            member(name, k),
+            cfg.running_timeout_s,
+            every_s=poll_s,
+            out=out,
+            on_failed=on_demand_switch(cfg, autoscaling, member(name, k), p.profile, out),
+        )
         for k in range(nodes)
     ]
     out(f"launched {', '.join(first)}; the run goes on without this laptop")
     out(f"follow it: fab watch --name {name}   stop it: fab stop --name {name}")
     return Submitted(state, first[0])
+
+
+def on_demand_switch(cfg: AwsConfig, autoscaling, who: str, profile, out):
+    """As `fab run --detach` does for its group: with spot-then-on-demand, a member group's first
+    documented spot failure while submit waits switches that group to on-demand, for good."""
+    switched = []
+
+    def on_failed(activity: dict) -> None:
+        matched = spot_failure(activity)
+        if cfg.market == "spot-then-on-demand" and not switched and matched:
+            asg.use_on_demand(autoscaling, who, profile.name if profile else None, out)
+            switched.append(True)
+            out(f"spot failed for {asg.group_name(who)} ({matched}): it now launches on-demand")
+
+    return on_failed
 
 
 # --- the laptop side --------------------------------------------------------------------------------
@@ -284,10 +307,24 @@ class DetachedNodes(Detached):
         member's cost from the spot price history."""
         h = super().history(state)
         h.nodes = state.nodes
+        for a in h.attempts:
+            self.note_steps(state, a)
         h.members = members_of(h.attempts, state.ended, state.nodes)
         for m in h.members:
             m.cost_usd = report.fetch_cost(self.ec2, m)
         return h
+
+    def note_steps(self, state: DetachedRun, a) -> None:
+        """The step each attempt stopped at and resumed from, from its members' logs in S3 (rank 0
+        prints them, on whichever node c10d gave it)."""
+        for k in range(state.nodes):
+            uri = "s3://{}/{}".format(*detached.key_of(state.root, f"logs/attempt-{a.number}-node-{k}.log"))
+            text = detached.get_text(self.s3, uri) or ""
+            decide_steps = decide.last_step(text), decide.resumed_step(text)
+            if decide_steps[0] is not None and (a.last_step is None or decide_steps[0] > a.last_step):
+                a.last_step = decide_steps[0]
+            if decide_steps[1] is not None:
+                a.resumed_step = decide_steps[1]
 
     def set_desired(self, desired: int) -> None:
         for g in self.groups():

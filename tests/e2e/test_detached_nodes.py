@@ -47,7 +47,7 @@ def test_detached_cluster_replaces_only_the_noticed_member_and_resumes_at_the_st
     for home in homes:
         home.mkdir(parents=True)
     autoscaling = boto3.client("autoscaling")
-    steps = 40
+    steps = 16
     args = [
         *TINY_TRAIN,
         f"dataset.dataset_dir={tiny_dataset}",
@@ -112,7 +112,8 @@ def test_detached_cluster_replaces_only_the_noticed_member_and_resumes_at_the_st
         second1 = wait_until(lambda: [i for i in _ids(autoscaling, 1) if i != first1], 60, "a replacement")[0]
         assert _ids(autoscaling, 0) == [first0]  # node 0 was not replaced
         one = NodeInstance(imds1, state, second1, 1, homes[1], tmp_path)
-        boot_out = zero.wait(240) + one.wait(60)
+        boot_out = zero.wait(240)
+        boot_out += one.wait(60)
         log = logs()
         assert f"at step {stopped}" in log and "resumed from" in log, boot_out
 
@@ -127,9 +128,11 @@ def test_detached_cluster_replaces_only_the_noticed_member_and_resumes_at_the_st
 
     # `fab watch` (a new laptop process) prints the cluster's summary.
     detached_tasks.watch(Context(), name="dj", poll=0.2, config=str(config))
-    seen = capsys.readouterr().out
+    seen = summary = capsys.readouterr().out
     assert "run dj: finished after 2 attempts on 2 nodes x CPU per node (3 instances)" in seen, seen
-    assert "attempt 1: preempted; node 1 lost" in seen and "nodes lost 1" in seen, seen
+    assert f"attempt 1: preempted at step {stopped}; node 1 lost" in seen, seen
+    assert f"attempt 2: resumed at step {stopped}, finished" in seen, seen
+    assert "nodes lost 1, steps lost to interruptions 0" in seen, seen
 
     # `fab status`: one line for the run, both member groups in it.
     lifecycle.status(Context(), no_runs=True, config=str(config))
@@ -148,4 +151,4 @@ def test_detached_cluster_replaces_only_the_noticed_member_and_resumes_at_the_st
     lifecycle.cleanup(Context(), config=str(config))
     names = [g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]]
     assert not [n for n in names if n.endswith("-dj-members")], names
-    print(f"boots: {boot_out}")
+    print(f"fab run --detach --nodes 2:\n{out}\nfab watch:\n{summary}\nboots:\n{boot_out}")
