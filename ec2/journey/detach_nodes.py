@@ -196,6 +196,10 @@ def _submit(cfg, name, plan, nodes, rdzv_port, p, root, checkpoint_dir, local_ro
             )
             settings = launch.instance_settings(cfg, who, p.owner, p.ami, p.created, p.profile, user_data)
             tags = member_tags(launch.instance_tags(cfg, who, p.owner, p.created), name, k)
+            # The instances carry the run and node too: `fab watch`, `fab status` and the
+            # members' group's removal find the members by them (ec2.cloud.cluster.members).
+            for spec in settings["TagSpecifications"]:
+                spec["Tags"] = tags
             data = asg.template_data(settings, p.group_id)
             data["SecurityGroupIds"].append(members_group)
             asg.create_template(p.ec2, who, data, tags)
@@ -384,7 +388,11 @@ def remove_shared_when_unused(cfg: AwsConfig, region: str, name: str, out=print)
     """The members' and placement groups of detached cluster `name`, once no instance of it is
     live (AWS refuses to delete a group in use). True when removed."""
     ec2 = aws.client("ec2", region, cfg.profile)
-    if cluster.members(ec2, name):
+    if live := cluster.members(ec2, name):
+        out(
+            f"detached cluster {name}'s members' security group stays while {len(live)} member(s) "
+            "shut down; `fab cleanup` removes it afterwards"
+        )
         return False
     try:
         group = network.find_group(ec2, cluster.members_group_name(cfg, name), network.vpc_id(ec2, cfg))

@@ -16,11 +16,12 @@ import boto3
 import yaml
 from invoke import Context
 
+from ec2.journey import detach, detach_nodes
 from ec2.remote import detached
 from ec2.remote import detached_members as members
 from tasks import detached as detached_tasks
 from tasks import lifecycle, managed
-from tests.e2e.detachkit import CKPT, REPO, NodeInstance, group, live
+from tests.e2e.detachkit import CKPT, REPO, NodeInstance, group, live, load_cfg
 from tests.ml.trainkit import TINY_TRAIN
 from tests.peers.imds import ImdsServer, wait_until
 
@@ -84,6 +85,10 @@ def test_detached_cluster_replaces_only_the_noticed_member_and_resumes_at_the_st
 
         wait_until(lambda: "Train batch 3:" in logs(), 180, "both members to train")
         assert "data-parallel over 2 processes" in logs()
+        # `fab watch` meanwhile: the run, its attempt and node 0, found by its tags.
+        detach.watch(detach_nodes.find(load_cfg(config), "dj"), out=print, once=True)
+        seen = capsys.readouterr().out
+        assert f"[dj] running | attempt 1 of 4 | instance {first0} | desired 2" in seen, seen
 
         # AWS's side: the notice on node 1 only. Every rank stops at one step, rank 0 saves to S3;
         # node 1's boot records preempted and ends; node 0's stays for the next attempt.
