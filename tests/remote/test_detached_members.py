@@ -4,6 +4,8 @@ the members (ec2/journey/detach_nodes.py), against moto's S3 where S3 is involve
 
 from __future__ import annotations
 
+import threading
+
 import boto3
 import pytest
 
@@ -12,7 +14,8 @@ from ec2.cloud.userdata import build_detached_user_data
 from ec2.journey import detach_nodes
 from ec2.remote import detached
 from ec2.remote import detached_members as members
-from ec2.remote.boot_nodes import outcome_for
+from ec2.remote.boot_nodes import NodeBoot, outcome_for
+from ec2.remote.imds import Identity
 
 ROOT = "s3://meet/run-spotrun-job"
 
@@ -129,3 +132,70 @@ def test_each_member_boots_as_its_node_and_may_stop_only_the_runs_groups():
     assert "-m ec2.remote.boot_nodes --node 1 --root" in text and "--group spotrun-job-1" in text
     [statement] = detach_nodes.role_statements("us-east-1", "123456789012", "job", 2)
     assert [r.rsplit("/", 1)[1] for r in statement["Resource"]] == ["spotrun-job-0", "spotrun-job-1"]
+
+
+@pytest.fixture
+def groups(s3):
+    """The run's two member groups in moto (one instance each)."""
+    ec2, autoscaling = boto3.client("ec2"), boto3.client("autoscaling")
+    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    for k in range(2):
+        ec2.create_launch_template(
+            LaunchTemplateName=f"spotrun-job-{k}",
+            LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "t3.micro"},
+        )
+        autoscaling.create_auto_scaling_group(
+            AutoScalingGroupName=f"spotrun-job-{k}",
+            LaunchTemplate={"LaunchTemplateName": f"spotrun-job-{k}", "Version": "$Latest"},
+            MinSize=0,
+            MaxSize=1,
+            DesiredCapacity=1,
+            VPCZoneIdentifier=subnet,
+        )
+    return autoscaling
+
+
+def _boot(s3, autoscaling, node: int):
+    identity = Identity("i-0", "g5.xlarge", "us-east-1a", "spot", "us-east-1")
+    boot = NodeBoot(ROOT, identity, node, "10.0.0.1", shutdown="true", poll_s=0.05, s3=s3, asg=autoscaling)
+    boot.state = detached.load(s3, ROOT)
+    return boot
+
+
+def _desired(autoscaling) -> list[int]:
+    found = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["spotrun-job-0", "spotrun-job-1"])
+    return [
+        g["DesiredCapacity"]
+        for g in sorted(found["AutoScalingGroups"], key=lambda g: g["AutoScalingGroupName"])
+    ]
+
+
+def test_fab_stop_while_a_member_waits_for_the_others_stops_every_members_group(s3, groups):
+    boot = _boot(s3, groups, 0)
+    members.join(s3, ROOT, 1, 0, "i-0", "10.0.0.1")
+    threading.Timer(
+        0.3, lambda: members.update(s3, ROOT, lambda s: setattr(s, "stop_requested", True))
+    ).start()
+    why = boot.wait_members(1)
+    assert why == "the run was stopped"
+    boot.end_run(RunStatus.STOPPED, why)
+    assert detached.load(s3, ROOT).status == "stopped"
+    assert _desired(groups) == [0, 0]  # not only its own: the run is over for every member
+
+
+def test_a_member_that_never_joins_gives_the_run_up_and_says_which(s3, groups):
+    boot = _boot(s3, groups, 0)
+    boot.state.join_timeout_s = 0.3
+    members.join(s3, ROOT, 1, 0, "i-0", "10.0.0.1")
+    why = boot.wait_members(1)
+    assert why.startswith("node(s) 1 did not join attempt 1 in 0.3 s"), why
+    boot.end_run(RunStatus.GAVE_UP, why)  # as its run() does: no member runs alone
+    assert detached.load(s3, ROOT).status == "gave-up"
+    assert _desired(groups) == [0, 0]
+
+
+def test_a_failed_member_ends_the_run_for_every_member(s3, groups):
+    boot = _boot(s3, groups, 1)
+    boot.finish(1, outcome_for(1, False, False, False), "trainer exited 1", 1)
+    assert detached.load(s3, ROOT).status == "failed"
+    assert _desired(groups) == [0, 0]
