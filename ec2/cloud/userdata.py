@@ -253,11 +253,8 @@ def build_detached_user_data(
 ) -> str:
     """The cost guards of every instance (the boot then moves the hard cap to the run's time
     left), then the boot."""
-    text = (
-        build_user_data(max_hours, idle_minutes, ssh_port)
-        + "\n".join(boot_lines(root, bundle_uri, remote_dir, login_user, group=group, region=region, node=node))
-        + "\n"
-    )
+    boot = boot_lines(root, bundle_uri, remote_dir, login_user, group=group, region=region, node=node)
+    text = build_user_data(max_hours, idle_minutes, ssh_port) + "\n".join(boot) + "\n"
     if len(text.encode()) > USER_DATA_MAX:
         raise ValueError(f"user data of {len(text.encode())} bytes is over EC2's {USER_DATA_MAX}")
     return text
