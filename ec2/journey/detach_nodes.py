@@ -63,8 +63,8 @@ def member(name: str, node: int) -> str:
 
 
 def role_statements(region: str, account: str, name: str, nodes: int) -> list[dict]:
-    """Any member may set every member's group to 0 (a failed or finished run stops them all), and
-    tag its own when its boot gives up; no other group."""
+    """Any member may set the desired capacity of every member's group (a failed or finished run
+    stops them all) and tag them (a boot that gives up tags its own); no other group."""
     statements = [asg.instance_role_statements(region, account, member(name, k))[0] for k in range(nodes)]
     merged = dict(statements[0])
     merged["Resource"] = [r for s in statements for r in s["Resource"]]
@@ -97,8 +97,9 @@ def submit(
         raise ConfigError("a detached cluster runs the trainer (ml.train) on every node: give its config")
     root = detached.root_for(checkpoint_dir, name)
     autoscaling = aws.client("autoscaling", aws.region_of(cfg.region, cfg.profile), cfg.profile)
-    for k in range(nodes):
-        if (g := asg.describe_group(autoscaling, member(name, k))) is not None:
+    # A single detached run of the same name would shadow this one for `fab watch` and `fab stop`.
+    for who in [name, *(member(name, k) for k in range(nodes))]:
+        if (g := asg.describe_group(autoscaling, who)) is not None:
             raise ToolkitError(
                 f"a detached run's group {g.name} exists; follow it with `fab watch --name {name}`, "
                 f"or remove it with `fab terminate --name {name}`"
@@ -260,13 +261,11 @@ def on_demand_switch(cfg: AwsConfig, autoscaling, who: str, profile, out):
 
 # --- the laptop side --------------------------------------------------------------------------------
 def member_groups(autoscaling, name: str) -> list[asg.Group]:
-    """The member groups of detached cluster `name`, node order (none: not a detached cluster)."""
-    found = []
-    k = 0
-    while (g := asg.describe_group(autoscaling, member(name, k))) is not None and g.tags.get(RUN_TAG) == name:
-        found.append(g)
-        k += 1
-    return found
+    """The member groups of detached cluster `name` (by its run tag), node order; none: not a
+    detached cluster. By tag, not by NAME-0, NAME-1...: a group removed half-way leaves the rest
+    findable."""
+    found = [g for g in asg.spotrun_groups(autoscaling, RUN_TAG) if g.tags.get(RUN_TAG) == name]
+    return sorted(found, key=lambda g: int(g.tags.get(NODE_TAG, 0)))
 
 
 class DetachedNodes(Detached):
