@@ -71,6 +71,28 @@ def role_statements(region: str, account: str, name: str, nodes: int) -> list[di
     return [merged]
 
 
+def member_template_data(data: dict, members_group: str, efa: bool) -> dict:
+    """A member's launch template data: in the members' group too, and with an EFA interface where
+    the type has one (as ec2.cloud.cluster.cluster_params does for RunInstances; a pure function).
+    A template that defines network interfaces takes its security groups in them, not in
+    SecurityGroupIds; the interface names no subnet: the group's VPCZoneIdentifier gives it.
+    https://docs.aws.amazon.com/pcs/latest/userguide/working-with_networking_efa_create-lt.html
+    https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/efa-start.html"""
+    data = dict(data)
+    if "NetworkInterfaces" not in data and not efa:
+        data["SecurityGroupIds"] = [*data["SecurityGroupIds"], members_group]
+        return data
+    nic = dict(data["NetworkInterfaces"][0]) if "NetworkInterfaces" in data else {"DeviceIndex": 0}
+    nic["Groups"] = [*nic.get("Groups", data.get("SecurityGroupIds", [])), members_group]
+    if efa:
+        nic["InterfaceType"] = "efa"
+        nic.setdefault("AssociatePublicIpAddress", True)
+        nic.setdefault("DeleteOnTermination", True)
+    data.pop("SecurityGroupIds", None)
+    data["NetworkInterfaces"] = [nic, *data.get("NetworkInterfaces", [])[1:]]
+    return data
+
+
 def member_tags(tags: list[dict], name: str, node: int) -> list[dict]:
     return [*tags, {"Key": RUN_TAG, "Value": name}, {"Key": NODE_TAG, "Value": str(int(node))}]
 
@@ -201,8 +223,9 @@ def _submit(cfg, name, plan, nodes, rdzv_port, p, root, checkpoint_dir, local_ro
             # members' group's removal find the members by them (ec2.cloud.cluster.members).
             for spec in settings["TagSpecifications"]:
                 spec["Tags"] = tags
-            data = asg.template_data(settings, p.group_id)
-            data["SecurityGroupIds"].append(members_group)
+            data = member_template_data(
+                asg.template_data(settings, p.group_id), members_group, bool(placement)
+            )
             asg.create_template(p.ec2, who, data, tags)
             made.append(("template", who))
             params = asg.group_params(

@@ -199,3 +199,21 @@ def test_a_failed_member_ends_the_run_for_every_member(s3, groups):
     boot.finish(1, outcome_for(1, False, False, False), "trainer exited 1", 1)
     assert detached.load(s3, ROOT).status == "failed"
     assert _desired(groups) == [0, 0]
+
+
+def test_a_members_template_joins_the_members_group_and_gets_an_efa_interface_on_efa_types():
+    base = {"ImageId": "ami-1", "SecurityGroupIds": ["sg-ssh"]}
+    plain = detach_nodes.member_template_data(base, "sg-members", efa=False)
+    assert plain["SecurityGroupIds"] == ["sg-ssh", "sg-members"] and "NetworkInterfaces" not in plain
+    efa = detach_nodes.member_template_data(base, "sg-members", efa=True)
+    # With an interface, the groups go in it (a template refuses both), and no subnet: the group's.
+    assert "SecurityGroupIds" not in efa
+    assert efa["NetworkInterfaces"] == [
+        {
+            "DeviceIndex": 0,
+            "Groups": ["sg-ssh", "sg-members"],
+            "InterfaceType": "efa",
+            "AssociatePublicIpAddress": True,
+            "DeleteOnTermination": True,
+        }
+    ]
