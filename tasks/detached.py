@@ -9,7 +9,7 @@ from invoke import task
 
 from common.checks import Range
 from ec2.config import AwsConfig
-from ec2.journey import detach
+from ec2.journey import detach, detach_nodes
 from ec2.journey.stages import Plan
 from tasks.edge import aws_config, edge, machine_name, number
 
@@ -23,12 +23,17 @@ def submit(cfg: AwsConfig, name: str, plan: Plan, *, instance_profile: str | Non
     detach.submit(cfg, name, plan, instance_profile=instance_profile, out=_say)
 
 
+def submit_nodes(cfg: AwsConfig, name: str, plan: Plan, nodes: int, rdzv_port: int) -> None:
+    """`fab run --detach --nodes N`'s body."""
+    detach_nodes.submit(cfg, name, plan, nodes, rdzv_port=rdzv_port, out=_say)
+
+
 @task(iterable=["set_"])
 @edge
 def watch(c, name=None, poll=15.0, lines=10, config=None, set_=None):
     """Follow a detached run: state, current instance, attempts, log tail; the summary at the end."""
     cfg = aws_config(config, set_)
-    d = detach.Detached(cfg, machine_name(name, cfg))
+    d = detach_nodes.find(cfg, machine_name(name, cfg))
     try:
         detach.watch(d, out=_say, poll_s=float(poll), lines=int(lines))
     except KeyboardInterrupt:
@@ -41,5 +46,5 @@ def watch(c, name=None, poll=15.0, lines=10, config=None, set_=None):
 def stop(c, name=None, timeout=600.0, config=None, set_=None):
     """Stop a detached run gracefully: the trainer checkpoints to S3 and exits, then desired 0."""
     cfg = aws_config(config, set_)
-    d = detach.Detached(cfg, machine_name(name, cfg))
+    d = detach_nodes.find(cfg, machine_name(name, cfg))
     detach.stop(d, float(timeout), out=_say)

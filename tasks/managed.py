@@ -8,7 +8,6 @@ from pathlib import Path
 from invoke import task
 
 from common import outputs
-from common.errors import ConfigError
 from ec2 import doctor, paths
 from ec2.journey import Journey, cluster_reentry, costrank, reentry, report, stdin_asker
 from ec2.journey.history import history_path
@@ -53,7 +52,8 @@ def run(
     rdzv_port=RDZV_PORT,
 ):
     """Managed run: launch, setup, sync, train; on interruption relaunch elsewhere and resume; summary.
-    --detach: hand it to an Auto Scaling group of one (needs checkpoint_dir in S3; `fab watch`).
+    --detach: hand it to an Auto Scaling group of one (needs checkpoint_dir in S3; `fab watch`);
+    with --nodes N, one group of one per node.
     --nodes N: a cluster (torchrun on every node; a lost node is replaced; checkpoint_dir in S3)."""
     local_rsync().require()  # before an instance is paid for, not at its first sync
     cfg = aws_config(config, set_)
@@ -80,7 +80,7 @@ def run(
     cfg = costrank.apply(cfg, plan.trainer)  # choose_by: run_cost orders types by this config's benches
     if int(nodes) > 1:
         if detach:
-            raise ConfigError("--detach hands one instance to an Auto Scaling group; leave out --nodes")
+            return _submit_nodes(cfg, name, plan, int(nodes), int(rdzv_port), no_preflight)
         return _run_nodes(cfg, name, plan, int(nodes), int(rdzv_port), dest, no_preflight)
     if detach:
         from ec2.journey.detach import require_s3
@@ -105,6 +105,18 @@ def run(
         if journey.h.attempts:
             _say(report.summary(journey.h))
             _say(f"run history: {journey.h.path}")
+
+
+def _submit_nodes(cfg, name, plan, count, port, no_preflight) -> None:
+    """`fab run --detach --nodes N`: a group of one per node (ec2/journey/detach_nodes.py)."""
+    from ec2.journey.detach import require_s3
+    from tasks.detached import submit_nodes
+
+    require_s3(plan)  # before any AWS call: one line saying how to set it
+    if not no_preflight:
+        needs = doctor.needs_for(cfg, plan.dataset_dir, plan.checkpoint_dir)
+        doctor.preflight(cfg, name, needs, out=_say)
+    submit_nodes(cfg, name, plan, count, port)
 
 
 def _run_nodes(cfg, name, plan, count, port, dest, no_preflight) -> None:

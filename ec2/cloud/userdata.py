@@ -182,7 +182,14 @@ def _giveup_source() -> str:
 
 
 def boot_lines(
-    root: str, bundle_uri: str, remote_dir: str, login_user: str, *, group: str, region: str
+    root: str,
+    bundle_uri: str,
+    remote_dir: str,
+    login_user: str,
+    *,
+    group: str,
+    region: str,
+    node: int | None = None,
 ) -> list[str]:
     """A detached run's boot: fetch the code bundle with the instance role, unpack it as the login
     user into REMOTE_DIR/code (where `fab sync` puts it), and start ec2.remote.boot as its own
@@ -200,6 +207,8 @@ def boot_lines(
     code = quote_path(code_dir(remote_dir))
     bundle = shlex.quote(bundle_uri)
     last = '"$(printf %s "$WHY" | tail -n 3)"'
+    # One member of a detached cluster (`--detach --nodes N`): its node number is its group's.
+    boot = "ec2.remote.boot" if node is None else f"ec2.remote.boot_nodes --node {int(node)}"
     return [
         "# spotrun detached run: the boot starts (or resumes) the run from S3 (ec2/remote/boot.py).",
         f"mkdir -p {GIVEUP_PATH.rsplit('/', 1)[0]}",
@@ -224,7 +233,7 @@ def boot_lines(
         f'WHY=$(runuser -u {user} -- tar -xzf {BUNDLE_PATH} -C "$CODE" 2>&1) || '
         f"give_up 'the code bundle {bundle_uri} does not unpack (corrupt?):' {last}",
         f'systemd-run --unit=spotrun-boot --collect --working-directory="$CODE" '
-        f'--setenv=PYTHONPATH={BOOT_DEPS} "$(command -v $PY)" -m ec2.remote.boot --root {shlex.quote(root)} '
+        f'--setenv=PYTHONPATH={BOOT_DEPS} "$(command -v $PY)" -m {boot} --root {shlex.quote(root)} '
         f"--group {shlex.quote(group)} || give_up 'starting the boot (systemd-run spotrun-boot) failed'",
     ]
 
@@ -240,14 +249,12 @@ def build_detached_user_data(
     login_user: str,
     group: str,
     region: str,
+    node: int | None = None,
 ) -> str:
     """The cost guards of every instance (the boot then moves the hard cap to the run's time
     left), then the boot."""
-    text = (
-        build_user_data(max_hours, idle_minutes, ssh_port)
-        + "\n".join(boot_lines(root, bundle_uri, remote_dir, login_user, group=group, region=region))
-        + "\n"
-    )
+    boot = boot_lines(root, bundle_uri, remote_dir, login_user, group=group, region=region, node=node)
+    text = build_user_data(max_hours, idle_minutes, ssh_port) + "\n".join(boot) + "\n"
     if len(text.encode()) > USER_DATA_MAX:
         raise ValueError(f"user data of {len(text.encode())} bytes is over EC2's {USER_DATA_MAX}")
     return text

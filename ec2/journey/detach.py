@@ -28,7 +28,7 @@ from ec2.config import AwsConfig
 from ec2.errors import ConfigError, ToolkitError
 from ec2.journey import history, report
 from ec2.journey.stages import Plan, watcher_args
-from ec2.remote import detached, runs
+from ec2.remote import detached, detached_members, runs
 from ec2.remote.detached import DetachedRun
 from ec2.remote.ssh import Machine
 
@@ -262,6 +262,9 @@ class Detached:
         live = [i for i in instances.find_instances(self.ec2, self.name) if i.state in ("pending", "running")]
         return Where(state, group, live[-1] if live else None)
 
+    def set_desired(self, desired: int) -> None:
+        asg.set_desired(self.asg, self.name, desired)
+
     def machine(self, info: instances.InstanceInfo) -> Machine | None:
         """Register the current instance (as `fab launch` would), so `fab logs`/`attach`/`ssh`
         reach it; None until it has an address."""
@@ -387,8 +390,9 @@ def stop(d: Detached, timeout_s: float, *, out: Say = print, poll_s: float = 2.0
         raise ToolkitError(f"no detached run named {d.name!r}; `fab status` lists what runs")
     state = where.state
     if not state.ended:
-        state.stop_requested = True
-        detached.save(d.s3, state)
+        # A boot that starts now ends at once. Written by compare-and-swap: a detached cluster's
+        # boots write the record too, and neither write may undo the other.
+        state = detached_members.update(d.s3, d.root(), lambda s: setattr(s, "stop_requested", True))
     if where.current is not None and not state.ended:
         m = d.machine(where.current)
         if m is None:
@@ -403,6 +407,6 @@ def stop(d: Detached, timeout_s: float, *, out: Say = print, poll_s: float = 2.0
                 out(f"the run has not stopped after {timeout_s:g} s; stopping the group anyway")
                 break
             time.sleep(poll_s)
-    asg.set_desired(d.asg, d.name, 0)
-    out(f"{d.name}: {state.status}; desired capacity 0 (its instance is terminated by the group)")
+    d.set_desired(0)
+    out(f"{d.name}: {state.status}; desired capacity 0 (its instances are terminated by the group)")
     return state

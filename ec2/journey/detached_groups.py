@@ -10,14 +10,17 @@ from collections.abc import Callable
 from common import aws
 from ec2.cloud import asg, instances
 from ec2.config import AwsConfig
-from ec2.journey import detach
+from ec2.journey import detach, detach_nodes
 from ec2.remote import detached as record
 
 Say = Callable[[str], None]
 
 
 def has_group(cfg: AwsConfig, region: str, name: str) -> bool:
-    return asg.describe_group(aws.client("autoscaling", region, cfg.profile), name) is not None
+    autoscaling = aws.client("autoscaling", region, cfg.profile)
+    return asg.describe_group(autoscaling, name) is not None or bool(
+        detach_nodes.member_groups(autoscaling, name)
+    )
 
 
 def group_names(cfg: AwsConfig, region: str) -> list[str]:
@@ -33,6 +36,10 @@ def remove_group(cfg: AwsConfig, region: str, name: str, out: Say = print) -> bo
     one. `fab terminate` calls it before it terminates instances (else the group would replace them)."""
     autoscaling = aws.client("autoscaling", region, cfg.profile)
     ec2 = aws.client("ec2", region, cfg.profile)
+    # A detached cluster: its member groups (NAME-0..N-1) and what they share.
+    if asg.describe_group(autoscaling, name) is None and detach_nodes.remove(cfg, region, name, out=out):
+        detach_nodes.remove_shared_when_unused(cfg, region, name, out=out)
+        return True
     gone = asg.delete_group(autoscaling, name)
     if gone:
         out(f"deleted Auto Scaling group {asg.group_name(name)} (its instances are terminated with it)")
@@ -50,6 +57,7 @@ def leftovers(cfg: AwsConfig, region: str, out: Say = print) -> None:
     for g in groups.values():
         if g.desired == 0 and not g.instance_ids:
             remove_group(cfg, region, g.tags.get(instances.NAME_TAG, g.name.removeprefix("spotrun-")), out)
+    detach_nodes.leftover_shared(cfg, region, out=out)
     for name in asg.spotrun_template_names(ec2, instances.NAME_TAG):
         if asg.group_name(name) not in groups and asg.delete_template(ec2, name):
             out(f"deleted launch template {asg.template_name(name)} (its group is gone)")
@@ -59,8 +67,11 @@ def status_lines(cfg: AwsConfig, region: str) -> list[str]:
     """`fab status`: one line per detached run (group, current instance, attempt n of max, state,
     cost so far)."""
     autoscaling = aws.client("autoscaling", region, cfg.profile)
-    lines = []
-    for g in asg.spotrun_groups(autoscaling, instances.NAME_TAG):
+    groups = asg.spotrun_groups(autoscaling, instances.NAME_TAG)
+    lines = detach_nodes.status_lines(cfg, groups)
+    for g in groups:
+        if detach_nodes.RUN_TAG in g.tags:
+            continue  # a member of a detached cluster: its run's line is above
         name = g.tags.get(instances.NAME_TAG, g.name)
         d = detach.Detached(cfg, name, root=g.tags.get(asg.ROOT_TAG))
         state = record.load(d.s3, d.root()) if d.root() else None

@@ -28,6 +28,7 @@ through the instance role: no credentials travel. Standard library, boto3 and co
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import pwd
 import shlex
@@ -62,9 +63,11 @@ def log(msg: str) -> None:
 
 
 def local_path(path: str, user: str) -> Path:
-    """A remote_dir-style path (`~/spotrun`) as the login user sees it."""
+    """A remote_dir-style path (`~/spotrun`) as the login user sees it: the HOME as_user's shell
+    has (the inherited one when the boot already runs as that user)."""
     if path == "~" or path.startswith("~/"):
-        return Path(pwd.getpwnam(user).pw_dir) / path[2:]
+        home = os.path.expanduser("~") if user == getpass.getuser() else pwd.getpwnam(user).pw_dir
+        return Path(home) / path[2:]
     return Path(path)
 
 

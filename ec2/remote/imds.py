@@ -31,6 +31,9 @@ INSTANCE_ID = "/latest/meta-data/instance-id"
 INSTANCE_TYPE = "/latest/meta-data/instance-type"
 ZONE = "/latest/meta-data/placement/availability-zone"
 LIFECYCLE = "/latest/meta-data/instance-life-cycle"
+# The primary private IPv4 address (a detached cluster member tells the others where it is).
+# https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instancedata-data-categories.html
+LOCAL_IPV4 = "/latest/meta-data/local-ipv4"
 
 
 class ImdsUnreachable(Exception):
@@ -130,6 +133,9 @@ class Imds:
 
     def region(self) -> str | None:
         return self.get(REGION)
+
+    def private_ip(self) -> str | None:
+        return self.get(LOCAL_IPV4)
 
     def identity(self) -> Identity:
         """Who this instance is (a boot records it per attempt): id, type, zone, spot or on-demand."""

@@ -159,7 +159,9 @@ def test_fab_run_nodes_without_s3_checkpoints_is_one_line_and_launches_nothing(
     assert "checkpoint_dir=s3://BUCKET/PREFIX" in err
     with pytest.raises(Exit):
         managed.run(Context(), name="job", nodes=2, detach=True, train_config="configs/demo.yaml", set_=sets)
-    assert "leave out --nodes" in capsys.readouterr().err
+    # --detach --nodes N (ec2/journey/detach_nodes.py) refuses the same way, before any AWS call.
+    err = capsys.readouterr().err
+    assert err.startswith("error: a detached run keeps its checkpoints in S3") and err.count("\n") == 1, err
     assert _live(ec2_client) == []
 
 

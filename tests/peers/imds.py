@@ -42,6 +42,7 @@ class ImdsServer:
         self.instance_type = "g5.xlarge"
         self.zone = f"{region}a"
         self.lifecycle = "spot"
+        self.local_ipv4 = "127.0.0.1"  # loopback: members on this test machine really reach it
         self.role = "spotrun-us-east-1-job"
         # The documented shape (EC2 user guide, "Retrieve security credentials from instance metadata").
         self.credentials = {
@@ -115,6 +116,8 @@ class ImdsServer:
                 return 200, self.zone
             if path == "/latest/meta-data/instance-life-cycle":
                 return 200, self.lifecycle
+            if path == "/latest/meta-data/local-ipv4":
+                return 200, self.local_ipv4
             if path == CREDENTIALS_PATH:
                 return 200, self.role
             if path == CREDENTIALS_PATH + self.role:
