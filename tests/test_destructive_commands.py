@@ -9,7 +9,7 @@ every S3 object unchanged, nothing new written (tests/clikit.py's World.state())
 
 Commands looked at and left without a refusal row, with why:
 - `fab cleanup` deletes only what spotrun tagged and nothing uses, and the .pem only with --yes
-  (tests/ec2/test_iam.py, tests/ec2/test_tasks.py);
+  (tests/cloud/test_iam.py, tests/ec2/test_tasks.py);
 - `fab forget` drops only the local entries of the name typed (the machine is untouched);
 - `fab train --force` replaces only the run named (tests/remote/test_tasks.py refuses it without);
 - `fab sync` deletes only in the code folder, sparing the run's outputs (tests/remote).

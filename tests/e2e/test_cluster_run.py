@@ -28,10 +28,10 @@ import torch
 import yaml
 
 from common import aws
-from tests.cloud.test_cluster import install_placement_groups
-from tests.e2e.test_managed_run import start_fab_run
+from tests.e2e.runkit import start_fab_run
 from tests.peers.imds import ImdsServer, instance_env, wait_until
 from tests.peers.moto_ec2 import DLAMI_NAME, make_image
+from tests.peers.placement_groups import install_placement_groups
 from tests.peers.sshd import SSHD, SshdServer, require_binaries
 from tests.peers.trainkit import TINY_TRAIN
 

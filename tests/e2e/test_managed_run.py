@@ -9,56 +9,11 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
-import threading
 from pathlib import Path
 
-from invoke import Context
-from invoke.exceptions import Exit
-
-from tasks import managed
+from tests.e2e.runkit import fab_run_process, launched_ids, live_instances, start_fab_run
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def start_fab_run(config: Path, dest: Path, args: list[str], **kw) -> tuple[threading.Thread, dict]:
-    result: dict = {}
-
-    def go():
-        try:
-            managed.run(
-                Context(),
-                name="job",
-                config=str(config),
-                train_config="configs/demo.yaml",
-                args=" ".join(args),
-                poll=0.5,
-                imds_poll=0.2,
-                no_gpu=True,
-                dest=str(dest),
-                setup_python=str(REPO / ".venv/bin/python"),
-                **kw,
-            )
-        except Exit as e:
-            result["exit"] = e.code
-        except BaseException as e:  # noqa: BLE001 - handed to the test thread to fail loudly
-            result["error"] = e
-
-    thread = threading.Thread(target=go, daemon=True)
-    thread.start()
-    return thread, result
-
-
-def live_instances(ec2) -> list[dict]:
-    return [
-        i
-        for r in ec2.describe_instances()["Reservations"]
-        for i in r["Instances"]
-        if i["State"]["Name"] in ("pending", "running")
-        and any(t["Key"] == "spotrun:name" for t in i.get("Tags", []))
-    ]
 
 
 def test_interrupted_run_relaunches_resumes_and_finishes(
@@ -117,15 +72,6 @@ def test_interrupted_run_relaunches_resumes_and_finishes(
     assert "1 interruption, steps lost to interruptions 0" in out
     assert a1["cost_usd"] is not None and history["total_cost_usd"] >= a1["cost_usd"]
     assert live_instances(ec2) == []  # the finished run's instance is terminated too
-
-
-def launched_ids(ec2) -> set[str]:
-    return {
-        i["InstanceId"]
-        for r in ec2.describe_instances()["Reservations"]
-        for i in r["Instances"]
-        if any(t["Key"] == "spotrun:name" for t in i.get("Tags", []))
-    }
 
 
 def test_failing_command_is_not_relaunched(cloud, tiny_dataset, tmp_path, capfd):
@@ -230,48 +176,6 @@ def test_vanished_instance_resumes_from_the_last_periodic_download_and_max_recov
     assert any(e["event"] == "checkpoint-restored" for e in history["events"])
     assert launched_ids(ec2) == {first["InstanceId"], second["InstanceId"]}  # no third instance
     assert "2 interruptions" in captured.out
-
-
-# A suite started in the background by a non-interactive shell (`make test &`, nohup, some CI
-# runners) inherits SIGINT *ignored*, and so would `fab`: Ctrl-C never arrives and the test waits
-# out its timeout. That is what failed under load once. Reset SIGINT to its default before exec.
-DEFAULT_SIGINT = [
-    "-c",
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    "os.execv(sys.argv[1], sys.argv[1:])",
-]
-
-
-def fab_run_process(config: Path, dest: Path, args: list[str], stdin) -> subprocess.Popen:
-    """`fab run` as the user starts it, from a shell: its own process, SIGINT at its default."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            *DEFAULT_SIGINT,
-            str(REPO / ".venv/bin/fab"),
-            "run",
-            "--name",
-            "job",
-            "--config",
-            str(config),
-            "--train-config",
-            "configs/demo.yaml",
-            "--args",
-            " ".join(args),
-            "--poll",
-            "0.5",
-            "--no-gpu",
-            "--setup-python",
-            str(REPO / ".venv/bin/python"),
-            "--dest",
-            str(dest),
-        ],
-        cwd=REPO,
-        stdin=stdin,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def ctrl_c_once_watching(proc: subprocess.Popen, spot_host) -> tuple[str, str]:
