@@ -2,7 +2,7 @@
 every member: no capacity for the replacement in the cluster's zone (injected at the client, as
 every capacity test does: moto never runs out) relaunches the whole cluster elsewhere, that type
 and zone excluded; an error mid-run leaves nothing running. The end-to-end run with two nodes
-and a real lost node is tests/e2e/test_cluster_run.py."""
+and a real lost node is tests/e2e/test_spot_journey.py[cluster]."""
 
 from __future__ import annotations
 
