@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ml.data import cache, storage
+from tests.peers.trainkit import make_data
 
 
 @pytest.fixture
@@ -16,3 +17,10 @@ def fresh_clients():
     yield
     storage.reset_clients()
     cache.forget()
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """The trainer tests' tiny dataset (trainkit.make_data), written once per test process rather
+    than once per module: no test changes it (one that needs a broken dataset copies it first)."""
+    return make_data(tmp_path_factory.mktemp("syn"))
