@@ -291,6 +291,17 @@ def world(moto_server):
         shutil.rmtree(built.root, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def in_the_worlds_home(laptop_home, request, monkeypatch):
+    """laptop_home (autouse) gives every test a HOME of its own; a test that uses this module's world
+    runs in the world's HOME instead (its registry, ~/.ssh, ~/.spotrun), as the commands it runs in
+    this process must: without this they found an empty registry."""
+    if "world" in request.fixturenames:
+        world = request.getfixturevalue("world")
+        monkeypatch.setenv("HOME", world.env["HOME"])
+        monkeypatch.setenv("SPOTRUN_HOME", world.env["SPOTRUN_HOME"])
+
+
 def test_the_table_covers_every_destructive_task():
     assert DESTRUCTIVE_TASKS <= {r.argv[0] for r in ROWS if r.tool == "fab"}
     assert {"synth", "evaluate", "train", "plot"} <= {r.tool for r in ROWS}
