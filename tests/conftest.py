@@ -25,6 +25,8 @@ pytest_plugins = [
     "tests.peers.proxy",
     "tests.peers.silent",
     "tests.peers.moto_ec2",
+    "tests.peers.sandbox",
+    "tests.peers.placement_groups",
 ]
 
 # Keep torch from fighting the other test processes for the machine's two cores.

@@ -19,20 +19,19 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import io
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import traceback
 import urllib.request
-from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
 import pytest
+
+from tests.peers.fab_process import in_process, run_fab
 
 REPO = Path(__file__).resolve().parents[1]
 FAB = str(Path(sys.executable).parent / "fab")
@@ -779,38 +778,18 @@ def world(moto_server):
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def in_the_worlds_home(laptop_home, request, monkeypatch):
+    """laptop_home (autouse) gives every test a HOME of its own; a test that uses this module's world
+    runs in the world's HOME instead (its registry, ~/.ssh, ~/.spotrun), as the commands it runs in
+    this process must: without this they found an empty registry."""
+    if "world" in request.fixturenames:
+        world = request.getfixturevalue("world")
+        monkeypatch.setenv("HOME", world.env["HOME"])
+        monkeypatch.setenv("SPOTRUN_HOME", world.env["SPOTRUN_HOME"])
+
+
 # ---- running a case ----------------------------------------------------------------------------------
-
-
-def _in_process(call) -> tuple[int, str]:
-    """Run ``call`` with stdout/stderr captured; its exit code and everything it printed."""
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            code = call()
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except BaseException:  # noqa: B036 (a bug must show up as a failed case, not stop the battery)
-            traceback.print_exc(file=err)
-            code = "raised"
-    return code, out.getvalue() + err.getvalue()
-
-
-def run_fab(argv: list[str]) -> tuple[int, str]:
-    from fabric import Config, Executor
-    from fabric.main import Fab
-    from invoke import Collection
-
-    import fabfile
-
-    program = Fab(
-        name="Fabric",
-        version="test",
-        namespace=Collection.from_module(fabfile),
-        executor_class=Executor,
-        config_class=Config,
-    )
-    return _in_process(lambda: program.run(["fab", *argv]))
 
 
 def _synth_main():
@@ -856,8 +835,8 @@ def _run_case(case: Case, world: World, *, cli: bool, env: dict | None = None) -
     if case.tool == "train":
         from ml.train import main
 
-        return _in_process(lambda: main(argv))
-    return _in_process(lambda: _synth_main()(argv))
+        return in_process(lambda: main(argv))
+    return in_process(lambda: _synth_main()(argv))
 
 
 def check(case: Case, world: World, *, cli: bool) -> None:

@@ -81,7 +81,7 @@ def test_a_bad_bound_setting_is_one_line(monkeypatch, value):
 def test_fab_status_against_a_silent_aws_endpoint_is_one_line_in_bounded_time(
     silent_aws, tmp_path, monkeypatch
 ):
-    from tests.test_bad_input_battery import run_fab
+    from tests.peers.fab_process import run_fab
 
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "aws.yaml").write_text("ssh_cidr: 203.0.113.7/32\n")
@@ -115,8 +115,8 @@ def test_doctor_names_a_silent_endpoint_not_the_credentials(silent_aws, tmp_path
 
 def test_training_from_a_silent_s3_is_one_line_naming_the_endpoint(silent_aws, tmp_path):
     from ml.train import main
+    from tests.peers.fab_process import in_process
     from tests.peers.trainkit import DEMO
-    from tests.test_bad_input_battery import _in_process
 
     argv = [
         "--config",
@@ -126,7 +126,7 @@ def test_training_from_a_silent_s3_is_one_line_naming_the_endpoint(silent_aws, t
         f"checkpoint_dir={tmp_path}/run/checkpoint",
     ]
     start = time.monotonic()
-    code, output = _in_process(lambda: main(argv))
+    code, output = in_process(lambda: main(argv))
     took = time.monotonic() - start
     line = one_error_line(output)
     assert code == 3 and took < AWS_BOUND_S + SLACK_S, (code, took, output)
@@ -168,7 +168,7 @@ def test_checkpoint_store_on_a_silent_s3_is_one_line(silent_aws, tmp_path):
 
 def test_a_silent_ssh_port_is_one_line_in_bounded_time(silent, tmp_path, monkeypatch):
     from ec2 import registry
-    from tests.test_bad_input_battery import run_fab
+    from tests.peers.fab_process import run_fab
 
     host, port = silent
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -207,7 +207,7 @@ def test_a_silent_metadata_service_is_named_within_its_timeout(silent):
 
 
 def test_the_spot_watcher_with_a_silent_metadata_service_says_so_once_and_runs_on(silent, tmp_path):
-    from tests.remote.test_spot_watch import watcher
+    from tests.peers.spot_watcher import watcher
 
     host, port = silent
     start = time.monotonic()

@@ -9,7 +9,7 @@ every S3 object unchanged, nothing new written (tests/clikit.py's World.state())
 
 Commands looked at and left without a refusal row, with why:
 - `fab cleanup` deletes only what spotrun tagged and nothing uses, and the .pem only with --yes
-  (tests/ec2/test_iam.py, tests/ec2/test_tasks.py);
+  (tests/cloud/test_iam.py, tests/ec2/test_tasks.py);
 - `fab forget` drops only the local entries of the name typed (the machine is untouched);
 - `fab train --force` replaces only the run named (tests/remote/test_tasks.py refuses it without);
 - `fab sync` deletes only in the code folder, sparing the run's outputs (tests/remote).
@@ -289,6 +289,17 @@ def world(moto_server):
 
         aws.reset_clients()
         shutil.rmtree(built.root, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def in_the_worlds_home(laptop_home, request, monkeypatch):
+    """laptop_home (autouse) gives every test a HOME of its own; a test that uses this module's world
+    runs in the world's HOME instead (its registry, ~/.ssh, ~/.spotrun), as the commands it runs in
+    this process must: without this they found an empty registry."""
+    if "world" in request.fixturenames:
+        world = request.getfixturevalue("world")
+        monkeypatch.setenv("HOME", world.env["HOME"])
+        monkeypatch.setenv("SPOTRUN_HOME", world.env["SPOTRUN_HOME"])
 
 
 def test_the_table_covers_every_destructive_task():

@@ -328,7 +328,7 @@ def test_readme_commands_run_to_their_outcome(prefix, project):
     assert matches, f"no page shows {prefix!r} any more: update RUN_FOR_REAL"
     code, says = RUN_FOR_REAL[prefix]
     if "plot_metrics" in prefix:
-        from tests.ml.test_plot_metrics import write_metrics
+        from tests.peers.trainkit import write_metrics
 
         (project / "trained_models" / "demo").mkdir(parents=True)
         write_metrics(project / "trained_models" / "demo" / "metrics.csv")

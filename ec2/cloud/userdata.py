@@ -13,7 +13,7 @@ it (see `sshd_port_lines`), and checks with `ss -ltn` that something listens on 
 
 The scripts have no test switches: tests run them as they are, in a private mount namespace (so
 their writes under /etc, /usr/local and /var land in a temporary folder) with stand-ins for
-`shutdown` and `systemctl` first on PATH (tests/ec2/test_userdata.py).
+`shutdown` and `systemctl` first on PATH (tests/cloud/test_userdata.py).
 """
 
 from __future__ import annotations

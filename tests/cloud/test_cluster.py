@@ -2,116 +2,22 @@
 placement group, in a members-only security group (self-referencing, all TCP) beside the /32 SSH
 group, all read back from AWS; and nothing left (instances, placement group, members' group,
 registry) when the launch fails at any point. Capacity and quota refusals are injected on the
-client (moto never runs out), as tests/ec2/conftest.py does.
+client (moto never runs out), as tests/peers/moto_ec2.py does.
 
 moto does not implement placement groups (CreatePlacementGroup is "not implemented"), so the
-`placement_groups` fixture answers Create/Describe/DeletePlacementGroup at the botocore level
-(a before-call hook on the client the code uses) with the responses and error codes the EC2 API
-reference documents; everything else is moto's server."""
+`placement_groups` fixture (tests/peers/placement_groups.py) answers Create/Describe/
+DeletePlacementGroup at the botocore level (a before-call hook on the client the code uses) with the
+responses and error codes the EC2 API reference documents; everything else is moto's server."""
 
 from __future__ import annotations
 
 import pytest
-from botocore.awsrequest import AWSResponse
 
-from common import aws
 from ec2 import registry
 from ec2.cloud import cluster, instances
 from ec2.errors import AwsError, CapacityError, ConfigError, ConnectionLost, QuotaError
 from tests.peers.moto_ec2 import config
-
-
-class PlacementGroups:
-    """Create/Describe/DeletePlacementGroup as documented (EC2 API reference), kept in a dict."""
-
-    def __init__(self):
-        self.groups: dict[str, dict] = {}
-        self.calls: list[str] = []
-        self.run_requests: list[dict] = []  # each RunInstances request as sent
-
-    def _answer(self, status: int, parsed: dict):
-        return AWSResponse("https://ec2.us-east-1.amazonaws.com/", status, {}, None), parsed
-
-    def _error(self, code: str, message: str):
-        return self._answer(400, {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {}})
-
-    def hook(self, model, params, **_):
-        body, op = params["body"], model.name
-        self.calls.append(op)
-        name = body.get("GroupName") or body.get("GroupName.1")
-        if op == "RunInstances":
-            # moto keeps no placement group on its instances: check it exists as AWS does
-            # (InvalidPlacementGroup.Unknown), note it, and let moto launch.
-            group = body.get("Placement.GroupName")
-            if group is not None and group not in self.groups:
-                return self._error(
-                    "InvalidPlacementGroup.Unknown", f"The Placement Group '{group}' is unknown."
-                )
-            self.run_requests.append(dict(body))
-            return None
-        if op == "CreatePlacementGroup":
-            if name in self.groups:
-                return self._error(
-                    "InvalidPlacementGroup.Duplicate", f"The Placement Group '{name}' already exists."
-                )
-            group = {
-                "GroupName": name,
-                "State": "available",
-                "Strategy": body["Strategy"],
-                "GroupId": f"pg-{len(self.calls):017x}",
-            }
-            self.groups[name] = group
-            return self._answer(200, {"PlacementGroup": group})
-        if op == "DescribePlacementGroups":
-            names = [v for k, v in body.items() if k.startswith("GroupName.")]
-            unknown = [n for n in names if n not in self.groups]
-            if unknown:
-                return self._error(
-                    "InvalidPlacementGroup.Unknown", f"The Placement Group '{unknown[0]}' is unknown."
-                )
-            return self._answer(
-                200, {"PlacementGroups": [g for n, g in self.groups.items() if not names or n in names]}
-            )
-        if op == "DeletePlacementGroup":
-            if name not in self.groups:
-                return self._error(
-                    "InvalidPlacementGroup.Unknown", f"The Placement Group '{name}' is unknown."
-                )
-            del self.groups[name]
-            return self._answer(200, {})
-        return None
-
-
-def install_placement_groups() -> PlacementGroups:
-    """PlacementGroups answering on the client the code uses (us-east-1)."""
-    groups = PlacementGroups()
-    for op in ("CreatePlacementGroup", "DescribePlacementGroups", "DeletePlacementGroup", "RunInstances"):
-        aws.client("ec2", "us-east-1", None).meta.events.register(f"before-call.ec2.{op}", groups.hook)
-    return groups
-
-
-@pytest.fixture
-def placement_groups(ec2_client):
-    return install_placement_groups()
-
-
-def _live(ec2):
-    return [
-        i
-        for r in ec2.describe_instances(Filters=[{"Name": "tag:spotrun:cluster", "Values": ["job"]}])[
-            "Reservations"
-        ]
-        for i in r["Instances"]
-        if i["State"]["Name"] in ("pending", "running")
-    ]
-
-
-def _nothing_left(ec2, placement_groups):
-    assert _live(ec2) == []
-    assert placement_groups.groups == {}
-    names = [g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]]
-    assert not [n for n in names if n.endswith("-job-members")]
-    assert not [n for n in registry.load_all() if n.startswith("job")]
+from tests.peers.placement_groups import live_members, nothing_left
 
 
 def test_three_nodes_in_one_zone_in_a_cluster_group_reaching_only_each_other(
@@ -120,7 +26,7 @@ def test_three_nodes_in_one_zone_in_a_cluster_group_reaching_only_each_other(
     cfg = config("instance_types=[g5.12xlarge]", "zones=[us-east-1b]")
     records = cluster.launch_cluster(cfg, "job", 3, wait_ssh=False)
     assert [r.name for r in records] == ["job-0", "job-1", "job-2"]
-    live = _live(ec2_client)
+    live = live_members(ec2_client)
     assert len(live) == 3
     assert {i["Placement"]["AvailabilityZone"] for i in live} == {"us-east-1b"}
     # One request for all three, in the group, with an EFA interface (g5.12xlarge: EfaSupported);
@@ -211,7 +117,7 @@ def test_no_placement_capacity_in_the_first_zone_moves_on_then_none_anywhere_lea
     refusing(lambda a: "InsufficientInstanceCapacity")
     with pytest.raises(CapacityError, match="no capacity for g5.12xlarge"):
         cluster.launch_cluster(cfg, "job", 2, wait_ssh=False)
-    _nothing_left(ec2_client, placement_groups)
+    nothing_left(ec2_client, placement_groups)
 
 
 def test_beyond_the_quota_is_one_error_and_nothing_left(home, ec2_client, placement_groups, dlami, refusing):
@@ -220,7 +126,7 @@ def test_beyond_the_quota_is_one_error_and_nothing_left(home, ec2_client, placem
         cluster.launch_cluster(
             config("instance_types=[p4d.24xlarge]", "zones=[us-east-1a]"), "job", 4, wait_ssh=False
         )
-    _nothing_left(ec2_client, placement_groups)
+    nothing_left(ec2_client, placement_groups)
 
 
 def test_a_member_that_never_runs_takes_the_whole_cluster_down(
@@ -241,7 +147,7 @@ def test_a_member_that_never_runs_takes_the_whole_cluster_down(
     with pytest.raises(AwsError):
         cluster.launch_cluster(cfg, "job", 3, wait_ssh=False)
     assert "terminating" in capsys.readouterr().out
-    _nothing_left(ec2_client, placement_groups)
+    nothing_left(ec2_client, placement_groups)
 
 
 def test_a_member_never_reachable_takes_the_whole_cluster_down(
@@ -250,7 +156,7 @@ def test_a_member_never_reachable_takes_the_whole_cluster_down(
     cfg = config("instance_types=[g5.12xlarge]", "ssh_proxy_command='true %h %p'", "ssh_ready_timeout_s=1")
     with pytest.raises(ConnectionLost):
         cluster.launch_cluster(cfg, "job", 2)
-    _nothing_left(ec2_client, placement_groups)
+    nothing_left(ec2_client, placement_groups)
 
 
 def test_one_node_is_not_a_cluster(home, ec2_client, placement_groups, dlami):
@@ -269,10 +175,10 @@ def test_fab_launch_nodes_then_fab_terminate_leaves_nothing(
     sets = ["ssh_cidr=203.0.113.7/32", "ami_owners=[self]", "instance_types=[g4dn.xlarge]"]
     lifecycle.launch(c, name="job", nodes=2, no_wait=True, set_=sets)
     assert "ready: job-0 job-1" in capsys.readouterr().out
-    assert len(_live(ec2_client)) == 2 and "spotrun-job" in placement_groups.groups
+    assert len(live_members(ec2_client)) == 2 and "spotrun-job" in placement_groups.groups
     lifecycle.terminate(c, name="job", yes=True, set_=sets)
     assert "removed cluster job's placement group" in capsys.readouterr().out
-    _nothing_left(ec2_client, placement_groups)
+    nothing_left(ec2_client, placement_groups)
 
 
 def test_a_lost_node_is_replaced_in_the_same_zone_and_placement_group(
@@ -288,7 +194,7 @@ def test_a_lost_node_is_replaced_in_the_same_zone_and_placement_group(
     refusing(lambda a: refuse[0])
     with pytest.raises(CapacityError):
         cluster.launch_replacement(cfg, "job", 1, records[0])
-    assert [i["InstanceId"] for i in _live(ec2_client)] == [records[0].instance_id]
+    assert [i["InstanceId"] for i in live_members(ec2_client)] == [records[0].instance_id]
     assert "spotrun-job" in placement_groups.groups
     # With capacity: same type, zone and placement group, named and tagged as node 1. (moto's
     # instances answer no SSH, so the wait fails and the replacement is terminated: that path too.)
@@ -306,4 +212,4 @@ def test_a_lost_node_is_replaced_in_the_same_zone_and_placement_group(
         "spotrun-job",
         records[0].zone,
     )
-    assert [i["InstanceId"] for i in _live(ec2_client)] == [records[0].instance_id]
+    assert [i["InstanceId"] for i in live_members(ec2_client)] == [records[0].instance_id]

@@ -1,7 +1,7 @@
 """A failed launch leaves nothing it made: the instance role and instance profile that
 `iam_instance_profile: auto` made in that call go again (a role that was there before stays), or
 the error line says they were kept. moto's EC2 always has capacity, so the refusal is AWS's
-documented RunInstances error injected at the botocore level (tests/ec2/inject.py)."""
+documented RunInstances error injected at the botocore level (tests/peers/inject.py)."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def test_a_cluster_launch_refused_for_capacity_removes_the_role_it_made(
     home, ec2_client, dlami, refusing, capsys
 ):
     from ec2.cloud import cluster
-    from tests.cloud.test_cluster import install_placement_groups
+    from tests.peers.placement_groups import install_placement_groups
 
     install_placement_groups()
     refusing(lambda attempt: "InsufficientInstanceCapacity")
@@ -130,7 +130,7 @@ def test_a_cluster_launch_refused_for_capacity_removes_the_role_it_made(
 def test_a_detached_submit_refused_its_group_removes_the_role_it_made(home, ec2_client, dlami, monkeypatch):
     from ec2.errors import AwsError
     from ec2.journey import detach
-    from tests.journey.test_detach_submit import BUCKET, DenyingAutoScaling, plan
+    from tests.peers.detach_plan import BUCKET, DenyingAutoScaling, plan
 
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the code the bundle takes
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)

@@ -14,11 +14,11 @@ import pytest
 from ec2.cloud import cluster, iam, s3scope
 from ec2.cloud.launch import launch
 from ec2.journey import detach
-from tests.cloud.test_cluster import install_placement_groups
-from tests.journey.test_detach_submit import cfg as detached_cfg
-from tests.journey.test_detach_submit import plan as detached_plan
+from tests.peers.detach_plan import cfg as detached_cfg
+from tests.peers.detach_plan import plan as detached_plan
 from tests.peers.iam_lint import findings
 from tests.peers.moto_ec2 import config
+from tests.peers.placement_groups import install_placement_groups
 
 RUN = s3scope.for_run("s3://bci-data/hdf5", "s3://bci-ckpt/runs/exp1", "s3://bci-ckpt/backup/exp1")
 

@@ -1,5 +1,5 @@
 """A detached run's user data run for real, as cloud-init runs it on a new instance of the group: in
-the sandbox of tests/ec2/test_userdata.py (a private mount namespace, stand-ins for `shutdown` and
+the sandbox of tests/peers/sandbox.py (a private mount namespace, stand-ins for `shutdown` and
 `systemctl`), against moto's server (S3 holding the bundle and the record, the group of one) behind
 the test proxy (which refuses what a test asks it to, with S3's AccessDenied document), and the
 IMDS stand-in for the instance's identity.
@@ -33,8 +33,8 @@ from ec2.journey.detached_groups import status_lines
 from ec2.remote import detached
 from ec2.remote.detached import DetachedRun
 from ec2.remote.giveup import GIVEUP_TAG
-from tests.cloud.test_userdata import Sandbox
 from tests.peers.moto_ec2 import config
+from tests.peers.sandbox import Sandbox
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "spot-boot"

@@ -13,21 +13,10 @@ from __future__ import annotations
 import ctypes
 import json
 import shutil
-import socket
-import sys
-import tempfile
 import threading
 from pathlib import Path
 
-import boto3
-import pytest
-import yaml
-
-from common import aws
-from tests.cloud.test_cluster import install_placement_groups
-from tests.peers.imds import ImdsServer, instance_env
-from tests.peers.moto_ec2 import DLAMI_NAME, make_image
-from tests.peers.sshd import SSHD, SshdServer, require_binaries
+from tests.peers.fab_process import free_port  # noqa: F401 (the tests' import point)
 
 REPO = Path(__file__).resolve().parents[2]
 ROUTE = REPO / "tests" / "peers" / "node_route.py"
@@ -38,68 +27,6 @@ def write_routes(path: Path, routes: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(routes))
     tmp.replace(path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def cluster_cloud(aws_env, tmp_path, monkeypatch):
-    """Two nodes (sshd + IMDS each), moto with a DLAMI, a bucket and a loopback VPC, placement
-    groups at the botocore level; yields (ec2 client, aws.yaml, [(sshd, imds, home)], groups)."""
-    require_binaries(SSHD, "ssh", "rsync", "tmux", "nc")
-    monkeypatch.chdir(REPO)
-    roots = [Path(tempfile.mkdtemp(prefix=f"c{k}", dir="/tmp")) for k in range(2)]
-    (roots[0] / "laptop").mkdir()
-    monkeypatch.setenv("HOME", str(roots[0] / "laptop"))
-    monkeypatch.setenv("SPOTRUN_HOME", str(roots[0] / "s"))
-    aws.reset_clients()
-    ec2 = boto3.client("ec2", region_name="us-east-1")
-    make_image(ec2, DLAMI_NAME)
-    boto3.client("s3").create_bucket(Bucket="spot-ckpt")
-    vpc = ec2.create_vpc(CidrBlock="127.0.0.0/16")["Vpc"]["VpcId"]
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="127.0.1.0/24", AvailabilityZone="us-east-1a")
-    subnet_id = subnet["Subnet"]["SubnetId"]
-    ec2.modify_subnet_attribute(SubnetId=subnet_id, MapPublicIpOnLaunch={"Value": True})
-    groups = install_placement_groups()
-    homes = [root / "home" for root in roots]
-    for home in homes:
-        home.mkdir()
-    try:
-        with ImdsServer() as imds0, ImdsServer() as imds1:
-            env0, env1 = instance_env(imds0.url, aws_env), instance_env(imds1.url, aws_env)
-            with (
-                SshdServer(roots[0], env=env0, home=homes[0]) as node0,
-                SshdServer(roots[1], env=env1, home=homes[1]) as node1,
-            ):
-                node1.authorize(node0.key_path)  # the one key pair every member gets
-                routes = tmp_path / "routes.json"
-                write_routes(routes, {"0": node0.port, "1": node1.port})
-                cfg = {
-                    "region": "us-east-1",
-                    "instance_types": ["g5.xlarge"],
-                    "vpc_id": vpc,
-                    "subnet_id": subnet_id,
-                    "ami_owners": ["self"],
-                    "ssh_cidr": "203.0.113.7/32",
-                    "ssh_user": node0.user,
-                    "ssh_proxy_command": f"{sys.executable} {ROUTE} {routes} %h",
-                    "key_name": "spotrun-test",
-                    "import_public_key": f"{node0.key_path}.pub",
-                    "remote_dir": "~/spotrun",
-                    "ssh_ready_timeout_s": 30,
-                    "running_timeout_s": 60,
-                }
-                path = tmp_path / "aws.yaml"
-                path.write_text(yaml.safe_dump(cfg))
-                yield ec2, path, [(node0, imds0, homes[0]), (node1, imds1, homes[1])], groups
-    finally:
-        aws.reset_clients()
-        for root in roots:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 def cluster_members(ec2) -> list[dict]:

@@ -13,12 +13,10 @@ import re
 
 import pytest
 
-from tests.e2e.clusterkit import cluster_cloud, cluster_members, ctrl_c, free_port, tag, take_back
-from tests.e2e.test_managed_run import start_fab_run
+from tests.e2e.clusterkit import cluster_members, ctrl_c, free_port, tag, take_back
+from tests.e2e.runkit import start_fab_run
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
-
-__all__ = ["cluster_cloud"]  # the fixture, from tests/e2e/clusterkit.py
 
 
 def test_fab_run_nodes_again_picks_up_the_cluster_run_the_laptop_left(

@@ -1,131 +1,20 @@
 """`fab run` end to end against real peers: moto's server (EC2, S3), the sshd fixture standing in
 for every instance moto launches (ssh_proxy_command: nc to its port), the loopback IMDS, the real
-trainer in tmux. The test plays AWS: it marks the instance for interruption, then terminates it."""
+trainer in tmux. The test plays AWS: it marks the instance for interruption, then terminates it.
+The journey every engine shares (a notice, a replacement resumed at the step, finished) is
+tests/e2e/test_spot_journey.py; these are what only the attended engine does."""
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import signal
 import subprocess
-import sys
-import threading
 from pathlib import Path
 
-from invoke import Context
-from invoke.exceptions import Exit
-
-from tasks import managed
+from tests.e2e.runkit import fab_run_process, launched_ids, live_instances, start_fab_run
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def start_fab_run(config: Path, dest: Path, args: list[str], **kw) -> tuple[threading.Thread, dict]:
-    result: dict = {}
-
-    def go():
-        try:
-            managed.run(
-                Context(),
-                name="job",
-                config=str(config),
-                train_config="configs/demo.yaml",
-                args=" ".join(args),
-                poll=0.5,
-                imds_poll=0.2,
-                no_gpu=True,
-                dest=str(dest),
-                setup_python=str(REPO / ".venv/bin/python"),
-                **kw,
-            )
-        except Exit as e:
-            result["exit"] = e.code
-        except BaseException as e:  # noqa: BLE001 - handed to the test thread to fail loudly
-            result["error"] = e
-
-    thread = threading.Thread(target=go, daemon=True)
-    thread.start()
-    return thread, result
-
-
-def live_instances(ec2) -> list[dict]:
-    return [
-        i
-        for r in ec2.describe_instances()["Reservations"]
-        for i in r["Instances"]
-        if i["State"]["Name"] in ("pending", "running")
-        and any(t["Key"] == "spotrun:name" for t in i.get("Tags", []))
-    ]
-
-
-def test_interrupted_run_relaunches_resumes_and_finishes(
-    cloud, spot_host, imds, tiny_dataset, tmp_path, capfd
-):
-    ec2, config = cloud
-    dest = tmp_path / "out"
-    # Checkpoints on the instance's disk (no S3): the laptop pulls them at the notice and the
-    # replacement receives them.
-    args = [
-        *TINY_TRAIN,
-        f"dataset.dataset_dir={tiny_dataset}",
-        "num_training_batches=80",
-        "output_dir=trained_models/mr",
-        "checkpoint_dir=trained_models/mr/checkpoint",
-    ]
-    thread, result = start_fab_run(config, dest, args)
-    run_dir = spot_host.root / "remote" / "runs" / "train"
-    log = run_dir / "log"
-    wait_until(lambda: log.exists() and "Train batch 3:" in log.read_text(), 90, "attempt 1 to train")
-    first = live_instances(ec2)
-    assert len(first) == 1
-
-    # AWS's side: the notice, then (once the watcher has secured the checkpoint) the instance goes.
-    imds.mark_interruption()
-    wait_until((run_dir / "preempted").exists, 30, "the watcher's preempted record")
-    assert json.loads((run_dir / "preempted").read_text())["command_exit_code"] == 75
-    stopped = int(re.search(r"stopped by \S+ at step (\d+)", log.read_text()).group(1))
-    imds.clear()  # the replacement gets no notice
-    # Every instance here is the same sshd host: once the laptop has the checkpoint, wipe the old
-    # one, as a new instance's empty disk would be, so the resume must use what `fab run` restores.
-    events = lambda: json.loads((dest / "run.json").read_text())["events"]  # noqa: E731
-    wait_until(lambda: any(e["event"] == "downloaded" for e in events()), 30, "the checkpoint download")
-    shutil.rmtree(spot_host.root / "remote" / "code" / "trained_models" / "mr" / "checkpoint")
-    # AWS takes the instance back (two minutes after the notice in real life).
-    ec2.terminate_instances(InstanceIds=[first[0]["InstanceId"]])
-
-    thread.join(timeout=120)
-    out = capfd.readouterr().out
-    assert not thread.is_alive(), out[-3000:]
-    assert result == {}, (result, out[-3000:])
-
-    history = json.loads((dest / "run.json").read_text())
-    assert history["status"] == "finished" and len(history["attempts"]) == 2, out[-3000:]
-    a1, a2 = history["attempts"]
-    assert a1["outcome"] == "preempted" and a2["outcome"] == "finished"
-    assert a1["instance_id"] == first[0]["InstanceId"] != a2["instance_id"]
-    # The replacement avoided the interrupted type and zone.
-    assert (a1["instance_type"], a1["zone"]) != (a2["instance_type"], a2["zone"])
-    # Attempt 2 resumed at the step attempt 1 saved on the notice, and nothing was lost.
-    assert a2["resumed_step"] == stopped and f"at step {stopped}" in (dest / "run" / "log").read_text()
-    assert history["steps_lost"] == [0]
-    assert any(e["event"] == "checkpoint-restored" for e in history["events"])
-    assert (dest / "checkpoint" / "last.pt").exists()
-    assert "run job: finished after 2 attempts on 2 instances" in out
-    assert "1 interruption, steps lost to interruptions 0" in out
-    assert a1["cost_usd"] is not None and history["total_cost_usd"] >= a1["cost_usd"]
-    assert live_instances(ec2) == []  # the finished run's instance is terminated too
-
-
-def launched_ids(ec2) -> set[str]:
-    return {
-        i["InstanceId"]
-        for r in ec2.describe_instances()["Reservations"]
-        for i in r["Instances"]
-        if any(t["Key"] == "spotrun:name" for t in i.get("Tags", []))
-    }
 
 
 def test_failing_command_is_not_relaunched(cloud, tiny_dataset, tmp_path, capfd):
@@ -230,48 +119,6 @@ def test_vanished_instance_resumes_from_the_last_periodic_download_and_max_recov
     assert any(e["event"] == "checkpoint-restored" for e in history["events"])
     assert launched_ids(ec2) == {first["InstanceId"], second["InstanceId"]}  # no third instance
     assert "2 interruptions" in captured.out
-
-
-# A suite started in the background by a non-interactive shell (`make test &`, nohup, some CI
-# runners) inherits SIGINT *ignored*, and so would `fab`: Ctrl-C never arrives and the test waits
-# out its timeout. That is what failed under load once. Reset SIGINT to its default before exec.
-DEFAULT_SIGINT = [
-    "-c",
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    "os.execv(sys.argv[1], sys.argv[1:])",
-]
-
-
-def fab_run_process(config: Path, dest: Path, args: list[str], stdin) -> subprocess.Popen:
-    """`fab run` as the user starts it, from a shell: its own process, SIGINT at its default."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            *DEFAULT_SIGINT,
-            str(REPO / ".venv/bin/fab"),
-            "run",
-            "--name",
-            "job",
-            "--config",
-            str(config),
-            "--train-config",
-            "configs/demo.yaml",
-            "--args",
-            " ".join(args),
-            "--poll",
-            "0.5",
-            "--no-gpu",
-            "--setup-python",
-            str(REPO / ".venv/bin/python"),
-            "--dest",
-            str(dest),
-        ],
-        cwd=REPO,
-        stdin=stdin,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def ctrl_c_once_watching(proc: subprocess.Popen, spot_host) -> tuple[str, str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from tests.e2e.test_managed_run import fab_run_process, launched_ids, live_instances, start_fab_run
+from tests.e2e.runkit import fab_run_process, launched_ids, live_instances, start_fab_run
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
 

@@ -1,6 +1,7 @@
 """The production values behind the SPOTRUN_* settings that other tests override: with none set,
 spotrun keeps its files under ~/.spotrun and retries SSH 4 times from 2 s. (The IMDS address:
-tests/ec2/test_imds.py; the check-IP service: test_checkip.py; the boot script has no switches.)"""
+tests/remote/test_imds.py; the check-IP service: tests/cloud/test_checkip.py; the boot script has
+no switches.)"""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 moto's Service Quotas knows no EC2 quotas and moto has no SimulatePrincipalPolicy: those rows are
 "unknown" there, as the production code shows any check it cannot make. Where a test needs a quota
 value, AWS's documented GetServiceQuota / RequestServiceQuotaIncrease responses are injected at the
-botocore level (tests/ec2/inject.py)."""
+botocore level (tests/peers/inject.py)."""
 
 from __future__ import annotations
 

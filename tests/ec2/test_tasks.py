@@ -268,10 +268,12 @@ def test_status_shows_each_machines_run_state(sshd, ec2_client, dlami, capsys):
         record = registry.get(name)
         if name == "busy":
             sshd.authorize(record.key_path)  # the key pair launch created, shared by all four
+            # Long enough to outlive the other three launches on a loaded machine (60 s did not once);
+            # the sshd fixture kills its tmux server at teardown.
             startrun.start(
                 startrun.Ssh(Machine(record)),
                 record.remote_dir,
-                startrun.RunSpec("train", "sleep 60", watch=False),
+                startrun.RunSpec("train", "sleep 600", watch=False),
             )
         else:
             rdir = runs.run_dir(record.remote_dir, "train")

@@ -2,7 +2,7 @@
 every member: no capacity for the replacement in the cluster's zone (injected at the client, as
 every capacity test does: moto never runs out) relaunches the whole cluster elsewhere, that type
 and zone excluded; an error mid-run leaves nothing running. The end-to-end run with two nodes
-and a real lost node is tests/e2e/test_cluster_run.py."""
+and a real lost node is tests/e2e/test_spot_journey.py[cluster]."""
 
 from __future__ import annotations
 
@@ -14,13 +14,8 @@ from ec2.journey.cluster_loop import ClusterJourney
 from ec2.journey.decide import ClusterVerdict
 from ec2.journey.stages import Plan
 from ec2.remote import startrun
-from tests.cloud.test_cluster import _live, _nothing_left, install_placement_groups
 from tests.peers.moto_ec2 import config
-
-
-@pytest.fixture
-def placement_groups(ec2_client):
-    return install_placement_groups()
+from tests.peers.placement_groups import live_members, nothing_left
 
 
 def _cfg(sshd):
@@ -63,7 +58,7 @@ def test_no_capacity_for_the_replacement_relaunches_the_whole_cluster_elsewhere(
     # The replacement was tried where the cluster was, then all nodes went elsewhere at once.
     assert [a[1] for a in wrapper.attempts] == [zone, zone, other]
     assert "terminating the survivors and launching all 2 nodes elsewhere" in capsys.readouterr().out
-    live = _live(ec2_client)
+    live = live_members(ec2_client)
     assert len(live) == 2 and not {i["InstanceId"] for i in live} & set(old)
     assert {i["Placement"]["AvailabilityZone"] for i in live} == {other}
     assert [r["Placement.GroupName"] for r in placement_groups.run_requests[-1:]] == ["spotrun-job"]
@@ -79,7 +74,7 @@ def test_no_capacity_for_the_replacement_relaunches_the_whole_cluster_elsewhere(
     assert any(e["event"] == "relaunch-all" for e in journey.h.events)
 
     journey.fleet.take_down()
-    _nothing_left(ec2_client, placement_groups)
+    nothing_left(ec2_client, placement_groups)
 
 
 def test_an_error_mid_run_terminates_every_member_and_removes_the_groups(
@@ -95,7 +90,7 @@ def test_an_error_mid_run_terminates_every_member_and_removes_the_groups(
     assert journey.h.status == "failed" and journey.h.attempts[0].outcome == "failed"
     assert {m.outcome for m in journey.h.members} == {"terminated"}
     assert "removed cluster job's placement group" in capsys.readouterr().out
-    _nothing_left(ec2_client, placement_groups)
+    nothing_left(ec2_client, placement_groups)
 
 
 def test_ctrl_c_asks_and_terminates_the_whole_cluster_on_t(
@@ -110,7 +105,7 @@ def test_ctrl_c_asks_and_terminates_the_whole_cluster_on_t(
     journey.on_ctrl_c()
     assert asked == [f"terminate {', '.join(ids)} (cluster job) now? [t]erminate / [l]eave running: "]
     assert journey.h.events[-1]["decision"] == "terminated-by-user"
-    _nothing_left(ec2_client, placement_groups)
+    nothing_left(ec2_client, placement_groups)
 
 
 def test_ctrl_c_without_a_terminal_leaves_the_cluster_and_says_how_to_stop_it(
@@ -122,7 +117,7 @@ def test_ctrl_c_without_a_terminal_leaves_the_cluster_and_says_how_to_stop_it(
     journey.on_ctrl_c()
     out = capsys.readouterr().out
     assert f"left {', '.join(ids)} running" in out and "`fab terminate --name job`" in out
-    assert sorted(i["InstanceId"] for i in _live(ec2_client)) == sorted(ids)
+    assert sorted(i["InstanceId"] for i in live_members(ec2_client)) == sorted(ids)
     assert {m.outcome for m in journey.h.members} == {"left-running"}
     # What it says works: `fab terminate --name job` takes the cluster and its groups away.
     from invoke import Context
@@ -135,7 +130,7 @@ def test_ctrl_c_without_a_terminal_leaves_the_cluster_and_says_how_to_stop_it(
         yes=True,
         set_=["ssh_cidr=203.0.113.7/32", f"ssh_proxy_command=nc 127.0.0.1 {sshd.port}"],
     )
-    _nothing_left(ec2_client, placement_groups)
+    nothing_left(ec2_client, placement_groups)
 
 
 def test_fab_run_nodes_without_s3_checkpoints_is_one_line_and_launches_nothing(
@@ -162,7 +157,7 @@ def test_fab_run_nodes_without_s3_checkpoints_is_one_line_and_launches_nothing(
     # --detach --nodes N (ec2/journey/detach_nodes.py) refuses the same way, before any AWS call.
     err = capsys.readouterr().err
     assert err.startswith("error: a detached run keeps its checkpoints in S3") and err.count("\n") == 1, err
-    assert _live(ec2_client) == []
+    assert live_members(ec2_client) == []
 
 
 def test_an_error_while_the_nodes_train_leaves_them_training_and_names_them(
@@ -177,7 +172,7 @@ def test_an_error_while_the_nodes_train_leaves_them_training_and_names_them(
     journey.release()
     out = capsys.readouterr().out
     assert f"left {', '.join(ids)} running" in out and "`fab terminate --name job`" in out
-    assert sorted(i["InstanceId"] for i in _live(ec2_client)) == sorted(ids)
+    assert sorted(i["InstanceId"] for i in live_members(ec2_client)) == sorted(ids)
     assert journey.h.events[-1]["event"] == "left-running"
     assert {m.outcome for m in journey.h.members} == {"left-running"}
 

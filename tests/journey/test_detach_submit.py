@@ -9,7 +9,6 @@ import tarfile
 from pathlib import Path
 
 import boto3
-import botocore.exceptions
 import pytest
 
 from common import aws
@@ -17,12 +16,8 @@ from common.s3uri import split_s3
 from ec2.cloud import asg, bundle, propagation
 from ec2.errors import AwsError, ConfigError
 from ec2.journey import detach
-from ec2.journey.stages import Plan
 from ec2.remote import detached
-from tests.peers.moto_ec2 import config
-
-BUCKET = "spot-ckpt"
-CKPT = f"s3://{BUCKET}/runs/job/checkpoint"
+from tests.peers.detach_plan import BUCKET, CKPT, DenyingAutoScaling, cfg, plan
 
 
 @pytest.fixture
@@ -30,25 +25,6 @@ def cloud(aws_env, home, dlami, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the code the bundle takes
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     return dlami
-
-
-def plan(checkpoint_dir: str | None = CKPT) -> Plan:
-    return Plan(
-        command="venv/bin/python -m ml.train --config configs/demo.yaml",
-        checkpoint_dir=checkpoint_dir,
-        output_dir="trained_models/job",
-        max_recoveries=2,
-    )
-
-
-def cfg(*extra: str):
-    return config(
-        "region=us-east-1",
-        "zones=[us-east-1a]",
-        "instance_types=[g4dn.xlarge,g5.xlarge]",
-        "iam_instance_profile=spotrun-job-profile",
-        *extra,
-    )
 
 
 def template_data(ec2) -> dict:
@@ -154,29 +130,6 @@ def test_local_checkpoint_dir_is_one_line_and_nothing_is_created(cloud):
         "'checkpoint_dir=s3://BUCKET/PREFIX' or set it in the train config"
     )
     nothing_created()
-
-
-class DenyingAutoScaling:
-    """moto's autoscaling client, except create_auto_scaling_group answers as AWS does to an
-    identity without the permission (moto does not enforce IAM)."""
-
-    def __init__(self, real, action: str):
-        self._real, self._action = real, action
-
-    def create_auto_scaling_group(self, **kw):
-        raise botocore.exceptions.ClientError(
-            {
-                "Error": {
-                    "Code": "AccessDenied",
-                    "Message": f"User: arn:aws:iam::123456789012:user/dev is not authorized to perform: "
-                    f"{self._action} on resource: arn:aws:autoscaling:us-east-1:123456789012:*",
-                }
-            },
-            "CreateAutoScalingGroup",
-        )
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
 
 
 @pytest.mark.parametrize("action", ["autoscaling:CreateAutoScalingGroup", "iam:PassRole"])
@@ -310,7 +263,7 @@ def test_spot_only_does_not_switch(cloud, monkeypatch):
 
 
 def test_detached_user_data_is_bash_with_the_guards_then_the_boot(tmp_path):
-    """The user data as text (tests/ec2/test_userdata.py runs it): the cost guards, then the
+    """The user data as text (tests/cloud/test_userdata_detached.py runs it): the cost guards, then the
     boot, which fetches the bundle with boto3 (no `aws` binary) and gives up on any failure."""
     import re
     import subprocess

@@ -17,7 +17,7 @@ from ml.config import load_train_config
 from ml.errors import CheckpointError
 from ml.model import build_model
 from ml.train import main
-from tests.peers.trainkit import DEMO, REPO, env, make_data, tiny
+from tests.peers.trainkit import DEMO, REPO, env, tiny
 
 # Saves a ~32 MB checkpoint in a loop, so a SIGKILL at a random moment nearly always lands mid-write.
 WRITER = """
@@ -64,11 +64,6 @@ def test_kill_9_during_a_checkpoint_write_leaves_the_previous_one_whole(tmp_path
         assert torch.equal(w, torch.arange(8_000_000, dtype=torch.float32) + ckpt["step"])
         for p in tmp_path.glob(".last.pt.*.tmp"):
             p.unlink()
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("syn"))
 
 
 def test_reference_checkpoint_with_prefixes_initialises_the_weights(data, tmp_path, capsys):

@@ -9,55 +9,23 @@ import os
 import resource
 import signal
 import subprocess
-import time
-from functools import partial
 from pathlib import Path
 
-import boto3
 import pytest
 
 from common import aws
 from ml.data import build_train_loader, cache, prefetch, storage
 from ml.data.loader import open_source
-from tests.peers.trainkit import data_cfg, distinct_reads, same_batch
+from tests.ml.cachekit import BUCKET, make_cfg, s3_cfg, upload, wait_until
+from tests.peers.trainkit import distinct_reads, same_batch
 
-BUCKET = "spotrun-data"
-make_cfg = partial(data_cfg, steps=4, batch_size=8)
-
-
-def upload(moto_url: str, folder: Path, prefix: str = "ds") -> None:
-    s3 = boto3.client("s3", endpoint_url=moto_url)
-    s3.create_bucket(Bucket=BUCKET)
-    for path in sorted(folder.rglob("*.hdf5")):
-        s3.upload_file(str(path), BUCKET, f"{prefix}/{path.relative_to(folder)}")
-
-
-@pytest.fixture(autouse=True)
-def fresh_clients():
-    storage.reset_clients()
-    cache.forget()
-    yield
-    storage.reset_clients()
-    cache.forget()
-
-
-def wait_until(check, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {check}")
+# No S3 client or cache state carried over from another test.
+pytestmark = pytest.mark.usefixtures("fresh_clients")
 
 
 def run_files(cfg) -> list:
     src = open_source(cfg, say=lambda _: None)
     return src.refs, src.cache
-
-
-def s3_cfg(tmp_path: Path, **ds):
-    ds.setdefault("cache_dir", str(tmp_path / "data-cache"))
-    return make_cfg(f"s3://{BUCKET}/ds", tmp_path / "index", **ds)
 
 
 def test_prefetch_fills_cache_then_reads_are_local(synthetic_data, s3_proxy, aws_env, tmp_path):

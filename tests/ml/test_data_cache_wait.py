@@ -24,7 +24,10 @@ import pytest
 from ml.data import cache, partial, storage
 from ml.data.loader import open_source
 from ml.data.reader import read_trials
-from tests.ml.test_data_cache import BUCKET, fresh_clients, s3_cfg, wait_until  # noqa: F401 (fixture)
+from tests.ml.cachekit import BUCKET, s3_cfg, wait_until
+
+# No S3 client or cache state carried over from another test.
+pytestmark = pytest.mark.usefixtures("fresh_clients")
 
 
 def _fetch(ref, root: str) -> None:
@@ -234,7 +237,7 @@ def test_a_whole_run_reads_each_byte_about_once(synthetic_data, s3_proxy, aws_en
     copies are open before the loader is handed over, so whatever training streams is kept, and
     over the run each byte leaves S3 about once (the goal: at most 1.05x the files)."""
     from ml.data import build_train_loader
-    from tests.ml.test_data_cache import upload
+    from tests.ml.cachekit import upload
 
     upload(aws_env, synthetic_data)
     build_train_loader(s3_cfg(tmp_path, cache_dir=None))  # indexes cached: the prefetch copies

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.peers.trainkit import write_metrics
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "plot_metrics.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -17,17 +18,6 @@ _spec = importlib.util.spec_from_file_location("plot_metrics", SCRIPT)
 plot_metrics = importlib.util.module_from_spec(_spec)
 sys.modules["plot_metrics"] = plot_metrics  # dataclasses look their module up there
 _spec.loader.exec_module(plot_metrics)
-
-
-def write_metrics(path: Path, val_every: int = 50, last: int = 400) -> Path:
-    rows = ["step,split,loss,per,lr,seconds"]
-    for step in range(0, last + 1, 10):
-        rows.append(f"{step},train,{300 * math.exp(-step / 100) + 20:.3f},,{0.005:.5f},{step * 0.1:.1f}")
-        if step % val_every == 0:
-            per = 1.2 * math.exp(-step / 150) + 0.1
-            rows.append(f"{step},val,{250 * math.exp(-step / 120) + 25:.3f},{per:.4f},0.005,{step * 0.1:.1f}")
-    path.write_text("\n".join(rows) + "\n")
-    return path
 
 
 def test_reads_train_and_val_curves(tmp_path):

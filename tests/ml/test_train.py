@@ -15,12 +15,7 @@ from ml.config import load_train_config
 from ml.data.loader import TrainBatches, open_source
 from ml.errors import STOPPED_RESUMABLE
 from ml.train import main
-from tests.peers.trainkit import DEMO, env, make_data, tiny
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("syn"))
+from tests.peers.trainkit import DEMO, env, tiny
 
 
 def test_a_run_writes_logs_metrics_and_checkpoints(data, tmp_path, capsys):

@@ -5,15 +5,8 @@ from __future__ import annotations
 
 import subprocess
 
-import pytest
-
 from ml.train import main
-from tests.peers.trainkit import DEMO, env, make_data, tiny, train_cmd
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("syn"))
+from tests.peers.trainkit import DEMO, env, tiny, train_cmd
 
 
 def _one_line_error(capsys) -> str:

@@ -13,14 +13,9 @@ from common import aws
 from ml import checkpoint
 from ml.errors import STOPPED_RESUMABLE
 from ml.train import main
-from tests.peers.trainkit import DEMO, make_data, tiny
+from tests.peers.trainkit import DEMO, tiny
 
 BUCKET = "spotrun-ckpt"
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("syn"))
 
 
 @pytest.fixture

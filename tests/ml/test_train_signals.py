@@ -13,18 +13,11 @@ import signal
 import subprocess
 import time
 
-import pytest
-
 from ml import checkpoint
 from ml import train as train_module
 from ml.errors import STOPPED_RESUMABLE
 from ml.train import main
-from tests.peers.trainkit import DEMO, env, make_data, tiny, train_cmd
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("syn"))
+from tests.peers.trainkit import DEMO, env, tiny, train_cmd
 
 
 def _wait_for(path, text, proc, timeout=60.0):

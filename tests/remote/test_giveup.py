@@ -1,5 +1,5 @@
 """ec2/remote/giveup.py, the standard-library give-up a detached boot runs before boto3 exists (the
-whole user data runs in tests/ec2/test_userdata_detached.py): its SigV4 signature is botocore's,
+whole user data runs in tests/cloud/test_userdata_detached.py): its SigV4 signature is botocore's,
 to the byte, and it takes the instance role's credentials from the metadata service when no AWS_*
 variables are set, as an instance has none."""
 

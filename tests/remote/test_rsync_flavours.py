@@ -1,5 +1,5 @@
 """fab sync and fab download with the rsyncs a Mac has: rsync 2.6.9 (macOS up to 14) and openrsync
-(macOS 15+), as stand-ins first on PATH (tests/remote/fake_rsync.py: their `--version`, their
+(macOS 15+), as stand-ins first on PATH (tests/peers/fake_rsync.py: their `--version`, their
 option tables, the real transfer), and this machine's real rsync 3.x; a real sshd on the other end.
 """
 

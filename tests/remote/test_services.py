@@ -27,8 +27,8 @@ from invoke import Context
 from ec2.remote import runs, services
 from ec2.remote.ssh import Machine
 from tasks import remote as t
+from tests.peers.fab_process import fab_process, free_port, get, read_line_with
 from tests.peers.trainkit import TINY_TRAIN
-from tests.remote.test_tunnel import fab_process, free_port, get, read_line_with
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"

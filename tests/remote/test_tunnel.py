@@ -7,12 +7,9 @@ from __future__ import annotations
 import http.server
 import os
 import pwd
-import shutil
 import signal
 import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -28,22 +25,10 @@ from ec2.remote import services
 from ec2.remote.ssh import Machine
 from ec2.remote.tunnel import Forward, Tunnel, TunnelError, plan_forwards
 from tasks import interactive, remote
-from tests.cloud.test_userdata import Sandbox
+from tests.peers.fab_process import fab_process, free_port, get, read_line_with
 from tests.peers.imds import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-# Ctrl-C must reach fab even when the suite runs with SIGINT ignored (see tests/e2e/test_managed_run).
-DEFAULT_SIGINT = [
-    "-c",
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    "os.execv(sys.argv[1], sys.argv[1:])",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Hello(http.server.BaseHTTPRequestHandler):
@@ -66,41 +51,6 @@ def remote_http():
     yield server.server_address[1]
     server.shutdown()
     server.server_close()
-
-
-def fab_process(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, *DEFAULT_SIGINT, str(REPO / ".venv/bin/fab"), "-r", str(REPO), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        cwd=cwd,
-    )
-
-
-def read_line_with(proc: subprocess.Popen, needle: str, timeout_s: float = 60) -> str:
-    """The first stdout line containing `needle` (fails with stderr if fab exits first)."""
-    box: list[str] = []
-
-    def reader():
-        for line in proc.stdout:
-            if needle in line:
-                box.append(line)
-                return
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    t.join(timeout_s)
-    if not box:
-        proc.kill()
-        raise AssertionError(f"no line with {needle!r}; stderr: {proc.stderr.read()}")
-    return box[0]
-
-
-def get(url: str) -> tuple[int, str]:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return r.status, r.read().decode()
 
 
 def test_fab_tunnel_reaches_a_server_on_the_machine_and_ctrl_c_closes_it(sshd, remote_http, tmp_path):
@@ -191,20 +141,10 @@ def test_bad_port_arguments_are_one_line():
     assert plan_forwards(["6006", "8888"], ["16006"]) == [Forward(16006, 6006), Forward(8888, 8888)]
 
 
-@pytest.fixture
-def boot():
-    """The instance's boot script and idle watch run for real in a private mount namespace (the
-    harness of tests/ec2/test_userdata.py: overlays, own /tmp, stand-in shutdown)."""
-    root = Path(tempfile.mkdtemp(prefix="srboot", dir="/var/tmp"))  # not /tmp: the sandbox has its own
-    box = Sandbox(root)
-    yield box
-    box.tmux("kill-server")
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def test_idle_watch_counts_an_open_tunnel_and_not_a_service_session(boot, sshd, remote_http):
+def test_idle_watch_counts_an_open_tunnel_and_not_a_service_session(sandbox, sshd, remote_http):
     """A Jupyter/TensorBoard session alone is idle; an open tunnel is activity; once the tunnel
     closes the machine is idle again and the watch shuts it down. A run's session still counts."""
+    boot = sandbox  # the instance's boot script and idle watch, run for real (tests/peers/sandbox.py)
     boot.boot(build_user_data(max_hours=12, idle_minutes=15, ssh_port=sshd.port))
     state = boot.file("/var/lib/spotrun/idle-since")
     # A server in a service session, as `fab jupyter` leaves it (a live pane).

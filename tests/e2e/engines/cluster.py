@@ -1,0 +1,148 @@
+"""The cluster engine: `fab run --nodes 2` in this process (a thread). Two sshd servers stand in
+for node 0 and node 1 (tests/peers/node_route.py takes SSH to the server of the instance's
+`spotrun:node` tag, so a replacement for node 1 is node 1's server again), each with its own IMDS
+stand-in and HOME; the real trainer under torchrun (gloo, CPU, one process per node); checkpoints
+in moto's S3; placement groups answered at the botocore level (tests/peers/placement_groups.py).
+The notice goes to node 1 only, and node 1's instance is the one AWS takes back."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import time
+
+import boto3
+import pytest
+import torch
+
+from common.attempt import Attempt
+from tests.e2e.clusterkit import cluster_members as members
+from tests.e2e.clusterkit import members_groups, tag, write_routes
+from tests.e2e.engines import Finished
+from tests.e2e.runkit import start_fab_run
+from tests.peers.fab_process import free_port
+from tests.peers.imds import wait_until
+from tests.peers.trainkit import TINY_TRAIN
+
+STEPS = 16
+
+
+class Cluster:
+    name = "job"
+
+    def __init__(self, cluster_cloud, tiny_dataset, tmp_path, capfd):
+        self.ec2, self.config, self.nodes, self.groups = cluster_cloud
+        self.capfd = capfd
+        self.routes = self.config.parent / "routes.json"
+        self.dest = tmp_path / "out"
+        self.args = [
+            *TINY_TRAIN,
+            f"dataset.dataset_dir={tiny_dataset}",
+            f"num_training_batches={STEPS}",
+            "output_dir=trained_models/cl",
+            "checkpoint_dir=s3://spot-ckpt/job/checkpoint",
+        ]
+        self.rdirs = [home / "spotrun" / "runs" / "train" for _, _, home in self.nodes]
+
+    def logs(self) -> str:
+        return "".join((r / "log").read_text() for r in self.rdirs if (r / "log").exists())
+
+    def _alive(self) -> None:
+        if self.result or not self.thread.is_alive():
+            captured = self.capfd.readouterr()
+            pytest.fail(f"fab run ended early: {self.result}\n{captured.out[-4000:]}\n{captured.err[-2000:]}")
+
+    def start(self) -> None:
+        self.began = time.monotonic()
+        self.thread, self.result = start_fab_run(
+            self.config, self.dest, self.args, nodes=2, rdzv_port=free_port()
+        )
+
+    def training(self) -> None:
+        wait_until(lambda: self._alive() or "Train batch 3:" in self.logs(), 300, "training on both nodes")
+        self.first = {tag(i, "spotrun:node"): i for i in members(self.ec2)}
+        assert len(self.first) == 2 and "data-parallel over 2 processes" in self.logs()
+        (self.members_group,) = members_groups(self.ec2)
+
+    def live(self) -> list[str]:
+        return [i["InstanceId"] for i in members(self.ec2) if i["State"]["Name"] in ("pending", "running")]
+
+    def notice(self) -> int:
+        # The notice on node 1 only; its watcher stops every rank at one step, rank 0 saves to S3,
+        # both nodes exit 75.
+        imds1 = self.nodes[1][1]
+        imds1.mark_interruption()
+        wait_until(lambda: (self.rdirs[1] / "preempted").exists(), 120, "node 1's preempted record")
+        imds1.clear()  # the replacement has no notice
+        for rdir in self.rdirs:
+            wait_until(lambda rdir=rdir: (rdir / "exit_code").exists(), 120, "both nodes' runs to end")
+        assert [(r / "exit_code").read_text().strip() for r in self.rdirs] == ["75", "75"]
+        return int(re.search(r"stopped by \S+ at step (\d+)", self.logs()).group(1))
+
+    def take_back(self) -> None:
+        # AWS takes node 1 back, and its disk with it (a replacement starts empty). While the disk
+        # goes, no new SSH connection reaches node 1 (the replacement's sync must not start into a
+        # folder being deleted).
+        routes = json.loads(self.routes.read_text())
+        write_routes(self.routes, {"0": routes["0"]})
+        self.ec2.terminate_instances(InstanceIds=[self.first["1"]["InstanceId"]])
+        shutil.rmtree(self.nodes[1][2] / "spotrun")
+        write_routes(self.routes, routes)
+
+    def finish(self) -> Finished:
+        self.thread.join(timeout=300)
+        self.wall = time.monotonic() - self.began
+        out = self.capfd.readouterr().out
+        assert not self.thread.is_alive(), out[-3000:]
+        assert self.result == {}, (self.result, out[-3000:])
+        self.history = json.loads((self.dest / "run.json").read_text())
+        assert self.history["status"] == "finished", out[-3000:]
+        return Finished(
+            name=self.name,
+            out=out,
+            attempts=[Attempt.from_dict(a) for a in self.history["attempts"]],
+            resumed_log=(self.dest / "run" / "log").read_text(),
+            noticed=self.first["1"]["InstanceId"],
+        )
+
+    def check_engine(self, done: Finished, stopped: int) -> None:
+        history, ec2, out = self.history, self.ec2, done.out
+        a1, a2 = history["attempts"]
+        assert (a1["nodes_lost"], a2["resumed_step"], history["steps_lost"]) == ([1], stopped, [0])
+        assert f"resumed from s3://spot-ckpt/job/checkpoint/last.pt at step {stopped}" in done.resumed_log
+        assert 0 < a2["seconds_notice_to_resumed"] < 180
+        body = boto3.client("s3").get_object(Bucket="spot-ckpt", Key="job/checkpoint/last.pt")["Body"].read()
+        assert torch.load(io.BytesIO(body), map_location="cpu", weights_only=False)["step"] == STEPS
+
+        # The replacement: one new instance for node 1, same zone, in the placement group and the
+        # members' group, read back from moto (the group from the request: moto keeps none).
+        first_ids = {f["InstanceId"] for f in self.first.values()}
+        (new,) = [i for i in members(ec2) if i["InstanceId"] not in first_ids]
+        assert tag(new, "spotrun:node") == "1" and tag(new, "Name") == "job-1"
+        assert new["Placement"]["AvailabilityZone"] == self.first["0"]["Placement"]["AvailabilityZone"]
+        sent = self.groups.run_requests[-1]
+        assert (sent["MinCount"], sent["Placement.GroupName"]) == (1, "spotrun-job")
+        assert self.members_group["GroupId"] in sent.values()  # the members-only rule reaches it
+        assert [m["node"] for m in history["members"]] == [0, 1, 1]
+        assert history["members"][2]["instance_id"] == new["InstanceId"]
+        assert history["members"][0]["instance_id"] == self.first["0"]["InstanceId"]  # the survivor stayed
+        # Finished: every member terminated, the placement group and the members' group removed.
+        assert {i["State"]["Name"] for i in members(ec2)} == {"terminated"}
+        assert self.groups.groups == {} and members_groups(ec2) == []
+        # The trainer's outputs from the node rank 0 ran on (either: c10d numbers nodes in
+        # rendezvous order), logs from both nodes of both attempts.
+        assert f"at step {stopped}" in (self.dest / "training_log").read_text()
+        assert (self.dest / "metrics.csv").exists()
+        for attempt in (1, 2):
+            assert (self.dest / "nodes" / f"attempt-{attempt}" / "node-0" / "log").exists()
+        assert (self.dest / "nodes" / "attempt-2" / "node-1" / "log").exists()
+        assert "run job: finished after 2 attempts on 2 nodes x CPU per node (3 instances)" in out
+        assert "nodes lost 1, steps lost to interruptions 0, notice to resumed" in out
+        assert history["total_cost_usd"] is not None
+        print(
+            "fab run --nodes 2 (two sshd stand-ins, gloo on the CPU): nodes lost 1, "
+            f"stopped at step {stopped}, steps lost 0, notice to resumed "
+            f"{a2['seconds_notice_to_resumed']} s, fab run {self.wall:.0f} s in all"
+        )
