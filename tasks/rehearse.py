@@ -47,6 +47,7 @@ def smoke(
     no_gpu=False,
     poll=10.0,
     imds_poll=5.0,
+    rehearse_after=60.0,
     config=None,
     set_=None,
 ):
@@ -73,6 +74,7 @@ def smoke(
         poll_s=float(poll),
         imds_poll_s=float(imds_poll),
         rehearse_poll_s=min(float(poll), 5.0),
+        rehearse_after_s=float(rehearse_after),
         out=_say,
     )
     _say(smoking.total_line(verdicts))

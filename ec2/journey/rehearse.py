@@ -74,24 +74,25 @@ class Report:
     def lines(self) -> list[str]:
         node = f" node {self.node}" if self.node is not None else ""
         article = "an" if self.kind[0] in "aeiou" else "a"
-        out = [
-            f"rehearsal of {article} {self.kind} run: {self.instance_id}{node} ({self.instance_type}) "
-            "interrupted by AWS FIS"
-        ]
-        for label, seconds in self.phases:
-            out.append(f"  {label:<34} {'?' if seconds is None else f'{seconds:7.1f} s'}")
+        rows = [(label, "?" if sec is None else f"{sec:.1f} s") for label, sec in self.phases]
         code = "not recorded" if self.exit_code is None else str(self.exit_code)
         if self.exit_code not in (None, 75):
             code += " (not 75: the trainer did not stop resumably on the notice)"
-        out.append(f"  exit code on the notice            {code}")
-        lost = "unknown (the record keeps no steps)" if self.steps_lost is None else str(self.steps_lost)
-        out.append(f"  steps lost                         {lost}")
+        rows.append(("exit code on the notice", code))
+        rows.append(
+            (
+                "steps lost",
+                "unknown (the record keeps no steps)" if self.steps_lost is None else str(self.steps_lost),
+            )
+        )
         price = "?" if self.price_per_hour is None else f"${self.price_per_hour:.4f}/h"
         secs = "?" if self.instance_seconds is None else f"{self.instance_seconds:.0f}"
-        out.append(
-            f"  rehearsal cost                     {money(self.cost_usd)} ({secs} instance-seconds x {price})"
+        rows.append(("rehearsal cost", f"{money(self.cost_usd)} ({secs} instance-seconds x {price})"))
+        head = (
+            f"rehearsal of {article} {self.kind} run: {self.instance_id}{node} ({self.instance_type}) "
+            "interrupted by AWS FIS"
         )
-        return out
+        return [head, *(f"  {label:<36} {value}" for label, value in rows)]
 
 
 # ---- finding the target -----------------------------------------------------------------------------

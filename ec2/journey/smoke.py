@@ -36,6 +36,7 @@ NAME = "smoke"
 TRAIN_CONFIG = "configs/demo.yaml"
 STEPS = 300  # the demo's run, shortened: a few minutes on the smallest GPU
 GOAL_USD = 0.30
+REHEARSE_AFTER_S = 60.0  # of training before the interruption: a checkpoint's worth of steps
 SKIPPED = "skipped"
 
 # (stage, what it does, the AWS calls it makes) — the dry run prints these.
@@ -160,6 +161,7 @@ def run(
     poll_s: float = 10.0,
     imds_poll_s: float = 5.0,
     rehearse_poll_s: float = 5.0,
+    rehearse_after_s: float = REHEARSE_AFTER_S,
     out: Say = print,
 ) -> Verdicts:
     """The smoke, stage by stage; every instance of it terminated however it ends."""
@@ -185,7 +187,7 @@ def run(
             return v
         worker = threading.Thread(
             target=_rehearse_when_training,
-            args=(cfg, outputs, rehearse_poll_s, rehearsal, out),
+            args=(cfg, outputs, rehearse_poll_s, rehearse_after_s, rehearsal, out),
             daemon=True,
         )
         worker.start()
@@ -213,17 +215,22 @@ def run(
     return v
 
 
-def _rehearse_when_training(cfg, outputs: Path, poll_s: float, rehearsal: dict, out: Say) -> None:
-    """Once attempt 1 has trained a few steps: the rehearsal (its report kept for the verdicts)."""
+def _rehearse_when_training(
+    cfg, outputs: Path, poll_s: float, after_s: float, rehearsal: dict, out: Say
+) -> None:
+    """``after_s`` after attempt 1 started training (run.json is written at events, not at every
+    step, so its "started" event is the clock): the rehearsal, its report kept for the verdicts."""
     path = history.history_path(outputs)
     deadline = time.monotonic() + 1800
+    started = None
     while time.monotonic() < deadline and "error" not in rehearsal:
-        if path.is_file():
-            h = history.load(path)
-            if h.attempts and h.attempts[0].last_step is not None and h.attempts[0].last_step >= 3:
-                break
-            if h.status != "running":
-                return
+        h = history.load(path) if path.is_file() else None
+        if h is not None and h.status != "running":
+            return
+        if h is not None and started is None and _events(h, "started"):
+            started = time.monotonic()
+        if started is not None and time.monotonic() - started >= after_s:
+            break
         time.sleep(poll_s)
     else:
         return

@@ -6,6 +6,7 @@ notice) and moto (the termination, once the watcher has the checkpoint in S3).""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -129,7 +130,7 @@ def test_rehearse_interrupts_an_attended_run_and_reports_its_recovery(
         -2000:
     ]
     assert any(x.split() == ["steps", "lost", "0"] for x in out.splitlines()), out[-2000:]
-    assert "rehearsal cost                     $" in out
+    assert re.search(r"^  rehearsal cost +\$\d+\.\d{4} \(\d+ instance-seconds x \$\d+\.\d{4}/h\)$", out, re.M)
 
     thread.join(timeout=180)
     assert not thread.is_alive() and result == {}, (result, capfd.readouterr().out[-3000:])
