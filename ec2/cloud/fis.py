@@ -50,6 +50,9 @@ TRUST_POLICY = {
     ],
 }
 POLICY_NAME = "spotrun-fis"
+# "$0.10 per action-minute for all regions except AWS GovCloud"; an action's duration is "rounded
+# to the nearest minute" (https://aws.amazon.com/fis/pricing/).
+USD_PER_ACTION_MINUTE = 0.10
 ENDED = ("completed", "stopped", "failed", "cancelled")
 
 
@@ -244,6 +247,12 @@ def wait_for(
                 status,
             )
         time.sleep(poll_s)
+
+
+def action_minutes(seconds: float) -> int:
+    """The minutes FIS bills for one action that ran ``seconds`` (as this laptop saw it: the poll's
+    delay makes it an upper bound), at least one."""
+    return max(round(seconds / 60), 1)
 
 
 def delete_template(client, template_id: str) -> None:

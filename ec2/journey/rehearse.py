@@ -64,12 +64,23 @@ class Report:
     exit_code: int | None = None  # the command's, on the notice (75: stopped to resume)
     instance_seconds: float | None = None
     price_per_hour: float | None = None
+    fis_minutes: int | None = None  # the action's minutes, as FIS bills them
 
     @property
-    def cost_usd(self) -> float | None:
+    def instance_usd(self) -> float | None:
         if self.instance_seconds is None or self.price_per_hour is None:
             return None
         return self.instance_seconds * self.price_per_hour / 3600
+
+    @property
+    def fis_usd(self) -> float | None:
+        return None if self.fis_minutes is None else self.fis_minutes * fis.USD_PER_ACTION_MINUTE
+
+    @property
+    def cost_usd(self) -> float | None:
+        if self.instance_usd is None or self.fis_usd is None:
+            return None
+        return self.instance_usd + self.fis_usd
 
     def lines(self) -> list[str]:
         node = f" node {self.node}" if self.node is not None else ""
@@ -87,7 +98,18 @@ class Report:
         )
         price = "?" if self.price_per_hour is None else f"${self.price_per_hour:.4f}/h"
         secs = "?" if self.instance_seconds is None else f"{self.instance_seconds:.0f}"
-        rows.append(("rehearsal cost", f"{money(self.cost_usd)} ({secs} instance-seconds x {price})"))
+        fis_part = (
+            "?"
+            if self.fis_minutes is None
+            else f"{self.fis_minutes} FIS action-minute(s) x ${fis.USD_PER_ACTION_MINUTE:.2f}"
+        )
+        rows.append(
+            (
+                "rehearsal cost",
+                f"{money(self.cost_usd)} = {money(self.instance_usd)} ({secs} instance-seconds x {price})"
+                f" + {money(self.fis_usd)} ({fis_part})",
+            )
+        )
         head = (
             f"rehearsal of {article} {self.kind} run: {self.instance_id}{node} ({self.instance_type}) "
             "interrupted by AWS FIS"

@@ -96,7 +96,14 @@ def plan(cfg: AwsConfig, uri: str) -> list[str]:
 @dataclass
 class Verdicts:
     rows: list[tuple[str, str, str]] = field(default_factory=list)  # (stage, ok|FAILED|skipped, detail)
-    cost_usd: float | None = None
+    instances_usd: float | None = None
+    fis_usd: float | None = None
+
+    @property
+    def cost_usd(self) -> float | None:
+        if self.instances_usd is None:
+            return None
+        return self.instances_usd + (self.fis_usd or 0.0)
 
     def add(self, stage: str, ok: bool | None, detail: str, out: Say) -> None:
         verdict = SKIPPED if ok is None else ("ok" if ok else "FAILED")
@@ -211,7 +218,9 @@ def run(
                 f" ({', '.join(left)} terminated here)" if left else ""
             )
             v.add("terminate", gone, detail, out)
-        v.cost_usd = h.total_cost_usd
+        v.instances_usd = h.total_cost_usd
+        report = rehearsal.get("report")
+        v.fis_usd = report.fis_usd if report is not None else None
     return v
 
 
@@ -299,10 +308,13 @@ def _judge(v: Verdicts, h: history.RunHistory, rehearsal: dict, error: str | Non
 
 
 def total_line(v: Verdicts) -> str:
-    cost = money(v.cost_usd)
     goal = ""
     if v.cost_usd is not None:
-        goal = " (under the goal)" if v.cost_usd < GOAL_USD else " (OVER the goal)"
+        goal = " (under the goal" if v.cost_usd < GOAL_USD else " (OVER the goal"
+        goal += f" of ${GOAL_USD:.2f})"
     ok = sum(r[1] == "ok" for r in v.rows)
     verdict = "passed" if v.passed else "FAILED"
-    return f"smoke {verdict}: {ok}/{len(v.rows)} stages ok; instances cost {cost}{goal} of ${GOAL_USD:.2f}"
+    return (
+        f"smoke {verdict}: {ok}/{len(v.rows)} stages ok; total cost {money(v.cost_usd)}{goal} = "
+        f"instances {money(v.instances_usd)} + AWS FIS {money(v.fis_usd)}"
+    )

@@ -84,7 +84,12 @@ def test_smoke_runs_the_whole_chain_and_leaves_nothing_running(cloud, imds, tmp_
             "terminate",
         ]
     ], out[-4000:]
-    assert re.search(r"^smoke passed: 9/9 stages ok; instances cost \$\d+\.\d{4}", out, re.M), out[-2000:]
+    assert re.search(
+        r"^smoke passed: 9/9 stages ok; total cost \$\d+\.\d{4} \(under the goal of \$0\.30\) = "
+        r"instances \$\d+\.\d{4} \+ AWS FIS \$0\.[12]000$",
+        out,
+        re.M,
+    ), out[-2000:]
     assert len(stand_in.terminated) == 1
     live = [
         i
