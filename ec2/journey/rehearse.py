@@ -315,12 +315,12 @@ def rehearse(
     client = aws.client("fis", region, cfg.profile)
     arn = fis.instance_arn(caller, region, target.instance.instance_id)
     experiment = fis.start(client, arn, role, name, out)
+    eid = experiment.experiment_id
     try:
-        fis.wait_for(
-            client, experiment.experiment_id, ("running", "completed"), budgets.started, out, budgets.poll
-        )
+        fis.wait_for(client, eid, ("running", "completed"), budgets.started, out, budgets.poll)
         report = follow(target, experiment.started_at, budgets, out)
-        fis.wait_for(client, experiment.experiment_id, ("completed",), budgets.ended, out, budgets.poll)
+        fis.wait_for(client, eid, ("completed",), budgets.ended, out, budgets.poll)
+        report.fis_minutes = fis.action_minutes(time.time() - experiment.started_at)
     finally:
         fis.delete_template(client, experiment.template_id)
     ec2 = aws.client("ec2", region, cfg.profile)
