@@ -114,3 +114,8 @@ aws-data-push: ## upload a dataset folder to S3, skipping what is there (SRC=DIR
 	$(FAB) data-push --src $(SRC) --dest $(DEST) --config $(CONFIG)
 aws-data-ls: ## show a dataset in S3: sessions, files, sizes, what is missing (DEST=s3://bucket/prefix)
 	$(FAB) data-ls $(DEST) --config $(CONFIG)
+.PHONY: aws-rehearse aws-smoke
+aws-rehearse: ## interrupt a running run's spot instance for real (AWS FIS) and report its recovery (NODE= for a cluster)
+	$(FAB) rehearse $(FABARGS) $(if $(NODE),--node $(NODE))
+aws-smoke: ## the whole chain on the cheapest GPU spot type, rehearsal included, goal under 30 cents (URI=s3://bucket/prefix; DRY=1 spends nothing)
+	$(FAB) smoke --uri $(URI) --config $(CONFIG) $(if $(DRY),--dry-run)

@@ -11,5 +11,6 @@ from tasks.interactive import jupyter, tensorboard, tunnel  # noqa: F401
 from tasks.lifecycle import allow_my_ip, cleanup, launch, status, terminate  # noqa: F401
 from tasks.managed import run  # noqa: F401
 from tasks.preflight import doctor, prices  # noqa: F401
+from tasks.rehearse import rehearse, smoke  # noqa: F401
 from tasks.remote import adopt, attach, download, forget, gpu, logs, run_cmd, setup, ssh, sync, train  # noqa: F401
 from tasks.volumes import volume_delete, volume_mount, volume_move, volume_resize  # noqa: F401

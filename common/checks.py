@@ -117,11 +117,13 @@ MULTI_NODE = (
     "rank 0 writes them; the restarted cluster, replacement included, resumes from them",
 )
 DETACHED = ("a detached run", "the laptop may be gone when the next instance resumes from them")
+REHEARSAL = ("a rehearsed run", "`fab rehearse` checks that the notice puts the checkpoint there")
 
 
 def require_s3_checkpoints(checkpoint_dir: str | None, run: tuple[str, str]) -> str:
-    """The one "needs S3" check (`fab run --detach`, `fab run --nodes`, `fab train --nodes`):
-    checkpoint_dir itself, or one line saying why S3 and how to set it. `run`: MULTI_NODE, DETACHED."""
+    """The one "needs S3" check (`fab run --detach`, `fab run --nodes`, `fab train --nodes`,
+    `fab rehearse`): checkpoint_dir itself, or one line saying why S3 and how to set it. `run`:
+    MULTI_NODE, DETACHED, REHEARSAL."""
     kind, why = run
     if checkpoint_dir and is_s3(checkpoint_dir):
         return checkpoint_dir

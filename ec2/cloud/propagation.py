@@ -40,26 +40,27 @@ def retry_while_propagating(
     profile: str,
     out: Callable[[str], None] = print,
     sleep: Callable[[float], None] = time.sleep,
+    refused: Callable[[botocore.exceptions.ClientError], bool] = profile_not_visible,
+    what: str = "instance profile",
 ) -> T:
     """``call()``; while ``who`` (e.g. "EC2") refuses ``profile`` as unknown, wait and retry,
     within DELAYS_S. Any other error is raised; so is the refusal after the last try, its message
-    saying how long it was waited for."""
+    saying how long it was waited for. ``refused`` tells a not-yet-visible refusal (EC2's and Auto
+    Scaling's by default); ``what`` names the IAM entity in the lines it prints (a role for FIS)."""
     for delay in (*DELAYS_S, None):
         try:
             return call()
         except botocore.exceptions.ClientError as e:
-            if not profile_not_visible(e):
+            if not refused(e):
                 raise
             if delay is None:
                 error = e.response.setdefault("Error", {})
                 error["Message"] = (
                     f"{error.get('Message', '')} (still refused after waiting {sum(DELAYS_S):g} s for IAM "
-                    f"to propagate instance profile {profile}; check that it exists and holds a role)"
+                    f"to propagate {what} {profile}; check that it exists"
+                    + (" and holds a role)" if what == "instance profile" else ")")
                 )
                 raise
-            out(
-                f"      {who} does not see instance profile {profile} yet (IAM propagates); "
-                f"retry in {delay} s"
-            )
+            out(f"      {who} does not see {what} {profile} yet (IAM propagates); retry in {delay} s")
             sleep(delay)
     raise AssertionError("unreachable")

@@ -77,6 +77,7 @@ class Engine:
             name=name,
             run=plan.run,
             command=plan.command,
+            checkpoint_dir=plan.checkpoint_dir,
             path=str(history.history_path(self.outputs)),
             nodes=nodes,
         )
@@ -269,6 +270,8 @@ class Engine:
             attempt.exit_code = polled.state.exit_code
         if polled.state.state == "preempted" and attempt.seconds_notice_to_safe is None:
             attempt.seconds_notice_to_safe = (polled.preempted or {}).get("seconds_notice_to_safe")
+            # The watcher's record says how the command ended (75: stopped on the notice, resumable).
+            attempt.exit_code = (polled.preempted or {}).get("command_exit_code")
         if attempt.resumed_step is None and (at := resumed_step(polled.log_tail)) is not None:
             attempt.resumed_step = at
             before = self.h.attempts[-2] if len(self.h.attempts) > 1 else None

@@ -54,6 +54,8 @@ class RunHistory:
     path: str | None = None
     nodes: int = 1
     members: list[Member] = field(default_factory=list)  # a multi-node run's instances
+    # Where the run's checkpoints go (`fab rehearse` needs them in S3 before it interrupts anything).
+    checkpoint_dir: str | None = None
 
     def __setattr__(self, key: str, value) -> None:
         super().__setattr__(key, RunStatus(value) if key == "status" else value)

@@ -81,3 +81,17 @@ def test_the_admin_policy_has_only_the_expected_permissions_management_note(home
 )
 def test_the_linter_sees_what_moto_accepts(bad):
     assert findings({"Version": "2012-10-17", "Statement": [bad]}) != []
+
+
+def test_the_fis_experiment_role_is_clean(aws_env):
+    """`fab rehearse`'s role, as made in moto's IAM and read back: its policy and its trust."""
+    from ec2.cloud import fis
+
+    client = boto3.client("iam", region_name="us-east-1")
+    role = fis.ensure_role(client, "us-east-1", "arn:aws:iam::123456789012:user/dev", out=lambda _line: None)
+    got = client.get_role_policy(RoleName=role.name, PolicyName=fis.POLICY_NAME)["PolicyDocument"]
+    document = json.loads(got) if isinstance(got, str) else got
+    assert document["Statement"] and findings(document) == []
+    trust = client.get_role(RoleName=role.name)["Role"]["AssumeRolePolicyDocument"]
+    trust = json.loads(trust) if isinstance(trust, str) else trust
+    assert [s["Principal"] for s in trust["Statement"]] == [{"Service": "fis.amazonaws.com"}]

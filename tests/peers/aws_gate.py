@@ -7,7 +7,8 @@ AWS_ENDPOINT_URL alone) passes through here, where
 - tests/peers/iam_lag.py has EC2 and Auto Scaling refuse an instance profile for its first seconds;
 
 everything else goes on to moto unchanged (the Host header too, so signatures still verify).
-`refused` lists each refusal as (rule id or "iam-lag", action), for tests that look.
+`refused` lists each refusal as (rule id or "iam-lag", action), and `seen` every request as
+(service, action or HTTP method), for tests that look.
 
 tests/conftest.py's `moto_server` fixture yields the gate's URL, so no test talks to moto around it.
 """
@@ -64,6 +65,7 @@ class AwsGate:
         self.upstream = (u.hostname, u.port or 80)
         self.lag = lag or IamLag()
         self.refused: list[tuple[str, str]] = []
+        self.seen: list[tuple[str, str]] = []
         self._clients: dict[tuple[str, str], object] = {}
         self._lock = threading.Lock()
         gate = self
@@ -104,6 +106,9 @@ class AwsGate:
                 if self.path.startswith("/moto-api/reset"):
                     gate.reset()
                 call = gate.call_of(self.command, self.path, self.headers, body)
+                if call is not None:
+                    with gate._lock:
+                        gate.seen.append((call.service, call.action))
                 refusal = gate.judge(call) if call else None
                 if refusal is not None:
                     status, code, message = refusal
@@ -124,6 +129,7 @@ class AwsGate:
         self.lag.reset()
         with self._lock:
             self.refused.clear()
+            self.seen.clear()
 
     def moto(self, service: str, region: str):
         """A client straight to moto (the rules read AWS's state through it, not through the gate)."""

@@ -1,0 +1,108 @@
+"""`fab rehearse` refuses in one line, before it makes anything (no FIS role, no experiment): an
+on-demand instance (FIS interrupts only spot ones), a run whose checkpoints are not in S3, a
+cluster without --node. The run is a running `fab run`'s history (outputs/<name>/run.json) and its
+instance in moto; and the FIS role's policy passes the IAM linter."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from invoke import Context
+from invoke.exceptions import Exit
+
+from common.attempt import Attempt, Outcome
+from ec2.cloud import fis
+from ec2.journey.history import RunHistory
+from tasks import rehearse as tasks
+from tests.ec2.conftest import DLAMI_NAME, make_image
+from tests.peers.iam_lint import findings
+
+
+def _instance(ec2, spot: bool, node: int | None = None) -> str:
+    image = make_image(ec2, DLAMI_NAME)
+    extra = {"InstanceMarketOptions": {"MarketType": "spot"}} if spot else {}
+    name = "job" if node is None else f"job-{node}"
+    tags = [{"Key": "spotrun:name", "Value": name}]
+    if node is not None:
+        tags += [{"Key": "spotrun:cluster", "Value": "job"}, {"Key": "spotrun:node", "Value": str(node)}]
+    got = ec2.run_instances(
+        ImageId=image,
+        InstanceType="g5.xlarge",
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+        **extra,
+    )
+    return got["Instances"][0]["InstanceId"]
+
+
+def _history(tmp_path, checkpoint_dir: str | None, *instance_ids: str) -> str:
+    nodes = len(instance_ids)
+    attempt = Attempt(1, outcome=Outcome.RUNNING)
+    if nodes == 1:
+        attempt.instance_id = instance_ids[0]
+    else:
+        attempt.instance_ids = list(instance_ids)
+    h = RunHistory(
+        "job", checkpoint_dir=checkpoint_dir, attempts=[attempt], nodes=nodes, path=str(tmp_path / "run.json")
+    )
+    h.save()
+    return str(tmp_path)
+
+
+def _refusal(capsys, **kw) -> str:
+    with pytest.raises(Exit) as e:
+        tasks.rehearse(Context(), name="job", **kw)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code != 0 and len(err.splitlines()) == 1, err
+    # Nothing was made: no FIS role.
+    roles = boto3.client("iam", region_name="us-east-1").list_roles(PathPrefix="/spotrun/")["Roles"]
+    assert roles == []
+    return err
+
+
+def test_an_on_demand_instance_is_refused(ec2_client, tmp_path, capsys):
+    dest = _history(tmp_path, "s3://spot-ckpt/job/checkpoint", _instance(ec2_client, spot=False))
+    err = _refusal(capsys, dest=dest)
+    assert "is an on-demand instance: AWS FIS interrupts only spot instances" in err
+
+
+def test_a_run_without_an_s3_checkpoint_is_refused(ec2_client, tmp_path, capsys):
+    dest = _history(tmp_path, "trained_models/x/checkpoint", _instance(ec2_client, spot=True))
+    err = _refusal(capsys, dest=dest)
+    assert "a rehearsed run keeps its checkpoints in S3" in err
+    assert "checkpoint_dir is trained_models/x/checkpoint" in err
+
+
+def test_a_cluster_needs_the_node_to_interrupt(ec2_client, tmp_path, capsys):
+    ids = [_instance(ec2_client, spot=True, node=k) for k in range(2)]
+    dest = _history(tmp_path, "s3://spot-ckpt/job/checkpoint", *ids)
+    assert "is a 2-node cluster: pass --node K (0 to 1)" in _refusal(capsys, dest=dest)
+    assert "--node 5: job has nodes 0 to 1" in _refusal(capsys, dest=dest, node=5)
+
+
+def test_a_run_that_is_not_running_is_refused(ec2_client, tmp_path, capsys):
+    assert "no run history at" in _refusal(capsys, dest=str(tmp_path))
+
+
+def test_the_fis_role_trusts_fis_only_and_its_policy_is_clean():
+    assert [s["Principal"] for s in fis.TRUST_POLICY["Statement"]] == [{"Service": "fis.amazonaws.com"}]
+    document = fis.role_policy("aws", "123456789012", "us-east-1")
+    assert findings(document) == []
+    interrupt = next(s for s in document["Statement"] if s["Action"] == "ec2:SendSpotInstanceInterruptions")
+    assert interrupt["Resource"] == "arn:aws:ec2:us-east-1:123456789012:instance/*"
+    assert interrupt["Condition"] == {"Null": {"aws:ResourceTag/spotrun:name": "false"}}
+    assert sorted(s["Action"] for s in document["Statement"]) == [
+        "ec2:DescribeInstances",  # takes no resource; the action resolves its target with it
+        "ec2:SendSpotInstanceInterruptions",
+    ]
+
+
+def test_fab_cleanup_removes_the_fis_role(ec2_client, capsys):
+    from tasks import lifecycle
+
+    client = boto3.client("iam", region_name="us-east-1")
+    fis.ensure_role(client, "us-east-1", "arn:aws:iam::123456789012:user/dev", out=lambda _line: None)
+    lifecycle.cleanup(Context())
+    assert "deleted IAM role and instance profile spotrun-fis-us-east-1" in capsys.readouterr().out
+    assert client.list_roles(PathPrefix="/spotrun/")["Roles"] == []
