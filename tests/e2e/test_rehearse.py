@@ -19,10 +19,10 @@ from common import aws
 from ec2.cloud import fis
 from tasks import managed
 from tasks import rehearse as rehearse_task
-from tests.ml.trainkit import TINY_TRAIN
 from tests.peers.fis import FisStandIn
 from tests.peers.iam_lint import findings
 from tests.peers.imds import wait_until
+from tests.peers.trainkit import TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,8 +15,8 @@ from invoke.exceptions import Exit
 from common import aws
 from tasks import rehearse as tasks
 from tests.e2e.detachkit import REPO
-from tests.ml.trainkit import TINY_TRAIN
 from tests.peers.fis import FisStandIn
+from tests.peers.trainkit import TINY_TRAIN
 
 READS = re.compile(r"^(Describe|Get|List|Head)|^(GET|HEAD)$")
 

@@ -14,8 +14,8 @@ from common.attempt import Attempt, Outcome
 from ec2.cloud import fis
 from ec2.journey.history import RunHistory
 from tasks import rehearse as tasks
-from tests.ec2.conftest import DLAMI_NAME, make_image
 from tests.peers.iam_lint import findings
+from tests.peers.moto_ec2 import DLAMI_NAME, make_image
 
 
 def _instance(ec2, spot: bool, node: int | None = None) -> str:
