@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from common.attempt import Attempt, Outcome, RunStatus
-from common.errors import STOPPED_RESUMABLE
+from common.errors import STOPPED_RESUMABLE, ConfigError
 from common.times import now_iso
 from ec2.cloud import pricing, runcost
 from ec2.errors import ToolkitError
@@ -66,10 +66,27 @@ class Projection:
         )
 
 
+KEYS = ("on_demand_after", "max_cost_usd", "deadline")
+
+
+def refuse_where_unapplied(cfg, how: str) -> None:
+    """Budget keys are applied by the one-instance attended loop only (so far): a cluster or a
+    detached run with one set is refused before anything is launched, not run without it."""
+    keys = [k for k in KEYS if getattr(cfg, k) is not None]
+    if keys:
+        raise ConfigError(
+            f"{', '.join(keys)} {'is' if len(keys) == 1 else 'are'} applied to `fab run` on one instance "
+            f"so far, not to {how}; unset {'it' if len(keys) == 1 else 'them'} (--set {keys[0]}=null) "
+            "or run on one instance without --detach"
+        )
+
+
 class Budget:
     def __init__(self, engine):
         self.e = engine
         cfg = engine.cfg
+        if engine.nodes > 1:
+            refuse_where_unapplied(cfg, "a cluster (--nodes)")
         self.on_demand = cfg.market == "on-demand"  # the next attempt launches on-demand
         self.deadline = parse_time(cfg.deadline) if cfg.deadline else None
         self.stopping = False  # max_cost_usd reached: the trainer was asked to stop
