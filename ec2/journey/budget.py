@@ -203,7 +203,9 @@ class Budget:
         return next((a.last_step for a in reversed(self.e.h.attempts) if a.last_step is not None), None)
 
     def _stopped_line(self, cost: float | None, step: int | None) -> str:
-        where = self.e.plan.checkpoint_dir or "the checkpoint folder"
+        # The laptop's copy when the checkpoints live on the instance's disk, else their S3 prefix.
+        p = self.e.plan
+        where = p.local_checkpoint(Path(self.e.outputs)) or p.checkpoint_dir or "the checkpoint folder"
         spent = "?" if cost is None else f"${cost:.2f}"
         return (
             f"cost {spent} reached max_cost_usd ${self.e.cfg.max_cost_usd:g}: "

@@ -83,6 +83,8 @@ class Relaunch(Recovery):
         self.attempt = attempt
         excluding = ", ".join(f"{t} in {z}" for t, z in sorted(self.exclude))
         excluding = f" (excluding {excluding})" if excluding else ""
+        if self.e.budget.on_demand:  # on-demand is not interrupted: nothing is excluded
+            excluding = " on-demand"
         self.e.out(f"attempt {attempt.number}: launching {self.e.name}{excluding}")
         self.machine = self.provision(attempt)
         return [0]

@@ -111,6 +111,12 @@ def test_after_on_demand_after_interruptions_the_next_attempt_is_on_demand(
         in out
     )
     assert any(e["event"] == "on-demand" and e["interruptions"] == 1 for e in history["events"])
+    # The ledger: attempt 2's billed time until it resumed is the interruption's cost.
+    recovery = re.search(
+        r"ledger attempt 2: \$[\d.]+ on steps kept, \$[\d.]+ lost \(recovery \$([\d.]+)", out
+    )
+    assert recovery and float(recovery.group(1)) > 0, out[-3000:]
+    assert "lost to interruptions (recovery $" in out
 
 
 def test_max_cost_usd_stops_the_run_with_a_checkpoint(cloud, spot_host, tiny_dataset, tmp_path, capfd):
@@ -137,7 +143,10 @@ def test_max_cost_usd_stops_the_run_with_a_checkpoint(cloud, spot_host, tiny_dat
         r"error: cost \$(\d+\.\d\d) reached max_cost_usd \$2: stopped at step (\d+)", captured.err
     )
     assert line and float(line.group(1)) >= 2 and int(line.group(2)) == step, captured.err[-2000:]
-    assert "run again with a higher max_cost_usd to go on" in captured.err
+    assert (
+        f"with a checkpoint ({dest / 'checkpoint'}); run again with a higher max_cost_usd to go on"
+        in captured.err
+    )
     assert lifecycle(ec2, a1["instance_id"]) == "spot"
     state = ec2.describe_instances(InstanceIds=[a1["instance_id"]])["Reservations"][0]["Instances"][0]
     assert state["State"]["Name"] in ("shutting-down", "terminated")  # it bills no more
