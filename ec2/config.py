@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +41,18 @@ def _step_seconds(values: dict, key: str) -> bool:
         _pattern(_INSTANCE_TYPE, t, f"{key} key", "g5.xlarge")
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
             raise ConfigError(f"{key}.{t} {seconds!r} is not a positive number of seconds per step")
+    return True
+
+
+def _iso_time(value, key: str) -> bool:
+    """An ISO 8601 time with its zone (a time without one would depend on the laptop's clock zone)."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            value = None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise ConfigError(f"{key} is an ISO 8601 time with its zone, e.g. 2026-12-07T09:00:00Z")
     return True
 
 
@@ -134,6 +147,14 @@ class AwsConfig:
         None, lambda v, k: check_s3_uri(v, k, "s3://my-bucket/checkpoints")
     )
     max_recoveries: int = checked(3, Range(0, 100, why="replacement instances after interruptions"))
+    # The run's budget and deadline (ec2/journey/budget.py, docs/budget.md). After this many
+    # interruptions the next attempt launches on-demand (null: never).
+    on_demand_after: int | None = checked(None, Range(1, 100, why="interruptions before on-demand"))
+    # Stop with a checkpoint once the run's instances have cost this much (null: no cap).
+    max_cost_usd: float | None = checked(None, Range(above=0, why="USD for the whole run"))
+    # When the run must be done (ISO 8601 with its zone); when the projected finish misses it the
+    # next attempt launches on-demand.
+    deadline: str | datetime | None = checked(None, _iso_time)  # YAML reads an ISO time as a datetime
     # On a rebalance recommendation (an interruption is more likely soon): none (the watcher logs
     # it) or checkpoint (the trainer saves last.pt at its next step and trains on).
     on_rebalance: Literal["none", "checkpoint"] = "none"
@@ -152,6 +173,8 @@ class AwsConfig:
             raise ConfigError("instance_types is empty; list at least one, e.g. [g5.xlarge]")
         if self.market not in ("spot", "on-demand", "spot-then-on-demand"):
             raise ConfigError(f"market {self.market!r}: use spot, on-demand or spot-then-on-demand")
+        if self.deadline is not None and not isinstance(self.deadline, str):
+            self.deadline = self.deadline.isoformat()
         if self.iam_instance_profile == "":
             raise ConfigError("iam_instance_profile is empty; use auto, a profile name or ARN, or null")
 

@@ -26,7 +26,7 @@ from ec2.cloud.spot_failures import spot_failure
 from ec2.cloud.userdata import build_detached_user_data
 from ec2.config import AwsConfig
 from ec2.errors import ConfigError, ToolkitError
-from ec2.journey import history, report
+from ec2.journey import budget, history, report
 from ec2.journey.stages import Plan, watcher_args
 from ec2.remote import detached, detached_members, runs
 from ec2.remote.detached import DetachedRun
@@ -91,6 +91,7 @@ def submit(
     checkpoint_dir = require_s3(plan)
     if cfg.volume_name:
         raise ConfigError(VOLUME_REFUSAL)
+    budget.refuse_where_unapplied(cfg, "a detached run (--detach)")
     root = detached.root_for(checkpoint_dir, name)
     if instance_profile:
         cfg = dataclasses.replace(cfg, iam_instance_profile=instance_profile)

@@ -27,7 +27,7 @@ from common.attempt import Attempt, Outcome, RunStatus
 from common.times import now_iso
 from ec2.config import AwsConfig
 from ec2.errors import ToolkitError
-from ec2.journey import history, recovery, stages
+from ec2.journey import budget, history, recovery, stages
 from ec2.journey.decide import (
     GONE_STATES,
     End,
@@ -84,6 +84,7 @@ class Engine:
         self.rank0 = 0  # the node whose log shows the trainer's steps (c10d may put rank 0 anywhere)
         self.watching = False  # the run is going on the machines and the laptop is only looking
         self.strategy = recovery.make(strategy, self)
+        self.budget = budget.Budget(self)  # on_demand_after, max_cost_usd, deadline
 
     @property
     def machines(self) -> list[Machine]:
@@ -125,6 +126,7 @@ class Engine:
             if picked is not None:  # its run is going on: watch it, nothing to launch or start
                 attempt, picked = picked, None
             else:
+                self.budget.before_launch()  # at max_cost_usd already: nothing more is launched
                 attempt = Attempt(number=len(self.h.attempts) + 1)
                 self.h.attempts.append(attempt)
                 try:
@@ -143,6 +145,8 @@ class Engine:
             if verdict.end.by_itself:
                 self.finish(attempt, verdict)
                 return
+            if self.budget.stopping:  # the trainer stopped for max_cost_usd
+                self.budget.stopped(attempt, verdict)
             self.out(f"interrupted: {verdict.why}")
             attempt.outcome = verdict.outcome
             self.h.event("interrupted", attempt=attempt.number, why=verdict.why, last_step=attempt.last_step)
@@ -156,6 +160,7 @@ class Engine:
                     f"giving up. The newest checkpoint is in {where}; {self.strategy.again} again resumes "
                     "from it"
                 )
+            self.budget.after_interruption()  # on_demand_after: the next attempt on-demand
             self.strategy.recover(attempt, verdict)
 
     def finish(self, attempt: Attempt, verdict) -> None:
@@ -243,6 +248,7 @@ class Engine:
                 status = NodeStatus.STOPPED if k in stopped else node_status(verdict, polled, noticed[k])
                 statuses.append(status)
             shown = self.show(attempt, looks, statuses, started, shown)
+            self.budget.check(attempt)
             verdict = fleet_verdict(verdicts, statuses, noticed)
             if verdict.end.over:
                 return verdict

@@ -83,14 +83,20 @@ class Relaunch(Recovery):
         self.attempt = attempt
         excluding = ", ".join(f"{t} in {z}" for t, z in sorted(self.exclude))
         excluding = f" (excluding {excluding})" if excluding else ""
+        if self.e.budget.on_demand:  # on-demand is not interrupted: nothing is excluded
+            excluding = " on-demand"
         self.e.out(f"attempt {attempt.number}: launching {self.e.name}{excluding}")
         self.machine = self.provision(attempt)
         return [0]
 
     def provision(self, attempt: Attempt) -> Machine:
         e = self.e
+        # on_demand_after / deadline (ec2.journey.budget): on-demand is not interrupted, so the
+        # pairs spot was interrupted in are open to it again.
+        cfg = e.budget.launch_cfg(e.cfg)
+        exclude = frozenset() if cfg.market == "on-demand" else frozenset(self.exclude)
         try:
-            record, self.ec2 = stages.provision(e.cfg, e.name, frozenset(self.exclude), e.out, e.plan.s3)
+            record, self.ec2 = stages.provision(cfg, e.name, exclude, e.out, e.plan.s3)
         except CapacityError as err:
             if err.code != "NoChoices" or not self.exclude:
                 raise
@@ -99,7 +105,7 @@ class Relaunch(Recovery):
             # again, cheapest first, rather than fail.
             e.out("every configured type and zone has been interrupted once; trying them all again")
             self.exclude.clear()
-            record, self.ec2 = stages.provision(e.cfg, e.name, frozenset(), e.out, e.plan.s3)
+            record, self.ec2 = stages.provision(cfg, e.name, frozenset(), e.out, e.plan.s3)
         attempt.instance_id, attempt.instance_type = record.instance_id, record.instance_type
         attempt.zone, attempt.market = record.zone, record.market
         attempt.launched_at = record.launched_at or now_iso()

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from common.attempt import Attempt
 from ec2.cloud import pricing
+from ec2.journey import ledger
 from ec2.journey.history import Member, RunHistory, seconds_between
 
 
@@ -108,6 +109,7 @@ def summary(h: RunHistory) -> str:
         gets, gb = sum(a.s3_gets for a in read), sum(a.s3_gb or 0 for a in read)
         usd = sum(a.s3_request_usd or 0 for a in read)
         lines.append(f"  data read from S3: {gets:,} GETs, {gb:.2f} GB, ${usd:.6f} in requests")
+    lines += ledger.lines(h)  # the dollars on steps kept and lost to interruptions
     return "\n".join(lines)
 
 

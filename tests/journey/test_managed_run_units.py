@@ -192,8 +192,9 @@ def test_summary_of_a_seeded_spot_run_names_each_cost_and_the_total():
     text = report.summary(h)
     # 10 min at $0.20/h + 20 min at $0.30/h = $0.1333; then 15 min at $0.30/h = $0.0750.
     assert "$0.1333" in text.splitlines()[1] and "$0.0750" in text.splitlines()[2]
-    assert text.splitlines()[-1].startswith("  total $0.2083 for 45m00s of instance time; 2 interruptions")
-    assert text.endswith("steps lost to interruptions 10")
+    total = next(line for line in text.splitlines() if line.startswith("  total"))
+    assert total.startswith("  total $0.2083 for 45m00s of instance time; 2 interruptions")
+    assert total.endswith("steps lost to interruptions 10")
 
 
 def test_summary_of_a_run_whose_launch_failed():

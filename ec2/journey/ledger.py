@@ -1,0 +1,96 @@
+"""Where a run's dollars went (the ledger of the `fab run` summary, ec2.journey.report): per attempt
+of a one-instance run, its cost split into
+
+- recovery: the billed time of an attempt that followed an interruption, from its launch until the
+  trainer resumed (or, without a resume line, started): setup, code and checkpoint restore;
+- recomputed: the steps this attempt ran past its last checkpoint that the next attempt ran again
+  (history.RunHistory.steps_lost), at this attempt's dollars per step run;
+- kept: the rest, the dollars on steps the run kept (an attempt's own first setup included: a run
+  never interrupted pays it too);
+
+and the S3 request dollars the trainer counted for its dataset reads (Attempt.s3_request_usd).
+Pure functions over the run history; an attempt without a cost (price unknown) has no row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.attempt import Attempt
+from common.times import seconds_between
+from ec2.journey.history import RunHistory
+
+
+@dataclass
+class Row:
+    attempt: int
+    cost_usd: float
+    recovery_usd: float
+    recomputed_steps: int
+    recomputed_usd: float
+    s3_request_usd: float | None
+
+    @property
+    def lost_usd(self) -> float:
+        return self.recovery_usd + self.recomputed_usd
+
+    @property
+    def kept_usd(self) -> float:
+        return max(self.cost_usd - self.lost_usd, 0.0)
+
+
+def _running_from(h: RunHistory, a: Attempt) -> str | None:
+    """When the attempt's trainer resumed (or started): the end of its billed recovery."""
+    for kind in ("resumed", "started"):
+        for e in h.events:
+            if e.get("event") != kind:
+                continue
+            if e.get("attempt") == a.number or (a.instance_id and e.get("instance_id") == a.instance_id):
+                return e.get("at")
+    return None
+
+
+def rows(h: RunHistory) -> list[Row]:
+    out = []
+    attempts = h.attempts
+    for i, a in enumerate(attempts):
+        if a.cost_usd is None or not a.seconds:
+            continue
+        per_second = a.cost_usd / a.seconds
+        recovery = 0.0
+        if i > 0 and attempts[i - 1].outcome.interrupted:
+            ready = seconds_between(a.launched_at, _running_from(h, a))
+            recovery = per_second * min(max(ready or 0.0, 0.0), a.seconds)
+        steps, recomputed = 0, 0.0
+        after = attempts[i + 1] if i + 1 < len(attempts) else None
+        if a.outcome.interrupted and after is not None and a.last_step is not None:
+            steps = max(a.last_step - (after.resumed_step or 0), 0)
+            ran = a.last_step - (a.resumed_step or 0)
+            if ran > 0:
+                recomputed = min(steps, ran) / ran * max(a.cost_usd - recovery, 0.0)
+        out.append(Row(a.number, a.cost_usd, recovery, steps, recomputed, a.s3_request_usd))
+    return out
+
+
+def lines(h: RunHistory) -> list[str]:
+    """The summary's ledger: one line per attempt that cost something, then the total."""
+    table = rows(h)
+    if not table:
+        return []
+    out = []
+    for r in table:
+        s3 = "" if r.s3_request_usd is None else f", S3 requests ${r.s3_request_usd:.6f}"
+        out.append(
+            f"  ledger attempt {r.attempt}: ${r.kept_usd:.4f} on steps kept, ${r.lost_usd:.4f} lost "
+            f"(recovery ${r.recovery_usd:.4f}, {r.recomputed_steps} recomputed steps "
+            f"${r.recomputed_usd:.4f}){s3}"
+        )
+    s3s = [r.s3_request_usd for r in table if r.s3_request_usd is not None]
+    s3 = f", S3 requests ${sum(s3s):.6f}" if s3s else ""
+    kept, lost = sum(r.kept_usd for r in table), sum(r.lost_usd for r in table)
+    out.append(
+        f"  ledger total: ${kept:.4f} on steps kept, ${lost:.4f} lost to interruptions "
+        f"(recovery ${sum(r.recovery_usd for r in table):.4f}, recomputed steps "
+        f"${sum(r.recomputed_usd for r in table):.4f}){s3}"
+    )
+    return out
