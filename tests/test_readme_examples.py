@@ -86,7 +86,12 @@ def readme_commands(text: str | None = None, inline: set[str] | None = None) -> 
     text = README.read_text() if text is None else text
     found: list[str] = []
     for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S):
-        for line in block.splitlines():
+        lines = block.splitlines()
+        # A block with `$ ` prompts shows a session: only the prompted lines are commands, the rest
+        # is their output (which may itself start with `fab ...`).
+        if any(line.strip().startswith("$ ") for line in lines):
+            lines = [line for line in lines if line.strip().startswith("$ ")]
+        for line in lines:
             line = line.strip().removeprefix("$ ").strip()
             words = _words(line)
             if words and not _PLACEHOLDER.search(shlex.join(words[1:]).replace("s3://", "")):

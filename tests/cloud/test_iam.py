@@ -272,7 +272,7 @@ def test_a_named_profile_or_none_is_used_as_it_is(home, ec2_client, dlami, aws_g
 
 
 def test_cleanup_deletes_only_unused_spotrun_roles(home, ec2_client, dlami, capsys):
-    from tasks.lifecycle import _cleanup_roles
+    from ec2.cloud import cleanup
 
     iam_client = boto3.client("iam", region_name="us-east-1")
     iam_client.create_role(RoleName="someone-elses", AssumeRolePolicyDocument=json.dumps(iam.TRUST_POLICY))
@@ -281,7 +281,7 @@ def test_cleanup_deletes_only_unused_spotrun_roles(home, ec2_client, dlami, caps
     gone = launch(cfg, "done", wait_ssh=False, s3=RUN)
     ec2_client.terminate_instances(InstanceIds=[gone.instance_id])
     capsys.readouterr()
-    _cleanup_roles(cfg, "us-east-1", ec2_client)
+    cleanup.roles(cfg, "us-east-1", ec2_client, print)
     out = capsys.readouterr().out
     assert "kept IAM role spotrun-us-east-1-busy" in out
     assert "deleted IAM role and instance profile spotrun-us-east-1-done" in out
