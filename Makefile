@@ -33,7 +33,7 @@ setup: python-check ## make .venv and install the project, pinned dependencies a
 TEST_WORKERS ?= 6
 
 test: ## run the tests (TEST_WORKERS=6 processes; TEST_WORKERS=0 runs them in this one)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=25
 
 lint: ## ruff check and ruff format --check (make format rewrites)
 	$(BIN)/ruff check .
