@@ -13,6 +13,7 @@ from invoke import Context
 from common import aws
 from ec2.cloud import ondemand
 from tasks import preflight as t
+from tests.peers import prices
 from tests.peers.inject import answer, json_answer
 
 ZONES = ["us-east-1a", "us-east-1b"]
@@ -28,53 +29,7 @@ LIST_PRICE = {"g4dn.xlarge": "0.5260000000", "g5.xlarge": "1.0060000000"}  # g6:
 
 
 def _spot_history(request):
-    items = "".join(
-        f"<item><instanceType>{ty}</instanceType><productDescription>Linux/UNIX</productDescription>"
-        f"<spotPrice>{price:.6f}</spotPrice><timestamp>2026-11-30T05:00:00.000Z</timestamp>"
-        f"<availabilityZone>{zone}</availabilityZone></item>"
-        for (ty, zone), price in SPOT.items()
-    )
-    body = (
-        '<DescribeSpotPriceHistoryResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
-        f"<requestId>injected</requestId><spotPriceHistorySet>{items}</spotPriceHistorySet><nextToken/>"
-        "</DescribeSpotPriceHistoryResponse>"
-    )
-    return 200, body.encode()
-
-
-def _product(instance_type: str, usd: str) -> str:
-    """One PriceList entry as GetProducts returns it (a JSON string per product)."""
-    sku = "SKU" + instance_type.replace(".", "").upper()
-    return json.dumps(
-        {
-            "product": {
-                "productFamily": "Compute Instance",
-                "attributes": {
-                    "instanceType": instance_type,
-                    "regionCode": "us-east-1",
-                    "operatingSystem": "Linux",
-                },
-                "sku": sku,
-            },
-            "serviceCode": "AmazonEC2",
-            "terms": {
-                "OnDemand": {
-                    f"{sku}.JRTCKXETXF": {
-                        "priceDimensions": {
-                            f"{sku}.JRTCKXETXF.6YS6EN2CT7": {
-                                "unit": "Hrs",
-                                "pricePerUnit": {"USD": usd},
-                                "description": f"${usd} per On Demand Linux {instance_type} Instance Hour",
-                            }
-                        },
-                        "sku": sku,
-                        "effectiveDate": "2026-11-01T00:00:00Z",
-                    }
-                }
-            },
-            "version": "20261101",
-        }
-    )
+    return 200, prices.spot_history_xml(SPOT)
 
 
 def _products(request):
@@ -83,7 +38,10 @@ def _products(request):
     assert filters["tenancy"] == "Shared" and filters["capacitystatus"] == "Used"
     usd = LIST_PRICE.get(filters["instanceType"])
     return json_answer(
-        {"FormatVersion": "aws_v1", "PriceList": [_product(filters["instanceType"], usd)] if usd else []}
+        {
+            "FormatVersion": "aws_v1",
+            "PriceList": [prices.product(filters["instanceType"], usd)] if usd else [],
+        }
     )
 
 

@@ -15,10 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import torch
-from invoke import Context
-from invoke.exceptions import Exit
 
-from tasks import managed
+from tests.e2e.runkit import start_fab_run
 from tests.peers import prices
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
@@ -29,31 +27,7 @@ LIST_PRICES = {"g4dn.xlarge": "0.526", "g5.xlarge": "1.006"}  # us-east-1 on-dem
 
 def fab_run(config: Path, dest: Path, args: list[str], sets: list[str]) -> tuple[threading.Thread, dict]:
     """`fab run --set ...` in a thread; its Exit code or error lands in the dict."""
-    result: dict = {}
-
-    def go():
-        try:
-            managed.run(
-                Context(),
-                name="job",
-                config=str(config),
-                set_=sets,
-                train_config="configs/demo.yaml",
-                args=" ".join(args),
-                poll=0.5,
-                imds_poll=0.2,
-                no_gpu=True,
-                dest=str(dest),
-                setup_python=str(REPO / ".venv/bin/python"),
-            )
-        except Exit as e:
-            result["exit"] = e.code
-        except BaseException as e:  # noqa: BLE001 - handed to the test thread to fail loudly
-            result["error"] = e
-
-    thread = threading.Thread(target=go, daemon=True)
-    thread.start()
-    return thread, result
+    return start_fab_run(config, dest, args, set_=sets)
 
 
 def lifecycle(ec2, instance_id: str) -> str | None:

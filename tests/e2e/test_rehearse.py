@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from pathlib import Path
 
 import boto3
@@ -17,42 +16,14 @@ from invoke.exceptions import Exit
 
 from common import aws
 from ec2.cloud import fis
-from tasks import managed
 from tasks import rehearse as rehearse_task
+from tests.e2e.runkit import start_fab_run
 from tests.peers.fis import FisStandIn
 from tests.peers.iam_lint import findings
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _fab_run(config: Path, dest: Path, args: list[str]) -> tuple[threading.Thread, dict]:
-    """`fab run` in a thread, as a user's terminal runs it; its exit or error is kept."""
-    result: dict = {}
-
-    def go():
-        try:
-            managed.run(
-                Context(),
-                name="job",
-                config=str(config),
-                train_config="configs/demo.yaml",
-                args=" ".join(args),
-                poll=0.5,
-                imds_poll=0.2,
-                no_gpu=True,
-                dest=str(dest),
-                setup_python=str(REPO / ".venv/bin/python"),
-            )
-        except Exit as e:
-            result["exit"] = e.code
-        except BaseException as e:  # noqa: BLE001 - handed to the test thread to fail loudly
-            result["error"] = e
-
-    thread = threading.Thread(target=go, daemon=True)
-    thread.start()
-    return thread, result
 
 
 def test_rehearse_interrupts_an_attended_run_and_reports_its_recovery(
@@ -67,7 +38,7 @@ def test_rehearse_interrupts_an_attended_run_and_reports_its_recovery(
         "output_dir=trained_models/rh",
         "checkpoint_dir=s3://spot-ckpt/job/checkpoint",
     ]
-    thread, result = _fab_run(config, dest, args)
+    thread, result = start_fab_run(config, dest, args)
     run_dir = spot_host.root / "remote" / "runs" / "train"
     log = run_dir / "log"
     wait_until(lambda: log.exists() and "Train batch 3:" in log.read_text(), 90, "attempt 1 to train")
