@@ -130,7 +130,10 @@ def start_command(
         + (f"echo {int(gpus)} > {rdir}/gpus; " if gpus else "")
         # Start an idle shell, set remain-on-exit, then respawn with the command: no race with a
         # command that ends at once.
-        + f"tmux new-session -d -s {session} -x 200 -y 50; "
+        # A tmux server still exiting (the last session of a run that just ended) makes the new
+        # session fail with "server exited unexpectedly"; a moment later a new server starts.
+        + f"for try in 1 2 3 4; do tmux new-session -d -s {session} -x 200 -y 50 && break; "
+        + 'if [ "$try" = 4 ]; then exit 1; fi; sleep "$try"; done; '
         + f"tmux set-option -w -t {window} remain-on-exit on; "
         + f"tmux respawn-pane -k -t {window} {shlex.quote('bash -c ' + shlex.quote(script))}"
     )

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from ec2.cloud import datasets
 from ml.data import storage
 from ml.data.index import build_index
 from ml.data.loader import open_source
+from tests.peers.fab_process import DEFAULT_SIGINT
 from tests.peers.trainkit import data_cfg
 
 REPO = Path(__file__).resolve().parents[2]
@@ -143,7 +145,10 @@ def test_ctrl_c_leaves_no_half_object_and_the_next_push_resumes(
         f.write(os.urandom(2 * s3parts.PART_SIZE))
     s3_proxy.latency_s = 0.3
     env = {**os.environ, "PYTHONPATH": str(REPO), "AWS_ENDPOINT_URL": s3_proxy.url}
+    # A shell's background job starts with SIGINT ignored, and Python keeps it so: restore the default.
     cmd = [
+        sys.executable,
+        *DEFAULT_SIGINT,
         str(REPO / ".venv" / "bin" / "fab"),
         "data-push",
         "--src",
