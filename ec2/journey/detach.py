@@ -119,22 +119,12 @@ def _group_made(cfg: AwsConfig, region: str, name: str) -> bool:
         return True  # cannot tell: the role stays (`fab cleanup` removes it once nothing uses it)
 
 
-def _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s) -> Submitted:
-    """submit's second half, once the role, key pair and security group exist."""
-    autoscaling = aws.client("autoscaling", p.region, cfg.profile)
-    if (existing := asg.describe_group(autoscaling, name)) is not None:
-        raise ToolkitError(
-            f"a detached run named {name!r} exists (group {existing.name}); follow it with "
-            f"`fab watch --name {name}`, or remove it with `fab terminate --name {name}`"
-        )
-    s3 = aws.client("s3", p.region, cfg.profile)
-    code = bundle.build(local_root)
-    bundle_uri, uploaded = bundle.upload(s3, cfg.bundle_uri or root, code)
-    out(f"code bundle: {bundle_uri} ({code.files} files{'' if uploaded else ', already there'})")
-    state = DetachedRun(
+def run_record(cfg, plan: Plan, name, group, region, root, checkpoint_dir, bundle_uri, **more) -> DetachedRun:
+    """The S3 record a detached run starts with (one group, or a detached cluster's with `more`)."""
+    return DetachedRun(
         name=name,
-        group=asg.group_name(name),
-        region=p.region,
+        group=group,
+        region=region,
         root=root,
         command=plan.command,
         run=plan.run,
@@ -152,7 +142,23 @@ def _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s) -
         max_recoveries=plan.max_recoveries,
         max_hours=cfg.max_hours,
         bundle_uri=bundle_uri,
+        **more,
     )
+
+
+def _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s) -> Submitted:
+    """submit's second half, once the role, key pair and security group exist."""
+    autoscaling = aws.client("autoscaling", p.region, cfg.profile)
+    if (existing := asg.describe_group(autoscaling, name)) is not None:
+        raise ToolkitError(
+            f"a detached run named {name!r} exists (group {existing.name}); follow it with "
+            f"`fab watch --name {name}`, or remove it with `fab terminate --name {name}`"
+        )
+    s3 = aws.client("s3", p.region, cfg.profile)
+    code = bundle.build(local_root)
+    bundle_uri, uploaded = bundle.upload(s3, cfg.bundle_uri or root, code)
+    out(f"code bundle: {bundle_uri} ({code.files} files{'' if uploaded else ', already there'})")
+    state = run_record(cfg, plan, name, asg.group_name(name), p.region, root, checkpoint_dir, bundle_uri)
     created: list[str] = []
 
     def undo() -> None:

@@ -45,8 +45,8 @@ from ec2.cloud.userdata import build_detached_user_data
 from ec2.config import AwsConfig
 from ec2.errors import ConfigError, ToolkitError
 from ec2.journey import decide, history, report
-from ec2.journey.detach import Detached, Submitted, Where, grants, require_s3
-from ec2.journey.stages import Plan, watcher_args
+from ec2.journey.detach import Detached, Submitted, Where, grants, require_s3, run_record
+from ec2.journey.stages import Plan
 from ec2.remote import detached
 from ec2.remote.detached import DetachedRun
 
@@ -148,28 +148,16 @@ def _submit(cfg, name, plan, nodes, rdzv_port, p, root, checkpoint_dir, local_ro
     code = bundle.build(local_root)
     bundle_uri, uploaded = bundle.upload(s3, cfg.bundle_uri or root, code)
     out(f"code bundle: {bundle_uri} ({code.files} files{'' if uploaded else ', already there'})")
-    state = DetachedRun(
-        name=name,
-        group=asg.group_name(member(name, 0)),
-        region=p.region,
-        root=root,
-        command=plan.command,
-        run=plan.run,
-        env=dict(plan.env),
-        watcher_args=watcher_args(plan, None),
-        output_dir=plan.output_dir,
-        checkpoint_dir=checkpoint_dir,
-        remote_dir=cfg.remote_dir,
-        login_user=cfg.ssh_user,
-        setup_python=plan.setup_python,
-        require_gpu=plan.require_gpu,
-        max_recoveries=plan.max_recoveries,
-        max_hours=cfg.max_hours,
-        bundle_uri=bundle_uri,
+    state = run_record(
+        cfg,
+        plan,
+        name,
+        asg.group_name(member(name, 0)),
+        p.region,
+        root,
+        checkpoint_dir,
+        bundle_uri,
         nodes=nodes,
-        train_config=plan.train_config,
-        overrides=list(plan.overrides),
-        gpus=plan.gpus,
         rdzv_port=rdzv_port,
     )
     made: list[tuple[str, object]] = []
