@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from invoke import Context
@@ -44,6 +45,27 @@ def start_fab_run(config: Path, dest: Path, args: list[str], **kw) -> tuple[thre
     thread = threading.Thread(target=go, daemon=True)
     thread.start()
     return thread, result
+
+
+def join_while_progressing(
+    thread: threading.Thread, *watched: Path, stall_s: float = 60, limit_s: float = 600
+) -> None:
+    """Wait for a run that should finish: as long as any watched file (the trainer's log, run.json)
+    keeps changing, up to limit_s. A slow box (CI runs six workers on two cores) trains slower, but
+    a run stuck for stall_s is stuck; the caller's is_alive() assert then fails."""
+
+    def snapshot():
+        return tuple((p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else None for p in watched)
+
+    began = last_change = time.monotonic()
+    seen = snapshot()
+    while thread.is_alive() and time.monotonic() - began < limit_s:
+        thread.join(timeout=2)
+        now = snapshot()
+        if now != seen:
+            seen, last_change = now, time.monotonic()
+        elif time.monotonic() - last_change > stall_s:
+            return
 
 
 def live_instances(ec2) -> list[dict]:

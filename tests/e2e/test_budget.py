@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from tests.e2e.runkit import start_fab_run
+from tests.e2e.runkit import join_while_progressing, start_fab_run
 from tests.peers import prices
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
@@ -72,7 +72,7 @@ def test_after_on_demand_after_interruptions_the_next_attempt_is_on_demand(
     wait_until(lambda: log.exists() and "Train batch 3:" in log.read_text(), 90, "attempt 1 to train")
     interrupt_first_attempt(ec2, spot_host, imds, dest)
 
-    thread.join(timeout=120)
+    join_while_progressing(thread, log, dest / "run.json")
     out = capfd.readouterr().out
     assert not thread.is_alive(), out[-3000:]
     assert result == {}, (result, out[-3000:])
@@ -99,7 +99,7 @@ def test_max_cost_usd_stops_the_run_with_a_checkpoint(cloud, spot_host, tiny_dat
     prices.inject({(t, "us-east-1a"): 3600.0 for t in LIST_PRICES}, LIST_PRICES)
     dest = tmp_path / "out"
     thread, result = fab_run(config, dest, args_for(tiny_dataset, 100000, "cap"), ["max_cost_usd=2"])
-    thread.join(timeout=150)
+    join_while_progressing(thread, spot_host.root / "remote" / "runs" / "train" / "log", dest / "run.json")
     captured = capfd.readouterr()
     assert not thread.is_alive(), captured.out[-3000:]
     assert result == {"exit": 75}, (result, captured.out[-3000:], captured.err[-2000:])
@@ -132,13 +132,14 @@ def test_a_missed_deadline_moves_the_next_attempt_to_on_demand(
     ec2, config = cloud
     prices.inject({}, LIST_PRICES)
     dest = tmp_path / "out"
-    # Any projection misses a deadline seconds away (setup alone takes longer).
+    # Any projection misses a deadline seconds away (setup alone takes longer). The projection
+    # needs MIN_STEPS measured steps: 90 steps leave attempt 1 far from done when it is made.
     deadline = (datetime.now(UTC) + timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    thread, result = fab_run(config, dest, args_for(tiny_dataset, 150, "dl"), [f"deadline={deadline}"])
+    thread, result = fab_run(config, dest, args_for(tiny_dataset, 90, "dl"), [f"deadline={deadline}"])
     wait_until(lambda: any(e["event"] == "deadline-miss" for e in events(dest)), 120, "the projection")
     interrupt_first_attempt(ec2, spot_host, imds, dest)
 
-    thread.join(timeout=120)
+    join_while_progressing(thread, spot_host.root / "remote" / "runs" / "train" / "log", dest / "run.json")
     out = capfd.readouterr().out
     assert not thread.is_alive(), out[-3000:]
     assert result == {}, (result, out[-3000:])

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import json
 
-from tests.e2e.runkit import fab_run_process, launched_ids, live_instances, start_fab_run
+from tests.e2e.runkit import (
+    fab_run_process,
+    join_while_progressing,
+    launched_ids,
+    live_instances,
+    start_fab_run,
+)
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
 
@@ -36,7 +42,7 @@ def test_fab_run_again_picks_up_a_journey_whose_laptop_process_was_killed(
     (first,) = launched_ids(ec2)
 
     thread, result = start_fab_run(config, dest, args)
-    thread.join(timeout=150)
+    join_while_progressing(thread, log, dest / "run.json")
     out = capfd.readouterr().out
     assert not thread.is_alive() and result == {}, (result, out[-3000:])
     assert f"picking up run job: attempt 1 on {first}" in out

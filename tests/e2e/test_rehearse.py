@@ -17,7 +17,7 @@ from invoke.exceptions import Exit
 from common import aws
 from ec2.cloud import fis
 from tasks import rehearse as rehearse_task
-from tests.e2e.runkit import start_fab_run
+from tests.e2e.runkit import join_while_progressing, start_fab_run
 from tests.peers.fis import FisStandIn
 from tests.peers.iam_lint import findings
 from tests.peers.imds import wait_until
@@ -107,7 +107,7 @@ def test_rehearse_interrupts_an_attended_run_and_reports_its_recovery(
     assert cost and float(cost[1]) == round(float(cost[2]) + float(cost[3]), 4), out[-2000:]
     assert float(cost[3]) in (0.1, 0.2)  # FIS: $0.10 per action-minute, the action's minute or two
 
-    thread.join(timeout=180)
+    join_while_progressing(thread, log, dest / "run.json")
     assert not thread.is_alive() and result == {}, (result, capfd.readouterr().out[-3000:])
     history = json.loads((dest / "run.json").read_text())
     assert [a["outcome"] for a in history["attempts"]] == ["preempted", "finished"]

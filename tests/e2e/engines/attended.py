@@ -10,7 +10,7 @@ import shutil
 
 from common.attempt import Attempt
 from tests.e2e.engines import Finished
-from tests.e2e.runkit import live_instances, start_fab_run
+from tests.e2e.runkit import join_while_progressing, live_instances, start_fab_run
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
 
@@ -62,7 +62,9 @@ class Attended:
         self.ec2.terminate_instances(InstanceIds=[self.first])
 
     def finish(self) -> Finished:
-        self.thread.join(timeout=300)
+        join_while_progressing(
+            self.thread, self.host.root / "remote" / "runs" / "train" / "log", self.dest / "run.json"
+        )
         out = self.capfd.readouterr().out
         assert not self.thread.is_alive(), out[-3000:]
         assert self.result == {}, (self.result, out[-3000:])
