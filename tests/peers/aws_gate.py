@@ -16,6 +16,7 @@ tests/conftest.py's `moto_server` fixture yields the gate's URL, so no test talk
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import threading
 import uuid
@@ -116,6 +117,22 @@ class AwsGate:
                     self._send(status, [("Content-Type", "text/xml")], xml)
                     return
                 status, headers, data = gate.forward(self.command, self.path, self.headers, body)
+                if status == 500 and call is not None and b"<!doctype html>" in data[:100].lower():
+                    # moto crashed on the request (werkzeug's HTML page): mostly an API AWS has and
+                    # moto lacks. Clients retry a 500 as AWS's transient InternalError, with seconds
+                    # of backoff each time; a 501 says what it is and no client retries it. The
+                    # code reads it as any refusal (the check is unknown).
+                    action = call.action or self.headers.get("X-Amz-Target", "").rpartition(".")[2]
+                    why = (
+                        f"the stand-in (moto) failed on {call.service} {action} (most likely not implemented)"
+                    )
+                    if self.headers.get("X-Amz-Target"):  # a JSON-protocol service's error shape
+                        doc = json.dumps({"__type": "NotImplementedByStandIn", "message": why}).encode()
+                        self._send(501, [("Content-Type", "application/x-amz-json-1.1")], doc)
+                    else:
+                        xml = error_body(call.service, "NotImplementedByStandIn", why)
+                        self._send(501, [("Content-Type", "text/xml")], xml)
+                    return
                 if call is not None and 200 <= status < 300:
                     gate.lag.note(call)
                 self._send(status, headers, data)
