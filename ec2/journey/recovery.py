@@ -207,6 +207,7 @@ class ReplaceNode(Recovery):
     def launch(self, attempt: Attempt) -> list[int]:
         self.attempt = attempt
         if not self.fleet.machines:
+            self.fleet.cfg = self.e.budget.launch_cfg(self.e.cfg)
             self.e.out(f"launching {self.e.nodes} nodes for {self.e.name}")
             self.fleet.launch_all()
             self.new = list(range(self.e.nodes))
@@ -221,8 +222,16 @@ class ReplaceNode(Recovery):
     def recover(self, attempt: Attempt, verdict) -> list[int]:
         """N nodes again (Fleet.restore); the nodes that are new, to set up."""
         attempt.ended_at = attempt.ended_at or now_iso()
-        attempt.nodes_lost = list(verdict.lost)
-        self.new = self.fleet.restore(attempt.nodes_lost)
+        attempt.nodes_lost = lost = list(verdict.lost)
+        # on_demand_after / deadline (ec2.journey.budget): every node of the next attempt runs
+        # on-demand. A replacement takes its survivors' market, so spot survivors go too: a spot
+        # node left in the cluster would interrupt the whole run again.
+        self.fleet.cfg = cfg = self.e.budget.launch_cfg(self.e.cfg)
+        spot = [m for m in self.fleet.live() if m.node not in lost and m.market != "on-demand"]
+        if cfg.market == "on-demand" and spot:
+            self.new = self.fleet.restore_on_demand(lost)
+        else:
+            self.new = self.fleet.restore(lost)
         self.e.h.event("restarting", after_attempt=attempt.number, new_nodes=self.new)
         return self.new
 
