@@ -1,8 +1,8 @@
 """The instances of a multi-node `fab run` over its whole life: the cluster launched, a lost node
 replaced in its zone and placement group, or, with no capacity there, the whole cluster launched
-again elsewhere; each member recorded in the run history (history.Member) from launch to
-termination, with its cost, since a survivor serves several attempts. The attempts themselves are
-ec2/journey/cluster_loop.py."""
+again elsewhere (or on-demand, when the run's budget moved it there); each member recorded in the
+run history (history.Member) from launch to termination, with its cost, since a survivor serves
+several attempts. The attempts themselves are ec2/journey/cluster_loop.py."""
 
 from __future__ import annotations
 

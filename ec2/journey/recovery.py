@@ -5,8 +5,8 @@ strategies registered by name (the shape of SkyPilot's sky/jobs/recovery_strateg
     relaunch      one instance per attempt; after an interruption it is terminated and the next
                   attempt launches the cheapest type and zone not yet interrupted (`fab run`)
     replace-node  N members that outlive attempts; a lost node is replaced in its zone and
-                  placement group, or the whole cluster relaunched elsewhere (`fab run --nodes N`,
-                  ec2/journey/fleet.py)
+                  placement group, or the whole cluster relaunched elsewhere, or on-demand once
+                  the run's budget says so (`fab run --nodes N`, ec2/journey/fleet.py)
 """
 
 from __future__ import annotations
@@ -178,7 +178,8 @@ class Relaunch(Recovery):
 @register
 class ReplaceNode(Recovery):
     """N members (ec2/journey/fleet.py) that outlive attempts; after an interruption the lost nodes
-    are replaced in the same zone and placement group, or the cluster relaunched elsewhere."""
+    are replaced in the same zone and placement group, or the cluster relaunched elsewhere, or
+    (on_demand_after, deadline: ec2.journey.budget) every node relaunched on-demand."""
 
     name = "replace-node"
 
