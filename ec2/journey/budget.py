@@ -202,8 +202,10 @@ class Budget:
     def before_launch(self) -> None:
         """A run already at its cap launches nothing more (an interruption during the stop)."""
         cap = self.e.cfg.max_cost_usd
+        if cap is None:
+            return  # no prices to read: a cluster's live members would each cost a price lookup
         cost = self.cost_so_far(None)
-        if cap is not None and cost is not None and cost >= cap:
+        if cost is not None and cost >= cap:
             self.e.h.status, self.e.h.finished_at = RunStatus.STOPPED, now_iso()
             raise BudgetReached(self._stopped_line(cost, self._last_step()))
 

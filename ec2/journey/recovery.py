@@ -224,6 +224,9 @@ class ReplaceNode(Recovery):
         """N nodes again (Fleet.restore); the nodes that are new, to set up."""
         attempt.ended_at = attempt.ended_at or now_iso()
         attempt.nodes_lost = lost = list(verdict.lost)
+        # Replacements are launched here, not in launch(): a run at max_cost_usd launches none
+        # (BudgetReached; the engine then terminates the members left).
+        self.e.budget.before_launch()
         # on_demand_after / deadline (ec2.journey.budget): every node of the next attempt runs
         # on-demand. A replacement takes its survivors' market, so spot survivors go too: a spot
         # node left in the cluster would interrupt the whole run again.

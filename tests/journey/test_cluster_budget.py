@@ -151,7 +151,9 @@ def test_max_cost_counts_every_members_billed_time_and_asks_each_nodes_trainer_t
     ) in capsys.readouterr().out
     assert h.events[-1]["event"] == "max-cost"
 
-    # At the cap, no attempt is launched any more: the survivors' billing counts too.
+    # At the cap, no attempt is launched any more: the survivors' billing counts too. A node
+    # lost meanwhile is not replaced (a cluster's replacements launch in recover, before the
+    # next attempt).
     with pytest.raises(budget.BudgetReached) as stop:
         journey.budget.before_launch()
     assert stop.value.exit_code == STOPPED_RESUMABLE
@@ -159,6 +161,9 @@ def test_max_cost_counts_every_members_billed_time_and_asks_each_nodes_trainer_t
         f"cost ${expected:.2f} reached max_cost_usd $2: stopped at step 7 with a checkpoint "
         "(s3://spot-ckpt/job/ckpt); run again with a higher max_cost_usd to go on"
     )
+    with pytest.raises(budget.BudgetReached):
+        journey.recover(attempt, ClusterVerdict("interrupted", (1,)))
+    assert journey.fleet.ec2.describe_instances()["Reservations"] == []  # nothing launched
 
 
 def test_the_deadline_projects_a_cluster_with_every_nodes_interruptions_and_moves_every_node(
