@@ -1,16 +1,21 @@
 """A run's budget and deadline (configs/aws.yaml: on_demand_after, max_cost_usd, deadline), as the
-attempt loop (ec2/journey/engine.py) applies them to an attended run:
+attempt loop (ec2/journey/engine.py) applies them to an attended run, on one instance or on a
+cluster (`fab run --nodes N`):
 
 - on_demand_after K: after K interruptions the next attempt launches on-demand (the interruptions
-  that spot tools keep paying for end there; nextflow #7396, hail #13395);
+  that spot tools keep paying for end there; nextflow #7396, hail #13395); on a cluster every node
+  of the next attempt does (an attempt interrupted counts once, however many nodes it lost), the
+  spot survivors replaced too (ec2/journey/recovery.py ReplaceNode.recover);
 - deadline: at each poll the finish is projected from the run's own steps (steps left × the step
-  time measured on this attempt, plus the interruptions expected on spot: ec2.journey.interruptions
-  and ec2.cloud.runcost); when it misses, the next attempt launches on-demand;
-- max_cost_usd: the cost so far (ended attempts as the summary prices them, the open one at its
-  current $/h × its uptime) reaching it asks the trainer to checkpoint and stop, as `fab stop` does
-  (TERM to the notice watcher; the trainer saves and exits 75); the checkpoint and log come down,
-  the instances go, and BudgetReached ends the run with the exit code of a run stopped, not
-  finished (75).
+  time measured on this attempt, from rank 0's log on a cluster, plus the interruptions expected on
+  spot, N nodes' worth on a cluster: ec2.journey.interruptions and ec2.cloud.runcost); when it
+  misses, the next attempt launches on-demand, every node of it on a cluster;
+- max_cost_usd: the cost so far (ended attempts, or a cluster's ended members, as the summary
+  prices them; what still bills at its current $/h × its uptime: the open attempt's instance, or
+  every live member) reaching it asks the trainer to checkpoint and stop on every node, as `fab stop`
+  does (TERM to each node's notice watcher; the trainer saves and exits 75); the checkpoint and logs
+  come down, the instances go, and BudgetReached ends the run with the exit code of a run stopped,
+  not finished (75).
 """
 
 from __future__ import annotations
@@ -70,14 +75,15 @@ KEYS = ("on_demand_after", "max_cost_usd", "deadline")
 
 
 def refuse_where_unapplied(cfg, how: str) -> None:
-    """Budget keys are applied by the one-instance attended loop only (so far): a cluster or a
-    detached run with one set is refused before anything is launched, not run without it."""
+    """Budget keys are applied by the attended loop only (one instance or a cluster): a run they
+    are not applied to (`how`) with one set is refused before anything is launched, not run
+    without it."""
     keys = [k for k in KEYS if getattr(cfg, k) is not None]
     if keys:
         raise ConfigError(
-            f"{', '.join(keys)} {'is' if len(keys) == 1 else 'are'} applied to `fab run` on one instance "
+            f"{', '.join(keys)} {'is' if len(keys) == 1 else 'are'} applied to an attended `fab run` "
             f"so far, not to {how}; unset {'it' if len(keys) == 1 else 'them'} (--set {keys[0]}=null) "
-            "or run on one instance without --detach"
+            "or run without --detach"
         )
 
 
@@ -85,12 +91,10 @@ class Budget:
     def __init__(self, engine):
         self.e = engine
         cfg = engine.cfg
-        if engine.nodes > 1:
-            refuse_where_unapplied(cfg, "a cluster (--nodes)")
         self.on_demand = cfg.market == "on-demand"  # the next attempt launches on-demand
         self.deadline = parse_time(cfg.deadline) if cfg.deadline else None
         self.stopping = False  # max_cost_usd reached: the trainer was asked to stop
-        self._rate: tuple[int, float | None, float] | None = None  # (attempt, $/h, read at)
+        self._rates: dict[tuple, tuple[float | None, float]] = {}  # (type, zone, market) → ($/h, read at)
         self._first: tuple[int, float, int] | None = None  # (attempt, time, step) first seen
         self._said_deadline: int | None = None  # the attempt whose miss was said
         self._trainer = None
@@ -98,7 +102,8 @@ class Budget:
 
     # --- the market of the next attempt ---------------------------------------------------------
     def launch_cfg(self, cfg):
-        """The config the next attempt launches with: on-demand once the budget says so."""
+        """The config the next attempt launches with (one instance, or every node of a cluster):
+        on-demand once the budget says so."""
         return dataclasses.replace(cfg, market="on-demand") if self.on_demand else cfg
 
     def after_interruption(self) -> None:
@@ -108,11 +113,15 @@ class Budget:
         if k is None or count < k or self.on_demand:
             return
         self.on_demand = True
-        self.e.out(
-            f"{count} interruption{'s' if count > 1 else ''} (on_demand_after: {k}): the next attempt "
-            f"runs on-demand at {self._on_demand_rate()}"
-        )
+        self.e.out(f"{count} interruption{'s' if count > 1 else ''} (on_demand_after: {k}): {self._next()}")
         h.event("on-demand", why="on_demand_after", interruptions=count)
+
+    def _next(self) -> str:
+        """What the switch means for the next attempt, with the on-demand $/h."""
+        rate = self._on_demand_rate()
+        if self.e.nodes > 1:
+            return f"every node of the next attempt ({self.e.nodes}) runs on-demand at {rate} each"
+        return f"the next attempt runs on-demand at {rate}"
 
     def _on_demand_rate(self) -> str:
         """$/h of the type an on-demand launch tries first (the configured order)."""
@@ -135,31 +144,43 @@ class Budget:
             self.check_deadline(attempt)
 
     # --- max_cost_usd -----------------------------------------------------------------------------
-    def hourly(self, attempt: Attempt) -> float | None:
-        """The open attempt's $/h now: its spot pool's current price, or its on-demand price."""
-        now = time.monotonic()
-        if self._rate and self._rate[0] == attempt.number and now - self._rate[2] < RATE_TTL_S:
-            return self._rate[1]
-        if attempt.market == "spot":
-            points = pricing.spot_history(self.e.strategy.ec2, [attempt.instance_type], zones=[attempt.zone])
-            usd = pricing.current_prices(points).get((attempt.instance_type, attempt.zone))
+    def hourly(self, x) -> float | None:
+        """$/h now of what bills (an open attempt's instance, or a cluster member): its spot pool's
+        current price, or its on-demand price; read again after RATE_TTL_S."""
+        key, now = (x.instance_type, x.zone, x.market), time.monotonic()
+        if key in self._rates and now - self._rates[key][1] < RATE_TTL_S:
+            return self._rates[key][0]
+        if x.market == "spot":
+            points = pricing.spot_history(self.e.strategy.ec2, [x.instance_type], zones=[x.zone])
+            usd = pricing.current_prices(points).get((x.instance_type, x.zone))
         else:
-            usd = pricing.on_demand_price(
-                attempt.instance_type, pricing.region_of_zone(attempt.zone), self.e.cfg.profile
-            )
-        self._rate = (attempt.number, usd, now)
+            usd = pricing.on_demand_price(x.instance_type, pricing.region_of_zone(x.zone), self.e.cfg.profile)
+        self._rates[key] = (usd, now)
         return usd
 
-    def cost_so_far(self, attempt: Attempt | None) -> float | None:
-        """Every ended attempt's recorded cost, plus the open one's uptime at its current $/h."""
-        ended = sum(a.cost_usd or 0.0 for a in self.e.h.attempts if a is not attempt and a.cost_usd)
+    def billing(self, attempt: Attempt | None) -> list:
+        """What bills now and has no cost recorded yet: the open attempt (one instance), or every
+        member not terminated yet (a cluster: its members outlive attempts)."""
+        if self.e.nodes > 1:
+            return [m for m in self.e.h.members if m.ended_at is None and m.launched_at]
         if attempt is None or attempt.ended_at or attempt.launched_at is None:
-            return ended
-        usd = self.hourly(attempt)
-        if usd is None:
-            return None
-        up = (datetime.now(UTC) - parse_time(attempt.launched_at)).total_seconds()
-        return ended + usd * max(up, 0.0) / 3600
+            return []
+        return [attempt]
+
+    def cost_so_far(self, attempt: Attempt | None) -> float | None:
+        """Every ended attempt's or member's recorded cost, plus the uptime of what still bills at
+        its current $/h (None when a price is unknown)."""
+        h, now = self.e.h, self.billing(attempt)
+        ended = sum(
+            x.cost_usd for x in [*h.attempts, *h.members] if x.cost_usd and all(x is not b for b in now)
+        )
+        for x in now:
+            usd = self.hourly(x)
+            if usd is None:
+                return None
+            up = (datetime.now(UTC) - parse_time(x.launched_at)).total_seconds()
+            ended += usd * max(up, 0.0) / 3600
+        return ended
 
     def stop_trainer(self, cost: float) -> None:
         """Ask the trainer on every node to checkpoint and exit 75, as `fab stop` does."""
@@ -167,9 +188,8 @@ class Budget:
 
         self.stopping = True
         cap = self.e.cfg.max_cost_usd
-        self.e.out(
-            f"cost ${cost:.2f} reached max_cost_usd ${cap:g}: asking the trainer to checkpoint and stop"
-        )
+        who = f"the trainer on every node ({self.e.nodes})" if self.e.nodes > 1 else "the trainer"
+        self.e.out(f"cost ${cost:.2f} reached max_cost_usd ${cap:g}: asking {who} to checkpoint and stop")
         self.e.h.event("max-cost", cost_usd=round(cost, 6), max_cost_usd=cap)
         for m in self.e.machines:
             try:
@@ -182,8 +202,10 @@ class Budget:
     def before_launch(self) -> None:
         """A run already at its cap launches nothing more (an interruption during the stop)."""
         cap = self.e.cfg.max_cost_usd
+        if cap is None:
+            return  # no prices to read: a cluster's live members would each cost a price lookup
         cost = self.cost_so_far(None)
-        if cap is not None and cost is not None and cost >= cap:
+        if cost is not None and cost >= cap:
             self.e.h.status, self.e.h.finished_at = RunStatus.STOPPED, now_iso()
             raise BudgetReached(self._stopped_line(cost, self._last_step()))
 
@@ -245,7 +267,8 @@ class Budget:
             if self._records is None:  # this user's run records, read once per run
                 self._records = interruptions.observed(Path(self.e.outputs).parent)
             rate = interruptions.for_type(self._records, attempt.instance_type)
-            expected = rate.per_hour * seconds / 3600
+            # Any of a cluster's N spot nodes interrupted stops the run: N times the rate of one.
+            expected = rate.per_hour * self.e.nodes * seconds / 3600
             recovery = rate.recovery_s + 0.5 * interval * step_s
         finish = datetime.now(UTC) + timedelta(seconds=seconds + expected * recovery)
         return Projection(finish, left, step_s, expected, recovery)
@@ -262,7 +285,7 @@ class Budget:
         miss = f"{proj.line()} misses the deadline {_clock(self.deadline)}"
         if attempt.market == "spot" and not self.on_demand:
             self.on_demand = True
-            self.e.out(f"{miss}: the next attempt runs on-demand at {self._on_demand_rate()}")
+            self.e.out(f"{miss}: {self._next()}")
         else:
             self.e.out(f"{miss}: already on-demand, the run will miss it")
         self.e.h.event(

@@ -1,8 +1,8 @@
 """The instances of a multi-node `fab run` over its whole life: the cluster launched, a lost node
 replaced in its zone and placement group, or, with no capacity there, the whole cluster launched
-again elsewhere; each member recorded in the run history (history.Member) from launch to
-termination, with its cost, since a survivor serves several attempts. The attempts themselves are
-ec2/journey/cluster_loop.py."""
+again elsewhere (or on-demand, when the run's budget moved it there); each member recorded in the
+run history (history.Member) from launch to termination, with its cost, since a survivor serves
+several attempts. The attempts themselves are ec2/journey/cluster_loop.py."""
 
 from __future__ import annotations
 
@@ -54,7 +54,9 @@ class Fleet:
         return [m for m in self.live() if m.node == node][-1]
 
     def launch_all(self) -> None:
-        """The whole cluster, `exclude`d types and zones left out (all tried again once none is left)."""
+        """The whole cluster with `cfg` (its market: the run's budget may have moved it to
+        on-demand, ec2.journey.recovery.ReplaceNode), `exclude`d types and zones left out (all tried
+        again once none is left)."""
         try:
             records = cluster.launch_cluster(
                 self.cfg, self.name, self.count, exclude=frozenset(self.exclude), s3=self.s3, out=self.out
@@ -75,6 +77,7 @@ class Fleet:
             instance_ids=[r.instance_id for r in records],
             instance_type=records[0].instance_type,
             zone=records[0].zone,
+            market=records[0].market,
         )
 
     def terminate(self, members: list[history.Member], outcome: Outcome) -> None:
@@ -96,6 +99,17 @@ class Fleet:
         self.terminate(self.live(), outcome)
         cluster.remove_shared(self.ec2, self.cfg, self.name)
         self.out(f"removed cluster {self.name}'s placement group and members' security group")
+
+    def restore_on_demand(self, lost: list[int]) -> list[int]:
+        """N nodes again, every one on-demand (`cfg` says on-demand: the run's budget moved it
+        there): the lost nodes and the spot survivors terminated, the whole cluster launched anew.
+        The nodes that are new (all)."""
+        self.terminate([self.member(k) for k in lost], Outcome.LOST)
+        self.out(f"terminating the spot survivors and launching all {self.count} nodes on-demand")
+        self.h.event("relaunch-all", why="on-demand")
+        self.take_down()
+        self.launch_all()
+        return list(range(self.count))
 
     def restore(self, lost: list[int]) -> list[int]:
         """N nodes again after losing `lost`: those terminated and replaced in the same zone and

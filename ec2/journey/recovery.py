@@ -5,8 +5,8 @@ strategies registered by name (the shape of SkyPilot's sky/jobs/recovery_strateg
     relaunch      one instance per attempt; after an interruption it is terminated and the next
                   attempt launches the cheapest type and zone not yet interrupted (`fab run`)
     replace-node  N members that outlive attempts; a lost node is replaced in its zone and
-                  placement group, or the whole cluster relaunched elsewhere (`fab run --nodes N`,
-                  ec2/journey/fleet.py)
+                  placement group, or the whole cluster relaunched elsewhere, or on-demand once
+                  the run's budget says so (`fab run --nodes N`, ec2/journey/fleet.py)
 """
 
 from __future__ import annotations
@@ -178,7 +178,8 @@ class Relaunch(Recovery):
 @register
 class ReplaceNode(Recovery):
     """N members (ec2/journey/fleet.py) that outlive attempts; after an interruption the lost nodes
-    are replaced in the same zone and placement group, or the cluster relaunched elsewhere."""
+    are replaced in the same zone and placement group, or the cluster relaunched elsewhere, or
+    (on_demand_after, deadline: ec2.journey.budget) every node relaunched on-demand."""
 
     name = "replace-node"
 
@@ -207,6 +208,7 @@ class ReplaceNode(Recovery):
     def launch(self, attempt: Attempt) -> list[int]:
         self.attempt = attempt
         if not self.fleet.machines:
+            self.fleet.cfg = self.e.budget.launch_cfg(self.e.cfg)
             self.e.out(f"launching {self.e.nodes} nodes for {self.e.name}")
             self.fleet.launch_all()
             self.new = list(range(self.e.nodes))
@@ -221,8 +223,19 @@ class ReplaceNode(Recovery):
     def recover(self, attempt: Attempt, verdict) -> list[int]:
         """N nodes again (Fleet.restore); the nodes that are new, to set up."""
         attempt.ended_at = attempt.ended_at or now_iso()
-        attempt.nodes_lost = list(verdict.lost)
-        self.new = self.fleet.restore(attempt.nodes_lost)
+        attempt.nodes_lost = lost = list(verdict.lost)
+        # Replacements are launched here, not in launch(): a run at max_cost_usd launches none
+        # (BudgetReached; the engine then terminates the members left).
+        self.e.budget.before_launch()
+        # on_demand_after / deadline (ec2.journey.budget): every node of the next attempt runs
+        # on-demand. A replacement takes its survivors' market, so spot survivors go too: a spot
+        # node left in the cluster would interrupt the whole run again.
+        self.fleet.cfg = cfg = self.e.budget.launch_cfg(self.e.cfg)
+        spot = [m for m in self.fleet.live() if m.node not in lost and m.market != "on-demand"]
+        if cfg.market == "on-demand" and spot:
+            self.new = self.fleet.restore_on_demand(lost)
+        else:
+            self.new = self.fleet.restore(lost)
         self.e.h.event("restarting", after_attempt=attempt.number, new_nodes=self.new)
         return self.new
 

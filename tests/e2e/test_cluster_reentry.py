@@ -4,17 +4,29 @@ running), `fab run --nodes 2 --name job` again picks the running attempt up on t
 watches it to the end: no new instance, one run history and one summary across both laptop
 sessions. On the way, the commands that do not match the run left open are refused in one line
 and launch nothing. And a member AWS takes back while the laptop is away is replaced on pick-up,
-the survivor kept."""
+the survivor kept.
+
+The budget keys apply to a cluster (ec2/journey/budget.py) on the same run: the first session's
+`deadline` is missed by the projection from rank 0's steps, which moves every node of the next
+attempt to on-demand; the second session's `max_cost_usd` (the spot price injected as
+DescribeSpotPriceHistory documents it, tests/peers/prices.py; moto prices every pool at
+$0.00001/h) is reached by the members' whole lives at pick-up, so both nodes' trainers checkpoint
+and stop, every member is terminated and `fab run` exits 75."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
+from datetime import UTC, datetime, timedelta
 
+import boto3
 import pytest
+import torch
 
 from tests.e2e.clusterkit import cluster_members, ctrl_c, free_port, tag, take_back
-from tests.e2e.runkit import start_fab_run
+from tests.e2e.runkit import join_while_progressing, start_fab_run
+from tests.peers import prices
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
 
@@ -24,32 +36,50 @@ def test_fab_run_nodes_again_picks_up_the_cluster_run_the_laptop_left(
 ):
     ec2, config, nodes, _groups = cluster_cloud
     dest = tmp_path / "out"
+    # Steps enough that the run is still training when the second session comes (the cap ends it).
     args = [
         *TINY_TRAIN,
         f"dataset.dataset_dir={tiny_dataset}",
-        "num_training_batches=20",
+        "num_training_batches=100000",
         "output_dir=trained_models/cr",
         "checkpoint_dir=s3://spot-ckpt/job/checkpoint",
     ]
     port = free_port()
     rdirs = [home / "spotrun" / "runs" / "train" for _, _, home in nodes]
+    spot: dict = {}  # the spot price answered; none (unknown) until the second session
+    prices.inject(spot, {"g5.xlarge": "1.006"})  # on-demand, us-east-1, Linux
 
     def logs() -> str:
         return "".join((r / "log").read_text() for r in rdirs if (r / "log").exists())
 
-    # The first laptop session: the cluster launched, torchrun started, then Ctrl-C → leave.
-    thread, result = start_fab_run(config, dest, args, nodes=2, rdzv_port=port)
+    def events() -> list[str]:
+        path = dest / "run.json"
+        return [e["event"] for e in json.loads(path.read_text())["events"]] if path.exists() else []
+
+    # The first laptop session: the cluster launched, torchrun started, the deadline (two hours
+    # away; 100,000 steps take longer) missed, then Ctrl-C → leave.
+    deadline = (datetime.now(UTC) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    thread, result = start_fab_run(config, dest, args, nodes=2, rdzv_port=port, set_=[f"deadline={deadline}"])
 
     def training() -> bool:
         if result or not thread.is_alive():
             pytest.fail(f"fab run ended early: {result}\n{capfd.readouterr().out[-4000:]}")
-        return "Train batch 3:" in logs()
+        return "Train batch 3:" in logs() and "deadline-miss" in events()
 
-    wait_until(training, 120, "training on both nodes")
+    wait_until(training, 180, "training on both nodes and the deadline's projection")
     ctrl_c(thread)
     thread.join(timeout=60)
     first = capfd.readouterr().out
     assert not thread.is_alive(), first[-3000:]
+    # Projected from rank 0's steps (on either node), the switch for every node of the next attempt.
+    missed = re.search(
+        r"projected finish .* \((\d+) steps left x ([\d.]+) s.*\) misses the deadline (.*)", first
+    )
+    assert missed, first[-3000:]
+    assert 99000 < int(missed.group(1)) < 100000 and float(missed.group(2)) > 0
+    assert missed.group(3).endswith(
+        ": every node of the next attempt (2) runs on-demand at $1.006/h (g5.xlarge) each"
+    )
     ids = sorted(i["InstanceId"] for i in cluster_members(ec2))
     assert len(ids) == 2 and "running (the run goes on in tmux on every node)" in first
     assert all(i in first.split("left ")[-1] for i in ids)
@@ -74,29 +104,47 @@ def test_fab_run_nodes_again_picks_up_the_cluster_run_the_laptop_left(
     thread.join(timeout=60)
     out = capfd.readouterr()
     assert result.get("exit") == 2
-    assert "it has num_training_batches=20 where this one has num_training_batches=21" in out.err
+    assert "it has num_training_batches=100000 where this one has num_training_batches=21" in out.err
     assert sorted(i["InstanceId"] for i in cluster_members(ec2)) == ids
 
-    # The second session: the same command picks the attempt up on the same members.
-    thread, result = start_fab_run(config, dest, args, nodes=2, rdzv_port=port)
-    thread.join(timeout=180)
-    out = capfd.readouterr().out
-    assert not thread.is_alive() and result == {}, (result, out[-3000:])
+    # The second session: the same command picks the attempt up on the same members, with a cap
+    # of $2 at $3600/h a node ($1 a second): the members' minutes since their launch in the first
+    # session pass it, so every node's trainer is asked to checkpoint and stop.
+    spot[("g5.xlarge", "us-east-1a")] = 3600.0
+    thread, result = start_fab_run(config, dest, args, nodes=2, rdzv_port=port, set_=["max_cost_usd=2"])
+    join_while_progressing(thread, *(r / "log" for r in rdirs), dest / "run.json")
+    captured = capfd.readouterr()
+    out = captured.out
+    assert not thread.is_alive() and result == {"exit": 75}, (result, out[-3000:], captured.err[-2000:])
     assert "picking up run job: attempt 1 on 2 nodes (job-0 " in out and "already exists" not in out
     assert "launching" not in out
+    assert "asking the trainer on every node (2) to checkpoint and stop" in out
     assert sorted(i["InstanceId"] for i in cluster_members(ec2)) == ids  # no new instance
     assert {i["State"]["Name"] for i in cluster_members(ec2)} == {"terminated"}
     history = json.loads((dest / "run.json").read_text())
-    assert history["status"] == "finished" and [a["outcome"] for a in history["attempts"]] == ["finished"]
+    assert history["status"] == "stopped" and [a["outcome"] for a in history["attempts"]] == ["stopped"]
     kinds = [e["event"] for e in history["events"]]
-    assert kinds.index("begin") < kinds.index("ctrl-c") < kinds.index("picked-up") < kinds.index("finished")
+    assert kinds.index("begin") < kinds.index("deadline-miss") < kinds.index("ctrl-c")
+    assert kinds.index("ctrl-c") < kinds.index("picked-up") < kinds.index("max-cost") < kinds.index("stopped")
     assert [(m["node"], m["outcome"]) for m in history["members"]] == [(0, "terminated"), (1, "terminated")]
-    # Torchrun went on while the laptop was away: one start, never resumed, 20 steps.
+    # Torchrun went on while the laptop was away: one start, never resumed; both nodes' ranks
+    # stopped at one step (exit 75), rank 0's checkpoint in S3 at that step.
     assert "resumed from" not in logs()
-    assert [(r / "exit_code").read_text().strip() for r in rdirs] == ["0", "0"]
+    assert [(r / "exit_code").read_text().strip() for r in rdirs] == ["75", "75"]
+    step = int(re.search(r"stopped by \S+ at step (\d+)", logs()).group(1))
+    body = boto3.client("s3").get_object(Bucket="spot-ckpt", Key="job/checkpoint/last.pt")["Body"].read()
+    assert torch.load(io.BytesIO(body), map_location="cpu", weights_only=False)["step"] == step
+    cost = history["total_cost_usd"]
+    assert cost >= 2 and history["attempts"][0]["last_step"] == step
+    err = captured.err.strip().splitlines()
+    assert err[-1] == (
+        f"error: cost ${cost:.2f} reached max_cost_usd $2: stopped at step {step} with a checkpoint "
+        "(s3://spot-ckpt/job/checkpoint); run again with a higher max_cost_usd to go on"
+    ), captured.err[-2000:]
+    assert "Traceback" not in captured.err
     # One summary over both sessions: the members' whole lives, launched in the first.
-    assert out.count("run job: finished after 1 attempt on 2 nodes x CPU per node (2 instances)") == 1
-    assert history["started_at"] == left["started_at"] and history["total_cost_usd"] is not None
+    assert out.count("run job: stopped after 1 attempt on 2 nodes x CPU per node (2 instances)") == 1
+    assert history["started_at"] == left["started_at"]
 
 
 def test_a_member_taken_back_while_the_laptop_was_away_is_replaced_on_pick_up(
