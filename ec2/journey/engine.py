@@ -197,6 +197,7 @@ class Engine:
             attempt.gpus = started.gpus
             on = f" on {started.procs} GPUs (torchrun)" if started.procs > 1 else ""
             self.out(f"started run {p.run!r} on {m.name}{on}")
+            attempt.running_at = now_iso()
             self.h.event("started", instance_id=m.record.instance_id, gpus=attempt.gpus)
             return
         nodes.on_each([machines[k] for k in new], lambda m: stages.bootstrap(m, p, self.out))
@@ -284,6 +285,7 @@ class Engine:
             if before is not None:
                 attempt.seconds_notice_to_resumed = notice_to_resumed(before.notice_seen_at, time.time())
             after = attempt.seconds_notice_to_resumed
+            attempt.running_at = now_iso()  # the end of this attempt's recovery (ec2.journey.ledger)
             self.h.event("resumed", attempt=attempt.number, step=at, seconds_from_notice=after)
         if polled.notice and not noticed[k]:
             noticed[k] = True
