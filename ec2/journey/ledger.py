@@ -75,7 +75,9 @@ def rows(h: RunHistory) -> list[Row]:
         per_second = a.cost_usd / a.seconds
         recovery = 0.0
         if i > 0 and attempts[i - 1].outcome.interrupted:
-            ready = seconds_between(a.launched_at, _running_from(h, a))
+            running = _running_from(h, a)
+            # Still setting up (counted until now): all its time so far is the recovery.
+            ready = a.seconds if running is None and _at_work(a) else seconds_between(a.launched_at, running)
             recovery = per_second * min(max(ready or 0.0, 0.0), a.seconds)
         steps, recomputed, pending = 0, 0.0, False
         after = attempts[i + 1] if i + 1 < len(attempts) else None

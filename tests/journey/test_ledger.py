@@ -55,6 +55,28 @@ def test_summary_splits_the_cost_into_steps_kept_and_lost_to_interruptions():
     ) in text
 
 
+def test_a_replacement_still_setting_up_is_all_recovery_so_far():
+    h = interrupted_run()
+    h.events = h.events[:1]  # attempt 2 has not started the run yet
+    a2 = h.attempts[1]
+    # As `fab status` counts it (ec2.journey.standing): three minutes of setup until now, $0.60.
+    a2.outcome, a2.ended_at, a2.cost_usd, a2.last_step, a2.resumed_step = (
+        Outcome.BOOTING,
+        at(13),
+        0.6,
+        None,
+        None,
+    )
+    assert ledger.lines(h) == [
+        "  ledger attempt 1: $1.0000 on steps kept, $0.0000 lost (recovery $0.0000, recomputed steps not "
+        "known until attempt 2 logs its resume)",
+        "  ledger attempt 2: $0.0000 on steps kept, $0.6000 lost (recovery $0.6000, 0 recomputed steps "
+        "$0.0000), S3 requests $0.000123",
+        "  ledger total: $1.0000 on steps kept, $0.6000 lost to interruptions (recovery $0.6000, recomputed "
+        "steps $0.0000), S3 requests $0.000123",
+    ]
+
+
 def test_an_uninterrupted_run_loses_nothing_and_its_setup_counts_as_kept():
     h = interrupted_run()
     h.attempts = h.attempts[:1]
