@@ -66,21 +66,30 @@ def _at_work(a: Attempt) -> bool:
     return a.outcome.open or a.outcome in (Outcome.STARTING, Outcome.BOOTING)
 
 
+# Attempts whose trainer never ran: they neither resume a run nor lose steps of it.
+NEVER_RAN = (Outcome.LAUNCH_FAILED, Outcome.SETUP_FAILED, Outcome.NOT_STARTED)
+
+
 def rows(h: RunHistory) -> list[Row]:
     out = []
     attempts = h.attempts
+    recovering = False  # the last attempt whose trainer ran was interrupted
     for i, a in enumerate(attempts):
+        was_recovering = recovering
+        if a.outcome not in NEVER_RAN:
+            recovering = a.outcome.interrupted
         if a.cost_usd is None or not a.seconds:
             continue
         per_second = a.cost_usd / a.seconds
         recovery = 0.0
-        if i > 0 and attempts[i - 1].outcome.interrupted:
+        if was_recovering:
             running = _running_from(h, a)
-            # Still setting up (counted until now): all its time so far is the recovery.
-            ready = a.seconds if running is None and _at_work(a) else seconds_between(a.launched_at, running)
+            # Still setting up (counted until now), or setup failed: all its time is recovery.
+            whole = running is None and (_at_work(a) or a.outcome in NEVER_RAN)
+            ready = a.seconds if whole else seconds_between(a.launched_at, running)
             recovery = per_second * min(max(ready or 0.0, 0.0), a.seconds)
         steps, recomputed, pending = 0, 0.0, False
-        after = attempts[i + 1] if i + 1 < len(attempts) else None
+        after = next((b for b in attempts[i + 1 :] if b.outcome not in NEVER_RAN), None)
         if a.outcome.interrupted and after is not None and a.last_step is not None:
             pending = after.resumed_step is None and _at_work(after)
             # No resume line in an attempt that ended: it started afresh and ran every step again.

@@ -77,6 +77,27 @@ def test_a_replacement_still_setting_up_is_all_recovery_so_far():
     ]
 
 
+def test_a_failed_setup_between_the_interruption_and_the_resume_is_lost_to_it():
+    h = interrupted_run()
+    a1, a2 = h.attempts
+    # A detached group's replacement whose setup failed (a bad disk), then one that resumed at 900.
+    failed = Attempt(2, "i-x", "g5.xlarge", "us-east-1b", "spot", at(10), at(13), Outcome.SETUP_FAILED)
+    failed.cost_usd = 0.6
+    a2.number = 3
+    h.attempts, h.events = [a1, failed, a2], [*h.events[:1], {"at": at(12), "event": "resumed", "attempt": 3}]
+    assert ledger.lines(h) == [
+        # Attempt 1 still lost only the 100 steps past its checkpoint: attempt 3 resumed at 900.
+        "  ledger attempt 1: $0.9000 on steps kept, $0.1000 lost (recovery $0.0000, 100 recomputed steps "
+        "$0.1000)",
+        "  ledger attempt 2: $0.0000 on steps kept, $0.6000 lost (recovery $0.6000, 0 recomputed steps "
+        "$0.0000)",
+        "  ledger attempt 3: $1.6000 on steps kept, $0.4000 lost (recovery $0.4000, 0 recomputed steps "
+        "$0.0000), S3 requests $0.000123",
+        "  ledger total: $2.5000 on steps kept, $1.1000 lost to interruptions (recovery $1.0000, recomputed "
+        "steps $0.1000), S3 requests $0.000123",
+    ]
+
+
 def test_an_uninterrupted_run_loses_nothing_and_its_setup_counts_as_kept():
     h = interrupted_run()
     h.attempts = h.attempts[:1]
