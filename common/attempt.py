@@ -113,6 +113,11 @@ class Attempt:
     notice_seen_at: float | None = None  # epoch seconds the watcher saw the notice that ended it
     seconds_notice_to_resumed: float | None = None  # from the previous attempt's notice to resumed
     log_uri: str | None = None  # detached: where the boot copied the attempt's run log in S3
+    # When the run began working on this attempt's machine: the trainer resumed (or, before a
+    # resume line, was started). After an interruption, the billed time until then is recovery
+    # (ec2.journey.ledger). `fab run` sets it when it starts the run and again when it sees the
+    # resume line; a detached boot when it has started the run (it does not read the log).
+    running_at: str | None = None
 
     def __setattr__(self, key: str, value) -> None:
         # Read back from JSON, or set from a plain string: always the Enum.

@@ -16,6 +16,7 @@ from ec2 import registry
 from ec2.cloud import instances, pricing
 from ec2.cloud.cluster import CLUSTER_TAG, NODE_TAG
 from ec2.cloud.instances import InstanceInfo
+from ec2.journey import standing
 from ec2.registry import MachineRecord
 from ec2.remote import runs
 from ec2.remote.ssh import Machine
@@ -40,6 +41,8 @@ class Report:
     rows: list[Row]
     missing: list[MachineRecord]  # registry entries of this region whose instance is gone
     updated: list[str]  # registry entries whose address was refreshed from AWS
+    # The attended runs (`fab run`) at work on these machines: a line each, then its ledger so far.
+    ledgers: list[str] = dataclasses.field(default_factory=list)
 
 
 def uptime(info: InstanceInfo, now: datetime) -> timedelta:
@@ -162,7 +165,17 @@ def collect(ec2, region: str, *, now: datetime | None = None, check_runs: bool =
     rows = build_rows(found, region, history, known, now)
     if check_runs:
         rows = run_states(rows, known)
-    return Report(rows, missing_entries(known, region, found), updated)
+    return Report(rows, missing_entries(known, region, found), updated, run_ledgers(ec2, rows))
+
+
+def run_ledgers(ec2, rows: list[Row]) -> list[str]:
+    """Each registered running machine's attended run, from its local outputs/<name>/run.json (no
+    SSH: also with --no-runs): where its dollars went so far (ec2.journey.standing)."""
+    out = []
+    for r in rows:
+        if not r.note and r.info.state == "running":
+            out += standing.attended(ec2, r.info.name, r.info.instance_id)
+    return out
 
 
 def _money(value: float | None, estimate: bool = False) -> str:

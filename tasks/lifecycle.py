@@ -103,6 +103,8 @@ def status(c, all_regions=False, no_runs=False, config=None, set_=None):
             shown += len(report.rows)
             print(f"{region}:")
             print(status_mod.table(report.rows, now))
+        for line in report.ledgers:
+            print(line)
         for row in report.rows:
             if row.note:
                 print(
@@ -116,7 +118,7 @@ def status(c, all_regions=False, no_runs=False, config=None, set_=None):
             )
         for line in detached.status_lines(cfg, region):
             shown += 1
-            print(f"detached run {line}")
+            print(line)
         if any(r.estimate for r in report.rows):
             print("* on-demand list price (us-east-1, from a table): an estimate")
         shown += print_volumes(account.client(cfg, "ec2", region))

@@ -26,7 +26,7 @@ from ec2.cloud.spot_failures import spot_failure
 from ec2.cloud.userdata import build_detached_user_data
 from ec2.config import AwsConfig
 from ec2.errors import ConfigError, ToolkitError
-from ec2.journey import budget, history, report
+from ec2.journey import budget, history, ledger, report, standing
 from ec2.journey.stages import Plan, watcher_args
 from ec2.remote import detached, detached_members, runs
 from ec2.remote.detached import DetachedRun
@@ -306,19 +306,19 @@ class Detached:
         return result.stdout if result.code == 0 else None
 
     def history(self, state: DetachedRun) -> history.RunHistory:
-        """The record as `fab run`'s history (the boot writes the same attempts), each attempt's
-        cost from the spot price history; one still running counts until now (time and cost so far)."""
-        now = history.now_iso()
+        """The record as `fab run`'s history (the boot writes the same attempts): each attempt's
+        steps and S3 reads from its log in S3, its cost from the spot price history; one still
+        running counts until now (time and cost so far). ec2.journey.standing does both."""
         h = history.RunHistory(
             name=state.name,
             run=state.run,
             command=state.command,
             started_at=state.submitted_at,
             status=state.status,
-            attempts=[dataclasses.replace(a, ended_at=now) if a.unended else a for a in state.attempts],
+            attempts=[dataclasses.replace(a) for a in state.attempts],  # the record stays as read
         )
-        for a in h.attempts:
-            a.cost_usd = report.fetch_cost(self.ec2, a)
+        standing.note_logs(self.s3, h.attempts)
+        standing.until_now(h, self.ec2)
         if state.ended and state.attempts:
             h.finished_at = state.attempts[-1].ended_at
         return h
@@ -335,9 +335,11 @@ def watch(
     d: Detached, *, out: Say = print, poll_s: float = 15.0, lines: int = 10, once: bool = False
 ) -> DetachedRun:
     """Follow a detached run until it has ended and its group is empty: state, current instance,
-    attempts, the log's tail when it changes; then the summary. Ctrl-C stops only the watching."""
+    attempts, the log's tail when it changes, the ledger when an attempt ends; then the summary.
+    Ctrl-C stops only the watching."""
     shown = failure_shown = ""
     last_tail = ""
+    ledger_at = 0  # attempts ended when the ledger was last shown
     while True:
         where = d.look()
         s = where.state
@@ -365,6 +367,11 @@ def watch(
         if line != shown:
             out(line)
             shown = line
+        ended = sum(1 for a in s.attempts if a.ended_at)
+        if ended > ledger_at and not s.ended:  # an attempt ended: its dollars (at the end: the summary)
+            for text in ledger.lines(d.history(s)):
+                out(text)
+            ledger_at = ended
         if not s.ended:
             tail = d.log_tail(where, lines) or ""
             if tail and tail != last_tail:

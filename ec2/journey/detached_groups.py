@@ -10,7 +10,7 @@ from collections.abc import Callable
 from common import aws
 from ec2.cloud import asg, instances
 from ec2.config import AwsConfig
-from ec2.journey import detach, detach_nodes
+from ec2.journey import detach, detach_nodes, ledger
 from ec2.remote import detached as record
 
 Say = Callable[[str], None]
@@ -64,11 +64,11 @@ def leftovers(cfg: AwsConfig, region: str, out: Say = print) -> None:
 
 
 def status_lines(cfg: AwsConfig, region: str) -> list[str]:
-    """`fab status`: one line per detached run (group, current instance, attempt n of max, state,
-    cost so far)."""
+    """`fab status`: a line per detached run (group, current instance, attempt n of max, state,
+    cost so far), then a one-group run's ledger so far (ec2.journey.ledger), as printed."""
     autoscaling = aws.client("autoscaling", region, cfg.profile)
     groups = asg.spotrun_groups(autoscaling, instances.NAME_TAG)
-    lines = detach_nodes.status_lines(cfg, groups)
+    lines = [f"detached run {line}" for line in detach_nodes.status_lines(cfg, groups)]
     for g in groups:
         if detach_nodes.RUN_TAG in g.tags:
             continue  # a member of a detached cluster: its run's line is above
@@ -79,13 +79,15 @@ def status_lines(cfg: AwsConfig, region: str) -> list[str]:
         failed = f", boot failed: {g.tags[asg.FAILURE_TAG]}" if asg.FAILURE_TAG in g.tags else ""
         if state is None:
             lines.append(
-                f"{name}: group {g.name}, instance {current}, desired {g.desired}, no run record{failed}"
+                f"detached run {name}: group {g.name}, instance {current}, desired {g.desired}, "
+                f"no run record{failed}"
             )
             continue
         h = d.history(state)
         cost = f"${h.total_cost_usd:.4f}" if h.total_cost_usd is not None else "?"
         lines.append(
-            f"{name}: group {g.name}, instance {current}, attempt {len(state.attempts)} of "
+            f"detached run {name}: group {g.name}, instance {current}, attempt {len(state.attempts)} of "
             f"{state.max_attempts}, {state.status}, cost so far {cost}{failed}"
         )
+        lines += ledger.lines(h)
     return lines

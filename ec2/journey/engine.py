@@ -197,7 +197,10 @@ class Engine:
             attempt.gpus = started.gpus
             on = f" on {started.procs} GPUs (torchrun)" if started.procs > 1 else ""
             self.out(f"started run {p.run!r} on {m.name}{on}")
-            self.h.event("started", instance_id=m.record.instance_id, gpus=attempt.gpus)
+            attempt.running_at = now_iso()
+            self.h.event(
+                "started", at=attempt.running_at, instance_id=m.record.instance_id, gpus=attempt.gpus
+            )
             return
         nodes.on_each([machines[k] for k in new], lambda m: stages.bootstrap(m, p, self.out))
         self.h.event("setup", nodes=new)
@@ -284,7 +287,11 @@ class Engine:
             if before is not None:
                 attempt.seconds_notice_to_resumed = notice_to_resumed(before.notice_seen_at, time.time())
             after = attempt.seconds_notice_to_resumed
-            self.h.event("resumed", attempt=attempt.number, step=at, seconds_from_notice=after)
+            # The end of this attempt's recovery (ec2.journey.ledger): the event's own time.
+            attempt.running_at = now_iso()
+            self.h.event(
+                "resumed", at=attempt.running_at, attempt=attempt.number, step=at, seconds_from_notice=after
+            )
         if polled.notice and not noticed[k]:
             noticed[k] = True
             if attempt.notice_seen_at is None:

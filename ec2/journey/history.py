@@ -76,8 +76,9 @@ class RunHistory:
         return lost
 
     # --- writing --------------------------------------------------------------------------------------
-    def event(self, kind: str, **detail) -> None:
-        self.events.append({"at": now_iso(), "event": kind, **detail})
+    def event(self, kind: str, at: str | None = None, **detail) -> None:
+        """Record an event, at `at` (a time already recorded elsewhere) or now."""
+        self.events.append({"at": at or now_iso(), "event": kind, **detail})
         self.save()
 
     def to_dict(self) -> dict:

@@ -342,6 +342,7 @@ class Boot:
             )
 
         self.attempt.outcome = Outcome.RUNNING
+        self.attempt.running_at = now_iso()  # the end of a recovery's billed time (ec2.journey.ledger)
         self.save()
         code = self.wait(run_dir)
         self.attempt.exit_code = code

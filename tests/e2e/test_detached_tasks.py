@@ -52,6 +52,8 @@ def test_status_watch_ctrl_c_stop_and_cleanup(
             f"detached run dj: group spotrun-dj, instance {done.instance_id}, attempt 1 of 4, running" in seen
         )
         assert "cost so far $" in seen
+        # Its ledger so far: attempt 1, still running, counted until now.
+        assert "\n  ledger attempt 1: $" in seen and "\n  ledger total: $" in seen, seen
 
         def ctrl_c(_seconds):
             raise KeyboardInterrupt

@@ -7,11 +7,15 @@ tests/e2e/test_spot_journey.py; these are what only the attended engine does."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
 from pathlib import Path
 
+from invoke import Context
+
+from tasks import lifecycle
 from tests.e2e.runkit import fab_run_process, launched_ids, live_instances, start_fab_run
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
@@ -140,7 +144,7 @@ def ctrl_c_once_watching(proc: subprocess.Popen, spot_host) -> tuple[str, str]:
 
 
 def test_ctrl_c_without_a_terminal_leaves_the_instance_and_says_how_to_stop_it(
-    cloud, spot_host, tiny_dataset, tmp_path
+    cloud, spot_host, tiny_dataset, tmp_path, capsys, monkeypatch
 ):
     ec2, config = cloud
     args = [
@@ -150,15 +154,26 @@ def test_ctrl_c_without_a_terminal_leaves_the_instance_and_says_how_to_stop_it(
         "output_dir=trained_models/cc",
         "checkpoint_dir=s3://spot-ckpt/cc/checkpoint",
     ]
-    proc = fab_run_process(config, tmp_path / "out", args, stdin=subprocess.DEVNULL)
+    # Where `fab run` keeps the history by default (outputs/<name>), under tmp_path, for `fab status`.
+    dest = tmp_path / "outputs" / "job"
+    proc = fab_run_process(config, dest, args, stdin=subprocess.DEVNULL)
     out, err = ctrl_c_once_watching(proc, spot_host)
     assert proc.returncode == 130, out[-2000:] + err[-2000:]
     assert "[t]erminate" not in out  # no question without a terminal
     (live,) = live_instances(ec2)  # still running, as promised
     assert f"left {live['InstanceId']} running" in out and "`fab terminate --name job`" in out
-    history = json.loads((tmp_path / "out" / "run.json").read_text())
+    history = json.loads((dest / "run.json").read_text())
     assert history["status"] == "interrupted" and history["attempts"][0]["outcome"] == "left-running"
     assert history["events"][-1] == {**history["events"][-1], "event": "ctrl-c", "decision": "left-running"}
+
+    # `fab status` from the folder `fab run` ran in: the machine's run and its ledger so far.
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    lifecycle.status(Context(), no_runs=True, config=str(config))
+    shown = capsys.readouterr().out
+    assert f"run job (outputs/job/run.json): attempt 1 left-running on {live['InstanceId']}" in shown, shown
+    assert re.search(r"\n  ledger attempt 1: \$[\d.]+ on steps kept, \$0\.0000 lost \(recovery", shown), shown
+    assert "\n  ledger total: $" in shown, shown
 
 
 def test_ctrl_c_at_a_terminal_asks_and_terminates_on_t(cloud, spot_host, tiny_dataset, tmp_path):

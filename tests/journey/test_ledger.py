@@ -4,9 +4,18 @@ the attempts cost; the rest is on steps kept."""
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import pytest
+
 from common.attempt import Attempt, Outcome, RunStatus
-from ec2.journey import report
+from ec2.journey import detach, ledger, report, standing
 from ec2.journey.history import RunHistory
+from ec2.remote import detached
+from tests.peers import prices
+from tests.peers.moto_ec2 import config
 
 
 def at(minute: int) -> str:
@@ -46,9 +55,147 @@ def test_summary_splits_the_cost_into_steps_kept_and_lost_to_interruptions():
     ) in text
 
 
+def test_a_replacement_still_setting_up_is_all_recovery_so_far():
+    h = interrupted_run()
+    h.events = h.events[:1]  # attempt 2 has not started the run yet
+    a2 = h.attempts[1]
+    # As `fab status` counts it (ec2.journey.standing): three minutes of setup until now, $0.60.
+    a2.outcome, a2.ended_at, a2.cost_usd, a2.last_step, a2.resumed_step = (
+        Outcome.BOOTING,
+        at(13),
+        0.6,
+        None,
+        None,
+    )
+    assert ledger.lines(h) == [
+        "  ledger attempt 1: $1.0000 on steps kept, $0.0000 lost (recovery $0.0000, recomputed steps not "
+        "known until attempt 2 logs its resume)",
+        "  ledger attempt 2: $0.0000 on steps kept, $0.6000 lost (recovery $0.6000, 0 recomputed steps "
+        "$0.0000), S3 requests $0.000123",
+        "  ledger total: $1.0000 on steps kept, $0.6000 lost to interruptions (recovery $0.6000, recomputed "
+        "steps $0.0000), S3 requests $0.000123",
+    ]
+
+
+def test_a_failed_setup_between_the_interruption_and_the_resume_is_lost_to_it():
+    h = interrupted_run()
+    a1, a2 = h.attempts
+    # A detached group's replacement whose setup failed (a bad disk), then one that resumed at 900.
+    failed = Attempt(2, "i-x", "g5.xlarge", "us-east-1b", "spot", at(10), at(13), Outcome.SETUP_FAILED)
+    failed.cost_usd = 0.6
+    a2.number = 3
+    h.attempts, h.events = [a1, failed, a2], [*h.events[:1], {"at": at(12), "event": "resumed", "attempt": 3}]
+    assert ledger.lines(h) == [
+        # Attempt 1 still lost only the 100 steps past its checkpoint: attempt 3 resumed at 900.
+        "  ledger attempt 1: $0.9000 on steps kept, $0.1000 lost (recovery $0.0000, 100 recomputed steps "
+        "$0.1000)",
+        "  ledger attempt 2: $0.0000 on steps kept, $0.6000 lost (recovery $0.6000, 0 recomputed steps "
+        "$0.0000)",
+        "  ledger attempt 3: $1.6000 on steps kept, $0.4000 lost (recovery $0.4000, 0 recomputed steps "
+        "$0.0000), S3 requests $0.000123",
+        "  ledger total: $2.5000 on steps kept, $1.1000 lost to interruptions (recovery $1.0000, recomputed "
+        "steps $0.1000), S3 requests $0.000123",
+    ]
+
+
 def test_an_uninterrupted_run_loses_nothing_and_its_setup_counts_as_kept():
     h = interrupted_run()
     h.attempts = h.attempts[:1]
     h.attempts[0].outcome = Outcome.FINISHED
     text = report.summary(h)
     assert "ledger total: $1.0000 on steps kept, $0.0000 lost to interruptions" in text
+
+
+# --- the same ledger from a detached run's S3 record (fab watch, fab status) and from a run.json
+# still running (fab status): ec2.journey.standing adapts both into the history above.
+
+ROOT = "s3://spot-ckpt/runs/job/checkpoint-spotrun-job"
+# The trainer's own lines (ml/train.py, ml/data/storage.S3Traffic.line), as each boot copies them.
+LOG_1 = (
+    "Train batch 990: loss 1.21\nTrain batch 1000: loss 1.20\n"
+    "stopped by SIGTERM at step 1000; checkpoint saved (resume with resume=auto)\n"
+)
+LOG_2 = (
+    f"resumed from {ROOT}/last.pt at step 900\nTrain batch 1000: loss 1.19\nTrain batch 2000: loss 0.52\n"
+    "read from S3: 307 GETs, 0.36 GB, $0.000123 in requests\n"
+)
+
+
+@pytest.fixture
+def priced(ec2_client):
+    """moto's S3 with the run's bucket; g5.xlarge spot at $6/h in us-east-1a and $12/h in
+    us-east-1b, injected as DescribeSpotPriceHistory documents them (moto's price is flat)."""
+    boto3.client("s3").create_bucket(Bucket="spot-ckpt")
+    prices.inject({("g5.xlarge", "us-east-1a"): 6.0, ("g5.xlarge", "us-east-1b"): 12.0}, {})
+    return detach.Detached(config("region=us-east-1"), "job", root=ROOT)
+
+
+def detached_record(s3, *, second_ended: bool) -> detached.DetachedRun:
+    """What the boots write: no cost and no steps (the laptop reads those), each attempt's log in S3
+    once it ended, running_at when the boot started the run."""
+    a1 = Attempt(1, "i-1", "g5.xlarge", "us-east-1a", "spot", at(0), at(10), Outcome.PREEMPTED)
+    a1.running_at, a1.log_uri = at(1), detached.put_text(s3, ROOT, "logs/attempt-1.log", LOG_1)
+    a2 = Attempt(2, "i-2", "g5.xlarge", "us-east-1b", "spot", at(10), None, Outcome.RUNNING)
+    a2.running_at = at(12)
+    if second_ended:
+        a2.ended_at, a2.outcome = at(20), Outcome.FINISHED
+        a2.log_uri = detached.put_text(s3, ROOT, "logs/attempt-2.log", LOG_2)
+    state = detached.DetachedRun(
+        name="job", group="spotrun-job", region="us-east-1", root=ROOT, command="true", submitted_at=at(0)
+    )
+    state.status = RunStatus.FINISHED if second_ended else RunStatus.RUNNING
+    state.attempts = [a1, a2]
+    detached.save(s3, state)
+    return state
+
+
+def test_a_detached_record_gives_the_ledger_of_the_same_attended_run(priced):
+    state = detached_record(priced.s3, second_ended=True)
+    # Costs from the spot price history ($1.00, $2.00), steps and S3 requests from the logs in S3,
+    # recovery until the boot started the run: the attended run above, line for line.
+    assert ledger.lines(priced.history(state)) == ledger.lines(interrupted_run())
+    assert "  ledger total: $2.5000 on steps kept, $0.5000 lost to interruptions" in priced.summary(state)
+
+
+def test_fab_watch_shows_the_ledger_when_an_attempt_ends(priced):
+    detached_record(priced.s3, second_ended=False)
+    seen: list[str] = []
+    detach.watch(priced, out=seen.append, once=True)
+    # Attempt 2 runs (its cost until now); it has not logged its resume to S3 yet.
+    assert seen[0].startswith("[job] running | attempt 2 of 4")
+    assert seen[1] == (
+        "  ledger attempt 1: $1.0000 on steps kept, $0.0000 lost (recovery $0.0000, "
+        "recomputed steps not known until attempt 2 logs its resume)"
+    )
+    # Its two minutes from launch to the run's start are the interruption's billed recovery.
+    assert re.fullmatch(
+        r"  ledger attempt 2: \$[\d.]+ on steps kept, \$0\.4000 lost \(recovery \$0\.4000, .*", seen[2]
+    )
+    assert seen[3].startswith("  ledger total: ") and len(seen) == 4
+
+
+def test_fab_status_shows_the_ledger_so_far_of_an_attended_run_on_its_machine(priced, tmp_path):
+    h = interrupted_run()
+    h.path = str(tmp_path / "run.json")
+    a2 = h.attempts[1]
+    a2.market, a2.ended_at, a2.cost_usd, a2.outcome = "spot", None, None, Outcome.LEFT_RUNNING
+    a2.launched_at = (datetime.now(UTC) - timedelta(minutes=10)).isoformat(timespec="seconds")
+    a2.running_at = (datetime.now(UTC) - timedelta(minutes=8)).isoformat(timespec="seconds")
+    h.save()  # as `fab run` left it: Ctrl-C, [l]eave running
+
+    shown = standing.attended(priced.ec2, "job", "i-2", outputs=tmp_path)
+
+    assert shown[0] == f"run job ({tmp_path / 'run.json'}): attempt 2 left-running on i-2"
+    assert shown[1] == (
+        "  ledger attempt 1: $0.9000 on steps kept, $0.1000 lost (recovery $0.0000, "
+        "100 recomputed steps $0.1000)"
+    )
+    # Attempt 2 counted until now at us-east-1b's $12/h: its 2 minutes to resume are $0.40.
+    kept = re.fullmatch(
+        r"  ledger attempt 2: \$([\d.]+) on steps kept, \$0\.4000 lost \(recovery \$0\.4000, .*", shown[2]
+    )
+    assert kept and 1.59 < float(kept.group(1)) < 1.7, shown
+    assert shown[3].startswith("  ledger total: ")
+    # Another machine, or no run.json: nothing.
+    assert standing.attended(priced.ec2, "job", "i-9", outputs=tmp_path) == []
+    assert standing.attended(priced.ec2, "job", "i-2", outputs=tmp_path / "none") == []

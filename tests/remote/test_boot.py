@@ -135,6 +135,8 @@ def test_first_boot_starts_the_run_and_exit_0_finishes_and_stops_the_group(machi
     assert state.status == "finished", out
     [a] = state.attempts
     assert (a.number, a.outcome, a.exit_code) == (1, "finished", 0)
+    # When the run started, after setup: a recovery's billed time ends there (ec2.journey.ledger).
+    assert a.launched_at < a.running_at < a.ended_at
     assert (a.instance_id, a.instance_type, a.zone, a.market) == (
         machine.imds.instance_id,
         "g5.xlarge",
@@ -260,6 +262,7 @@ def test_two_boots_failing_setup_in_a_row_stop_the_group(machine):
     out = machine.boot_to_end()
     state = machine.state()
     assert [a.outcome for a in state.attempts] == ["setup-failed"], out
+    assert state.attempts[0].running_at is None  # no run started: all of it was setup
     # One failure may be this machine's: the group gets to try a fresh one.
     assert machine.desired() == 1 and machine.shutdowns()[-1].startswith("now ")
     machine.imds.instance_id = "i-0second0000000000"

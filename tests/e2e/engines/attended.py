@@ -81,6 +81,9 @@ class Attended:
     def check_engine(self, done: Finished, stopped: int) -> None:
         history, (a1, a2) = self.history, self.history["attempts"]
         assert a2["resumed_step"] == stopped
+        # Its recovery's billed time ends when the laptop saw it resume (ec2.journey.ledger).
+        resumed = next(e["at"] for e in history["events"] if e["event"] == "resumed")
+        assert a2["launched_at"] < a2["running_at"] == resumed < a2["ended_at"]
         # The replacement avoided the interrupted type and zone.
         assert (a1["instance_type"], a1["zone"]) != (a2["instance_type"], a2["zone"])
         assert history["steps_lost"] == [0]

@@ -113,6 +113,20 @@ class Detached:
             Bucket="spot-ckpt", Prefix="dj/checkpoint-spotrun-dj/outputs/"
         )
         assert kept.get("KeyCount", 0) > 0
+        # The steps, read from the attempts' logs in S3 (the boots record none).
+        assert (
+            f"preempted at step {stopped}" in done.out and f"resumed at step {stopped}, finished" in done.out
+        )
+        # The ledger, from the record and those logs: in `fab watch`'s summary, and in `fab status`
+        # under the run's line; attempt 2 resumed at the step attempt 1 stopped at.
+        lifecycle.status(Context(), no_runs=True, config=str(self.config))
+        status = self.capfd.readouterr().out
+        for shown in (done.out, status):
+            assert re.search(
+                r"\n  ledger attempt 1: \$[\d.]+ on steps kept, .*, 0 recomputed steps", shown
+            ), shown
+            assert "\n  ledger attempt 2: $" in shown and "\n  ledger total: $" in shown, shown
+        assert re.search(r"detached run dj: .*, finished, cost so far \$[\d.]+\n  ledger attempt 1: ", status)
         # `fab terminate` removes the group and its template: nothing of the run is left in AWS.
         lifecycle.terminate(Context(), name="dj", yes=True, config=str(self.config))
         assert self.autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"] == []
