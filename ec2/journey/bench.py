@@ -28,8 +28,8 @@ from ec2.remote import benchrun
 from ec2.remote.ssh import Machine
 from ec2.remote.sync import sync_code
 from ec2.remote.trainrun import setup_command, train_env
-from ml.bench import shape_key
 from ml.config import load_train_config
+from ml.shape import shape_key
 
 
 def price_of(identity: dict, profile: str | None) -> float | None:

@@ -34,7 +34,7 @@ class Ranked:
 def rank(price_rows: list[PriceRow], trainer: TrainConfig, steps: int, outputs: Path = Path("outputs")):
     """The rows with their projections: measured (and priced) first by run cost, then the rest by
     spot $/h (unpriced last)."""
-    from ml.bench import shape_key
+    from ml.shape import shape_key
 
     measured = benchstore.step_times(shape_key(trainer))
     rates = interruptions.observed(outputs)
@@ -63,7 +63,7 @@ def weights(
 ) -> dict[str, float]:
     """Type → billed seconds per step kept (interruptions included), for the measured types: a
     choice's price × its weight orders launches by run cost (the step count is the same for all)."""
-    from ml.bench import shape_key
+    from ml.shape import shape_key
 
     measured = benchstore.step_times(shape_key(trainer))
     rates = interruptions.observed(outputs)

@@ -15,7 +15,7 @@ from ec2 import benchstore
 from ec2.benchstore import BenchRecord
 from ec2.cloud import runcost
 from ec2.journey import history
-from ml.bench import shape_key
+from ml.shape import shape_key
 from ml.config import load_train_config
 from tasks import preflight
 from tests.peers import prices

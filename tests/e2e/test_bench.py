@@ -12,7 +12,7 @@ from invoke import Context
 
 from common import aws
 from ec2 import benchstore
-from ml.bench import shape_key
+from ml.shape import shape_key
 from ml.config import load_train_config
 from tasks import remote
 from tasks.bench import bench
