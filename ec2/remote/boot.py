@@ -20,6 +20,13 @@ Scaling group, from the code bundle the user data fetched, and keeps the run goi
    exit 0 → `finished`, desired 0; exit 75 after a spot notice → `preempted`, the group is left
    alone (AWS replaces the instance and the next boot resumes from the S3 checkpoint); exit 75 on
    `fab stop` (no notice) → `stopped`, desired 0; any other exit → `failed`, desired 0.
+6. keeps the run's budget (ec2.remote.spend; docs/budget.md "Detached runs"): max_cost_usd before
+   the attempt (at or over it: nothing starts, `stopped`, desired 0) and every few minutes during
+   it (reached: the trainer is asked to checkpoint and stop, as on the deadline; `stopped`, desired
+   0); on_demand_after (the K-th interruption switches the group to on-demand before this instance
+   goes, so AWS's replacement is on-demand); the config's deadline (the finish projected from the
+   measured step time misses it: the group is switched to on-demand for the next attempt). Each is
+   logged and recorded in the record's events, which `fab watch` prints.
 
 Identity and region come from the metadata service (SPOTRUN_IMDS_URL), S3 and Auto Scaling
 through the instance role: no credentials travel. Standard library, boto3 and common/ only.
@@ -46,7 +53,7 @@ from common.errors import STOPPED_RESUMABLE as RESUMABLE_EXIT
 from common.errors import ToolkitError
 from common.s3uri import is_s3
 from common.times import now_iso
-from ec2.remote import detached, giveup, runs, s3copy, startrun
+from ec2.remote import detached, giveup, runs, s3copy, spend, startrun
 from ec2.remote.detached import DetachedRun
 from ec2.remote.imds import Identity, Imds, ImdsUnreachable
 from ec2.remote.runs import code_dir
@@ -107,6 +114,8 @@ class Boot:
         s3=None,
         asg=None,
         group: str | None = None,
+        ec2=None,
+        cost_every_s: float = spend.COST_EVERY_S,
     ):
         region = identity.region
         self.root = root
@@ -116,8 +125,14 @@ class Boot:
         self.poll_s = poll_s
         self.s3 = s3 or aws.client("s3", region)
         self.asg = asg or aws.client("autoscaling", region)
+        self.ec2 = ec2 or aws.client("ec2", region)
         self.state: DetachedRun | None = None
         self.attempt: Attempt | None = None
+        self.cost_every_s = cost_every_s
+        self.budget_reached = False  # max_cost_usd reached during the attempt: the trainer was asked to stop
+        self._cost_read_at: float | None = None
+        self._steps = spend.StepClock()
+        self._deadline_said = False
 
     # --- the record ---------------------------------------------------------------------------------
     def save(self) -> None:
@@ -128,6 +143,104 @@ class Boot:
         fresh = detached.load(self.s3, self.root)
         if fresh is not None and fresh.stop_requested:
             self.state.stop_requested = True
+
+    def note(self, kind: str, line: str, **fields) -> None:
+        """Log a budget decision and record it in the record's events (where `fab watch` shows it)."""
+        log(line)
+        spend.event(self.state, kind, line, attempt=self.attempt.number if self.attempt else None, **fields)
+        self.refresh_stop()  # a `fab stop` written since is kept
+        self.save()
+
+    # --- the budget (ec2.remote.spend) --------------------------------------------------------------
+    def cost(self) -> float | None:
+        try:
+            usd, unknown = spend.cost_so_far(self.ec2, self.state)
+        except ToolkitError as e:
+            log(spend.unpriced(e))
+            return None
+        if unknown:
+            log(f"{unknown} attempt(s) could not be priced: the cost so far counts the others")
+        return usd
+
+    def over_budget_before(self) -> str | None:
+        """max_cost_usd before anything starts: at or over it, this attempt runs nothing."""
+        cap = self.state.max_cost_usd
+        if cap is None:
+            return None
+        usd = self.cost()
+        if usd is None or usd < cap:
+            return None
+        return f"cost ${usd:.4f} reached max_cost_usd ${cap:g}: nothing more is started"
+
+    def watch_budget(self, run_dir: Path) -> None:
+        """At each poll of a running attempt: the cap every cost_every_s, the deadline's projection."""
+        s = self.state
+        now = time.monotonic()
+        if (
+            s.max_cost_usd is not None
+            and not self.budget_reached
+            and (self._cost_read_at is None or now - self._cost_read_at >= self.cost_every_s)
+        ):
+            self._cost_read_at = now
+            usd = self.cost()
+            if usd is not None and usd >= s.max_cost_usd:
+                self.budget_reached = True
+                self.note(
+                    "max-cost",
+                    f"cost ${usd:.4f} reached max_cost_usd ${s.max_cost_usd:g}: "
+                    "asking the trainer to checkpoint and stop",
+                    cost_usd=round(usd, 6),
+                    max_cost_usd=s.max_cost_usd,
+                )
+        if s.finish_by is not None and not self._deadline_said:
+            self.check_deadline(run_dir)
+
+    def check_deadline(self, run_dir: Path) -> None:
+        s = self.state
+        step = runs.last_step(_tail(run_dir / "log"))
+        spot = self.me.market == "spot" and not s.on_demand
+        proj = self._steps.project(s, step, spot=self.me.market == "spot")
+        deadline = spend.parse_time(s.finish_by)
+        if proj is None or proj.finish <= deadline:
+            return
+        self._deadline_said = True
+        miss = f"{proj.line()} misses the deadline {spend.clock(deadline)}"
+        if spot:
+            failed = spend.use_on_demand(self.asg, s)
+            line = (
+                f"{miss}: the next attempt runs on-demand at {spend.on_demand_rate(s)}"
+                if failed is None
+                else f"{miss}; {failed}: the next attempt stays spot"
+            )
+        else:
+            line = f"{miss}: already on-demand, the run will miss it"
+        self.note(
+            "deadline-miss",
+            line,
+            projected=proj.finish.isoformat(),
+            deadline=deadline.isoformat(),
+            on_demand_next=s.on_demand,
+        )
+
+    def after_interruption(self) -> None:
+        """on_demand_after: the K-th interruption switches the group before this instance goes."""
+        s, k = self.state, self.state.on_demand_after
+        count = sum(1 for a in s.attempts if a.outcome.interrupted)
+        if k is None or count < k or s.on_demand:
+            return
+        failed = spend.use_on_demand(self.asg, s)
+        said = f"{count} interruption{'s' if count > 1 else ''} (on_demand_after: {k})"
+        if failed is None:
+            self.note(
+                "on-demand",
+                f"{said}: the next attempt runs on-demand at {spend.on_demand_rate(s)}",
+                why="on_demand_after",
+                interruptions=count,
+            )
+        else:
+            self.note(
+                "on-demand-failed", f"{said}; {failed}: the next attempt stays spot", interruptions=count
+            )
 
     # --- the group and the machine ------------------------------------------------------------------
     def stop_group(self, why: str) -> None:
@@ -183,6 +296,11 @@ class Boot:
             s.status = RunStatus.DEADLINE
             when = s.deadline.isoformat(timespec="seconds")
             return f"the run's deadline ({when}, max_hours={s.max_hours:g}) passed"
+        over = self.over_budget_before()
+        if over is not None:
+            s.status = RunStatus.STOPPED
+            spend.event(s, "stopped", over, attempt=self.attempt.number, why="max_cost_usd")
+            return over
         if previous is not None and previous.outcome is Outcome.BOOTING:
             # The previous boot died without recording an end (instance lost mid-setup): not a
             # setup failure we can prove, so it only shows in the history.
@@ -244,6 +362,10 @@ class Boot:
                 signalled = self.signal_trainer()
                 if signalled:
                     log("the run's deadline passed: asked the trainer to checkpoint and stop")
+            self.watch_budget(run_dir)
+            if not signalled and self.budget_reached:
+                # As on the deadline: the trainer saves its checkpoint and exits 75.
+                signalled = self.signal_trainer()
             time.sleep(self.poll_s)
         return int(code_file.read_text().strip())
 
@@ -353,6 +475,19 @@ class Boot:
         ending = ending_for(code, noticed)
         if deadline_hit and ending.outcome is not Outcome.FINISHED:
             ending = Ending(Outcome.DEADLINE, RunStatus.DEADLINE, stop_group=True)
+        elif self.budget_reached and ending.outcome is not Outcome.FINISHED:
+            ending = Ending(Outcome.STOPPED, RunStatus.STOPPED, stop_group=True)
+            spend.event(
+                self.state,
+                "stopped",
+                f"stopped at the cap (max_cost_usd ${self.state.max_cost_usd:g}) "
+                f"with a checkpoint; submit again with a higher max_cost_usd to go on",
+                attempt=self.attempt.number,
+                why="max_cost_usd",
+            )
+        self.attempt.outcome = ending.outcome
+        if ending.outcome is Outcome.PREEMPTED:
+            self.after_interruption()
         log(f"run exited {code}: {ending.outcome}")
         return self.end(
             ending.outcome,
@@ -363,6 +498,16 @@ class Boot:
         )
 
 
+def _tail(path: Path, size: int = 16384) -> str:
+    """The end of the run's log (where its last step is), or "" before it exists."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(f.seek(0, 2) - size, 0))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ec2.remote.boot", description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True, help="the run's S3 root (holds state.json)")
@@ -371,6 +516,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--shutdown", default=os.environ.get("SPOTRUN_SHUTDOWN", DEFAULT_SHUTDOWN))
     parser.add_argument("--poll", type=float, default=5.0, help="seconds between looks at the run")
+    parser.add_argument(
+        "--cost-every",
+        type=float,
+        default=spend.COST_EVERY_S,
+        help="seconds between readings of the run's cost (max_cost_usd)",
+    )
     args = parser.parse_args(argv)
     try:
         identity = Imds().identity()
@@ -378,7 +529,14 @@ def main(argv: list[str] | None = None) -> int:
         log(f"no instance metadata ({e}): a detached run's boot only runs on its EC2 instance")
         return 2
     log(f"{identity.instance_id} ({identity.instance_type}, {identity.zone}, {identity.market})")
-    boot = Boot(args.root, identity, shutdown=args.shutdown, poll_s=args.poll, group=args.group)
+    boot = Boot(
+        args.root,
+        identity,
+        shutdown=args.shutdown,
+        poll_s=args.poll,
+        group=args.group,
+        cost_every_s=args.cost_every,
+    )
     try:
         return boot.run()
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:

@@ -1,6 +1,7 @@
-"""The budget keys (on_demand_after, max_cost_usd, deadline) are applied by the one-instance
-attended loop only: a cluster or a detached run with one set is refused before any AWS call, with
-one line saying how to go on, rather than run without the cap the user asked for."""
+"""The budget keys (on_demand_after, max_cost_usd, deadline) are applied to one instance, attended
+(ec2.journey.budget) or detached (ec2.remote.spend): a cluster or a detached cluster with one set is
+refused before any AWS call, with one line saying how to go on, rather than run without the cap
+the user asked for; a detached deadline is checked at submit (the boot cannot ask the laptop)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from common.errors import ConfigError
 from ec2.config import load_aws_config
-from ec2.journey import detach
+from ec2.journey import detach, detach_nodes
 from ec2.journey.cluster_loop import ClusterJourney
 from ec2.journey.stages import Plan
 
@@ -25,10 +26,22 @@ def test_a_cluster_with_max_cost_usd_is_refused_before_launching(tmp_path):
     )
 
 
-def test_a_detached_run_with_a_deadline_and_on_demand_after_is_refused_before_launching():
+def test_a_detached_cluster_with_a_deadline_and_on_demand_after_is_refused_before_launching():
     cfg = load_aws_config(None, ["deadline=2026-12-07T09:00:00Z", "on_demand_after=2"])
     # No AWS endpoint is set up here: the refusal comes before any call.
-    with pytest.raises(
-        ConfigError, match=r"^on_demand_after, deadline are applied to `fab run` on one instance"
-    ):
-        detach.submit(cfg, "job", PLAN)
+    with pytest.raises(ConfigError) as e:
+        detach_nodes.submit(cfg, "job", PLAN, 2, rdzv_port=29400)
+    assert str(e.value) == (
+        "on_demand_after, deadline are kept for a detached run on one instance, not yet for a detached "
+        "cluster (--detach --nodes); unset them (--set on_demand_after=null) or run on one instance"
+    )
+
+
+def test_a_detached_deadline_needs_the_train_config_and_a_time_to_come():
+    """The boot projects the finish from the config's num_training_batches: without --train-config
+    there is nothing to project, and a deadline already past would only switch to on-demand."""
+    no_config = Plan(command="python train.py", checkpoint_dir="s3://spot-ckpt/job/checkpoint")
+    with pytest.raises(ConfigError, match=r"^deadline needs the run.s steps to project its finish"):
+        detach.submit(load_aws_config(None, ["deadline=2099-12-07T09:00:00Z"]), "job", no_config)
+    with pytest.raises(ConfigError, match=r"^deadline 2020-12-07T09:00:00\+00:00 has passed"):
+        detach.submit(load_aws_config(None, ["deadline=2020-12-07T09:00:00Z"]), "job", PLAN)
