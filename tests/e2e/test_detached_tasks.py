@@ -1,9 +1,14 @@
 """The laptop side of a detached run against real peers (moto, sshd, IMDS, the real trainer):
 `fab status` lists it, Ctrl-C in `fab watch` stops only the watching, `fab stop` ends it
 gracefully (the trainer checkpoints to S3, then desired 0), and `fab cleanup` removes the
-group and template it left."""
+group and template it left. The same run carries a `deadline` it cannot meet: its boot projects
+the finish from the measured step time, switches the group to on-demand for the next attempt, and
+`fab watch` says so (docs/budget.md, "Detached runs")."""
 
 from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta, timezone
 
 import boto3
 from invoke import Context
@@ -23,7 +28,9 @@ def test_status_watch_ctrl_c_stop_and_cleanup(
     cloud, spot_host, imds, tiny_dataset, tmp_path, capsys, monkeypatch
 ):
     ec2, config = cloud
-    cfg = load_cfg(config)
+    # A deadline a minute away: 100,000 steps cannot make it, so the first projection misses.
+    deadline = (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat(timespec="seconds")
+    cfg = dataclasses.replace(load_cfg(config), deadline=deadline)
     autoscaling, s3 = boto3.client("autoscaling"), boto3.client("s3")
     overrides = [
         *TINY_TRAIN,
@@ -36,6 +43,9 @@ def test_status_watch_ctrl_c_stop_and_cleanup(
         command=train_command(cfg.remote_dir, "configs/demo.yaml", overrides),
         checkpoint_dir=CKPT,
         output_dir="trained_models/dj",
+        # The boot builds the same command from the config (its steps are the deadline's projection's).
+        train_config="configs/demo.yaml",
+        overrides=overrides,
         signal=TRAINER_SIGNAL,
         imds_poll_s=0.2,
         setup_python=str(REPO / ".venv/bin/python"),
@@ -45,6 +55,13 @@ def test_status_watch_ctrl_c_stop_and_cleanup(
     one = Instance(spot_host, imds, done.state, done.instance_id, tmp_path)
     try:
         wait_until(lambda: one.log.exists() and "Train batch 2:" in one.log.read_text(), 120, "training")
+        root = detached.root_for(CKPT, "dj")
+        wait_until(lambda: detached.load(s3, root).events, 120, "the deadline's projection")
+        [miss] = detached.load(s3, root).events
+        assert miss["event"] == "deadline-miss" and "misses the deadline" in miss["line"], miss
+        # The next attempt (AWS's replacement) is on-demand; this one trains on.
+        policy = group(autoscaling)["MixedInstancesPolicy"]
+        assert policy["InstancesDistribution"]["OnDemandPercentageAboveBaseCapacity"] == 100
 
         lifecycle.status(Context(), no_runs=True, config=str(config))
         seen = capsys.readouterr().out
@@ -61,7 +78,9 @@ def test_status_watch_ctrl_c_stop_and_cleanup(
         with monkeypatch.context() as patch:
             patch.setattr(detach.time, "sleep", ctrl_c)
             detached_tasks.watch(Context(), name="dj", config=str(config))
-        assert "stopped watching; the run goes on" in capsys.readouterr().out
+        watched = capsys.readouterr().out
+        assert "stopped watching; the run goes on" in watched
+        assert f"[dj] {miss['line']}" in watched and ": the next attempt runs on-demand at $" in watched
         assert group(autoscaling)["DesiredCapacity"] == 1 and one.boot.poll() is None
 
         detached_tasks.stop(Context(), name="dj", timeout=90, config=str(config))
