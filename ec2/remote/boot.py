@@ -128,11 +128,7 @@ class Boot:
         self.ec2 = ec2 or aws.client("ec2", region)
         self.state: DetachedRun | None = None
         self.attempt: Attempt | None = None
-        self.cost_every_s = cost_every_s
-        self.budget_reached = False  # max_cost_usd reached during the attempt: the trainer was asked to stop
-        self._cost_read_at: float | None = None
-        self._steps = spend.StepClock()
-        self._deadline_said = False
+        self.budget = spend.Keeper(self, cost_every_s, log)
 
     # --- the record ---------------------------------------------------------------------------------
     def save(self) -> None:
@@ -150,97 +146,6 @@ class Boot:
         spend.event(self.state, kind, line, attempt=self.attempt.number if self.attempt else None, **fields)
         self.refresh_stop()  # a `fab stop` written since is kept
         self.save()
-
-    # --- the budget (ec2.remote.spend) --------------------------------------------------------------
-    def cost(self) -> float | None:
-        try:
-            usd, unknown = spend.cost_so_far(self.ec2, self.state)
-        except ToolkitError as e:
-            log(spend.unpriced(e))
-            return None
-        if unknown:
-            log(f"{unknown} attempt(s) could not be priced: the cost so far counts the others")
-        return usd
-
-    def over_budget_before(self) -> str | None:
-        """max_cost_usd before anything starts: at or over it, this attempt runs nothing."""
-        cap = self.state.max_cost_usd
-        if cap is None:
-            return None
-        usd = self.cost()
-        if usd is None or usd < cap:
-            return None
-        return f"cost ${usd:.4f} reached max_cost_usd ${cap:g}: nothing more is started"
-
-    def watch_budget(self, run_dir: Path) -> None:
-        """At each poll of a running attempt: the cap every cost_every_s, the deadline's projection."""
-        s = self.state
-        now = time.monotonic()
-        if (
-            s.max_cost_usd is not None
-            and not self.budget_reached
-            and (self._cost_read_at is None or now - self._cost_read_at >= self.cost_every_s)
-        ):
-            self._cost_read_at = now
-            usd = self.cost()
-            if usd is not None and usd >= s.max_cost_usd:
-                self.budget_reached = True
-                self.note(
-                    "max-cost",
-                    f"cost ${usd:.4f} reached max_cost_usd ${s.max_cost_usd:g}: "
-                    "asking the trainer to checkpoint and stop",
-                    cost_usd=round(usd, 6),
-                    max_cost_usd=s.max_cost_usd,
-                )
-        if s.finish_by is not None and not self._deadline_said:
-            self.check_deadline(run_dir)
-
-    def check_deadline(self, run_dir: Path) -> None:
-        s = self.state
-        step = runs.last_step(_tail(run_dir / "log"))
-        spot = self.me.market == "spot" and not s.on_demand
-        proj = self._steps.project(s, step, spot=self.me.market == "spot")
-        deadline = spend.parse_time(s.finish_by)
-        if proj is None or proj.finish <= deadline:
-            return
-        self._deadline_said = True
-        miss = f"{proj.line()} misses the deadline {spend.clock(deadline)}"
-        if spot:
-            failed = spend.use_on_demand(self.asg, s)
-            line = (
-                f"{miss}: the next attempt runs on-demand at {spend.on_demand_rate(s)}"
-                if failed is None
-                else f"{miss}; {failed}: the next attempt stays spot"
-            )
-        else:
-            line = f"{miss}: already on-demand, the run will miss it"
-        self.note(
-            "deadline-miss",
-            line,
-            projected=proj.finish.isoformat(),
-            deadline=deadline.isoformat(),
-            on_demand_next=s.on_demand,
-        )
-
-    def after_interruption(self) -> None:
-        """on_demand_after: the K-th interruption switches the group before this instance goes."""
-        s, k = self.state, self.state.on_demand_after
-        count = sum(1 for a in s.attempts if a.outcome.interrupted)
-        if k is None or count < k or s.on_demand:
-            return
-        failed = spend.use_on_demand(self.asg, s)
-        said = f"{count} interruption{'s' if count > 1 else ''} (on_demand_after: {k})"
-        if failed is None:
-            self.note(
-                "on-demand",
-                f"{said}: the next attempt runs on-demand at {spend.on_demand_rate(s)}",
-                why="on_demand_after",
-                interruptions=count,
-            )
-        else:
-            self.note(
-                "on-demand-failed", f"{said}; {failed}: the next attempt stays spot", interruptions=count
-            )
 
     # --- the group and the machine ------------------------------------------------------------------
     def stop_group(self, why: str) -> None:
@@ -296,7 +201,7 @@ class Boot:
             s.status = RunStatus.DEADLINE
             when = s.deadline.isoformat(timespec="seconds")
             return f"the run's deadline ({when}, max_hours={s.max_hours:g}) passed"
-        over = self.over_budget_before()
+        over = self.budget.before()
         if over is not None:
             s.status = RunStatus.STOPPED
             spend.event(s, "stopped", over, attempt=self.attempt.number, why="max_cost_usd")
@@ -362,8 +267,8 @@ class Boot:
                 signalled = self.signal_trainer()
                 if signalled:
                     log("the run's deadline passed: asked the trainer to checkpoint and stop")
-            self.watch_budget(run_dir)
-            if not signalled and self.budget_reached:
+            self.budget.poll(run_dir)
+            if not signalled and self.budget.reached:
                 # As on the deadline: the trainer saves its checkpoint and exits 75.
                 signalled = self.signal_trainer()
             time.sleep(self.poll_s)
@@ -475,7 +380,7 @@ class Boot:
         ending = ending_for(code, noticed)
         if deadline_hit and ending.outcome is not Outcome.FINISHED:
             ending = Ending(Outcome.DEADLINE, RunStatus.DEADLINE, stop_group=True)
-        elif self.budget_reached and ending.outcome is not Outcome.FINISHED:
+        elif self.budget.reached and ending.outcome is not Outcome.FINISHED:
             ending = Ending(Outcome.STOPPED, RunStatus.STOPPED, stop_group=True)
             spend.event(
                 self.state,
@@ -487,7 +392,7 @@ class Boot:
             )
         self.attempt.outcome = ending.outcome
         if ending.outcome is Outcome.PREEMPTED:
-            self.after_interruption()
+            self.budget.after_interruption()
         log(f"run exited {code}: {ending.outcome}")
         return self.end(
             ending.outcome,
@@ -496,16 +401,6 @@ class Boot:
             stop_group=ending.stop_group,
             shut_down=False,
         )
-
-
-def _tail(path: Path, size: int = 16384) -> str:
-    """The end of the run's log (where its last step is), or "" before it exists."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(f.seek(0, 2) - size, 0))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def main(argv: list[str] | None = None) -> int:

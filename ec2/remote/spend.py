@@ -24,8 +24,10 @@ Standard library, boto3, common/ and the light ec2 modules only (it runs with th
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import botocore.exceptions
 
@@ -35,6 +37,7 @@ from common.errors import ToolkitError
 from common.times import now_iso
 from ec2.cloud import pricing
 from ec2.cloud.asg import distribution
+from ec2.remote import runs
 from ec2.remote.detached import DetachedRun
 
 # How often a running attempt's cost is read again (spot prices move a few times a day at most;
@@ -172,5 +175,114 @@ class StepClock:
         return Projection(finish, left, step_s, expected, recovery)
 
 
-def unpriced(err: ToolkitError) -> str:
-    return f"the run's cost could not be read ({err}); the cap is checked again later"
+def tail(path: Path, size: int = 16384) -> str:
+    """The end of the run's log (where its last step is), or "" before it exists."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(f.seek(0, 2) - size, 0))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+# --- what one boot does with them -------------------------------------------------------------------
+class Keeper:
+    """The budget of one boot (ec2.remote.boot.Boot: its record, attempt, identity and clients);
+    each decision is logged and recorded through the boot's `note` (the record's events)."""
+
+    def __init__(self, boot, cost_every_s: float = COST_EVERY_S, log: Callable[[str], None] = print):
+        self.b = boot
+        self.cost_every_s = cost_every_s
+        self.log = log
+        self.reached = False  # max_cost_usd reached during the attempt: the trainer was asked to stop
+        self._cost_read_at: float | None = None
+        self._steps = StepClock()
+        self._deadline_said = False
+
+    def cost(self) -> float | None:
+        try:
+            usd, unknown = cost_so_far(self.b.ec2, self.b.state)
+        except ToolkitError as e:
+            self.log(f"the run's cost could not be read ({e}); the cap is checked again later")
+            return None
+        if unknown:
+            self.log(f"{unknown} attempt(s) could not be priced: the cost so far counts the others")
+        return usd
+
+    def before(self) -> str | None:
+        """max_cost_usd before anything starts: None, or why this attempt runs nothing."""
+        cap = self.b.state.max_cost_usd
+        if cap is None:
+            return None
+        usd = self.cost()
+        if usd is None or usd < cap:
+            return None
+        return f"cost ${usd:.4f} reached max_cost_usd ${cap:g}: nothing more is started"
+
+    def poll(self, run_dir: Path) -> None:
+        """At each poll of a running attempt: the cap every cost_every_s, the deadline's projection."""
+        s = self.b.state
+        now = time.monotonic()
+        due = self._cost_read_at is None or now - self._cost_read_at >= self.cost_every_s
+        if s.max_cost_usd is not None and not self.reached and due:
+            self._cost_read_at = now
+            usd = self.cost()
+            if usd is not None and usd >= s.max_cost_usd:
+                self.reached = True
+                self.b.note(
+                    "max-cost",
+                    f"cost ${usd:.4f} reached max_cost_usd ${s.max_cost_usd:g}: "
+                    "asking the trainer to checkpoint and stop",
+                    cost_usd=round(usd, 6),
+                    max_cost_usd=s.max_cost_usd,
+                )
+        if s.finish_by is not None and not self._deadline_said:
+            self.check_deadline(run_dir)
+
+    def check_deadline(self, run_dir: Path) -> None:
+        """Once per attempt: a projection that misses switches the group to on-demand (or, on
+        on-demand already, says the run will miss it)."""
+        s, market = self.b.state, self.b.me.market
+        proj = self._steps.project(s, runs.last_step(tail(run_dir / "log")), spot=market == "spot")
+        deadline = parse_time(s.finish_by)
+        if proj is None or proj.finish <= deadline:
+            return
+        self._deadline_said = True
+        miss = f"{proj.line()} misses the deadline {clock(deadline)}"
+        if market == "spot" and not s.on_demand:
+            failed = use_on_demand(self.b.asg, s)
+            line = (
+                f"{miss}: the next attempt runs on-demand at {on_demand_rate(s)}"
+                if failed is None
+                else f"{miss}; {failed}: the next attempt stays spot"
+            )
+        else:
+            line = f"{miss}: already on-demand, the run will miss it"
+        self.b.note(
+            "deadline-miss",
+            line,
+            projected=proj.finish.isoformat(),
+            deadline=deadline.isoformat(),
+            on_demand_next=s.on_demand,
+        )
+
+    def after_interruption(self) -> None:
+        """on_demand_after: the K-th interruption switches the group before this instance goes."""
+        s = self.b.state
+        k = s.on_demand_after
+        count = sum(1 for a in s.attempts if a.outcome.interrupted)
+        if k is None or count < k or s.on_demand:
+            return
+        failed = use_on_demand(self.b.asg, s)
+        said = f"{count} interruption{'s' if count > 1 else ''} (on_demand_after: {k})"
+        if failed is None:
+            self.b.note(
+                "on-demand",
+                f"{said}: the next attempt runs on-demand at {on_demand_rate(s)}",
+                why="on_demand_after",
+                interruptions=count,
+            )
+        else:
+            self.b.note(
+                "on-demand-failed", f"{said}; {failed}: the next attempt stays spot", interruptions=count
+            )
