@@ -1,7 +1,8 @@
 """`fab run --detach`: hand a run to an Auto Scaling group of one, and the laptop side of it
 (watch, stop, terminate, the summary).
 
-submit: needs checkpoint_dir in S3 (the laptop may be gone) → the same preparation as `fab launch`
+submit: needs checkpoint_dir in S3 (the laptop may be gone), checks the budget keys (the boot keeps
+them: ec2.remote.spend) → the same preparation as `fab launch`
 (identity, AMI, choices, key, security group) → the code bundle in S3 → the run's record in S3 →
 launch template + group. A group whose creation fails takes its template, bundle and record away
 again. It returns once the group has launched its first instance: it waits for neither SSH nor the
@@ -20,7 +21,7 @@ from pathlib import Path
 from common import aws
 from common.checks import DETACHED, require_s3_checkpoints
 from common.s3uri import is_s3
-from ec2 import registry
+from ec2 import paths, registry
 from ec2.cloud import asg, bundle, instances, keys, launch, network, pricing, runcost, s3scope
 from ec2.cloud.spot_failures import spot_failure
 from ec2.cloud.userdata import build_detached_user_data
@@ -218,7 +219,7 @@ def _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s, s
         checkpoint_dir,
         bundle_uri,
         on_demand=cfg.market == "on-demand",
-        **budget_fields(cfg, p.region, types, steps, Path(local_root) / "outputs"),
+        **budget_fields(cfg, p.region, types, steps, paths.outputs_dir(name).parent),
     )
     created: list[str] = []
 
