@@ -222,9 +222,13 @@ class Keeper:
     def poll(self, run_dir: Path) -> None:
         """At each poll of a running attempt: the cap every cost_every_s, the deadline's projection."""
         s = self.b.state
+        step = runs.last_step(tail(run_dir / "log"))
         now = time.monotonic()
         due = self._cost_read_at is None or now - self._cost_read_at >= self.cost_every_s
-        if s.max_cost_usd is not None and not self.reached and due:
+        # The stop waits for the trainer's first step, as the attended loop's does: before it the
+        # trainer has no stop handler yet (TERM would kill it, exit 143) and nothing to checkpoint.
+        # The cost still counts from the boot's start.
+        if s.max_cost_usd is not None and not self.reached and due and step is not None:
             self._cost_read_at = now
             usd = self.cost()
             if usd is not None and usd >= s.max_cost_usd:
@@ -237,13 +241,13 @@ class Keeper:
                     max_cost_usd=s.max_cost_usd,
                 )
         if s.finish_by is not None and not self._deadline_said:
-            self.check_deadline(run_dir)
+            self.check_deadline(step)
 
-    def check_deadline(self, run_dir: Path) -> None:
+    def check_deadline(self, step: int | None) -> None:
         """Once per attempt: a projection that misses switches the group to on-demand (or, on
         on-demand already, says the run will miss it)."""
         s, market = self.b.state, self.b.me.market
-        proj = self._steps.project(s, runs.last_step(tail(run_dir / "log")), spot=market == "spot")
+        proj = self._steps.project(s, step, spot=market == "spot")
         deadline = parse_time(s.finish_by)
         if proj is None or proj.finish <= deadline:
             return

@@ -18,7 +18,7 @@ from ec2.journey.stages import Plan
 from ec2.remote import detached
 from ec2.remote.trainrun import TRAINER_SIGNAL, train_command
 from tasks import detached as detached_tasks
-from tasks import lifecycle
+from tasks import lifecycle, managed
 from tests.e2e.detachkit import CKPT, REPO, Instance, group, live, load_cfg
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
@@ -103,3 +103,54 @@ def test_status_watch_ctrl_c_stop_and_cleanup(
     assert "deleted Auto Scaling group spotrun-dj" in out and "deleted launch template spotrun-dj" in out
     assert autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"] == []
     assert ec2.describe_launch_templates()["LaunchTemplates"] == []
+
+
+def test_a_detached_run_stops_itself_at_max_cost_usd_with_a_checkpoint(
+    cloud, spot_host, imds, tiny_dataset, tmp_path, capfd
+):
+    """`fab run --detach --set max_cost_usd=...` end to end: the cap travels in the run's record, the
+    instance's boot prices the attempt (on-demand here, at the $/h recorded at submit) at its first
+    look, asks the real trainer to checkpoint and stop, stops the group, and `fab watch` says why."""
+    ec2, config = cloud
+    imds.lifecycle = "on-demand"  # market: on-demand, as the group launches it
+    args = [
+        *TINY_TRAIN,
+        f"dataset.dataset_dir={tiny_dataset}",
+        "num_training_batches=100000",  # runs until the cap stops it
+        "output_dir=trained_models/dj",
+        f"checkpoint_dir={CKPT}",
+    ]
+    managed.run(
+        Context(),
+        name="dj",
+        config=str(config),
+        train_config="configs/demo.yaml",
+        args=" ".join(args),
+        imds_poll=0.2,
+        no_gpu=True,
+        setup_python=str(REPO / ".venv/bin/python"),
+        detach=True,
+        # g5.xlarge's $1.006/h (the Pricing API's stand-in answers nothing: the table's figure):
+        # the setup alone passes $0.001.
+        set_=["market=on-demand", "instance_types=[g5.xlarge]", "max_cost_usd=0.001"],
+    )
+    s3 = boto3.client("s3")
+    state = detached.load(s3, detached.root_for(CKPT, "dj"))
+    assert state.max_cost_usd == 0.001 and state.on_demand_usd == {"g5.xlarge": 1.006}
+    [first] = [i["InstanceId"] for i in group(boto3.client("autoscaling"))["Instances"]]
+    one = Instance(spot_host, imds, state, first, tmp_path)
+    boot_out = one.wait(180)
+    final = detached.load(s3, state.root)
+    assert final.status == "stopped", boot_out
+    assert [(a.outcome, a.exit_code) for a in final.attempts] == [("stopped", 75)]
+    keys = [
+        o["Key"] for o in s3.list_objects_v2(Bucket="spot-ckpt", Prefix="dj/checkpoint/").get("Contents", [])
+    ]
+    assert any(k.endswith(".pt") for k in keys), keys
+    assert group(boto3.client("autoscaling"))["DesiredCapacity"] == 0
+    capfd.readouterr()
+    detached_tasks.watch(Context(), name="dj", poll=0.2, config=str(config))
+    watched = capfd.readouterr().out
+    assert "reached max_cost_usd $0.001: asking the trainer to checkpoint and stop" in watched, watched
+    assert "[dj] stopped at the cap (max_cost_usd $0.001) with a checkpoint" in watched
+    assert live(ec2) == []

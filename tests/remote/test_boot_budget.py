@@ -16,7 +16,10 @@ from tests.peers import prices
 from tests.peers.imds import wait_until
 from tests.remote.conftest import GROUP
 
-TERM_SAVES = "trap 'echo saved on TERM; exit 75' TERM; echo started; while true; do sleep 0.1; done"
+# A trainer's stand-in: a first step logged (the cap waits for it), then on TERM it "saves" and exits 75.
+TERM_SAVES = (
+    "trap 'echo saved on TERM; exit 75' TERM; echo 'Train batch 1: loss 1.0'; while true; do sleep 0.1; done"
+)
 
 
 def _iso(dt: datetime) -> str:
