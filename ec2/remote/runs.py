@@ -30,6 +30,7 @@ def last_step(log: str) -> int | None:
     steps = [int(m.group(1)) for m in _STEP.finditer(log)]
     return steps[-1] if steps else None
 
+
 # Our own "a run of that name exists" status (never 255: that is ssh's connection error).
 EXISTS_CODE = 17
 # Environment variables that carry credentials: never sent (the instance uses its IAM profile).
