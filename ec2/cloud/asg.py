@@ -341,24 +341,39 @@ def wait_first_instance(
         time.sleep(every_s)
 
 
-def instance_role_statements(region: str, account_id: str, name: str) -> list[dict]:
+def instance_role_statements(
+    region: str, account_id: str, name: str, *, switch_market: bool = False, read_prices: bool = False
+) -> list[dict]:
     """What a detached run's instance role needs beyond S3 (its prefixes are grants, see
     ec2.journey.detach): set its *own* group's desired capacity, no other group's, and tag it with
     the cause when its boot gives up (ec2.remote.giveup: S3 may be what failed). The group's ARN
     has a UUID we do not know before it exists: matched by name. The ARN's partition is the
     region's (aws-cn in China, aws-us-gov in GovCloud). The Sid stays clear of s3scope's own
     ("Spotrun..."), so reading the policy back never takes this statement for an S3 grant.
-    https://docs.aws.amazon.com/autoscaling/ec2/userguide/control-access-using-iam.html"""
+    https://docs.aws.amazon.com/autoscaling/ec2/userguide/control-access-using-iam.html
+
+    A detached run with a budget (ec2.remote.spend) needs more, only then: ``switch_market``
+    (on_demand_after, deadline) UpdateAutoScalingGroup on the same group, which the boot sends with
+    the instances distribution only (no launch template named, so no ec2:RunInstances or
+    iam:PassRole is checked); ``read_prices`` (max_cost_usd) DescribeSpotPriceHistory, read-only and
+    without resource-level permissions, hence "*"
+    (https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonec2.html)."""
     group = group_name(name)
     partition = partition_of_region(region)
     group_arn = (
         f"arn:{partition}:autoscaling:{region}:{account_id}:autoScalingGroup:*:autoScalingGroupName/{group}"
     )
-    return [
-        {
-            "Sid": "AutoScalingOwnGroup",
-            "Effect": "Allow",
-            "Action": ["autoscaling:SetDesiredCapacity", "autoscaling:CreateOrUpdateTags"],
-            "Resource": [group_arn],
-        }
-    ]
+    actions = ["autoscaling:SetDesiredCapacity", "autoscaling:CreateOrUpdateTags"]
+    if switch_market:
+        actions.append("autoscaling:UpdateAutoScalingGroup")
+    out = [{"Sid": "AutoScalingOwnGroup", "Effect": "Allow", "Action": actions, "Resource": [group_arn]}]
+    if read_prices:
+        out.append(
+            {
+                "Sid": "SpotPriceRead",
+                "Effect": "Allow",
+                "Action": ["ec2:DescribeSpotPriceHistory"],
+                "Resource": "*",
+            }
+        )
+    return out

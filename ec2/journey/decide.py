@@ -20,12 +20,12 @@ from dataclasses import dataclass, replace
 from common.attempt import Outcome, TextEnum
 from common.errors import STOPPED_RESUMABLE
 from ec2.remote import runs
+from ec2.remote.runs import last_step  # noqa: F401 (the detached boot reads steps the same way)
 from ec2.remote.ssh import quote_path
 
 GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped", "gone")
 _MARK = "@@spotrun@@"
 _RESUMED = re.compile(r"resumed from (\S+) at step (\d+)")
-_STEP = re.compile(r"\b(?:step|batch)\s*[:=#]?\s*(\d+)", re.IGNORECASE)
 # The trainer's end-of-run line for an S3 dataset (ml.data.storage.S3Traffic.line).
 _S3_READ = re.compile(r"read from S3: ([\d,]+) GETs, ([\d.]+) GB, \$([\d.]+) in requests")
 
@@ -60,11 +60,6 @@ def parse_poll(text: str) -> Poll:
             return None  # caught mid-write by an older watcher: the next poll sees it whole
 
     return Poll(runs.parse_state(state_text), record(preempted_text), record(notice_text), log_tail)
-
-
-def last_step(log: str) -> int | None:
-    steps = [int(m.group(1)) for m in _STEP.finditer(log)]
-    return steps[-1] if steps else None
 
 
 def s3_read(log: str) -> tuple[int, float, float] | None:

@@ -1,7 +1,8 @@
 """`fab run --detach`: hand a run to an Auto Scaling group of one, and the laptop side of it
 (watch, stop, terminate, the summary).
 
-submit: needs checkpoint_dir in S3 (the laptop may be gone) → the same preparation as `fab launch`
+submit: needs checkpoint_dir in S3 (the laptop may be gone), checks the budget keys (the boot keeps
+them: ec2.remote.spend) → the same preparation as `fab launch`
 (identity, AMI, choices, key, security group) → the code bundle in S3 → the run's record in S3 →
 launch template + group. A group whose creation fails takes its template, bundle and record away
 again. It returns once the group has launched its first instance: it waits for neither SSH nor the
@@ -20,13 +21,13 @@ from pathlib import Path
 from common import aws
 from common.checks import DETACHED, require_s3_checkpoints
 from common.s3uri import is_s3
-from ec2 import registry
-from ec2.cloud import asg, bundle, instances, keys, launch, network, s3scope
+from ec2 import paths, registry
+from ec2.cloud import asg, bundle, instances, keys, launch, network, pricing, runcost, s3scope
 from ec2.cloud.spot_failures import spot_failure
 from ec2.cloud.userdata import build_detached_user_data
 from ec2.config import AwsConfig
 from ec2.errors import ConfigError, ToolkitError
-from ec2.journey import budget, history, ledger, report, standing
+from ec2.journey import budget, history, interruptions, ledger, report, standing
 from ec2.journey.stages import Plan, watcher_args
 from ec2.remote import detached, detached_members, runs
 from ec2.remote.detached import DetachedRun
@@ -91,7 +92,7 @@ def submit(
     checkpoint_dir = require_s3(plan)
     if cfg.volume_name:
         raise ConfigError(VOLUME_REFUSAL)
-    budget.refuse_where_unapplied(cfg, "a detached run (--detach)")
+    steps = budget_steps(cfg, plan)
     root = detached.root_for(checkpoint_dir, name)
     if instance_profile:
         cfg = dataclasses.replace(cfg, iam_instance_profile=instance_profile)
@@ -99,11 +100,17 @@ def submit(
         cfg,
         name,
         s3=grants(plan, root, cfg.bundle_uri),
-        extra=lambda region, account: asg.instance_role_statements(region, account, name),
+        extra=lambda region, account: asg.instance_role_statements(
+            region,
+            account,
+            name,
+            switch_market=cfg.on_demand_after is not None or cfg.deadline is not None,
+            read_prices=cfg.max_cost_usd is not None,
+        ),
         out=out,
     )
     try:
-        return _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s)
+        return _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s, steps)
     except (ToolkitError, KeyboardInterrupt) as failure:
         # Before the group exists, nothing uses a role this call made: it goes again. Once the
         # group exists it launches with that role, and _submit raises from its waiting only.
@@ -117,6 +124,49 @@ def _group_made(cfg: AwsConfig, region: str, name: str) -> bool:
         return asg.describe_group(aws.client("autoscaling", region, cfg.profile), name) is not None
     except ToolkitError:
         return True  # cannot tell: the role stays (`fab cleanup` removes it once nothing uses it)
+
+
+def budget_steps(cfg: AwsConfig, plan: Plan) -> tuple[int, int] | None:
+    """The budget keys checked before anything is made: (the trainer's steps, its steps between
+    saves) when the deadline needs them for its projection (the boot reads no train config)."""
+    if cfg.deadline is None:
+        return None
+    if plan.train_config is None:
+        raise ConfigError(
+            "deadline needs the run's steps to project its finish: give --train-config (its "
+            "num_training_batches), or unset it (--set deadline=null)"
+        )
+    if budget.parse_time(cfg.deadline) <= datetime.now(timezone.utc):
+        raise ConfigError(f"deadline {cfg.deadline} has passed; set a later one (--set deadline=...)")
+    from ml.config import load_train_config
+
+    t = load_train_config(plan.train_config, list(plan.overrides))
+    return t.num_training_batches, runcost.checkpoint_interval(t.batches_per_save, t.batches_per_val_step)
+
+
+def budget_fields(cfg: AwsConfig, region: str, types: list[str], steps, outputs: Path) -> dict:
+    """What the boot keeps the budget with (ec2.remote.spend), resolved here once: the on-demand
+    $/h of the group's types (the instance role has no Pricing API grant) and, for the deadline's
+    projection, the steps and the interruptions this user's run records show."""
+    if cfg.on_demand_after is None and cfg.max_cost_usd is None and cfg.deadline is None:
+        return {}
+    prices = {t: pricing.on_demand_price(t, region, cfg.profile) for t in types}
+    fields = {
+        "on_demand_after": cfg.on_demand_after,
+        "max_cost_usd": cfg.max_cost_usd,
+        "finish_by": cfg.deadline,
+        "on_demand_usd": {t: usd for t, usd in prices.items() if usd is not None},
+        "prioritized": cfg.choose_by == "run_cost",
+    }
+    if steps is not None:
+        rate = interruptions.for_type(interruptions.observed(outputs), types[0])
+        fields |= {
+            "total_steps": steps[0],
+            "checkpoint_every": steps[1],
+            "interruptions_per_hour": rate.per_hour,
+            "recovery_s": rate.recovery_s,
+        }
+    return fields
 
 
 def run_record(cfg, plan: Plan, name, group, region, root, checkpoint_dir, bundle_uri, **more) -> DetachedRun:
@@ -146,7 +196,7 @@ def run_record(cfg, plan: Plan, name, group, region, root, checkpoint_dir, bundl
     )
 
 
-def _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s) -> Submitted:
+def _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s, steps=None) -> Submitted:
     """submit's second half, once the role, key pair and security group exist."""
     autoscaling = aws.client("autoscaling", p.region, cfg.profile)
     if (existing := asg.describe_group(autoscaling, name)) is not None:
@@ -158,7 +208,19 @@ def _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s) -
     code = bundle.build(local_root)
     bundle_uri, uploaded = bundle.upload(s3, cfg.bundle_uri or root, code)
     out(f"code bundle: {bundle_uri} ({code.files} files{'' if uploaded else ', already there'})")
-    state = run_record(cfg, plan, name, asg.group_name(name), p.region, root, checkpoint_dir, bundle_uri)
+    types = _unique(c.instance_type for c in p.choices)
+    state = run_record(
+        cfg,
+        plan,
+        name,
+        asg.group_name(name),
+        p.region,
+        root,
+        checkpoint_dir,
+        bundle_uri,
+        on_demand=cfg.market == "on-demand",
+        **budget_fields(cfg, p.region, types, steps, paths.outputs_dir(name).parent),
+    )
     created: list[str] = []
 
     def undo() -> None:
@@ -175,7 +237,6 @@ def _submit(cfg, name, plan, p, root, checkpoint_dir, local_root, out, poll_s) -
     try:
         detached.save(s3, state)
         created.append("state")
-        types = _unique(c.instance_type for c in p.choices)
         zones = _unique(c.zone for c in p.choices)
         subnets = network.subnets_for_zones(p.ec2, cfg, zones)
         user_data = build_detached_user_data(
@@ -340,6 +401,7 @@ def watch(
     shown = failure_shown = ""
     last_tail = ""
     ledger_at = 0  # attempts ended when the ledger was last shown
+    events_shown = 0
     while True:
         where = d.look()
         s = where.state
@@ -367,6 +429,10 @@ def watch(
         if line != shown:
             out(line)
             shown = line
+        # The boot's budget decisions (ec2.remote.spend): the switch to on-demand, the cap reached.
+        for e in s.events[events_shown:]:
+            out(f"[{d.name}] {e.get('line', e.get('event'))}")
+        events_shown = len(s.events)
         ended = sum(1 for a in s.attempts if a.ended_at)
         if ended > ledger_at and not s.ended:  # an attempt ended: its dollars (at the end: the summary)
             for text in ledger.lines(d.history(s)):

@@ -44,7 +44,7 @@ from ec2.cloud.spot_failures import spot_failure
 from ec2.cloud.userdata import build_detached_user_data
 from ec2.config import AwsConfig
 from ec2.errors import ConfigError, ToolkitError
-from ec2.journey import decide, history, report
+from ec2.journey import budget, decide, history, report
 from ec2.journey.detach import Detached, Submitted, Where, grants, require_s3, run_record
 from ec2.journey.stages import Plan
 from ec2.remote import detached
@@ -97,6 +97,19 @@ def member_tags(tags: list[dict], name: str, node: int) -> list[dict]:
     return [*tags, {"Key": RUN_TAG, "Value": name}, {"Key": NODE_TAG, "Value": str(int(node))}]
 
 
+def refuse_budget(cfg: AwsConfig) -> None:
+    """The budget keys are kept by a detached run of one instance (ec2.remote.spend), not yet by
+    a detached cluster's boots: refused before anything is made, not run without them."""
+    keys = [k for k in budget.KEYS if getattr(cfg, k) is not None]
+    if keys:
+        one = len(keys) == 1
+        raise ConfigError(
+            f"{', '.join(keys)} {'is' if one else 'are'} kept for a detached run on one instance, not yet "
+            f"for a detached cluster (--detach --nodes); unset {'it' if one else 'them'} "
+            f"(--set {keys[0]}=null) or run on one instance"
+        )
+
+
 def submit(
     cfg: AwsConfig,
     name: str,
@@ -117,6 +130,7 @@ def submit(
         )
     if plan.train_config is None:
         raise ConfigError("a detached cluster runs the trainer (ml.train) on every node: give its config")
+    refuse_budget(cfg)
     root = detached.root_for(checkpoint_dir, name)
     autoscaling = aws.client("autoscaling", aws.region_of(cfg.region, cfg.profile), cfg.profile)
     # A single detached run of the same name would shadow this one for `fab watch` and `fab stop`.

@@ -20,6 +20,13 @@ Scaling group, from the code bundle the user data fetched, and keeps the run goi
    exit 0 → `finished`, desired 0; exit 75 after a spot notice → `preempted`, the group is left
    alone (AWS replaces the instance and the next boot resumes from the S3 checkpoint); exit 75 on
    `fab stop` (no notice) → `stopped`, desired 0; any other exit → `failed`, desired 0.
+6. keeps the run's budget (ec2.remote.spend; docs/budget.md "Detached runs"): max_cost_usd before
+   the attempt (at or over it: nothing starts, `stopped`, desired 0) and every few minutes during
+   it (reached: the trainer is asked to checkpoint and stop, as on the deadline; `stopped`, desired
+   0); on_demand_after (the K-th interruption switches the group to on-demand before this instance
+   goes, so AWS's replacement is on-demand); the config's deadline (the finish projected from the
+   measured step time misses it: the group is switched to on-demand for the next attempt). Each is
+   logged and recorded in the record's events, which `fab watch` prints.
 
 Identity and region come from the metadata service (SPOTRUN_IMDS_URL), S3 and Auto Scaling
 through the instance role: no credentials travel. Standard library, boto3 and common/ only.
@@ -46,7 +53,7 @@ from common.errors import STOPPED_RESUMABLE as RESUMABLE_EXIT
 from common.errors import ToolkitError
 from common.s3uri import is_s3
 from common.times import now_iso
-from ec2.remote import detached, giveup, runs, s3copy, startrun
+from ec2.remote import detached, giveup, runs, s3copy, spend, startrun
 from ec2.remote.detached import DetachedRun
 from ec2.remote.imds import Identity, Imds, ImdsUnreachable
 from ec2.remote.runs import code_dir
@@ -107,6 +114,8 @@ class Boot:
         s3=None,
         asg=None,
         group: str | None = None,
+        ec2=None,
+        cost_every_s: float = spend.COST_EVERY_S,
     ):
         region = identity.region
         self.root = root
@@ -116,8 +125,10 @@ class Boot:
         self.poll_s = poll_s
         self.s3 = s3 or aws.client("s3", region)
         self.asg = asg or aws.client("autoscaling", region)
+        self.ec2 = ec2 or aws.client("ec2", region)
         self.state: DetachedRun | None = None
         self.attempt: Attempt | None = None
+        self.budget = spend.Keeper(self, cost_every_s, log)
 
     # --- the record ---------------------------------------------------------------------------------
     def save(self) -> None:
@@ -128,6 +139,13 @@ class Boot:
         fresh = detached.load(self.s3, self.root)
         if fresh is not None and fresh.stop_requested:
             self.state.stop_requested = True
+
+    def note(self, kind: str, line: str, **fields) -> None:
+        """Log a budget decision and record it in the record's events (where `fab watch` shows it)."""
+        log(line)
+        spend.event(self.state, kind, line, attempt=self.attempt.number if self.attempt else None, **fields)
+        self.refresh_stop()  # a `fab stop` written since is kept
+        self.save()
 
     # --- the group and the machine ------------------------------------------------------------------
     def stop_group(self, why: str) -> None:
@@ -183,6 +201,11 @@ class Boot:
             s.status = RunStatus.DEADLINE
             when = s.deadline.isoformat(timespec="seconds")
             return f"the run's deadline ({when}, max_hours={s.max_hours:g}) passed"
+        over = self.budget.before()
+        if over is not None:
+            s.status = RunStatus.STOPPED
+            spend.event(s, "stopped", over, attempt=self.attempt.number, why="max_cost_usd")
+            return over
         if previous is not None and previous.outcome is Outcome.BOOTING:
             # The previous boot died without recording an end (instance lost mid-setup): not a
             # setup failure we can prove, so it only shows in the history.
@@ -244,6 +267,10 @@ class Boot:
                 signalled = self.signal_trainer()
                 if signalled:
                     log("the run's deadline passed: asked the trainer to checkpoint and stop")
+            self.budget.poll(run_dir)
+            if not signalled and self.budget.reached:
+                # As on the deadline: the trainer saves its checkpoint and exits 75.
+                signalled = self.signal_trainer()
             time.sleep(self.poll_s)
         return int(code_file.read_text().strip())
 
@@ -354,6 +381,19 @@ class Boot:
         ending = ending_for(code, noticed)
         if deadline_hit and ending.outcome is not Outcome.FINISHED:
             ending = Ending(Outcome.DEADLINE, RunStatus.DEADLINE, stop_group=True)
+        elif self.budget.reached and ending.outcome is not Outcome.FINISHED:
+            ending = Ending(Outcome.STOPPED, RunStatus.STOPPED, stop_group=True)
+            spend.event(
+                self.state,
+                "stopped",
+                f"stopped at the cap (max_cost_usd ${self.state.max_cost_usd:g}) "
+                f"with a checkpoint; submit again with a higher max_cost_usd to go on",
+                attempt=self.attempt.number,
+                why="max_cost_usd",
+            )
+        self.attempt.outcome = ending.outcome
+        if ending.outcome is Outcome.PREEMPTED:
+            self.budget.after_interruption()
         log(f"run exited {code}: {ending.outcome}")
         return self.end(
             ending.outcome,
@@ -372,6 +412,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--shutdown", default=os.environ.get("SPOTRUN_SHUTDOWN", DEFAULT_SHUTDOWN))
     parser.add_argument("--poll", type=float, default=5.0, help="seconds between looks at the run")
+    parser.add_argument(
+        "--cost-every",
+        type=float,
+        default=spend.COST_EVERY_S,
+        help="seconds between readings of the run's cost (max_cost_usd)",
+    )
     args = parser.parse_args(argv)
     try:
         identity = Imds().identity()
@@ -379,7 +425,14 @@ def main(argv: list[str] | None = None) -> int:
         log(f"no instance metadata ({e}): a detached run's boot only runs on its EC2 instance")
         return 2
     log(f"{identity.instance_id} ({identity.instance_type}, {identity.zone}, {identity.market})")
-    boot = Boot(args.root, identity, shutdown=args.shutdown, poll_s=args.poll, group=args.group)
+    boot = Boot(
+        args.root,
+        identity,
+        shutdown=args.shutdown,
+        poll_s=args.poll,
+        group=args.group,
+        cost_every_s=args.cost_every,
+    )
     try:
         return boot.run()
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:

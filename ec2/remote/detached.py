@@ -81,6 +81,21 @@ class DetachedRun:
     gpus: int | None = None  # --gpus: trainer processes per node (None: one per GPU present)
     rdzv_port: int = 29400
     join_timeout_s: float = 1200.0  # how long the members wait for each other before an attempt
+    # The run's budget (configs/aws.yaml, docs/budget.md "Detached runs"), kept by each boot
+    # (ec2.remote.spend). `finish_by` is the config's `deadline` key (the `deadline` property below
+    # is max_hours' end); `total_steps` and the interruption figures are resolved at submit, since
+    # the boot reads no train config and no run records.
+    on_demand_after: int | None = None
+    max_cost_usd: float | None = None
+    finish_by: str | None = None
+    total_steps: int | None = None
+    interruptions_per_hour: float | None = None
+    recovery_s: float | None = None
+    checkpoint_every: int | None = None  # steps between saves of last.pt
+    on_demand_usd: dict[str, float] = field(default_factory=dict)  # the group's types, at submit
+    prioritized: bool = False  # choose_by: run_cost (the on-demand allocation strategy)
+    on_demand: bool = False  # the group was switched to on-demand (market or a boot's decision)
+    events: list[dict] = field(default_factory=list)  # {at, event, line, ...}: what `fab watch` says
 
     def __setattr__(self, key: str, value) -> None:
         # Read back from JSON, or set from a plain string: always the Enum.

@@ -46,12 +46,32 @@ def test_an_attended_instance_role_and_its_widening_are_clean(home, ec2_client, 
     assert added and widened != attended and findings(widened) == []
 
 
-def test_a_detached_instance_role_is_clean(monkeypatch, aws_env, home, dlami):
+@pytest.mark.parametrize("budget", [[], ["max_cost_usd=5", "on_demand_after=2"]], ids=["plain", "budget"])
+def test_a_detached_instance_role_is_clean(monkeypatch, aws_env, home, dlami, budget):
+    """With a budget the boot may switch its own group to on-demand (UpdateAutoScalingGroup on that
+    group only) and read spot prices (DescribeSpotPriceHistory, read-only); without one, neither."""
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the code the bundle takes
     boto3.client("s3").create_bucket(Bucket="spot-ckpt")
-    detach.submit(detached_cfg("iam_instance_profile=auto"), "job", detached_plan(), poll_s=0.2)
+    done = detach.submit(
+        detached_cfg("iam_instance_profile=auto", *budget), "job", detached_plan(), poll_s=0.2
+    )
     document = _role_policy("job")
-    assert any("autoscaling:SetDesiredCapacity" in json.dumps(st) for st in document["Statement"])
+    [own] = [st for st in document["Statement"] if "autoscaling:SetDesiredCapacity" in st["Action"]]
+    group_arn = (
+        "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:*:autoScalingGroupName/spotrun-job"
+    )
+    assert own["Resource"] == [group_arn]
+    updates = [st for st in document["Statement"] if "autoscaling:UpdateAutoScalingGroup" in st["Action"]]
+    prices = [st for st in document["Statement"] if "ec2:DescribeSpotPriceHistory" in st["Action"]]
+    if budget:
+        assert updates == [own] and [(st["Action"], st["Resource"]) for st in prices] == [
+            (["ec2:DescribeSpotPriceHistory"], "*")
+        ]
+        # The keys travel in the run's record, with what the boot cannot look up itself.
+        assert (done.state.max_cost_usd, done.state.on_demand_after) == (5.0, 2)
+        assert set(done.state.on_demand_usd) == {"g4dn.xlarge", "g5.xlarge"}
+    else:
+        assert updates == [] and prices == []
     assert findings(document) == []
 
 

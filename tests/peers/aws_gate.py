@@ -6,6 +6,8 @@ AWS_ENDPOINT_URL alone) passes through here, where
   accepts (the documented code and message, in the service's XML error shape), and
 - tests/peers/iam_lag.py has EC2 and Auto Scaling refuse an instance profile for its first seconds;
 
+- tests/peers/moto_gaps.py completes what AWS documents as valid and moto's server fails;
+
 everything else goes on to moto unchanged (the Host header too, so signatures still verify).
 `refused` lists each refusal as (rule id or "iam-lag", action), and `seen` every request as
 (service, action or HTTP method), for tests that look.
@@ -26,7 +28,7 @@ from xml.sax.saxutils import escape
 
 import boto3
 
-from tests.peers import aws_rules
+from tests.peers import aws_rules, moto_gaps
 from tests.peers.aws_rules import Call
 from tests.peers.iam_lag import IamLag
 
@@ -116,6 +118,8 @@ class AwsGate:
                     xml = error_body(call.service, code, message)
                     self._send(status, [("Content-Type", "text/xml")], xml)
                     return
+                if call is not None:
+                    body = moto_gaps.complete(call, body)
                 status, headers, data = gate.forward(self.command, self.path, self.headers, body)
                 if status == 500 and call is not None and b"<!doctype html>" in data[:100].lower():
                     # moto crashed on the request (werkzeug's HTML page): mostly an API AWS has and

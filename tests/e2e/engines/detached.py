@@ -1,7 +1,9 @@
 """The detached engine: `fab run --detach` submits and returns; moto's Auto Scaling group launches
 the instances, and the test plays each one's cloud-init (tests/e2e/detachkit.Instance: the user
 data's work, then the boot from the bundle, with the instance's identity in the IMDS stand-in).
-Nothing of the laptop takes part until `fab watch`. Checkpoints are in moto's S3."""
+Nothing of the laptop takes part until `fab watch`. Checkpoints are in moto's S3. The run has
+on_demand_after: 1, so the notice's boot switches the group to on-demand before its instance goes,
+and the replacement is on-demand (docs/budget.md, "Detached runs")."""
 
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ class Detached:
             no_gpu=True,
             setup_python=str(REPO / ".venv/bin/python"),
             detach=True,
+            set_=["on_demand_after=1"],
         )
         assert "fab watch --name dj" in self.capfd.readouterr().out
         [self.first] = [i["InstanceId"] for i in group(self.autoscaling)["Instances"]]
@@ -75,8 +78,13 @@ class Detached:
         return int(re.search(r"stopped by \S+ at step (\d+)", self.one.log.read_text()).group(1))
 
     def take_back(self) -> None:
-        # AWS takes the instance back; the group launches another, whose boot resumes from S3.
+        # The notice's boot switched the group to on-demand before its instance went (on_demand_after: 1).
+        distribution = group(self.autoscaling)["MixedInstancesPolicy"]["InstancesDistribution"]
+        assert distribution["OnDemandPercentageAboveBaseCapacity"] == 100
+        # AWS takes the instance back; the group launches another, whose boot resumes from S3: an
+        # on-demand instance now, as its metadata says.
         self.imds.clear()
+        self.imds.lifecycle = "on-demand"
         self.ec2.terminate_instances(InstanceIds=[self.first])
         self.second = wait_until(
             lambda: [
@@ -102,6 +110,9 @@ class Detached:
     def check_engine(self, done: Finished, stopped: int) -> None:
         assert "run dj: finished after 2 attempts on 2 instances" in done.out, done.out
         assert "preempted" in done.out and "1 interruption" in done.out
+        # `fab watch` printed the boot's decision; the summary shows the replacement on-demand.
+        assert "[dj] 1 interruption (on_demand_after: 1): the next attempt runs on-demand at $" in done.out
+        assert [a.market for a in done.attempts] == ["spot", "on-demand"]
         assert [(a.instance_id, a.outcome) for a in done.attempts] == [
             (self.first, "preempted"),
             (self.second, "finished"),
