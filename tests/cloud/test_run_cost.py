@@ -15,8 +15,8 @@ from ec2 import benchstore
 from ec2.benchstore import BenchRecord
 from ec2.cloud import runcost
 from ec2.journey import history
-from ml.shape import shape_key
 from ml.config import load_train_config
+from ml.shape import shape_key
 from tasks import preflight
 from tests.peers import prices
 

@@ -12,8 +12,8 @@ from invoke import Context
 
 from common import aws
 from ec2 import benchstore
-from ml.shape import shape_key
 from ml.config import load_train_config
+from ml.shape import shape_key
 from tasks import remote
 from tasks.bench import bench
 from tests.peers.trainkit import TINY_TRAIN
