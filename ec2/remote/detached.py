@@ -74,11 +74,9 @@ class DetachedRun:
     stop_requested: bool = False
     attempts: list[Attempt] = field(default_factory=list)
     # `fab run --detach --nodes N` (ec2/remote/boot_nodes.py): N groups of one, the trainer under
-    # torchrun on each, built on the instance from its config and overrides; 1: one group, `command`.
+    # torchrun on each, built on the instance from train_config and overrides (above; `gpus`:
+    # trainer processes per node, None: one per GPU present); 1: one group, `command`.
     nodes: int = 1
-    train_config: str | None = None
-    overrides: list[str] = field(default_factory=list)
-    gpus: int | None = None  # --gpus: trainer processes per node (None: one per GPU present)
     rdzv_port: int = 29400
     join_timeout_s: float = 1200.0  # how long the members wait for each other before an attempt
     # The run's budget (configs/aws.yaml, docs/budget.md "Detached runs"), kept by each boot
