@@ -63,6 +63,8 @@ from ec2.remote.trainrun import setup_command, train_env
 
 DEFAULT_SHUTDOWN = "shutdown -h"
 START_TRIES = 3
+# How long the deadline waits for a trainer that has logged no step yet (see trainer_can_stop).
+STOP_GRACE_S = 120.0
 
 
 def log(msg: str) -> None:
@@ -260,8 +262,9 @@ class Boot:
         """Until the run's exit code is written; on the deadline, the trainer is told to stop."""
         code_file = run_dir / "exit_code"
         signalled = False
+        began = time.monotonic()
         while not code_file.exists():
-            if not signalled and self.state.seconds_left() <= 0:
+            if not signalled and self.state.seconds_left() <= 0 and self.trainer_can_stop(run_dir, began):
                 self.state.status = RunStatus.DEADLINE
                 # Until the watcher has written its pid (a run that just started), try again.
                 signalled = self.signal_trainer()
@@ -273,6 +276,14 @@ class Boot:
                 signalled = self.signal_trainer()
             time.sleep(self.poll_s)
         return int(code_file.read_text().strip())
+
+    def trainer_can_stop(self, run_dir: Path, began: float) -> bool:
+        """Whether the deadline's stop may be sent now: once the trainer has logged a step (before
+        it, it has no stop handler yet: TERM would kill it with exit 143 and no checkpoint), or
+        when it has logged none for STOP_GRACE_S (stuck before training: TERM is all there is)."""
+        if time.monotonic() - began >= STOP_GRACE_S:
+            return True
+        return runs.last_step(spend.tail(run_dir / "log")) is not None
 
     def signal_trainer(self) -> bool:
         line = runs.graceful_stop_command(self.state.remote_dir, self.state.run)

@@ -141,7 +141,9 @@ def test_boot_past_the_deadline_stops_the_group_and_shuts_down(machine):
 def test_deadline_during_the_run_stops_the_trainer_and_the_group(machine):
     submitted = (datetime.now(timezone.utc) - timedelta(hours=1, seconds=-8)).isoformat(timespec="seconds")
     machine.submit(
-        "trap 'echo saved on TERM; exit 75' TERM; echo started; while true; do sleep 0.1; done",
+        # Its stop handler is in place only after 3 s; it says so with its first step. A TERM before
+        # it would end the run with 143 and no checkpoint, so the deadline waits for the step.
+        "sleep 3; trap 'echo saved on TERM; exit 75' TERM; echo 'step 1'; while true; do sleep 0.1; done",
         max_hours=1,
         submitted_at=submitted,
     )
