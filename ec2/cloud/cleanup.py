@@ -48,7 +48,12 @@ def roles(cfg: AwsConfig, region: str, ec2, out: Say) -> None:
             out(f"kept IAM role {role.role}: its instance profile is in use")
             continue
         iam.delete_role(client, role)
-        out(f"deleted IAM role and instance profile {role.role}")
+        # The FIS experiment role (fab rehearse) has no instance profile: say only what went.
+        out(
+            f"deleted IAM role and instance profile {role.role}"
+            if role.profiles
+            else f"deleted IAM role {role.role}"
+        )
 
 
 def security_group(cfg: AwsConfig, region: str, ec2, out: Say) -> None:
