@@ -19,13 +19,12 @@ from dataclasses import dataclass, replace
 
 from common.attempt import Outcome, TextEnum
 from common.errors import STOPPED_RESUMABLE
+from common.steps import last_step, resumed_step  # noqa: F401 (the laptop's import point)
 from ec2.remote import runs
 from ec2.remote.ssh import quote_path
 
 GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped", "gone")
 _MARK = "@@spotrun@@"
-_RESUMED = re.compile(r"resumed from (\S+) at step (\d+)")
-_STEP = re.compile(r"\b(?:step|batch)\s*[:=#]?\s*(\d+)", re.IGNORECASE)
 # The trainer's end-of-run line for an S3 dataset (ml.data.storage.S3Traffic.line).
 _S3_READ = re.compile(r"read from S3: ([\d,]+) GETs, ([\d.]+) GB, \$([\d.]+) in requests")
 
@@ -62,11 +61,6 @@ def parse_poll(text: str) -> Poll:
     return Poll(runs.parse_state(state_text), record(preempted_text), record(notice_text), log_tail)
 
 
-def last_step(log: str) -> int | None:
-    steps = [int(m.group(1)) for m in _STEP.finditer(log)]
-    return steps[-1] if steps else None
-
-
 def s3_read(log: str) -> tuple[int, float, float] | None:
     """(GETs, GB, request USD) from the trainer's last end-of-run S3 line, if the log has one."""
     found = _S3_READ.findall(log)
@@ -74,11 +68,6 @@ def s3_read(log: str) -> tuple[int, float, float] | None:
         return None
     gets, gb, usd = found[-1]
     return int(gets.replace(",", "")), float(gb), float(usd)
-
-
-def resumed_step(log: str) -> int | None:
-    found = _RESUMED.findall(log)
-    return int(found[-1][1]) if found else None
 
 
 class End(TextEnum):

@@ -230,10 +230,10 @@ def follow(target: Target, started_at: float, budgets: Budgets, out: Say) -> Rep
 
     def noticed():
         a = attempt()
-        # The detached record keeps no notice time: its attempt's end (preempted) stands for it.
-        return (
-            a if a and (a.notice_seen_at or (target.kind == "detached" and a.outcome.interrupted)) else None
-        )
+        # The laptop notes the notice as its watcher saw it; a detached run's boot notes it when the
+        # attempt ends (ec2.remote.attempt_notes). An attempt that ended interrupted with no notice
+        # noted (the instance went before its watcher saw one) is past it too.
+        return a if a and (a.notice_seen_at or a.outcome.interrupted) else None
 
     def safe():
         a = attempt()
@@ -243,12 +243,10 @@ def follow(target: Target, started_at: float, budgets: Budgets, out: Say) -> Rep
         return attempt(1)
 
     def resumed():
+        # The trainer's "resumed from ... at step N", noted by the laptop (run.json) or by a
+        # detached run's boot (its S3 record) as it appears in the log.
         a = attempt(1)
-        if a is None:
-            return None
-        if target.kind == "detached":
-            return a if a.outcome in ("running", "finished") else None
-        return a if a.resumed_step is not None or a.outcome in ("finished",) else None
+        return a if a and (a.resumed_step is not None or a.outcome == "finished") else None
 
     before = _wait(
         f"the spot notice on {iid} (the run's watcher)", budgets.notice, budgets.poll, noticed, out

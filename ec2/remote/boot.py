@@ -46,7 +46,7 @@ from common.errors import STOPPED_RESUMABLE as RESUMABLE_EXIT
 from common.errors import ToolkitError
 from common.s3uri import is_s3
 from common.times import now_iso
-from ec2.remote import detached, giveup, runs, s3copy, startrun
+from ec2.remote import attempt_notes, detached, giveup, runs, s3copy, startrun
 from ec2.remote.detached import DetachedRun
 from ec2.remote.imds import Identity, Imds, ImdsUnreachable
 from ec2.remote.runs import code_dir
@@ -237,7 +237,12 @@ class Boot:
         """Until the run's exit code is written; on the deadline, the trainer is told to stop."""
         code_file = run_dir / "exit_code"
         signalled = False
+        resume = attempt_notes.ResumeWatch(run_dir / "log")
+        before = self.state.attempts[-2] if len(self.state.attempts) > 1 else None
         while not code_file.exists():
+            if resume.check(self.attempt, before):
+                self.refresh_stop()
+                self.save()  # the resume in the record now: `fab rehearse` and `fab watch` read it
             if not signalled and self.state.seconds_left() <= 0:
                 self.state.status = RunStatus.DEADLINE
                 # Until the watcher has written its pid (a run that just started), try again.
@@ -346,6 +351,7 @@ class Boot:
         code = self.wait(run_dir)
         self.attempt.exit_code = code
         self.keep_log(run_dir)
+        attempt_notes.note_end(self.attempt, run_dir)
         self.keep_outputs()
         noticed = (run_dir / "notice").exists()
         deadline_hit = self.state.status is RunStatus.DEADLINE

@@ -16,6 +16,7 @@ from tasks import detached as detached_tasks
 from tasks import lifecycle, managed
 from tests.e2e.detachkit import CKPT, REPO, Instance, group, live, load_cfg
 from tests.e2e.engines import Finished
+from tests.e2e.rehearsekit import Rehearsal, check_report
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
 
@@ -68,16 +69,18 @@ class Detached:
         return live(self.ec2)
 
     def notice(self) -> int:
-        self.imds.mark_interruption()
+        # AWS's notice, sent by `fab rehearse` through FIS (the stand-in: the IMDS notice at once,
+        # the instance taken back once this test has looked at the stopped attempt).
+        self.rehearsal = Rehearsal(self.config, "dj", self.imds, self.ec2)
         boot_out = self.one.wait(180)
         assert detached.load(self.d.s3, self.d.root()).status == "interrupted", boot_out
         assert group(self.autoscaling)["DesiredCapacity"] == 1  # left alone for AWS to replace
+        self.rehearsal.safe.set()
         return int(re.search(r"stopped by \S+ at step (\d+)", self.one.log.read_text()).group(1))
 
     def take_back(self) -> None:
-        # AWS takes the instance back; the group launches another, whose boot resumes from S3.
-        self.imds.clear()
-        self.ec2.terminate_instances(InstanceIds=[self.first])
+        # FIS has AWS take the instance back; the group launches another, whose boot resumes from S3.
+        assert self.rehearsal.taken_back() == [self.first]
         self.second = wait_until(
             lambda: [
                 i["InstanceId"] for i in group(self.autoscaling)["Instances"] if i["InstanceId"] != self.first
@@ -100,6 +103,15 @@ class Detached:
         )
 
     def check_engine(self, done: Finished, stopped: int) -> None:
+        # `fab rehearse`'s report, every phase from the run's S3 record: the boots noted the notice,
+        # the seconds to safe, the step stopped at and the step resumed from.
+        report = self.rehearsal.report()
+        print(f"fab rehearse --name dj (a detached run):\n{report}")
+        timed = check_report(report, "detached", self.first)
+        a1, a2 = done.attempts
+        assert (a1.last_step, a2.resumed_step) == (stopped, stopped)
+        assert timed["notice → checkpoint in S3"] == round(a1.seconds_notice_to_safe, 1)
+        assert timed["notice → resumed"] == a2.seconds_notice_to_resumed
         assert "run dj: finished after 2 attempts on 2 instances" in done.out, done.out
         assert "preempted" in done.out and "1 interruption" in done.out
         assert [(a.instance_id, a.outcome) for a in done.attempts] == [
