@@ -122,6 +122,7 @@ class Report:
 
 def find_target(cfg: AwsConfig, name: str, node: int | None, outputs: Path | None, region: str) -> Target:
     """The instance to interrupt and how to read its run, refusing what cannot be rehearsed."""
+    from ec2.journey import detach_nodes
     from ec2.journey.detach import Detached
 
     ec2 = aws.client("ec2", region, cfg.profile)
@@ -141,6 +142,14 @@ def find_target(cfg: AwsConfig, name: str, node: int | None, outputs: Path | Non
             return d.history(now) if now is not None else d.history(state)
 
         return Target("detached", where.current, state.checkpoint_dir, read_detached)
+    if detach_nodes.member_groups(d.asg, name):
+        # Its members' boots do not note the notice and the resume in its S3 record yet, so a
+        # report would have no phase to time: refused rather than a report of question marks.
+        raise RehearsalRefused(
+            f"{name} is a detached cluster (fab run --detach --nodes): fab rehearse follows an attended "
+            "run, an attended cluster's node (fab run --nodes, --node K) or a detached run of one "
+            "instance, not yet a detached cluster"
+        )
     path = history.history_path(outputs or paths.outputs_dir(name))
     if not path.is_file():
         raise RehearsalRefused(
@@ -254,7 +263,8 @@ def follow(target: Target, started_at: float, budgets: Budgets, out: Say) -> Rep
     notice_at = before.notice_seen_at
     _wait(f"the checkpoint in S3 and exit 75 on {iid}", budgets.safe, budgets.poll, safe, out)
     after = _wait("a replacement instance", budgets.replacement, budgets.poll, replaced, out)
-    after = _wait(f"the run to resume on {after.instance_id}", budgets.resumed, budgets.poll, resumed, out)
+    new_id = _replacement(target.read(), after, target.node)[0]
+    _wait(f"the run to resume on {new_id}", budgets.resumed, budgets.poll, resumed, out)
     resumed_at = time.time()
     h = target.read()
     before, after = h.attempts[index], h.attempts[index + 1]
@@ -262,7 +272,7 @@ def follow(target: Target, started_at: float, budgets: Budgets, out: Say) -> Rep
     # events, and its attempt's end stands for it.
     seen = [e for e in h.events if e.get("event") == "interrupted" and e.get("attempt") == before.number]
     exited_at = _epoch(seen[0]["at"]) if seen else _epoch(before.ended_at)
-    launched_at = _epoch(after.launched_at)
+    launched_at = _replacement(h, after, target.node)[1]
     report = Report(target.kind, iid, target.instance.instance_type, target.node, exit_code=before.exit_code)
     report.phases = [
         ("FIS start → notice seen", None if notice_at is None else notice_at - started_at),
@@ -286,6 +296,17 @@ def follow(target: Target, started_at: float, budgets: Budgets, out: Say) -> Rep
     ended_at = _epoch(before.ended_at) or resumed_at
     report.instance_seconds = max(ended_at - started_at, 0) + max(resumed_at - (launched_at or resumed_at), 0)
     return report
+
+
+def _replacement(h: history.RunHistory, after: Attempt, node: int | None) -> tuple[str | None, float | None]:
+    """The instance that took the interrupted one's place and when it was launched: the next
+    attempt's own (attended: the instance's launch; detached: its boot's start), or, for a cluster,
+    node K's new member (the attempt itself starts once every node is up again)."""
+    if node is None:
+        return after.instance_id, _epoch(after.launched_at)
+    iid = after.instance_ids[node] if node < len(after.instance_ids) else None
+    member = next((m for m in h.members if iid and m.instance_id == iid), None)
+    return iid, _epoch(member.launched_at) if member else None
 
 
 def spot_price(ec2, instance_type: str, zone: str) -> float | None:

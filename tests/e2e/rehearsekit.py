@@ -52,7 +52,7 @@ class Rehearsal:
         self.lines: list[str] = []
         self.error: BaseException | None = None
         cfg = load_aws_config(str(config))
-        budgets = rehearsing.Budgets(poll=0.5)
+        budgets = rehearsing.Budgets(poll=1.0)  # the record is read each poll: moto is shared
 
         def go():
             try:

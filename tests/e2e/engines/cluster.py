@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from common.attempt import Attempt
+from common.times import seconds_between
 from tests.e2e.clusterkit import cluster_members as members
 from tests.e2e.clusterkit import members_groups, tag, take_back
 from tests.e2e.engines import Finished
@@ -117,6 +118,12 @@ class Cluster:
         timed = check_report(report, "cluster", self.first["1"]["InstanceId"], node=1)
         assert timed["notice → checkpoint in S3"] == round(a1["seconds_notice_to_safe"], 1)
         assert timed["notice → resumed"] == a2["seconds_notice_to_resumed"]
+        # The replacement is node 1's new member, launched after the laptop saw the attempt end.
+        new = history["members"][2]
+        assert f"the run to resume on {new['instance_id']}" in report
+        exited = next(e["at"] for e in history["events"] if e["event"] == "interrupted")
+        launched = seconds_between(exited, new["launched_at"])
+        assert abs(timed["exited → replacement launched"] - launched) <= 0.051
         assert (a1["nodes_lost"], a2["resumed_step"], history["steps_lost"]) == ([1], stopped, [0])
         assert f"resumed from s3://spot-ckpt/job/checkpoint/last.pt at step {stopped}" in done.resumed_log
         assert 0 < a2["seconds_notice_to_resumed"] < 180

@@ -10,6 +10,7 @@ import re
 import boto3
 from invoke import Context
 
+from common.times import seconds_between
 from ec2.journey import detach
 from ec2.remote import detached
 from tasks import detached as detached_tasks
@@ -112,6 +113,11 @@ class Detached:
         assert (a1.last_step, a2.resumed_step) == (stopped, stopped)
         assert timed["notice → checkpoint in S3"] == round(a1.seconds_notice_to_safe, 1)
         assert timed["notice → resumed"] == a2.seconds_notice_to_resumed
+        assert f"the run to resume on {self.second}" in report
+        # The replacement's launch: its boot's start, after attempt 1's end (the two times the
+        # boots wrote), to the report's tenth of a second.
+        launched = seconds_between(a1.ended_at, a2.launched_at)
+        assert abs(timed["exited → replacement launched"] - launched) <= 0.051
         assert "run dj: finished after 2 attempts on 2 instances" in done.out, done.out
         assert "preempted" in done.out and "1 interruption" in done.out
         assert [(a.instance_id, a.outcome) for a in done.attempts] == [
