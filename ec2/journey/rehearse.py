@@ -124,6 +124,7 @@ def find_target(cfg: AwsConfig, name: str, node: int | None, outputs: Path | Non
     """The instance to interrupt and how to read its run, refusing what cannot be rehearsed."""
     from ec2.journey import detach_nodes
     from ec2.journey.detach import Detached
+    from ec2.remote import detached
 
     ec2 = aws.client("ec2", region, cfg.profile)
     d = Detached(cfg, name)
@@ -137,9 +138,15 @@ def find_target(cfg: AwsConfig, name: str, node: int | None, outputs: Path | Non
             )
         state = where.state
 
+        root = d.root()
+
         def read_detached() -> history.RunHistory:
-            now = d.look().state
-            return d.history(now) if now is not None else d.history(state)
+            # The S3 record alone, one GET a poll: its attempts are what the boots noted (the
+            # notice, the seconds to safe, the steps, the resume); no prices are needed to follow.
+            now = detached.load(d.s3, root) or state
+            return history.RunHistory(
+                name=now.name, started_at=now.submitted_at, status=now.status, attempts=now.attempts
+            )
 
         return Target("detached", where.current, state.checkpoint_dir, read_detached)
     if detach_nodes.member_groups(d.asg, name):
