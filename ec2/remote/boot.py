@@ -241,8 +241,7 @@ class Boot:
         before = self.state.attempts[-2] if len(self.state.attempts) > 1 else None
         while not code_file.exists():
             if resume.check(self.attempt, before):
-                self.refresh_stop()
-                self.save()  # the resume in the record now: `fab rehearse` and `fab watch` read it
+                self.save_resume()
             if not signalled and self.state.seconds_left() <= 0:
                 self.state.status = RunStatus.DEADLINE
                 # Until the watcher has written its pid (a run that just started), try again.
@@ -251,6 +250,15 @@ class Boot:
                     log("the run's deadline passed: asked the trainer to checkpoint and stop")
             time.sleep(self.poll_s)
         return int(code_file.read_text().strip())
+
+    def save_resume(self) -> None:
+        """The resume into the record now (`fab rehearse` follows it there); S3 failing here must
+        not end the boot's watch of a running trainer: the attempt's end saves it again."""
+        try:
+            self.refresh_stop()
+            self.save()
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+            log(f"could not save the resume to the record now ({e}); it is saved when the attempt ends")
 
     def signal_trainer(self) -> bool:
         line = runs.graceful_stop_command(self.state.remote_dir, self.state.run)
