@@ -19,13 +19,12 @@ from dataclasses import dataclass, replace
 
 from common.attempt import Outcome, TextEnum
 from common.errors import STOPPED_RESUMABLE
+from common.steps import last_step, resumed_step  # noqa: F401 (the laptop's import point)
 from ec2.remote import runs
-from ec2.remote.runs import last_step  # noqa: F401 (the detached boot reads steps the same way)
 from ec2.remote.ssh import quote_path
 
 GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped", "gone")
 _MARK = "@@spotrun@@"
-_RESUMED = re.compile(r"resumed from (\S+) at step (\d+)")
 # The trainer's end-of-run line for an S3 dataset (ml.data.storage.S3Traffic.line).
 _S3_READ = re.compile(r"read from S3: ([\d,]+) GETs, ([\d.]+) GB, \$([\d.]+) in requests")
 
@@ -69,11 +68,6 @@ def s3_read(log: str) -> tuple[int, float, float] | None:
         return None
     gets, gb, usd = found[-1]
     return int(gets.replace(",", "")), float(gb), float(usd)
-
-
-def resumed_step(log: str) -> int | None:
-    found = _RESUMED.findall(log)
-    return int(found[-1][1]) if found else None
 
 
 class End(TextEnum):

@@ -122,7 +122,9 @@ class Report:
 
 def find_target(cfg: AwsConfig, name: str, node: int | None, outputs: Path | None, region: str) -> Target:
     """The instance to interrupt and how to read its run, refusing what cannot be rehearsed."""
+    from ec2.journey import detach_nodes
     from ec2.journey.detach import Detached
+    from ec2.remote import detached
 
     ec2 = aws.client("ec2", region, cfg.profile)
     d = Detached(cfg, name)
@@ -136,11 +138,25 @@ def find_target(cfg: AwsConfig, name: str, node: int | None, outputs: Path | Non
             )
         state = where.state
 
+        root = d.root()
+
         def read_detached() -> history.RunHistory:
-            now = d.look().state
-            return d.history(now) if now is not None else d.history(state)
+            # The S3 record alone, one GET a poll: its attempts are what the boots noted (the
+            # notice, the seconds to safe, the steps, the resume); no prices are needed to follow.
+            now = detached.load(d.s3, root) or state
+            return history.RunHistory(
+                name=now.name, started_at=now.submitted_at, status=now.status, attempts=now.attempts
+            )
 
         return Target("detached", where.current, state.checkpoint_dir, read_detached)
+    if detach_nodes.member_groups(d.asg, name):
+        # Its members' boots do not note the notice and the resume in its S3 record yet, so a
+        # report would have no phase to time: refused rather than a report of question marks.
+        raise RehearsalRefused(
+            f"{name} is a detached cluster (fab run --detach --nodes): fab rehearse follows an attended "
+            "run, an attended cluster's node (fab run --nodes, --node K) or a detached run of one "
+            "instance, not yet a detached cluster"
+        )
     path = history.history_path(outputs or paths.outputs_dir(name))
     if not path.is_file():
         raise RehearsalRefused(
@@ -230,10 +246,10 @@ def follow(target: Target, started_at: float, budgets: Budgets, out: Say) -> Rep
 
     def noticed():
         a = attempt()
-        # The detached record keeps no notice time: its attempt's end (preempted) stands for it.
-        return (
-            a if a and (a.notice_seen_at or (target.kind == "detached" and a.outcome.interrupted)) else None
-        )
+        # The laptop notes the notice as its watcher saw it; a detached run's boot notes it when the
+        # attempt ends (ec2.remote.attempt_notes). An attempt that ended interrupted with no notice
+        # noted (the instance went before its watcher saw one) is past it too.
+        return a if a and (a.notice_seen_at or a.outcome.interrupted) else None
 
     def safe():
         a = attempt()
@@ -243,12 +259,10 @@ def follow(target: Target, started_at: float, budgets: Budgets, out: Say) -> Rep
         return attempt(1)
 
     def resumed():
+        # The trainer's "resumed from ... at step N", noted by the laptop (run.json) or by a
+        # detached run's boot (its S3 record) as it appears in the log.
         a = attempt(1)
-        if a is None:
-            return None
-        if target.kind == "detached":
-            return a if a.outcome in ("running", "finished") else None
-        return a if a.resumed_step is not None or a.outcome in ("finished",) else None
+        return a if a and (a.resumed_step is not None or a.outcome == "finished") else None
 
     before = _wait(
         f"the spot notice on {iid} (the run's watcher)", budgets.notice, budgets.poll, noticed, out
@@ -256,7 +270,8 @@ def follow(target: Target, started_at: float, budgets: Budgets, out: Say) -> Rep
     notice_at = before.notice_seen_at
     _wait(f"the checkpoint in S3 and exit 75 on {iid}", budgets.safe, budgets.poll, safe, out)
     after = _wait("a replacement instance", budgets.replacement, budgets.poll, replaced, out)
-    after = _wait(f"the run to resume on {after.instance_id}", budgets.resumed, budgets.poll, resumed, out)
+    new_id = _replacement(target.read(), after, target.node)[0]
+    _wait(f"the run to resume on {new_id}", budgets.resumed, budgets.poll, resumed, out)
     resumed_at = time.time()
     h = target.read()
     before, after = h.attempts[index], h.attempts[index + 1]
@@ -264,7 +279,7 @@ def follow(target: Target, started_at: float, budgets: Budgets, out: Say) -> Rep
     # events, and its attempt's end stands for it.
     seen = [e for e in h.events if e.get("event") == "interrupted" and e.get("attempt") == before.number]
     exited_at = _epoch(seen[0]["at"]) if seen else _epoch(before.ended_at)
-    launched_at = _epoch(after.launched_at)
+    launched_at = _replacement(h, after, target.node)[1]
     report = Report(target.kind, iid, target.instance.instance_type, target.node, exit_code=before.exit_code)
     report.phases = [
         ("FIS start → notice seen", None if notice_at is None else notice_at - started_at),
@@ -288,6 +303,17 @@ def follow(target: Target, started_at: float, budgets: Budgets, out: Say) -> Rep
     ended_at = _epoch(before.ended_at) or resumed_at
     report.instance_seconds = max(ended_at - started_at, 0) + max(resumed_at - (launched_at or resumed_at), 0)
     return report
+
+
+def _replacement(h: history.RunHistory, after: Attempt, node: int | None) -> tuple[str | None, float | None]:
+    """The instance that took the interrupted one's place and when it was launched: the next
+    attempt's own (attended: the instance's launch; detached: its boot's start), or, for a cluster,
+    node K's new member (the attempt itself starts once every node is up again)."""
+    if node is None:
+        return after.instance_id, _epoch(after.launched_at)
+    iid = after.instance_ids[node] if node < len(after.instance_ids) else None
+    member = next((m for m in h.members if iid and m.instance_id == iid), None)
+    return iid, _epoch(member.launched_at) if member else None
 
 
 def spot_price(ec2, instance_type: str, zone: str) -> float | None:

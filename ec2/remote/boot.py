@@ -53,7 +53,7 @@ from common.errors import STOPPED_RESUMABLE as RESUMABLE_EXIT
 from common.errors import ToolkitError
 from common.s3uri import is_s3
 from common.times import now_iso
-from ec2.remote import detached, giveup, runs, s3copy, spend, startrun
+from ec2.remote import attempt_notes, detached, giveup, runs, s3copy, spend, startrun
 from ec2.remote.detached import DetachedRun
 from ec2.remote.imds import Identity, Imds, ImdsUnreachable
 from ec2.remote.runs import code_dir
@@ -263,7 +263,11 @@ class Boot:
         code_file = run_dir / "exit_code"
         signalled = False
         began = time.monotonic()
+        resume = attempt_notes.ResumeWatch(run_dir / "log")
+        before = self.state.attempts[-2] if len(self.state.attempts) > 1 else None
         while not code_file.exists():
+            if resume.check(self.attempt, before):
+                self.save_resume()
             if not signalled and self.state.seconds_left() <= 0 and self.trainer_can_stop(run_dir, began):
                 self.state.status = RunStatus.DEADLINE
                 # Until the watcher has written its pid (a run that just started), try again.
@@ -284,6 +288,15 @@ class Boot:
         if time.monotonic() - began >= STOP_GRACE_S:
             return True
         return runs.last_step(spend.tail(run_dir / "log")) is not None
+
+    def save_resume(self) -> None:
+        """The resume into the record now (`fab rehearse` follows it there); S3 failing here must
+        not end the boot's watch of a running trainer: the attempt's end saves it again."""
+        try:
+            self.refresh_stop()
+            self.save()
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+            log(f"could not save the resume to the record now ({e}); it is saved when the attempt ends")
 
     def signal_trainer(self) -> bool:
         line = runs.graceful_stop_command(self.state.remote_dir, self.state.run)
@@ -385,6 +398,7 @@ class Boot:
         code = self.wait(run_dir)
         self.attempt.exit_code = code
         self.keep_log(run_dir)
+        attempt_notes.note_end(self.attempt, run_dir)
         self.keep_outputs()
         noticed = (run_dir / "notice").exists()
         deadline_hit = self.state.status is RunStatus.DEADLINE

@@ -13,23 +13,13 @@ Every remote command line is built here by a pure function and tested as a strin
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 
+from common.steps import last_step  # noqa: F401 (the boot and the laptop read steps alike)
 from ec2 import names
 from ec2.errors import ToolkitError
 from ec2.remote.ssh import Machine, join_path, quote_path
-
-# A step as the trainer logs it ("Train batch 120: ..."), and as other commands say it ("step 120").
-_STEP = re.compile(r"\b(?:step|batch)\s*[:=#]?\s*(\d+)", re.IGNORECASE)
-
-
-def last_step(log: str) -> int | None:
-    """The last step a log shows (the laptop's loop and the detached boot both read it)."""
-    steps = [int(m.group(1)) for m in _STEP.finditer(log)]
-    return steps[-1] if steps else None
-
 
 # Our own "a run of that name exists" status (never 255: that is ssh's connection error).
 EXISTS_CODE = 17

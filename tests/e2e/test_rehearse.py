@@ -6,7 +6,6 @@ notice) and moto (the termination, once the watcher has the checkpoint in S3).""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import boto3
@@ -17,6 +16,7 @@ from invoke.exceptions import Exit
 from common import aws
 from ec2.cloud import fis
 from tasks import rehearse as rehearse_task
+from tests.e2e.rehearsekit import check_report
 from tests.e2e.runkit import join_while_progressing, start_fab_run
 from tests.peers.fis import FisStandIn
 from tests.peers.iam_lint import findings
@@ -86,26 +86,7 @@ def test_rehearse_interrupts_an_attended_run_and_reports_its_recovery(
 
     # The report, from the run's own record: every phase timed, nothing lost, a cost.
     assert "rehearsal of a attended run" not in out
-    assert f"rehearsal of an attended run: {first} (" in out, out[-3000:]
-    phases = (
-        "FIS start → notice seen",
-        "notice → checkpoint in S3",
-        "notice → run exited",
-        "exited → replacement launched",
-        "notice → resumed",
-    )
-    for phase in phases:
-        line = next(x for x in out.splitlines() if x.strip().startswith(phase))
-        assert line.rstrip().endswith(" s"), line
-    assert any(x.split() == ["exit", "code", "on", "the", "notice", "75"] for x in out.splitlines()), out[
-        -2000:
-    ]
-    assert any(x.split() == ["steps", "lost", "0"] for x in out.splitlines()), out[-2000:]
-    cost = re.search(
-        r"^  rehearsal cost +\$(\S+) = \$(\S+) \(\d+ instance-seconds x \$\S+/h\) \+ \$(\S+) \(", out, re.M
-    )
-    assert cost and float(cost[1]) == round(float(cost[2]) + float(cost[3]), 4), out[-2000:]
-    assert float(cost[3]) in (0.1, 0.2)  # FIS: $0.10 per action-minute, the action's minute or two
+    check_report(out, "attended", first)
 
     join_while_progressing(thread, log, dest / "run.json")
     assert not thread.is_alive() and result == {}, (result, capfd.readouterr().out[-3000:])

@@ -1,7 +1,9 @@
 """`fab rehearse` refuses in one line, before it makes anything (no FIS role, no experiment): an
 on-demand instance (FIS interrupts only spot ones), a run whose checkpoints are not in S3, a
-cluster without --node. The run is a running `fab run`'s history (outputs/<name>/run.json) and its
-instance in moto; and the FIS role's policy passes the IAM linter."""
+cluster without --node, a region FIS cannot interrupt in; for each kind of run: an attended or
+cluster run is a running `fab run`'s history (outputs/<name>/run.json) and its instances in moto, a
+detached run its Auto Scaling group (tagged with its record's root), its S3 record and its
+instance in moto. And the FIS role's policy passes the IAM linter."""
 
 from __future__ import annotations
 
@@ -11,17 +13,19 @@ from invoke import Context
 from invoke.exceptions import Exit
 
 from common.attempt import Attempt, Outcome
-from ec2.cloud import fis
+from ec2.cloud import asg, fis
+from ec2.journey import detach_nodes
 from ec2.journey.history import RunHistory
+from ec2.remote import detached
 from tasks import rehearse as tasks
 from tests.peers.iam_lint import findings
 from tests.peers.moto_ec2 import DLAMI_NAME, make_image
 
 
-def _instance(ec2, spot: bool, node: int | None = None) -> str:
+def _instance(ec2, spot: bool, node: int | None = None, name: str | None = None) -> str:
     image = make_image(ec2, DLAMI_NAME)
     extra = {"InstanceMarketOptions": {"MarketType": "spot"}} if spot else {}
-    name = "job" if node is None else f"job-{node}"
+    name = name or ("job" if node is None else f"job-{node}")
     tags = [{"Key": "spotrun:name", "Value": name}]
     if node is not None:
         tags += [{"Key": "spotrun:cluster", "Value": "job"}, {"Key": "spotrun:node", "Value": str(node)}]
@@ -79,6 +83,77 @@ def test_a_cluster_needs_the_node_to_interrupt(ec2_client, tmp_path, capsys):
     dest = _history(tmp_path, "s3://spot-ckpt/job/checkpoint", *ids)
     assert "is a 2-node cluster: pass --node K (0 to 1)" in _refusal(capsys, dest=dest)
     assert "--node 5: job has nodes 0 to 1" in _refusal(capsys, dest=dest, node=5)
+
+
+CKPT = "s3://spot-ckpt/job/checkpoint"
+
+
+def _detached(ec2, spot: bool, *, nodes: int = 1) -> None:
+    """A running detached run `job`: its group (or, for a cluster, one per node, tagged as
+    ec2.journey.detach_nodes finds them), its S3 record, its instance."""
+    boto3.client("s3").create_bucket(Bucket="spot-ckpt")
+    template = {"ImageId": "ami-12345678"}  # any id: the group launches nothing (desired 0)
+    ec2.create_launch_template(LaunchTemplateName="spotrun-job", LaunchTemplateData=template)
+    root = detached.root_for(CKPT, "job")
+    groups = ["spotrun-job"] if nodes == 1 else [f"spotrun-job-{k}" for k in range(nodes)]
+    for k, group in enumerate(groups):
+        tags = {"spotrun:name": "job", asg.ROOT_TAG: root}
+        if nodes > 1:
+            tags |= {detach_nodes.RUN_TAG: "job", detach_nodes.NODE_TAG: str(k)}
+        boto3.client("autoscaling").create_auto_scaling_group(
+            AutoScalingGroupName=group,
+            LaunchTemplate={"LaunchTemplateName": "spotrun-job", "Version": "$Latest"},
+            MinSize=0,
+            MaxSize=1,
+            DesiredCapacity=0,
+            AvailabilityZones=["us-east-1a"],
+            Tags=[
+                {"Key": k_, "Value": v, "PropagateAtLaunch": False, "ResourceId": group}
+                | {"ResourceType": "auto-scaling-group"}
+                for k_, v in tags.items()
+            ],
+        )
+    iid = _instance(ec2, spot=spot, name="job")
+    attempt = Attempt(1, iid, market="spot" if spot else "on-demand", outcome=Outcome.RUNNING)
+    record = detached.DetachedRun(
+        name="job", group=groups[0], region="us-east-1", root=root, command="true", checkpoint_dir=CKPT
+    )
+    record.status, record.attempts, record.nodes = "running", [attempt], nodes
+    detached.save(boto3.client("s3"), record)
+
+
+def test_a_cluster_node_on_demand_or_without_an_s3_checkpoint_is_refused(ec2_client, tmp_path, capsys):
+    ids = [_instance(ec2_client, spot=k == 0, node=k) for k in range(2)]
+    dest = _history(tmp_path, CKPT, *ids)
+    assert f"{ids[1]} is an on-demand instance: AWS FIS interrupts only spot" in _refusal(
+        capsys, dest=dest, node=1
+    )
+    dest = _history(tmp_path, "trained_models/x/checkpoint", *ids)
+    assert "a rehearsed run keeps its checkpoints in S3" in _refusal(capsys, dest=dest, node=0)
+
+
+def test_a_detached_run_on_an_on_demand_instance_is_refused(ec2_client, capsys):
+    # A detached group switches to on-demand when spot capacity fails (detach.on_demand_switch).
+    _detached(ec2_client, spot=False)
+    assert "is an on-demand instance: AWS FIS interrupts only spot instances" in _refusal(capsys)
+    assert "is a detached run of one instance; leave out --node" in _refusal(capsys, node=0)
+
+
+def test_a_detached_cluster_is_refused_in_one_line(ec2_client, capsys):
+    _detached(ec2_client, spot=True, nodes=2)
+    assert "job is a detached cluster (fab run --detach --nodes)" in _refusal(capsys, node=1)
+
+
+@pytest.mark.parametrize("kind", ["cluster", "detached"])
+def test_a_region_fis_cannot_interrupt_in_is_refused_for_every_kind(ec2_client, tmp_path, capsys, kind):
+    if kind == "detached":
+        _detached(ec2_client, spot=True)
+        kw = {}
+    else:
+        kw = {"dest": _history(tmp_path, CKPT, *[_instance(ec2_client, True, node=k) for k in range(2)])}
+        kw["node"] = 1
+    err = _refusal(capsys, set_=["region=cn-north-1"], **kw)
+    assert "AWS FIS cannot interrupt spot instances in cn-north-1 (China (Beijing)" in err
 
 
 def test_a_run_that_is_not_running_is_refused(ec2_client, tmp_path, capsys):

@@ -5,7 +5,9 @@ client spotrun uses, and the experiment's effect played by the real peers:
 
 - StartExperiment: the IMDS stand-in marks the instance (the two-minute notice FIS has EC2 send);
 - once ``safe()`` says the run secured its checkpoint (or ``after_s`` passed, as AWS would not
-  wait), moto terminates the instance and the notice is taken back (a replacement gets none);
+  wait), the notice is taken back (a replacement gets none) and the instance is taken:
+  ``take_back(instance_ids)``, by default moto's termination (a test whose instances have disks
+  of their own removes them there too);
 - GetExperiment: initiating, then running, then completed once the instance is terminated.
 
 `requests` keeps every (operation, parsed JSON body) the client sent, for tests that look.
@@ -33,8 +35,17 @@ class _Raw:
 
 
 class FisStandIn:
-    def __init__(self, client, imds, ec2, safe: Callable[[], bool] = lambda: True, after_s: float = 120):
+    def __init__(
+        self,
+        client,
+        imds,
+        ec2,
+        safe: Callable[[], bool] = lambda: True,
+        after_s: float = 120,
+        take_back: Callable[[list[str]], None] | None = None,
+    ):
         self.imds, self.ec2, self.safe, self.after_s = imds, ec2, safe, after_s
+        self.take_back = take_back or (lambda ids: ec2.terminate_instances(InstanceIds=ids))
         self.templates: dict[str, dict] = {}
         self.experiments: dict[str, dict] = {}
         self.requests: list[tuple[str, dict]] = []
@@ -120,7 +131,7 @@ class FisStandIn:
         while not self.safe() and time.monotonic() < deadline:
             time.sleep(0.1)
         self.imds.clear()  # the replacement instance gets no notice
-        self.ec2.terminate_instances(InstanceIds=instance_ids)
+        self.take_back(instance_ids)
         self.terminated.extend(instance_ids)
         experiment["state"] = {"status": "completed", "reason": "Experiment completed."}
         experiment["endTime"] = time.time()

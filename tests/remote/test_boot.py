@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -66,7 +67,10 @@ def test_failing_exit_records_failed_and_stops_the_group(machine):
 
 def test_exit_75_after_a_notice_leaves_the_group_alone(machine):
     # Stands in for the trainer: on the watcher's USR1 it "checkpoints" and exits 75.
-    machine.submit("trap 'echo saved; exit 75' USR1; echo started; while true; do sleep 0.1; done")
+    machine.submit(
+        "trap 'echo stopped by USR1 at step 12; exit 75' USR1; echo started; echo Train batch 12: loss 1;"
+        " while true; do sleep 0.1; done"
+    )
     p = machine.boot()
     try:
         log = machine.run_dir() / "log"
@@ -79,17 +83,47 @@ def test_exit_75_after_a_notice_leaves_the_group_alone(machine):
     state = machine.state()
     assert state.status == "interrupted", out
     assert [(a.outcome, a.exit_code) for a in state.attempts] == [("preempted", 75)]
-    assert json.loads((machine.run_dir() / "preempted").read_text())["command_exit_code"] == 75
+    preempted = json.loads((machine.run_dir() / "preempted").read_text())
+    assert preempted["command_exit_code"] == 75
     assert machine.desired() == 1  # AWS replaces the instance; the next boot resumes
+    # The record says what run.json would: when the watcher saw the notice, the seconds to safe,
+    # the step the run stopped at (`fab rehearse` times a detached recovery from these).
+    [a] = state.attempts
+    assert a.notice_seen_at == preempted["seen_at"]
+    assert a.seconds_notice_to_safe == preempted["seconds_notice_to_safe"]
+    assert a.last_step == 12
 
 
 def test_next_boot_counts_the_attempt_and_resumes(machine):
-    first = Attempt(1, "i-first", outcome="preempted", exit_code=75)
-    machine.submit("echo resumed; exit 0", attempts=[first], status="interrupted")
-    machine.boot_to_end()
+    noticed = time.time() - 30
+    first = Attempt(1, "i-first", outcome="preempted", exit_code=75, notice_seen_at=noticed, last_step=7)
+    go = machine.tmp / "go"
+    machine.submit(
+        f"echo resumed from {machine.root}/last.pt at step 7; "
+        f"while [ ! -e {go} ]; do sleep 0.1; done; exit 0",
+        attempts=[first],
+        status="interrupted",
+    )
+    p = machine.boot()
+    try:
+        # The resume is in the record while the run still runs, as the trainer's log shows it, with
+        # the seconds from the previous attempt's notice: what `fab rehearse` and `fab watch` read.
+        def resumed():
+            attempts = machine.state().attempts
+            return attempts[-1] if len(attempts) == 2 and attempts[-1].resumed_step is not None else None
+
+        now = wait_until(resumed, 60, "the resume in the record")
+        assert (now.outcome, now.resumed_step) == ("running", 7)
+        assert 30 <= now.seconds_notice_to_resumed < 90
+        go.touch()
+        out, _ = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 0, out
     state = machine.state()
     assert [(a.number, a.outcome) for a in state.attempts] == [(1, "preempted"), (2, "finished")]
     assert state.status == "finished" and machine.desired() == 0
+    assert state.attempts[1].resumed_step == 7
 
 
 def test_a_record_submitted_by_the_old_code_reads_and_is_written_back_as_the_attempt_record(machine):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 import time
 
 import boto3
@@ -18,9 +17,11 @@ import pytest
 import torch
 
 from common.attempt import Attempt
+from common.times import seconds_between
 from tests.e2e.clusterkit import cluster_members as members
-from tests.e2e.clusterkit import members_groups, tag, write_routes
+from tests.e2e.clusterkit import members_groups, tag, take_back
 from tests.e2e.engines import Finished
+from tests.e2e.rehearsekit import Rehearsal, check_report
 from tests.e2e.runkit import start_fab_run
 from tests.peers.fab_process import free_port
 from tests.peers.imds import wait_until
@@ -70,26 +71,27 @@ class Cluster:
         return [i["InstanceId"] for i in members(self.ec2) if i["State"]["Name"] in ("pending", "running")]
 
     def notice(self) -> int:
-        # The notice on node 1 only; its watcher stops every rank at one step, rank 0 saves to S3,
-        # both nodes exit 75.
-        imds1 = self.nodes[1][1]
-        imds1.mark_interruption()
+        # The notice on node 1 only, sent by `fab rehearse --node 1` through FIS (the stand-in:
+        # node 1's IMDS notice at once; node 1 taken back once this test has looked at the stopped
+        # attempt). Its watcher stops every rank at one step, rank 0 saves to S3, both nodes exit 75.
+        self.rehearsal = Rehearsal(
+            self.config, "job", self.nodes[1][1], self.ec2, node=1, dest=self.dest, take_back=self._take_back
+        )
         wait_until(lambda: (self.rdirs[1] / "preempted").exists(), 120, "node 1's preempted record")
-        imds1.clear()  # the replacement has no notice
         for rdir in self.rdirs:
             wait_until(lambda rdir=rdir: (rdir / "exit_code").exists(), 120, "both nodes' runs to end")
         assert [(r / "exit_code").read_text().strip() for r in self.rdirs] == ["75", "75"]
-        return int(re.search(r"stopped by \S+ at step (\d+)", self.logs()).group(1))
+        stopped = int(re.search(r"stopped by \S+ at step (\d+)", self.logs()).group(1))
+        self.rehearsal.safe.set()
+        return stopped
+
+    def _take_back(self, instance_ids: list[str]) -> None:
+        # AWS takes node 1 back, and its disk with it (a replacement starts empty).
+        assert instance_ids == [self.first["1"]["InstanceId"]]
+        take_back(self.ec2, self.routes, instance_ids[0], self.nodes[1][2])
 
     def take_back(self) -> None:
-        # AWS takes node 1 back, and its disk with it (a replacement starts empty). While the disk
-        # goes, no new SSH connection reaches node 1 (the replacement's sync must not start into a
-        # folder being deleted).
-        routes = json.loads(self.routes.read_text())
-        write_routes(self.routes, {"0": routes["0"]})
-        self.ec2.terminate_instances(InstanceIds=[self.first["1"]["InstanceId"]])
-        shutil.rmtree(self.nodes[1][2] / "spotrun")
-        write_routes(self.routes, routes)
+        self.rehearsal.taken_back()
 
     def finish(self) -> Finished:
         self.thread.join(timeout=300)
@@ -110,6 +112,18 @@ class Cluster:
     def check_engine(self, done: Finished, stopped: int) -> None:
         history, ec2, out = self.history, self.ec2, done.out
         a1, a2 = history["attempts"]
+        # `fab rehearse --node 1`'s report, every phase from run.json, node 1 named.
+        report = self.rehearsal.report()
+        print(f"fab rehearse --name job --node 1 (a cluster run):\n{report}")
+        timed = check_report(report, "cluster", self.first["1"]["InstanceId"], node=1)
+        assert timed["notice → checkpoint in S3"] == round(a1["seconds_notice_to_safe"], 1)
+        assert timed["notice → resumed"] == a2["seconds_notice_to_resumed"]
+        # The replacement is node 1's new member, launched after the laptop saw the attempt end.
+        new = history["members"][2]
+        assert f"the run to resume on {new['instance_id']}" in report
+        exited = next(e["at"] for e in history["events"] if e["event"] == "interrupted")
+        launched = seconds_between(exited, new["launched_at"])
+        assert abs(timed["exited → replacement launched"] - launched) <= 0.051
         assert (a1["nodes_lost"], a2["resumed_step"], history["steps_lost"]) == ([1], stopped, [0])
         assert f"resumed from s3://spot-ckpt/job/checkpoint/last.pt at step {stopped}" in done.resumed_log
         assert 0 < a2["seconds_notice_to_resumed"] < 180

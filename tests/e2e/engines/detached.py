@@ -12,12 +12,14 @@ import re
 import boto3
 from invoke import Context
 
+from common.times import seconds_between
 from ec2.journey import detach
 from ec2.remote import detached
 from tasks import detached as detached_tasks
 from tasks import lifecycle, managed
 from tests.e2e.detachkit import CKPT, REPO, Instance, group, live, load_cfg
 from tests.e2e.engines import Finished
+from tests.e2e.rehearsekit import Rehearsal, check_report
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
 
@@ -71,21 +73,23 @@ class Detached:
         return live(self.ec2)
 
     def notice(self) -> int:
-        self.imds.mark_interruption()
+        # AWS's notice, sent by `fab rehearse` through FIS (the stand-in: the IMDS notice at once,
+        # the instance taken back once this test has looked at the stopped attempt).
+        self.rehearsal = Rehearsal(self.config, "dj", self.imds, self.ec2)
         boot_out = self.one.wait(180)
         assert detached.load(self.d.s3, self.d.root()).status == "interrupted", boot_out
         assert group(self.autoscaling)["DesiredCapacity"] == 1  # left alone for AWS to replace
+        # The notice's boot switched the group to on-demand before its instance went
+        # (on_demand_after: 1): the replacement is on-demand, as its metadata will say.
+        distribution = group(self.autoscaling)["MixedInstancesPolicy"]["InstancesDistribution"]
+        assert distribution["OnDemandPercentageAboveBaseCapacity"] == 100
+        self.imds.lifecycle = "on-demand"
+        self.rehearsal.safe.set()
         return int(re.search(r"stopped by \S+ at step (\d+)", self.one.log.read_text()).group(1))
 
     def take_back(self) -> None:
-        # The notice's boot switched the group to on-demand before its instance went (on_demand_after: 1).
-        distribution = group(self.autoscaling)["MixedInstancesPolicy"]["InstancesDistribution"]
-        assert distribution["OnDemandPercentageAboveBaseCapacity"] == 100
-        # AWS takes the instance back; the group launches another, whose boot resumes from S3: an
-        # on-demand instance now, as its metadata says.
-        self.imds.clear()
-        self.imds.lifecycle = "on-demand"
-        self.ec2.terminate_instances(InstanceIds=[self.first])
+        # FIS has AWS take the instance back; the group launches another, whose boot resumes from S3.
+        assert self.rehearsal.taken_back() == [self.first]
         self.second = wait_until(
             lambda: [
                 i["InstanceId"] for i in group(self.autoscaling)["Instances"] if i["InstanceId"] != self.first
@@ -108,6 +112,20 @@ class Detached:
         )
 
     def check_engine(self, done: Finished, stopped: int) -> None:
+        # `fab rehearse`'s report, every phase from the run's S3 record: the boots noted the notice,
+        # the seconds to safe, the step stopped at and the step resumed from.
+        report = self.rehearsal.report()
+        print(f"fab rehearse --name dj (a detached run):\n{report}")
+        timed = check_report(report, "detached", self.first)
+        a1, a2 = done.attempts
+        assert (a1.last_step, a2.resumed_step) == (stopped, stopped)
+        assert timed["notice → checkpoint in S3"] == round(a1.seconds_notice_to_safe, 1)
+        assert timed["notice → resumed"] == a2.seconds_notice_to_resumed
+        assert f"the run to resume on {self.second}" in report
+        # The replacement's launch: its boot's start, after attempt 1's end (the two times the
+        # boots wrote), to the report's tenth of a second.
+        launched = seconds_between(a1.ended_at, a2.launched_at)
+        assert abs(timed["exited → replacement launched"] - launched) <= 0.051
         assert "run dj: finished after 2 attempts on 2 instances" in done.out, done.out
         assert "preempted" in done.out and "1 interruption" in done.out
         # `fab watch` printed the boot's decision; the summary shows the replacement on-demand.
