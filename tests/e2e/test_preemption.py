@@ -15,7 +15,9 @@ import torch
 from invoke import Context
 
 from ec2.remote import runs
+from ec2.remote.spot_watch import NOTICE_LEAD_S
 from ec2.remote.ssh import Machine
+from ml.notice_fit import FIT_SHARE
 from tasks import remote as t
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
@@ -63,7 +65,9 @@ def test_notice_puts_checkpoint_in_s3_and_run_state_says_preempted(
     body = s3.get_object(Bucket="spot-ckpt", Key="box/checkpoint/last.pt")["Body"].read()
     ckpt = torch.load(io.BytesIO(body), map_location="cpu", weights_only=False)
     assert ckpt["step"] == int(stopped.group(1))
-    assert seconds < 15, f"notice to checkpoint in S3 took {seconds:.1f} s"
+    # Inside the notice with room to spare: the share of the two minutes ml/notice_fit.py holds a
+    # save to (a loaded CI box took 19 s for this tiny model; AWS takes the instance at 120 s).
+    assert seconds < FIT_SHARE * NOTICE_LEAD_S, f"notice to checkpoint in S3 took {seconds:.1f} s"
     # The pane finished too: exit code 75 is written, and preempted still wins in the state.
     wait_until(lambda: (preempted.parent / "exit_code").exists(), 10, "the exit code")
     assert (preempted.parent / "exit_code").read_text().strip() == "75"

@@ -82,6 +82,12 @@ class Cluster:
             wait_until(lambda rdir=rdir: (rdir / "exit_code").exists(), 120, "both nodes' runs to end")
         assert [(r / "exit_code").read_text().strip() for r in self.rdirs] == ["75", "75"]
         stopped = int(re.search(r"stopped by \S+ at step (\d+)", self.logs()).group(1))
+        # AWS takes node 1 two minutes after the notice; here once the laptop has seen the attempt
+        # stop (its "interrupted" event), having read node 1's preempted record on the way.
+        events = lambda: json.loads((self.dest / "run.json").read_text())["events"]  # noqa: E731
+        wait_until(
+            lambda: any(e["event"] == "interrupted" for e in events()), 60, "the laptop to see the stop"
+        )
         self.rehearsal.safe.set()
         return stopped
 
