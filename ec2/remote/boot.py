@@ -266,7 +266,8 @@ class Boot:
         resume = attempt_notes.ResumeWatch(run_dir / "log")
         before = self.state.attempts[-2] if len(self.state.attempts) > 1 else None
         while not code_file.exists():
-            if resume.check(self.attempt, before):
+            # A detached cluster's member boot (boot_nodes) owns no attempt of the record: none to note.
+            if self.attempt is not None and resume.check(self.attempt, before):
                 self.save_resume()
             if not signalled and self.state.seconds_left() <= 0 and self.trainer_can_stop(run_dir, began):
                 self.state.status = RunStatus.DEADLINE

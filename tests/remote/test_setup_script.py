@@ -64,9 +64,16 @@ def setup(
     )
 
 
-def test_venv_layers_over_the_ami_venv_and_is_idempotent(tmp_path, ami_venv):
-    remote = machine(tmp_path)
-    first = setup(remote, ami_venv)
+@pytest.fixture(scope="module")
+def set_up(tmp_path_factory, ami_venv) -> tuple[Path, subprocess.CompletedProcess]:
+    """One machine set up once (the pip check of every pinned package is most of a minute): the
+    first setup's output, and the machine the later setups of these tests run on again."""
+    remote = machine(tmp_path_factory.mktemp("machine"))
+    return remote, setup(remote, ami_venv)
+
+
+def test_venv_layers_over_the_ami_venv_and_is_idempotent(set_up, ami_venv):
+    remote, first = set_up
     assert first.returncode == 0, first.stderr + first.stdout
     assert f"base python: {ami_venv}/bin/python3" in first.stdout
     venv_python = remote / "venv" / "bin" / "python"
@@ -141,11 +148,11 @@ def tools_path(tmp_path: Path, without: set[str]) -> str:
     return str(bin_dir)
 
 
-def test_the_real_gpu_check_refuses_a_machine_without_a_gpu(tmp_path, ami_venv):
-    remote = machine(tmp_path)
+def test_the_real_gpu_check_refuses_a_machine_without_a_gpu(tmp_path, set_up, ami_venv):
+    remote, first = set_up
     # Set up once without the check; the GPU check then runs on every later setup too (it is not
     # part of what makes a venv "already set up"), which is what these two calls exercise.
-    assert setup(remote, ami_venv).returncode == 0
+    assert first.returncode == 0, first.stderr + first.stdout
     no_smi = setup(remote, ami_venv, gpu=True, path=tools_path(tmp_path, without=set()))
     assert no_smi.returncode == 1
     assert "nvidia-smi not found" in no_smi.stderr

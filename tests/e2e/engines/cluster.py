@@ -80,7 +80,8 @@ class Cluster:
         wait_until(lambda: (self.rdirs[1] / "preempted").exists(), 120, "node 1's preempted record")
         for rdir in self.rdirs:
             wait_until(lambda rdir=rdir: (rdir / "exit_code").exists(), 120, "both nodes' runs to end")
-        assert [(r / "exit_code").read_text().strip() for r in self.rdirs] == ["75", "75"]
+        codes = [(r / "exit_code").read_text().strip() for r in self.rdirs]
+        assert codes == ["75", "75"], (codes, self.logs()[-4000:])
         stopped = int(re.search(r"stopped by \S+ at step (\d+)", self.logs()).group(1))
         # AWS takes node 1 two minutes after the notice; here once the laptop has seen the attempt
         # stop (its "interrupted" event), having read node 1's preempted record on the way.
