@@ -27,7 +27,9 @@ from tests.peers.fab_process import free_port
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
 
-STEPS = 16
+# Enough that the rehearsal (FIS role, template, the IAM-lag retry) reaches node 1 while attempt 1
+# still trains, on a loaded CI box too (16 steps finished first there: both nodes exited 0).
+STEPS = 40
 
 
 class Cluster:
