@@ -1,5 +1,5 @@
 """The bench results kept on the laptop (~/.spotrun/bench/): one file per instance type, GPU count
-and config shape (ml.bench.shape_key: model and batch settings, never paths), the newest
+and config shape (ml.shape.shape_key: model and batch settings, never paths), the newest
 measurement replacing the older. `fab prices --train-config` reads them to project a run's cost;
 `fab bench --list` shows them.
 
