@@ -32,6 +32,10 @@ from ec2.cloud import pricing, runcost
 from ec2.errors import ToolkitError
 from ec2.journey import interruptions
 
+# The projection and its clock are the detached boot's too (ec2.remote.spend: no yaml, as the boot needs).
+from ec2.remote.spend import Projection, parse_time
+from ec2.remote.spend import clock as _clock
+
 # How long an open attempt's $/h is trusted before it is read again (spot prices move slowly:
 # AWS changes them at most a few times a day for most pools).
 RATE_TTL_S = 300.0
@@ -43,32 +47,6 @@ class BudgetReached(ToolkitError):
     """max_cost_usd reached: the run stopped with a checkpoint, not finished."""
 
     exit_code = STOPPED_RESUMABLE
-
-
-def parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def _clock(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-@dataclasses.dataclass
-class Projection:
-    finish: datetime
-    steps_left: int
-    step_s: float
-    expected_interruptions: float
-    recovery_s: float
-
-    def line(self) -> str:
-        extra = ""
-        if self.expected_interruptions:
-            extra = f" + {self.expected_interruptions:.2f} expected interruptions x {self.recovery_s:.0f} s"
-        return (
-            f"projected finish {_clock(self.finish)} ({self.steps_left} steps left x "
-            f"{self.step_s:.3f} s{extra})"
-        )
 
 
 KEYS = ("on_demand_after", "max_cost_usd", "deadline")
