@@ -1,7 +1,10 @@
 """The bench results kept on the laptop (~/.spotrun/bench/): one file per instance type, GPU count
 and config shape (ml.shape.shape_key: model and batch settings, never paths), the newest
-measurement replacing the older. `fab prices --train-config` reads them to project a run's cost;
-`fab bench --list` shows them.
+measurement replacing the older. The GPU count is the GPUs the measurement's ranks used (one rank
+per GPU; 0 on a machine without GPUs), so a `--gpus 1` measurement on a 4-GPU type is kept apart
+from the 4-rank one. `fab prices --train-config` reads them to project a run's cost (`step_times`:
+per type, the measurement on all the type's GPUs, as `fab run` trains there); `fab bench --list`
+shows them.
 
 A machine that is not an EC2 instance is kept under the type ``not-ec2`` (listed, never priced).
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +26,7 @@ NOT_EC2 = "not-ec2"
 @dataclass(frozen=True)
 class BenchRecord:
     instance_type: str  # from the machine's own metadata, or NOT_EC2
-    gpus: int
+    gpus: int  # GPUs the ranks used (0: they ran on the CPU)
     shape_key: str
     train_config: str
     median_step_s: float
@@ -37,6 +41,7 @@ class BenchRecord:
     usd_per_hour: float | None = None  # the price the machine ran at (None: not on EC2 or unknown)
     usd: float | None = None  # what the measurement cost (price × the bench's wall time)
     wall_s: float = 0.0
+    processes: int = 1  # ranks that ran (torchrun's world size); older results ran one
 
     @property
     def key(self) -> str:
@@ -72,9 +77,22 @@ def load_all() -> list[BenchRecord]:
     return sorted(out, key=lambda r: r.measured_at)
 
 
-def step_times(shape_key: str) -> dict[str, BenchRecord]:
-    """Instance type → its newest result for this config shape (EC2 types only)."""
-    return {r.instance_type: r for r in load_all() if r.shape_key == shape_key and r.instance_type != NOT_EC2}
+def step_times(shape_key: str, type_gpus: Mapping[str, int] | None = None) -> dict[str, BenchRecord]:
+    """Instance type → the result for this config shape that matches how `fab run` trains on that
+    type: on all its GPUs, one rank each (EC2 types only). ``type_gpus``: the GPUs of each type
+    (ec2.cloud.typeinfo) where known; the measurement with that many GPUs is taken, else the one
+    with the most GPUs (a measurement never uses more GPUs than its type has, so without the count
+    the one with the most is the all-GPU one whenever there is one); the newest among equals."""
+    type_gpus = type_gpus or {}
+    by_type: dict[str, list[BenchRecord]] = {}
+    for r in load_all():  # oldest first
+        if r.shape_key == shape_key and r.instance_type != NOT_EC2:
+            by_type.setdefault(r.instance_type, []).append(r)
+    out = {}
+    for t, records in by_type.items():
+        full = [r for r in records if t in type_gpus and r.gpus == type_gpus[t]]
+        out[t] = full[-1] if full else max(reversed(records), key=lambda r: r.gpus)
+    return out
 
 
 def _usd(x: float | None) -> str:

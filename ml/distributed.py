@@ -121,6 +121,15 @@ def any_true_each(flags: tuple[bool, ...], d: Dist) -> tuple[bool, ...]:
     return tuple(bool(v) for v in t.tolist())
 
 
+def max_each(values: list[float], d: Dist) -> list[float]:
+    """The elementwise maximum of every rank's ``values`` (same length on each), on every rank."""
+    if not d.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)  # on the CPU: the private group is gloo
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control)
+    return t.tolist()
+
+
 def from_node_leader(obj: Any, d: Dist) -> Any:
     """The ``obj`` of this machine's first rank (local rank 0), on each of the machine's ranks.
     torchrun numbers ranks node by node, so that rank is ``rank - local_rank``."""

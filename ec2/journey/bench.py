@@ -1,9 +1,11 @@
 """`fab bench`: measure the user's own training step on a machine, price it, keep it.
 
 - `on_machine`: a registered (launched or adopted) machine; its type, zone and market come from
-  the machine's own instance metadata, a machine that is not on EC2 is kept as ``not-ec2``.
+  the machine's own instance metadata, a machine that is not on EC2 is kept as ``not-ec2``. The
+  step is measured as `fab run` would train there: one rank per GPU (or `--gpus` of them), and the
+  result is kept under the GPUs those ranks used.
 - `on_types`: one spot instance per type (cheapest zone), launched in waves that fit the account's
-  vCPU quotas (ec2.cloud.quota), each set up, measured and terminated, whatever happens: a
+  vCPU quotas (ec2.cloud.quota), each set up, measured on all its GPUs and terminated, whatever happens: a
   failure, a refusal or Ctrl-C ends every instance this bench launched (found again by its tag).
   A type AWS has no capacity for is one row saying so.
 """
@@ -55,7 +57,8 @@ def to_record(
     on_ec2 = bool(who.get("ec2")) and bool(who.get("instance_type"))
     return BenchRecord(
         instance_type=who["instance_type"] if on_ec2 else benchstore.NOT_EC2,
-        gpus=int(r.get("gpus", 0)),
+        gpus=measured.gpus,
+        processes=int(r.get("processes", measured.processes)),
         shape_key=r["shape_key"],
         train_config=train_config,
         median_step_s=float(r["median_step_s"]),
@@ -88,10 +91,12 @@ def on_machine(
     profile: str | None,
     echo: bool = True,
     launched: dict | None = None,
+    gpus: int | None = None,
 ) -> BenchRecord:
-    """Measure on ``m`` and keep the result. ``launched``: the identity of an instance this bench
-    launched itself (type, zone, market as EC2 reported them), which then names the result."""
-    measured = benchrun.measure(m, train_config, overrides, steps, warmup, train_env(region), echo)
+    """Measure on ``m`` (one rank per GPU, or ``gpus`` ranks) and keep the result. ``launched``: the
+    identity of an instance this bench launched itself (type, zone, market as EC2 reported them),
+    which then names the result."""
+    measured = benchrun.measure(m, train_config, overrides, steps, warmup, train_env(region), echo, gpus)
     if launched is not None:
         measured = dataclasses.replace(measured, identity=launched)
     record = to_record(measured, m.name, train_config, price_of(measured.identity, profile))

@@ -1,8 +1,9 @@
 """`fab prices --train-config C`: type × zone ranked by what the whole run would cost there.
 
-Measured types (a `fab bench` result for the config's shape on that type) rank by projected run
-cost (ec2.cloud.runcost over the current spot price and this user's interruption record); types
-never benchmarked for this shape follow, by spot $/h, marked. `choose_by: run_cost` orders launch
+Measured types (a `fab bench` result for the config's shape on that type: the one on all the
+type's GPUs, as `fab run` trains there, when several are kept) rank by projected run cost
+(ec2.cloud.runcost over the current spot price and this user's interruption record); types never
+benchmarked for this shape follow, by spot $/h, marked. `choose_by: run_cost` orders launch
 choices by the same measure (`weights`).
 """
 
@@ -36,7 +37,8 @@ def rank(price_rows: list[PriceRow], trainer: TrainConfig, steps: int, outputs: 
     spot $/h (unpriced last)."""
     from ml.shape import shape_key
 
-    measured = benchstore.step_times(shape_key(trainer))
+    type_gpus = {r.instance_type: r.info.gpu_count for r in price_rows if r.info is not None}
+    measured = benchstore.step_times(shape_key(trainer), type_gpus)
     rates = interruptions.observed(outputs)
     interval = runcost.checkpoint_interval(trainer.batches_per_save, trainer.batches_per_val_step)
     out = []
@@ -46,7 +48,8 @@ def rank(price_rows: list[PriceRow], trainer: TrainConfig, steps: int, outputs: 
         if rec is None:
             out.append(Ranked(r, None, "not benchmarked", None, rate))
             continue
-        source = f"bench {rec.measured_at[:10]} ({rec.device_name})"
+        note = gpus_note(rec, type_gpus.get(r.instance_type))
+        source = f"bench {rec.measured_at[:10]} ({rec.device_name}{note})"
         proj = None if r.spot is None else runcost.project(steps, rec.median_step_s, r.spot, rate, interval)
         out.append(Ranked(r, rec.median_step_s, source, proj, rate))
     out.sort(
@@ -58,6 +61,14 @@ def rank(price_rows: list[PriceRow], trainer: TrainConfig, steps: int, outputs: 
     return out
 
 
+def gpus_note(rec: benchstore.BenchRecord, type_gpus: int | None) -> str:
+    """How many GPUs the measurement used, where that says something: ``" x4"`` for a data-parallel
+    step, ``", 1 of 4 GPUs"`` when it used fewer than the type has (`fab run` would use them all)."""
+    if type_gpus is not None and type_gpus > 1 and rec.gpus < type_gpus:
+        return f", {rec.gpus} of {type_gpus} GPUs"
+    return f" x{rec.gpus}" if rec.gpus > 1 else ""
+
+
 def weights(
     instance_types: list[str], trainer: TrainConfig, outputs: Path = Path("outputs")
 ) -> dict[str, float]:
@@ -65,6 +76,8 @@ def weights(
     choice's price × its weight orders launches by run cost (the step count is the same for all)."""
     from ml.shape import shape_key
 
+    # No type facts here (nothing asked of AWS): the measurement with the most GPUs per type, which
+    # is the all-GPU one `rank` picks whenever one is kept.
     measured = benchstore.step_times(shape_key(trainer))
     rates = interruptions.observed(outputs)
     interval = runcost.checkpoint_interval(trainer.batches_per_save, trainer.batches_per_val_step)

@@ -47,17 +47,11 @@ def uses_torchrun(procs: int, rendezvous: Rendezvous | None = None) -> bool:
     return procs > 1 or rendezvous is not None
 
 
-def train_command(
-    remote_dir: str,
-    train_config: str,
-    overrides: list[str],
-    procs: int = 1,
-    rendezvous: Rendezvous | None = None,
-) -> str:
-    """`python -m ml.train --config CONFIG [overrides]` with the machine's venv python; with
-    `procs` > 1 or across machines, the same under torchrun, one rank per GPU (`python -m
-    torch.distributed.run` is torchrun itself, run by the venv's python, which sees the AMI's
-    torch). No restarts: a stopped rank means the run stops (and resumes from its checkpoint)."""
+def module_command(remote_dir: str, module: str, procs: int = 1, rendezvous: Rendezvous | None = None) -> str:
+    """`python -m MODULE` with the machine's venv python; with `procs` > 1 or across machines, the
+    same under torchrun, one rank per GPU (`python -m torch.distributed.run` is torchrun itself, run
+    by the venv's python, which sees the AMI's torch). No restarts: a stopped rank means the run
+    stops (and resumes from its checkpoint). The trainer and `fab bench` start their ranks here."""
     python = quote_path(venv_python(remote_dir))
     if rendezvous is not None:
         r = rendezvous
@@ -71,9 +65,19 @@ def train_command(
         launcher = f"-m torch.distributed.run --standalone --nproc_per_node {int(procs)} "
     else:
         launcher = ""
-    return f"{python} {launcher}-m ml.train --config {shlex.quote(train_config)}" + "".join(
-        f" {shlex.quote(o)}" for o in overrides
-    )
+    return f"{python} {launcher}-m {module}"
+
+
+def train_command(
+    remote_dir: str,
+    train_config: str,
+    overrides: list[str],
+    procs: int = 1,
+    rendezvous: Rendezvous | None = None,
+) -> str:
+    """`python -m ml.train --config CONFIG [overrides]`, started as `module_command` starts it."""
+    start = module_command(remote_dir, "ml.train", procs, rendezvous)
+    return f"{start} --config {shlex.quote(train_config)}" + "".join(f" {shlex.quote(o)}" for o in overrides)
 
 
 def train_env(region: str | None) -> dict[str, str]:
