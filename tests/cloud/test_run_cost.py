@@ -189,3 +189,44 @@ def test_fab_run_fills_step_seconds_from_the_benches_of_its_config_and_a_pinned_
     filled = costrank.apply(pinned, trainer, tmp_path).step_seconds
     rate = runcost.Interruptions(runcost.DEFAULT_INTERRUPTIONS_PER_HOUR, runcost.DEFAULT_RECOVERY_S, "")
     assert filled == {"g4dn.xlarge": 0.25, "g5.xlarge": runcost.seconds_per_step(0.30, rate, 250)}
+
+
+def test_a_multi_gpu_type_is_ranked_by_its_all_gpu_measurement_not_a_newer_one_gpu_one(
+    home, ec2_client, tmp_path, monkeypatch, capsys
+):
+    """`fab run` trains on all of a type's GPUs (describe_instance_types: g5.12xlarge has 4), so a
+    later `fab bench --gpus 1` on it, kept beside the 4-rank measurement, does not price its run;
+    a type measured only on part of its GPUs says so."""
+    import dataclasses
+
+    from ec2.config import load_aws_config
+    from ec2.journey import costrank
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / DEMO).write_text((REPO / DEMO).read_text())
+    trainer = load_train_config(DEMO, [])
+    shape = shape_key(trainer)
+    four = dataclasses.replace(measured("g5.12xlarge", 0.40, shape), gpus=4, processes=4)
+    one = dataclasses.replace(measured("g5.12xlarge", 0.25, shape), measured_at="2026-12-02T10:00:00Z")
+    part = measured("g4dn.12xlarge", 0.50, shape)  # only `--gpus 1` kept for this 4-GPU type
+    for record in (four, one, part):
+        benchstore.save(record)
+    assert {r.key for r in benchstore.load_all()} == {four.key, one.key, part.key}  # kept apart
+    prices.inject(
+        {("g5.12xlarge", "us-east-1a"): 2.0, ("g4dn.12xlarge", "us-east-1a"): 1.5},
+        {"g5.12xlarge": "5.6720000000", "g4dn.12xlarge": "3.9120000000"},
+    )
+
+    sets = ["instance_types=[g5.12xlarge,g4dn.12xlarge]", "zones=[us-east-1a]"]
+    preflight.prices(Context(), train_config=DEMO, steps=1000, set_=sets)
+
+    rows = {r[0]: r for r in (re.split(r"\s{2,}", line) for line in capsys.readouterr().out.splitlines())}
+    assert rows["g5.12xlarge"][3:5] == ["400.0 ms", "bench 2026-12-01 (NVIDIA stand-in x4)"]
+    assert rows["g4dn.12xlarge"][3:5] == ["500.0 ms", "bench 2026-12-01 (NVIDIA stand-in, 1 of 4 GPUs)"]
+    # The launch order (`choose_by: run_cost`) takes the same 4-GPU measurement.
+    cfg = load_aws_config(None, ["instance_types=[g5.12xlarge]", "choose_by=run_cost"])
+    rate = runcost.Interruptions(runcost.DEFAULT_INTERRUPTIONS_PER_HOUR, runcost.DEFAULT_RECOVERY_S, "")
+    assert costrank.apply(cfg, trainer, tmp_path).step_seconds == {
+        "g5.12xlarge": runcost.seconds_per_step(0.40, rate, 250)
+    }

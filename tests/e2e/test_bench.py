@@ -1,14 +1,18 @@
 """`fab bench` measures the user's own training step on a machine over SSH and keeps the result:
 on an adopted host (the sshd stand-in) whose instance metadata (the IMDS stand-in) names its type,
 the result is stored under that type, GPU count and the config's shape, priced at the type's spot
-price, and `fab bench --list` shows it."""
+price, and `fab bench --list` shows it. On a host whose `nvidia-smi -L` lists two GPUs (a
+stand-in: the ranks run on the CPU with gloo) the step is a 2-rank torchrun step, as `fab run`
+would train there, and the result is kept under 2 GPUs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import boto3
+import pytest
 from invoke import Context
+from invoke.exceptions import Exit
 
 from common import aws
 from ec2 import benchstore
@@ -37,15 +41,21 @@ def test_bench_on_an_adopted_host_prints_and_keeps_the_step_time(
     spot_host.record("lab")
     c = Context()
     remote.setup(c, name="lab", python=str(REPO / ".venv/bin/python"), no_gpu=True, set_=sets)
+    spot_host.stand_in_gpus(2)
     capfd.readouterr()
     args = " ".join(bench_args(tiny_dataset))
+
+    # More ranks than GPUs is refused as `fab train --gpus` refuses it, before anything runs.
+    with pytest.raises(Exit):
+        bench(c, name="lab", train_config="configs/demo.yaml", args=args, gpus=3, set_=sets)
+    assert "error: --gpus 3 asked for, but the machine has 2 GPU(s)" in capfd.readouterr().err
 
     bench(c, name="lab", train_config="configs/demo.yaml", args=args, steps=3, warmup=1, set_=sets)
 
     out = capfd.readouterr().out
     key = shape_key(load_train_config("configs/demo.yaml", bench_args(tiny_dataset)))
     (record,) = benchstore.load_all()
-    assert (record.instance_type, record.gpus, record.shape_key) == ("g6.xlarge", 0, key)
+    assert (record.instance_type, record.gpus, record.processes, record.shape_key) == ("g6.xlarge", 2, 2, key)
     assert record.zone == "us-east-1b" and record.market == "spot" and record.steps == 3
     assert 0 < record.median_step_s < 60 and record.peak_gpu_mem_bytes is None
     # Priced at the type's spot price in its zone, as EC2 reports it now.
@@ -55,7 +65,7 @@ def test_bench_on_an_adopted_host_prints_and_keeps_the_step_time(
     )["SpotPriceHistory"]
     assert record.usd_per_hour == float(history[0]["SpotPrice"]) and record.usd > 0
     assert f"{record.median_step_s * 1000:.1f}" in out and "no GPU" in out
-    assert f"kept as g6.xlarge-0gpu-{key} (g6.xlarge)" in out
+    assert "x2 ranks" in out and f"kept as g6.xlarge-2gpu-{key} (g6.xlarge)" in out
 
     bench(c, list_=True)
     listing = capfd.readouterr().out
@@ -142,7 +152,6 @@ def test_bench_types_launches_measures_and_terminates_each_also_when_one_has_no_
 def test_an_interrupt_between_launch_and_record_still_terminates_the_instance(cloud, tiny_dataset):
     """Ctrl-C right after RunInstances answered, before launch handed back its record: the
     instance is found again by its tag and terminated."""
-    import pytest
 
     from ec2.config import load_aws_config
     from ec2.journey import bench as benching

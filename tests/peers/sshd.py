@@ -67,6 +67,15 @@ class SshdServer:
     def bin_dir(self) -> Path:
         return self.root / "bin"
 
+    def stand_in_gpus(self, count: int) -> None:
+        """An `nvidia-smi` in the sessions' PATH listing ``count`` GPUs as `nvidia-smi -L` prints
+        them, so the toolkit starts one rank per GPU (the ranks then run on the CPU with gloo)."""
+        smi = self.bin_dir / "nvidia-smi"
+        uuid = "0000-0000-0000-000000000000"
+        lines = [f'echo "GPU {i}: NVIDIA A10G (UUID: GPU-{i:08d}-{uuid})"' for i in range(count)]
+        smi.write_text("#!/bin/sh\n" + "".join(f"{line}\n" for line in lines))
+        smi.chmod(0o755)
+
     def __enter__(self) -> SshdServer:
         root = self.root
         (root / "etc").mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from ec2.errors import ToolkitError
 from ec2.journey.bench import to_record
 from ec2.remote import benchrun
 from ec2.remote.imds import Imds, identity_json
+from ec2.remote.trainrun import train_command
 
 
 def test_the_bench_runs_like_fab_train_does():
@@ -27,6 +28,17 @@ def test_the_bench_runs_like_fab_train_does():
     ).replace('"$HOME"/', '"$HOME"/spotrun/')
     with pytest.raises(ToolkitError, match="refusing to send AWS_SECRET_ACCESS_KEY"):
         benchrun.bench_command("~/spotrun", "c.yaml", [], 1, 0, {"AWS_SECRET_ACCESS_KEY": "x"})
+
+
+def test_on_a_machine_with_several_gpus_the_bench_starts_one_rank_each_as_the_trainer_does():
+    line = benchrun.bench_command("~/spotrun", "configs/rnn_args.yaml", ["seed=1"], 50, 5, None, 4)
+    torchrun = '"$HOME"/spotrun/venv/bin/python -m torch.distributed.run --standalone --nproc_per_node 4 '
+    assert line.endswith(
+        f"&& {torchrun}-m ml.bench --config configs/rnn_args.yaml --steps 50 --warmup 5 "
+        '--out "$HOME"/spotrun/runs/bench/result.json seed=1'
+    )
+    # The same launcher as `fab train` on that machine (one rank per GPU).
+    assert train_command("~/spotrun", "configs/rnn_args.yaml", [], 4).startswith(f"{torchrun}-m ml.train ")
 
 
 def test_identity_comes_from_instance_metadata(imds):
