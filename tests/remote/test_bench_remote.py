@@ -78,3 +78,16 @@ def test_bench_on_a_machine_never_set_up_says_to_run_setup(sshd, capsys):
     err = capsys.readouterr().err
     assert "error: fresh has no synced code or venv" in err and "run `fab setup --name fresh` first" in err
     assert "Traceback" not in err and benchstore.load_all() == []
+
+
+def test_bench_types_measures_all_gpus_of_each_type_and_refuses_gpus(capsys):
+    from invoke import Context
+    from invoke.exceptions import Exit
+
+    from tasks.bench import bench
+
+    with pytest.raises(Exit):
+        bench(Context(), types=["g5.12xlarge"], gpus=1, train_config="configs/demo.yaml")
+    err = capsys.readouterr().err
+    assert "error: --gpus measures part of one machine (--name); --types measures each type on all" in err
+    assert "Traceback" not in err and benchstore.load_all() == []
