@@ -13,7 +13,7 @@ import pytest
 from common.attempt import Attempt, Outcome, RunStatus
 from ec2 import status
 from ec2.cloud import instances
-from ec2.journey import detach, ledger, report, standing
+from ec2.journey import detach, detach_nodes, ledger, report, standing
 from ec2.journey.history import Member, RunHistory
 from ec2.remote import detached
 from tests.peers import prices
@@ -321,3 +321,34 @@ def test_fab_status_shows_a_running_clusters_ledger_so_far_once(priced, tmp_path
     assert re.match(recovery, shown[2]), shown
     # Node 0 30 minutes, node 1 10, the replacement 18 until now: about $5.80 so far.
     assert ledger_total(shown[3]) == pytest.approx(5.8, abs=0.05)
+
+
+def test_a_detached_clusters_ledger_adds_up_to_its_members_cost(priced):
+    # What two nodes' boots write for `fab run --detach --nodes 2`: node 1 noticed at 10:10, its
+    # group's replacement resumed with node 0 at 10:12 (rank 0's log on node 0, in S3).
+    s3 = priced.s3
+    for number, log in ((1, LOG_1), (2, LOG_2)):
+        detached.put_text(s3, ROOT, f"logs/attempt-{number}-node-0.log", log)
+    a1 = Attempt(1, None, "g5.xlarge", "us-east-1a", "spot", at(0), at(10), Outcome.PREEMPTED)
+    a1.instance_ids, a1.nodes_lost, a1.running_at = ["i-a", "i-b"], [1], at(1)
+    a2 = Attempt(2, None, "g5.xlarge", "us-east-1a", "spot", at(10), at(20), Outcome.FINISHED)
+    a2.instance_ids, a2.running_at = ["i-a", "i-c"], at(12)
+    state = detached.DetachedRun(
+        name="job", group="spotrun-job-0", region="us-east-1", root=ROOT, command="true", submitted_at=at(0)
+    )
+    state.status, state.nodes, state.attempts = RunStatus.FINISHED, 2, [a1, a2]
+
+    h = detach_nodes.DetachedNodes(priced.cfg, "job", root=ROOT).history(state)
+
+    # At $6/h: node 0 20 minutes, node 1's two instances 10 each: $4.00, the attempts not priced
+    # again beside them.
+    assert h.total_cost_usd == pytest.approx(4.0)
+    assert ledger.lines(h) == [
+        "  ledger attempt 1: $1.8000 on steps kept, $0.2000 lost (recovery $0.0000, 100 recomputed steps "
+        "$0.2000)",
+        # Both nodes billed from 10:10 until the run started at 10:12: $0.40.
+        "  ledger attempt 2: $1.6000 on steps kept, $0.4000 lost (recovery $0.4000, 0 recomputed steps "
+        "$0.0000)",
+        "  ledger total: $3.4000 on steps kept, $0.6000 lost to interruptions (recovery $0.4000, recomputed "
+        "steps $0.2000)",
+    ]
