@@ -223,6 +223,7 @@ def cluster_run() -> RunHistory:
     a2 = Attempt(2, None, "g5.xlarge", "us-east-1a", "spot", at(12), at(30), Outcome.FINISHED)
     a2.nodes, a2.instance_ids, a2.resumed_step, a2.last_step = 2, ["i-a", "i-c"], 900, 2000
     a2.running_at, a2.s3_request_usd = at(15), 0.0001
+    a1.gpus = a2.gpus = 1
     h.attempts = [a1, a2]
     return h
 
