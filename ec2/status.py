@@ -176,9 +176,9 @@ def run_ledgers(ec2, rows: list[Row]) -> list[str]:
     for r in rows:
         name = r.info.tag(CLUSTER_TAG) or r.info.name
         if not r.note and r.info.state == "running" and name not in seen:
-            lines = standing.attended(ec2, name, r.info.instance_id)
-            seen.update([name] if lines else [])
-            out += lines
+            if lines := standing.attended(ec2, name, r.info.instance_id):
+                seen.add(name)
+                out += lines
     return out
 
 
