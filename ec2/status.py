@@ -170,11 +170,15 @@ def collect(ec2, region: str, *, now: datetime | None = None, check_runs: bool =
 
 def run_ledgers(ec2, rows: list[Row]) -> list[str]:
     """Each registered running machine's attended run, from its local outputs/<name>/run.json (no
-    SSH: also with --no-runs): where its dollars went so far (ec2.journey.standing)."""
-    out = []
+    SSH: also with --no-runs): where its dollars went so far (ec2.journey.standing). A cluster's
+    members share their run's (outputs/<cluster>/run.json): shown once."""
+    out, seen = [], set()
     for r in rows:
-        if not r.note and r.info.state == "running":
-            out += standing.attended(ec2, r.info.name, r.info.instance_id)
+        name = r.info.tag(CLUSTER_TAG) or r.info.name
+        if not r.note and r.info.state == "running" and name not in seen:
+            if lines := standing.attended(ec2, name, r.info.instance_id):
+                seen.add(name)
+                out += lines
     return out
 
 

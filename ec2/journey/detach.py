@@ -377,6 +377,7 @@ class Detached:
             started_at=state.submitted_at,
             status=state.status,
             attempts=[dataclasses.replace(a) for a in state.attempts],  # the record stays as read
+            nodes=state.nodes,  # a cluster's attempts are not priced: its members are (DetachedNodes)
         )
         standing.note_logs(self.s3, h.attempts)
         standing.until_now(h, self.ec2)

@@ -44,7 +44,7 @@ from ec2.cloud.spot_failures import spot_failure
 from ec2.cloud.userdata import build_detached_user_data
 from ec2.config import AwsConfig
 from ec2.errors import ConfigError, ToolkitError
-from ec2.journey import budget, decide, history, report
+from ec2.journey import budget, decide, history, ledger, report
 from ec2.journey.detach import Detached, Submitted, Where, grants, require_s3, run_record
 from ec2.journey.stages import Plan
 from ec2.remote import detached
@@ -451,7 +451,8 @@ def leftover_shared(cfg: AwsConfig, region: str, out=print) -> None:
 
 
 def status_lines(cfg: AwsConfig, groups: list[asg.Group]) -> list[str]:
-    """`fab status`: one line per detached cluster among `groups` (its member groups together)."""
+    """`fab status`: one line per detached cluster among `groups` (its member groups together),
+    then its ledger so far (ec2.journey.ledger: the members' cost cut into the attempts)."""
     names = sorted({g.tags[RUN_TAG] for g in groups if RUN_TAG in g.tags})
     out = []
     for name in names:
@@ -465,7 +466,8 @@ def status_lines(cfg: AwsConfig, groups: list[asg.Group]) -> list[str]:
             if asg.FAILURE_TAG in where.group.tags
             else ""
         )
-        head = f"{name}: groups {where.group.name}, instances {ids}, desired {where.group.desired}"
+        group = where.group
+        head = f"detached run {name}: groups {group.name}, instances {ids}, desired {group.desired}"
         if where.state is None:
             out.append(f"{head}, no run record{failed}")
             continue
@@ -476,4 +478,5 @@ def status_lines(cfg: AwsConfig, groups: list[asg.Group]) -> list[str]:
             f"{head}, {s.nodes} nodes, attempt {len(s.attempts)} of {s.max_attempts}, {s.status}, "
             f"cost so far {cost}{failed}"
         )
+        out += ledger.lines(h)
     return out

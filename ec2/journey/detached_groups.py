@@ -65,10 +65,10 @@ def leftovers(cfg: AwsConfig, region: str, out: Say = print) -> None:
 
 def status_lines(cfg: AwsConfig, region: str) -> list[str]:
     """`fab status`: a line per detached run (group, current instance, attempt n of max, state,
-    cost so far), then a one-group run's ledger so far (ec2.journey.ledger), as printed."""
+    cost so far), then its ledger so far (ec2.journey.ledger), as printed."""
     autoscaling = aws.client("autoscaling", region, cfg.profile)
     groups = asg.spotrun_groups(autoscaling, instances.NAME_TAG)
-    lines = [f"detached run {line}" for line in detach_nodes.status_lines(cfg, groups)]
+    lines = detach_nodes.status_lines(cfg, groups)
     for g in groups:
         if detach_nodes.RUN_TAG in g.tags:
             continue  # a member of a detached cluster: its run's line is above

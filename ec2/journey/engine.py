@@ -213,7 +213,10 @@ class Engine:
         )
         attempt.gpus, procs = started.gpus, started.procs
         self.out(f"started run {p.run!r} on {len(machines)} nodes x {procs} process(es)")
-        self.h.event("started", attempt=attempt.number, nodes=len(machines), gpus=attempt.gpus)
+        attempt.running_at = now_iso()  # until a resume line moves it (observe): the ledger's recovery
+        self.h.event(
+            "started", at=attempt.running_at, attempt=attempt.number, nodes=len(machines), gpus=attempt.gpus
+        )
 
     # --- watching ------------------------------------------------------------------------------------
     def look(self, m: Machine):

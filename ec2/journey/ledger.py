@@ -14,15 +14,27 @@ and the S3 request dollars the trainer counted for its dataset reads (Attempt.s3
 trainer's own count of its GETs at the list price, ml.data.storage.S3Traffic, read from its
 end-of-run log line; the one estimate of them, none is made here).
 Pure functions over the run history; an attempt without a cost (price unknown) has no row.
+
+A cluster's attempts (one start of torchrun on every node) carry no cost: its members do, and a
+survivor outlives attempts. Its run's time is cut into consecutive windows, one per attempt
+(attempt 1 from the first member's launch, attempt k from attempt k-1's end, the last until the
+last member ended), and each member's billed seconds are charged, at its own dollars per second, to
+the windows they fall in (cluster_attempts): the same rows then, over these window attempts. An
+attempt after an interruption recovers from its window's start until its trainer resumed, and every
+member billed in that time counts: the survivors wait (and bill) while a replacement launches and
+sets up.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from common.attempt import Attempt, Outcome
 from common.times import seconds_between
-from ec2.journey.history import RunHistory
+from ec2.journey.history import Member, RunHistory
 
 
 @dataclass
@@ -70,7 +82,14 @@ def _at_work(a: Attempt) -> bool:
 NEVER_RAN = (Outcome.LAUNCH_FAILED, Outcome.SETUP_FAILED, Outcome.NOT_STARTED)
 
 
-def rows(h: RunHistory) -> list[Row]:
+def _uniform(a: Attempt, seconds: float) -> float:
+    """One instance's attempt: its dollars over its first `seconds`, at its own dollars per second."""
+    return a.cost_usd / a.seconds * seconds
+
+
+def rows(h: RunHistory, first: Callable[[Attempt, float], float] = _uniform) -> list[Row]:
+    """A row per attempt that cost something; `first(a, s)`: the dollars of a's first s seconds
+    (what its recovery cost): one instance bills evenly, a cluster's window does not (cluster_rows)."""
     out = []
     attempts = h.attempts
     recovering = False  # the last attempt whose trainer ran was interrupted
@@ -80,14 +99,13 @@ def rows(h: RunHistory) -> list[Row]:
             recovering = a.outcome.interrupted
         if a.cost_usd is None or not a.seconds:
             continue
-        per_second = a.cost_usd / a.seconds
         recovery = 0.0
         if was_recovering:
             running = _running_from(h, a)
             # Still setting up (counted until now), or setup failed: all its time is recovery.
             whole = running is None and (_at_work(a) or a.outcome in NEVER_RAN)
             ready = a.seconds if whole else seconds_between(a.launched_at, running)
-            recovery = per_second * min(max(ready or 0.0, 0.0), a.seconds)
+            recovery = first(a, min(max(ready or 0.0, 0.0), a.seconds))
         steps, recomputed, pending = 0, 0.0, False
         after = next((b for b in attempts[i + 1 :] if b.outcome not in NEVER_RAN), None)
         if a.outcome.interrupted and after is not None and a.last_step is not None:
@@ -101,12 +119,65 @@ def rows(h: RunHistory) -> list[Row]:
     return out
 
 
-def lines(h: RunHistory) -> list[str]:
-    """The ledger: one line per attempt that cost something, then the total. None for a cluster:
-    its attempts span members that outlive them, which carry the cost."""
-    if h.members or h.nodes > 1:
+def _at(iso: str) -> datetime:
+    return datetime.fromisoformat(iso)
+
+
+def _billing(members: list[Member]) -> list[tuple[datetime, datetime, float]]:
+    """Each priced member's billed span and its own dollars per second (its cost over its time)."""
+    out = []
+    for m in members:
+        if m.cost_usd is not None and m.seconds:
+            out.append((_at(m.launched_at), _at(m.ended_at), m.cost_usd / m.seconds))
+    return out
+
+
+def _billed(billing: list[tuple[datetime, datetime, float]], start: datetime, end: datetime) -> float:
+    """The dollars every member billed between start and end."""
+    return sum(rate * max((min(end, e) - max(start, s)).total_seconds(), 0.0) for s, e, rate in billing)
+
+
+def cluster_attempts(h: RunHistory) -> list[Attempt]:
+    """A cluster's attempts as windows of its run's time, each with the dollars its members billed
+    in it (see the module's doc): they add up to the members' cost. Empty while no member is
+    priced. A member still billed has no end here: ec2.journey.standing counts it until now."""
+    billing = _billing(h.members)
+    if not billing or not h.attempts:
         return []
-    table = rows(h)
+    ends = [e for _, e, _ in billing] + [_at(a.ended_at) for a in h.attempts if a.ended_at]
+    starts = [min(s for s, _, _ in billing)]
+    for before, a in zip(h.attempts, h.attempts[1:], strict=False):
+        at = before.ended_at or a.launched_at
+        starts.append(max(_at(at), starts[-1]) if at else starts[-1])
+    bounds = [*starts, max(max(ends), starts[-1])]
+    return [
+        dataclasses.replace(
+            a,
+            launched_at=start.isoformat(),
+            ended_at=end.isoformat(),
+            cost_usd=_billed(billing, start, end),
+        )
+        for a, start, end in zip(h.attempts, bounds, bounds[1:], strict=False)
+    ]
+
+
+def cluster_rows(h: RunHistory) -> list[Row]:
+    """rows() over a cluster's windows: an attempt's recovery is what every member billed from
+    its window's start until its trainer resumed."""
+    billing = _billing(h.members)
+
+    def first(a: Attempt, seconds: float) -> float:
+        start = _at(a.launched_at)
+        return _billed(billing, start, start + timedelta(seconds=seconds))
+
+    windows = dataclasses.replace(h, attempts=cluster_attempts(h), path=None)
+    return rows(windows, first)
+
+
+def lines(h: RunHistory) -> list[str]:
+    """The ledger: one line per attempt that cost something, then the total; a cluster's over its
+    members' cost (cluster_rows)."""
+    table = cluster_rows(h) if h.members or h.nodes > 1 else rows(h)
     if not table:
         return []
     out = []

@@ -147,7 +147,8 @@ def _cluster_attempt_line(a: Attempt) -> str:
 def cluster_summary(h: RunHistory) -> str:
     """A multi-node run's report: nodes x GPUs per node, a row per instance (node, place, outcome,
     time, cost: a survivor's instance serves several attempts), a line per attempt, then the
-    totals: cost over every member, nodes lost, steps lost, notice to resumed."""
+    totals: cost over every member, nodes lost, steps lost, notice to resumed; then the ledger
+    (the members' cost cut into the attempts' windows, ec2.journey.ledger)."""
     lines = [
         f"run {h.name}: {h.status} after {_count(len(h.attempts), 'attempt')} on {h.nodes} nodes x "
         f"{_per_node(h)} per node ({_count(len(h.members), 'instance')})"
@@ -166,4 +167,5 @@ def cluster_summary(h: RunHistory) -> str:
         + f", steps lost to interruptions {sum(lost)}{each}"
         + (f", notice to resumed {', '.join(f'{s:g}' for s in resumed)} s" if resumed else "")
     )
+    lines += ledger.lines(h)  # the members' dollars per attempt: on steps kept, lost to interruptions
     return "\n".join(lines)

@@ -2,8 +2,8 @@
 (ec2.remote.detached) and an attended run's outputs/<name>/run.json hold the same attempts
 (common.attempt); here they become the RunHistory the `fab run` summary reads, the attempt still
 at work counted until now, so that one module (ec2.journey.ledger) does the arithmetic for every
-kind of run. A cluster's attempts carry no cost of their own (its members do): no ledger, as in
-its summary."""
+kind of run. A cluster's attempts carry no cost of their own: its members do, each one still
+billed counted until now too (the ledger cuts their cost into the attempts' windows)."""
 
 from __future__ import annotations
 
@@ -25,15 +25,22 @@ def still_billed(a: Attempt) -> bool:
 
 
 def until_now(h: history.RunHistory, ec2) -> history.RunHistory:
-    """h (changed in place) with each attempt still billed counted until now, and each attempt's
-    cost, where the history has none, from the spot price history (report.fetch_cost)."""
+    """h (changed in place) with each attempt (and cluster member) still billed counted until now,
+    and the cost of each, where the history has none, from the spot price history
+    (report.fetch_cost). A cluster's attempts are not priced: its members carry its cost, and
+    the summary's total adds both."""
     now = now_iso()
     h.attempts = [
         dataclasses.replace(a, ended_at=now, cost_usd=None) if still_billed(a) else a for a in h.attempts
     ]
-    for a in h.attempts:
-        if a.cost_usd is None:
-            a.cost_usd = report.fetch_cost(ec2, a)
+    h.members = [
+        dataclasses.replace(m, ended_at=now, cost_usd=None) if m.ended_at is None and m.outcome.open else m
+        for m in h.members
+    ]
+    cluster = h.members or h.nodes > 1
+    for x in h.members if cluster else h.attempts:
+        if x.cost_usd is None:
+            x.cost_usd = report.fetch_cost(ec2, x)
     return h
 
 
@@ -51,7 +58,8 @@ def note_logs(s3, attempts: list[Attempt]) -> None:
 
 def attended(ec2, name: str, instance_id: str, outputs: Path | None = None) -> list[str]:
     """`fab status` for a machine that runs an attended `fab run`: a line naming the run, then its
-    ledger so far, when outputs/<name>/run.json has an attempt still at work on this instance."""
+    ledger so far, when outputs/<name>/run.json has an attempt still at work on this instance (for
+    a cluster's member, `name` is the cluster's: ec2.status.run_ledgers)."""
     path = history.history_path(outputs or paths.outputs_dir(name))
     if not path.is_file():
         return []
@@ -63,5 +71,6 @@ def attended(ec2, name: str, instance_id: str, outputs: Path | None = None) -> l
     if not here:
         return []
     a = here[-1]
+    on = ", ".join(a.instance_ids) if h.members or h.nodes > 1 else instance_id  # a cluster: every node
     rows = ledger.lines(until_now(h, ec2))
-    return [f"run {name} ({path}): attempt {a.number} {a.outcome} on {instance_id}", *rows] if rows else []
+    return [f"run {name} ({path}): attempt {a.number} {a.outcome} on {on}", *rows] if rows else []

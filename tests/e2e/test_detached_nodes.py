@@ -138,6 +138,9 @@ def test_detached_cluster_replaces_only_the_noticed_member_and_resumes_at_the_st
     assert f"attempt 1: preempted at step {stopped}; node 1 lost" in seen, seen
     assert f"attempt 2: resumed at step {stopped}, finished" in seen, seen
     assert "nodes lost 1, steps lost to interruptions 0" in seen, seen
+    # Its ledger: the members' cost cut into the two attempts, no step recomputed.
+    assert re.search(r"\n  ledger attempt 1: \$[\d.]+ on steps kept, .*, 0 recomputed steps", seen), seen
+    assert "\n  ledger attempt 2: $" in seen and "\n  ledger total: $" in seen, seen
 
     # `fab status`: one line for the run, both member groups in it.
     lifecycle.status(Context(), no_runs=True, config=str(config))
@@ -146,6 +149,8 @@ def test_detached_cluster_replaces_only_the_noticed_member_and_resumes_at_the_st
         "detached run dj: groups spotrun-dj-0, spotrun-dj-1" in seen
         and "2 nodes, attempt 2 of 4, finished" in seen
     )
+    ledger = r", finished, cost so far \$[\d.]+\n  ledger attempt 1: .*\n  ledger attempt 2: "
+    assert re.search(ledger, seen), seen
 
     # `fab terminate` removes both groups and templates; `fab cleanup` the members' security
     # group once no member is live: nothing of the run is left in AWS.

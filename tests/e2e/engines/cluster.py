@@ -18,6 +18,8 @@ import torch
 
 from common.attempt import Attempt
 from common.times import seconds_between
+from ec2.journey import ledger
+from ec2.journey.history import load as load_history
 from tests.e2e.clusterkit import cluster_members as members
 from tests.e2e.clusterkit import members_groups, tag, take_back
 from tests.e2e.engines import Finished
@@ -164,6 +166,27 @@ class Cluster:
         assert "run job: finished after 2 attempts on 2 nodes x CPU per node (3 instances)" in out
         assert "nodes lost 1, steps lost to interruptions 0, notice to resumed" in out
         assert history["total_cost_usd"] is not None
+        # The ledger: the members' cost cut into the two attempts, printed after the summary's total
+        # and adding up to it; attempt 2's recovery is both nodes' billed time from attempt 1's end
+        # to the resume (the survivor waited while node 1's replacement launched and set up).
+        printed = re.search(r"\n  total \$([\d.]+) for .*\n((?:  ledger .*\n?)+)", out)
+        assert printed, out[-3000:]
+        ledger_lines = printed.group(2).splitlines()
+        assert [line.split(":")[0] for line in ledger_lines] == [
+            "  ledger attempt 1",
+            "  ledger attempt 2",
+            "  ledger total",
+        ], ledger_lines
+        # The notice cost no step: none recomputed.
+        assert "0 recomputed steps" in ledger_lines[0], ledger_lines
+        total = re.match(r"  ledger total: \$([\d.]+) on steps kept, \$([\d.]+) lost", ledger_lines[2])
+        kept, lost = total.groups()
+        assert abs(float(kept) + float(lost) - float(printed.group(1))) <= 0.0002, printed.group(0)
+        # At full precision (moto prices spot at $0.00001/h: the printed cents are all 0).
+        rows = ledger.cluster_rows(load_history(self.dest / "run.json"))
+        assert [r.attempt for r in rows] == [1, 2]
+        assert sum(r.kept_usd + r.lost_usd for r in rows) == pytest.approx(history["total_cost_usd"])
+        assert rows[0].recovery_usd == 0 < rows[1].recovery_usd and rows[1].recomputed_steps == 0
         print(
             "fab run --nodes 2 (two sshd stand-ins, gloo on the CPU): nodes lost 1, "
             f"stopped at step {stopped}, steps lost 0, notice to resumed "
