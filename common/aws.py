@@ -19,6 +19,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 import botocore.parsers
+import botocore.session
 
 from common.errors import AwsError, ConfigError, EndpointUnreachable
 
@@ -70,6 +71,27 @@ def botocore_config(attempts: int | None = None) -> botocore.config.Config:
 _lock = threading.Lock()
 _sessions: dict[tuple[str | None, str | None], boto3.Session] = {}
 _clients: dict[tuple, object] = {}
+# botocore's data loader (service models, endpoints.json), shared by every session this process
+# makes: each new session would otherwise parse the same JSON again (EC2's model alone is some
+# 100 ms of CPU), once per region or profile asked and again after reset_clients. The loaded
+# models are read-only to botocore; the first session's loader (its AWS_DATA_PATH) is kept.
+_loader = None
+
+
+def new_session(region: str | None = None, profile: str | None = None) -> boto3.Session:
+    """A new boto3 session over the shared data loader (uncached: see session())."""
+    global _loader
+    core = botocore.session.get_session()
+    if _loader is None:
+        _loader = core.get_component("data_loader")
+    else:
+        core.register_component("data_loader", _loader)
+    made = boto3.Session(botocore_session=core, region_name=region, profile_name=profile)
+    made._session.get_scoped_config()  # a missing profile fails here (ProfileNotFound), as boto3.Session does
+    # boto3 appends its own model folder to the loader's search path with every session it makes.
+    paths = _loader.search_paths
+    paths[:] = list(dict.fromkeys(paths))
+    return made
 
 
 def session(region: str | None = None, profile: str | None = None) -> boto3.Session:
@@ -84,7 +106,7 @@ def session(region: str | None = None, profile: str | None = None) -> boto3.Sess
     with _lock:
         if key not in _sessions:
             try:
-                _sessions[key] = boto3.Session(region_name=region, profile_name=profile)
+                _sessions[key] = new_session(region, profile)
             except botocore.exceptions.ProfileNotFound as e:
                 # The profile may come from AWS_PROFILE, not from the config: name the one botocore
                 # looked for (profile is None then).

@@ -13,9 +13,34 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from moto.server import ThreadedMotoServer
 
-from tests.peers.aws_gate import AwsGate
+
+def _moto_default_images_only() -> None:
+    """moto's EC2 loads its 44 default images and, unless MOTO_AMIS_PATH is set, some 1,300 more
+    per region (latest_amis, ECS-optimised), each with a volume and a snapshot: 0.35 s of CPU
+    for every EC2 backend it makes, again after every reset (each test's aws_env). The tests use
+    only the default images (tests/peers/moto_ec2.make_image starts from a default Ubuntu one),
+    so point moto at a copy of exactly those. Set before moto's EC2 models are imported."""
+    if "MOTO_AMIS_PATH" in os.environ:
+        return
+    import gzip
+    import importlib.util
+
+    moto_dir = Path(importlib.util.find_spec("moto").origin).parent
+    images = gzip.decompress((moto_dir / "ec2" / "resources" / "amis.json.gz").read_bytes())
+    out = Path(tempfile.gettempdir()) / f"spotrun-moto-amis-{len(images)}.json"
+    if not out.is_file():
+        part = out.with_name(f"{out.name}.{os.getpid()}")  # workers start at once: whole or absent
+        part.write_bytes(images)
+        part.replace(out)
+    os.environ["MOTO_AMIS_PATH"] = str(out)
+
+
+_moto_default_images_only()
+
+from moto.server import ThreadedMotoServer  # noqa: E402 (after MOTO_AMIS_PATH is set)
+
+from tests.peers.aws_gate import AwsGate  # noqa: E402
 
 # Peers that need more than a few lines: sshd, IMDS, a latency/counting HTTP proxy, moto's EC2 as
 # a user's account (a DLAMI, the check-IP stand-in, a refusing client).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import boto3
+import functools
 
 from common import aws
 from common.aws import aws_errors
@@ -12,10 +12,7 @@ from ec2.errors import ConfigError
 def check_region(region: str) -> None:
     """Refuse a region name botocore does not know in any partition, before any call hangs on a
     DNS name that does not exist."""
-    known: set[str] = set()
-    sess = boto3.Session()
-    for partition in sess.get_available_partitions():
-        known.update(sess.get_available_regions("ec2", partition_name=partition))
+    known = _known_regions()
     if region not in known:
         close = sorted(r for r in known if r.split("-")[0] == region.split("-")[0])[:6]
         hint = f" (did you mean one of: {', '.join(close)}?)" if close else ""
@@ -25,13 +22,24 @@ def check_region(region: str) -> None:
         )
 
 
+@functools.cache
+def _known_regions() -> frozenset[str]:
+    """Every region botocore's endpoint data names, in any partition (read once per process)."""
+    sess = aws.new_session()
+    known: set[str] = set()
+    for partition in sess.get_available_partitions():
+        known.update(sess.get_available_regions("ec2", partition_name=partition))
+    return frozenset(known)
+
+
+@functools.cache
 def partition_of_region(region: str) -> str:
     """The ARN partition a region belongs to (``aws``, ``aws-cn``, ``aws-us-gov``, ...), from
     botocore's own endpoint data, offline: every ARN spotrun writes begins ``arn:<partition>:``
     (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference-arns.html). An unknown region
     gives ``aws``."""
     try:
-        return boto3.Session().get_partition_for_region(region) or "aws"
+        return aws.new_session().get_partition_for_region(region) or "aws"
     except Exception:  # noqa: BLE001 (botocore raises UnknownRegionError or ValueError by version)
         return "aws"
 
