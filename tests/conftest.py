@@ -6,6 +6,7 @@ folder can use them.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -90,6 +91,9 @@ def laptop_home(monkeypatch):
 def aws_gate():
     """moto's server on a free loopback port behind the gate that holds it to AWS's documented
     rules and IAM's propagation delay (tests/peers/aws_gate.py); yields the gate."""
+    # werkzeug logs every request at INFO, which pytest's log capture formats and keeps for the
+    # test that made it: thousands of lines per journey, CPU for nobody. Errors still show.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     gate = AwsGate(f"http://127.0.0.1:{server._server.server_port}").start()

@@ -178,7 +178,9 @@ def role_not_assumable(error: botocore.exceptions.ClientError) -> bool:
 class Experiment:
     template_id: str
     experiment_id: str
-    started_at: float  # epoch seconds StartExperiment returned
+    # Epoch seconds StartExperiment was called: the earliest the notice can come (FIS may send it
+    # before the call has returned).
+    started_at: float
 
 
 def start(
@@ -196,7 +198,10 @@ def start(
     instance_id = target_arn.rsplit("/", 1)[-1]
     out(f"FIS experiment template {template_id}: {ACTION_ID} on {instance_id}, notice {NOTICE}")
 
+    asked = [0.0]
+
     def go():
+        asked[0] = time.time()  # the try that starts it (IAM propagation may refuse earlier ones)
         return client.start_experiment(experimentTemplateId=template_id, tags={"spotrun:managed": "true"})
 
     try:
@@ -208,7 +213,7 @@ def start(
         raise AwsError(f"starting the FIS experiment: {e}", error_code(e)) from None
     experiment_id = started["experiment"]["id"]
     out(f"FIS experiment {experiment_id} started")
-    return Experiment(template_id, experiment_id, time.time())
+    return Experiment(template_id, experiment_id, asked[0])
 
 
 def state(client, experiment_id: str) -> tuple[str, str]:

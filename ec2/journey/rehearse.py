@@ -232,6 +232,13 @@ def _interrupted(h: history.RunHistory, instance_id: str) -> tuple[int, Attempt]
     return None
 
 
+def _span(start: float | None, end: float | None) -> float | None:
+    """Seconds from start to end, never below 0: the two ends may come from two clocks (the
+    laptop's and the instance's watcher), and a notice the watcher saw within the laptop's own
+    round trip to FIS would otherwise read as a negative time."""
+    return None if not (start and end) else max(end - start, 0.0)
+
+
 def follow(target: Target, started_at: float, budgets: Budgets, out: Say) -> Report:
     """Notice → safe → exit → replacement → resumed, as the run's own record shows them."""
     iid = target.instance.instance_id
@@ -282,18 +289,15 @@ def follow(target: Target, started_at: float, budgets: Budgets, out: Say) -> Rep
     launched_at = _replacement(h, after, target.node)[1]
     report = Report(target.kind, iid, target.instance.instance_type, target.node, exit_code=before.exit_code)
     report.phases = [
-        ("FIS start → notice seen", None if notice_at is None else notice_at - started_at),
+        ("FIS start → notice seen", _span(started_at, notice_at)),
         ("notice → checkpoint in S3", before.seconds_notice_to_safe),
-        ("notice → run exited", None if not (notice_at and exited_at) else exited_at - notice_at),
-        (
-            "exited → replacement launched",
-            None if not (exited_at and launched_at) else launched_at - exited_at,
-        ),
+        ("notice → run exited", _span(notice_at, exited_at)),
+        ("exited → replacement launched", _span(exited_at, launched_at)),
         (
             "notice → resumed",
             after.seconds_notice_to_resumed
             if after.seconds_notice_to_resumed is not None
-            else (None if notice_at is None else resumed_at - notice_at),
+            else _span(notice_at, resumed_at),
         ),
     ]
     if before.last_step is not None and after.resumed_step is not None:

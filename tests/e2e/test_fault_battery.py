@@ -136,6 +136,9 @@ def test_sshd_killed_mid_download_keeps_the_old_checkpoint_and_the_retry_complet
     temp_dir = project / "outputs" / "box" / ".rsync-partial"
     wait_until(lambda: partial_in(temp_dir, "last.pt"), what="the download to be mid-file")
     sshd.stop()
+    # The link goes with it: what sshd had already handed to the kernel would otherwise still
+    # reach the laptop through the slow link's buffers (on a loaded box, the whole rest of the file).
+    subprocess.run(["pkill", "-f", sshd.throttled(RATE)], check=False)
     assert (local / "last.pt").read_bytes() == OLD  # never a half-written checkpoint
     time.sleep(1)
     sshd.restart()
