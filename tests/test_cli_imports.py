@@ -21,3 +21,11 @@ def test_the_laptop_and_the_instances_helpers_import_no_ml_library(module):
     probe = f"import sys, {module}; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [], f"{module} imports {out.stdout.strip()}"
+
+
+def test_the_dataset_commands_read_hdf5_without_torch():
+    """`fab data-push` and `fab data-ls` index HDF5 files (h5py, numpy) on the laptop; torch is the
+    trainer's, not theirs (ml.data's loaders are imported on first use)."""
+    probe = "import sys, ec2.cloud.datasets; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
