@@ -131,14 +131,20 @@ def test_sshd_killed_mid_download_keeps_the_old_checkpoint_and_the_retry_complet
 ):
     remote_out, new = _remote_run_with_checkpoint(sshd)
     local = _laptop_checkpoint(project)
-    sshd.record(name="box", proxy_command=sshd.throttled(RATE))
+    # The link holds the download at half the file until sshd is down: mid-file, however late a
+    # loaded box lets this thread look (the whole 2 s transfer once ended before it did).
+    hold = project / "link-holds"
+    hold.touch()
+    link = sshd.throttled(RATE, hold=hold, hold_after=BIG // 2)
+    sshd.record(name="box", proxy_command=link)
     thread, result = in_thread(remote.download, Context(), name="box", output_dir=str(remote_out))
     temp_dir = project / "outputs" / "box" / ".rsync-partial"
     wait_until(lambda: partial_in(temp_dir, "last.pt"), what="the download to be mid-file")
     sshd.stop()
-    # The link goes with it: what sshd had already handed to the kernel would otherwise still
-    # reach the laptop through the slow link's buffers (on a loaded box, the whole rest of the file).
-    subprocess.run(["pkill", "-f", sshd.throttled(RATE)], check=False)
+    # The link goes with it: what sshd had already handed to the kernel would otherwise still reach
+    # the laptop through the link's buffers. The retry's new link then runs freely.
+    subprocess.run(["pkill", "-f", link], check=False)
+    hold.unlink()
     assert (local / "last.pt").read_bytes() == OLD  # never a half-written checkpoint
     time.sleep(1)
     sshd.restart()

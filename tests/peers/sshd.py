@@ -145,10 +145,12 @@ class SshdServer:
         self.stop()
         self._start()
 
-    def throttled(self, bytes_per_s: int) -> str:
-        """A ProxyCommand reaching this sshd through a slow link (tests/peers/throttle.py)."""
+    def throttled(self, bytes_per_s: int, hold: Path | None = None, hold_after: int = 0) -> str:
+        """A ProxyCommand reaching this sshd through a slow link (tests/peers/throttle.py); with
+        `hold`, the link stops passing bytes to the laptop after `hold_after` while that file exists."""
         script = Path(__file__).with_name("throttle.py")
-        return f"{sys.executable} {script} {self.host} {self.port} {bytes_per_s}"
+        held = f" {hold} {int(hold_after)}" if hold is not None else ""
+        return f"{sys.executable} {script} {self.host} {self.port} {bytes_per_s}{held}"
 
     def _wait_listening(self, deadline_s: float = 10.0) -> None:
         end = time.monotonic() + deadline_s
