@@ -18,19 +18,12 @@ from tests.e2e.detachkit import CKPT, REPO, Instance, group
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
 
-FOUR_GPUS = "#!/bin/sh\n" + "".join(
-    f'echo "GPU {i}: NVIDIA A10G (UUID: GPU-{i}{i}{i}{i}{i}{i}{i}{i}-0000-0000-0000-000000000000)"\n'
-    for i in range(4)
-)
-
 
 def test_detached_run_trains_on_the_gpus_asked_and_a_notice_stops_every_rank(
     cloud, spot_host, imds, tiny_dataset, tmp_path
 ):
     ec2, config = cloud
-    smi = spot_host.bin_dir / "nvidia-smi"
-    smi.write_text(FOUR_GPUS)
-    smi.chmod(0o755)
+    spot_host.stand_in_gpus(4)
     autoscaling = boto3.client("autoscaling")
     args = [
         *TINY_TRAIN,

@@ -25,24 +25,13 @@ from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[2]
-TWO_GPUS = (
-    "#!/bin/sh\n"
-    'echo "GPU 0: NVIDIA A10G (UUID: GPU-00000000-0000-0000-0000-000000000000)"\n'
-    'echo "GPU 1: NVIDIA A10G (UUID: GPU-11111111-1111-1111-1111-111111111111)"\n'
-)
-
-
-def _stand_in_gpus(host) -> None:
-    smi = host.bin_dir / "nvidia-smi"
-    smi.write_text(TWO_GPUS)
-    smi.chmod(0o755)
 
 
 def test_notice_stops_every_rank_at_one_step_and_records_75(
     spot_host, imds, tiny_dataset, monkeypatch, capfd
 ):
     monkeypatch.chdir(REPO)
-    _stand_in_gpus(spot_host)
+    spot_host.stand_in_gpus(2)
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="spot-ckpt")
     m = Machine(spot_host.record(name="box"))
