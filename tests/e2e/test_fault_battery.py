@@ -90,11 +90,18 @@ def in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, dict]:
 
 
 def test_sshd_killed_mid_rsync_the_retry_completes(sshd, project, quick_retries, capfd):
-    record = sshd.record(name="box", proxy_command=sshd.throttled(RATE))
+    # The link holds the upload at half the file until sshd is down: mid-file, however late a
+    # loaded box lets this thread look (the 2 s transfer once ended before it did).
+    hold = project.parent / "link-holds"
+    hold.touch()
+    link = sshd.throttled(RATE, hold=hold, hold_after=BIG // 2)
+    record = sshd.record(name="box", proxy_command=link)
     code_dir = sshd.root / "remote" / "code"
     thread, result = in_thread(sync_code, Machine(record), project)
     wait_until(lambda: partial_in(code_dir, "weights.bin"), what="the sync to be mid-file")
     sshd.stop()  # the listener and every connection: the machine's sshd died mid-transfer
+    subprocess.run(["pkill", "-f", link], check=False)
+    hold.unlink()
     time.sleep(1)
     sshd.restart()
     thread.join(120)

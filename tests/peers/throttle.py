@@ -4,9 +4,10 @@ terminate the instance) instead of racing a loopback copy that ends in milliseco
 
     ProxyCommand python tests/peers/throttle.py 127.0.0.1 2222 2000000 [HOLD_FILE HOLD_AFTER]
 
-With HOLD_FILE and HOLD_AFTER, the link stops passing bytes to the laptop once it has passed
-HOLD_AFTER of them, for as long as HOLD_FILE exists: a transfer that is mid-file however late a
-loaded machine lets the test act (a 2 s transfer can end before a starved test thread looks).
+With HOLD_FILE and HOLD_AFTER, each direction stops passing bytes once it has passed HOLD_AFTER of
+them, for as long as HOLD_FILE exists: an upload or a download that is mid-file however late a
+loaded machine lets the test act (a 2 s transfer can end before a starved test thread looks). The
+other direction carries only the protocol's small replies, so it stays under HOLD_AFTER.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def main() -> None:
             view = view[os.write(stdout, view) :]
 
     threading.Thread(
-        target=pump, args=(lambda n: os.read(stdin, n), sock.sendall, rate, done), daemon=True
+        target=pump,
+        args=(lambda n: os.read(stdin, n), sock.sendall, rate, done, hold, hold_after),
+        daemon=True,
     ).start()
     threading.Thread(
         target=pump, args=(sock.recv, to_stdout, rate, done, hold, hold_after), daemon=True
