@@ -32,8 +32,11 @@ setup: python-check ## make .venv and install the project, pinned dependencies a
 # 11.3 min (679 tests, machine otherwise idle).
 TEST_WORKERS ?= 6
 
+# PYTHONDONTWRITEBYTECODE (set on some CI and container images) would make every worker rewrite and
+# compile every test module, and every fab, trainer and watcher process compile the project again:
+# the suite starts hundreds of Python processes, so it keeps bytecode (git ignores __pycache__).
 test: ## run the tests (TEST_WORKERS=6 processes; TEST_WORKERS=0 runs them in this one)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=25
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=25
 
 lint: ## ruff check and ruff format --check (make format rewrites)
 	$(BIN)/ruff check .

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Bootstrap a machine for spotrun (run by `fab setup` after the code is synced). Idempotent: a
-# second run with the same requirements prints "already set up", checks, and changes nothing.
+# second run with the same requirements prints "already set up", checks again what can change on a
+# machine (the GPU driver and torch's view of the GPU, where a GPU is required), and changes nothing.
 #
 #   setup_instance.sh REMOTE_DIR
 #
@@ -26,6 +27,7 @@ VENV="$REMOTE_DIR/venv"
 LOCK="$CODE/requirements.lock"
 REQUIRE_GPU=${SPOTRUN_REQUIRE_GPU:-1}
 MARKER="$VENV/.spotrun-setup"
+VERIFIED="$VENV/.spotrun-verified"  # what verify printed when the marker was written
 # What the laptop-side tools need is not installed here (fabric, paramiko, moto, pytest, ruff).
 BASE_PYTHONS=${SPOTRUN_BASE_PYTHONS:-/opt/pytorch/bin/python3 /opt/conda/envs/pytorch/bin/python3 python3}
 # The AMI environment's site dirs, for our venv's .pth file (see above).
@@ -75,8 +77,16 @@ layer_over_base() {
 }
 
 verify() {
+  # The driver first (no python needed), then one torch import that reports and checks the GPU.
   local py="$VENV/bin/python"
-  "$py" - <<'PY'
+  if [ "$REQUIRE_GPU" = "1" ]; then
+    command -v nvidia-smi >/dev/null || die "nvidia-smi not found: is this a GPU instance on a DLAMI?"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
+      || die "nvidia-smi failed: the NVIDIA driver is not loaded (try rebooting the instance)"
+  fi
+  local status=0
+  SPOTRUN_REQUIRE_GPU="$REQUIRE_GPU" "$py" - <<'PY' || status=$?
+import os
 import platform
 try:
     import torch
@@ -84,20 +94,24 @@ except ImportError:
     raise SystemExit("setup: torch is not importable in the venv; rerun `fab setup`")
 print(f"python {platform.python_version()}  torch {torch.__version__}  "
       f"cuda available: {torch.cuda.is_available()}  cuda {torch.version.cuda}")
+if os.environ["SPOTRUN_REQUIRE_GPU"] == "1" and not torch.cuda.is_available():
+    raise SystemExit(3)
 PY
-  if [ "$REQUIRE_GPU" = "1" ]; then
-    command -v nvidia-smi >/dev/null || die "nvidia-smi not found: is this a GPU instance on a DLAMI?"
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
-      || die "nvidia-smi failed: the NVIDIA driver is not loaded (try rebooting the instance)"
-    "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
-      || die "torch.cuda.is_available() is False: the AMI's torch does not see the GPU"
-  fi
+  [ "$status" -eq 3 ] && die "torch.cuda.is_available() is False: the AMI's torch does not see the GPU"
+  [ "$status" -eq 0 ] || exit "$status"
 }
 
 HASH=$(inputs_hash)
 if [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$HASH" ] && [ -x "$VENV/bin/python" ]; then
   echo "already set up ($VENV)"
-  verify
+  if [ "$REQUIRE_GPU" = "1" ] || [ ! -f "$VERIFIED" ]; then
+    verify  # the driver, and torch's view of the GPU, can change with a reboot: checked again
+  else
+    # Nothing torch needs has changed since it was imported for the marker (the hash covers the
+    # lock and this script): the interpreter still runs, and the versions checked then are shown.
+    "$VENV/bin/python" -c "" || die "$VENV/bin/python does not run; rerun \`fab setup\` after deleting $VENV"
+    cat "$VERIFIED"
+  fi
   exit 0
 fi
 
@@ -122,6 +136,7 @@ else
     -c "$VENV/constraints.txt" $RUNTIME
 fi
 
-verify
+verify | tee "$VERIFIED.tmp"
+mv "$VERIFIED.tmp" "$VERIFIED"
 echo "$HASH" > "$MARKER"
 echo "set up: $VENV"

@@ -53,8 +53,10 @@ def tiny(data: Path, run: Path, steps: int, *extra: str) -> list[str]:
     ]
 
 
-# A few steps of configs/demo.yaml as it stands (its 4 sessions), for runs in tmux through sshd:
-# one thread, batch 4; tests add num_training_batches, dataset_dir and their output folders.
+# A few steps of configs/demo.yaml (its 4 sessions and their day layers), for runs in tmux through
+# sshd: one thread, batch 4, and a 1-layer 32-unit GRU (a step and a checkpoint of the demo's GRU
+# cost twice as much and test nothing more); tests add num_training_batches, dataset_dir and their
+# output folders.
 # Later overrides win, so a test can set its own validation and schedule steps after these.
 TINY_TRAIN = [
     "batches_per_train_log=1",
@@ -68,6 +70,8 @@ TINY_TRAIN = [
     "progress_bar=false",
     "dataset.num_dataloader_workers=0",
     "dataset.batch_size=4",
+    "model.n_units=32",
+    "model.n_layers=1",
 ]
 
 

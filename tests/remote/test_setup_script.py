@@ -98,6 +98,9 @@ def test_venv_layers_over_the_ami_venv_and_is_idempotent(set_up, ami_venv):
     assert second.returncode == 0, second.stderr
     assert "already set up" in second.stdout
     assert (remote / "venv" / ".spotrun-setup").read_text() == marker
+    # Without a GPU to check again, the versions are the ones torch reported at the first setup.
+    versions = next(line for line in first.stdout.splitlines() if line.startswith("python "))
+    assert "torch " in versions and versions in second.stdout.splitlines()
 
 
 def test_a_venv_from_the_old_setup_is_repaired(tmp_path, ami_venv):
