@@ -75,6 +75,22 @@ def quick_retries(monkeypatch):
     monkeypatch.setenv("SPOTRUN_SSH_BACKOFF_S", "0.5")
 
 
+class HeldLink:
+    """A slow link to ``sshd`` that holds a transfer at half of a BIG file until ``cut()``: mid-file,
+    however late a loaded box lets the test thread look (a 2 s transfer once ended before it did).
+    ``cut()`` ends the link too: what sshd had already handed to the kernel would otherwise still
+    cross it. The retry's new link then runs freely."""
+
+    def __init__(self, sshd, folder: Path):
+        self.hold = folder / "link-holds"
+        self.hold.touch()
+        self.command = sshd.throttled(RATE, hold=self.hold, hold_after=BIG // 2)
+
+    def cut(self) -> None:
+        subprocess.run(["pkill", "-f", self.command], check=False)
+        self.hold.unlink()
+
+
 def in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, dict]:
     result: dict = {}
 
@@ -90,18 +106,13 @@ def in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, dict]:
 
 
 def test_sshd_killed_mid_rsync_the_retry_completes(sshd, project, quick_retries, capfd):
-    # The link holds the upload at half the file until sshd is down: mid-file, however late a
-    # loaded box lets this thread look (the 2 s transfer once ended before it did).
-    hold = project.parent / "link-holds"
-    hold.touch()
-    link = sshd.throttled(RATE, hold=hold, hold_after=BIG // 2)
-    record = sshd.record(name="box", proxy_command=link)
+    link = HeldLink(sshd, project.parent)  # not in the project: the sync would send it
+    record = sshd.record(name="box", proxy_command=link.command)
     code_dir = sshd.root / "remote" / "code"
     thread, result = in_thread(sync_code, Machine(record), project)
     wait_until(lambda: partial_in(code_dir, "weights.bin"), what="the sync to be mid-file")
     sshd.stop()  # the listener and every connection: the machine's sshd died mid-transfer
-    subprocess.run(["pkill", "-f", link], check=False)
-    hold.unlink()
+    link.cut()
     time.sleep(1)
     sshd.restart()
     thread.join(120)
@@ -138,20 +149,13 @@ def test_sshd_killed_mid_download_keeps_the_old_checkpoint_and_the_retry_complet
 ):
     remote_out, new = _remote_run_with_checkpoint(sshd)
     local = _laptop_checkpoint(project)
-    # The link holds the download at half the file until sshd is down: mid-file, however late a
-    # loaded box lets this thread look (the whole 2 s transfer once ended before it did).
-    hold = project / "link-holds"
-    hold.touch()
-    link = sshd.throttled(RATE, hold=hold, hold_after=BIG // 2)
-    sshd.record(name="box", proxy_command=link)
+    link = HeldLink(sshd, project)
+    sshd.record(name="box", proxy_command=link.command)
     thread, result = in_thread(remote.download, Context(), name="box", output_dir=str(remote_out))
     temp_dir = project / "outputs" / "box" / ".rsync-partial"
     wait_until(lambda: partial_in(temp_dir, "last.pt"), what="the download to be mid-file")
     sshd.stop()
-    # The link goes with it: what sshd had already handed to the kernel would otherwise still reach
-    # the laptop through the link's buffers. The retry's new link then runs freely.
-    subprocess.run(["pkill", "-f", link], check=False)
-    hold.unlink()
+    link.cut()
     assert (local / "last.pt").read_bytes() == OLD  # never a half-written checkpoint
     time.sleep(1)
     sshd.restart()

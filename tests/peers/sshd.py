@@ -147,7 +147,7 @@ class SshdServer:
 
     def throttled(self, bytes_per_s: int, hold: Path | None = None, hold_after: int = 0) -> str:
         """A ProxyCommand reaching this sshd through a slow link (tests/peers/throttle.py); with
-        `hold`, the link stops passing bytes to the laptop after `hold_after` while that file exists."""
+        `hold`, each direction stops after `hold_after` bytes while that file exists."""
         script = Path(__file__).with_name("throttle.py")
         held = f" {hold} {int(hold_after)}" if hold is not None else ""
         return f"{sys.executable} {script} {self.host} {self.port} {bytes_per_s}{held}"
