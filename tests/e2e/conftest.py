@@ -57,9 +57,10 @@ ROUTE = REPO / "tests" / "peers" / "node_route.py"
 
 
 @pytest.fixture
-def cluster_cloud(aws_env, tmp_path, monkeypatch):
+def cluster_cloud(aws_env, tmp_path, monkeypatch, ready_venv):
     """Two nodes (sshd + IMDS each), moto with a DLAMI, a bucket and a loopback VPC, placement
-    groups at the botocore level; yields (ec2 client, aws.yaml, [(sshd, imds, home)], groups)."""
+    groups at the botocore level; yields (ec2 client, aws.yaml, [(sshd, imds, home)], groups).
+    Both nodes start set up (tests/peers/ready_venv.py); a replacement's folder is wiped."""
     require_binaries(SSHD, "ssh", "rsync", "tmux", "nc")
     monkeypatch.chdir(REPO)
     roots = [Path(tempfile.mkdtemp(prefix=f"c{k}", dir="/tmp")) for k in range(2)]
@@ -78,6 +79,7 @@ def cluster_cloud(aws_env, tmp_path, monkeypatch):
     homes = [root / "home" for root in roots]
     for home in homes:
         home.mkdir()
+        ready_venv(home / "spotrun")
     try:
         with ImdsServer() as imds0, ImdsServer() as imds1:
             env0, env1 = instance_env(imds0.url, aws_env), instance_env(imds1.url, aws_env)

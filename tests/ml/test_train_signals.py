@@ -20,7 +20,7 @@ from ml.train import main
 from tests.peers.trainkit import DEMO, env, tiny, train_cmd
 
 
-def _wait_for(path, text, proc, timeout=60.0):
+def _wait_for(path, text, proc, timeout=180.0):  # a bound, not a timing: 6 workers share 2 cores
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if path.exists() and text in path.read_text():

@@ -214,18 +214,23 @@ def instance_env(imds_url: str, moto_url: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def spot_host(imds, aws_env, monkeypatch):
+def spot_host(imds, aws_env, monkeypatch, ready_venv, request):
     """An sshd standing in for a spot instance: its sessions see the IMDS fixture and moto through
-    SetEnv (the instance role), never through spotrun. HOME/SPOTRUN_HOME point at a temp folder."""
+    SetEnv (the instance role), never through spotrun. HOME/SPOTRUN_HOME point at a temp folder.
+    Its remote folder holds a venv set up before, unless the test is marked ``fresh_setup``
+    (tests/peers/ready_venv.py)."""
     import shutil
     import tempfile
     from pathlib import Path
 
+    from tests.peers.ready_venv import wants_fresh_setup
     from tests.peers.sshd import SSHD, SshdServer, require_binaries
 
     require_binaries(SSHD, "ssh", "rsync", "tmux", "nc")
     root = Path(tempfile.mkdtemp(prefix="sp", dir="/tmp"))
     (root / "home").mkdir()
+    if not wants_fresh_setup(request):
+        ready_venv(root / "remote")
     monkeypatch.setenv("HOME", str(root / "home"))
     monkeypatch.setenv("SPOTRUN_HOME", str(root / "s"))
     try:

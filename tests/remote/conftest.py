@@ -23,8 +23,9 @@ GROUP = "spotrun-job"
 
 
 @pytest.fixture
-def machine(aws_env, imds, tmp_path, monkeypatch):
-    """moto with a bucket and a group of one (desired 1); a machine folder; the boot's environment."""
+def machine(aws_env, imds, tmp_path, monkeypatch, ready_venv):
+    """moto with a bucket and a group of one (desired 1); a machine folder set up before
+    (tests/peers/ready_venv.py); the boot's environment."""
     aws.reset_clients()
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     # Any image id: moto launches the group's instance without looking it up.
@@ -54,6 +55,7 @@ def machine(aws_env, imds, tmp_path, monkeypatch):
     remote = tmp_path / "m" / "spotrun"
     remote.mkdir(parents=True)
     (remote / "code").symlink_to(REPO)
+    ready_venv(remote)
     shutdown_log = tmp_path / "shutdown.log"
     stand_in = tmp_path / "shutdown"
     stand_in.write_text(f'#!/bin/sh\necho "$@" >> {shutdown_log}\n')
