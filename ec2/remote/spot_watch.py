@@ -28,13 +28,16 @@ gets SIGUSR2, on which the trainer saves a checkpoint at its next step and train
 announced its handlers in RUN_DIR/ranks, so the signal never kills a trainer still starting).
 https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/rebalance-recommendations.html
 
-With `--ranks N` the command is torchrun with N ranks on this machine. torchrun's agent would answer
-a signal by stopping its workers with SIGTERM and killing them after a timeout, and it exits 1
-whatever its workers exit with. So the watcher gives each rank the folder RUN_DIR/ranks
+With `--ranks N` the command is spotrun's trainer: N ranks under torchrun on this machine, or with
+N=1 possibly the trainer alone. The watcher gives each rank the folder RUN_DIR/ranks
 (SPOTRUN_RANKS_DIR); each rank writes its pid there once it handles the signal, and its exit code
-when it ends (ml/stopping.py). A notice, or a signal passed on, goes to every rank (not the agent);
-the ranks stop together at the next step (their per-step collective), rank 0 saves, and when all N
-ranks report the same exit code (75) that is the run's exit code rather than torchrun's 1.
+when it ends (ml/stopping.py). A notice goes to the ranks that have announced themselves, and to
+each later one as it does: a trainer still importing torch would die of SIGUSR1's default action
+(exit 138, a failure in the record) instead of stopping resumably. Under torchrun the agent would
+answer a signal by stopping its workers with SIGTERM and killing them after a timeout, and it exits
+1 whatever its workers exit with: so a notice, or a signal passed on, goes to every rank (not the
+agent); the ranks stop together at the next step (their per-step collective), rank 0 saves, and
+when all N ranks report the same exit code (75) that is the run's exit code rather than torchrun's.
 
 No metadata service (not an EC2 machine) → one log line, and CMD runs on unwatched.
 Runs with the instance's Python: standard library and boto3 only.

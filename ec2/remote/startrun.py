@@ -5,7 +5,7 @@ boot on the instance itself (ec2/remote/boot.py).
 What to start is a `RunSpec`: the trainer (its config and overrides: one process per GPU, or
 `gpus` of them, under torchrun when more than one or across machines) or a plain command. `line`
 builds the shell line that starts it (ec2.remote.runs: tmux, the notice watcher, the log, the exit
-code, the `gpus` file and, under torchrun, the watcher's `--ranks`); it is built here once, and
+code, the `gpus` file and, for the trainer, the watcher's `--ranks`); it is built here once, and
 only where it runs differs: over SSH (`Ssh`, a `Machine`) or on this machine as the login user
 (`Local`, the boot, which runs as root on the instance).
 """
@@ -21,7 +21,7 @@ from typing import Protocol
 from ec2.errors import RemoteCommandFailed, RunAlreadyExists
 from ec2.remote import gpu, runs
 from ec2.remote.ssh import Machine, Result
-from ec2.remote.trainrun import Rendezvous, setup_command, train_command, uses_torchrun
+from ec2.remote.trainrun import Rendezvous, setup_command, train_command
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,8 @@ class RunSpec:
     train_config: str | None = None  # or the trainer: the command is built per machine
     overrides: tuple[str, ...] = ()
     gpus: int | None = None  # trainer processes per machine (None: one per GPU present)
-    # The notice watcher's own arguments (signal, poll, checkpoint folder); `--ranks` is added
-    # per machine when the trainer runs under torchrun.
+    # The notice watcher's own arguments (signal, poll, checkpoint folder); `--ranks` (the
+    # trainer's processes on the machine) is added per machine.
     watcher_args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     output_dir: str | None = None
@@ -97,7 +97,10 @@ def line(spec: RunSpec, remote_dir: str, procs: int, rendezvous: Rendezvous | No
     """The shell line that starts the run with `procs` processes (a pure function)."""
     if spec.trainer:
         command = train_command(remote_dir, spec.train_config, list(spec.overrides), procs, rendezvous)
-        ranks = ["--ranks", str(int(procs))] if uses_torchrun(procs, rendezvous) else []
+        # The trainer announces its handlers (ml/stopping.py), alone or under torchrun: the watcher
+        # holds a notice until then. Sent to a trainer still importing torch (seconds; more on a
+        # busy machine), SIGUSR1's default action would kill it: exit 138, read as a failure.
+        ranks = ["--ranks", str(int(procs))]
     else:
         command, ranks = spec.command, []
     return runs.start_command(

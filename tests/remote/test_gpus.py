@@ -110,8 +110,8 @@ def test_a_multi_node_run_needs_s3_checkpoints_and_its_members(monkeypatch, capf
 
 
 def test_one_start_line_for_every_way_of_starting():
-    """ec2.remote.startrun builds the line once: the trainer per machine (torchrun and the
-    watcher's --ranks when more than one process or across machines), a plain command as it is."""
+    """ec2.remote.startrun builds the line once: the trainer per machine (torchrun when more than
+    one process or across machines; the watcher's --ranks always), a plain command as it is."""
     from ec2.remote.startrun import RunSpec, line
     from ec2.remote.trainrun import Rendezvous
 
@@ -122,7 +122,8 @@ def test_one_start_line_for_every_way_of_starting():
     assert "--standalone --nproc_per_node 2" in two and "--signal USR1 --ranks 2" in two
     assert 'echo 2 > "$HOME"/spotrun/runs/exp/gpus;' in two
     one = line(trainer, "~/spotrun", 1)
-    assert "torch.distributed.run" not in one and "--ranks" not in one
+    # One process, no torchrun: the watcher still waits for the trainer's handlers (--ranks 1).
+    assert "torch.distributed.run" not in one and "--signal USR1 --ranks 1" in one
     node = line(trainer, "~/spotrun", 1, Rendezvous(2, "10.0.1.5", "job-train", 1))
     assert "--nnodes 2 --nproc_per_node 1" in node and "--ranks 1" in node
     plain = line(RunSpec("exp", command="sleep 5"), "~/spotrun", 1)

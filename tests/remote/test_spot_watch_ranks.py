@@ -20,12 +20,12 @@ import torch
 from ml import distributed
 from ml.stopping import StopFlag, report_exit
 d = distributed.from_env()
-time.sleep(float(os.environ.get("DELAY_RANK_" + os.environ["RANK"], "0")))
+time.sleep(float(os.environ.get("DELAY_RANK_" + os.environ.get("RANK", "0"), "0")))
 stop = StopFlag().install()  # announces this rank to the watcher, as the trainer's does
 distributed.init(d, torch.device("cpu"))
 while not distributed.any_true(stop.requested, d):  # the trainer's per-step collective
     time.sleep(0.05)
-code = int(os.environ.get("EXIT_RANK_" + os.environ["RANK"], "75"))
+code = int(os.environ.get("EXIT_RANK_" + os.environ.get("RANK", "0"), "75"))
 report_exit(code)
 distributed.barrier(d)
 distributed.shutdown(d)
@@ -33,8 +33,11 @@ sys.exit(code)
 """
 
 
-def start(tmp_path: Path, imds_url: str, env: dict[str, str]) -> subprocess.Popen:
+def start(tmp_path: Path, imds_url: str, env: dict[str, str], ranks: int = 2) -> subprocess.Popen:
+    """The watcher with --ranks in front of `ranks` stand-in ranks: under torchrun, or (ranks=1)
+    one process alone, as `fab train` starts the trainer on a machine with one GPU or none."""
     (tmp_path / "rank.py").write_text(RANK)
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if ranks > 1 else []
     argv = [
         sys.executable,
         "-m",
@@ -46,14 +49,10 @@ def start(tmp_path: Path, imds_url: str, env: dict[str, str]) -> subprocess.Pope
         "--signal",
         "USR1",
         "--ranks",
-        "2",
+        str(ranks),
         "--",
         sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
+        *launcher,
         str(tmp_path / "rank.py"),
     ]
     full = {
@@ -91,3 +90,16 @@ def test_ranks_that_disagree_leave_torchruns_exit(imds, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
     assert json.loads((tmp_path / "run" / "preempted").read_text())["command_exit_code"] == 1
+
+
+def test_a_notice_before_a_lone_trainer_has_its_handlers_waits_for_them_and_75_is_the_exit(imds, tmp_path):
+    """The notice comes while the one trainer process is still starting (importing torch takes
+    seconds): SIGUSR1 then would kill it (exit 138, a failure). The watcher holds the signal until
+    the trainer announces its handlers, and the trainer stops resumably."""
+    imds.mark_interruption()
+    proc = start(tmp_path, imds.url, {"DELAY_RANK_0": "2"}, ranks=1)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err
+    assert "sent SIGUSR1 to rank(s) none" in err and "started since the notice" in err
+    record = json.loads((tmp_path / "run" / "preempted").read_text())
+    assert record["command_exit_code"] == 75
