@@ -37,9 +37,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def two_nodes(aws_env, monkeypatch):
+def two_nodes(aws_env, monkeypatch, ready_venv):
+    """Two adopted lab machines, set up before (tests/peers/ready_venv.py)."""
     require_binaries(SSHD, "ssh", "rsync", "tmux", "nc")
     roots = [Path(tempfile.mkdtemp(prefix=f"n{k}", dir="/tmp")) for k in range(2)]
+    for root in roots:
+        ready_venv(root / "remote")
     (roots[0] / "home").mkdir()
     monkeypatch.setenv("HOME", str(roots[0] / "home"))
     monkeypatch.setenv("SPOTRUN_HOME", str(roots[0] / "s"))
