@@ -1,15 +1,16 @@
 """A machine spotrun has set up before: its venv already made and verified.
 
 Most journeys are about what happens after setup. A fresh setup with the stand-in python still
-imports torch once to verify it (about 2.7 CPU-s), and the suite's hosts did that some forty times
-for nothing. So a host starts with the venv one setup made per test worker, copied in: what an
-instance that spotrun set up before looks like (an adopted lab machine, a stopped instance started
-again). `scripts/setup_instance.sh` then takes its own "already set up" path, as it does on every
-second `fab setup`.
+imports torch once to verify it (about 2.7 CPU-s), and the suite's hosts did that some fifty times
+for nothing (49 in one run, counted by a process sampler). So a host starts with the venv one setup
+made per test worker, copied in: what an instance that spotrun set up before looks like (an adopted
+lab machine, a stopped instance started again). `scripts/setup_instance.sh` then takes its own
+"already set up" path, as it does on every second `fab setup`.
 
-The first setup is still exercised end to end: by tests/remote/test_setup_script.py, by every
-replacement instance (the cluster and detached kits wipe the node's folder, as a new disk is empty)
-and by the tests marked ``fresh_setup`` (the first-day journeys), whose hosts start empty.
+The first setup is still exercised end to end: by tests/remote/test_setup_script.py, by
+tests/e2e/test_journey.py (a plain sshd host), by every replacement instance (the cluster and
+detached kits wipe the node's folder, as a new disk is empty) and by the tests marked
+``fresh_setup`` (the smoke), whose hosts start empty.
 """
 
 from __future__ import annotations
