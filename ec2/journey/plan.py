@@ -77,18 +77,13 @@ class Plan:
         )
 
 
-def watcher_args(plan: Plan, backup_uri: str | None, procs: int = 1) -> list[str]:
-    """The notice watcher's arguments for this plan (none for a plain command with no signal)."""
+def watcher_args(plan: Plan, backup_uri: str | None) -> list[str]:
+    """The notice watcher's arguments for this plan (none for a plain command with no signal).
+    The trainer's `--ranks` depends on the machine: ec2.remote.startrun.line adds it there."""
     if plan.signal is None:
         return []
-    ranks = procs if trainrun.uses_torchrun(procs) else 0
     return trainrun.watcher_args(
-        plan.signal,
-        plan.checkpoint_dir,
-        backup_uri,
-        plan.imds_poll_s,
-        ranks=ranks,
-        on_rebalance=plan.on_rebalance,
+        plan.signal, plan.checkpoint_dir, backup_uri, plan.imds_poll_s, on_rebalance=plan.on_rebalance
     )
 
 

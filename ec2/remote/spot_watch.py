@@ -147,7 +147,7 @@ class Watcher:
         except ImdsUnreachable:
             return False  # check() says so in its own line
 
-    # --- the ranks (--ranks N: the command is torchrun) ----------------------------------------------
+    # --- the ranks (--ranks N: the command is the trainer, alone or under torchrun) ------------------
     def _rank_files(self, suffix: str) -> dict[int, str]:
         found = {}
         for path in self.announce_dir.glob(f"rank-*.{suffix}"):
@@ -161,9 +161,9 @@ class Watcher:
         return {r: int(p) for r, p in self._rank_files("pid").items() if p.isdigit()}
 
     def send(self, sig: signal.Signals, only_new: bool = False, agent_fallback: bool = False) -> str:
-        """`sig` to the command: its main process, or under torchrun every rank that has announced
+        """`sig` to the command: its main process, or with --ranks every rank that has announced
         itself. With no rank yet, `agent_fallback` (a TERM/INT/HUP passed on, which torchrun's
-        agent handles by stopping its workers) sends it to torchrun; the notice's USR1 never goes
+        agent handles by stopping its workers) sends it to the command; the notice's USR1 never goes
         there (the agent would die of it and leave its workers running). Says to whom."""
         if self.ranks_dir is None and (sig != SAVE_NOW or self.announce_dir is None):
             os.kill(self.child.pid, sig)
@@ -171,7 +171,7 @@ class Watcher:
         pids = self.rank_pids()
         if not pids and agent_fallback:
             os.kill(self.child.pid, sig)
-            return f"torchrun (pid {self.child.pid}; no rank has started yet)"
+            return f"the command (pid {self.child.pid}; no rank has announced itself yet)"
         sent = []
         for rank, pid in sorted(pids.items()):
             if only_new and self.signalled.get(rank) == pid:
@@ -185,7 +185,7 @@ class Watcher:
         return f"rank(s) {', '.join(sent) or 'none'}"
 
     def exit_code(self, returncode: int) -> int:
-        """The command's exit status; under torchrun, the ranks' own when all N agree (torchrun
+        """The command's exit status; with --ranks, the ranks' own when all N agree (torchrun
         itself exits 1 when any worker exits non-zero, 75 included)."""
         status = exit_status(returncode)
         if self.ranks_dir is None or status == 0:
@@ -312,7 +312,7 @@ class Watcher:
         return self.exit_code(code)
 
     def wait_after_signal(self, sig: signal.Signals, deadline: float) -> int | None:
-        """The command's return code, or None at the deadline. Under torchrun, a rank that starts
+        """The command's return code, or None at the deadline. With --ranks, a rank that starts
         while we wait (the notice came as the run started) gets the signal too."""
         if self.ranks_dir is None:
             return self.wait_child(max(deadline - time.time(), 0))
@@ -416,7 +416,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ranks",
         type=int,
         default=0,
-        help="the command is torchrun with N ranks on this machine: signal the ranks, read their exit",
+        help="the command is the trainer, N ranks on this machine (torchrun, or N=1 alone): signal the "
+        "ranks once they announce their handlers, read their exit",
     )
     p.add_argument(
         "--on-rebalance",

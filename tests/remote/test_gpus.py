@@ -45,11 +45,13 @@ def test_torchrun_for_more_than_one_process_and_plain_python_for_one():
     )
 
 
-def test_watcher_signals_the_ranks_only_under_torchrun():
+def test_the_watchers_ranks_come_from_the_machine_not_the_plan():
     assert "--ranks" not in trainrun_watcher_args("USR1", None, None)
     assert trainrun_watcher_args("USR1", None, None, ranks=4) == ["--signal", "USR1", "--ranks", "4"]
+    # The plan's arguments are the same on every machine; startrun.line adds each machine's --ranks
+    # (test_one_start_line_for_every_way_of_starting).
     plan = Plan(command="x", checkpoint_dir="s3://b/ckpt", imds_poll_s=5)
-    assert watcher_args(plan, None, 2)[:4] == ["--signal", "USR1", "--ranks", "2"]
+    assert watcher_args(plan, None)[:2] == ["--signal", "USR1"] and "--ranks" not in watcher_args(plan, None)
 
 
 def test_run_records_its_gpus_and_status_shows_them():

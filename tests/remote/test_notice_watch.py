@@ -189,15 +189,21 @@ def test_on_rebalance_is_opt_in_checked_and_reaches_the_watchers_command_line():
     from common.errors import ConfigError
     from ec2.config import load_aws_config
     from ec2.journey.stages import Plan, watcher_args
-    from ec2.remote import trainrun
+    from ec2.remote import startrun, trainrun
+    from ec2.remote.startrun import RunSpec
 
     assert load_aws_config("configs/aws.yaml").on_rebalance == "none"
     assert "--on-rebalance" not in trainrun.watcher_args("USR1", "ckpt", None)
     cfg = load_aws_config("configs/aws.yaml", ["on_rebalance=checkpoint"])
     plan = Plan(command="x", checkpoint_dir="ckpt", on_rebalance=cfg.on_rebalance)
-    args = watcher_args(plan, None, procs=2)
+    args = watcher_args(plan, None)
     assert args[args.index("--on-rebalance") + 1] == "checkpoint"
-    parsed = spot_watch.parse_args(["--run-dir", "r", *args, "--", "x"])
+    # The start line on a machine with two GPUs: the plan's arguments, then that machine's --ranks.
+    start = startrun.line(
+        RunSpec("exp", train_config="configs/demo.yaml", watcher_args=tuple(args)), "~/r", 2
+    )
+    watcher = start.split("-m ec2.remote.spot_watch ", 1)[1].split(" -- ", 1)[0].split()
+    parsed = spot_watch.parse_args(watcher + ["--", "x"])
     assert parsed.on_rebalance == "checkpoint" and parsed.ranks == 2
     with pytest.raises(ConfigError) as e:
         load_aws_config("configs/aws.yaml", ["on_rebalance=save"])

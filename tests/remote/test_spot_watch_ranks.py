@@ -37,7 +37,9 @@ def start(tmp_path: Path, imds_url: str, env: dict[str, str], ranks: int = 2) ->
     """The watcher with --ranks in front of `ranks` stand-in ranks: under torchrun, or (ranks=1)
     one process alone, as `fab train` starts the trainer on a machine with one GPU or none."""
     (tmp_path / "rank.py").write_text(RANK)
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if ranks > 1 else []
+    launcher = (
+        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)] if ranks > 1 else []
+    )
     argv = [
         sys.executable,
         "-m",
