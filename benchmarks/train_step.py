@@ -13,7 +13,7 @@ Cases (one line each):
   steady state: timed after the prefetch has copied every file, as a run is once its first minutes
   are past. The line adds the GETs that reached S3 while it was timed.
 
-Each case trains a few warm-up steps, then times `ml.train.train_step` (augmentation, forward,
+Each case trains a few warm-up steps, then times `ml.trainer.train_step` (augmentation, forward,
 CTC, backward, clip, AdamW, schedule) with batches from the real loader (ml.data, local HDF5);
 "data wait" is the time spent in the loader's next() as a share of the whole step.
 """
@@ -38,7 +38,7 @@ from ml.data import build_train_loader  # noqa: E402
 from ml.data.synthetic import write_synthetic  # noqa: E402
 from ml.model import build_model, count_parameters  # noqa: E402
 from ml.schedule import build_optimizer, build_scheduler  # noqa: E402
-from ml.train import train_step  # noqa: E402
+from ml.trainer import train_step  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 LATENCY_S = 0.03  # per S3 request, as benchmarks/data_path.py

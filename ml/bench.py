@@ -1,6 +1,6 @@
 """Time the real training step: `python -m ml.bench --config C [--steps N] [--warmup W] --out R.json`.
 
-The trainer's own pieces (ml.train.prepare and train_step: the same model, optimizer, schedule,
+The trainer's own pieces (ml.trainer.prepare and train_step: the same model, optimizer, schedule,
 augmentation and data loader as `python -m ml.train`) run W warm-up steps, then N timed steps.
 Under torchrun (`python -m torch.distributed.run --nproc_per_node P -m ml.bench ...`, as `fab
 bench` starts it on a machine with P GPUs) each rank runs them with the DDP model and its own
@@ -14,7 +14,7 @@ shape on the same machine type.
 
 Nothing is written where the run's own outputs go: output_dir and checkpoint_dir point at a
 temporary folder, resume is never, and no checkpoint is saved. The normal training loop is not
-touched (timing is done here, not by a flag in ml/train.py).
+touched (timing is done here, not by a flag in ml/trainer.py).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def bench(
 ) -> dict:
     """Run warm-up + timed steps of the trainer on ``cfg``; returns the result (see module doc) on
     every rank. Under torchrun (``d`` enabled) the caller has joined the process group."""
-    from ml.train import prepare, train_step  # the trainer's own pieces, not a copy
+    from ml.trainer import prepare, train_step  # the trainer's own pieces, not a copy
 
     check_counts(steps, warmup)
     d = distributed.from_env() if d is None else d

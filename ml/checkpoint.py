@@ -31,10 +31,6 @@ import torch
 from common.atomic import atomic_path
 from ml.errors import CheckpointError
 
-LAST = "last.pt"
-BEST = "best.pt"
-REFERENCE_BEST = "best_checkpoint"
-ARGS = "args.yaml"
 FORMAT = "spotrun-checkpoint-1"
 _PREFIXES = ("_orig_mod.", "module.")
 

@@ -28,8 +28,14 @@ import botocore.exceptions
 from common import aws
 from common.atomic import atomic_path
 from common.s3uri import is_s3, s3_problem, split_s3
-from ml.checkpoint import ARGS, BEST, LAST, REFERENCE_BEST
 from ml.errors import CheckpointError
+
+# The files of a checkpoint folder. Named here, where they are kept, and not in ml/checkpoint.py (the
+# format), so that the trainer's input checks can use the store before torch is imported.
+LAST = "last.pt"
+BEST = "best.pt"
+REFERENCE_BEST = "best_checkpoint"
+ARGS = "args.yaml"
 
 OURS = (LAST, BEST, REFERENCE_BEST)
 # What a boto3 call or transfer may raise for an AWS-side or network failure.

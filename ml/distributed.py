@@ -23,38 +23,15 @@ exception"). Our group holds no other references, so destroying it joins its wor
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-# The device choice lives in ml/device.py; train.py still asks for it here.
+# The device choice lives in ml/device.py and the ranks in ml/ranks.py; the trainer asks for both here.
 from ml.device import pick_device as pick_device
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def from_env() -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    return Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-
+from ml.ranks import Dist as Dist
+from ml.ranks import from_env as from_env
 
 # The private gloo group for any_true/gather (see the module docstring); None in one process.
 _control: Any = None

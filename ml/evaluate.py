@@ -13,7 +13,8 @@ Outputs: PER overall and per session on stdout (labelled splits), a CSV (session
 predicted phonemes, and when labelled the true phonemes and the edit distance), and beside it a
 PNG bar chart of PER per session. --out is checked before the evaluation runs (a writable .csv
 path, not an input); an existing --out is refused unless --force; both files are written
-atomically.
+atomically. Those checks run before torch is imported (ml/scoring.py is the torch half), so a bad
+--out or config is refused at once, not after torch's import of a few seconds.
 """
 
 from __future__ import annotations
@@ -22,51 +23,24 @@ import argparse
 import csv
 import io
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from common import exits, guard, outputs
 from common.atomic import atomic_path, atomic_write_text
 from common.errors import ConfigError
 from common.s3uri import is_s3, looks_like_s3, s3_problem
-from ml import checkpoint, distributed
-from ml.checkpoint import BEST, LAST, REFERENCE_BEST
-from ml.ckpt_store import CheckpointStore
+from ml.ckpt_store import BEST, LAST, REFERENCE_BEST, CheckpointStore
 from ml.config import TrainConfig, load_train_config
-from ml.data import build_eval_loader
 from ml.data.synthetic import PHONEMES
 from ml.errors import CheckpointError
-from ml.metrics import PerTracker, edit_distance, labels_to_lists
-from ml.model import build_model
-from ml.validation import ctc_loss, decode_batch
+
+if TYPE_CHECKING:  # imported in run(), after the checks: it brings torch
+    from ml import scoring
 
 SPLITS = ("val", "test")
 # A checkpoint folder is scored from its best weights when it has them.
 PREFERRED = (BEST, REFERENCE_BEST, LAST)
-
-
-@dataclass
-class TrialRow:
-    session: str
-    block: int
-    trial: int
-    predicted: list[int]
-    label: list[int] | None  # None: the split carries no labels (test)
-
-    @property
-    def edits(self) -> int | None:
-        return None if self.label is None else edit_distance(self.predicted, self.label)
-
-
-@dataclass
-class Evaluation:
-    split: str
-    rows: list[TrialRow]
-    per: float | None  # None without labels
-    per_session: dict[str, float] = field(default_factory=dict)
-    loss: float | None = None
 
 
 def resolve_checkpoint(spec: str, staging: Path) -> tuple[Path, str]:
@@ -107,39 +81,7 @@ def symbols(ids: list[int], n_classes: int) -> str:
     return " ".join(str(i) for i in ids)
 
 
-@torch.no_grad()
-def evaluate(cfg: TrainConfig, model: torch.nn.Module, split: str, device: torch.device) -> Evaluation:
-    """Decode every trial of the split; PER (and CTC loss) over the labelled ones."""
-    loader = build_eval_loader(cfg, split)
-    model.eval()
-    sessions = cfg.dataset.sessions
-    rows: list[TrialRow] = []
-    tracker = PerTracker()
-    loss_sum, loss_trials = 0.0, 0
-    for cpu_batch in loader:
-        batch, logits, n, preds = decode_batch(model, cpu_batch, cfg, device)
-        labelled = bool((batch["phone_seq_lens"] > 0).all())
-        labels = labels_to_lists(batch["seq_class_ids"], batch["phone_seq_lens"]) if labelled else None
-        days = [int(v) for v in batch["day_indices"].cpu().tolist()]
-        if labels is not None:
-            tracker.add(preds, labels, days)
-            loss = ctc_loss(logits, batch, n, cfg)
-            loss_sum += float(loss.sum())
-            loss_trials += int(loss.numel())
-        blocks, trials = batch["block_nums"].cpu().tolist(), batch["trial_nums"].cpu().tolist()
-        for i, pred in enumerate(preds):
-            rows.append(
-                TrialRow(
-                    sessions[days[i]], int(blocks[i]), int(trials[i]), pred, labels[i] if labels else None
-                )
-            )
-    if not tracker.length:
-        return Evaluation(split, rows, None)
-    per_session = {sessions[day]: per for day, per in tracker.per_day().items()}
-    return Evaluation(split, rows, tracker.overall(), per_session, loss_sum / max(1, loss_trials))
-
-
-def csv_text(result: Evaluation, n_classes: int) -> str:
+def csv_text(result: scoring.Evaluation, n_classes: int) -> str:
     labelled = result.per is not None
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -153,7 +95,7 @@ def csv_text(result: Evaluation, n_classes: int) -> str:
     return out.getvalue()
 
 
-def plot_per(result: Evaluation, out: Path, title: str) -> None:
+def plot_per(result: scoring.Evaluation, out: Path, title: str) -> None:
     """A bar per session (PER in %), the overall PER as a line."""
     import matplotlib
 
@@ -209,16 +151,11 @@ def run(args: argparse.Namespace) -> int:
     if not is_s3(args.checkpoint):
         inputs["--checkpoint"] = args.checkpoint
     csv_path, png_path = outputs_for(args.out, cfg, args.split, args.force, inputs)
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    device = distributed.pick_device(cfg.device, cfg.gpu_number, distributed.Dist())
+    from ml import scoring  # torch: only once the outputs above are known to be usable
+
     local, source = resolve_checkpoint(args.checkpoint, Path(cfg.output_dir) / ".checkpoint_staging")
-    ckpt = checkpoint.load(local)
-    model = build_model(cfg).to(device)
-    checkpoint.load_model_state(model, ckpt["model_state_dict"], source)
-    recorded = ckpt.get("val_PER")
-    step = ckpt.get("step")
-    del ckpt
+    model, device, recorded = scoring.load_model(cfg, local, source)
+    step, recorded = recorded["step"], recorded["val_PER"]
     print(
         f"checkpoint: {source}"
         + (f" (step {step})" if step is not None else "")
@@ -226,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"device: {device}; data: {cfg.dataset.dataset_dir} ({args.split})")
 
-    result = evaluate(cfg, model, args.split, device)
+    result = scoring.evaluate(cfg, model, args.split, device)
     if result.per is None:
         print(f"{args.split}: {len(result.rows)} trials decoded (no labels in this split: predictions only)")
     else:

@@ -17,7 +17,7 @@ When save + upload take more than half of the notice, the line says so and the f
 the Deep Learning AMI mounts it at /opt/dlami/nvme on types that have one): the root volume is gp3
 at its baseline 125 MiB/s unless provisioned higher, which caps both the write and the upload's
 read of a large file; the instance store has no such cap. The upload still runs in the background
-and the notice's exit still waits for it (ml/train.py finish → CheckpointStore.flush). Without an
+and the notice's exit still waits for it (ml/trainer.py finish → CheckpointStore.flush). Without an
 NVMe mount the line says so, and what to do.
 https://docs.aws.amazon.com/ebs/latest/userguide/general-purpose.html (gp3 baseline)
 """

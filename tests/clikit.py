@@ -60,12 +60,13 @@ class World:
             out.append(a)
         return out
 
-    def run(self, tool: str, *argv: str) -> tuple[int, str]:
-        """The command as typed (no terminal on stdin: a question cannot be answered)."""
+    def run(self, tool: str, *argv: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+        """The command as typed (no terminal on stdin: a question cannot be answered); ``env``:
+        variables added to the world's."""
         proc = subprocess.run(
             [*COMMANDS[tool], *self.fill(argv)],
             cwd=self.project,
-            env=dict(self.env, PYTHONPATH=str(REPO)),
+            env=dict(self.env, PYTHONPATH=str(REPO), **(env or {})),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

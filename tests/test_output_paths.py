@@ -7,11 +7,13 @@ written, a path that cannot be written, an output landing on another output or a
 The contract: the exit code; one `error:` line naming the path and the next step; no traceback;
 nothing written or changed (tests/clikit.py's World.state()); and for ml.evaluate, the check comes
 before the evaluation (the fixture's checkpoint cannot even be loaded: had the evaluation started,
-the line would be about the checkpoint).
+the line would be about the checkpoint). ml.train's and ml.evaluate's checks also come before torch
+is imported, so the refusal is immediate.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 
@@ -216,10 +218,21 @@ def test_every_entry_point_that_writes_has_rows():
     assert len({r.id for r in ROWS}) == len(ROWS)
 
 
+# The trainer's and the evaluator's checks come before torch is imported (ml/train.py,
+# ml/evaluate.py): a typo is refused at once, not after seconds of import. PYTHONPROFILEIMPORTTIME=1 (what
+# `python -X importtime` sets) has the interpreter list every module it imports on stderr.
+TORCH_IMPORTED = re.compile(r"^import time:.*\|\s+torch$", re.MULTILINE)
+
+
 @pytest.mark.parametrize("case", ROWS, ids=[r.id for r in ROWS])
 def test_an_output_path_is_checked_before_the_work(case, world):
     before = world.state()
-    code, output = world.run(case.tool, *case.argv)
+    python_tool = case.tool in ("train", "evaluate")
+    code, output = world.run(case.tool, *case.argv, env={"PYTHONPROFILEIMPORTTIME": "1"} if python_tool else None)
+    if python_tool:
+        assert "import time:" in output  # the list is there, so torch's absence from it means something
+        assert not TORCH_IMPORTED.search(output), f"{case.tool} imported torch before refusing"
+        output = "\n".join(line for line in output.splitlines() if not line.startswith("import time:"))
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert "Traceback" not in output, output
     assert len(errors) == 1, f"expected exactly one error: line, got:\n{output}"

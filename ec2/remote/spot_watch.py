@@ -333,7 +333,7 @@ class Watcher:
         if is_s3(ckpt):
             # The trainer copied it up itself before exiting; record what S3 holds, and whether
             # its newest last.pt is there: exit 75 comes only after the trainer's upload finished
-            # (ml/train.py finish), and a last.pt written after the signal is the notice's.
+            # (ml/trainer.py finish), and a last.pt written after the signal is the notice's.
             try:
                 bucket, prefix = s3copy.split_uri(ckpt)
                 objects = s3copy.remote_objects(self.s3(), bucket, prefix)

@@ -112,7 +112,7 @@ def test_an_uninterrupted_run_loses_nothing_and_its_setup_counts_as_kept():
 # still running (fab status): ec2.journey.standing adapts both into the history above.
 
 ROOT = "s3://spot-ckpt/runs/job/checkpoint-spotrun-job"
-# The trainer's own lines (ml/train.py, ml/data/storage.S3Traffic.line), as each boot copies them.
+# The trainer's own lines (ml/trainer.py, ml/data/storage.S3Traffic.line), as each boot copies them.
 LOG_1 = (
     "Train batch 990: loss 1.21\nTrain batch 1000: loss 1.20\n"
     "stopped by SIGTERM at step 1000; checkpoint saved (resume with resume=auto)\n"

@@ -13,7 +13,7 @@ import boto3
 import pytest
 import torch
 
-from ml import checkpoint, evaluate
+from ml import checkpoint, evaluate, scoring
 from ml.data.synthetic import reference_sessions, write_synthetic
 from ml.train import main as train_main
 from tests.peers.trainkit import DEMO, REPO, env, tiny
@@ -100,7 +100,7 @@ def test_evaluate_per_is_bit_identical_to_validate(trained):
     model = build_model(cfg)
     ckpt = checkpoint.load(run / "checkpoint" / "best.pt")
     checkpoint.load_model_state(model, ckpt["model_state_dict"], "best.pt")
-    result = evaluate.evaluate(cfg, model, "val", torch.device("cpu"))
+    result = scoring.evaluate(cfg, model, "val", torch.device("cpu"))
     assert result.per == ckpt["val_PER"] and result.loss == pytest.approx(ckpt["val_loss"], rel=1e-6)
 
 

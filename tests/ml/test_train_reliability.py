@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from ml import train as train_module
+from ml import trainer as train_module
 from ml.errors import UNEXPECTED_EXIT
 from ml.train import main
 from tests.peers.trainkit import DEMO, env, tiny, train_cmd

@@ -14,7 +14,7 @@ import subprocess
 import time
 
 from ml import checkpoint
-from ml import train as train_module
+from ml import trainer as train_module
 from ml.errors import STOPPED_RESUMABLE
 from ml.train import main
 from tests.peers.trainkit import DEMO, env, tiny, train_cmd
