@@ -2,10 +2,10 @@
 
 Most journeys are about what happens after setup. A fresh setup with the stand-in python still
 imports torch once to verify it (about 2.7 CPU-s), and the suite's hosts did that some fifty times
-for nothing (49 in one run, counted by a process sampler). So a host starts with the venv one setup
-made per test worker, copied in: what an instance that spotrun set up before looks like (an adopted
-lab machine, a stopped instance started again). `scripts/setup_instance.sh` then takes its own
-"already set up" path, as it does on every second `fab setup`.
+for nothing (49 in one run, counted by a process sampler). So a host starts with the venv that one
+setup made for the whole run (the first test worker to need it), copied in: what an instance that
+spotrun set up before looks like (an adopted lab machine, a stopped instance started again).
+`scripts/setup_instance.sh` then takes its own "already set up" path, as on every second `fab setup`.
 
 The first setup is still exercised end to end: by tests/remote/test_setup_script.py, by
 tests/e2e/test_journey.py (a plain sshd host), by every replacement instance (the cluster and
@@ -15,6 +15,7 @@ detached kits wipe the node's folder, as a new disk is empty) and by the tests m
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -31,7 +32,29 @@ STAND_IN_PYTHON = str(REPO / ".venv" / "bin" / "python")
 @pytest.fixture(scope="session")
 def ready_venv(tmp_path_factory) -> Callable[[Path], None]:
     """seed(remote_dir): put a venv that setup_instance.sh made and verified into remote_dir."""
-    template = tmp_path_factory.mktemp("ready") / "remote"
+    # One setup for the whole run: the xdist workers share their parent folder, and the first to
+    # take the lock makes the template the others copy.
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    template = shared / "ready-venv" / "remote"
+    with open(shared / "ready-venv.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (template / "venv" / ".spotrun-setup").is_file():
+            _set_up(template)
+
+    def seed(remote_dir: Path) -> None:
+        shutil.copytree(template / "venv", Path(remote_dir) / "venv", symlinks=True)
+
+    return seed
+
+
+def wants_fresh_setup(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker("fresh_setup") is not None
+
+
+def _set_up(template: Path) -> None:
+    shutil.rmtree(template, ignore_errors=True)  # a setup that died half-way
     (template / "code").mkdir(parents=True)
     shutil.copy(REPO / "requirements.lock", template / "code" / "requirements.lock")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTRUN_")}
@@ -43,12 +66,3 @@ def ready_venv(tmp_path_factory) -> Callable[[Path], None]:
         text=True,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-
-    def seed(remote_dir: Path) -> None:
-        shutil.copytree(template / "venv", Path(remote_dir) / "venv", symlinks=True)
-
-    return seed
-
-
-def wants_fresh_setup(request: pytest.FixtureRequest) -> bool:
-    return request.node.get_closest_marker("fresh_setup") is not None
