@@ -141,12 +141,13 @@ def aws_env(moto_server, monkeypatch, tmp_path):
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory):
     """A small synthetic dataset (4 sessions, 24 train trials each; session 0 train-only), written
-    once per test session by ml.data.synthetic; yields its folder."""
+    once per test run by ml.data.synthetic (tests/peers/once.py); yields its folder."""
     from ml.data.synthetic import write_synthetic
+    from tests.peers.once import made_once
 
-    out = tmp_path_factory.mktemp("synthetic")
-    write_synthetic(out, n_sessions=4, n_trials=24, seed=0)
-    return out
+    return made_once(
+        tmp_path_factory, "synthetic", lambda out: write_synthetic(out, n_sessions=4, n_trials=24, seed=0)
+    )
 
 
 @pytest.fixture

@@ -228,7 +228,8 @@ TORCH_IMPORTED = re.compile(r"^import time:.*\|\s+torch$", re.MULTILINE)
 def test_an_output_path_is_checked_before_the_work(case, world):
     before = world.state()
     python_tool = case.tool in ("train", "evaluate")
-    code, output = world.run(case.tool, *case.argv, env={"PYTHONPROFILEIMPORTTIME": "1"} if python_tool else None)
+    listing = {"PYTHONPROFILEIMPORTTIME": "1"} if python_tool else None
+    code, output = world.run(case.tool, *case.argv, env=listing)
     if python_tool:
         assert "import time:" in output  # the list is there, so torch's absence from it means something
         assert not TORCH_IMPORTED.search(output), f"{case.tool} imported torch before refusing"

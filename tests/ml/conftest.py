@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ml.data import cache, storage
+from tests.peers.once import made_once
 from tests.peers.trainkit import make_data
 
 
@@ -21,6 +22,6 @@ def fresh_clients():
 
 @pytest.fixture(scope="session")
 def data(tmp_path_factory):
-    """The trainer tests' tiny dataset (trainkit.make_data), written once per test process rather
-    than once per module: no test changes it (one that needs a broken dataset copies it first)."""
-    return make_data(tmp_path_factory.mktemp("syn"))
+    """The trainer tests' tiny dataset (trainkit.make_data), written once per test run
+    (tests/peers/once.py): no test changes it (one that needs a broken dataset copies it first)."""
+    return made_once(tmp_path_factory, "syn", make_data)

@@ -167,28 +167,26 @@ def imds():
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
-    """The synthetic dataset the preemption tests train on (4 sessions, as configs/demo.yaml wants)."""
+    """The synthetic dataset the preemption tests train on (4 sessions, as configs/demo.yaml wants),
+    written once per test run (tests/peers/once.py): no test changes it."""
     import subprocess
     import sys
     from pathlib import Path
 
-    out = tmp_path_factory.mktemp("spotdata") / "synthetic"
+    from tests.peers.once import made_once
+
     repo = Path(__file__).resolve().parents[2]
-    subprocess.run(
-        [
-            sys.executable,
-            str(repo / "scripts/make_synthetic_data.py"),
-            "--out",
-            str(out),
-            "--sessions",
-            "4",
-            "--trials",
-            "12",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return out
+
+    def make(folder: Path) -> None:
+        script = str(repo / "scripts/make_synthetic_data.py")
+        out = str(folder / "synthetic")
+        subprocess.run(
+            [sys.executable, script, "--out", out, "--sessions", "4", "--trials", "12"],
+            check=True,
+            capture_output=True,
+        )
+
+    return made_once(tmp_path_factory, "spotdata", make) / "synthetic"
 
 
 def wait_until(check, timeout: float, what: str, every: float = 0.1):

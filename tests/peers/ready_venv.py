@@ -3,7 +3,7 @@
 Most journeys are about what happens after setup. A fresh setup with the stand-in python still
 imports torch once to verify it (about 2.7 CPU-s), and the suite's hosts did that some fifty times
 for nothing (49 in one run, counted by a process sampler). So a host starts with the venv that one
-setup made for the whole run (the first test worker to need it), copied in: what an instance that
+setup made for the whole run (tests/peers/once.py), copied in: what an instance that
 spotrun set up before looks like (an adopted lab machine, a stopped instance started again).
 `scripts/setup_instance.sh` then takes its own "already set up" path, as on every second `fab setup`.
 
@@ -15,7 +15,6 @@ detached kits wipe the node's folder, as a new disk is empty) and by the tests m
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -23,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from tests.peers.once import made_once
 
 REPO = Path(__file__).resolve().parents[2]
 # What the tests give `fab setup --python` / `setup_python`: the marker's hash covers it.
@@ -32,16 +33,7 @@ STAND_IN_PYTHON = str(REPO / ".venv" / "bin" / "python")
 @pytest.fixture(scope="session")
 def ready_venv(tmp_path_factory) -> Callable[[Path], None]:
     """seed(remote_dir): put a venv that setup_instance.sh made and verified into remote_dir."""
-    # One setup for the whole run: the xdist workers share their parent folder, and the first to
-    # take the lock makes the template the others copy.
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = shared.parent
-    template = shared / "ready-venv" / "remote"
-    with open(shared / "ready-venv.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (template / "venv" / ".spotrun-setup").is_file():
-            _set_up(template)
+    template = made_once(tmp_path_factory, "ready-venv", _set_up) / "remote"
 
     def seed(remote_dir: Path) -> None:
         shutil.copytree(template / "venv", Path(remote_dir) / "venv", symlinks=True)
@@ -53,8 +45,8 @@ def wants_fresh_setup(request: pytest.FixtureRequest) -> bool:
     return request.node.get_closest_marker("fresh_setup") is not None
 
 
-def _set_up(template: Path) -> None:
-    shutil.rmtree(template, ignore_errors=True)  # a setup that died half-way
+def _set_up(folder: Path) -> None:
+    template = folder / "remote"
     (template / "code").mkdir(parents=True)
     shutil.copy(REPO / "requirements.lock", template / "code" / "requirements.lock")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTRUN_")}
