@@ -39,9 +39,11 @@ die() { echo "setup: $*" >&2; exit 1; }
 [ -f "$LOCK" ] || die "$LOCK is missing; run \`fab sync\` first"
 
 find_base_python() {
-  # Newer DLAMIs keep PyTorch in /opt/pytorch; older ones in a conda env.
+  # Newer DLAMIs keep PyTorch in /opt/pytorch; older ones in a conda env. Found, not imported:
+  # verify imports it once, and a CUDA build's import costs seconds (more on a fresh EBS volume).
   for py in $BASE_PYTHONS; do
-    if command -v "$py" >/dev/null 2>&1 && "$py" -c "import torch" 2>/dev/null; then
+    if command -v "$py" >/dev/null 2>&1 \
+      && "$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)" 2>/dev/null; then
       echo "$py"; return 0
     fi
   done

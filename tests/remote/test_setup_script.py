@@ -54,7 +54,10 @@ def setup(
     remote: Path, ami: Path, *, gpu: bool = False, path: str | None = None
 ) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTRUN_")}
-    env["SPOTRUN_BASE_PYTHONS"] = f"{remote}/no-such/python3 {ami}/bin/python3"
+    # Candidates in order: one that does not exist, one without torch (the interpreter under this
+    # checkout's venv: torch is in the venv only), then the stand-in AMI venv.
+    without_torch = Path(sys.base_prefix) / "bin" / "python3"
+    env["SPOTRUN_BASE_PYTHONS"] = f"{remote}/no-such/python3 {without_torch} {ami}/bin/python3"
     if not gpu:
         env["SPOTRUN_REQUIRE_GPU"] = "0"
     if path is not None:
