@@ -67,8 +67,8 @@ def test_smoke_runs_the_whole_chain_and_leaves_nothing_running(cloud, imds, tmp_
         poll=0.5,
         imds_poll=0.2,
         # At the start: the watcher holds the notice until the trainer has its handlers, and 120
-        # tiny steps take only ~6 s on an idle machine (a rehearsal 5 s after the start once found
-        # the run finished when this test ran alone).
+        # tiny steps take only ~6 s on an idle machine (a later rehearsal once found the run
+        # finished when this test ran alone).
         rehearse_after=0,
     )
     out = capfd.readouterr().out
