@@ -3,9 +3,14 @@ box-0 and box-1), each with its own IMDS stand-in and moto as its instance role.
 --nodes 2` sets both up at once; `fab train --nodes 2` starts torchrun on each, meeting through the
 c10d rendezvous at node 0 (127.0.0.1 here), gloo on the CPU, one process per node, checkpoints in
 moto's S3. Then the spot notice on node 1 only: its watcher stops its rank, the per-step
-collective stops rank 0 at the same step, rank 0 writes the checkpoint to S3, both nodes exit 75;
-`fab train --nodes 2 --force` (what `fab run` does on the replacement) resumes from S3 at that
-step, so no step is lost.
+collective stops rank 0 at the same step, rank 0 writes the checkpoint (both ranks' random
+streams) to S3, both nodes exit 75, node 1 `preempted` and node 0 `finished(75)`.
+
+The restart that resumes from S3 at that step (`fab train --nodes 2 --force` here; `fab run
+--nodes 2` on the replacement) is not repeated here: both go through ec2.journey.stages.start_nodes
+(force on), and the cluster engine of tests/e2e/test_spot_journey.py runs it on two nodes and
+asserts the resume from s3://.../last.pt at the stopped step, every step after it trained (the
+final checkpoint at the last step) and no step lost.
 
 c10d numbers the nodes in rendezvous order, so global rank 0 (the one that logs and saves) may run
 on either machine: the test reads both nodes' logs."""
@@ -73,7 +78,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_nodes_train_stop_together_on_one_nodes_notice_and_resume_at_that_step(
+def test_two_nodes_train_and_stop_together_at_one_step_on_one_nodes_notice(
     two_nodes, tiny_dataset, monkeypatch, capfd
 ):
     monkeypatch.chdir(REPO)
@@ -125,22 +130,4 @@ def test_two_nodes_train_stop_together_on_one_nodes_notice_and_resume_at_that_st
     ckpt = torch.load(io.BytesIO(body), map_location="cpu", weights_only=False)
     assert ckpt["step"] == stopped and len(ckpt["rng"]) == 2  # both ranks' streams, saved together
 
-    # The restart on both nodes (a replacement joined: its metadata has no notice): resumes from
-    # S3 at that step.
-    two_nodes[1][1].clear()
-    t.train(
-        c,
-        name="box",
-        nodes=2,
-        rdzv_port=_free_port(),
-        train_config="configs/demo.yaml",
-        args=args,
-        force=True,
-    )
-    _wait(rdirs, lambda: "resumed from" in logs(), 180, "the resume")
-    resumed_at = time.time()
-    assert f"resumed from s3://spot-ckpt/box/checkpoint/last.pt at step {stopped}" in logs()
-    _wait(rdirs, lambda: f"Train batch {stopped}:" in logs(), 60, "the first resumed step")
-    print(
-        f"multi-node: stopped at step {stopped}; notice to resumed {resumed_at - noticed:.1f} s; steps lost 0"
-    )
+    print(f"multi-node: stopped at step {stopped}; notice to both nodes exited {time.time() - noticed:.1f} s")

@@ -34,7 +34,10 @@ def test_rehearse_interrupts_an_attended_run_and_reports_its_recovery(
     args = [
         *TINY_TRAIN,
         f"dataset.dataset_dir={tiny_dataset}",
-        "num_training_batches=120",
+        # The rehearsal (FIS role, the IAM-lag retry, template, experiment) reaches the run 3-4 s
+        # after "Train batch 3" (stopped at 18-34 on this loaded box): 180 steps of batch 2 keep
+        # the margin of the 120 of batch 4 on an idle machine, where a step takes ~0.05 s.
+        "num_training_batches=180",
         "output_dir=trained_models/rh",
         "checkpoint_dir=s3://spot-ckpt/job/checkpoint",
     ]

@@ -66,10 +66,10 @@ def test_smoke_runs_the_whole_chain_and_leaves_nothing_running(cloud, imds, tmp_
         no_gpu=True,
         poll=0.5,
         imds_poll=0.2,
-        # Soon after the start: the watcher holds the notice until the trainer has its handlers,
-        # and 120 tiny steps take only ~8 s on an idle machine (a later rehearsal found the
-        # run finished when this test ran alone).
-        rehearse_after=5,
+        # At the start: the watcher holds the notice until the trainer has its handlers, and 120
+        # tiny steps take only ~6 s on an idle machine (a later rehearsal once found the run
+        # finished when this test ran alone).
+        rehearse_after=0,
     )
     out = capfd.readouterr().out
     (tmp_path / "smoke.out").write_text(out)

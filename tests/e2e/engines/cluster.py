@@ -30,8 +30,10 @@ from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
 
 # Enough that the rehearsal (FIS role, template, the IAM-lag retry) reaches node 1 while attempt 1
-# still trains, on a loaded CI box too (16 steps finished first there: both nodes exited 0).
-STEPS = 40
+# still trains, on a loaded CI box too (16 steps of batch 4 finished first there: both nodes exited
+# 0). 80 steps of batch 2 take about as long as the 40 of batch 4 that did; on the 2-core box under a
+# light load the notice stopped them at step 16.
+STEPS = 80
 
 
 class Cluster:
