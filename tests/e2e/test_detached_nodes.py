@@ -13,6 +13,7 @@ import re
 import socket
 
 import boto3
+import pytest
 import yaml
 from invoke import Context
 
@@ -36,8 +37,22 @@ def _ids(autoscaling, node: int) -> list[str]:
     return [i["InstanceId"] for i in group(autoscaling, f"dj-{node}")["Instances"]]
 
 
+@pytest.fixture
+def node_instance():
+    """NodeInstance(...), each stopped at teardown: its tmux server outlives the run otherwise."""
+    made: list[NodeInstance] = []
+
+    def start(*args) -> NodeInstance:
+        made.append(NodeInstance(*args))
+        return made[-1]
+
+    yield start
+    for member in made:
+        member.stop()
+
+
 def test_detached_cluster_replaces_only_the_noticed_member_and_resumes_at_the_step(
-    cloud, imds, tiny_dataset, tmp_path, capsys
+    cloud, imds, tiny_dataset, tmp_path, capsys, node_instance
 ):
     ec2, config = cloud
     # Each member's disk is its own HOME: the run's folder is ~/spotrun on every node.
@@ -79,8 +94,8 @@ def test_detached_cluster_replaces_only_the_noticed_member_and_resumes_at_the_st
     assert state.nodes == 2
 
     with ImdsServer() as imds1:
-        zero = NodeInstance(imds, state, first0, 0, homes[0], tmp_path)
-        one = NodeInstance(imds1, state, first1, 1, homes[1], tmp_path)
+        zero = node_instance(imds, state, first0, 0, homes[0], tmp_path)
+        one = node_instance(imds1, state, first1, 1, homes[1], tmp_path)
 
         def logs() -> str:
             return "".join(m.log.read_text() for m in (zero, one) if m.log.exists())
@@ -118,7 +133,7 @@ def test_detached_cluster_replaces_only_the_noticed_member_and_resumes_at_the_st
         ec2.terminate_instances(InstanceIds=[first1])
         second1 = wait_until(lambda: [i for i in _ids(autoscaling, 1) if i != first1], 60, "a replacement")[0]
         assert _ids(autoscaling, 0) == [first0]  # node 0 was not replaced
-        one = NodeInstance(imds1, state, second1, 1, homes[1], tmp_path)
+        one = node_instance(imds1, state, second1, 1, homes[1], tmp_path)
         boot_out = zero.wait(240)
         boot_out += one.wait(60)
         log = logs()
