@@ -41,7 +41,10 @@ class Rehearsal:
         node: int | None = None,
         dest: Path | None = None,
         take_back: Callable[[list[str]], None] | None = None,
+        refuse_starts: int = 0,
     ):
+        """``refuse_starts``: StartExperiment refusals FIS gives first (a role IAM has not
+        propagated yet), set before the rehearsal starts."""
         self.safe = threading.Event()
         # A detached run's group launches spot instances of its types; moto's show neither
         # (tests/peers/asg_instances.py).
@@ -49,6 +52,7 @@ class Rehearsal:
         self.stand_in = FisStandIn(
             aws.client("fis", "us-east-1", None), imds, ec2, safe=self.safe.is_set, take_back=take_back
         )
+        self.stand_in.refuse_starts = refuse_starts
         self.lines: list[str] = []
         self.error: BaseException | None = None
         cfg = load_aws_config(str(config))

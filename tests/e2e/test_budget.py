@@ -2,7 +2,8 @@
 moto's server (EC2, S3), the sshd host standing in for every instance, the loopback IMDS for the
 spot notice. on_demand_after and deadline: after the interruption the next instance is launched
 on-demand (moto lists a spot instance with InstanceLifecycle "spot" and an on-demand one without
-it). max_cost_usd: the spot price is injected as DescribeSpotPriceHistory documents it
+it), and the checkpoint the laptop pulled at the notice is restored onto the replacement's empty
+disk. max_cost_usd: the spot price is injected as DescribeSpotPriceHistory documents it
 (tests/peers/prices.py; moto prices every pool at $0.00001/h) so high that the cap is reached at the
 first step, and the run stops with a checkpoint."""
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,12 +43,15 @@ def events(dest: Path) -> list[dict]:
 
 
 def interrupt_first_attempt(ec2, spot_host, imds, dest: Path) -> None:
-    """AWS's side of one interruption: the notice, then the instance taken back."""
+    """AWS's side of one interruption: the notice, then the instance taken back. Every instance here
+    is the same sshd host: once the laptop has the checkpoint, the old one is wiped, as a new
+    instance's empty disk would be, so the resume must use what `fab run` restores."""
     run_dir = spot_host.root / "remote" / "runs" / "train"
     imds.mark_interruption()
     wait_until((run_dir / "preempted").exists, 30, "the watcher's preempted record")
     imds.clear()  # the replacement gets no notice
     wait_until(lambda: any(e["event"] == "downloaded" for e in events(dest)), 30, "the checkpoint download")
+    shutil.rmtree(spot_host.root / "remote" / "code" / "trained_models")
     (launched,) = [e for e in events(dest) if e["event"] == "launched"]
     ec2.terminate_instances(InstanceIds=[launched["instance_id"]])
 
@@ -86,6 +91,10 @@ def test_after_on_demand_after_interruptions_the_next_attempt_is_on_demand(
         in out
     )
     assert any(e["event"] == "on-demand" and e["interruptions"] == 1 for e in history["events"])
+    # The checkpoint the laptop pulled at the notice, restored onto the replacement: no step lost.
+    assert any(e["event"] == "checkpoint-restored" for e in history["events"])
+    assert (dest / "checkpoint" / "last.pt").exists() and history["steps_lost"] == [0]
+    assert f"at step {a1['last_step']}" in (dest / "run" / "log").read_text()
     # The ledger: attempt 2's billed time until it resumed is the interruption's cost.
     recovery = re.search(
         r"ledger attempt 2: \$[\d.]+ on steps kept, \$[\d.]+ lost \(recovery \$([\d.]+)", out

@@ -1,7 +1,9 @@
 """One spot journey, three engines, end to end against real peers (moto's server, sshd standing in
 for the instances, the loopback IMDS, the real trainer): launch → train → a spot notice → the
 checkpoint secured → AWS takes the noticed instance back → a replacement resumes at the very step
-the notice stopped the trainer at → finished, the summary printed, nothing left running.
+the notice stopped the trainer at → finished, the summary printed, nothing left running. The notice
+is `fab rehearse` through AWS FIS (its stand-in) in every engine, so each also checks the
+rehearsal's report.
 
 The engines (tests/e2e/engines/): attended `fab run` (one instance, the laptop watching), cluster
 `fab run --nodes 2` (the notice on node 1, only node 1 replaced) and detached `fab run --detach`

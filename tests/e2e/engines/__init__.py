@@ -1,8 +1,9 @@
 """Drivers of the three run engines for the one spot journey (tests/e2e/test_spot_journey.py):
 attended (`fab run`, one instance, the laptop watching), cluster (`fab run --nodes 2`) and
 detached (`fab run --detach`, the Auto Scaling group, no laptop). Each knows how to start its
-engine and how to play AWS for it (the notice through the IMDS stand-in, the instance taken back
-through moto), and holds the assertions only its engine has. Its waits are bounds for a loaded 2-core machine
+engine and how to play AWS for it (the notice sent by `fab rehearse` through the FIS stand-in and
+the IMDS stand-in, the instance taken back through moto), and holds the assertions only its engine
+has, the rehearsal's report among them. Its waits are bounds for a loaded 2-core machine
 (generous: they only decide how long a broken run takes to fail), never what is asserted.
 
 A driver has: start(), training() (waits for the trainer's third batch), notice() (AWS's notice;
