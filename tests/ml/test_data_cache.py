@@ -9,6 +9,7 @@ import os
 import resource
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -241,12 +242,27 @@ def test_does_not_fit_streams_and_says_so_once(synthetic_data, s3_proxy, aws_env
     assert not list((tmp_path / "data-cache").rglob("*.hdf5*"))
 
 
+def _quiet_traffic(quiet_s: float = 1.0, bound_s: float = 30.0):
+    """This process's S3 counters once they have not moved for ``quiet_s``."""
+    deadline = time.monotonic() + bound_s
+    last = storage.s3_traffic()
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = storage.s3_traffic()
+        if now == last:
+            return now
+        last = now
+    raise AssertionError(f"S3 reads in this process did not stop within {bound_s} s: {last}")
+
+
 def test_traffic_counts_workers_gets(synthetic_data, s3_proxy, aws_env, tmp_path):
     """GETs and bytes from S3 are counted across forked DataLoader workers (shared counters)."""
     upload(aws_env, synthetic_data)
     cfg = s3_cfg(tmp_path, cache_dir=None, num_dataloader_workers=2)
     trials, features = distinct_reads(cfg)  # (a trial a batch draws twice is read once)
-    before = storage.s3_traffic()
+    # The counters are this process's: the window starts once nothing else in it still reads (under
+    # a loaded full run, GETs finishing after the line above were counted here and not by the proxy).
+    before = _quiet_traffic()
     s3_proxy.reset()
     list(build_train_loader(cfg))
     after = storage.s3_traffic()
