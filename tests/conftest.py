@@ -67,29 +67,13 @@ for _var in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS"):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The journeys (tests/e2e: a minute of CPU each) first in every xdist worker's share. `make
-    test`'s worksteal scheduler first gives each worker a contiguous share of the collection in
-    order, then moves queued tests from the busiest to the idle; a journey queued behind others
-    could start in the run's last minute and leave one core idle while it finishes (measured with
-    tests/peers/cpuacct.py's start times: the last 60 s of a 13-minute run at 1.2 cores). Dealt
-    round-robin to the front of each share, the journeys run first and the end of the run is short
-    tests (measured after: all six workers ended within 25 s of each other). Only the order
-    changes, the same in every worker (xdist checks that)."""
+    """The journeys first in every xdist worker's share (tests/peers/order.py says why). The
+    order is the same in every worker (xdist checks that)."""
+    from tests.peers.order import journeys_first
+
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
-    if workers < 2:
-        return
-    journeys = [item for item in items if item.nodeid.startswith("tests/e2e/")]
-    rest = iter([item for item in items if not item.nodeid.startswith("tests/e2e/")])
-    # The shares' sizes as worksteal's first distribution makes them (xdist/scheduler/worksteal.py).
-    left, sizes = len(items), []
-    for k in range(workers):
-        sizes.append(left // (workers - k))
-        left -= sizes[-1]
-    ordered = []
-    for k, size in enumerate(sizes):
-        share = journeys[k::workers]
-        ordered += share + [next(rest) for _ in range(size - len(share))]
-    items[:] = ordered
+    if workers >= 2:
+        items[:] = journeys_first(items, workers, lambda item: item.nodeid.startswith("tests/e2e/"))
 
 
 def pytest_collection_finish(session):

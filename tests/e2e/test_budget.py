@@ -20,6 +20,7 @@ import torch
 
 from tests.e2e.runkit import join_while_progressing, start_fab_run
 from tests.peers import prices
+from tests.peers.hold import Held
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
 
@@ -47,7 +48,11 @@ def interrupt_first_attempt(ec2, spot_host, imds, dest: Path) -> None:
     is the same sshd host: once the laptop has the checkpoint, the old one is wiped, as a new
     instance's empty disk would be, so the resume must use what `fab run` restores."""
     run_dir = spot_host.root / "remote" / "runs" / "train"
-    imds.mark_interruption()
+    # The trainer held still until the notice reaches it (tests/peers/hold.py): an idle fast
+    # machine would otherwise finish the run first.
+    with Held(run_dir) as held:
+        imds.mark_interruption()
+        held.go_once_signalled(run_dir)
     wait_until((run_dir / "preempted").exists, 30, "the watcher's preempted record")
     imds.clear()  # the replacement gets no notice
     wait_until(lambda: any(e["event"] == "downloaded" for e in events(dest)), 30, "the checkpoint download")
@@ -72,10 +77,11 @@ def test_after_on_demand_after_interruptions_the_next_attempt_is_on_demand(
     ec2, config = cloud
     prices.inject({}, LIST_PRICES)  # the on-demand $/h the switch names (moto has no Pricing API)
     dest = tmp_path / "out"
-    # The notice comes at "Train batch 3": it stopped the run at steps 5-7 under load.
+    # The notice comes at "Train batch 3", the trainer held until it lands.
     thread, result = fab_run(config, dest, args_for(tiny_dataset, 40, "od"), ["on_demand_after=1"])
     log = spot_host.root / "remote" / "runs" / "train" / "log"
-    wait_until(lambda: log.exists() and "Train batch 3:" in log.read_text(), 90, "attempt 1 to train")
+    training = lambda: log.exists() and "Train batch 3:" in log.read_text()  # noqa: E731
+    wait_until(training, 90, "attempt 1 to train", every=0.02)
     interrupt_first_attempt(ec2, spot_host, imds, dest)
 
     join_while_progressing(thread, log, dest / "run.json")
@@ -147,7 +153,8 @@ def test_a_missed_deadline_moves_the_next_attempt_to_on_demand(
     # notice stopped it at steps 11-34 on this loaded box; an idle one runs more steps a second).
     deadline = (datetime.now(UTC) + timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
     thread, result = fab_run(config, dest, args_for(tiny_dataset, 140, "dl"), [f"deadline={deadline}"])
-    wait_until(lambda: any(e["event"] == "deadline-miss" for e in events(dest)), 120, "the projection")
+    projected = lambda: any(e["event"] == "deadline-miss" for e in events(dest))  # noqa: E731
+    wait_until(projected, 120, "the projection", every=0.02)
     interrupt_first_attempt(ec2, spot_host, imds, dest)
 
     join_while_progressing(thread, spot_host.root / "remote" / "runs" / "train" / "log", dest / "run.json")

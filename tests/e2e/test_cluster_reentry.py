@@ -27,6 +27,7 @@ import torch
 from tests.e2e.clusterkit import cluster_members, ctrl_c, free_port, tag, take_back
 from tests.e2e.runkit import join_while_progressing, start_fab_run
 from tests.peers import prices
+from tests.peers.hold import Held
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
 
@@ -40,7 +41,7 @@ def test_fab_run_nodes_again_picks_up_the_cluster_run_the_laptop_left(
     args = [
         *TINY_TRAIN,
         f"dataset.dataset_dir={tiny_dataset}",
-        "num_training_batches=100000",
+        "num_training_batches=1000000",
         "output_dir=trained_models/cr",
         "checkpoint_dir=s3://spot-ckpt/job/checkpoint",
     ]
@@ -56,9 +57,11 @@ def test_fab_run_nodes_again_picks_up_the_cluster_run_the_laptop_left(
         path = dest / "run.json"
         return [e["event"] for e in json.loads(path.read_text())["events"]] if path.exists() else []
 
-    # The first laptop session: the cluster launched, torchrun started, the deadline (two hours
-    # away; 100,000 steps take longer) missed, then Ctrl-C → leave.
-    deadline = (datetime.now(UTC) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # The first laptop session: the cluster launched, torchrun started, the deadline (an hour
+    # away; a million steps take longer, at more than 3.6 ms each: two gloo ranks' all-reduce
+    # over TCP alone takes more) missed, then Ctrl-C → leave. 100,000 steps at two hours did not
+    # miss on an idle fast machine.
+    deadline = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     thread, result = start_fab_run(config, dest, args, nodes=2, rdzv_port=port, set_=[f"deadline={deadline}"])
 
     def training() -> bool:
@@ -76,7 +79,7 @@ def test_fab_run_nodes_again_picks_up_the_cluster_run_the_laptop_left(
         r"projected finish .* \((\d+) steps left x ([\d.]+) s.*\) misses the deadline (.*)", first
     )
     assert missed, first[-3000:]
-    assert 99000 < int(missed.group(1)) < 100000 and float(missed.group(2)) > 0
+    assert 999_000 < int(missed.group(1)) < 1_000_000 and float(missed.group(2)) > 0
     assert missed.group(3).endswith(
         ": every node of the next attempt (2) runs on-demand at $1.006/h (g5.xlarge) each"
     )
@@ -104,7 +107,7 @@ def test_fab_run_nodes_again_picks_up_the_cluster_run_the_laptop_left(
     thread.join(timeout=60)
     out = capfd.readouterr()
     assert result.get("exit") == 2
-    assert "it has num_training_batches=100000 where this one has num_training_batches=21" in out.err
+    assert "it has num_training_batches=1000000 where this one has num_training_batches=21" in out.err
     assert sorted(i["InstanceId"] for i in cluster_members(ec2)) == ids
 
     # The second session: the same command picks the attempt up on the same members, with a cap
@@ -155,9 +158,9 @@ def test_a_member_taken_back_while_the_laptop_was_away_is_replaced_on_pick_up(
     args = [
         *TINY_TRAIN,
         f"dataset.dataset_dir={tiny_dataset}",
-        # Ctrl-C and the notice come after "Train batch 3" (stopped at 6-7 on this loaded box):
-        # 24 steps of batch 2 take about as long as the 16 of batch 4 did.
-        "num_training_batches=24",
+        # Ctrl-C and the notice come while the ranks are held after "Train batch 3"
+        # (tests/peers/hold.py): the steps after it are the resume's.
+        "num_training_batches=16",
         "output_dir=trained_models/cr",
         "checkpoint_dir=s3://spot-ckpt/job/checkpoint",
     ]
@@ -174,15 +177,25 @@ def test_a_member_taken_back_while_the_laptop_was_away_is_replaced_on_pick_up(
             pytest.fail(f"fab run ended early: {result}\n{capfd.readouterr().out[-4000:]}")
         return "Train batch 3:" in logs()
 
-    wait_until(training, 120, "training on both nodes")
-    ctrl_c(thread)
-    thread.join(timeout=60)
-    assert not thread.is_alive()
-    first = {tag(i, "spotrun:node"): i["InstanceId"] for i in cluster_members(ec2)}
+    wait_until(training, 120, "training on both nodes", every=0.02)
+    # The ranks held still (a fast machine trains the whole run in about a second) until the
+    # laptop has seen a step, left, and node 1's notice has reached its rank.
+    with Held(*rdirs) as held:
+        shown: list[str] = []
+        wait_until(
+            lambda: shown.append(capfd.readouterr().out) or re.search(r"\| step \d+", "".join(shown)),
+            60,
+            "the laptop to see a step",
+        )
+        ctrl_c(thread)
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+        first = {tag(i, "spotrun:node"): i["InstanceId"] for i in cluster_members(ec2)}
 
-    # While the laptop is away, AWS takes node 1 back: its notice stops every rank at one step
-    # (rank 0 saves to S3, both exit 75), then the instance and its disk go.
-    nodes[1][1].mark_interruption()
+        # While the laptop is away, AWS takes node 1 back: its notice stops every rank at one step
+        # (rank 0 saves to S3, both exit 75), then the instance and its disk go.
+        nodes[1][1].mark_interruption()
+        held.go_once_signalled(rdirs[1])
     wait_until(lambda: (rdirs[1] / "preempted").exists(), 60, "node 1's preempted record")
     nodes[1][1].clear()  # the replacement has no notice
     for rdir in rdirs:

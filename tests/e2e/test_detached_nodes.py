@@ -23,6 +23,7 @@ from ec2.remote import detached_members as members
 from tasks import detached as detached_tasks
 from tasks import lifecycle, managed
 from tests.e2e.detachkit import CKPT, REPO, NodeInstance, group, live, load_cfg
+from tests.peers.hold import Held
 from tests.peers.imds import ImdsServer, wait_until
 from tests.peers.trainkit import TINY_TRAIN
 
@@ -63,9 +64,8 @@ def test_detached_cluster_replaces_only_the_noticed_member_and_resumes_at_the_st
     for home in homes:
         home.mkdir(parents=True)
     autoscaling = boto3.client("autoscaling")
-    # Enough that node 1's notice (after `fab watch` has looked) lands while both still train: at
-    # 16 steps of batch 2 the notice stopped them at the last step, leaving the resume nothing to do.
-    steps = 40
+    # The hold below stops the ranks a step or two after batch 3: steps are left for the resume.
+    steps = 16
     args = [
         *TINY_TRAIN,
         f"dataset.dataset_dir={tiny_dataset}",
@@ -100,16 +100,20 @@ def test_detached_cluster_replaces_only_the_noticed_member_and_resumes_at_the_st
         def logs() -> str:
             return "".join(m.log.read_text() for m in (zero, one) if m.log.exists())
 
-        wait_until(lambda: "Train batch 3:" in logs(), 180, "both members to train")
-        assert "data-parallel over 2 processes" in logs()
-        # `fab watch` meanwhile: the run, its attempt and node 0, found by its tags.
-        detach.watch(detach_nodes.find(load_cfg(config), "dj"), out=print, once=True)
-        seen = capsys.readouterr().out
-        assert f"[dj] running | attempt 1 of 4 | instance {first0} | desired 2" in seen, seen
+        wait_until(lambda: "Train batch 3:" in logs(), 180, "both members to train", every=0.02)
+        # Held still until the notice has reached node 1's rank (tests/peers/hold.py): a fast
+        # machine trains the whole run in about a second.
+        with Held(zero.log.parent, one.log.parent) as held:
+            assert "data-parallel over 2 processes" in logs()
+            # `fab watch` meanwhile: the run, its attempt and node 0, found by its tags.
+            detach.watch(detach_nodes.find(load_cfg(config), "dj"), out=print, once=True)
+            seen = capsys.readouterr().out
+            assert f"[dj] running | attempt 1 of 4 | instance {first0} | desired 2" in seen, seen
 
-        # AWS's side: the notice on node 1 only. Every rank stops at one step, rank 0 saves to S3;
-        # node 1's boot records preempted and ends; node 0's stays for the next attempt.
-        imds1.mark_interruption()
+            # AWS's side: the notice on node 1 only. Every rank stops at one step, rank 0 saves to
+            # S3; node 1's boot records preempted and ends; node 0's stays for the next attempt.
+            imds1.mark_interruption()
+            held.go_once_signalled(one.log.parent)
         boot_out = one.wait(120)
         assert "attempt 1 on node 1: trainer exited 75: preempted" in boot_out, boot_out
         stopped = int(re.search(r"stopped by \S+ at step (\d+)", logs()).group(1))
