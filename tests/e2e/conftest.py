@@ -116,14 +116,23 @@ def cluster_cloud(aws_env, tmp_path, monkeypatch, ready_venv):
 
 @pytest.fixture
 def attended_engine(cloud, spot_host, imds, tiny_dataset, tmp_path, capfd):
-    return Attended(cloud, spot_host, imds, tiny_dataset, tmp_path, capfd)
+    yield from _letting_go(Attended(cloud, spot_host, imds, tiny_dataset, tmp_path, capfd))
 
 
 @pytest.fixture
 def cluster_engine(cluster_cloud, tiny_dataset, tmp_path, capfd):
-    return Cluster(cluster_cloud, tiny_dataset, tmp_path, capfd)
+    yield from _letting_go(Cluster(cluster_cloud, tiny_dataset, tmp_path, capfd))
 
 
 @pytest.fixture
 def detached_engine(cloud, spot_host, imds, tiny_dataset, tmp_path, capfd):
-    return Detached(cloud, spot_host, imds, tiny_dataset, tmp_path, capfd)
+    yield from _letting_go(Detached(cloud, spot_host, imds, tiny_dataset, tmp_path, capfd))
+
+
+def _letting_go(engine):
+    """The engine; its held trainer let go at the end (a test failing mid-hold leaves none stopped)."""
+    try:
+        yield engine
+    finally:
+        if getattr(engine, "held", None) is not None:
+            engine.held.go()

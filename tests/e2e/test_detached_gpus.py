@@ -15,6 +15,7 @@ from invoke import Context
 from ec2.remote import detached
 from tasks import managed
 from tests.e2e.detachkit import CKPT, REPO, Instance, group
+from tests.peers.hold import Held
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
 
@@ -28,7 +29,7 @@ def test_detached_run_trains_on_the_gpus_asked_and_a_notice_stops_every_rank(
     args = [
         *TINY_TRAIN,
         f"dataset.dataset_dir={tiny_dataset}",
-        "num_training_batches=30",
+        "num_training_batches=16",
         "output_dir=trained_models/dj",
         f"checkpoint_dir={CKPT}",
     ]
@@ -51,14 +52,21 @@ def test_detached_run_trains_on_the_gpus_asked_and_a_notice_stops_every_rank(
     one = Instance(spot_host, imds, state, first, tmp_path)
     rdir = one.log.parent
     wait_until(
-        lambda: one.log.exists() and "Train batch 3:" in one.log.read_text(), 180, "attempt 1 to train"
+        lambda: one.log.exists() and "Train batch 3:" in one.log.read_text(),
+        180,
+        "attempt 1 to train",
+        every=0.02,
     )
     assert "--nproc_per_node 2" in (rdir / "command").read_text()
     assert (rdir / "gpus").read_text().strip() == "2"
     # Both ranks announced themselves to the watcher (their stop handlers are in place).
     wait_until(lambda: len(list((rdir / "ranks").glob("rank-*.pid"))) == 2, 60, "both ranks")
 
-    imds.mark_interruption()
+    # Held still until the notice's signal reaches both (tests/peers/hold.py): a fast machine
+    # trains the whole run in about a second.
+    with Held(rdir) as held:
+        imds.mark_interruption()
+        held.go_once_signalled(rdir)
     first_boot = boot_out = one.wait(120)
     text = one.log.read_text()
     # Each rank stopped and said so with the run's resumable exit; rank 0 printed the one step.

@@ -9,7 +9,9 @@ has, the rehearsal's report among them. Its waits are bounds for a loaded 2-core
 A driver has: start(), training() (waits for the trainer's third batch), notice() (AWS's notice;
 waits until the checkpoint is secured, returns the step the trainer stopped at), take_back() (AWS
 takes the noticed instance back; the engine's replacement starts), finish() -> Finished, live()
-(the run's pending or running instances), and check_engine(finished, stopped).
+(the run's pending or running instances), and check_engine(finished, stopped). training() leaves
+the trainer's ranks held still (tests/peers/hold.py) and notice() lets them go once the notice
+has reached them; `held`, the hold, is let go at the fixture's end whatever happened.
 """
 
 from __future__ import annotations

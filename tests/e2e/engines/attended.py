@@ -19,6 +19,7 @@ from ec2.cloud import fis
 from tests.e2e.engines import Finished
 from tests.e2e.rehearsekit import Rehearsal, check_report
 from tests.e2e.runkit import join_while_progressing, live_instances, start_fab_run
+from tests.peers.hold import Held
 from tests.peers.iam_lint import findings
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
@@ -35,9 +36,9 @@ class Attended:
             *TINY_TRAIN,
             f"dataset.dataset_dir={tiny_dataset}",
             # The rehearsal (FIS role, the IAM-lag retry, template, experiment) reaches the run 3-4 s
-            # after "Train batch 3" (it stopped at steps 18-34 on the loaded 2-core box): 180 steps
-            # of batch 2 keep that margin on an idle machine, where a step takes ~0.05 s.
-            "num_training_batches=180",
+            # after "Train batch 3", the trainer held still meanwhile (tests/peers/hold.py): the
+            # steps after it are the resume's.
+            "num_training_batches=24",
             "output_dir=trained_models/mr",
             "checkpoint_dir=s3://spot-ckpt/job/checkpoint",
         ]
@@ -49,8 +50,12 @@ class Attended:
 
     def training(self) -> None:
         wait_until(
-            lambda: self.log.exists() and "Train batch 3:" in self.log.read_text(), 300, "attempt 1 to train"
+            lambda: self.log.exists() and "Train batch 3:" in self.log.read_text(),
+            300,
+            "attempt 1 to train",
+            every=0.02,
         )
+        self.held = Held(self.run_dir)
         (self.first,) = self.live()
 
     def live(self) -> list[str]:
@@ -64,6 +69,7 @@ class Attended:
         self.rehearsal = Rehearsal(
             self.config, self.name, self.imds, self.ec2, dest=self.dest, refuse_starts=1
         )
+        self.held.go_once_signalled(self.run_dir)
         wait_until((self.run_dir / "preempted").exists, 120, "the watcher's preempted record")
         record = json.loads((self.run_dir / "preempted").read_text())
         assert record["command_exit_code"] == 75 and record["checkpoint"]["state"] == "in_s3", record

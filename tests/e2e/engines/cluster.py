@@ -26,14 +26,13 @@ from tests.e2e.engines import Finished
 from tests.e2e.rehearsekit import Rehearsal, check_report
 from tests.e2e.runkit import start_fab_run
 from tests.peers.fab_process import free_port
+from tests.peers.hold import Held
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
 
-# Enough that the rehearsal (FIS role, template, the IAM-lag retry) reaches node 1 while attempt 1
-# still trains, on a loaded CI box too (16 steps of batch 4 finished first there: both nodes exited
-# 0). 80 steps of batch 2 take about as long as the 40 of batch 4 that did; on the 2-core box under a
-# light load the notice stopped them at step 16.
-STEPS = 80
+# The ranks are held still from "Train batch 3" until the rehearsal's notice reaches node 1
+# (tests/peers/hold.py): the steps after it are the resume's.
+STEPS = 24
 
 
 class Cluster:
@@ -68,7 +67,9 @@ class Cluster:
         )
 
     def training(self) -> None:
-        wait_until(lambda: self._alive() or "Train batch 3:" in self.logs(), 300, "training on both nodes")
+        training = lambda: self._alive() or "Train batch 3:" in self.logs()  # noqa: E731
+        wait_until(training, 300, "training on both nodes", every=0.02)
+        self.held = Held(*self.rdirs)
         self.first = {tag(i, "spotrun:node"): i for i in members(self.ec2)}
         assert len(self.first) == 2 and "data-parallel over 2 processes" in self.logs()
         (self.members_group,) = members_groups(self.ec2)
@@ -83,6 +84,7 @@ class Cluster:
         self.rehearsal = Rehearsal(
             self.config, "job", self.nodes[1][1], self.ec2, node=1, dest=self.dest, take_back=self._take_back
         )
+        self.held.go_once_signalled(self.rdirs[1])
         wait_until(lambda: (self.rdirs[1] / "preempted").exists(), 120, "node 1's preempted record")
         for rdir in self.rdirs:
             wait_until(lambda rdir=rdir: (rdir / "exit_code").exists(), 120, "both nodes' runs to end")

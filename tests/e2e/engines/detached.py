@@ -20,6 +20,7 @@ from tasks import lifecycle, managed
 from tests.e2e.detachkit import CKPT, REPO, Instance, group, live, load_cfg
 from tests.e2e.engines import Finished
 from tests.e2e.rehearsekit import Rehearsal, check_report
+from tests.peers.hold import Held
 from tests.peers.imds import wait_until
 from tests.peers.trainkit import TINY_TRAIN
 
@@ -34,9 +35,9 @@ class Detached:
         self.args = [
             *TINY_TRAIN,
             f"dataset.dataset_dir={tiny_dataset}",
-            # The notice (a rehearsal through FIS, after `fab watch`) stopped 60 steps of batch 2 at
-            # steps 23-29 under load: 80 keep the margin that 60 of batch 4 had (stopped at 17).
-            "num_training_batches=80",
+            # The notice (a rehearsal through FIS, after `fab watch`) reaches a trainer held still
+            # since "Train batch 3" (tests/peers/hold.py): the steps after it are the resume's.
+            "num_training_batches=24",
             "output_dir=trained_models/dj",
             f"checkpoint_dir={CKPT}",
         ]
@@ -63,8 +64,12 @@ class Detached:
     def training(self) -> None:
         self.one = one = Instance(self.host, self.imds, self.state, self.first, self.tmp_path)
         wait_until(
-            lambda: one.log.exists() and "Train batch 3:" in one.log.read_text(), 300, "attempt 1 to train"
+            lambda: one.log.exists() and "Train batch 3:" in one.log.read_text(),
+            300,
+            "attempt 1 to train",
+            every=0.02,
         )
+        self.held = Held(one.log.parent)
         # `fab watch` meanwhile: state, attempt, current instance (found by tag) and its log over SSH.
         detach.watch(self.d, out=print, once=True)
         seen = self.capfd.readouterr().out
@@ -78,6 +83,7 @@ class Detached:
         # AWS's notice, sent by `fab rehearse` through FIS (the stand-in: the IMDS notice at once,
         # the instance taken back once this test has looked at the stopped attempt).
         self.rehearsal = Rehearsal(self.config, "dj", self.imds, self.ec2)
+        self.held.go_once_signalled(self.one.log.parent)
         boot_out = self.one.wait(180)
         assert detached.load(self.d.s3, self.d.root()).status == "interrupted", boot_out
         assert group(self.autoscaling)["DesiredCapacity"] == 1  # left alone for AWS to replace

@@ -1,0 +1,41 @@
+"""The hold (tests/peers/hold.py) on a real process: a held rank does not run its handler until
+the signal is pending and it is let go."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.peers.hold import Held, pending
+
+RANK = """
+import signal, sys, time
+signal.signal(signal.SIGUSR1, lambda *_: sys.exit(75))
+open(sys.argv[1], "w").write("ready")
+while True:
+    time.sleep(0.01)
+"""
+
+
+def test_a_held_rank_handles_the_signal_only_once_let_go(tmp_path):
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", RANK, str(ready)])
+    try:
+        while not ready.exists():
+            time.sleep(0.01)
+        (tmp_path / "ranks").mkdir()
+        (tmp_path / "ranks" / "rank-0.pid").write_text(f"{proc.pid}\n")
+        with Held(tmp_path) as held:
+            assert pending(proc.pid) is False
+            os.kill(proc.pid, signal.SIGUSR1)
+            time.sleep(0.2)
+            assert proc.poll() is None and pending(proc.pid) is True  # stopped: not handled yet
+            held.go_once_signalled(tmp_path, timeout=5)
+        assert proc.wait(5) == 75
+        assert pending(proc.pid) is None  # gone
+    finally:
+        proc.kill()
+        proc.wait()
