@@ -72,8 +72,13 @@ def test_changed_host_key_is_refused_not_accepted(machine, sshd, tmp_path):
 
 
 def test_run_in_tmux_reports_exit_code_and_refuses_a_second_run(machine):
-    start_plain(machine, "job", "echo step 1; sleep 1; echo step 2; exit 3", watch=False)
+    # The command waits for the test's go, so "running" is asserted while it surely runs (a
+    # one-second sleep was over before a loaded machine's next ssh came back).
+    go = f"{machine.record.remote_dir}/go-job"
+    command = f"echo step 1; while [ ! -e {go} ]; do sleep 0.05; done; echo step 2; exit 3"
+    start_plain(machine, "job", command, watch=False)
     assert str(runs.run_state(machine, "job")) == "running"
+    machine.run(f"touch {go}")
     state = wait_state(machine, "job", "finished")
     assert str(state) == "finished(3)"
     rdir = runs.run_dir(machine.record.remote_dir, "job")
