@@ -105,7 +105,7 @@ def test_rebalance_with_checkpoint_saves_at_once_and_trains_on(imds, tmp_path, r
     sent = re.search(
         r"sent SIGUSR2 to rank\(s\) ([\d:, ]+): the trainer saves a checkpoint at its next step", err
     )
-    assert sent and len(sent.group(1).split(", ")) == max(ranks, 1), err[-2000:]
+    assert sent and len(sent.group(1).split(", ")) == 1, err[-2000:]  # one rank asks for them all
     text = log.read_text()
     assert text.count("save asked for (SIGUSR2: the spot watcher's rebalance recommendation)") == 1
 

@@ -198,3 +198,27 @@ def test_wait_after_the_signal_runs_to_the_notice_time_less_the_upload_reserve()
         spot_watch.parse_args(["--run-dir", "r", "--grace", "7", "--", "x"]), imds=object()
     )
     assert graced.deadline_wait(notice_in(120)) == 7
+
+
+def test_a_rebalance_save_asks_one_rank_and_a_notice_every_rank(tmp_path):
+    """SIGUSR2 (save and train on) goes to the lowest announced rank only: the ranks agree on a
+    save at their next step boundary, and one signal per rank made two saves whenever one landed
+    just after the others' boundary. SIGUSR1 (stop) still goes to every rank."""
+    args = ["--run-dir", str(tmp_path), "--ranks", "2", "--", "x"]
+    w = spot_watch.Watcher(spot_watch.parse_args(args), imds=object())
+    w.announce_dir.mkdir(parents=True)
+    # Two stand-in ranks that die of the signal (its default action), so who got it is plain.
+    ranks = [subprocess.Popen(["sleep", "30"]) for _ in range(2)]
+    try:
+        for k, rank in enumerate(ranks):
+            (w.announce_dir / f"rank-{k}.pid").write_text(f"{rank.pid}\n")
+        assert w.send(signal.SIGUSR2) == f"rank(s) 0:{ranks[0].pid}"
+        assert ranks[0].wait(5) == -signal.SIGUSR2
+        time.sleep(0.2)
+        assert ranks[1].poll() is None
+        assert w.send(signal.SIGUSR1) == f"rank(s) 1:{ranks[1].pid}"  # rank 0 has ended
+        assert ranks[1].wait(5) == -signal.SIGUSR1
+    finally:
+        for rank in ranks:
+            rank.kill()
+            rank.wait()
