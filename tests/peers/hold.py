@@ -46,6 +46,15 @@ def pending(pid: int, sig: signal.Signals = STOP_SIGNAL) -> bool | None:
     return any(mask >> (sig - 1) & 1 for mask in masks)
 
 
+def state(pid: int) -> str | None:
+    """The process's state letter (/proc/PID/stat: T when stopped), None when it has gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat[stat.rindex(")") + 2]
+
+
 class Held:
     """The ranks of the runs in `run_dirs`, stopped until `go()` (or the end of the `with`)."""
 
@@ -59,6 +68,12 @@ class Held:
             except ProcessLookupError:
                 continue  # that rank has ended: the test sees it in the run's record
             self.stopped.append(pid)
+        # SIGSTOP takes effect when the process next runs: until then a signal sent to it could
+        # still be taken (its pending bit cleared) by a rank that then stops before handling it.
+        end = time.monotonic() + 10
+        while not all(state(pid) in ("T", "t", None) for pid in self.stopped):
+            assert time.monotonic() < end, f"the ranks {self.stopped} did not stop"
+            time.sleep(0.005)
 
     def __enter__(self) -> Held:
         return self
