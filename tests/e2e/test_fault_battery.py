@@ -264,7 +264,7 @@ def _terminated_mid(task, ec2, sshd, ready, capfd) -> str:
     err = capfd.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in err, err
-    assert "exp1" not in registry.load_all() and "spotrun-exp1" not in sshconfig.entries()
+    assert "exp1" not in registry.load_all() and "spotrun-exp1" not in sshconfig.entries(), err
     assert instances.find_instances(ec2, "exp1") == []  # nothing left running
     return lines[0]
 

@@ -8,8 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from tests.peers.hold import Held, pending
+
+WHY = ("State:", "SigPnd:", "ShdPnd:", "SigBlk:", "SigIgn:", "SigCgt:")
 
 RANK = """
 import signal, sys, time
@@ -34,7 +39,12 @@ def test_a_held_rank_handles_the_signal_only_once_let_go(tmp_path):
             time.sleep(0.2)
             assert proc.poll() is None and pending(proc.pid) is True  # stopped: not handled yet
             held.go_once_signalled(tmp_path, timeout=5)
-        assert proc.wait(5) == 75
+        try:
+            code = proc.wait(10)
+        except subprocess.TimeoutExpired:
+            status = Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+            pytest.fail("the rank did not end: " + "; ".join(x for x in status if x.startswith(WHY)))
+        assert code == 75
         assert pending(proc.pid) is None  # gone
     finally:
         proc.kill()
