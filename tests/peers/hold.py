@@ -25,13 +25,21 @@ STOP_SIGNAL = signal.SIGUSR1  # the notice watcher's --signal to the trainer (ml
 
 
 def rank_pids(run_dir: Path) -> list[int]:
-    """The pids the trainer's ranks announced in RUN_DIR/ranks."""
+    """The pids the trainer's ranks announced in RUN_DIR/ranks, those still a Python process (a
+    rank that has ended leaves its file, and its pid may be another process's by now)."""
     pids = []
     for path in sorted((Path(run_dir) / "ranks").glob("rank-*.pid")):
         text = path.read_text().strip()
-        if text.isdigit():
+        if text.isdigit() and b"python" in _cmdline(int(text)):
             pids.append(int(text))
     return pids
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
 
 
 def pending(pid: int, sig: signal.Signals = STOP_SIGNAL) -> bool | None:
