@@ -182,11 +182,12 @@ def test_a_member_taken_back_while_the_laptop_was_away_is_replaced_on_pick_up(
     # laptop has seen a step, left, and node 1's notice has reached its rank.
     with Held(*rdirs) as held:
         shown: list[str] = []
-        wait_until(
-            lambda: shown.append(capfd.readouterr().out) or re.search(r"\| step \d+", "".join(shown)),
-            60,
-            "the laptop to see a step",
-        )
+
+        def laptop_saw_a_step() -> bool:
+            shown.append(capfd.readouterr().out)  # its status lines: "... | step N"
+            return re.search(r"\| step \d+", "".join(shown)) is not None
+
+        wait_until(laptop_saw_a_step, 60, "the laptop to see a step")
         ctrl_c(thread)
         thread.join(timeout=60)
         assert not thread.is_alive()

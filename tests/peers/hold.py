@@ -21,7 +21,10 @@ import signal
 import time
 from pathlib import Path
 
-STOP_SIGNAL = signal.SIGUSR1  # the notice watcher's --signal to the trainer (ml/stopping.py GRACEFUL)
+from ec2.remote.spot_watch import parse_signal
+from ec2.remote.trainrun import TRAINER_SIGNAL
+
+STOP_SIGNAL = parse_signal(TRAINER_SIGNAL)  # what the notice watcher sends the trainer
 
 
 def rank_pids(run_dir: Path) -> list[int]:
