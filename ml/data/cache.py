@@ -17,13 +17,11 @@ from it, and a trial they stream is written into it, so the prefetch does not fe
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import re
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +116,7 @@ class DataCache:
         """
         path = self.path(ref)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _flock(partial.lock_path(path)):
+        with partial.download_lock(path):
             if self._trusted(path, ref):
                 return str(path), 0
             if path.exists() and self._check_or_discard(path, ref):
@@ -154,7 +152,7 @@ class DataCache:
         the trials training streams meanwhile are kept and not fetched again."""
         path = self.path(ref)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _flock(partial.lock_path(path)):
+        with partial.download_lock(path):
             if not self._trusted(path, ref) and not path.exists():
                 partial.start(path, ref.size, new_run=True)
 
@@ -224,16 +222,6 @@ def _remove_stale_temps(path: Path) -> None:
     """Temporary files of this name left by a crashed download (none can be live: we hold the lock)."""
     for p in path.parent.glob(f".{path.name}.*.tmp"):
         p.unlink(missing_ok=True)
-
-
-@contextmanager
-def _flock(path: Path):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 # Paths this process has seen complete and sealed. A forked child inherits them, which is right:

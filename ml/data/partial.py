@@ -30,16 +30,15 @@ crash is resumed from its log; the ETag check at the end catches anything wrong.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import struct
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 from common import s3parts
+from ml.data.flocks import flocked
 
 _RECORD = struct.Struct("<qq")  # (offset, length)
 
@@ -77,26 +76,19 @@ STALL_S = 20.0
 POLL_S = 0.02
 
 
-@contextmanager
+def download_lock(copy: Path):
+    """Held (flock, exclusive) by the process downloading the file, while it does."""
+    return flocked(lock_path(copy))
+
+
 def fill_lock(copy: Path, exclusive: bool):
-    fd = os.open(copy.with_name(copy.name + ".fill"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)
+    return flocked(copy.with_name(copy.name + ".fill"), exclusive)
 
 
-@contextmanager
 def _deciding(copy: Path):
     """Held (flock, exclusive, across processes) while a process looks at what is in or being
     fetched and logs what it will fetch itself, so two never both decide to fetch the same bytes."""
-    fd = os.open(copy.with_name(copy.name + ".intent"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return flocked(copy.with_name(copy.name + ".intent"))
 
 
 def take(
@@ -251,16 +243,10 @@ def fetcher_alive(copy: Path) -> bool:
     """Whether some process holds the file's download lock (so its claims are live). A shared,
     non-blocking try: taken means nobody holds it, and it is let go at once."""
     try:
-        fd = os.open(lock_path(copy), os.O_RDWR | os.O_CREAT, 0o644)
+        with flocked(lock_path(copy), exclusive=False, wait=False) as taken:
+            return not taken
     except OSError:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing releases a lock taken here
-    return False
 
 
 def record(copy: Path, offset: int, data: bytes) -> None:

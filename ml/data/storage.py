@@ -60,6 +60,14 @@ _lock = threading.Lock()
 _state: dict[str, object] = {"pid": None}
 
 
+def _new_lock_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # a parent thread may have held it at the fork: never let go here
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 def _proc() -> dict[str, object]:
     """This process's clients and handles; a fresh, empty set after a fork."""
     pid = os.getpid()
