@@ -12,7 +12,8 @@ Under torchrun the spot-notice watcher (ec2/remote/spot_watch.py --ranks N) must
 not torchrun's agent (which answers a signal by killing its workers after a timeout), and torchrun
 exits 1 whatever code its workers exit with. So when the watcher names a folder in
 SPOTRUN_RANKS_DIR, each rank writes `rank-R.pid` there once its handlers are in place (from then
-on the watcher may signal it) and `rank-R.exit` with its exit code when it is done.
+on the watcher may signal it: its pid and start time, common/pidfile.py) and `rank-R.exit` with
+its exit code when it is done.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import signal
 import threading
 from pathlib import Path
 
+from common import pidfile
 from common.atomic import atomic_write_text
 
 GRACEFUL = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -67,7 +69,7 @@ class StopFlag:
             for sig in (*GRACEFUL, SAVE_NOW):
                 self._previous[sig] = signal.signal(sig, self._handle)
             if (path := _rank_file("pid")) is not None:
-                atomic_write_text(path, f"{os.getpid()}\n")
+                pidfile.announce(path)  # its pid and start time: a later process with the pid is not it
         return self
 
     def uninstall(self) -> None:

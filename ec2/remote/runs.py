@@ -16,6 +16,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from common import pidfile
 from common.steps import last_step  # noqa: F401 (the boot and the laptop read steps alike)
 from ec2 import names
 from ec2.errors import ToolkitError
@@ -202,9 +203,9 @@ def stop_command(run: str) -> str:
 
 def graceful_stop_command(remote_dir: str, run: str) -> str:
     """TERM to the run's notice watcher, which passes it on: the trainer finishes its step, saves
-    (to S3 when checkpoint_dir is there) and exits 75. Exit 1 when no watched run is alive."""
-    pid_file = quote_path(run_dir(remote_dir, run)) + "/watcher.pid"
-    return f'pid=$(cat {pid_file} 2>/dev/null) && kill -TERM "$pid"'
+    (to S3 when checkpoint_dir is there) and exits 75. Exit 1 when no watched run is alive (a
+    watcher that has ended leaves its file, and its pid may be another process's by now)."""
+    return pidfile.signal_command(quote_path(run_dir(remote_dir, run)) + "/watcher.pid", "TERM")
 
 
 def in_dir_command(remote_dir: str, cmd: str, cwd: str | None = None) -> str:

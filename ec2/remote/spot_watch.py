@@ -55,6 +55,7 @@ from pathlib import Path
 
 import botocore.exceptions
 
+from common import pidfile
 from common.atomic import atomic_write_json
 from common.s3uri import is_s3, s3_problem
 from ec2.remote.imds import LIFECYCLE, Imds, ImdsUnreachable, Notice
@@ -73,6 +74,7 @@ ON_REBALANCE = ("none", "checkpoint")
 NOTICE_LEAD_S = 120.0
 MIN_WAIT_S = 5.0
 PID_FILE = "watcher.pid"
+Announced = tuple[int, "str | None"]  # a rank's pid and start time
 # While waiting for the command after a notice: how often to look for ranks that started since.
 RANK_LOOK_S = 0.5
 
@@ -110,7 +112,7 @@ class Watcher:
         save_on_rebalance = args.on_rebalance == "checkpoint"
         self.announce_dir = self.run_dir / "ranks" if args.ranks > 0 or save_on_rebalance else None
         self.rebalance_save_pending = False
-        self.signalled: dict[int, int] = {}  # rank -> pid, the ranks sent the stop signal
+        self.signalled: dict[int, Announced] = {}  # the ranks sent the stop signal
 
     # --- the child -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -130,7 +132,7 @@ class Watcher:
         self.child = subprocess.Popen(self.args.command, start_new_session=True, env=env)
         # Who to signal for a graceful stop (`fab stop`, a detached run's deadline): TERM to us is
         # passed on to the command, which checkpoints and exits 75 (runs.graceful_stop_command).
-        (self.run_dir / PID_FILE).write_text(f"{os.getpid()}\n")
+        pidfile.announce(self.run_dir / PID_FILE)
         # A Ctrl-C in `fab attach`, a HUP from tmux or a TERM from shutdown reaches only us (the child
         # has its own group): pass it on, and let the child decide.
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -157,8 +159,9 @@ class Watcher:
                 continue  # not ours, or being replaced
         return found
 
-    def rank_pids(self) -> dict[int, int]:
-        return {r: int(p) for r, p in self._rank_files("pid").items() if p.isdigit()}
+    def rank_pids(self) -> dict[int, Announced]:
+        """Each announced rank's (pid, start time): common/pidfile.py."""
+        return {r: found for r, text in self._rank_files("pid").items() if (found := pidfile.parse(text))}
 
     def send(self, sig: signal.Signals, only_new: bool = False, agent_fallback: bool = False) -> str:
         """`sig` to the command: its main process, or with --ranks every rank that has announced
@@ -180,14 +183,12 @@ class Watcher:
             # two saves, measured on 2 ranks at 0.04 s a step.
             targets = targets[:1]
         sent = []
-        for rank, pid in targets:
-            if only_new and self.signalled.get(rank) == pid:
+        for rank, (pid, started) in targets:
+            if only_new and self.signalled.get(rank) == (pid, started):
                 continue
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                continue  # that rank has ended already
-            self.signalled[rank] = pid
+            if not pidfile.send(pid, started, sig):
+                continue  # that rank has ended already (and its pid may be another process's)
+            self.signalled[rank] = (pid, started)
             sent.append(f"{rank}:{pid}")
         return f"rank(s) {', '.join(sent) or 'none'}"
 

@@ -21,6 +21,7 @@ import signal
 import time
 from pathlib import Path
 
+from common import pidfile
 from ec2.remote.spot_watch import parse_signal
 from ec2.remote.trainrun import TRAINER_SIGNAL
 
@@ -28,21 +29,15 @@ STOP_SIGNAL = parse_signal(TRAINER_SIGNAL)  # what the notice watcher sends the 
 
 
 def rank_pids(run_dir: Path) -> list[int]:
-    """The pids the trainer's ranks announced in RUN_DIR/ranks, those still a Python process (a
-    rank that has ended leaves its file, and its pid may be another process's by now)."""
+    """The pids the trainer's ranks announced in RUN_DIR/ranks, those still the process that
+    announced it (a rank that has ended leaves its file, and its pid may be another process's by
+    now: common/pidfile.py)."""
     pids = []
     for path in sorted((Path(run_dir) / "ranks").glob("rank-*.pid")):
-        text = path.read_text().strip()
-        if text.isdigit() and b"python" in _cmdline(int(text)):
-            pids.append(int(text))
+        announced = pidfile.parse(path.read_text())
+        if announced is not None and pidfile.start_time(announced[0]) == announced[1]:
+            pids.append(announced[0])
     return pids
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return b""
 
 
 def pending(pid: int, sig: signal.Signals = STOP_SIGNAL) -> bool | None:

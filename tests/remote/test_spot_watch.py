@@ -14,6 +14,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from common import pidfile
 from ec2.remote import s3copy, spot_watch
 from ec2.remote.spot_watch import NOTICE_LEAD_S
 from ml.notice_fit import FIT_SHARE
@@ -211,7 +212,7 @@ def test_a_rebalance_save_asks_one_rank_and_a_notice_every_rank(tmp_path):
     ranks = [subprocess.Popen(["sleep", "30"]) for _ in range(2)]
     try:
         for k, rank in enumerate(ranks):
-            (w.announce_dir / f"rank-{k}.pid").write_text(f"{rank.pid}\n")
+            (w.announce_dir / f"rank-{k}.pid").write_text(f"{rank.pid} {pidfile.start_time(rank.pid)}\n")
         assert w.send(signal.SIGUSR2) == f"rank(s) 0:{ranks[0].pid}"
         assert ranks[0].wait(5) == -signal.SIGUSR2
         time.sleep(0.2)
@@ -222,3 +223,24 @@ def test_a_rebalance_save_asks_one_rank_and_a_notice_every_rank(tmp_path):
         for rank in ranks:
             rank.kill()
             rank.wait()
+
+
+def test_a_rank_killed_without_a_word_is_not_signalled_through_a_reused_pid(tmp_path):
+    """Rank 1 was killed (out of memory) and left its file; its pid is another process's now. The
+    notice goes to rank 0 only, and the stranger lives on (SIGUSR1's default action kills)."""
+    args = ["--run-dir", str(tmp_path), "--ranks", "2", "--", "x"]
+    w = spot_watch.Watcher(spot_watch.parse_args(args), imds=object())
+    w.announce_dir.mkdir(parents=True)
+    rank, stranger = subprocess.Popen(["sleep", "30"]), subprocess.Popen(["sleep", "30"])
+    try:
+        (w.announce_dir / "rank-0.pid").write_text(f"{rank.pid} {pidfile.start_time(rank.pid)}\n")
+        earlier = int(pidfile.start_time(stranger.pid)) - 1  # the killed rank's start
+        (w.announce_dir / "rank-1.pid").write_text(f"{stranger.pid} {earlier}\n")
+        assert w.send(signal.SIGUSR1) == f"rank(s) 0:{rank.pid}"
+        assert rank.wait(5) == -signal.SIGUSR1
+        time.sleep(0.2)
+        assert stranger.poll() is None
+    finally:
+        for proc in (rank, stranger):
+            proc.kill()
+            proc.wait()
