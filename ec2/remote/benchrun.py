@@ -111,6 +111,7 @@ def measure(
     else:
         done = m.run(command, check=False, retry=False)
         code, tail = done.code, " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        m.reach_after_signal_death(code)
     wall = time.monotonic() - started
     if code:
         raise RemoteCommandFailed(code, f"python -m ml.bench on {m.name}", tail)

@@ -67,6 +67,7 @@ def mount_volume(machine: Machine, volume_id: str, mount: str) -> str:
             f"volume {volume_id} is attached but {machine.name} shows no device for it; check `lsblk` "
             f"with `fab ssh`, then `fab volume-mount --name {machine.name}`"
         )
+    machine.reach_after_signal_death(result.code)
     raise RemoteCommandFailed(result.code, f"mounting {volume_id} at {mount}", result.stderr)
 
 

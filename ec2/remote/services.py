@@ -157,6 +157,7 @@ def ensure_running(machine: Machine, service: str, command: str, port: int, env:
             f"{START_TIMEOUT_S} s: {tail} (log: {log}); stop it with `fab run-cmd --cmd "
             f"{shlex.quote(stop_command(service))}` and retry"
         )
+    machine.reach_after_signal_death(result.code)
     raise RemoteCommandFailed(result.code, f"waiting for {service}", result.stderr)
 
 

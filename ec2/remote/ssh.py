@@ -264,6 +264,8 @@ class Machine:
                 ) from None
             if proc.returncode != SSH_CONNECTION_ERROR:
                 if check and proc.returncode != 0:
+                    if retry:
+                        self.reach_after_signal_death(proc.returncode, timeout)
                     raise RemoteCommandFailed(proc.returncode, command[:200], proc.stderr)
                 return Result(proc.returncode, proc.stdout, proc.stderr)
             stderr = proc.stderr
@@ -283,7 +285,18 @@ class Machine:
         code = subprocess.run(self.argv(command, tty=tty)).returncode
         if code == SSH_CONNECTION_ERROR:
             self.check_still_there(last=True)
+        else:
+            self.reach_after_signal_death(code)
         return code
+
+    def reach_after_signal_death(self, code: int, timeout: float | None = None) -> None:
+        """After a remote command died of a signal (exit 128+N), as every process on a machine
+        that is shutting down does, and sshd may pass the status on before the connection drops:
+        reach the machine once more, so a machine that has gone ends as the dropped-connection
+        path ends (its retries, then InstanceGone from AWS or ConnectionLost), not as the
+        command's own failure. A machine that answers: the caller reports the command's exit."""
+        if 128 < code < SSH_CONNECTION_ERROR:
+            self.run("true", check=False, timeout=timeout)
 
     def exec_interactive(self, command: str | None = None) -> None:
         """Replace this process with an interactive `ssh -t` (a shell, or tmux attach)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ec2 import paths, registry
-from ec2.errors import ConnectionLost, RemoteCommandFailed, RunAlreadyExists
+from ec2.errors import ConnectionLost, InstanceGone, RemoteCommandFailed, RunAlreadyExists
 from ec2.remote import runs, startrun
 from ec2.remote.ssh import Machine
 from ec2.remote.sync import (
@@ -182,6 +182,33 @@ def test_closed_port_is_retried_then_reported(sshd, monkeypatch):
     with pytest.raises(ConnectionLost, match="sync"):
         sync_code(m, REPO / "tests" / "remote")
     assert str(runs.run_state(m, "train")) == "unreachable"
+
+
+def test_a_command_killed_as_its_machine_goes_is_the_machine_gone_not_a_failed_command(sshd):
+    """A machine shutting down kills its processes; a script whose child is killed exits 143, and
+    sshd may pass that on before the connection drops: the task reaches the machine once more,
+    and a machine that has gone ends as InstanceGone (AWS asked, as after a dropped connection),
+    not as a failed command. Here the command stops the sshd listener, then its child dies of
+    SIGTERM. (No shared connection: on a machine that goes it goes too; here it would outlive the
+    listener.)"""
+    asked = []
+
+    def gone() -> None:
+        asked.append(True)
+        raise InstanceGone("exp1 (i-0123) is shutting-down: AWS ended it")
+
+    killed_child = "sh -c 'kill -TERM $$'; exit $?"
+    m = Machine(sshd.record(), attempts=2, backoff_s=0.1, control=False, still_there=gone)
+    with pytest.raises(RemoteCommandFailed, match="exited 143"):
+        m.run(killed_child)  # the machine answers: the command's own failure
+    assert m.stream(killed_child) == 143
+    assert asked == []
+    with pytest.raises(InstanceGone, match="AWS ended it"):
+        m.run(f"kill -TERM {sshd._proc.pid}; {killed_child}")
+    sshd.restart()
+    with pytest.raises(InstanceGone, match="AWS ended it"):
+        m.stream(f"kill -TERM {sshd._proc.pid}; {killed_child}")
+    assert len(asked) == 2
 
 
 def test_sshd_stopped_mid_download_is_reported(machine, sshd, tmp_path):
