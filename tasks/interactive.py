@@ -26,10 +26,10 @@ def _note(line: str) -> None:
 def hold(m: Machine, forwards: list[Forward], urls: list[str]) -> None:
     """Open the forwards, print where to point the browser, wait for Ctrl-C, close."""
     with Tunnel(m.record, forwards, note=_note) as tunnel:
-        for f, url in zip(forwards, urls, strict=True):
-            print(f"{url}  ->  {m.name}:{f.remote_port}", flush=True)
-        print("tunnel open; Ctrl-C closes it", file=sys.stderr, flush=True)
-        try:
+        try:  # from the first URL on: a Ctrl-C as soon as it shows is a close, not an interruption
+            for f, url in zip(forwards, urls, strict=True):
+                print(f"{url}  ->  {m.name}:{f.remote_port}", flush=True)
+            print("tunnel open; Ctrl-C closes it", file=sys.stderr, flush=True)
             tunnel.wait()
         except KeyboardInterrupt:
             pass
