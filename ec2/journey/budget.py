@@ -84,6 +84,14 @@ class Budget:
         on-demand once the budget says so."""
         return dataclasses.replace(cfg, market="on-demand") if self.on_demand else cfg
 
+    def pick_up(self, h) -> None:
+        """A run picked up again (`fab run` after the laptop left): a move to on-demand it made
+        before (on_demand_after, or a missed deadline) holds for its next attempts too."""
+        for ev in h.events:
+            kind = ev.get("event")
+            if kind == "on-demand" or (kind == "deadline-miss" and ev.get("on_demand_next")):
+                self.on_demand = True
+
     def after_interruption(self) -> None:
         """on_demand_after: the K-th interruption moves the next attempt to on-demand (one line)."""
         k, h = self.e.cfg.on_demand_after, self.e.h

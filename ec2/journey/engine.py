@@ -98,6 +98,7 @@ class Engine:
             self.h = picked.history
             self.h.status = RunStatus.RUNNING
             self.strategy.pick_up(picked)
+            self.budget.pick_up(self.h)
             self.h.event("picked-up", attempt=picked.attempt.number, instance_id=picked.attempt.instance_id)
         else:
             self.h.event(
