@@ -208,9 +208,11 @@ def start(
         started = retry_while_propagating(
             go, "FIS", role.name, out, sleep, refused=role_not_assumable, what="role"
         )
-    except botocore.exceptions.ClientError as e:
+    except BaseException as e:  # refused, or a Ctrl-C while IAM propagates: nothing runs from it
         delete_template(client, template_id)
-        raise AwsError(f"starting the FIS experiment: {e}", error_code(e)) from None
+        if isinstance(e, botocore.exceptions.ClientError):
+            raise AwsError(f"starting the FIS experiment: {e}", error_code(e)) from None
+        raise
     experiment_id = started["experiment"]["id"]
     out(f"FIS experiment {experiment_id} started")
     return Experiment(template_id, experiment_id, asked[0])

@@ -18,6 +18,7 @@ from ec2.journey import detach_nodes
 from ec2.journey.history import RunHistory
 from ec2.remote import detached
 from tasks import rehearse as tasks
+from tests.peers.fis import FisStandIn
 from tests.peers.iam_lint import findings
 from tests.peers.moto_ec2 import DLAMI_NAME, make_image
 
@@ -182,3 +183,26 @@ def test_fab_cleanup_removes_the_fis_role(ec2_client, capsys):
     out = capsys.readouterr().out
     assert "deleted IAM role spotrun-fis-us-east-1\n" in out and "instance profile" not in out
     assert client.list_roles(PathPrefix="/spotrun/")["Roles"] == []
+
+
+def test_a_ctrl_c_while_fis_waits_for_its_role_leaves_no_experiment_template(aws_env):
+    """The template is made before the experiment starts, and StartExperiment is retried while IAM
+    propagates a new role (seconds apart): a Ctrl-C in that wait deletes the template as a refusal
+    does, so nothing of the rehearsal is left in the account (FIS stand-in: tests/peers/fis.py)."""
+    client = boto3.client("fis", region_name="us-east-1")
+    stand_in = FisStandIn(client, imds=None, ec2=None)
+    stand_in.refuse_starts = 5  # the role is not visible to FIS yet
+
+    def ctrl_c(_delay: float) -> None:
+        raise KeyboardInterrupt
+
+    arn = "arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"
+    role = fis.Role("spotrun-fis-us-east-1", "arn:aws:iam::123456789012:role/spotrun-fis-us-east-1", False)
+    with pytest.raises(KeyboardInterrupt):
+        fis.start(client, arn, role, "job", out=lambda _line: None, sleep=ctrl_c)
+    assert [op for op, _ in stand_in.requests] == [
+        "CreateExperimentTemplate",
+        "StartExperiment",
+        "DeleteExperimentTemplate",
+    ]
+    assert stand_in.templates == {}
