@@ -450,7 +450,7 @@ def watch(
         if s.ended and (group_empty or where.current is None):
             for a in s.attempts:
                 if a.log_uri and a.number == attempt:
-                    text = detached.get_text(d.s3, a.log_uri) or ""
+                    text = detached.get_ends(d.s3, a.log_uri) or ""
                     for t in text.rstrip("\n").splitlines()[-lines:]:
                         out(f"  | {t}")
             out(d.summary(s))

@@ -347,7 +347,7 @@ class DetachedNodes(Detached):
         prints them, on whichever node c10d gave it)."""
         for k in range(state.nodes):
             uri = "s3://{}/{}".format(*detached.key_of(state.root, f"logs/attempt-{a.number}-node-{k}.log"))
-            text = detached.get_text(self.s3, uri) or ""
+            text = detached.get_ends(self.s3, uri) or ""
             decide_steps = decide.last_step(text), decide.resumed_step(text)
             if decide_steps[0] is not None and (a.last_step is None or decide_steps[0] > a.last_step):
                 a.last_step = decide_steps[0]

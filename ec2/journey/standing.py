@@ -46,9 +46,10 @@ def until_now(h: history.RunHistory, ec2) -> history.RunHistory:
 
 def note_logs(s3, attempts: list[Attempt]) -> None:
     """A detached attempt's last step, the step it resumed at and its S3 reads, from the run log its
-    boot copied to S3 when it ended (Attempt.log_uri), read as `fab run` reads a log's tail."""
+    boot copied to S3 when it ended (Attempt.log_uri): its two ends (detached.get_ends), read as
+    `fab run` reads a log's tail."""
     for a in attempts:
-        text = detached.get_text(s3, a.log_uri) if a.log_uri else None
+        text = detached.get_ends(s3, a.log_uri) if a.log_uri else None
         if not text:
             continue  # still running (its log is copied at its end), or the copy failed
         note_step(a, text)

@@ -164,9 +164,27 @@ def put_text(s3, root: str, relative: str, text: str) -> str:
     return f"s3://{bucket}/{key}"
 
 
-def get_text(s3, uri: str) -> str | None:
+# What the ledger reads from an attempt's log is at its ends: the step it resumed at near the start,
+# its last step and the trainer's S3 read line at the end. A long run's log is megabytes, and
+# `fab status`/`fab watch` read every attempt's: its first and last 256 KiB are enough.
+LOG_END_BYTES = 256 * 1024
+
+
+def get_ends(s3, uri: str, size: int = LOG_END_BYTES) -> str | None:
+    """An S3 text object whole when it is at most ``size`` bytes, else its first and last ``size``
+    bytes in whole lines with a "..." line between (two ranged GETs); None when it cannot be
+    read."""
     bucket, key = split_s3(uri)
     try:
-        return s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode(errors="replace")
-    except botocore.exceptions.ClientError:
+        last = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=-{size}")
+        tail = last["Body"].read()
+        total = int(last.get("ContentRange", "/0").rsplit("/", 1)[1] or 0)
+        if total <= len(tail):
+            return tail.decode(errors="replace")
+        head = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{size - 1}")["Body"].read()
+    except botocore.exceptions.ClientError as e:
+        if e.response.get("Error", {}).get("Code") == "InvalidRange":
+            return ""  # an empty object: S3 satisfies no range of it
         return None
+    whole_lines = head.rpartition(b"\n")[0], tail.partition(b"\n")[2]  # the cut lines dropped
+    return (whole_lines[0] + b"\n...\n" + whole_lines[1]).decode(errors="replace")

@@ -48,9 +48,9 @@ def test_first_boot_starts_the_run_and_exit_0_finishes_and_stops_the_group(machi
     assert "trained fine" in log and "spot_watch: watching" in log
     assert (machine.run_dir() / "command").read_text().strip().endswith("echo trained fine; exit 0")
     # The trainer's outputs outlive the instance too.
-    assert detached.get_text(machine.s3, f"{detached.outputs_uri(machine.root)}/metrics.csv") == "metrics\n"
+    assert detached.get_ends(machine.s3, f"{detached.outputs_uri(machine.root)}/metrics.csv") == "metrics\n"
     # The log outlives the instance, in S3.
-    assert "trained fine" in detached.get_text(machine.s3, a.log_uri)
+    assert "trained fine" in detached.get_ends(machine.s3, a.log_uri)
     # The instance's own shutdown is scheduled at the time left (2 h, less what has passed).
     [scheduled] = machine.shutdowns()
     minutes = int(scheduled.split()[0].lstrip("+"))
