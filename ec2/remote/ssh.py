@@ -284,7 +284,10 @@ class Machine:
         prepare_local(self.record)
         code = subprocess.run(self.argv(command, tty=tty)).returncode
         if code == SSH_CONNECTION_ERROR:
-            self.check_still_there(last=True)
+            # The connection dropped (or the command exited 255): reach the machine again, with
+            # run's retries and its AWS check at the first and the last, so a machine that has gone
+            # ends as InstanceGone or ConnectionLost whichever comes first, the drop or AWS's word.
+            self.run("true", check=False)
         else:
             self.reach_after_signal_death(code)
         return code

@@ -211,6 +211,23 @@ def test_a_command_killed_as_its_machine_goes_is_the_machine_gone_not_a_failed_c
     assert len(asked) == 2
 
 
+def test_a_streamed_command_whose_machine_goes_ends_as_gone_when_aws_says_so_after_the_drop(sshd):
+    """`fab setup` and `fab logs` stream: the connection drops first and AWS reports the instance
+    ended a moment later (still running at the first ask). The reach after the drop asks again at
+    its last try, so the task ends as InstanceGone, not as "setup failed (exit 255)"."""
+    asked = []
+
+    def aws_catches_up() -> None:
+        asked.append(True)
+        if len(asked) > 1:
+            raise InstanceGone("exp1 (i-0123) is terminated: AWS ended it")
+
+    m = Machine(sshd.record(), attempts=3, backoff_s=0.1, control=False, still_there=aws_catches_up)
+    with pytest.raises(InstanceGone, match="AWS ended it"):
+        m.stream(f"kill -TERM {sshd._proc.pid}; kill -TERM $PPID")  # the listener, then this connection
+    assert len(asked) == 2
+
+
 def test_sshd_stopped_mid_download_is_reported(machine, sshd, tmp_path):
     remote = machine.record.remote_dir
     machine.run(f"mkdir -p {remote}/code/big && head -c 30000000 /dev/urandom > {remote}/code/big/blob")
