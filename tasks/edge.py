@@ -177,7 +177,7 @@ ARGUMENTS: dict[str, ArgCheck] = {
     "poll": number(Range(0.1, 86400, why="seconds between looks at the instance"), 30),
     "imds_poll": number(Range(0.1, 3600, why="seconds between IMDS questions"), 5),
     "download_every": number(Range(1, why="seconds between checkpoint downloads"), 600),
-    "rehearse_after": number(Range(0, 3600, why="seconds of training before `fab smoke` interrupts it"), 60),
+    "rehearse_after": number(Range(0, 3600, why="seconds of training before `fab smoke` interrupts it"), 0),
     "hours": number(Range(above=0, high=24 * 366, why="hours"), 1),
     "gb": integer(Range(1, 16384, why="GiB of gp3"), 100),
     "request_quota": integer(Range(1, 100_000, why="vCPUs"), 8),

@@ -47,7 +47,7 @@ def smoke(
     no_gpu=False,
     poll=10.0,
     imds_poll=5.0,
-    rehearse_after=60.0,
+    rehearse_after=0.0,  # ec2.journey.smoke.REHEARSE_AFTER_S (not imported here: fab starts fast)
     config=None,
     set_=None,
 ):
