@@ -30,10 +30,15 @@ def start_time(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None
 
 
+def announcement(pid: int, started: str | None) -> str:
+    """The text naming a process (``parse`` reads it back)."""
+    return f"{pid} {started or ''}".rstrip() + "\n"
+
+
 def announce(path: Path) -> None:
     """Write this process's pid and start time to ``path`` (atomically)."""
     pid = os.getpid()
-    atomic_write_text(path, f"{pid} {start_time(pid) or ''}".rstrip() + "\n")
+    atomic_write_text(path, announcement(pid, start_time(pid)))
 
 
 def parse(text: str) -> tuple[int, str | None] | None:

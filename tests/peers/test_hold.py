@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from common import pidfile
+from tests.peers.announced import announce
 from tests.peers.hold import Held, pending
 
 WHY = ("State:", "SigPnd:", "ShdPnd:", "SigBlk:", "SigIgn:", "SigCgt:")
@@ -33,7 +33,7 @@ def test_a_held_rank_handles_the_signal_only_once_let_go(tmp_path):
         while not ready.exists():
             time.sleep(0.01)
         (tmp_path / "ranks").mkdir()
-        (tmp_path / "ranks" / "rank-0.pid").write_text(f"{proc.pid} {pidfile.start_time(proc.pid)}\n")
+        announce(tmp_path / "ranks" / "rank-0.pid", proc)
         with Held(tmp_path) as held:
             assert pending(proc.pid) is False
             os.kill(proc.pid, signal.SIGUSR1)

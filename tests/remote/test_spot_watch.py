@@ -14,10 +14,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from common import pidfile
 from ec2.remote import s3copy, spot_watch
 from ec2.remote.spot_watch import NOTICE_LEAD_S
 from ml.notice_fit import FIT_SHARE
+from tests.peers.announced import announce, sleepers
 from tests.peers.spot_watcher import watcher
 
 REPO = Path(__file__).resolve().parents[2]
@@ -209,20 +209,15 @@ def test_a_rebalance_save_asks_one_rank_and_a_notice_every_rank(tmp_path):
     w = spot_watch.Watcher(spot_watch.parse_args(args), imds=object())
     w.announce_dir.mkdir(parents=True)
     # Two stand-in ranks that die of the signal (its default action), so who got it is plain.
-    ranks = [subprocess.Popen(["sleep", "30"]) for _ in range(2)]
-    try:
+    with sleepers(2) as ranks:
         for k, rank in enumerate(ranks):
-            (w.announce_dir / f"rank-{k}.pid").write_text(f"{rank.pid} {pidfile.start_time(rank.pid)}\n")
+            announce(w.announce_dir / f"rank-{k}.pid", rank)
         assert w.send(signal.SIGUSR2) == f"rank(s) 0:{ranks[0].pid}"
         assert ranks[0].wait(5) == -signal.SIGUSR2
         time.sleep(0.2)
         assert ranks[1].poll() is None
         assert w.send(signal.SIGUSR1) == f"rank(s) 1:{ranks[1].pid}"  # rank 0 has ended
         assert ranks[1].wait(5) == -signal.SIGUSR1
-    finally:
-        for rank in ranks:
-            rank.kill()
-            rank.wait()
 
 
 def test_a_rank_killed_without_a_word_is_not_signalled_through_a_reused_pid(tmp_path):
@@ -231,16 +226,10 @@ def test_a_rank_killed_without_a_word_is_not_signalled_through_a_reused_pid(tmp_
     args = ["--run-dir", str(tmp_path), "--ranks", "2", "--", "x"]
     w = spot_watch.Watcher(spot_watch.parse_args(args), imds=object())
     w.announce_dir.mkdir(parents=True)
-    rank, stranger = subprocess.Popen(["sleep", "30"]), subprocess.Popen(["sleep", "30"])
-    try:
-        (w.announce_dir / "rank-0.pid").write_text(f"{rank.pid} {pidfile.start_time(rank.pid)}\n")
-        earlier = int(pidfile.start_time(stranger.pid)) - 1  # the killed rank's start
-        (w.announce_dir / "rank-1.pid").write_text(f"{stranger.pid} {earlier}\n")
+    with sleepers(2) as (rank, stranger):
+        announce(w.announce_dir / "rank-0.pid", rank)
+        announce(w.announce_dir / "rank-1.pid", stranger, pid_reused=True)  # the killed rank's file
         assert w.send(signal.SIGUSR1) == f"rank(s) 0:{rank.pid}"
         assert rank.wait(5) == -signal.SIGUSR1
         time.sleep(0.2)
         assert stranger.poll() is None
-    finally:
-        for proc in (rank, stranger):
-            proc.kill()
-            proc.wait()
